@@ -1,0 +1,140 @@
+//! The store's error type: every variant says which database file it is about.
+
+use std::path::{Path, PathBuf};
+
+/// What can go wrong with a campaign store.
+///
+/// Every variant carries the database path, so a message reads on its own
+/// ("campaign.db: ...") wherever it surfaces.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// SQLite refused an operation.
+    #[error("{}: {source}", path.display())]
+    Sqlite {
+        /// The database file.
+        path: PathBuf,
+        /// What SQLite said.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// Opening read-only a store that does not exist.
+    #[error("{}: no campaign store at this path", path.display())]
+    NotFound {
+        /// The database file that was asked for.
+        path: PathBuf,
+    },
+    /// The file is a SQLite database but not an edm campaign store (no schema).
+    #[error("{}: not an edm campaign store (schema missing)", path.display())]
+    NotACampaign {
+        /// The database file.
+        path: PathBuf,
+    },
+    /// The store was written by a newer edm.
+    #[error(
+        "{}: schema version {found} is newer than this edm supports ({supported})",
+        path.display()
+    )]
+    SchemaTooNew {
+        /// The database file.
+        path: PathBuf,
+        /// `PRAGMA user_version` found in the file.
+        found: i64,
+        /// The newest version this build knows.
+        supported: i64,
+    },
+    /// Another process holds the run lock of this campaign.
+    #[error(
+        "{}: the campaign is already being sent{} (lock file {})",
+        path.display(),
+        pid.map(|p| format!(" by process {p}")).unwrap_or_default(),
+        lock.display()
+    )]
+    Locked {
+        /// The database file.
+        path: PathBuf,
+        /// The lock file.
+        lock: PathBuf,
+        /// The process id written by the holder, when readable.
+        pid: Option<u32>,
+    },
+    /// The lock file could not be created or locked.
+    #[error("{}: lock file: {source}", path.display())]
+    Io {
+        /// The lock file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A value read back from the database is not one this build knows.
+    #[error("{}: corrupt value {value:?} in column {column}", path.display())]
+    Corrupt {
+        /// The database file.
+        path: PathBuf,
+        /// The column (`table.column`).
+        column: &'static str,
+        /// The value found.
+        value: String,
+    },
+    /// A row handed to [`Store::insert_rows`](crate::Store::insert_rows) has a
+    /// status that only delivery can give.
+    #[error("{}: line {line}: a new row cannot have status {status}", path.display())]
+    InvalidNewRow {
+        /// The database file.
+        path: PathBuf,
+        /// The CSV line of the row.
+        line: u64,
+        /// The status it asked for.
+        status: edm_model::Status,
+    },
+    /// An outcome names a recipient the store does not have.
+    #[error("{}: no recipient {id}", path.display())]
+    UnknownRecipient {
+        /// The database file.
+        path: PathBuf,
+        /// The id asked for.
+        id: edm_model::RecipientId,
+    },
+}
+
+impl Error {
+    /// True when the error is "another run holds this campaign".
+    pub fn is_locked(&self) -> bool {
+        matches!(self, Error::Locked { .. })
+    }
+
+    /// True when a value in the file could not be understood.
+    pub fn is_corrupt(&self) -> bool {
+        matches!(self, Error::Corrupt { .. })
+    }
+}
+
+/// The store's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The error of [`Store::export`](crate::Store::export): the store failed, or
+/// the caller's sink did.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError<E> {
+    /// Reading the store failed.
+    #[error(transparent)]
+    Store(#[from] Error),
+    /// The sink refused a row; the export stopped there.
+    #[error("export sink: {0}")]
+    Sink(#[source] E),
+}
+
+/// Attaches the database path to a rusqlite result.
+pub(crate) trait AtPath<T> {
+    fn at(self, path: &Path) -> Result<T>;
+}
+
+impl<T> AtPath<T> for rusqlite::Result<T> {
+    fn at(self, path: &Path) -> Result<T> {
+        self.map_err(|source| Error::Sqlite {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+}

@@ -1,0 +1,262 @@
+//! The readers' side: summaries, failure views, export. All of these work on a
+//! read-only store while a writer runs, and none scans the recipients table
+//! except `export`, `top_replies` (failing rows only) and `rows_by_email`.
+
+use std::collections::HashMap;
+
+use edm_model::{DomainCounts, FailureRow, RecipientId, Status, UnixMillis};
+use rusqlite::{params_from_iter, types::Value};
+
+use crate::error::{AtPath, ExportError, Result};
+use crate::schema::{ACTIVE, FAILING};
+use crate::store::{Store, limit_param};
+use crate::types::{ExportFilter, ExportRow, Summary};
+use crate::write::{from_i64, placeholders};
+
+impl Store {
+    /// Counts by status and category, from the trigger-kept tally (no scan).
+    pub fn summary(&self) -> Result<Summary> {
+        let path = &self.path;
+        // One read transaction: the tally and the due times are one snapshot.
+        let tx = self.conn.unchecked_transaction().at(path)?;
+        let mut summary = Summary {
+            counts: Status::ALL.iter().map(|s| (*s, 0)).collect(),
+            ..Summary::default()
+        };
+        {
+            let mut st = tx
+                .prepare_cached("SELECT status, category, in_doubt, n FROM tally WHERE n != 0")
+                .at(path)?;
+            let mut rows = st.query([]).at(path)?;
+            while let Some(r) = rows.next().at(path)? {
+                let status: String = r.get(0).at(path)?;
+                let category: String = r.get(1).at(path)?;
+                let in_doubt: bool = r.get(2).at(path)?;
+                let n = u64::try_from(r.get::<_, i64>(3).at(path)?)
+                    .map_err(|_| self.corrupt("tally.n", "negative"))?;
+                let status = self.status("recipients.status", &status)?;
+                *summary.counts.entry(status).or_default() += n;
+                summary.total += n;
+                if in_doubt {
+                    summary.in_doubt += n;
+                }
+                if !category.is_empty()
+                    && matches!(status, Status::Failed | Status::Deferred | Status::Invalid)
+                {
+                    let category = self.category("recipients.category", &category)?;
+                    *summary.by_category.entry(category).or_default() += n;
+                }
+            }
+            // min/max over the claim index: two seeks.
+            let due = |agg: &str| {
+                tx.prepare_cached(&format!(
+                    "SELECT {agg}(next_attempt_at) FROM recipients
+                     WHERE {ACTIVE} AND status = 'deferred'"
+                ))
+                .and_then(|mut st| st.query_row([], |r| r.get::<_, Option<i64>>(0)))
+                .at(path)
+            };
+            summary.next_due = due("min")?;
+            summary.last_deferred_due = due("max")?;
+        }
+        Ok(summary)
+    }
+
+    /// Recipients sent at or after `since` (for a daily quota).
+    pub fn sent_since(&self, since: UnixMillis) -> Result<u64> {
+        let n: i64 = self
+            .conn
+            .prepare_cached(
+                "SELECT count(*) FROM recipients WHERE status = 'sent' AND last_attempt_at >= ?1",
+            )
+            .and_then(|mut st| st.query_row([since], |r| r.get(0)))
+            .at(&self.path)?;
+        Ok(n as u64)
+    }
+
+    /// Streams the matching rows in line order to `f`, one at a time (nothing
+    /// is collected). Stops at the first error of `f`, returned as
+    /// [`ExportError::Sink`].
+    pub fn export<E>(
+        &self,
+        filter: &ExportFilter,
+        mut f: impl FnMut(&ExportRow) -> Result<(), E>,
+    ) -> Result<(), ExportError<E>> {
+        let path = &self.path;
+        let mut sql = String::from(
+            "SELECT line, email, fields, status, category, stage, smtp_code, enhanced_code,
+                    reply, attempts, last_attempt_at, in_doubt, message_id, duplicate_of
+             FROM recipients WHERE 1",
+        );
+        let mut args: Vec<Value> = Vec::new();
+        if !filter.statuses.is_empty() {
+            sql.push_str(&format!(
+                " AND status IN ({})",
+                placeholders(args.len() + 1, filter.statuses.len())
+            ));
+            args.extend(filter.statuses.iter().map(|s| Value::from(s.to_string())));
+        }
+        if !filter.categories.is_empty() {
+            sql.push_str(&format!(
+                " AND category IN ({})",
+                placeholders(args.len() + 1, filter.categories.len())
+            ));
+            args.extend(filter.categories.iter().map(|c| Value::from(c.to_string())));
+        }
+        if filter.in_doubt_only {
+            sql.push_str(" AND in_doubt = 1");
+        }
+        sql.push_str(" ORDER BY line, id");
+        let mut st = self.conn.prepare(&sql).at(path)?;
+        let mut rows = st.query(params_from_iter(args)).at(path)?;
+        while let Some(r) = rows.next().at(path)? {
+            let status: String = r.get(3).at(path)?;
+            let category: Option<String> = r.get(4).at(path)?;
+            let stage: Option<String> = r.get(5).at(path)?;
+            let fields: String = r.get(2).at(path)?;
+            let row = ExportRow {
+                line: from_i64(r.get(0).at(path)?),
+                email: r.get(1).at(path)?,
+                values: self.values(&fields)?,
+                status: self.status("recipients.status", &status)?,
+                category: category
+                    .map(|c| self.category("recipients.category", &c))
+                    .transpose()?,
+                stage: stage
+                    .map(|s| self.stage("recipients.stage", &s))
+                    .transpose()?,
+                smtp_code: r.get(6).at(path)?,
+                enhanced_code: r.get(7).at(path)?,
+                reply: r.get(8).at(path)?,
+                attempts: r.get(9).at(path)?,
+                last_attempt_at: r.get(10).at(path)?,
+                in_doubt: r.get(11).at(path)?,
+                message_id: r.get(12).at(path)?,
+                duplicate_of: r.get::<_, Option<i64>>(13).at(path)?.map(from_i64),
+            };
+            f(&row).map_err(ExportError::Sink)?;
+        }
+        Ok(())
+    }
+
+    /// The latest failed and deferred recipients, newest first.
+    pub fn recent_failures(&self, limit: usize) -> Result<Vec<FailureRow>> {
+        let path = &self.path;
+        let mut st = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT email, status, category, smtp_code, enhanced_code, reply, attempts,
+                        updated_at
+                 FROM recipients WHERE {FAILING} ORDER BY updated_at DESC, id DESC LIMIT ?1"
+            ))
+            .at(path)?;
+        let mut rows = st.query([limit_param(limit)]).at(path)?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next().at(path)? {
+            let status: String = r.get(1).at(path)?;
+            let category: Option<String> = r.get(2).at(path)?;
+            let category = category.ok_or_else(|| self.corrupt("recipients.category", "NULL"))?;
+            let code: Option<u16> = r.get(3).at(path)?;
+            let enhanced: Option<String> = r.get(4).at(path)?;
+            let text: Option<String> = r.get(5).at(path)?;
+            out.push(FailureRow {
+                email: r.get(0).at(path)?,
+                status: self.status("recipients.status", &status)?,
+                category: self.category("recipients.category", &category)?,
+                reply: reply_line(code, enhanced.as_deref(), text.as_deref().unwrap_or("")),
+                attempts: r.get(6).at(path)?,
+                at: r.get(7).at(path)?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The most frequent replies among failed and deferred recipients:
+    /// `(code, enhanced code, text, count)`, biggest first.
+    pub fn top_replies(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<(Option<u16>, Option<String>, String, u64)>> {
+        let path = &self.path;
+        let mut st = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT smtp_code, enhanced_code, coalesce(reply, ''), count(*) AS n
+                 FROM recipients WHERE {FAILING}
+                 GROUP BY 1, 2, 3 ORDER BY n DESC, 1, 2, 3 LIMIT ?1"
+            ))
+            .at(path)?;
+        let rows = st
+            .query_map([limit_param(limit)], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, i64>(3)? as u64))
+            })
+            .at(path)?;
+        rows.collect::<rusqlite::Result<_>>().at(path)
+    }
+
+    /// The busiest domains by number of recipients, with their counters, from
+    /// the trigger-kept domain tally. `deferred` counts recipients deferred now.
+    pub fn domain_counts(&self, limit: usize) -> Result<Vec<(String, DomainCounts)>> {
+        let path = &self.path;
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT domain,
+                        sum(CASE WHEN status = 'sent' THEN n ELSE 0 END),
+                        sum(CASE WHEN status = 'failed' THEN n ELSE 0 END),
+                        sum(CASE WHEN status = 'deferred' THEN n ELSE 0 END),
+                        sum(n) AS total
+                 FROM domain_tally GROUP BY domain
+                 ORDER BY total DESC, domain LIMIT ?1",
+            )
+            .at(path)?;
+        let rows = st
+            .query_map([limit_param(limit)], |r| {
+                Ok((
+                    r.get(0)?,
+                    DomainCounts {
+                        sent: r.get::<_, i64>(1)? as u64,
+                        failed: r.get::<_, i64>(2)? as u64,
+                        deferred: r.get::<_, i64>(3)? as u64,
+                    },
+                ))
+            })
+            .at(path)?;
+        rows.collect::<rusqlite::Result<_>>().at(path)
+    }
+
+    /// Every normalised address with the id and status of its first row, for
+    /// reconciling a changed input file. Holds the whole map in memory.
+    pub fn rows_by_email(&self) -> Result<HashMap<String, (RecipientId, Status)>> {
+        let path = &self.path;
+        let mut st = self
+            .conn
+            .prepare("SELECT email_norm, id, status FROM recipients ORDER BY id")
+            .at(path)?;
+        let mut rows = st.query([]).at(path)?;
+        let mut out = HashMap::new();
+        while let Some(r) = rows.next().at(path)? {
+            let email: String = r.get(0).at(path)?;
+            let status: String = r.get(2).at(path)?;
+            let status = self.status("recipients.status", &status)?;
+            let id = RecipientId(r.get(1).at(path)?);
+            out.entry(email).or_insert((id, status));
+        }
+        Ok(out)
+    }
+}
+
+/// `550 5.1.1 text`, or just the text without a code.
+fn reply_line(code: Option<u16>, enhanced: Option<&str>, text: &str) -> String {
+    let mut s = String::new();
+    if let Some(c) = code {
+        s.push_str(&c.to_string());
+        s.push(' ');
+    }
+    if let Some(e) = enhanced {
+        s.push_str(e);
+        s.push(' ');
+    }
+    s.push_str(text);
+    s.trim_end().to_string()
+}

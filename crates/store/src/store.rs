@@ -1,0 +1,282 @@
+//! Opening a store, the run lock, and the campaign's metadata.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use edm_model::{Category, Stage, Status, UnixMillis};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+
+use crate::error::{AtPath, Error, Result};
+use crate::schema;
+use crate::types::Durability;
+
+/// How long a statement waits for another connection's lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One campaign's state in one SQLite file.
+///
+/// Open it with [`Store::open`] in the one process that writes (`edm send`),
+/// or with [`Store::open_read_only`] in readers (`edm status`, `edm watch`),
+/// which may run at the same time: WAL mode lets readers see every committed
+/// transaction without blocking the writer.
+pub struct Store {
+    /// The one connection; writers take `&mut self` for their transactions.
+    pub(crate) conn: Connection,
+    /// The database file, for error messages.
+    pub(crate) path: PathBuf,
+    /// The run lock, held from [`Store::lock_for_run`] until the store is dropped
+    /// (the OS releases it when the file closes, also when the process dies).
+    run_lock: Option<File>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .field("locked", &self.run_lock.is_some())
+            .finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating if missing) a campaign store for writing.
+    ///
+    /// Sets WAL mode, the durability, a 5 s busy timeout, and migrates the
+    /// schema to the current version. A new store records `created_at` in meta.
+    pub fn open(path: impl AsRef<Path>, durability: Durability) -> Result<Store> {
+        let path = path.as_ref().to_path_buf();
+        let mut conn = Connection::open(&path).at(&path)?;
+        conn.busy_timeout(BUSY_TIMEOUT).at(&path)?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .at(&path)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Error::Sqlite {
+                path,
+                source: rusqlite::Error::InvalidParameterName(format!(
+                    "journal_mode is {mode}, WAL refused"
+                )),
+            });
+        }
+        let sync = match durability {
+            Durability::Normal => "NORMAL",
+            Durability::Full => "FULL",
+        };
+        conn.pragma_update(None, "synchronous", sync).at(&path)?;
+        let created = schema::migrate(&mut conn, &path)?;
+        let mut store = Store {
+            conn,
+            path,
+            run_lock: None,
+        };
+        if created {
+            store.set_meta("created_at", &edm_model::now_ms().to_string())?;
+        }
+        Ok(store)
+    }
+
+    /// Opens an existing store for reading only, alongside a running writer.
+    ///
+    /// Fails with [`Error::NotFound`] when the file does not exist (it is never
+    /// created) and [`Error::NotACampaign`] when it has no schema.
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<Store> {
+        let path = path.as_ref().to_path_buf();
+        if !path.is_file() {
+            return Err(Error::NotFound { path });
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI;
+        let conn = Connection::open_with_flags(&path, flags).at(&path)?;
+        conn.busy_timeout(BUSY_TIMEOUT).at(&path)?;
+        schema::check_readable(&conn, &path)?;
+        Ok(Store {
+            conn,
+            path,
+            run_lock: None,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The lock file next to the database: `<db>.lock`.
+    pub fn lock_path(&self) -> PathBuf {
+        let mut name = self.path.clone().into_os_string();
+        name.push(".lock");
+        PathBuf::from(name)
+    }
+
+    /// Takes the exclusive run lock of this campaign, so two `edm send` cannot
+    /// run it at once. Held until the store is dropped.
+    ///
+    /// An OS lock on `<db>.lock` rather than a row in the database: the OS
+    /// releases it when the process dies, so a crash never leaves a stale lock.
+    /// `pid` is written into the file so the refusal can name the holder.
+    pub fn lock_for_run(&mut self, pid: u32) -> Result<()> {
+        if self.run_lock.is_some() {
+            return Ok(());
+        }
+        let lock = self.lock_path();
+        let io = |source| Error::Io {
+            path: lock.clone(),
+            source,
+        };
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock)
+            .map_err(io)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                let mut text = String::new();
+                // The holder's pid is a courtesy: an unreadable file still refuses.
+                let pid = file
+                    .read_to_string(&mut text)
+                    .ok()
+                    .and_then(|_| text.trim().parse().ok());
+                return Err(Error::Locked {
+                    path: self.path.clone(),
+                    lock,
+                    pid,
+                });
+            }
+            Err(TryLockError::Error(e)) => return Err(io(e)),
+        }
+        file.set_len(0).map_err(io)?;
+        file.seek(SeekFrom::Start(0)).map_err(io)?;
+        writeln!(file, "{pid}").map_err(io)?;
+        file.flush().map_err(io)?;
+        self.run_lock = Some(file);
+        Ok(())
+    }
+
+    /// Reads a metadata value.
+    pub fn meta(&self, key: &str) -> Result<Option<String>> {
+        self.conn
+            .prepare_cached("SELECT value FROM meta WHERE key = ?1")
+            .and_then(|mut st| st.query_row([key], |r| r.get(0)).optional())
+            .at(&self.path)
+    }
+
+    /// Writes a metadata value (insert or replace).
+    pub fn set_meta(&mut self, key: &str, value: &str) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )
+            .at(&self.path)?;
+        Ok(())
+    }
+
+    /// True once [`Store::mark_ingested`] has run: every row is in.
+    pub fn is_ingested(&self) -> Result<bool> {
+        Ok(self.meta("ingested")?.as_deref() == Some("1"))
+    }
+
+    /// Records the CSV header and marks ingest complete, in one transaction.
+    pub fn mark_ingested(&mut self, columns: &[String]) -> Result<()> {
+        let json = serde_json::to_string(columns).expect("a list of strings always serialises");
+        let tx = self.conn.transaction().at(&self.path)?;
+        for (key, value) in [("columns", json.as_str()), ("ingested", "1")] {
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )
+            .at(&self.path)?;
+        }
+        tx.commit().at(&self.path)
+    }
+
+    /// The CSV header recorded at ingest (empty before).
+    pub fn columns(&self) -> Result<Vec<String>> {
+        match self.meta("columns")? {
+            None => Ok(Vec::new()),
+            Some(json) => serde_json::from_str(&json).map_err(|_| Error::Corrupt {
+                path: self.path.clone(),
+                column: "meta.columns",
+                value: json,
+            }),
+        }
+    }
+
+    /// Appends a line to the campaign's event log.
+    pub fn log_event(&mut self, at: UnixMillis, kind: &str, text: &str) -> Result<()> {
+        self.conn
+            .prepare_cached("INSERT INTO events (at, kind, text) VALUES (?1, ?2, ?3)")
+            .and_then(|mut st| st.execute(params![at, kind, text]))
+            .at(&self.path)?;
+        Ok(())
+    }
+
+    /// The last `limit` events as `(at, kind, text)`, oldest first (newest last,
+    /// like [`edm_model::Progress::events`]).
+    pub fn recent_events(&self, limit: usize) -> Result<Vec<(UnixMillis, String, String)>> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT at, kind, text FROM
+                   (SELECT id, at, kind, text FROM events ORDER BY id DESC LIMIT ?1)
+                 ORDER BY id",
+            )
+            .at(&self.path)?;
+        let rows = st
+            .query_map([limit_param(limit)], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .at(&self.path)?;
+        rows.collect::<rusqlite::Result<_>>().at(&self.path)
+    }
+
+    /// Parses a persisted status, or says which column held what.
+    pub(crate) fn status(&self, column: &'static str, s: &str) -> Result<Status> {
+        Status::parse(s).ok_or_else(|| self.corrupt(column, s))
+    }
+
+    /// Parses a persisted category.
+    pub(crate) fn category(&self, column: &'static str, s: &str) -> Result<Category> {
+        Category::parse(s).ok_or_else(|| self.corrupt(column, s))
+    }
+
+    /// Parses a persisted stage.
+    pub(crate) fn stage(&self, column: &'static str, s: &str) -> Result<Stage> {
+        Stage::parse(s).ok_or_else(|| self.corrupt(column, s))
+    }
+
+    /// Parses the JSON array of a row's values.
+    pub(crate) fn values(&self, json: &str) -> Result<Vec<String>> {
+        parse_values(&self.path, json)
+    }
+
+    pub(crate) fn corrupt(&self, column: &'static str, value: impl Into<String>) -> Error {
+        Error::Corrupt {
+            path: self.path.clone(),
+            column,
+            value: value.into(),
+        }
+    }
+}
+
+/// Parses the JSON array of a row's values, for callers holding a transaction.
+pub(crate) fn parse_values(path: &Path, json: &str) -> Result<Vec<String>> {
+    serde_json::from_str(json).map_err(|_| Error::Corrupt {
+        path: path.to_path_buf(),
+        column: "recipients.fields",
+        value: json.to_string(),
+    })
+}
+
+/// A `LIMIT` parameter: SQLite takes an i64.
+pub(crate) fn limit_param(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}

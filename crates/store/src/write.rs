@@ -1,0 +1,348 @@
+//! The writer's side: ingest, the state machine (claim, record, recover), reset.
+//!
+//! Every method is one transaction. Claims and outcomes are batched by the
+//! caller, so the hot path pays one commit per batch, never one per message.
+
+use edm_model::{Category, Recipient, RecipientId, Stage, Status, UnixMillis};
+use rusqlite::{TransactionBehavior, params, params_from_iter};
+
+use crate::error::{AtPath, Error, Result};
+use crate::schema::ACTIVE;
+use crate::store::{Store, limit_param, parse_values};
+use crate::types::{InDoubtPolicy, NewRow, Outcome, OutcomeKind};
+
+/// Pending rows in id order. `next_attempt_at IS NULL` is always true for
+/// pending rows; saying so lets SQLite walk the claim index in id order
+/// instead of sorting every pending row.
+fn claim_pending_sql() -> String {
+    format!(
+        "SELECT id, line, email, fields, attempts FROM recipients
+         WHERE {ACTIVE} AND status = 'pending' AND next_attempt_at IS NULL
+         ORDER BY id LIMIT ?1"
+    )
+}
+
+/// Deferred rows that are due, earliest first.
+fn claim_due_sql() -> String {
+    format!(
+        "SELECT id, line, email, fields, attempts FROM recipients
+         WHERE {ACTIVE} AND status = 'deferred' AND next_attempt_at <= ?1
+         ORDER BY next_attempt_at, id LIMIT ?2"
+    )
+}
+
+pub(crate) fn claim_sqls() -> [String; 2] {
+    [claim_pending_sql(), claim_due_sql()]
+}
+
+impl Store {
+    /// Inserts a batch of ingested rows in one transaction.
+    ///
+    /// Only `Pending`, `Invalid`, `Skipped` and `Suppressed` are accepted: the
+    /// other statuses are reached through delivery.
+    pub fn insert_rows(&mut self, rows: &[NewRow]) -> Result<()> {
+        let now = edm_model::now_ms();
+        let path = self.path.clone();
+        let tx = self.conn.transaction().at(&path)?;
+        {
+            let mut st = tx
+                .prepare_cached(
+                    "INSERT INTO recipients
+                       (line, email, email_norm, domain, fields, status, category, stage,
+                        reply, duplicate_of, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                )
+                .at(&path)?;
+            for row in rows {
+                if !matches!(
+                    row.status,
+                    Status::Pending | Status::Invalid | Status::Skipped | Status::Suppressed
+                ) {
+                    return Err(Error::InvalidNewRow {
+                        path,
+                        line: row.line,
+                        status: row.status,
+                    });
+                }
+                let fields = serde_json::to_string(&row.values)
+                    .expect("a list of strings always serialises");
+                let stage = (row.status == Status::Invalid).then_some(Stage::Ingest.as_str());
+                st.execute(params![
+                    to_i64(row.line),
+                    row.email,
+                    normalize(&row.email),
+                    edm_model::domain_of(&row.email),
+                    fields,
+                    row.status.as_str(),
+                    row.category.map(|c| c.as_str()),
+                    stage,
+                    row.reason,
+                    row.duplicate_of.map(to_i64),
+                    now,
+                ])
+                .at(&path)?;
+            }
+        }
+        tx.commit().at(&path)
+    }
+
+    /// Deals with rows still `sending` from a run that died: the server may
+    /// have accepted them. Flags them `in_doubt`, then `Resend` makes them
+    /// pending again and `Skip` parks them in status `in_doubt`.
+    ///
+    /// Call it once at start, after [`Store::lock_for_run`]. Returns how many.
+    pub fn recover_in_doubt(&mut self, policy: InDoubtPolicy) -> Result<u64> {
+        let now = edm_model::now_ms();
+        let set = match policy {
+            InDoubtPolicy::Resend => "status = 'pending', next_attempt_at = NULL",
+            InDoubtPolicy::Skip => "status = 'in_doubt'",
+        };
+        // The ACTIVE term lets SQLite find the few sending rows in the claim index.
+        let sql = format!(
+            "UPDATE recipients SET in_doubt = 1, {set}, prev_attempt_at = NULL, updated_at = ?1
+             WHERE {ACTIVE} AND status = 'sending'"
+        );
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .at(&path)?;
+        let n = tx.execute(&sql, [now]).at(&path)?;
+        tx.commit().at(&path)?;
+        Ok(n as u64)
+    }
+
+    /// Claims up to `limit` recipients for sending: pending ones by id first,
+    /// then deferred ones whose `next_attempt_at <= now`, earliest due first.
+    ///
+    /// One immediate transaction: the rows are `sending` on disk before this
+    /// returns, so a crash afterwards leaves them in doubt, never forgotten.
+    /// [`Recipient::attempts`] is the number of attempts made before.
+    pub fn claim(&mut self, limit: usize, now: UnixMillis) -> Result<Vec<Recipient>> {
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .at(&path)?;
+        let mut claimed = Vec::with_capacity(limit.min(4096));
+        {
+            let mut raw: Vec<(i64, i64, String, String, u32)> = Vec::new();
+            let map =
+                |r: &rusqlite::Row<'_>| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?));
+            let mut pending = tx.prepare_cached(&claim_pending_sql()).at(&path)?;
+            for row in pending.query_map([limit_param(limit)], map).at(&path)? {
+                raw.push(row.at(&path)?);
+            }
+            let left = limit.saturating_sub(raw.len());
+            if left > 0 {
+                let mut due = tx.prepare_cached(&claim_due_sql()).at(&path)?;
+                for row in due
+                    .query_map(params![now, limit_param(left)], map)
+                    .at(&path)?
+                {
+                    raw.push(row.at(&path)?);
+                }
+            }
+            let mut mark = tx
+                .prepare_cached(
+                    "UPDATE recipients
+                     SET status = 'sending', prev_attempt_at = last_attempt_at,
+                         first_attempt_at = coalesce(first_attempt_at, ?2),
+                         last_attempt_at = ?2, updated_at = ?2
+                     WHERE id = ?1",
+                )
+                .at(&path)?;
+            for (id, line, email, fields, attempts) in raw {
+                mark.execute(params![id, now]).at(&path)?;
+                claimed.push(Recipient {
+                    id: RecipientId(id),
+                    line: from_i64(line),
+                    email,
+                    values: parse_values(&path, &fields)?,
+                    attempts,
+                });
+            }
+        }
+        tx.commit().at(&path)?;
+        Ok(claimed)
+    }
+
+    /// Records a batch of outcomes in one transaction.
+    ///
+    /// `Released` only applies to rows still `sending` (a release is never
+    /// allowed to undo a recorded result); the other outcomes always apply,
+    /// since they report what a server said. An id the store does not have
+    /// fails the whole batch with [`Error::UnknownRecipient`].
+    pub fn record(&mut self, outcomes: &[Outcome]) -> Result<()> {
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .at(&path)?;
+        {
+            let mut sent = tx
+                .prepare_cached(
+                    "UPDATE recipients
+                     SET status = 'sent', attempts = attempts + 1, next_attempt_at = NULL,
+                         category = NULL, stage = NULL, smtp_code = ?2, enhanced_code = ?3,
+                         reply = ?4, message_id = ?5, last_attempt_at = ?6, updated_at = ?6
+                     WHERE id = ?1",
+                )
+                .at(&path)?;
+            let mut failed = tx
+                .prepare_cached(
+                    "UPDATE recipients
+                     SET status = ?2, attempts = attempts + ?3, next_attempt_at = ?4,
+                         category = ?5, stage = ?6, smtp_code = ?7, enhanced_code = ?8,
+                         reply = ?9, last_attempt_at = ?10, updated_at = ?10
+                     WHERE id = ?1",
+                )
+                .at(&path)?;
+            let mut released = tx
+                .prepare_cached(
+                    "UPDATE recipients
+                     SET status = CASE WHEN next_attempt_at IS NULL
+                                       THEN 'pending' ELSE 'deferred' END,
+                         first_attempt_at = CASE WHEN prev_attempt_at IS NULL
+                                                 THEN NULL ELSE first_attempt_at END,
+                         last_attempt_at = prev_attempt_at, prev_attempt_at = NULL,
+                         updated_at = ?2
+                     WHERE id = ?1 AND status = 'sending'",
+                )
+                .at(&path)?;
+            let mut exists = tx
+                .prepare_cached("SELECT 1 FROM recipients WHERE id = ?1")
+                .at(&path)?;
+            for o in outcomes {
+                let changed = match &o.kind {
+                    OutcomeKind::Sent { reply, message_id } => sent
+                        .execute(params![
+                            o.id.0,
+                            reply.code,
+                            reply.enhanced,
+                            reply.text,
+                            message_id,
+                            o.at
+                        ])
+                        .at(&path)?,
+                    OutcomeKind::Deferred {
+                        failure,
+                        next_attempt_at,
+                        count_attempt,
+                    } => failed
+                        .execute(params![
+                            o.id.0,
+                            Status::Deferred.as_str(),
+                            i64::from(*count_attempt),
+                            next_attempt_at,
+                            failure.category.as_str(),
+                            failure.stage.as_str(),
+                            failure.smtp_code,
+                            failure.enhanced_code,
+                            failure.reply,
+                            o.at
+                        ])
+                        .at(&path)?,
+                    OutcomeKind::Failed { failure } => {
+                        // A failure before SMTP never reached a server: no attempt used.
+                        let counts = !matches!(failure.stage, Stage::Ingest | Stage::Render);
+                        failed
+                            .execute(params![
+                                o.id.0,
+                                Status::Failed.as_str(),
+                                i64::from(counts),
+                                Option::<i64>::None,
+                                failure.category.as_str(),
+                                failure.stage.as_str(),
+                                failure.smtp_code,
+                                failure.enhanced_code,
+                                failure.reply,
+                                o.at
+                            ])
+                            .at(&path)?
+                    }
+                    OutcomeKind::Released => {
+                        let n = released.execute(params![o.id.0, o.at]).at(&path)?;
+                        // Not sending any more: nothing to release, if it exists.
+                        n.max(exists.exists([o.id.0]).at(&path)? as usize)
+                    }
+                };
+                if changed == 0 {
+                    return Err(Error::UnknownRecipient { path, id: o.id });
+                }
+            }
+        }
+        tx.commit().at(&path)
+    }
+
+    /// Puts matching rows back to `pending` for another try: attempts to 0,
+    /// `next_attempt_at` cleared; the in-doubt flag and the last reply are kept.
+    ///
+    /// Empty `statuses` means every non-pending status except `sending` and
+    /// `sent` (rows being sent and rows delivered are never reset implicitly);
+    /// empty `categories` means any category. Returns how many rows changed.
+    pub fn reset_for_retry(&mut self, statuses: &[Status], categories: &[Category]) -> Result<u64> {
+        let statuses: Vec<&str> = if statuses.is_empty() {
+            [
+                Status::Deferred,
+                Status::Failed,
+                Status::Invalid,
+                Status::Skipped,
+                Status::Suppressed,
+                Status::InDoubt,
+            ]
+            .iter()
+            .map(|s| s.as_str())
+            .collect()
+        } else {
+            statuses.iter().map(|s| s.as_str()).collect()
+        };
+        let mut sql = format!(
+            "UPDATE recipients SET status = 'pending', attempts = 0, next_attempt_at = NULL,
+                 updated_at = ?1
+             WHERE status IN ({})",
+            placeholders(2, statuses.len())
+        );
+        if !categories.is_empty() {
+            sql.push_str(&format!(
+                " AND category IN ({})",
+                placeholders(2 + statuses.len(), categories.len())
+            ));
+        }
+        let now = edm_model::now_ms();
+        let mut args: Vec<rusqlite::types::Value> = vec![now.into()];
+        args.extend(statuses.iter().map(|s| s.to_string().into()));
+        args.extend(categories.iter().map(|c| c.as_str().to_string().into()));
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .at(&path)?;
+        let n = tx.execute(&sql, params_from_iter(args)).at(&path)?;
+        tx.commit().at(&path)?;
+        Ok(n as u64)
+    }
+}
+
+/// `?a, ?a+1, ...` for `n` parameters starting at index `first`.
+pub(crate) fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The address as compared for duplicates: trimmed and lower-cased.
+pub fn normalize(email: &str) -> String {
+    email.trim().to_lowercase()
+}
+
+/// CSV lines fit in an i64 (SQLite's integer); saturate rather than wrap.
+pub(crate) fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Lines are written from u64 by [`to_i64`], so never negative; clamp if edited by hand.
+pub(crate) fn from_i64(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
