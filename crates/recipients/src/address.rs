@@ -1,0 +1,152 @@
+//! Address validation and the normalised key used for dedupe and suppression.
+
+use email_address::{EmailAddress, Options};
+
+/// RFC 5321 §4.5.3.1.3: a path is at most 256 octets including the angle
+/// brackets, so an address is at most 254.
+const MAX_ADDRESS: usize = 254;
+/// RFC 5321 §4.5.3.1.1.
+const MAX_LOCAL_PART: usize = 64;
+
+/// The dedupe and suppression key of an address: trimmed and lower-cased.
+///
+/// Lower-casing the local part is not what RFC 5321 promises, but it is what
+/// every large mailbox provider does, and sending twice to one person is the
+/// worse mistake.
+pub fn normalize(email: &str) -> String {
+    email.trim().to_lowercase()
+}
+
+/// Checks that an address can be used in RCPT TO: a bare `local@domain.tld`,
+/// no display name, no domain literal, a TLD required, at most 254 bytes with
+/// a local part of at most 64. Internationalised local parts and domains are
+/// accepted. Surrounding whitespace is ignored.
+///
+/// On error, returns a short reason a person can act on.
+pub fn validate(email: &str) -> Result<(), String> {
+    let email = email.trim();
+    if email.is_empty() {
+        return Err("empty address".to_owned());
+    }
+    if email.chars().any(char::is_control) {
+        return Err("address contains a control character".to_owned());
+    }
+    let Some((local, _domain)) = email.rsplit_once('@') else {
+        return Err("missing @".to_owned());
+    };
+    if email.len() > MAX_ADDRESS {
+        return Err(format!(
+            "address longer than {MAX_ADDRESS} bytes ({})",
+            email.len()
+        ));
+    }
+    if local.len() > MAX_LOCAL_PART {
+        return Err(format!(
+            "local part longer than {MAX_LOCAL_PART} bytes ({})",
+            local.len()
+        ));
+    }
+    let options = Options::default()
+        .with_required_tld()
+        .without_domain_literal()
+        .without_display_text();
+    EmailAddress::parse_with_options(email, options)
+        .map(|_| ())
+        .map_err(|e| reason(&e, local))
+}
+
+/// Turns the parser's error into a reason for an operator. Exhaustive on
+/// purpose: a new upstream variant must be given words.
+fn reason(error: &email_address::Error, local: &str) -> String {
+    use email_address::Error as E;
+    let text = match error {
+        E::InvalidCharacter if !EmailAddress::is_valid_local_part(local) => {
+            "invalid character in the local part"
+        }
+        E::InvalidCharacter => "invalid character in the domain",
+        E::MissingSeparator => "missing @",
+        E::LocalPartEmpty => "nothing before the @",
+        E::LocalPartTooLong => "local part longer than 64 bytes",
+        E::DomainEmpty => "nothing after the @",
+        E::DomainTooLong => "domain longer than 254 bytes",
+        E::SubDomainEmpty => "domain has an empty label (a leading, trailing or double dot)",
+        E::SubDomainTooLong => "a domain label is longer than 63 bytes",
+        E::DomainTooFew => "domain has no TLD",
+        E::DomainInvalidSeparator => "misplaced dot in the domain",
+        E::UnbalancedQuotes => "unbalanced quotes in the local part",
+        E::InvalidComment => "malformed comment in the address",
+        E::InvalidIPAddress => "invalid IP address literal",
+        E::UnsupportedDomainLiteral => "domain literals like [192.0.2.1] are not accepted",
+        E::UnsupportedDisplayName => "display names are not accepted: put the bare address",
+        E::MissingDisplayName => "angle brackets are not accepted: put the bare address",
+        E::MissingEndBracket => "missing closing >",
+    };
+    text.to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_plain_and_international_addresses() {
+        for ok in [
+            "a@example.com",
+            "  padded@example.com\t",
+            "first.last+tag@sub.example.co.uk",
+            "user@bücher.de",
+            "user@xn--bcher-kva.de",
+            "josé@example.es",
+            "用户@例子.中国",
+            "\"quoted local\"@example.com",
+        ] {
+            assert_eq!(validate(ok), Ok(()), "{ok}");
+        }
+    }
+
+    #[test]
+    fn rejects_with_reasons() {
+        let cases = [
+            ("", "empty address"),
+            ("   ", "empty address"),
+            ("no-at.example.com", "missing @"),
+            ("user@localhost", "domain has no TLD"),
+            ("@example.com", "nothing before the @"),
+            ("user@", "nothing after the @"),
+            ("user@[192.0.2.1]", "domain literals"),
+            ("Bob <bob@example.com>", "display names"),
+            ("a b@example.com", "invalid character in the local part"),
+            ("user@exa mple.com", "invalid character in the domain"),
+            ("user@example..com", "empty label"),
+            ("user@example.com.", "empty label"),
+            ("us\r\ner@example.com", "control character"),
+        ];
+        for (input, want) in cases {
+            let got = validate(input).expect_err(input);
+            assert!(got.contains(want), "{input:?}: {got:?} lacks {want:?}");
+        }
+    }
+
+    #[test]
+    fn length_limits() {
+        let local = "a".repeat(65);
+        let got = validate(&format!("{local}@example.com")).unwrap_err();
+        assert_eq!(got, "local part longer than 64 bytes (65)");
+        assert_eq!(validate(&format!("{}@example.com", "a".repeat(64))), Ok(()));
+
+        let label = "d".repeat(60);
+        let long = format!("user@{label}.{label}.{label}.{label}.{label}.com");
+        assert!(long.len() > 254);
+        assert!(
+            validate(&long)
+                .unwrap_err()
+                .starts_with("address longer than 254")
+        );
+    }
+
+    #[test]
+    fn normalize_trims_and_lowercases() {
+        assert_eq!(normalize("  Bob@Example.COM \r"), "bob@example.com");
+        assert_eq!(normalize("ÉLODIE@Exemple.FR"), "élodie@exemple.fr");
+    }
+}
