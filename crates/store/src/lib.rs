@@ -48,7 +48,8 @@ mod write;
 pub use error::{Error, ExportError, Result};
 pub use store::Store;
 pub use types::{
-    Durability, ExportFilter, ExportRow, InDoubtPolicy, NewRow, Outcome, OutcomeKind, Summary,
+    Durability, ExportFilter, ExportRow, InDoubtPolicy, NewRow, Outcome, OutcomeKind, ReplyCount,
+    Summary,
 };
 pub use write::normalize;
 

@@ -10,7 +10,7 @@ use rusqlite::{params_from_iter, types::Value};
 use crate::error::{AtPath, ExportError, Result};
 use crate::schema::{ACTIVE, FAILING};
 use crate::store::{Store, limit_param};
-use crate::types::{ExportFilter, ExportRow, Summary};
+use crate::types::{ExportFilter, ExportRow, ReplyCount, Summary};
 use crate::write::{from_i64, placeholders};
 
 impl Store {
@@ -173,10 +173,7 @@ impl Store {
 
     /// The most frequent replies among failed and deferred recipients:
     /// `(code, enhanced code, text, count)`, biggest first.
-    pub fn top_replies(
-        &self,
-        limit: usize,
-    ) -> Result<Vec<(Option<u16>, Option<String>, String, u64)>> {
+    pub fn top_replies(&self, limit: usize) -> Result<Vec<ReplyCount>> {
         let path = &self.path;
         let mut st = self
             .conn

@@ -108,6 +108,10 @@ impl Summary {
     }
 }
 
+/// One line of [`Store::top_replies`](crate::Store::top_replies):
+/// `(code, enhanced code, text, count)`, the shape of `Progress::top_replies`.
+pub type ReplyCount = (Option<u16>, Option<String>, String, u64);
+
 /// Which rows [`Store::export`](crate::Store::export) yields. Empty lists mean "all".
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ExportFilter {

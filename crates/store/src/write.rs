@@ -31,6 +31,7 @@ fn claim_due_sql() -> String {
     )
 }
 
+#[cfg(test)]
 pub(crate) fn claim_sqls() -> [String; 2] {
     [claim_pending_sql(), claim_due_sql()]
 }
