@@ -1,1 +1,31 @@
-//! edm-delivery
+//! The delivery engine of edm: envelopes in, [`DeliveryEvent`]s out.
+//!
+//! # Layout
+//! - [`engine`]: workers with long-lived SMTP sessions, pause/stop, the
+//!   shared rate gate and breaker. Start with [`start`].
+//! - `outbound/`: one SMTP session driven step by step ([`Session`]) and the
+//!   single classifier from mail-send errors and replies to a [`Failure`]
+//!   ([`classify_error`], [`classify_reply`]).
+//! - `queue/`: the policies, as plain state: [`RateGate`] (governor, exact,
+//!   changeable at run time), [`Aimd`] (adaptive slow-down), [`Breaker`],
+//!   [`RetryPolicy`] (backoff with full jitter).
+//!
+//! This crate knows nothing of SQLite, CSV, templates or terminals. A refused
+//! recipient is data (a [`DeliveryEvent::Rejected`]), never an `Err`.
+//!
+//! [`DeliveryEvent`]: edm_model::DeliveryEvent
+//! [`DeliveryEvent::Rejected`]: edm_model::DeliveryEvent::Rejected
+//! [`Failure`]: edm_model::Failure
+#![deny(missing_docs)]
+
+pub mod engine;
+mod outbound;
+mod queue;
+
+pub use engine::{DeliveryConfig, DomainLimit, Engine, EngineEnd, EngineStatus, Error, start};
+pub use outbound::classify::{DIALECTS, Dialect, ReplyRef, classify_error, classify_reply};
+pub use outbound::session::{Afterwards, Security, Session, SmtpSettings};
+pub use queue::adaptive::{Aimd, AimdSettings};
+pub use queue::breaker::{Breaker, Trip};
+pub use queue::rate::RateGate;
+pub use queue::retry::{RetryPolicy, Verdict};

@@ -1,0 +1,4 @@
+//! The SMTP side: sessions driven step by step, and the one classifier.
+
+pub mod classify;
+pub mod session;

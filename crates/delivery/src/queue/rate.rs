@@ -1,0 +1,140 @@
+//! Rate limits: an exact GCRA limiter (governor) whose rate can change at
+//! run time, on tokio's clock so that tests with paused time can drive it.
+
+use std::num::NonZeroU32;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use governor::clock::Clock;
+use governor::middleware::NoOpMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+
+/// governor's clock, read from tokio's (so `tokio::time::pause` governs it too).
+#[derive(Clone, Debug)]
+pub struct TokioClock {
+    start: tokio::time::Instant,
+}
+
+impl Default for TokioClock {
+    fn default() -> Self {
+        TokioClock {
+            start: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl Clock for TokioClock {
+    type Instant = Duration;
+
+    fn now(&self) -> Duration {
+        self.start.elapsed()
+    }
+}
+
+type Limiter = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Duration>>;
+
+/// A rate gate: `acquire` returns when one more message may start.
+///
+/// `rate = None` means unlimited. The rate can be changed while tasks wait;
+/// they pick up the new limiter on their next check.
+pub struct RateGate {
+    clock: TokioClock,
+    burst: NonZeroU32,
+    current: RwLock<(Option<f64>, Option<Arc<Limiter>>)>,
+}
+
+impl RateGate {
+    /// A gate at `rate` messages per second, allowing `burst` at once after idle time.
+    pub fn new(rate: Option<f64>, burst: u32) -> RateGate {
+        let gate = RateGate {
+            clock: TokioClock::default(),
+            burst: NonZeroU32::new(burst.max(1)).unwrap_or(NonZeroU32::MIN),
+            current: RwLock::new((None, None)),
+        };
+        gate.set_rate(rate);
+        gate
+    }
+
+    /// The rate in force.
+    pub fn rate(&self) -> Option<f64> {
+        self.current.read().map(|g| g.0).unwrap_or(None)
+    }
+
+    /// Changes the rate (messages per second; `None` = unlimited).
+    pub fn set_rate(&self, rate: Option<f64>) {
+        let rate = rate.filter(|r| r.is_finite() && *r > 0.0);
+        let limiter = rate.and_then(|r| {
+            let period = Duration::from_secs_f64(1.0 / r);
+            Quota::with_period(period).map(|q| {
+                Arc::new(RateLimiter::direct_with_clock(
+                    q.allow_burst(self.burst),
+                    self.clock.clone(),
+                ))
+            })
+        });
+        if let Ok(mut g) = self.current.write() {
+            *g = (rate, limiter);
+        }
+    }
+
+    /// Waits until one message may start.
+    pub async fn acquire(&self) {
+        loop {
+            let limiter = match self.current.read() {
+                Ok(g) => g.1.clone(),
+                Err(_) => None,
+            };
+            let Some(limiter) = limiter else {
+                return;
+            };
+            match limiter.check() {
+                Ok(()) => return,
+                Err(not_until) => {
+                    let wait = not_until.wait_time_from(self.clock.now());
+                    // Re-check at least every 250 ms so that a rate change applies promptly.
+                    tokio::time::sleep(wait.min(Duration::from_millis(250))).await;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn exact_spacing_at_ten_per_second() {
+        let gate = RateGate::new(Some(10.0), 1);
+        let start = tokio::time::Instant::now();
+        for _ in 0..21 {
+            gate.acquire().await;
+        }
+        // The first is immediate, the next 20 are 100 ms apart.
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rate_change_applies() {
+        let gate = RateGate::new(Some(1.0), 1);
+        gate.acquire().await;
+        gate.set_rate(Some(100.0));
+        let start = tokio::time::Instant::now();
+        for _ in 0..10 {
+            gate.acquire().await;
+        }
+        assert!(start.elapsed() < Duration::from_millis(200), "{:?}", start.elapsed());
+        assert_eq!(gate.rate(), Some(100.0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unlimited_never_waits() {
+        let gate = RateGate::new(None, 1);
+        let start = tokio::time::Instant::now();
+        for _ in 0..1000 {
+            gate.acquire().await;
+        }
+        assert_eq!(start.elapsed(), Duration::ZERO);
+    }
+}
