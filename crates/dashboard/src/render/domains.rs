@@ -23,7 +23,7 @@ fn ranked(p: &Progress) -> Vec<(&String, &DomainCounts)> {
 
 fn table<'a>(rows: &[(&String, &DomainCounts)], width: u16, theme: &Theme) -> Table<'a> {
     const NUM: u16 = 8;
-    const SHARE: u16 = 7;
+    const SHARE: u16 = 6;
     let name_width = width.saturating_sub(3 * NUM + SHARE + 4).max(8) as usize;
     let body: Vec<Row> = rows
         .iter()
@@ -40,7 +40,7 @@ fn table<'a>(rows: &[(&String, &DomainCounts)], width: u16, theme: &Theme) -> Ta
                     format!("{:>8}", format::count(c.deferred)),
                     theme.warn,
                 )),
-                Cell::from(format!("{:>6.1}%", format::percent(c.failed, tried))),
+                Cell::from(format!("{:>5.1}%", format::percent(c.failed, tried))),
             ])
         })
         .collect();
@@ -49,7 +49,7 @@ fn table<'a>(rows: &[(&String, &DomainCounts)], width: u16, theme: &Theme) -> Ta
         Cell::from("    sent"),
         Cell::from("  failed"),
         Cell::from("deferred"),
-        Cell::from(" failed"),
+        Cell::from(" fail%"),
     ])
     .style(theme.heading);
     Table::new(

@@ -13,7 +13,7 @@ use edm_model::Progress;
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::text::Line;
-use ratatui::widgets::{Block, Borders};
+use ratatui::widgets::{Block, Borders, Padding};
 
 use crate::app::{App, View};
 use crate::theme::Theme;
@@ -21,7 +21,7 @@ use crate::theme::Theme;
 /// Terminals at least this wide show the domains panel on the main view.
 const WIDE: u16 = 110;
 /// Width of the domains panel on wide terminals.
-const DOMAINS_PANEL: u16 = 44;
+const DOMAINS_PANEL: u16 = 52;
 
 /// Draws the whole screen for `progress`.
 pub(crate) fn draw(app: &App, frame: &mut Frame, progress: &Progress) {
@@ -93,4 +93,5 @@ fn panel<'a>(title: impl Into<Line<'a>>, theme: &Theme) -> Block<'a> {
         .border_style(theme.dim)
         .title(title)
         .title_style(theme.heading)
+        .padding(Padding::left(1))
 }

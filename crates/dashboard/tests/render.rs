@@ -1,0 +1,143 @@
+//! Snapshot tests of whole screens drawn into `TestBackend`.
+//!
+//! Generate or update with `INSTA_UPDATE=always cargo test -p edm-dashboard`
+//! and review the `.snap` files in `tests/snapshots/`.
+
+mod common;
+
+use common::*;
+use edm_dashboard::{App, Options};
+use edm_model::Progress;
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+use ratatui::style::{Color, Modifier};
+
+fn screen(app: &App, p: &Progress, width: u16, height: u16) -> Terminal<TestBackend> {
+    let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
+    terminal.draw(|f| app.draw(f, p)).unwrap();
+    terminal
+}
+
+fn app() -> App {
+    App::new(Options::default())
+}
+
+macro_rules! screens {
+    ($($name:ident => $progress:expr;)*) => {$(
+        #[test]
+        fn $name() {
+            let p = $progress;
+            insta::assert_snapshot!(concat!(stringify!($name), "_80x24"), screen(&app(), &p, 80, 24).backend());
+            insta::assert_snapshot!(concat!(stringify!($name), "_120x40"), screen(&app(), &p, 120, 40).backend());
+        }
+    )*};
+}
+
+screens! {
+    main_fresh => fresh();
+    main_mid_run => mid_run();
+    main_throttled => throttled();
+    main_paused => paused();
+    main_done => done();
+}
+
+#[test]
+fn paused_says_paused() {
+    let t = screen(&app(), &paused(), 80, 24);
+    assert!(format!("{}", t.backend()).contains("PAUSED"));
+}
+
+#[test]
+fn failures_view() {
+    let p = mid_run();
+    let mut a = app();
+    a.handle_key(ch('f'), &p);
+    insta::assert_snapshot!("failures_80x24", screen(&a, &p, 80, 24).backend());
+    // Scrolled past the first page: the selection stays visible.
+    for _ in 0..20 {
+        a.handle_key(key(ratatui::crossterm::event::KeyCode::Down), &p);
+    }
+    insta::assert_snapshot!("failures_scrolled_80x24", screen(&a, &p, 80, 24).backend());
+}
+
+#[test]
+fn domains_view() {
+    let p = mid_run();
+    let mut a = app();
+    a.handle_key(ch('d'), &p);
+    insta::assert_snapshot!("domains_80x24", screen(&a, &p, 80, 24).backend());
+}
+
+#[test]
+fn help_overlay() {
+    let p = mid_run();
+    let mut a = app();
+    a.handle_key(ch('?'), &p);
+    insta::assert_snapshot!("help_80x24", screen(&a, &p, 80, 24).backend());
+
+    let mut ro = App::new(Options {
+        read_only: true,
+        ..Options::default()
+    });
+    ro.handle_key(ch('?'), &p);
+    insta::assert_snapshot!("help_read_only_80x24", screen(&ro, &p, 80, 24).backend());
+}
+
+#[test]
+fn confirm_and_stopping_prompts() {
+    let p = mid_run();
+    let mut a = app();
+    a.handle_key(ch('q'), &p);
+    insta::assert_snapshot!("confirm_quit_80x24", screen(&a, &p, 80, 24).backend());
+    a.handle_key(ch('y'), &p);
+    let mut stopping = p.clone();
+    stopping.state = edm_model::RunState::Stopping;
+    let t = screen(&a, &stopping, 80, 24);
+    let text = format!("{}", t.backend());
+    assert!(text.contains("STOPPING"), "{text}");
+    assert!(text.contains("stopping: finishing in-flight"), "{text}");
+}
+
+#[test]
+fn no_color_uses_only_modifiers() {
+    let a = App::new(Options {
+        no_color: true,
+        read_only: false,
+    });
+    for p in [mid_run(), throttled(), paused(), done()] {
+        let t = screen(&a, &p, 120, 40);
+        let buffer = t.backend().buffer();
+        assert!(
+            buffer
+                .content()
+                .iter()
+                .all(|c| c.fg == Color::Reset && c.bg == Color::Reset),
+            "a colour was drawn with NO_COLOR"
+        );
+        // The title bar still stands out.
+        assert!(buffer[(0, 0)].modifier.contains(Modifier::REVERSED));
+    }
+    // And with colour, some colour is drawn.
+    let t = screen(&app(), &mid_run(), 80, 24);
+    assert!(
+        t.backend()
+            .buffer()
+            .content()
+            .iter()
+            .any(|c| c.fg != Color::Reset)
+    );
+}
+
+#[test]
+fn tiny_terminals_do_not_panic() {
+    for (w, h) in [(1, 1), (20, 5), (40, 10), (79, 23), (300, 100)] {
+        for p in [fresh(), mid_run(), done()] {
+            let mut a = app();
+            screen(&a, &p, w, h);
+            for c in ['f', 'd', '?'] {
+                a.handle_key(ch(c), &p);
+                screen(&a, &p, w, h);
+            }
+        }
+    }
+}
