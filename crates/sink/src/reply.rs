@@ -26,7 +26,9 @@ impl Reply {
     /// text (or nothing). A literal two-character `\n` also separates lines,
     /// since a shell argument cannot easily carry a newline.
     pub(crate) fn parse(spec: &str) -> Result<Self, String> {
-        let digits = spec.get(..3).filter(|d| d.bytes().all(|b| b.is_ascii_digit()));
+        let digits = spec
+            .get(..3)
+            .filter(|d| d.bytes().all(|b| b.is_ascii_digit()));
         let Some(digits) = digits else {
             return Err(format!(
                 "reply {spec:?} must start with a three-digit code, as in \"550 5.1.1 No such user\""
@@ -96,7 +98,10 @@ mod tests {
 
     #[test]
     fn multi_line_uses_continuation_markers() {
-        for spec in ["554 5.3.2 first\nsecond\nthird", "554 5.3.2 first\\nsecond\\nthird"] {
+        for spec in [
+            "554 5.3.2 first\nsecond\nthird",
+            "554 5.3.2 first\\nsecond\\nthird",
+        ] {
             let r = Reply::parse(spec).unwrap();
             assert_eq!(wire(&r), "554-5.3.2 first\r\n554-second\r\n554 third\r\n");
         }

@@ -78,7 +78,7 @@ pub struct Rule {
 }
 
 /// The seed used for `percent=` when the spec gives none.
-pub(crate) const DEFAULT_SEED: u64 = 0x5EED_0F_ED_5154;
+pub(crate) const DEFAULT_SEED: u64 = 0x5EED_0FED_5154;
 
 const KEYS: &str = "stage, match, percent, seed, times, action, secs, reply";
 

@@ -50,10 +50,12 @@ impl Script {
                 continue;
             }
             let key = match &rule.prefix {
-                Some(prefix) => match addresses.iter().find(|a| local_part_starts_with(a, prefix)) {
-                    Some(address) => address.to_ascii_lowercase(),
-                    None => continue,
-                },
+                Some(prefix) => {
+                    match addresses.iter().find(|a| local_part_starts_with(a, prefix)) {
+                        Some(address) => address.to_ascii_lowercase(),
+                        None => continue,
+                    }
+                }
                 None => addresses
                     .first()
                     .map(|a| a.to_ascii_lowercase())
@@ -161,14 +163,19 @@ mod tests {
         let spec = ["stage=rcpt,percent=20,reply=451 4.3.0 Busy"];
         let run = |s: Script| -> Vec<bool> {
             (0..1000)
-                .map(|i| s.evaluate(Stage::Rcpt, &[&format!("u{i}@x.test")]).is_some())
+                .map(|i| {
+                    s.evaluate(Stage::Rcpt, &[&format!("u{i}@x.test")])
+                        .is_some()
+                })
                 .collect()
         };
         let first = run(script(&spec));
         assert_eq!(first, run(script(&spec)));
         let hits = first.iter().filter(|&&h| h).count();
         assert!((150..250).contains(&hits), "{hits} hits for 20% of 1000");
-        let other_seed = run(script(&["stage=rcpt,percent=20,seed=9,reply=451 4.3.0 Busy"]));
+        let other_seed = run(script(&[
+            "stage=rcpt,percent=20,seed=9,reply=451 4.3.0 Busy",
+        ]));
         assert_ne!(first, other_seed);
     }
 

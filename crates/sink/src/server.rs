@@ -99,7 +99,10 @@ impl Shared {
     }
 
     pub(crate) fn next_queue_id(&self) -> String {
-        format!("{:010X}", self.queue_ids.fetch_add(1, Ordering::Relaxed) + 1)
+        format!(
+            "{:010X}",
+            self.queue_ids.fetch_add(1, Ordering::Relaxed) + 1
+        )
     }
 
     pub(crate) fn record(&self, received: Received) {
@@ -110,8 +113,7 @@ impl Shared {
 
 fn ehlo_reply(config: &SinkConfig) -> Vec<u8> {
     let mut ehlo = EhloResponse::new(config.hostname.as_str());
-    ehlo.capabilities =
-        EXT_PIPELINING | EXT_8BIT_MIME | EXT_SIZE | EXT_ENHANCED_STATUS_CODES;
+    ehlo.capabilities = EXT_PIPELINING | EXT_8BIT_MIME | EXT_SIZE | EXT_ENHANCED_STATUS_CODES;
     ehlo.size = config.max_message_size;
     if config.auth.is_some() {
         ehlo.capabilities |= EXT_AUTH;
@@ -174,7 +176,11 @@ pub(crate) async fn stopped(watcher: &mut watch::Receiver<bool>) {
     let _ = watcher.wait_for(|&stop| stop).await;
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut watcher: watch::Receiver<bool>) {
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut watcher: watch::Receiver<bool>,
+) {
     let mut sessions = JoinSet::new();
     loop {
         tokio::select! {

@@ -181,17 +181,27 @@ impl Session {
     }
 
     async fn greet(&mut self) -> io::Result<Flow> {
-        if let Some(effect) = self.shared.script.evaluate(Stage::Greeting, &[]) {
-            if let Applied::Done(flow) = self.apply(effect).await? {
-                // A refusal that keeps the line open (554) still has to
-                // answer QUIT (RFC 5321 §3.1).
-                self.refused = true;
-                return Ok(flow);
-            }
+        if let Some(flow) = self.rule(Stage::Greeting, &[]).await? {
+            // A refusal that keeps the line open (554) still has to answer
+            // QUIT (RFC 5321 §3.1).
+            self.refused = true;
+            return Ok(flow);
         }
         let text = format!("{} ESMTP edm-sink", self.shared.config.hostname);
         self.send(220, &text);
         Ok(Flow::Continue)
+    }
+
+    /// Applies the first rule for this attempt, if any; `Some` when it
+    /// answered (or hung up) in place of the normal reply.
+    async fn rule(&mut self, stage: Stage, addresses: &[&str]) -> io::Result<Option<Flow>> {
+        let Some(effect) = self.shared.script.evaluate(stage, addresses) else {
+            return Ok(None);
+        };
+        Ok(match self.apply(effect).await? {
+            Applied::Done(flow) => Some(flow),
+            Applied::Proceed => None,
+        })
     }
 
     /// Carries out a rule's effect.
@@ -241,16 +251,19 @@ impl Session {
                     let mut bytes = rest.iter();
                     let done = receiver.ingest(&mut bytes, &mut self.message);
                     pos = input.len() - bytes.len();
-                    let limit = self.shared.config.max_message_size;
-                    if done {
+                    // Minus the CRLF seed of `start_data`.
+                    let too_big = over_limit(&self.shared, self.message.len() - 2);
+                    if too_big && !done {
+                        self.mode = Mode::DataTooBig(DummyDataReceiver::new_data(receiver));
+                        self.message = Vec::new();
+                    } else if too_big {
+                        self.too_big();
+                    } else if done {
                         self.mode = Mode::Command;
                         let flow = self.end_of_data().await?;
                         if flow != Flow::Continue {
                             break flow;
                         }
-                    } else if limit > 0 && self.message.len() - 2 > limit {
-                        self.mode = Mode::DataTooBig(DummyDataReceiver::new_data(receiver));
-                        self.message = Vec::new();
                     }
                 }
                 Mode::DataTooBig(receiver) => {
@@ -258,9 +271,7 @@ impl Session {
                     let done = receiver.ingest(&mut bytes);
                     pos = input.len() - bytes.len();
                     if done {
-                        self.mode = Mode::Command;
-                        self.end_transaction();
-                        self.send(552, "5.3.4 Message size exceeds fixed maximum message size");
+                        self.too_big();
                     }
                 }
                 Mode::SkipLongLine => match rest.iter().position(|&b| b == b'\n') {
@@ -270,7 +281,10 @@ impl Session {
                     }
                     None => pos = input.len(),
                 },
-                Mode::Command | Mode::AuthPlain | Mode::AuthLoginUser | Mode::AuthLoginPassword(_) => {
+                Mode::Command
+                | Mode::AuthPlain
+                | Mode::AuthLoginUser
+                | Mode::AuthLoginPassword(_) => {
                     let Some(nl) = rest.iter().position(|&b| b == b'\n') else {
                         if rest.len() > MAX_LINE + 2 {
                             self.send(500, "5.5.2 Line too long");
@@ -301,6 +315,14 @@ impl Session {
         self.input = input;
         self.input.drain(..pos);
         Ok(flow)
+    }
+
+    /// After the final dot of a message over the size limit (RFC 1870 §6.2).
+    fn too_big(&mut self) {
+        self.mode = Mode::Command;
+        self.message = Vec::new();
+        self.end_transaction();
+        self.send(552, "5.3.4 Message size exceeds fixed maximum message size");
     }
 
     fn end_transaction(&mut self) {
@@ -348,7 +370,10 @@ impl Session {
                 return Ok(Flow::Close("QUIT"));
             }
             Request::Vrfy { .. } => {
-                self.send(252, "2.5.0 Cannot VRFY user, but will accept message and attempt delivery");
+                self.send(
+                    252,
+                    "2.5.0 Cannot VRFY user, but will accept message and attempt delivery",
+                );
             }
             Request::Help { .. } => self.send(214, "2.0.0 See RFC 5321"),
             Request::Auth {
@@ -368,7 +393,9 @@ impl Session {
 
     fn parse_error(&mut self, error: ParseError) {
         match error {
-            ParseError::UnknownCommand => self.send(500, "5.5.2 Syntax error, command unrecognized"),
+            ParseError::UnknownCommand => {
+                self.send(500, "5.5.2 Syntax error, command unrecognized")
+            }
             ParseError::InvalidSenderAddress => self.send(501, "5.1.7 Invalid sender address"),
             ParseError::InvalidRecipientAddress => {
                 self.send(501, "5.1.3 Invalid recipient address")
@@ -398,13 +425,11 @@ impl Session {
             self.send(530, "5.7.0 Authentication required");
         } else if self.mail_from.is_some() {
             self.send(503, "5.5.1 Nested MAIL command");
-        } else if self.over_limit(declared_size) {
+        } else if over_limit(&self.shared, declared_size) {
             self.send(552, "5.3.4 Message size exceeds fixed maximum message size");
         } else {
-            if let Some(effect) = self.shared.script.evaluate(Stage::Mail, &[from]) {
-                if let Applied::Done(flow) = self.apply(effect).await? {
-                    return Ok(flow);
-                }
+            if let Some(flow) = self.rule(Stage::Mail, &[from]).await? {
+                return Ok(flow);
             }
             self.mail_from = Some(from.to_owned());
             self.shared.count_transaction();
@@ -413,21 +438,14 @@ impl Session {
         Ok(Flow::Continue)
     }
 
-    fn over_limit(&self, size: usize) -> bool {
-        let limit = self.shared.config.max_message_size;
-        limit > 0 && size > limit
-    }
-
     async fn rcpt(&mut self, to: &str) -> io::Result<Flow> {
         if self.mail_from.is_none() {
             self.send(503, "5.5.1 Need MAIL before RCPT");
         } else if self.rcpts.len() >= MAX_RCPTS {
             self.send(452, "4.5.3 Too many recipients");
         } else {
-            if let Some(effect) = self.shared.script.evaluate(Stage::Rcpt, &[to]) {
-                if let Applied::Done(flow) = self.apply(effect).await? {
-                    return Ok(flow);
-                }
+            if let Some(flow) = self.rule(Stage::Rcpt, &[to]).await? {
+                return Ok(flow);
             }
             self.rcpts.push(to.to_owned());
             self.send(250, "2.1.5 Ok");
@@ -460,10 +478,8 @@ impl Session {
         let rcpts = mem::take(&mut self.rcpts);
 
         let addresses: Vec<&str> = rcpts.iter().map(String::as_str).collect();
-        if let Some(effect) = self.shared.script.evaluate(Stage::Data, &addresses) {
-            if let Applied::Done(flow) = self.apply(effect).await? {
-                return Ok(flow);
-            }
+        if let Some(flow) = self.rule(Stage::Data, &addresses).await? {
+            return Ok(flow);
         }
 
         let at_ms = now_ms();
@@ -603,6 +619,12 @@ impl Session {
     }
 }
 
+/// Whether `size` bytes exceed the configured limit (0 is no limit).
+fn over_limit(shared: &Shared, size: usize) -> bool {
+    let limit = shared.config.max_message_size;
+    limit > 0 && size > limit
+}
+
 /// Base64 of an AUTH exchange; `=` stands for an empty response (RFC 4954 §4).
 fn decode(encoded: &[u8]) -> Option<Vec<u8>> {
     if encoded == b"=" {
@@ -634,11 +656,17 @@ pub(crate) fn message_id(message: &[u8]) -> Option<String> {
             continue;
         };
         let mut value = String::from_utf8_lossy(value).into_owned();
-        while let Some(next) = lines.next_if(|l| l.first().is_some_and(|&b| b == b' ' || b == b'\t')) {
+        while let Some(next) =
+            lines.next_if(|l| l.first().is_some_and(|&b| b == b' ' || b == b'\t'))
+        {
             let next = next.strip_suffix(b"\r").unwrap_or(next);
             value.push_str(&String::from_utf8_lossy(next));
         }
-        let id = value.trim().trim_start_matches('<').trim_end_matches('>').trim();
+        let id = value
+            .trim()
+            .trim_start_matches('<')
+            .trim_end_matches('>')
+            .trim();
         return (!id.is_empty()).then(|| id.to_owned());
     }
     None
@@ -652,7 +680,13 @@ mod tests {
     fn message_id_is_found_unfolded_and_unbracketed() {
         let m = b"Subject: x\r\nMessage-ID:\r\n <abc.1@example.test>\r\n\r\nMessage-ID: <no>\r\n";
         assert_eq!(message_id(m).as_deref(), Some("abc.1@example.test"));
-        assert_eq!(message_id(b"message-id: <a@b>\r\n\r\n").as_deref(), Some("a@b"));
-        assert_eq!(message_id(b"Subject: x\r\n\r\nMessage-ID: <body@x>\r\n"), None);
+        assert_eq!(
+            message_id(b"message-id: <a@b>\r\n\r\n").as_deref(),
+            Some("a@b")
+        );
+        assert_eq!(
+            message_id(b"Subject: x\r\n\r\nMessage-ID: <body@x>\r\n"),
+            None
+        );
     }
 }

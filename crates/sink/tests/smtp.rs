@@ -21,6 +21,8 @@ impl Client {
     /// Connects and returns the client with the greeting.
     async fn connect(sink: &SinkHandle) -> (Client, String) {
         let stream = TcpStream::connect(sink.local_addr()).await.unwrap();
+        // Split writes would otherwise wait on delayed ACKs (~40 ms each).
+        stream.set_nodelay(true).unwrap();
         let mut client = Client {
             stream: BufReader::new(stream),
         };
@@ -38,7 +40,11 @@ impl Client {
     }
 
     async fn send(&mut self, raw: &str) {
-        self.stream.get_mut().write_all(raw.as_bytes()).await.unwrap();
+        self.stream
+            .get_mut()
+            .write_all(raw.as_bytes())
+            .await
+            .unwrap();
     }
 
     /// One whole reply, continuation lines joined with `\n`, CRLFs removed.
@@ -50,7 +56,10 @@ impl Client {
                 .await
                 .expect("reply within 5 s")
                 .unwrap();
-            assert!(n > 0, "connection closed while waiting for a reply: {lines:?}");
+            assert!(
+                n > 0,
+                "connection closed while waiting for a reply: {lines:?}"
+            );
             let line = line.trim_end_matches(['\r', '\n']).to_owned();
             let last = line.as_bytes().get(3) != Some(&b'-');
             lines.push(line);
@@ -72,20 +81,26 @@ impl Client {
             .await
             .expect("close within 5 s")
             .unwrap_or(0);
-        assert!(rest.is_empty(), "unexpected: {:?}", String::from_utf8_lossy(&rest));
+        assert!(
+            rest.is_empty(),
+            "unexpected: {:?}",
+            String::from_utf8_lossy(&rest)
+        );
         n == 0
     }
 
     /// MAIL, RCPTs and DATA, each expected to succeed, then `body` and the
     /// final dot; returns the final reply.
     async fn transaction(&mut self, from: &str, rcpts: &[&str], body: &str) -> String {
-        assert_eq!(self.cmd(&format!("MAIL FROM:<{from}>")).await, "250 2.1.0 Ok");
+        assert_eq!(
+            self.cmd(&format!("MAIL FROM:<{from}>")).await,
+            "250 2.1.0 Ok"
+        );
         for rcpt in rcpts {
             assert_eq!(self.cmd(&format!("RCPT TO:<{rcpt}>")).await, "250 2.1.5 Ok");
         }
         assert!(self.cmd("DATA").await.starts_with("354 "));
-        self.send(body).await;
-        self.send(".\r\n").await;
+        self.send(&format!("{body}.\r\n")).await;
         self.reply().await
     }
 }
@@ -100,7 +115,8 @@ async fn sink_with(rules: &[&str]) -> SinkHandle {
 }
 
 const BODY: &str = "Message-ID: <m1@edm.test>\r\nSubject: hi\r\n\r\n..leading dot\r\n..\r\nend\r\n";
-const UNSTUFFED: &str = "Message-ID: <m1@edm.test>\r\nSubject: hi\r\n\r\n.leading dot\r\n.\r\nend\r\n";
+const UNSTUFFED: &str =
+    "Message-ID: <m1@edm.test>\r\nSubject: hi\r\n\r\n.leading dot\r\n.\r\nend\r\n";
 
 mod transaction {
     use super::*;
@@ -109,7 +125,9 @@ mod transaction {
     async fn to_memory_with_dot_unstuffing() {
         let sink = sink_with(&[]).await;
         let mut c = Client::ready(&sink).await;
-        let done = c.transaction("from@edm.test", &["a@x.test", "b@y.test"], BODY).await;
+        let done = c
+            .transaction("from@edm.test", &["a@x.test", "b@y.test"], BODY)
+            .await;
         assert!(done.starts_with("250 2.0.0 Ok: queued as "), "{done}");
         assert_eq!(c.cmd("QUIT").await, "221 2.0.0 Bye");
         assert!(c.closed().await);
@@ -125,8 +143,33 @@ mod transaction {
         assert!(done.ends_with(&r.queue_id));
         assert_eq!(sink.accepted(), 1);
         let stats = sink.stats();
-        assert_eq!((stats.connections, stats.transactions, stats.accepted), (1, 1, 1));
+        assert_eq!(
+            (stats.connections, stats.transactions, stats.accepted),
+            (1, 1, 1)
+        );
         sink.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn message_split_across_reads() {
+        let sink = sink_with(&[]).await;
+        let mut c = Client::ready(&sink).await;
+        c.send("MAIL FROM:<f@x.test>\r\nRCPT TO:<a@x.test>\r\nDATA\r\n")
+            .await;
+        for _ in 0..3 {
+            c.reply().await;
+        }
+        // Every boundary of the stuffing and of the final dot falls between reads.
+        for piece in [BODY, "\r", "\n.", ".x\r\n", "\r\n", ".", "\r", "\n"] {
+            c.send(piece).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(c.reply().await.starts_with("250 2.0.0"));
+        let expected = format!("{UNSTUFFED}\r\n.x\r\n\r\n");
+        assert_eq!(
+            sink.received()[0].data.as_deref(),
+            Some(expected.as_bytes())
+        );
     }
 
     #[tokio::test]
@@ -136,7 +179,10 @@ mod transaction {
         let done = c.transaction("", &["a@x.test"], "").await;
         assert!(done.starts_with("250 2.0.0"), "{done}");
         let r = &sink.received()[0];
-        assert_eq!((r.mail_from.as_str(), r.size, r.message_id.clone()), ("", 0, None));
+        assert_eq!(
+            (r.mail_from.as_str(), r.size, r.message_id.clone()),
+            ("", 0, None)
+        );
     }
 
     #[tokio::test]
@@ -149,9 +195,13 @@ mod transaction {
         .await
         .unwrap();
         let mut c = Client::ready(&sink).await;
-        let done = c.transaction("from@edm.test", &["a@x.test", "b@y.test"], BODY).await;
+        let done = c
+            .transaction("from@edm.test", &["a@x.test", "b@y.test"], BODY)
+            .await;
         assert!(done.starts_with("250 2.0.0"), "{done}");
-        let done = c.transaction("from@edm.test", &["c@x.test"], "\r\nsecond\r\n").await;
+        let done = c
+            .transaction("from@edm.test", &["c@x.test"], "\r\nsecond\r\n")
+            .await;
         assert!(done.starts_with("250 2.0.0"), "{done}");
 
         let md = dir.path().join("md");
@@ -202,7 +252,12 @@ mod protocol {
         let ehlo = c.cmd("EHLO client.test").await;
         let lines: Vec<&str> = ehlo.lines().collect();
         assert!(lines[0].starts_with("250-sink.test"), "{ehlo}");
-        for cap in ["PIPELINING", "8BITMIME", "SIZE 12345", "ENHANCEDSTATUSCODES"] {
+        for cap in [
+            "PIPELINING",
+            "8BITMIME",
+            "SIZE 12345",
+            "ENHANCEDSTATUSCODES",
+        ] {
             assert!(lines[1..].iter().any(|l| &l[4..] == cap), "{cap} in {ehlo}");
         }
         assert!(!ehlo.contains("AUTH"), "{ehlo}");
@@ -235,8 +290,10 @@ mod protocol {
             ]
         );
         // Body, dot and the next transaction in one write too.
-        c.send("x\r\n.\r\nRSET\r\nMAIL FROM:<f@edm.test>\r\nRCPT TO:<d@x.test>\r\nNOOP\r\nQUIT\r\n")
-            .await;
+        c.send(
+            "x\r\n.\r\nRSET\r\nMAIL FROM:<f@edm.test>\r\nRCPT TO:<d@x.test>\r\nNOOP\r\nQUIT\r\n",
+        )
+        .await;
         let mut rest = String::new();
         tokio::time::timeout(WAIT, c.stream.read_to_string(&mut rest))
             .await
@@ -252,15 +309,30 @@ mod protocol {
     async fn out_of_order_and_unknown_commands() {
         let sink = sink_with(&[]).await;
         let (mut c, _) = Client::connect(&sink).await;
-        assert_eq!(c.cmd("MAIL FROM:<f@x.test>").await, "503 5.5.1 Send EHLO or HELO first");
+        assert_eq!(
+            c.cmd("MAIL FROM:<f@x.test>").await,
+            "503 5.5.1 Send EHLO or HELO first"
+        );
         c.cmd("EHLO client.test").await;
-        assert_eq!(c.cmd("RCPT TO:<a@x.test>").await, "503 5.5.1 Need MAIL before RCPT");
+        assert_eq!(
+            c.cmd("RCPT TO:<a@x.test>").await,
+            "503 5.5.1 Need MAIL before RCPT"
+        );
         assert_eq!(c.cmd("DATA").await, "503 5.5.1 Need MAIL before DATA");
         assert_eq!(c.cmd("MAIL FROM:<f@x.test>").await, "250 2.1.0 Ok");
         assert_eq!(c.cmd("DATA").await, "503 5.5.1 Need RCPT before DATA");
-        assert_eq!(c.cmd("MAIL FROM:<f@x.test>").await, "503 5.5.1 Nested MAIL command");
-        assert_eq!(c.cmd("FROB").await, "500 5.5.2 Syntax error, command unrecognized");
-        assert_eq!(c.cmd("RCPT TO:<not an address>").await, "501 5.1.3 Invalid recipient address");
+        assert_eq!(
+            c.cmd("MAIL FROM:<f@x.test>").await,
+            "503 5.5.1 Nested MAIL command"
+        );
+        assert_eq!(
+            c.cmd("FROB").await,
+            "500 5.5.2 Syntax error, command unrecognized"
+        );
+        assert_eq!(
+            c.cmd("RCPT TO:<not an address>").await,
+            "501 5.1.3 Invalid recipient address"
+        );
         let long = format!("NOOP {}", "x".repeat(3000));
         assert_eq!(c.cmd(&long).await, "500 5.5.2 Line too long");
         // An over-long line split across writes is answered once, then skipped.
@@ -287,12 +359,28 @@ mod protocol {
         );
         let big = format!("Subject: big\r\n\r\n{}\r\n", "z".repeat(1500));
         let done = c.transaction("f@x.test", &["a@x.test"], &big).await;
-        assert_eq!(done, "552 5.3.4 Message size exceeds fixed maximum message size");
+        assert_eq!(
+            done,
+            "552 5.3.4 Message size exceeds fixed maximum message size"
+        );
+        // Past the limit before the final dot arrives: read to the dot, then refused.
+        c.cmd("MAIL FROM:<f@x.test>").await;
+        c.cmd("RCPT TO:<a@x.test>").await;
+        assert!(c.cmd("DATA").await.starts_with("354"));
+        c.send(&big).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        c.send(&format!("{big}.\r\n")).await;
+        assert_eq!(
+            c.reply().await,
+            "552 5.3.4 Message size exceeds fixed maximum message size"
+        );
         // The session goes on, and a message within the limit is accepted.
-        let done = c.transaction("f@x.test", &["a@x.test"], "Subject: small\r\n\r\nok\r\n").await;
+        let done = c
+            .transaction("f@x.test", &["a@x.test"], "Subject: small\r\n\r\nok\r\n")
+            .await;
         assert!(done.starts_with("250 2.0.0"), "{done}");
         assert_eq!(sink.accepted(), 1);
-        assert_eq!(sink.stats().rejected(552), 2);
+        assert_eq!(sink.stats().rejected(552), 3);
     }
 
     #[tokio::test]
@@ -305,8 +393,14 @@ mod protocol {
         .unwrap();
         let (mut c, _) = Client::connect(&sink).await;
         let ehlo = c.cmd("EHLO client.test").await;
-        assert!(ehlo.lines().any(|l| &l[4..] == "AUTH PLAIN LOGIN"), "{ehlo}");
-        assert_eq!(c.cmd("MAIL FROM:<f@x.test>").await, "530 5.7.0 Authentication required");
+        assert!(
+            ehlo.lines().any(|l| &l[4..] == "AUTH PLAIN LOGIN"),
+            "{ehlo}"
+        );
+        assert_eq!(
+            c.cmd("MAIL FROM:<f@x.test>").await,
+            "530 5.7.0 Authentication required"
+        );
         // "\0user\0wrong" and "\0user\0secret"
         assert_eq!(
             c.cmd("AUTH PLAIN AHVzZXIAd3Jvbmc=").await,
@@ -314,10 +408,19 @@ mod protocol {
         );
         assert_eq!(c.cmd("AUTH LOGIN").await, "334 VXNlcm5hbWU6");
         assert_eq!(c.cmd("dXNlcg==").await, "334 UGFzc3dvcmQ6");
-        assert_eq!(c.cmd("d3Jvbmc=").await, "535 5.7.8 Authentication credentials invalid");
+        assert_eq!(
+            c.cmd("d3Jvbmc=").await,
+            "535 5.7.8 Authentication credentials invalid"
+        );
         assert_eq!(c.cmd("AUTH PLAIN").await, "334 ");
-        assert_eq!(c.cmd("AHVzZXIAc2VjcmV0").await, "235 2.7.0 Authentication successful");
-        assert_eq!(c.cmd("AUTH PLAIN AHVzZXIAc2VjcmV0").await, "503 5.5.1 Already authenticated");
+        assert_eq!(
+            c.cmd("AHVzZXIAc2VjcmV0").await,
+            "235 2.7.0 Authentication successful"
+        );
+        assert_eq!(
+            c.cmd("AUTH PLAIN AHVzZXIAc2VjcmV0").await,
+            "503 5.5.1 Already authenticated"
+        );
         let done = c.transaction("f@x.test", &["a@x.test"], "\r\nhi\r\n").await;
         assert!(done.starts_with("250 2.0.0"), "{done}");
 
@@ -325,7 +428,10 @@ mod protocol {
         let (mut c, _) = Client::connect(&sink).await;
         c.cmd("EHLO client.test").await;
         assert_eq!(c.cmd("AUTH LOGIN dXNlcg==").await, "334 UGFzc3dvcmQ6");
-        assert_eq!(c.cmd("c2VjcmV0").await, "235 2.7.0 Authentication successful");
+        assert_eq!(
+            c.cmd("c2VjcmV0").await,
+            "235 2.7.0 Authentication successful"
+        );
         assert_eq!(c.cmd("MAIL FROM:<f@x.test>").await, "250 2.1.0 Ok");
         assert_eq!(sink.stats().rejected(535), 2);
     }
@@ -352,7 +458,10 @@ mod protocol {
         let addr = sink.local_addr();
         let mut c = Client::ready(&sink).await;
         sink.shutdown().await;
-        assert_eq!(c.reply().await, "421 4.3.2 Service shutting down, closing connection");
+        assert_eq!(
+            c.reply().await,
+            "421 4.3.2 Service shutting down, closing connection"
+        );
         assert!(c.closed().await);
         assert!(TcpStream::connect(addr).await.is_err());
     }
@@ -377,7 +486,10 @@ mod protocol {
         }
         let elapsed = started.elapsed();
         assert_eq!(sink.accepted(), n);
-        assert!(elapsed < Duration::from_secs(4), "{n} messages took {elapsed:?}");
+        assert!(
+            elapsed < Duration::from_secs(4),
+            "{n} messages took {elapsed:?}"
+        );
     }
 }
 
@@ -389,8 +501,14 @@ mod rules {
         let sink = sink_with(&["match=bounce,stage=rcpt,reply=550 5.1.1 No such user"]).await;
         let mut c = Client::ready(&sink).await;
         assert_eq!(c.cmd("MAIL FROM:<f@x.test>").await, "250 2.1.0 Ok");
-        assert_eq!(c.cmd("RCPT TO:<Bounce.7@x.test>").await, "550 5.1.1 No such user");
-        assert_eq!(c.cmd("RCPT TO:<bounce.7@x.test>").await, "550 5.1.1 No such user");
+        assert_eq!(
+            c.cmd("RCPT TO:<Bounce.7@x.test>").await,
+            "550 5.1.1 No such user"
+        );
+        assert_eq!(
+            c.cmd("RCPT TO:<bounce.7@x.test>").await,
+            "550 5.1.1 No such user"
+        );
         assert_eq!(c.cmd("RCPT TO:<ok@bounce.test>").await, "250 2.1.5 Ok");
         assert_eq!(sink.stats().rejected(550), 2);
     }
@@ -401,9 +519,15 @@ mod rules {
             sink_with(&["match=retry,stage=rcpt,times=1,reply=451 4.3.0 Try again later"]).await;
         let mut c = Client::ready(&sink).await;
         c.cmd("MAIL FROM:<f@x.test>").await;
-        assert_eq!(c.cmd("RCPT TO:<retry1@x.test>").await, "451 4.3.0 Try again later");
+        assert_eq!(
+            c.cmd("RCPT TO:<retry1@x.test>").await,
+            "451 4.3.0 Try again later"
+        );
         assert_eq!(c.cmd("RCPT TO:<retry1@x.test>").await, "250 2.1.5 Ok");
-        assert_eq!(c.cmd("RCPT TO:<retry2@x.test>").await, "451 4.3.0 Try again later");
+        assert_eq!(
+            c.cmd("RCPT TO:<retry2@x.test>").await,
+            "451 4.3.0 Try again later"
+        );
         // Counters are server-wide, not per connection.
         let mut c2 = Client::ready(&sink).await;
         c2.cmd("MAIL FROM:<f@x.test>").await;
@@ -421,14 +545,25 @@ mod rules {
         .await;
         let mut c = Client::ready(&sink).await;
         for _ in 0..2 {
-            let done = c.transaction("f@x.test", &["throttle@x.test"], "\r\nhi\r\n").await;
-            assert_eq!(done, "454 4.7.0 Throttling failure: Maximum sending rate exceeded");
+            let done = c
+                .transaction("f@x.test", &["throttle@x.test"], "\r\nhi\r\n")
+                .await;
+            assert_eq!(
+                done,
+                "454 4.7.0 Throttling failure: Maximum sending rate exceeded"
+            );
         }
-        let done = c.transaction("f@x.test", &["throttle@x.test"], "\r\nhi\r\n").await;
+        let done = c
+            .transaction("f@x.test", &["throttle@x.test"], "\r\nhi\r\n")
+            .await;
         assert!(done.starts_with("250 2.0.0"), "{done}");
-        let done = c.transaction("f@x.test", &["a@x.test", "tencent@x.test"], "\r\nhi\r\n").await;
+        let done = c
+            .transaction("f@x.test", &["a@x.test", "tencent@x.test"], "\r\nhi\r\n")
+            .await;
         assert_eq!(done, tencent);
-        let done = c.transaction("f@x.test", &["multi@x.test"], "\r\nhi\r\n").await;
+        let done = c
+            .transaction("f@x.test", &["multi@x.test"], "\r\nhi\r\n")
+            .await;
         assert_eq!(done, "554-5.7.1 first line\n554 second, line");
         assert_eq!(sink.accepted(), 1);
         assert_eq!(sink.received()[0].rcpt_to, ["throttle@x.test"]);
@@ -462,7 +597,9 @@ mod rules {
         assert_eq!(sink.stats().disconnects, 1);
 
         let mut c = Client::ready(&sink).await;
-        let done = c.transaction("f@x.test", &["drop@x.test"], "\r\nhi\r\n").await;
+        let done = c
+            .transaction("f@x.test", &["drop@x.test"], "\r\nhi\r\n")
+            .await;
         assert!(done.starts_with("250 2.0.0"), "{done}");
     }
 
@@ -470,8 +607,13 @@ mod rules {
     async fn disconnect_at_rcpt() {
         let sink = sink_with(&["match=cut,stage=rcpt,action=disconnect"]).await;
         let mut c = Client::ready(&sink).await;
-        c.send("MAIL FROM:<f@x.test>\r\nRCPT TO:<cut@x.test>\r\n").await;
-        assert_eq!(c.reply().await, "250 2.1.0 Ok", "earlier replies still sent");
+        c.send("MAIL FROM:<f@x.test>\r\nRCPT TO:<cut@x.test>\r\n")
+            .await;
+        assert_eq!(
+            c.reply().await,
+            "250 2.1.0 Ok",
+            "earlier replies still sent"
+        );
         assert!(c.closed().await);
     }
 
@@ -518,8 +660,14 @@ mod rules {
     async fn mail_stage_matches_the_sender() {
         let sink = sink_with(&["stage=mail,match=badsender,reply=553 5.7.1 Sender refused"]).await;
         let mut c = Client::ready(&sink).await;
-        assert_eq!(c.cmd("MAIL FROM:<badsender@x.test>").await, "553 5.7.1 Sender refused");
-        assert_eq!(c.cmd("RCPT TO:<a@x.test>").await, "503 5.5.1 Need MAIL before RCPT");
+        assert_eq!(
+            c.cmd("MAIL FROM:<badsender@x.test>").await,
+            "553 5.7.1 Sender refused"
+        );
+        assert_eq!(
+            c.cmd("RCPT TO:<a@x.test>").await,
+            "503 5.5.1 Need MAIL before RCPT"
+        );
         assert_eq!(c.cmd("MAIL FROM:<good@x.test>").await, "250 2.1.0 Ok");
         assert_eq!(sink.stats().transactions, 1);
     }
@@ -529,7 +677,10 @@ mod rules {
         let sink = sink_with(&["stage=greeting,reply=554 5.3.2 No service"]).await;
         let (mut c, greeting) = Client::connect(&sink).await;
         assert_eq!(greeting, "554 5.3.2 No service");
-        assert_eq!(c.cmd("EHLO client.test").await, "503 5.5.1 No service here, only QUIT");
+        assert_eq!(
+            c.cmd("EHLO client.test").await,
+            "503 5.5.1 No service here, only QUIT"
+        );
         assert_eq!(c.cmd("QUIT").await, "221 2.0.0 Bye");
 
         let sink = sink_with(&["stage=greeting,action=stall,secs=0.3"]).await;
@@ -559,11 +710,17 @@ mod rules {
         assert_eq!(&c.cmd("RCPT TO:<full1@x.test>").await[..9], "250 2.1.5");
         assert_eq!(&c.cmd("RCPT TO:<retry1@x.test>").await[..9], "451 4.3.0");
         c.cmd("RSET").await;
-        let done = c.transaction("f@x.test", &["throttle1@x.test"], "\r\nx\r\n").await;
+        let done = c
+            .transaction("f@x.test", &["throttle1@x.test"], "\r\nx\r\n")
+            .await;
         assert_eq!(&done[..9], "454 4.7.0");
-        let done = c.transaction("f@x.test", &["blocked1@x.test"], "\r\nx\r\n").await;
+        let done = c
+            .transaction("f@x.test", &["blocked1@x.test"], "\r\nx\r\n")
+            .await;
         assert_eq!(&done[..9], "550 5.7.1");
-        let done = c.transaction("f@x.test", &["throttle1@x.test"], "\r\nx\r\n").await;
+        let done = c
+            .transaction("f@x.test", &["throttle1@x.test"], "\r\nx\r\n")
+            .await;
         assert_eq!(&done[..9], "250 2.0.0");
     }
 }
