@@ -24,6 +24,15 @@ pub enum Error {
         /// The database file that was asked for.
         path: PathBuf,
     },
+    /// SQLite would not switch the file to WAL mode (for example on a
+    /// network file system), so readers could not watch a running campaign.
+    #[error("{}: cannot use WAL journal mode (got {mode:?})", path.display())]
+    NotWal {
+        /// The database file.
+        path: PathBuf,
+        /// The journal mode SQLite kept.
+        mode: String,
+    },
     /// The file is a SQLite database but not an edm campaign store (no schema).
     #[error("{}: not an edm campaign store (schema missing)", path.display())]
     NotACampaign {
