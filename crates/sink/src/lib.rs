@@ -14,7 +14,7 @@
 //! - `server`: the accept loop, shared state, [`SinkHandle`], [`Received`], [`SinkStats`].
 //! - `session`: one task per connection; commands parsed by `smtp-proto`,
 //!   replies batched into one write per read (RFC 2920).
-//! - `maildir`: Maildir delivery.
+//! - `maildir`: Maildir delivery; `headers`: the Message-ID look-up.
 //! - `reply`: reply formatting, multi-line included.
 //!
 //! # Maildir format
@@ -41,6 +41,7 @@
 #![deny(missing_docs)]
 
 mod config;
+mod headers;
 mod maildir;
 mod reply;
 mod rules;

@@ -22,7 +22,7 @@ pub enum Stage {
 impl Stage {
     fn parse(value: &str) -> Option<Stage> {
         match value.to_ascii_lowercase().as_str() {
-            "greeting" | "connect" => Some(Stage::Greeting),
+            "greeting" => Some(Stage::Greeting),
             "mail" => Some(Stage::Mail),
             "rcpt" => Some(Stage::Rcpt),
             "data" => Some(Stage::Data),
@@ -206,8 +206,8 @@ fn parse_spec(spec: &str) -> Result<Rule, String> {
             "action" => {
                 let parsed = match value.to_ascii_lowercase().as_str() {
                     "reply" => Action::Reply,
-                    "disconnect" | "drop" => Action::Disconnect,
-                    "stall" | "delay" => Action::Stall,
+                    "disconnect" => Action::Disconnect,
+                    "stall" => Action::Stall,
                     _ => {
                         return Err(format!(
                             "unknown action {value:?} (expected reply, disconnect or stall)"

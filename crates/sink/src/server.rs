@@ -127,6 +127,7 @@ fn ehlo_reply(config: &SinkConfig) -> Vec<u8> {
 
 /// A running sink. Dropping it stops the server too; [`shutdown`](Self::shutdown)
 /// also waits for the sessions to end.
+#[must_use = "dropping the handle stops the sink"]
 pub struct SinkHandle {
     local_addr: SocketAddr,
     shared: Arc<Shared>,

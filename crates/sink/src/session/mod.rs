@@ -1,6 +1,8 @@
 //! One SMTP session: read what the client sent, answer every complete
 //! command in it, flush once, read again (RFC 2920 pipelining).
 
+mod auth;
+
 use std::borrow::Cow;
 use std::io::{self, Write as _};
 use std::mem;
@@ -8,15 +10,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use smtp_proto::request::receiver::{DataReceiver, DummyDataReceiver};
-use smtp_proto::{AUTH_LOGIN, AUTH_PLAIN, Error as ParseError, Request};
+use smtp_proto::{Error as ParseError, Request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::debug;
 
+use crate::headers::message_id;
 use crate::reply::Reply;
 use crate::rules::{Effect, Stage};
 use crate::server::{Received, Shared, stopped};
@@ -525,98 +526,6 @@ impl Session {
         self.send(250, &reply);
         Ok(Flow::Continue)
     }
-
-    fn auth(&mut self, mechanism: u64, initial_response: &str) {
-        if self.shared.config.auth.is_none() {
-            self.send(503, "5.5.1 AUTH not enabled");
-        } else if !self.greeted {
-            self.send(503, "5.5.1 Send EHLO first");
-        } else if self.authenticated {
-            self.send(503, "5.5.1 Already authenticated");
-        } else if self.mail_from.is_some() {
-            self.send(503, "5.5.1 AUTH not permitted during a mail transaction");
-        } else if mechanism == AUTH_PLAIN {
-            if initial_response.is_empty() {
-                self.mode = Mode::AuthPlain;
-                self.send(334, "");
-            } else {
-                self.check_plain(initial_response.as_bytes());
-            }
-        } else if mechanism == AUTH_LOGIN {
-            if initial_response.is_empty() {
-                self.mode = Mode::AuthLoginUser;
-                self.send(334, "VXNlcm5hbWU6"); // "Username:"
-            } else {
-                self.login_user(initial_response.as_bytes());
-            }
-        } else {
-            self.send(504, "5.5.4 Unrecognized authentication type");
-        }
-    }
-
-    /// A response line during AUTH (RFC 4954 §4).
-    fn auth_line(&mut self, line: &[u8]) {
-        let mode = mem::replace(&mut self.mode, Mode::Command);
-        if line == b"*" {
-            self.send(501, "5.0.0 Authentication cancelled");
-            return;
-        }
-        match mode {
-            Mode::AuthPlain => self.check_plain(line),
-            Mode::AuthLoginUser => self.login_user(line),
-            Mode::AuthLoginPassword(user) => match decode(line) {
-                Some(password) => {
-                    let password = String::from_utf8_lossy(&password).into_owned();
-                    self.check_credentials(&user, &password);
-                }
-                None => self.send(501, "5.5.2 Invalid base64"),
-            },
-            _ => {}
-        }
-    }
-
-    fn login_user(&mut self, encoded: &[u8]) {
-        match decode(encoded) {
-            Some(user) => {
-                self.mode = Mode::AuthLoginPassword(String::from_utf8_lossy(&user).into_owned());
-                self.send(334, "UGFzc3dvcmQ6"); // "Password:"
-            }
-            None => self.send(501, "5.5.2 Invalid base64"),
-        }
-    }
-
-    /// `authzid NUL authcid NUL password` (RFC 4616).
-    fn check_plain(&mut self, encoded: &[u8]) {
-        let Some(decoded) = decode(encoded) else {
-            self.send(501, "5.5.2 Invalid base64");
-            return;
-        };
-        let mut parts = decoded.split(|&b| b == 0);
-        let (_authzid, user, password) = (parts.next(), parts.next(), parts.next());
-        match (user, password, parts.next()) {
-            (Some(user), Some(password), None) => {
-                let user = String::from_utf8_lossy(user).into_owned();
-                let password = String::from_utf8_lossy(password).into_owned();
-                self.check_credentials(&user, &password);
-            }
-            _ => self.send(501, "5.5.2 Malformed PLAIN response"),
-        }
-    }
-
-    fn check_credentials(&mut self, user: &str, password: &str) {
-        let ok = self
-            .shared
-            .config
-            .auth
-            .as_ref()
-            .is_some_and(|(u, p)| u == user && p == password);
-        if ok {
-            self.authenticated = true;
-            self.send(235, "2.7.0 Authentication successful");
-        } else {
-            self.send(535, "5.7.8 Authentication credentials invalid");
-        }
-    }
 }
 
 /// Whether `size` bytes exceed the configured limit (0 is no limit).
@@ -625,68 +534,8 @@ fn over_limit(shared: &Shared, size: usize) -> bool {
     limit > 0 && size > limit
 }
 
-/// Base64 of an AUTH exchange; `=` stands for an empty response (RFC 4954 §4).
-fn decode(encoded: &[u8]) -> Option<Vec<u8>> {
-    if encoded == b"=" {
-        return Some(Vec::new());
-    }
-    BASE64.decode(encoded).ok()
-}
-
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-/// The `Message-ID` header's value without angle brackets, unfolded
-/// (RFC 5322 §3.6.4); only the header section is searched.
-pub(crate) fn message_id(message: &[u8]) -> Option<String> {
-    let mut lines = message.split(|&b| b == b'\n').peekable();
-    while let Some(line) = lines.next() {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() {
-            return None; // end of the header section
-        }
-        let Some(value) = line
-            .get(..11)
-            .filter(|name| name.eq_ignore_ascii_case(b"message-id:"))
-            .map(|_| &line[11..])
-        else {
-            continue;
-        };
-        let mut value = String::from_utf8_lossy(value).into_owned();
-        while let Some(next) =
-            lines.next_if(|l| l.first().is_some_and(|&b| b == b' ' || b == b'\t'))
-        {
-            let next = next.strip_suffix(b"\r").unwrap_or(next);
-            value.push_str(&String::from_utf8_lossy(next));
-        }
-        let id = value
-            .trim()
-            .trim_start_matches('<')
-            .trim_end_matches('>')
-            .trim();
-        return (!id.is_empty()).then(|| id.to_owned());
-    }
-    None
-}
-
-#[cfg(test)]
-mod tests {
-    use super::message_id;
-
-    #[test]
-    fn message_id_is_found_unfolded_and_unbracketed() {
-        let m = b"Subject: x\r\nMessage-ID:\r\n <abc.1@example.test>\r\n\r\nMessage-ID: <no>\r\n";
-        assert_eq!(message_id(m).as_deref(), Some("abc.1@example.test"));
-        assert_eq!(
-            message_id(b"message-id: <a@b>\r\n\r\n").as_deref(),
-            Some("a@b")
-        );
-        assert_eq!(
-            message_id(b"Subject: x\r\n\r\nMessage-ID: <body@x>\r\n"),
-            None
-        );
-    }
 }
