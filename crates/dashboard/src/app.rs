@@ -160,8 +160,16 @@ impl App {
         self.pause_requested
     }
 
-    /// Forgets requests that the snapshot now reflects.
-    fn reconcile(&mut self, progress: &Progress) {
+    /// Draws the screen for `progress` into `frame`.
+    pub fn draw(&self, frame: &mut ratatui::Frame, progress: &Progress) {
+        crate::render::draw(self, frame, progress);
+    }
+
+    /// Takes in a new snapshot: forgets pause and rate requests that it now
+    /// reflects, so that a run paused and resumed by the engine itself (a
+    /// quota) is not mistaken for one still waiting on the operator's request.
+    /// [`run`](crate::run) calls it every frame; [`App::handle_key`] too.
+    pub fn observe(&mut self, progress: &Progress) {
         if let Some(want) = self.pause_requested
             && want == (progress.state == RunState::Paused)
         {
@@ -180,7 +188,7 @@ impl App {
         if key.kind == KeyEventKind::Release {
             return Action::None;
         }
-        self.reconcile(progress);
+        self.observe(progress);
         let ctrl_c =
             key.modifiers.contains(KeyModifiers::CONTROL) && key.code == KeyCode::Char('c');
         if ctrl_c {

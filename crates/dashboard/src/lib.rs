@@ -36,10 +36,3 @@ mod theme;
 
 pub use app::{Action, App, Options, View};
 pub use run::{FRAME, run, run_in_terminal};
-
-impl App {
-    /// Draws the screen for `progress` into `frame`.
-    pub fn draw(&self, frame: &mut ratatui::Frame, progress: &edm_model::Progress) {
-        render::draw(self, frame, progress);
-    }
-}

@@ -29,6 +29,9 @@ pub const FRAME: Duration = Duration::from_millis(100);
 /// Returns when a key yields [`Action::Quit`] (read-only `q`, any key once the
 /// run is done, a second Ctrl-C), or as soon as the snapshot says
 /// [`RunState::Done`](edm_model::RunState::Done) after a stop was sent.
+///
+/// Backend errors become [`io::Error`]s (crossterm's already are), hence the
+/// bound on `B::Error`; `TestBackend` and `CrosstermBackend` both meet it.
 pub fn run<B>(
     terminal: &mut Terminal<B>,
     app: &mut App,

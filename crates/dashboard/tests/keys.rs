@@ -304,3 +304,19 @@ fn key_releases_are_ignored() {
     release.kind = KeyEventKind::Release;
     assert_eq!(app().handle_key(release, &p), Action::None);
 }
+
+#[test]
+fn a_pause_request_is_forgotten_once_seen() {
+    let running = with_state(RunState::Running);
+    let paused = with_state(RunState::Paused);
+    let mut a = app();
+    a.handle_key(ch('p'), &running);
+    // The engine paused, then resumed by itself (a quota window reopened).
+    a.observe(&paused);
+    a.observe(&running);
+    assert!(!a.paused(&running));
+    assert_eq!(
+        a.handle_key(ch('p'), &running),
+        Action::Control(Control::Pause)
+    );
+}
