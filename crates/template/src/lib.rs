@@ -1,1 +1,59 @@
-//! edm-template
+//! Renders an edm recipient into an [`Envelope`](edm_model::Envelope): the
+//! finished MIME message and what SMTP needs to send it.
+//!
+//! # Overview
+//! - [`MessageSpec`] is what a campaign says its message is: sender,
+//!   subject, HTML and/or text body ([`Source`]), List-Unsubscribe URL,
+//!   [`Limits`].
+//! - [`Templates::compile`] parses it once (handlebars in strict mode) and
+//!   fails with an [`Error`] naming the template file, line and column.
+//! - [`Templates::render`] is called once per recipient. It fills the
+//!   templates with the recipient's CSV row, builds the MIME message with
+//!   mail-builder (multipart/alternative when both bodies exist), gives it a
+//!   deterministic Message-ID, adds List-Unsubscribe (RFC 2369) and one-click
+//!   (RFC 8058) headers, and checks it against [`Limits`]. A problem with one
+//!   recipient is an [`edm_model::Failure`], not an error.
+//!
+//! # Escaping and injection
+//! The HTML body is HTML-escaped (`{{{raw}}}` opts out); the subject, text
+//! body and URL are not. No header name is ever built from data; header
+//! values from data are folded and encoded by mail-builder, subjects are made
+//! one line, and recipient addresses and URLs that could break a header are
+//! refused.
+//!
+//! # Layout
+//! - `spec.rs`: [`MessageSpec`], [`Source`], [`Limits`].
+//! - `templates.rs`: [`Templates`]: compile and render.
+//! - `address.rs`: From / Reply-To parsing, the recipient address guard.
+//! - `message_id.rs`: deterministic Message-IDs.
+//! - `preflight.rs`: size and line-length checks.
+//! - `error.rs`: [`Error`].
+//!
+//! # Example
+//! ```no_run
+//! use edm_template::{Limits, MessageSpec, Source, Templates};
+//!
+//! let templates = Templates::compile(MessageSpec {
+//!     campaign: "spring-sale".into(),
+//!     from: "Acme News <news@acme.example>".into(),
+//!     reply_to: None,
+//!     subject: "Hello {{first_name}}".into(),
+//!     html: None,
+//!     text: Some(Source { name: "body.txt".into(), body: "Hi {{first_name}}!".into() }),
+//!     list_unsubscribe: Some("https://acme.example/u/{{id}}".into()),
+//!     limits: Limits::default(),
+//! })?;
+//! # Ok::<(), edm_template::Error>(())
+//! ```
+#![deny(missing_docs)]
+
+mod address;
+mod error;
+mod message_id;
+mod preflight;
+mod spec;
+mod templates;
+
+pub use error::Error;
+pub use spec::{Limits, MessageSpec, Source};
+pub use templates::Templates;

@@ -1,0 +1,131 @@
+//! Sender addresses (From, Reply-To) parsed once, and the check made on each
+//! recipient address before it goes into a header.
+
+use email_address::{EmailAddress, Options};
+
+/// A mailbox: an optional display name and a bare address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Mailbox {
+    pub(crate) name: Option<String>,
+    pub(crate) address: String,
+}
+
+/// Parses `Display Name <local@domain>` or a bare `local@domain`.
+///
+/// The name may be quoted; it may not hold control characters (a CR or LF
+/// there is a configuration mistake, not something to paper over). The
+/// address must have a TLD, no domain literal, and be at most 254 bytes.
+pub(crate) fn parse_mailbox(value: &str) -> Result<Mailbox, String> {
+    let value = value.trim();
+    if value.chars().any(char::is_control) {
+        return Err("contains a control character".to_owned());
+    }
+    let (name, address) = match value.rfind('<') {
+        Some(open) => {
+            let Some(address) = value[open + 1..].strip_suffix('>') else {
+                return Err("missing closing >".to_owned());
+            };
+            let name = value[..open].trim();
+            let name = name
+                .strip_prefix('"')
+                .and_then(|n| n.strip_suffix('"'))
+                .unwrap_or(name)
+                .trim();
+            ((!name.is_empty()).then(|| name.to_owned()), address.trim())
+        }
+        None => (None, value),
+    };
+    check_address(address)?;
+    Ok(Mailbox {
+        name,
+        address: address.to_owned(),
+    })
+}
+
+fn check_address(address: &str) -> Result<(), String> {
+    if address.is_empty() {
+        return Err("no address".to_owned());
+    }
+    // RFC 5321 §4.5.3.1.3.
+    if address.len() > 254 {
+        return Err("address longer than 254 bytes".to_owned());
+    }
+    let options = Options::default()
+        .with_required_tld()
+        .without_domain_literal()
+        .without_display_text();
+    EmailAddress::parse_with_options(address, options)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Why a recipient address cannot go into a To header as is, if it cannot.
+///
+/// Ingest validated it already; this is the last guard against header
+/// injection, so it only looks for what could break the header: control
+/// characters (CR, LF), whitespace, angle brackets, a missing `@`.
+pub(crate) fn unsafe_recipient(address: &str) -> Option<&'static str> {
+    if address.is_empty() {
+        return Some("empty address");
+    }
+    if address.contains(['\r', '\n']) {
+        return Some("address contains a line break");
+    }
+    if address.chars().any(char::is_control) {
+        return Some("address contains a control character");
+    }
+    if address.chars().any(char::is_whitespace) {
+        return Some("address contains whitespace");
+    }
+    if address.contains(['<', '>']) {
+        return Some("address contains an angle bracket");
+    }
+    match address.rsplit_once('@') {
+        Some((local, domain)) if !local.is_empty() && !domain.is_empty() => None,
+        _ => Some("address is not local@domain"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mailboxes() {
+        let m = parse_mailbox("Acme News <news@acme.example>").unwrap();
+        assert_eq!(m.name.as_deref(), Some("Acme News"));
+        assert_eq!(m.address, "news@acme.example");
+        let m = parse_mailbox("\"Acme, Inc.\" <news@acme.example>").unwrap();
+        assert_eq!(m.name.as_deref(), Some("Acme, Inc."));
+        let m = parse_mailbox(" news@acme.example ").unwrap();
+        assert_eq!(m.name, None);
+        assert_eq!(m.address, "news@acme.example");
+        let m = parse_mailbox("<news@acme.example>").unwrap();
+        assert_eq!(m.name, None);
+    }
+
+    #[test]
+    fn bad_mailboxes() {
+        for bad in [
+            "",
+            "Acme",
+            "Acme <news@acme.example",
+            "Acme <news@localhost>",
+            "Acme\r\nBcc: x@evil.example <news@acme.example>",
+            "news@[127.0.0.1]",
+        ] {
+            assert!(parse_mailbox(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn recipient_guard() {
+        assert_eq!(unsafe_recipient("a@example.com"), None);
+        assert_eq!(unsafe_recipient("用户@例子.中国"), None);
+        assert!(unsafe_recipient("a@example.com\r\nBcc: x@evil.example").is_some());
+        assert!(unsafe_recipient("a b@example.com").is_some());
+        assert!(unsafe_recipient("<a@example.com>").is_some());
+        assert!(unsafe_recipient("a.example.com").is_some());
+        assert!(unsafe_recipient("").is_some());
+    }
+}

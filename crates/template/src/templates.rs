@@ -1,0 +1,350 @@
+//! Compiling a [`MessageSpec`] once, and rendering it per recipient.
+
+use handlebars::{Context, Handlebars, RenderError, RenderErrorReason, TemplateError};
+use mail_builder::MessageBuilder;
+use mail_builder::headers::address::Address;
+use mail_builder::headers::raw::Raw;
+use mail_builder::headers::url::URL;
+use serde_json::{Map, Value};
+
+use edm_model::{Category, Envelope, Failure, Recipient, Stage, domain_of};
+
+use crate::address::{Mailbox, parse_mailbox, unsafe_recipient};
+use crate::message_id::MessageIds;
+use crate::{Error, Limits, MessageSpec};
+
+// Names in the registries. Never shown: errors use `Part::label`.
+const SUBJECT: &str = "subject";
+const TEXT: &str = "text";
+const HTML: &str = "html";
+const UNSUBSCRIBE: &str = "list_unsubscribe";
+
+/// Room for headers and MIME framing when sizing the output buffer.
+const HEADROOM: usize = 1024;
+
+/// A campaign's message, compiled once and rendered for each recipient.
+///
+/// Rendering takes `&self` and the type is `Send + Sync`, so one instance
+/// can serve every worker thread.
+#[derive(Debug)]
+pub struct Templates {
+    /// HTML body, escaping on (the handlebars default).
+    html: Handlebars<'static>,
+    /// Subject, text body and unsubscribe URL, escaping off: they are not HTML.
+    plain: Handlebars<'static>,
+    /// Labels for error messages: the file names given in the spec.
+    html_label: Option<String>,
+    text_label: Option<String>,
+    has_unsubscribe: bool,
+    from: Mailbox,
+    reply_to: Option<Mailbox>,
+    message_ids: MessageIds,
+    limits: Limits,
+}
+
+impl Templates {
+    /// Parses every template and the sender addresses. Errors name the
+    /// template (its file) and the line and column where parsing failed.
+    pub fn compile(spec: MessageSpec) -> Result<Templates, Error> {
+        if spec.html.is_none() && spec.text.is_none() {
+            return Err(Error::NoBody);
+        }
+        let from = parse_mailbox(&spec.from).map_err(|reason| Error::From {
+            value: spec.from.clone(),
+            reason,
+        })?;
+        let reply_to = match &spec.reply_to {
+            Some(value) => Some(parse_mailbox(value).map_err(|reason| Error::ReplyTo {
+                value: value.clone(),
+                reason,
+            })?),
+            None => None,
+        };
+
+        let mut plain = registry();
+        // Not HTML: `&` in a subject or a URL must stay `&`.
+        plain.register_escape_fn(handlebars::no_escape);
+        let mut html = registry();
+
+        register(&mut plain, SUBJECT, "subject", &spec.subject)?;
+        if let Some(text) = &spec.text {
+            register(&mut plain, TEXT, &text.name, &text.body)?;
+        }
+        if let Some(source) = &spec.html {
+            register(&mut html, HTML, &source.name, &source.body)?;
+        }
+        if let Some(url) = &spec.list_unsubscribe {
+            register(&mut plain, UNSUBSCRIBE, "list_unsubscribe", url)?;
+        }
+
+        let message_ids = MessageIds::new(&spec.campaign, &domain_of(&from.address));
+        Ok(Templates {
+            html,
+            plain,
+            html_label: spec.html.map(|s| s.name),
+            text_label: spec.text.map(|s| s.name),
+            has_unsubscribe: spec.list_unsubscribe.is_some(),
+            from,
+            reply_to,
+            message_ids,
+            limits: spec.limits,
+        })
+    }
+
+    /// The envelope sender (MAIL FROM): the From header's address.
+    pub fn mail_from(&self) -> &str {
+        &self.from.address
+    }
+
+    /// Renders one recipient into a finished message.
+    ///
+    /// `columns` are the CSV header names, lined up with `recipient.values`;
+    /// templates see them by name, plus `email` (the recipient's address,
+    /// which wins over a column of that name).
+    ///
+    /// A failure is data about this recipient, at [`Stage::Render`]:
+    /// [`Category::Template`] for a missing field or a bad rendered value,
+    /// [`Category::Preflight`] when the message breaks [`Limits`], and
+    /// [`Category::InvalidAddress`] when the address could break the To header.
+    pub fn render(&self, columns: &[String], recipient: &Recipient) -> Result<Envelope, Failure> {
+        let line = recipient.line;
+        let email = recipient.email.trim();
+        if let Some(reason) = unsafe_recipient(email) {
+            return Err(Failure::local(
+                Stage::Render,
+                Category::InvalidAddress,
+                format!("line {line}: {reason}: {email:?}"),
+            ));
+        }
+
+        let ctx = context(columns, recipient, email);
+        let render = |registry: &Handlebars<'static>, name: &str| {
+            registry
+                .render_with_context(name, &ctx)
+                .map_err(|e| self.render_failure(line, name, &e))
+        };
+        let subject = one_line(render(&self.plain, SUBJECT)?);
+        let text = match self.text_label {
+            Some(_) => Some(render(&self.plain, TEXT)?),
+            None => None,
+        };
+        let html = match self.html_label {
+            Some(_) => Some(render(&self.html, HTML)?),
+            None => None,
+        };
+        let unsubscribe = match self.has_unsubscribe {
+            true => Some(unsubscribe_url(render(&self.plain, UNSUBSCRIBE)?, line)?),
+            false => None,
+        };
+
+        let message_id = self.message_ids.for_recipient(email);
+        let mut builder = MessageBuilder::new()
+            .from(mailbox(&self.from))
+            .to(Address::new_address(None::<&str>, email))
+            .subject(subject.as_str())
+            .message_id(message_id.as_str());
+        if let Some(reply_to) = &self.reply_to {
+            builder = builder.reply_to(mailbox(reply_to));
+        }
+        if let Some(url) = &unsubscribe {
+            builder = builder.header("List-Unsubscribe", URL::new(url.as_str()));
+            // RFC 8058 §3.1: one-click needs an HTTPS URI.
+            if starts_with_ignore_case(url, "https://") {
+                builder = builder.header(
+                    "List-Unsubscribe-Post",
+                    Raw::new("List-Unsubscribe=One-Click"),
+                );
+            }
+        }
+        let mut size = HEADROOM + subject.len();
+        if let Some(text) = text {
+            size += text.len();
+            builder = builder.text_body(text);
+        }
+        if let Some(html) = html {
+            size += html.len();
+            builder = builder.html_body(html);
+        }
+        // Date and MIME-Version are added by mail-builder.
+        let mut body = Vec::with_capacity(size + size / 8);
+        builder.serialize(&mut body);
+
+        crate::preflight::check(&body, &self.limits).map_err(|reason| {
+            Failure::local(
+                Stage::Render,
+                Category::Preflight,
+                format!("line {line}: {reason}"),
+            )
+        })?;
+
+        Ok(Envelope {
+            id: recipient.id,
+            mail_from: self.from.address.clone(),
+            rcpt_to: email.to_owned(),
+            domain: domain_of(email),
+            message_id,
+            body,
+        })
+    }
+
+    /// Turns a handlebars error into a failure naming the field, the template
+    /// and the recipient's CSV line.
+    fn render_failure(&self, line: u64, name: &str, error: &RenderError) -> Failure {
+        let label = self.label(name);
+        let at = match (error.line_no, error.column_no) {
+            (Some(l), Some(c)) => format!(" (template line {l}, column {c})"),
+            _ => String::new(),
+        };
+        let reason = match error.reason() {
+            RenderErrorReason::MissingVariable(Some(field)) => {
+                format!("line {line}: missing field `{field}` in {label}{at}")
+            }
+            other => format!("line {line}: cannot render {label}{at}: {other}"),
+        };
+        Failure::local(Stage::Render, Category::Template, reason)
+    }
+
+    fn label<'a>(&'a self, name: &'a str) -> &'a str {
+        match name {
+            HTML => self.html_label.as_deref().unwrap_or(name),
+            TEXT => self.text_label.as_deref().unwrap_or(name),
+            _ => name,
+        }
+    }
+}
+
+fn registry() -> Handlebars<'static> {
+    let mut registry = Handlebars::new();
+    registry.set_strict_mode(true);
+    registry
+}
+
+fn register(
+    registry: &mut Handlebars<'static>,
+    name: &str,
+    label: &str,
+    source: &str,
+) -> Result<(), Error> {
+    registry
+        .register_template_string(name, source)
+        .map_err(|e| template_error(label, &e))
+}
+
+fn template_error(label: &str, error: &TemplateError) -> Error {
+    let (line, column) = error.pos().unzip();
+    Error::Template {
+        template: label.to_owned(),
+        line,
+        column,
+        reason: error.reason().to_string(),
+    }
+}
+
+/// The template data of one recipient: column name -> value, plus `email`.
+fn context(columns: &[String], recipient: &Recipient, email: &str) -> Context {
+    let mut data = Map::new();
+    for (column, value) in columns.iter().zip(&recipient.values) {
+        data.insert(column.clone(), Value::String(value.clone()));
+    }
+    data.insert("email".to_owned(), Value::String(email.to_owned()));
+    Context::from(Value::Object(data))
+}
+
+fn mailbox(m: &Mailbox) -> Address<'_> {
+    Address::new_address(m.name.as_deref(), m.address.as_str())
+}
+
+/// A subject is one line: line breaks (from the data or the template) become
+/// spaces, and other control characters go. mail-builder would encode them
+/// safely anyway; this keeps what the reader sees sensible.
+fn one_line(subject: String) -> String {
+    if !subject.chars().any(char::is_control) {
+        return subject;
+    }
+    let mut out = String::with_capacity(subject.len());
+    let mut last_space = false;
+    for c in subject.trim().chars() {
+        if c == '\r' || c == '\n' || c == '\t' {
+            if !last_space {
+                out.push(' ');
+            }
+            last_space = true;
+        } else if !c.is_control() {
+            out.push(c);
+            last_space = c == ' ';
+        }
+    }
+    out
+}
+
+/// Checks a rendered unsubscribe URL. It goes between angle brackets in the
+/// header as is (RFC 2369 §2), so it must not hold anything that could end
+/// the bracket or the header.
+fn unsubscribe_url(url: String, line: u64) -> Result<String, Failure> {
+    let url = url.trim();
+    let problem = if url.is_empty() {
+        Some("is empty")
+    } else if url.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        Some("contains whitespace or a control character")
+    } else if url.contains(['<', '>']) {
+        Some("contains an angle bracket")
+    } else if !["https://", "http://", "mailto:"]
+        .iter()
+        .any(|scheme| starts_with_ignore_case(url, scheme))
+    {
+        Some("is not an https, http or mailto URL")
+    } else {
+        None
+    };
+    match problem {
+        Some(problem) => Err(Failure::local(
+            Stage::Render,
+            Category::Template,
+            format!("line {line}: list_unsubscribe URL {problem}: {url:?}"),
+        )),
+        None => Ok(url.to_owned()),
+    }
+}
+
+fn starts_with_ignore_case(s: &str, prefix: &str) -> bool {
+    s.len() >= prefix.len() && s.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_line_subjects() {
+        assert_eq!(one_line("Hello".into()), "Hello");
+        assert_eq!(one_line("Bob\r\nBcc: x".into()), "Bob Bcc: x");
+        assert_eq!(one_line("a\x07b\n".into()), "ab");
+    }
+
+    #[test]
+    fn unsubscribe_urls() {
+        assert!(unsubscribe_url("https://x.example/u?a=1&b=2".into(), 1).is_ok());
+        assert!(unsubscribe_url("mailto:u@x.example".into(), 1).is_ok());
+        for bad in [
+            "",
+            "ftp://x",
+            "https://x\r\nBcc: y",
+            "https://x>, <https://y",
+            "https://a b",
+        ] {
+            let f = unsubscribe_url(bad.into(), 7).unwrap_err();
+            assert_eq!(f.category, Category::Template);
+            assert!(
+                f.reply.starts_with("line 7: list_unsubscribe URL"),
+                "{}",
+                f.reply
+            );
+        }
+    }
+
+    #[test]
+    fn templates_are_shareable() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Templates>();
+    }
+}
