@@ -15,7 +15,7 @@ use smtp_proto::{Error as ParseError, Request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tracing::debug;
+use tracing::{debug, trace};
 
 use crate::headers::message_id;
 use crate::reply::Reply;
@@ -199,6 +199,7 @@ impl Session {
         let Some(effect) = self.shared.script.evaluate(stage, addresses) else {
             return Ok(None);
         };
+        trace!(%stage, ?addresses, ?effect, "rule applies");
         Ok(match self.apply(effect).await? {
             Applied::Done(flow) => Some(flow),
             Applied::Proceed => None,
