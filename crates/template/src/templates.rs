@@ -1,6 +1,8 @@
 //! Compiling a [`MessageSpec`] once, and rendering it per recipient.
 
-use handlebars::{Context, Handlebars, RenderError, RenderErrorReason, TemplateError};
+use handlebars::{
+    Context, Handlebars, RenderError, RenderErrorReason, TemplateError, TemplateErrorReason,
+};
 use mail_builder::MessageBuilder;
 use mail_builder::headers::address::Address;
 use mail_builder::headers::raw::Raw;
@@ -227,17 +229,35 @@ fn register(
 ) -> Result<(), Error> {
     registry
         .register_template_string(name, source)
-        .map_err(|e| template_error(label, &e))
+        .map_err(|e| template_error(label, source, &e))
 }
 
-fn template_error(label: &str, error: &TemplateError) -> Error {
+fn template_error(label: &str, source: &str, error: &TemplateError) -> Error {
     let (line, column) = error.pos().unzip();
+    let mut reason = error.reason().to_string();
+    // The grammar reports an unclosed `{{#if}}` as a syntax error at the very
+    // end with a long list of expected tokens: say what it most likely means.
+    if matches!(error.reason(), TemplateErrorReason::InvalidSyntax(_))
+        && error.pos().is_some_and(|pos| pos == end_position(source))
+    {
+        reason = format!(
+            "unexpected end: a block ({{{{#if}}}}, {{{{#each}}}}...) is not closed ({reason})"
+        );
+    }
     Error::Template {
         template: label.to_owned(),
         line,
         column,
-        reason: error.reason().to_string(),
+        reason,
     }
+}
+
+/// The (line, column) just past the end of `source`, 1-based, as the
+/// handlebars parser counts them.
+fn end_position(source: &str) -> (usize, usize) {
+    let line = source.matches('\n').count() + 1;
+    let last = source.rsplit('\n').next().unwrap_or("");
+    (line, last.chars().count() + 1)
 }
 
 /// The template data of one recipient: column name -> value, plus `email`.

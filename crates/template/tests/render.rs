@@ -479,8 +479,18 @@ mod compile {
             panic!("{err:?}");
         };
         assert_eq!(template, "body.html");
-        assert!(line.is_some() && column.is_some(), "{err:?}");
-        assert!(err.to_string().starts_with("body.html:"), "{err}");
+        assert_eq!((*line, *column), (Some(4), Some(1)), "{err:?}");
+        let text = err.to_string();
+        assert!(text.starts_with("body.html:4:1: "), "{text}");
+        assert!(text.contains("not closed"), "{text}");
+        // Without a final newline, and in the subject.
+        let err = compile_err(MessageSpec {
+            subject: "Hi {{#each xs}}{{this}}".to_owned(),
+            ..text_spec()
+        });
+        let text = err.to_string();
+        assert!(text.starts_with("subject:1:"), "{text}");
+        assert!(text.contains("not closed"), "{text}");
     }
 
     #[test]
