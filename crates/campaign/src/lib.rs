@@ -1,1 +1,72 @@
-//! edm-campaign
+//! Runs a campaign: the one crate that wires recipients, templates, delivery
+//! and the store together.
+//!
+//! # Layout
+//! - `config.rs`: `campaign.toml` ([`Campaign`], [`Config`]).
+//! - `prepare.rs`: opening the state, ingesting the CSV once, the input
+//!   fingerprint, recovering in-doubt recipients ([`prepare`]).
+//! - `send.rs`: the run itself ([`start_send`]): a feeder claims recipients
+//!   from the store, renders them and queues them for delivery; an outcome
+//!   loop turns delivery events into store outcomes (lossless, through the
+//!   one writer thread) and into a [`Progress`] snapshot (lossy, `watch`).
+//! - `writer.rs`: the single store writer thread, batching outcomes.
+//! - `report.rs`: `edm status` and `edm report` ([`status`], [`export`]).
+//!
+//! [`Progress`]: edm_model::Progress
+#![deny(missing_docs)]
+
+mod config;
+mod prepare;
+mod report;
+mod send;
+mod writer;
+
+use std::path::PathBuf;
+
+pub use config::{Campaign, Config, DurabilityName, SecurityName};
+pub use edm_store::{InDoubtPolicy, Summary};
+pub use prepare::{Prepared, prepare};
+pub use report::{ReportFormat, ReportKind, StatusReport, export, retry, status, watch_progress};
+pub use send::{Run, RunEnd, RunReport, SendOptions, start_send};
+
+/// Everything that can stop a campaign from running (as opposed to a
+/// recipient failing, which is data in the store).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// `campaign.toml` is missing, unreadable or wrong.
+    #[error("{}: {message}", file.display())]
+    Config {
+        /// The file.
+        file: PathBuf,
+        /// What is wrong and where.
+        message: String,
+    },
+    /// The recipients file cannot be read.
+    #[error(transparent)]
+    Recipients(#[from] edm_recipients::Error),
+    /// A template does not compile.
+    #[error("{0}")]
+    Template(String),
+    /// The state database.
+    #[error("state database: {0}")]
+    Store(#[from] edm_store::Error),
+    /// The inputs changed since the campaign started.
+    #[error(
+        "the campaign's inputs changed since it started: {0}. Run with --accept-changes to go on with the new inputs (unsent recipients get the new version)"
+    )]
+    InputsChanged(String),
+    /// The delivery engine could not start.
+    #[error(transparent)]
+    Delivery(#[from] edm_delivery::Error),
+    /// Other I/O (report files).
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The campaign has no state yet.
+    #[error("{0} has no state yet: run `edm send` first")]
+    NoState(PathBuf),
+}

@@ -339,7 +339,11 @@ fn snapshot(shared: &Shared) -> EngineStatus {
         effective_rate: shared.gate.rate(),
         in_flight: shared.in_flight.load(Ordering::Relaxed),
         paused: *shared.paused.borrow()
-            || shared.paused_until.lock().map(|p| p.is_some()).unwrap_or(false),
+            || shared
+                .paused_until
+                .lock()
+                .map(|p| p.is_some())
+                .unwrap_or(false),
         outage: shared.breaker.lock().map(|b| b.is_open()).unwrap_or(false),
         connections: shared.connections.load(Ordering::Relaxed),
     }
@@ -430,16 +434,24 @@ async fn worker(id: usize, shared: Arc<Shared>) {
                     session = Some(s);
                     reconnects = 0;
                     shared.connections.fetch_add(1, Ordering::Relaxed);
-                    let was_open = shared.breaker.lock().map(|mut b| b.success()).unwrap_or(false);
+                    let was_open = shared
+                        .breaker
+                        .lock()
+                        .map(|mut b| b.success())
+                        .unwrap_or(false);
                     if was_open {
-                        shared.emit(DeliveryEvent::Notice(Notice::BreakerClosed)).await;
+                        shared
+                            .emit(DeliveryEvent::Notice(Notice::BreakerClosed))
+                            .await;
                     }
                     tracing::debug!(worker = id, "connected");
                 }
                 Err(f) => {
                     tracing::warn!(worker = id, failure = %f, "cannot open an SMTP session");
                     shared
-                        .emit(DeliveryEvent::Notice(Notice::ConnectionProblem { failure: f.clone() }))
+                        .emit(DeliveryEvent::Notice(Notice::ConnectionProblem {
+                            failure: f.clone(),
+                        }))
                         .await;
                     if f.category == Category::Auth && f.permanent {
                         shared.stop_with(EngineEnd::AuthRefused(f));
@@ -508,11 +520,19 @@ async fn worker(id: usize, shared: Arc<Shared>) {
         match result {
             Ok(reply) => {
                 shared.accepted.fetch_add(1, Ordering::Relaxed);
-                let was_open = shared.breaker.lock().map(|mut b| b.success()).unwrap_or(false);
+                let was_open = shared
+                    .breaker
+                    .lock()
+                    .map(|mut b| b.success())
+                    .unwrap_or(false);
                 if was_open {
-                    shared.emit(DeliveryEvent::Notice(Notice::BreakerClosed)).await;
+                    shared
+                        .emit(DeliveryEvent::Notice(Notice::BreakerClosed))
+                        .await;
                 }
-                shared.emit(DeliveryEvent::Accepted { id: env.id, reply }).await;
+                shared
+                    .emit(DeliveryEvent::Accepted { id: env.id, reply })
+                    .await;
             }
             Err((failure, after)) => {
                 if after == Afterwards::Broken
@@ -544,7 +564,11 @@ async fn react(shared: &Shared, failure: &Failure) {
     match failure.category {
         Category::Throttled => {
             let observed = shared.observed_rate.lock().map(|r| *r).unwrap_or(0.0);
-            let change = shared.aimd.lock().ok().and_then(|mut a| a.on_throttle(now, observed));
+            let change = shared
+                .aimd
+                .lock()
+                .ok()
+                .and_then(|mut a| a.on_throttle(now, observed));
             if let Some(to) = change {
                 let cause = format!(
                     "throttled: {} {}",
@@ -597,9 +621,15 @@ async fn react(shared: &Shared, failure: &Failure) {
         }
         // The server answered about one recipient: it works.
         _ => {
-            let was_open = shared.breaker.lock().map(|mut b| b.success()).unwrap_or(false);
+            let was_open = shared
+                .breaker
+                .lock()
+                .map(|mut b| b.success())
+                .unwrap_or(false);
             if was_open {
-                shared.emit(DeliveryEvent::Notice(Notice::BreakerClosed)).await;
+                shared
+                    .emit(DeliveryEvent::Notice(Notice::BreakerClosed))
+                    .await;
             }
         }
     }

@@ -17,7 +17,7 @@ mod failure;
 mod progress;
 
 pub use failure::{Category, Failure, Reply, Retry, Stage};
-pub use progress::{DomainCounts, EventLine, Progress, RunState};
+pub use progress::{DomainCounts, EventLine, FailureRow, Progress, RunState};
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -221,7 +221,11 @@ impl fmt::Display for Notice {
                 write!(f, "rate {from:.1}/s -> {to:.1}/s ({cause})")
             }
             Notice::ConnectionProblem { failure } => {
-                write!(f, "connection: {} at {}: {}", failure.category, failure.stage, failure.reply)
+                write!(
+                    f,
+                    "connection: {} at {}: {}",
+                    failure.category, failure.stage, failure.reply
+                )
             }
             Notice::BreakerOpen { reason } => write!(f, "circuit breaker open: {reason}"),
             Notice::BreakerClosed => f.write_str("circuit breaker closed: server answers again"),

@@ -63,6 +63,23 @@ pub struct DomainCounts {
     pub deferred: u64,
 }
 
+/// One recent failure, for the failures view.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct FailureRow {
+    /// The recipient's address.
+    pub email: String,
+    /// The status it ended in (failed or deferred).
+    pub status: Status,
+    /// The classified failure.
+    pub category: Category,
+    /// Reply code, enhanced code and text, as one line.
+    pub reply: String,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// When.
+    pub at: UnixMillis,
+}
+
 /// A snapshot of a run. Cheap to clone at a bounded frame rate.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct Progress {
@@ -94,6 +111,8 @@ pub struct Progress {
     pub events: VecDeque<EventLine>,
     /// Retries scheduled during this run.
     pub retries: u64,
+    /// The most recent failures and deferrals, newest last (bounded).
+    pub recent_failures: VecDeque<FailureRow>,
 }
 
 impl Progress {

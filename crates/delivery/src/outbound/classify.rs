@@ -32,8 +32,16 @@ pub fn classify_error(stage: Stage, err: &mail_send::Error) -> Failure {
     match err {
         E::Io(e) => classify_io(stage, e),
         E::Tls(e) => local(stage, Category::Tls, format!("TLS error: {e}")),
-        E::Base64(e) => local(stage, Category::Protocol, format!("bad base64 from server: {e}")),
-        E::Auth(e) => local(Stage::Auth, Category::Auth, format!("authentication failed: {e}")),
+        E::Base64(e) => local(
+            stage,
+            Category::Protocol,
+            format!("bad base64 from server: {e}"),
+        ),
+        E::Auth(e) => local(
+            Stage::Auth,
+            Category::Auth,
+            format!("authentication failed: {e}"),
+        ),
         // mail-send reports a closed connection and garbage alike as unparseable.
         E::UnparseableReply => local(
             stage,
@@ -72,7 +80,11 @@ pub fn classify_error(stage: Stage, err: &mail_send::Error) -> Failure {
             "the server offers no supported AUTH mechanism (or no AUTH at all)",
         ),
         E::Timeout => timeout(stage),
-        E::MissingStartTls => local(Stage::Tls, Category::Tls, "the server does not offer STARTTLS"),
+        E::MissingStartTls => local(
+            Stage::Tls,
+            Category::Tls,
+            "the server does not offer STARTTLS",
+        ),
     }
 }
 
@@ -211,9 +223,16 @@ pub static DIALECTS: &[Dialect] = &[
     Dialect {
         provider: "generic",
         matches: |r| {
-            ["rate limit", "ratelimit", "too many messages", "throttl", "sending rate", "slow down"]
-                .iter()
-                .any(|n| text_has(r, n))
+            [
+                "rate limit",
+                "ratelimit",
+                "too many messages",
+                "throttl",
+                "sending rate",
+                "slow down",
+            ]
+            .iter()
+            .any(|n| text_has(r, n))
                 || ((r.esc[0] == 4 || r.code / 100 == 4) && text_has(r, "rate"))
         },
         category: Category::Throttled,
@@ -337,7 +356,13 @@ fn by_code(stage: Stage, code: u16) -> Category {
 /// Finds "try again in 5 minutes", "retry after 30 seconds", "wait 2 min" in a reply.
 pub fn retry_after(text: &str) -> Option<Duration> {
     let lower = text.to_ascii_lowercase();
-    for phrase in ["try again in ", "retry in ", "try again after ", "retry after ", "wait "] {
+    for phrase in [
+        "try again in ",
+        "retry in ",
+        "try again after ",
+        "retry after ",
+        "wait ",
+    ] {
         let mut rest = lower.as_str();
         while let Some(pos) = rest.find(phrase) {
             rest = &rest[pos + phrase.len()..];

@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite, BufStream};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::classify::{classify_error, classify_io, classify_reply, timeout, ReplyRef};
+use super::classify::{ReplyRef, classify_error, classify_io, classify_reply, timeout};
 
 /// How the connection is secured.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -135,7 +135,10 @@ async fn greet_and_hello<S: AsyncRead + AsyncWrite + Unpin>(
 
 impl Session {
     /// Opens a session: every step has its own timeout and stage.
-    pub async fn connect(settings: Arc<SmtpSettings>, tls: &TlsConnector) -> Result<Session, Failure> {
+    pub async fn connect(
+        settings: Arc<SmtpSettings>,
+        tls: &TlsConnector,
+    ) -> Result<Session, Failure> {
         let s = &*settings;
         let addrs = match tokio::time::timeout(
             s.connect_timeout,
@@ -184,7 +187,10 @@ impl Session {
             Security::StartTls => {
                 let caps = greet_and_hello(&mut plain, s, true).await?;
                 if !caps.has_capability(EXT_START_TLS) {
-                    return Err(classify_error(Stage::Tls, &mail_send::Error::MissingStartTls));
+                    return Err(classify_error(
+                        Stage::Tls,
+                        &mail_send::Error::MissingStartTls,
+                    ));
                 }
                 plain.timeout = s.connect_timeout;
                 let mut tls_client = plain
@@ -212,7 +218,12 @@ impl Session {
         };
         if let Some((user, secret)) = &s.credentials {
             let creds = Credentials::new(user.as_str(), secret.as_str());
-            step(Stage::Auth, s.command_timeout, client.authenticate(&creds, &caps)).await?;
+            step(
+                Stage::Auth,
+                s.command_timeout,
+                client.authenticate(&creds, &caps),
+            )
+            .await?;
         }
         let max_size = caps
             .has_capability(EXT_SIZE)
@@ -301,7 +312,11 @@ impl Session {
         let [mail, rcpt, data] = match <[Response<String>; 3]>::try_from(replies) {
             Ok(r) => r,
             Err(_) => {
-                let f = Failure::local(Stage::MailFrom, Category::Protocol, "missing replies to pipelined commands");
+                let f = Failure::local(
+                    Stage::MailFrom,
+                    Category::Protocol,
+                    "missing replies to pipelined commands",
+                );
                 return Err((f, Afterwards::Broken));
             }
         };

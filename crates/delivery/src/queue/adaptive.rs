@@ -91,7 +91,9 @@ impl Aimd {
         {
             return None;
         }
-        let base = self.effective.unwrap_or(observed.max(self.settings.min_rate));
+        let base = self
+            .effective
+            .unwrap_or(observed.max(self.settings.min_rate));
         let next = (base * self.settings.decrease).max(self.settings.min_rate);
         self.last_decrease = Some(now);
         self.last_change = now;
@@ -178,6 +180,10 @@ mod tests {
                 break;
             }
         }
-        assert!(lifted, "the limit is eventually lifted: {:?}", a.effective());
+        assert!(
+            lifted,
+            "the limit is eventually lifted: {:?}",
+            a.effective()
+        );
     }
 }

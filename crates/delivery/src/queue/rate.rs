@@ -124,7 +124,11 @@ mod tests {
         for _ in 0..10 {
             gate.acquire().await;
         }
-        assert!(start.elapsed() < Duration::from_millis(200), "{:?}", start.elapsed());
+        assert!(
+            start.elapsed() < Duration::from_millis(200),
+            "{:?}",
+            start.elapsed()
+        );
         assert_eq!(gate.rate(), Some(100.0));
     }
 

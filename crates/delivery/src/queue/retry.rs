@@ -83,7 +83,10 @@ impl RetryPolicy {
         }
         let exp = self
             .base
-            .saturating_mul(1u32.checked_shl(n.saturating_sub(1).min(20)).unwrap_or(u32::MAX))
+            .saturating_mul(
+                1u32.checked_shl(n.saturating_sub(1).min(20))
+                    .unwrap_or(u32::MAX),
+            )
             .min(self.cap);
         // Full jitter (uniform in [0, exp]), but never less than a second.
         jitter(Duration::from_secs(1).min(exp), exp)
@@ -112,28 +115,47 @@ mod tests {
     #[test]
     fn permanent_gives_up_at_once() {
         let f = Failure::local(Stage::RcptTo, Category::RecipientUnknown, "x");
-        assert_eq!(RetryPolicy::default().decide(&f, 1, Duration::ZERO), Verdict::GiveUp);
+        assert_eq!(
+            RetryPolicy::default().decide(&f, 1, Duration::ZERO),
+            Verdict::GiveUp
+        );
     }
 
     #[test]
     fn attempts_are_bounded() {
-        let p = RetryPolicy { max_attempts: 3, ..Default::default() };
+        let p = RetryPolicy {
+            max_attempts: 3,
+            ..Default::default()
+        };
         let f = transient(Category::OtherTransient);
-        assert!(matches!(p.decide(&f, 2, Duration::ZERO), Verdict::Retry { counts: true, .. }));
+        assert!(matches!(
+            p.decide(&f, 2, Duration::ZERO),
+            Verdict::Retry { counts: true, .. }
+        ));
         assert_eq!(p.decide(&f, 3, Duration::ZERO), Verdict::GiveUp);
     }
 
     #[test]
     fn throttling_never_uses_up_attempts_but_expires() {
-        let p = RetryPolicy { max_attempts: 1, ..Default::default() };
+        let p = RetryPolicy {
+            max_attempts: 1,
+            ..Default::default()
+        };
         let f = transient(Category::Throttled);
-        assert!(matches!(p.decide(&f, 10, Duration::ZERO), Verdict::Retry { counts: false, .. }));
+        assert!(matches!(
+            p.decide(&f, 10, Duration::ZERO),
+            Verdict::Retry { counts: false, .. }
+        ));
         assert_eq!(p.decide(&f, 10, p.retry_for), Verdict::GiveUp);
     }
 
     #[test]
     fn backoff_grows_within_cap_with_jitter() {
-        let p = RetryPolicy { base: Duration::from_secs(10), cap: Duration::from_secs(60), ..Default::default() };
+        let p = RetryPolicy {
+            base: Duration::from_secs(10),
+            cap: Duration::from_secs(60),
+            ..Default::default()
+        };
         for n in 1..10 {
             let d = p.backoff(n);
             let exp = Duration::from_secs(10 * 2u64.pow(n - 1)).min(Duration::from_secs(60));

@@ -25,10 +25,19 @@ fn io_refused_is_connect_refused() {
 #[test]
 fn io_reset_mid_session_is_disconnected() {
     let e = mail_send::Error::Io(io::Error::from(io::ErrorKind::ConnectionReset));
-    assert_eq!(classify_error(Stage::Data, &e).category, Category::Disconnected);
+    assert_eq!(
+        classify_error(Stage::Data, &e).category,
+        Category::Disconnected
+    );
     let e = mail_send::Error::Io(io::Error::from(io::ErrorKind::TimedOut));
-    assert_eq!(classify_error(Stage::RcptTo, &e).category, Category::ReadTimeout);
-    assert_eq!(classify_error(Stage::Connect, &e).category, Category::ConnectTimeout);
+    assert_eq!(
+        classify_error(Stage::RcptTo, &e).category,
+        Category::ReadTimeout
+    );
+    assert_eq!(
+        classify_error(Stage::Connect, &e).category,
+        Category::ConnectTimeout
+    );
 }
 
 #[test]
@@ -81,7 +90,11 @@ fn unexpected_reply_goes_through_reply_classifier() {
 
 #[test]
 fn authentication_failed_535_is_permanent_auth() {
-    let e = mail_send::Error::AuthenticationFailed(resp(535, [5, 7, 8], "Authentication credentials invalid"));
+    let e = mail_send::Error::AuthenticationFailed(resp(
+        535,
+        [5, 7, 8],
+        "Authentication credentials invalid",
+    ));
     let f = classify_error(Stage::Auth, &e);
     assert_eq!(f.category, Category::Auth);
     assert!(f.permanent);
@@ -90,7 +103,11 @@ fn authentication_failed_535_is_permanent_auth() {
 
 #[test]
 fn authentication_failed_454_is_transient() {
-    let e = mail_send::Error::AuthenticationFailed(resp(454, [4, 7, 0], "Temporary authentication failure"));
+    let e = mail_send::Error::AuthenticationFailed(resp(
+        454,
+        [4, 7, 0],
+        "Temporary authentication failure",
+    ));
     let f = classify_error(Stage::Auth, &e);
     assert!(f.is_transient());
 }
@@ -103,7 +120,10 @@ fn invalid_tls_name() {
 
 #[test]
 fn missing_credentials_and_unsupported_mechanism_are_auth() {
-    for e in [mail_send::Error::MissingCredentials, mail_send::Error::UnsupportedAuthMechanism] {
+    for e in [
+        mail_send::Error::MissingCredentials,
+        mail_send::Error::UnsupportedAuthMechanism,
+    ] {
         let f = classify_error(Stage::Auth, &e);
         assert_eq!(f.category, Category::Auth);
         assert!(f.permanent);
@@ -112,15 +132,27 @@ fn missing_credentials_and_unsupported_mechanism_are_auth() {
 
 #[test]
 fn missing_envelope_parts_are_protocol() {
-    for e in [mail_send::Error::MissingMailFrom, mail_send::Error::MissingRcptTo] {
-        assert_eq!(classify_error(Stage::MailFrom, &e).category, Category::Protocol);
+    for e in [
+        mail_send::Error::MissingMailFrom,
+        mail_send::Error::MissingRcptTo,
+    ] {
+        assert_eq!(
+            classify_error(Stage::MailFrom, &e).category,
+            Category::Protocol
+        );
     }
 }
 
 #[test]
 fn timeout_depends_on_stage() {
-    assert_eq!(classify_error(Stage::Greeting, &mail_send::Error::Timeout).category, Category::ConnectTimeout);
-    assert_eq!(classify_error(Stage::Data, &mail_send::Error::Timeout).category, Category::ReadTimeout);
+    assert_eq!(
+        classify_error(Stage::Greeting, &mail_send::Error::Timeout).category,
+        Category::ConnectTimeout
+    );
+    assert_eq!(
+        classify_error(Stage::Data, &mail_send::Error::Timeout).category,
+        Category::ReadTimeout
+    );
     assert!(classify_error(Stage::Data, &mail_send::Error::Timeout).is_transient());
 }
 
@@ -158,37 +190,86 @@ fn tencent_failed_operation_keeps_message_and_is_permanent() {
 
 #[test]
 fn tencent_long_line_is_content() {
-    let f = reply(Stage::Data, 554, [0, 0, 0], "too longer line in input stream");
+    let f = reply(
+        Stage::Data,
+        554,
+        [0, 0, 0],
+        "too longer line in input stream",
+    );
     assert_eq!(f.category, Category::ContentRejected);
     assert!(f.permanent);
 }
 
 #[test]
 fn ses_throttling_and_quota() {
-    let f = reply(Stage::Data, 454, [0, 0, 0], "Throttling failure: Maximum sending rate exceeded.");
+    let f = reply(
+        Stage::Data,
+        454,
+        [0, 0, 0],
+        "Throttling failure: Maximum sending rate exceeded.",
+    );
     assert_eq!(f.category, Category::Throttled);
-    let f = reply(Stage::MailFrom, 454, [0, 0, 0], "Throttling failure: Daily message quota exceeded.");
+    let f = reply(
+        Stage::MailFrom,
+        454,
+        [0, 0, 0],
+        "Throttling failure: Daily message quota exceeded.",
+    );
     assert_eq!(f.category, Category::QuotaExceeded);
     assert!(f.is_transient());
 }
 
 #[test]
 fn gmail_rate_replies_are_throttled() {
-    let f = reply(Stage::RcptTo, 421, [4, 7, 28], "Our system has detected an unusual rate of unsolicited mail");
+    let f = reply(
+        Stage::RcptTo,
+        421,
+        [4, 7, 28],
+        "Our system has detected an unusual rate of unsolicited mail",
+    );
     assert_eq!(f.category, Category::Throttled);
-    let f = reply(Stage::RcptTo, 450, [4, 2, 1], "The user you are trying to contact is receiving mail at a rate that prevents additional messages");
+    let f = reply(
+        Stage::RcptTo,
+        450,
+        [4, 2, 1],
+        "The user you are trying to contact is receiving mail at a rate that prevents additional messages",
+    );
     assert_eq!(f.category, Category::Throttled);
-    let f = reply(Stage::MailFrom, 421, [4, 7, 0], "Try again later, sending rate too high");
+    let f = reply(
+        Stage::MailFrom,
+        421,
+        [4, 7, 0],
+        "Try again later, sending rate too high",
+    );
     assert_eq!(f.category, Category::Throttled);
 }
 
 #[test]
 fn office365_rate_and_quota() {
-    assert_eq!(reply(Stage::Data, 451, [4, 5, 127], "Excessive message rate from sender").category, Category::Throttled);
-    let f = reply(Stage::Data, 550, [5, 7, 255], "Service unavailable. Access denied, traffic not accepted from this IP");
+    assert_eq!(
+        reply(
+            Stage::Data,
+            451,
+            [4, 5, 127],
+            "Excessive message rate from sender"
+        )
+        .category,
+        Category::Throttled
+    );
+    let f = reply(
+        Stage::Data,
+        550,
+        [5, 7, 255],
+        "Service unavailable. Access denied, traffic not accepted from this IP",
+    );
     assert_eq!(f.category, Category::Throttled);
     assert!(f.is_transient());
-    let f = reply(Stage::Data, 554, [5, 2, 0], "STOREDRV.Submission.Exception:SubmissionQuotaExceededException");
+    let f = reply(
+        Stage::Data,
+        554,
+        [5, 2, 0],
+        "STOREDRV.Submission.Exception:SubmissionQuotaExceededException",
+    );
     assert_eq!(f.category, Category::QuotaExceeded);
 }
 
@@ -197,7 +278,12 @@ fn enhanced_code_takes_precedence_over_basic() {
     // 550 alone at RCPT would be recipient_unknown; 5.7.1 says policy.
     let f = reply(Stage::RcptTo, 550, [5, 7, 1], "Message rejected as spam");
     assert_eq!(f.category, Category::Policy);
-    let f = reply(Stage::Data, 550, [5, 7, 26], "Unauthenticated email is not accepted due to DMARC policy");
+    let f = reply(
+        Stage::Data,
+        550,
+        [5, 7, 26],
+        "Unauthenticated email is not accepted due to DMARC policy",
+    );
     assert_eq!(f.category, Category::Policy);
     assert!(f.permanent);
 }
@@ -214,17 +300,38 @@ fn mailbox_full_transient_and_permanent() {
 
 #[test]
 fn size_and_unknown_recipient() {
-    assert_eq!(reply(Stage::Data, 552, [5, 3, 4], "Message too big").category, Category::MessageTooLarge);
-    assert_eq!(reply(Stage::Data, 552, [0, 0, 0], "Message too big").category, Category::MessageTooLarge);
-    assert_eq!(reply(Stage::RcptTo, 550, [5, 1, 10], "Null MX").category, Category::RecipientUnknown);
-    assert_eq!(reply(Stage::RcptTo, 550, [0, 0, 0], "No such user").category, Category::RecipientUnknown);
+    assert_eq!(
+        reply(Stage::Data, 552, [5, 3, 4], "Message too big").category,
+        Category::MessageTooLarge
+    );
+    assert_eq!(
+        reply(Stage::Data, 552, [0, 0, 0], "Message too big").category,
+        Category::MessageTooLarge
+    );
+    assert_eq!(
+        reply(Stage::RcptTo, 550, [5, 1, 10], "Null MX").category,
+        Category::RecipientUnknown
+    );
+    assert_eq!(
+        reply(Stage::RcptTo, 550, [0, 0, 0], "No such user").category,
+        Category::RecipientUnknown
+    );
 }
 
 #[test]
 fn basic_codes_by_stage() {
-    assert_eq!(reply(Stage::MailFrom, 553, [0, 0, 0], "Sender refused").category, Category::SenderRefused);
-    assert_eq!(reply(Stage::Data, 554, [0, 0, 0], "Rejected").category, Category::ContentRejected);
-    assert_eq!(reply(Stage::RcptTo, 503, [5, 5, 1], "Bad sequence").category, Category::Protocol);
+    assert_eq!(
+        reply(Stage::MailFrom, 553, [0, 0, 0], "Sender refused").category,
+        Category::SenderRefused
+    );
+    assert_eq!(
+        reply(Stage::Data, 554, [0, 0, 0], "Rejected").category,
+        Category::ContentRejected
+    );
+    assert_eq!(
+        reply(Stage::RcptTo, 503, [5, 5, 1], "Bad sequence").category,
+        Category::Protocol
+    );
     let f = reply(Stage::RcptTo, 451, [4, 3, 0], "Local error");
     assert_eq!(f.category, Category::OtherTransient);
     assert!(f.is_transient());
@@ -235,16 +342,30 @@ fn basic_codes_by_stage() {
 
 #[test]
 fn greylisting() {
-    let f = reply(Stage::RcptTo, 450, [4, 7, 1], "Greylisted, please try again in 300 seconds");
+    let f = reply(
+        Stage::RcptTo,
+        450,
+        [4, 7, 1],
+        "Greylisted, please try again in 300 seconds",
+    );
     assert_eq!(f.category, Category::Greylisted);
     assert_eq!(f.retry_after, Some(Duration::from_secs(300)));
 }
 
 #[test]
 fn retry_after_phrases() {
-    assert_eq!(retry_after("try again in 5 minutes"), Some(Duration::from_secs(300)));
-    assert_eq!(retry_after("Please retry after 30s"), Some(Duration::from_secs(30)));
-    assert_eq!(retry_after("try again in 2 hours"), Some(Duration::from_secs(7200)));
+    assert_eq!(
+        retry_after("try again in 5 minutes"),
+        Some(Duration::from_secs(300))
+    );
+    assert_eq!(
+        retry_after("Please retry after 30s"),
+        Some(Duration::from_secs(30))
+    );
+    assert_eq!(
+        retry_after("try again in 2 hours"),
+        Some(Duration::from_secs(7200))
+    );
     assert_eq!(retry_after("try again later"), None);
 }
 

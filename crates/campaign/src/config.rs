@@ -1,0 +1,505 @@
+//! `campaign.toml`: the campaign format. `docs/campaign.md` is its manual;
+//! keep the two together. Unknown keys are errors naming the key and file.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::Error;
+
+/// A loaded campaign: the parsed file and the directory it lives in.
+#[derive(Clone, Debug)]
+pub struct Campaign {
+    /// The campaign directory (paths in the file are relative to it).
+    pub dir: PathBuf,
+    /// The `campaign.toml` path.
+    pub file: PathBuf,
+    /// The parsed configuration.
+    pub config: Config,
+}
+
+/// The whole file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[campaign]`
+    pub campaign: CampaignSection,
+    /// `[smtp]`
+    pub smtp: SmtpSection,
+    /// `[delivery]`
+    #[serde(default)]
+    pub delivery: DeliverySection,
+    /// `[limits]`
+    #[serde(default)]
+    pub limits: LimitsSection,
+    /// `[state]`
+    #[serde(default)]
+    pub state: StateSection,
+}
+
+/// `[campaign]`: what is sent to whom.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CampaignSection {
+    /// Campaign name; part of every Message-ID.
+    pub name: String,
+    /// From header: `Name <address>` or a bare address; its address is the envelope sender.
+    pub from: String,
+    /// Optional Reply-To.
+    pub reply_to: Option<String>,
+    /// Subject, a handlebars template.
+    pub subject: String,
+    /// HTML template file.
+    pub html: Option<PathBuf>,
+    /// Text template file.
+    pub text: Option<PathBuf>,
+    /// Recipients CSV file.
+    pub recipients: PathBuf,
+    /// Column holding the address.
+    #[serde(default = "default_email_column")]
+    pub email_column: String,
+    /// CSV delimiter (one character); sniffed when absent.
+    pub delimiter: Option<String>,
+    /// List-Unsubscribe URL template (adds RFC 8058 one-click for https).
+    pub list_unsubscribe: Option<String>,
+    /// Suppression file (CSV with an email column, or one address a line).
+    pub suppression: Option<PathBuf>,
+}
+
+fn default_email_column() -> String {
+    "email".into()
+}
+
+/// `[smtp]`: the relay.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpSection {
+    /// Host name or address.
+    pub host: String,
+    /// Port (default 587 with starttls, 465 with tls, 25 otherwise).
+    pub port: Option<u16>,
+    /// `none`, `starttls` or `tls`.
+    #[serde(default)]
+    pub security: SecurityName,
+    /// AUTH user name.
+    pub username: Option<String>,
+    /// Environment variable holding the password (never the password itself).
+    pub password_env: Option<String>,
+    /// File holding the password (first line).
+    pub password_file: Option<PathBuf>,
+    /// Name sent in EHLO (default: the From domain).
+    pub helo_name: Option<String>,
+    /// TCP connect and greeting timeout.
+    #[serde(default = "d10s", with = "duration")]
+    pub connect_timeout: Duration,
+    /// Timeout for each command's reply.
+    #[serde(default = "d30s", with = "duration")]
+    pub command_timeout: Duration,
+    /// Timeout for sending the message and reading the final reply.
+    #[serde(default = "d120s", with = "duration")]
+    pub data_timeout: Duration,
+    /// Accept invalid certificates (self-signed test relays only).
+    #[serde(default)]
+    pub accept_invalid_certs: bool,
+}
+
+/// Transport security names.
+#[derive(Copy, Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SecurityName {
+    /// Plain SMTP.
+    #[default]
+    None,
+    /// STARTTLS, required.
+    Starttls,
+    /// Implicit TLS.
+    Tls,
+}
+
+/// `[delivery]`: how fast and how persistently.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliverySection {
+    /// Messages per second, global (0 or absent: unlimited).
+    pub rate: Option<f64>,
+    /// Messages allowed back to back after an idle moment.
+    #[serde(default = "one")]
+    pub burst: u32,
+    /// SMTP connections.
+    #[serde(default = "eight")]
+    pub concurrency: usize,
+    /// Attempts per recipient, the first included (throttling does not count).
+    #[serde(default = "five")]
+    pub max_attempts: u32,
+    /// Give up on a recipient this long after its first attempt.
+    #[serde(default = "d2h", with = "duration")]
+    pub retry_for: Duration,
+    /// First step of the computed backoff.
+    #[serde(default = "d10s", with = "duration")]
+    pub retry_base: Duration,
+    /// Explicit retry schedule, overriding the computed one.
+    #[serde(default, with = "durations")]
+    pub retry: Vec<Duration>,
+    /// How long the server may be unreachable before the run gives up.
+    #[serde(default = "d5m", with = "duration")]
+    pub max_outage: Duration,
+    /// Messages per rolling 24 hours, counted from the store (exact across restarts).
+    pub daily_quota: Option<u64>,
+    /// Per-domain limits: `[delivery.domains."gmail.com"]`.
+    #[serde(default)]
+    pub domains: BTreeMap<String, DomainSection>,
+}
+
+impl Default for DeliverySection {
+    fn default() -> Self {
+        DeliverySection {
+            rate: None,
+            burst: 1,
+            concurrency: 8,
+            max_attempts: 5,
+            retry_for: d2h(),
+            retry_base: d10s(),
+            retry: Vec::new(),
+            max_outage: d5m(),
+            daily_quota: None,
+            domains: BTreeMap::new(),
+        }
+    }
+}
+
+/// Limits for one domain.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainSection {
+    /// Messages per second to this domain.
+    pub rate: Option<f64>,
+    /// Transactions in flight to this domain.
+    pub concurrency: Option<usize>,
+}
+
+/// `[limits]`: the relay's limits, checked before sending.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Largest message in bytes.
+    pub max_message_bytes: Option<usize>,
+    /// Longest line in bytes (RFC 5322 says 998).
+    #[serde(default = "d998")]
+    pub max_line_len: usize,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            max_message_bytes: None,
+            max_line_len: 998,
+        }
+    }
+}
+
+/// `[state]`: where the campaign state lives.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateSection {
+    /// SQLite file (default `.edm/state.db` in the campaign directory).
+    pub path: Option<PathBuf>,
+    /// `normal` (survives a crash) or `full` (also survives a power loss).
+    #[serde(default)]
+    pub durability: DurabilityName,
+}
+
+/// Durability names.
+#[derive(Copy, Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DurabilityName {
+    /// synchronous=NORMAL.
+    #[default]
+    Normal,
+    /// synchronous=FULL.
+    Full,
+}
+
+fn one() -> u32 {
+    1
+}
+fn five() -> u32 {
+    5
+}
+fn eight() -> usize {
+    8
+}
+fn d998() -> usize {
+    998
+}
+fn d10s() -> Duration {
+    Duration::from_secs(10)
+}
+fn d30s() -> Duration {
+    Duration::from_secs(30)
+}
+fn d120s() -> Duration {
+    Duration::from_secs(120)
+}
+fn d5m() -> Duration {
+    Duration::from_secs(300)
+}
+fn d2h() -> Duration {
+    Duration::from_secs(7200)
+}
+
+mod duration {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "bad duration {s:?}: {e} (write e.g. \"30s\", \"2m\", \"2h\")"
+            ))
+        })
+    }
+}
+
+mod durations {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+        let v = Vec::<String>::deserialize(d)?;
+        v.iter()
+            .map(|s| {
+                humantime::parse_duration(s).map_err(|e| {
+                    serde::de::Error::custom(format!(
+                        "bad duration {s:?}: {e} (write e.g. \"30s\", \"2m\")"
+                    ))
+                })
+            })
+            .collect()
+    }
+}
+
+impl Campaign {
+    /// Loads `DIR/campaign.toml` (or the file itself when given a file).
+    pub fn load(path: &Path) -> Result<Campaign, Error> {
+        let (dir, file) = if path.is_dir() {
+            (path.to_path_buf(), path.join("campaign.toml"))
+        } else {
+            (
+                path.parent()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_else(|| PathBuf::from(".")),
+                path.to_path_buf(),
+            )
+        };
+        let text = std::fs::read_to_string(&file).map_err(|e| Error::Config {
+            file: file.clone(),
+            message: format!("cannot read: {e}"),
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|e| Error::Config {
+            file: file.clone(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let c = Campaign { dir, file, config };
+        c.validate()?;
+        Ok(c)
+    }
+
+    fn bad(&self, message: impl Into<String>) -> Error {
+        Error::Config {
+            file: self.file.clone(),
+            message: message.into(),
+        }
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        let c = &self.config;
+        if c.campaign.name.trim().is_empty() {
+            return Err(self.bad("[campaign] name must not be empty"));
+        }
+        if c.campaign.html.is_none() && c.campaign.text.is_none() {
+            return Err(self.bad("[campaign] needs `html` or `text` (or both)"));
+        }
+        if let Some(d) = &c.campaign.delimiter
+            && (d.len() != 1 || !d.is_ascii())
+        {
+            return Err(self.bad(format!(
+                "[campaign] delimiter must be one ASCII character, got {d:?}"
+            )));
+        }
+        if let Some(r) = c.delivery.rate
+            && (!r.is_finite() || r < 0.0)
+        {
+            return Err(
+                self.bad("[delivery] rate must be a positive number of messages per second")
+            );
+        }
+        if c.delivery.concurrency == 0 {
+            return Err(self.bad("[delivery] concurrency must be at least 1"));
+        }
+        if c.delivery.max_attempts == 0 {
+            return Err(self.bad("[delivery] max_attempts must be at least 1"));
+        }
+        if c.smtp.username.is_some()
+            && c.smtp.password_env.is_none()
+            && c.smtp.password_file.is_none()
+        {
+            return Err(self.bad(
+                "[smtp] username is set but neither password_env nor password_file says where the password is",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Resolves a path from the file against the campaign directory.
+    pub fn path(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.dir.join(p)
+        }
+    }
+
+    /// The state database path.
+    pub fn state_path(&self) -> PathBuf {
+        match &self.config.state.path {
+            Some(p) => self.path(p),
+            None => self.dir.join(".edm").join("state.db"),
+        }
+    }
+
+    /// The configured rate (`None`: unlimited).
+    pub fn rate(&self) -> Option<f64> {
+        self.config.delivery.rate.filter(|r| *r > 0.0)
+    }
+
+    /// The relay port, defaulted by security.
+    pub fn port(&self) -> u16 {
+        self.config
+            .smtp
+            .port
+            .unwrap_or(match self.config.smtp.security {
+                SecurityName::None => 25,
+                SecurityName::Starttls => 587,
+                SecurityName::Tls => 465,
+            })
+    }
+
+    /// Reads the SMTP password from the environment or a file. Never logged.
+    pub fn password(&self) -> Result<Option<String>, Error> {
+        let s = &self.config.smtp;
+        if s.username.is_none() {
+            return Ok(None);
+        }
+        if let Some(var) = &s.password_env {
+            return match std::env::var(var) {
+                Ok(v) if !v.is_empty() => Ok(Some(v)),
+                _ => Err(self.bad(format!(
+                    "[smtp] password_env names ${var}, which is not set (export it before running)"
+                ))),
+            };
+        }
+        if let Some(file) = &s.password_file {
+            let path = self.path(file);
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| self.bad(format!("[smtp] password_file {}: {e}", path.display())))?;
+            return Ok(Some(text.lines().next().unwrap_or_default().to_string()));
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, text: &str) -> Result<Campaign, Error> {
+        std::fs::write(dir.join("campaign.toml"), text).unwrap();
+        Campaign::load(dir)
+    }
+
+    const MINIMAL: &str = r#"
+[campaign]
+name = "welcome"
+from = "Acme <news@acme.example>"
+subject = "Hi {{first_name}}"
+text = "t.txt"
+recipients = "r.csv"
+
+[smtp]
+host = "127.0.0.1"
+port = 2525
+"#;
+
+    #[test]
+    fn minimal_file_gets_documented_defaults() {
+        let d = tempfile::tempdir().unwrap();
+        let c = write(d.path(), MINIMAL).unwrap();
+        assert_eq!(c.config.campaign.email_column, "email");
+        assert_eq!(c.config.delivery.concurrency, 8);
+        assert_eq!(c.config.delivery.max_attempts, 5);
+        assert_eq!(c.config.smtp.command_timeout, Duration::from_secs(30));
+        assert_eq!(c.rate(), None);
+        assert_eq!(c.state_path(), d.path().join(".edm/state.db"));
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_file() {
+        let d = tempfile::tempdir().unwrap();
+        let err = write(
+            d.path(),
+            &MINIMAL.replace("port = 2525", "port = 2525\nprot = 1"),
+        )
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("prot"), "{msg}");
+        assert!(msg.contains("campaign.toml"), "{msg}");
+    }
+
+    #[test]
+    fn durations_and_domains_parse() {
+        let d = tempfile::tempdir().unwrap();
+        let text = format!(
+            "{MINIMAL}\n[delivery]\nrate = 20\nretry = [\"30s\", \"2m\"]\nretry_for = \"1h\"\n[delivery.domains.\"gmail.com\"]\nrate = 2\nconcurrency = 1\n"
+        );
+        let c = write(d.path(), &text).unwrap();
+        assert_eq!(
+            c.config.delivery.retry,
+            vec![Duration::from_secs(30), Duration::from_secs(120)]
+        );
+        assert_eq!(c.config.delivery.retry_for, Duration::from_secs(3600));
+        assert_eq!(c.config.delivery.domains["gmail.com"].concurrency, Some(1));
+        let bad = write(d.path(), &text.replace("\"1h\"", "\"soon\"")).unwrap_err();
+        assert!(bad.to_string().contains("soon"), "{bad}");
+    }
+
+    #[test]
+    fn needs_a_body_and_a_password_source() {
+        let d = tempfile::tempdir().unwrap();
+        let e = write(d.path(), &MINIMAL.replace("text = \"t.txt\"\n", "")).unwrap_err();
+        assert!(e.to_string().contains("html"), "{e}");
+        let e = write(
+            d.path(),
+            &MINIMAL.replace("port = 2525", "port = 2525\nusername = \"u\""),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("password_env"), "{e}");
+    }
+
+    #[test]
+    fn password_comes_from_the_environment() {
+        let d = tempfile::tempdir().unwrap();
+        let c = write(
+            d.path(),
+            &MINIMAL.replace(
+                "port = 2525",
+                "port = 2525\nusername = \"u\"\npassword_env = \"EDM_TEST_PW_UNSET_42\"",
+            ),
+        )
+        .unwrap();
+        let e = c.password().unwrap_err();
+        assert!(e.to_string().contains("EDM_TEST_PW_UNSET_42"), "{e}");
+    }
+}

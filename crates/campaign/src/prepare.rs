@@ -1,0 +1,281 @@
+//! Before the first message: compile templates, open and lock the state,
+//! ingest the CSV once, check the input fingerprint, recover in-doubt rows.
+
+use std::io::Read;
+use std::path::Path;
+
+use edm_model::Status;
+use edm_recipients::{ReadOptions, Suppression, Verdict};
+use edm_store::{Durability, InDoubtPolicy, NewRow, Store};
+use edm_template::{Limits, MessageSpec, Source, Templates};
+use sha2::{Digest, Sha256};
+
+use crate::Error;
+use crate::config::{Campaign, DurabilityName};
+
+/// A campaign ready to send.
+pub struct Prepared {
+    /// The state, locked for this run.
+    pub store: Store,
+    /// The CSV header.
+    pub columns: Vec<String>,
+    /// Compiled templates.
+    pub templates: Templates,
+    /// Rows ingested by this call (0 when the campaign was ingested before).
+    pub ingested: u64,
+    /// Rows found `sending` from a run that died, and what was done.
+    pub in_doubt: u64,
+    /// New rows added by `--accept-changes`.
+    pub added: u64,
+}
+
+const INGEST_BATCH: usize = 2000;
+
+/// Compiles the campaign's templates (no state touched).
+pub fn compile_templates(c: &Campaign) -> Result<Templates, Error> {
+    let cfg = &c.config.campaign;
+    let read = |p: &Path| -> Result<Source, Error> {
+        let path = c.path(p);
+        let body = std::fs::read_to_string(&path).map_err(|e| Error::Config {
+            file: c.file.clone(),
+            message: format!("template {}: {e}", path.display()),
+        })?;
+        Ok(Source {
+            name: path.display().to_string(),
+            body,
+        })
+    };
+    let spec = MessageSpec {
+        campaign: cfg.name.clone(),
+        from: cfg.from.clone(),
+        reply_to: cfg.reply_to.clone(),
+        subject: cfg.subject.clone(),
+        html: cfg.html.as_deref().map(read).transpose()?,
+        text: cfg.text.as_deref().map(read).transpose()?,
+        list_unsubscribe: cfg.list_unsubscribe.clone(),
+        limits: Limits {
+            max_message_bytes: c.config.limits.max_message_bytes,
+            max_line_len: c.config.limits.max_line_len,
+        },
+    };
+    Templates::compile(spec).map_err(|e| Error::Template(e.to_string()))
+}
+
+fn read_options(c: &Campaign) -> ReadOptions {
+    ReadOptions {
+        email_column: c.config.campaign.email_column.clone(),
+        delimiter: c
+            .config
+            .campaign
+            .delimiter
+            .as_ref()
+            .and_then(|d| d.bytes().next()),
+    }
+}
+
+fn suppression(c: &Campaign) -> Result<Option<Suppression>, Error> {
+    c.config
+        .campaign
+        .suppression
+        .as_ref()
+        .map(|p| Suppression::load(&c.path(p)).map_err(Error::from))
+        .transpose()
+}
+
+/// Hashes of what changes the messages: the CSV, the templates, the sender.
+fn fingerprint(c: &Campaign) -> Result<[(&'static str, String); 3], Error> {
+    let cfg = &c.config.campaign;
+    let csv_path = c.path(&cfg.recipients);
+    let mut h = Sha256::new();
+    let mut f = std::fs::File::open(&csv_path).map_err(|e| Error::Io {
+        path: csv_path.clone(),
+        source: e,
+    })?;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| Error::Io {
+            path: csv_path.clone(),
+            source: e,
+        })?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    let csv = hex(&h.finalize());
+    let mut t = Sha256::new();
+    t.update(cfg.subject.as_bytes());
+    for p in [&cfg.html, &cfg.text].into_iter().flatten() {
+        t.update([0]);
+        t.update(std::fs::read(c.path(p)).unwrap_or_default());
+    }
+    t.update([0]);
+    t.update(
+        cfg.list_unsubscribe
+            .as_deref()
+            .unwrap_or_default()
+            .as_bytes(),
+    );
+    let templates = hex(&t.finalize());
+    let mut s = Sha256::new();
+    s.update(cfg.from.as_bytes());
+    s.update([0]);
+    s.update(cfg.reply_to.as_deref().unwrap_or_default().as_bytes());
+    s.update([0]);
+    s.update(cfg.name.as_bytes());
+    let settings = hex(&s.finalize());
+    Ok([
+        ("fingerprint.recipients", csv),
+        ("fingerprint.templates", templates),
+        ("fingerprint.sender", settings),
+    ])
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Opens the state for a run: everything `edm send` does before sending.
+pub fn prepare(
+    c: &Campaign,
+    state: &Path,
+    in_doubt: InDoubtPolicy,
+    accept_changes: bool,
+) -> Result<Prepared, Error> {
+    let templates = compile_templates(c)?;
+    if let Some(dir) = state.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::Io {
+            path: dir.to_path_buf(),
+            source: e,
+        })?;
+    }
+    let durability = match c.config.state.durability {
+        DurabilityName::Normal => Durability::Normal,
+        DurabilityName::Full => Durability::Full,
+    };
+    let mut store = Store::open(state, durability)?;
+    store.lock_for_run(std::process::id())?;
+    let prints = fingerprint(c)?;
+    let mut ingested = 0;
+    let mut added = 0;
+    if !store.is_ingested()? {
+        ingested = ingest(c, &mut store, None)?;
+        for (k, v) in &prints {
+            store.set_meta(k, v)?;
+        }
+        store.set_meta("campaign", &c.config.campaign.name)?;
+    } else {
+        let changed: Vec<&str> = prints
+            .iter()
+            .filter(|(k, v)| store.meta(k).ok().flatten().as_deref() != Some(v.as_str()))
+            .map(|(k, _)| match *k {
+                "fingerprint.recipients" => "the recipients CSV",
+                "fingerprint.templates" => "the templates or subject",
+                _ => "the sender or campaign name",
+            })
+            .collect();
+        if !changed.is_empty() {
+            if !accept_changes {
+                return Err(Error::InputsChanged(changed.join(", ")));
+            }
+            if changed.contains(&"the recipients CSV") {
+                let known = store.rows_by_email()?;
+                added = ingest(c, &mut store, Some(&known))?;
+            }
+            for (k, v) in &prints {
+                store.set_meta(k, v)?;
+            }
+            store.log_event(
+                edm_model::now_ms(),
+                "inputs_changed",
+                &format!(
+                    "accepted changes to {}; {added} new recipients",
+                    changed.join(", ")
+                ),
+            )?;
+        }
+    }
+    let in_doubt_count = store.recover_in_doubt(in_doubt)?;
+    if in_doubt_count > 0 {
+        store.log_event(
+            edm_model::now_ms(),
+            "in_doubt",
+            &format!(
+                "{in_doubt_count} recipients were being sent when the last run died ({})",
+                match in_doubt {
+                    InDoubtPolicy::Resend => "sending them again",
+                    InDoubtPolicy::Skip => "left in_doubt",
+                }
+            ),
+        )?;
+    }
+    let columns = store.columns()?;
+    Ok(Prepared {
+        store,
+        columns,
+        templates,
+        ingested,
+        in_doubt: in_doubt_count,
+        added,
+    })
+}
+
+/// Streams the CSV into the store in batches. With `known`, only addresses
+/// not already in the store are added (accepting a changed CSV).
+fn ingest(
+    c: &Campaign,
+    store: &mut Store,
+    known: Option<&std::collections::HashMap<String, (edm_model::RecipientId, Status)>>,
+) -> Result<u64, Error> {
+    let supp = suppression(c)?;
+    let path = c.path(&c.config.campaign.recipients);
+    let rows = edm_recipients::open(&path, &read_options(c), supp.as_ref())?;
+    let columns = rows.columns().to_vec();
+    let mut batch = Vec::with_capacity(INGEST_BATCH);
+    let mut n = 0u64;
+    for row in rows {
+        let row = row?;
+        if let Some(known) = known
+            && known.contains_key(&edm_recipients::normalize(&row.email))
+        {
+            continue;
+        }
+        let (status, category, reason, duplicate_of) = match row.verdict {
+            Verdict::Valid => (Status::Pending, None, None, None),
+            Verdict::Invalid { category, reason } => {
+                (Status::Invalid, Some(category), Some(reason), None)
+            }
+            Verdict::Duplicate { first_line } => (
+                Status::Skipped,
+                None,
+                Some(format!("duplicate of line {first_line}")),
+                Some(first_line),
+            ),
+            Verdict::Suppressed => (
+                Status::Suppressed,
+                None,
+                Some("on the suppression list".into()),
+                None,
+            ),
+        };
+        batch.push(NewRow {
+            line: row.line,
+            email: row.email,
+            values: row.values,
+            status,
+            category,
+            reason,
+            duplicate_of,
+        });
+        n += 1;
+        if batch.len() >= INGEST_BATCH {
+            store.insert_rows(&batch)?;
+            batch.clear();
+        }
+    }
+    store.insert_rows(&batch)?;
+    if known.is_none() {
+        store.mark_ingested(&columns)?;
+    }
+    Ok(n)
+}

@@ -1,0 +1,337 @@
+//! `edm status`, `edm report`, `edm retry` and `edm watch`'s snapshots: all
+//! read the state (read-only, except `retry`), so they work while a run goes on.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use edm_model::{Category, Progress, RunState, Status, UnixMillis};
+use edm_store::{Durability, ExportFilter, ExportRow, Store};
+
+use crate::Error;
+use crate::config::Campaign;
+use crate::writer::StoreView;
+
+/// `edm status --json`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StatusReport {
+    /// Campaign name.
+    pub campaign: String,
+    /// State file.
+    pub state: PathBuf,
+    /// All recipients.
+    pub total: u64,
+    /// Accepted by the server.
+    pub sent: u64,
+    /// Failed permanently.
+    pub failed: u64,
+    /// Waiting for a retry.
+    pub deferred: u64,
+    /// Not yet attempted.
+    pub pending: u64,
+    /// Being sent right now (or left by a run that died and not yet recovered).
+    pub sending: u64,
+    /// Flagged in doubt: a run died while sending them.
+    pub in_doubt: u64,
+    /// Left in doubt, waiting for a decision (`edm retry --status in_doubt`).
+    pub in_doubt_unresolved: u64,
+    /// Rejected at ingest.
+    pub invalid: u64,
+    /// Duplicates.
+    pub skipped: u64,
+    /// On a suppression list.
+    pub suppressed: u64,
+    /// Failed, deferred and invalid recipients by category.
+    pub by_category: BTreeMap<String, u64>,
+    /// When the first deferred recipient comes due (Unix ms).
+    pub next_retry_at: Option<UnixMillis>,
+    /// True when every recipient is final.
+    pub complete: bool,
+}
+
+fn state_of(c: &Campaign, state: Option<&Path>) -> PathBuf {
+    state
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| c.state_path())
+}
+
+fn open_ro(c: &Campaign, state: Option<&Path>) -> Result<Store, Error> {
+    let path = state_of(c, state);
+    if !path.exists() {
+        return Err(Error::NoState(path));
+    }
+    Ok(Store::open_read_only(&path)?)
+}
+
+/// Counts for `edm status`.
+pub fn status(c: &Campaign, state: Option<&Path>) -> Result<StatusReport, Error> {
+    let store = open_ro(c, state)?;
+    let s = store.summary()?;
+    Ok(StatusReport {
+        campaign: c.config.campaign.name.clone(),
+        state: state_of(c, state),
+        total: s.total,
+        sent: s.count(Status::Sent),
+        failed: s.count(Status::Failed),
+        deferred: s.count(Status::Deferred),
+        pending: s.count(Status::Pending),
+        sending: s.count(Status::Sending),
+        in_doubt: s.in_doubt,
+        in_doubt_unresolved: s.count(Status::InDoubt),
+        invalid: s.count(Status::Invalid),
+        skipped: s.count(Status::Skipped),
+        suppressed: s.count(Status::Suppressed),
+        by_category: s
+            .by_category
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), *v))
+            .collect(),
+        next_retry_at: s.next_due,
+        complete: Status::ALL
+            .iter()
+            .filter(|st| !st.is_final())
+            .all(|st| s.count(*st) == 0),
+    })
+}
+
+/// Which recipients a report lists.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum ReportKind {
+    /// Failed permanently: the CSV can be used as a new campaign's recipients.
+    Failures,
+    /// Flagged in doubt.
+    InDoubt,
+    /// Everyone.
+    All,
+}
+
+/// Report formats.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum ReportFormat {
+    /// The original columns, then the outcome columns.
+    Csv,
+    /// One JSON object a line.
+    Json,
+}
+
+const OUTCOME_COLUMNS: [&str; 7] = [
+    "status",
+    "category",
+    "smtp_code",
+    "enhanced_code",
+    "reply",
+    "attempts",
+    "last_attempt_at",
+];
+
+/// Writes a report; returns the number of recipients in it.
+pub fn export(
+    c: &Campaign,
+    state: Option<&Path>,
+    kind: ReportKind,
+    format: ReportFormat,
+    out: &mut dyn Write,
+) -> Result<u64, Error> {
+    let store = open_ro(c, state)?;
+    let columns = store.columns()?;
+    let filter = match kind {
+        ReportKind::Failures => ExportFilter {
+            statuses: vec![Status::Failed],
+            ..Default::default()
+        },
+        ReportKind::InDoubt => ExportFilter {
+            in_doubt_only: true,
+            ..Default::default()
+        },
+        ReportKind::All => ExportFilter::default(),
+    };
+    // An outcome column that clashes with an original one gets an `edm_` prefix,
+    // so the original columns stay exactly as they were (the file feeds back in).
+    let extra: Vec<String> = OUTCOME_COLUMNS
+        .iter()
+        .map(|n| {
+            if columns.iter().any(|c| c.eq_ignore_ascii_case(n)) {
+                format!("edm_{n}")
+            } else {
+                (*n).to_string()
+            }
+        })
+        .collect();
+    let path = PathBuf::from("<report>");
+    let io = |e: std::io::Error| Error::Io {
+        path: path.clone(),
+        source: e,
+    };
+    let mut n = 0u64;
+    match format {
+        ReportFormat::Csv => {
+            let mut w = csv::Writer::from_writer(out);
+            w.write_record(columns.iter().chain(extra.iter()))
+                .map_err(|e| io(e.into()))?;
+            store
+                .export(&filter, |row: &ExportRow| {
+                    n += 1;
+                    let mut rec: Vec<String> = row.values.clone();
+                    rec.resize(columns.len(), String::new());
+                    rec.extend(outcome_fields(row));
+                    w.write_record(&rec)
+                })
+                .map_err(|e| export_error(e, &path))?;
+            w.flush().map_err(io)?;
+        }
+        ReportFormat::Json => {
+            store
+                .export(&filter, |row: &ExportRow| -> Result<(), std::io::Error> {
+                    n += 1;
+                    let fields: serde_json::Map<String, serde_json::Value> = columns
+                        .iter()
+                        .zip(row.values.iter())
+                        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                        .collect();
+                    let obj = serde_json::json!({
+                        "line": row.line,
+                        "email": row.email,
+                        "fields": fields,
+                        "status": row.status.as_str(),
+                        "category": row.category.map(Category::as_str),
+                        "stage": row.stage.map(|s| s.as_str()),
+                        "smtp_code": row.smtp_code,
+                        "enhanced_code": row.enhanced_code,
+                        "reply": row.reply,
+                        "attempts": row.attempts,
+                        "last_attempt_at": row.last_attempt_at,
+                        "in_doubt": row.in_doubt,
+                        "message_id": row.message_id,
+                    });
+                    writeln!(out, "{obj}")
+                })
+                .map_err(|e| export_error(e, &path))?;
+        }
+    }
+    Ok(n)
+}
+
+fn export_error<E: std::fmt::Display>(e: edm_store::ExportError<E>, path: &Path) -> Error {
+    match e {
+        edm_store::ExportError::Store(s) => Error::Store(s),
+        other => Error::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(other.to_string()),
+        },
+    }
+}
+
+fn outcome_fields(row: &ExportRow) -> [String; 7] {
+    [
+        row.status.as_str().to_string(),
+        row.category
+            .map(|c| c.as_str().to_string())
+            .unwrap_or_default(),
+        row.smtp_code.map(|c| c.to_string()).unwrap_or_default(),
+        row.enhanced_code.clone().unwrap_or_default(),
+        row.reply.clone().unwrap_or_default(),
+        row.attempts.to_string(),
+        row.last_attempt_at.map(rfc3339).unwrap_or_default(),
+    ]
+}
+
+/// Formats Unix milliseconds as RFC 3339 UTC.
+pub fn rfc3339(ms: UnixMillis) -> String {
+    let secs = ms.div_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+/// `edm retry`: puts recipients back to pending for the next `edm send`.
+pub fn retry(
+    c: &Campaign,
+    state: Option<&Path>,
+    statuses: &[Status],
+    categories: &[Category],
+) -> Result<u64, Error> {
+    let path = state_of(c, state);
+    if !path.exists() {
+        return Err(Error::NoState(path));
+    }
+    let mut store = Store::open(&path, Durability::Normal)?;
+    // Not while a run is sending: the run lock says so.
+    store.lock_for_run(std::process::id())?;
+    let statuses = if statuses.is_empty() {
+        vec![Status::Failed]
+    } else {
+        statuses.to_vec()
+    };
+    let n = store.reset_for_retry(&statuses, categories)?;
+    store.log_event(
+        edm_model::now_ms(),
+        "retry",
+        &format!("{n} recipients put back to pending by `edm retry`"),
+    )?;
+    Ok(n)
+}
+
+/// A progress snapshot read from the state, for `edm watch` in another terminal.
+pub fn watch_progress(
+    c: &Campaign,
+    state: Option<&Path>,
+    started_at: UnixMillis,
+) -> Result<Progress, Error> {
+    let store = open_ro(c, state)?;
+    let view = StoreView::read(&store)?;
+    let events = store.recent_events(20)?;
+    let mut p = Progress {
+        campaign: c.config.campaign.name.clone(),
+        started_at,
+        now: edm_model::now_ms(),
+        counts: view.summary.counts.clone(),
+        by_category: view.summary.by_category.clone(),
+        top_replies: view.top_replies,
+        domains: view.domains.into_iter().collect(),
+        recent_failures: view.recent_failures.into_iter().rev().collect(),
+        target_rate: c.rate(),
+        effective_rate: c.rate(),
+        ..Default::default()
+    };
+    for (at, _kind, text) in events.into_iter().rev() {
+        p.push_event(at, text, 50);
+    }
+    let active = p.count(Status::Sending) > 0;
+    let open = Status::ALL.iter().any(|s| !s.is_final() && p.count(*s) > 0);
+    p.state = if active {
+        RunState::Running
+    } else if open {
+        RunState::WaitingForRetries
+    } else {
+        RunState::Done
+    };
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rfc3339;
+
+    #[test]
+    fn rfc3339_formats_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_795_305_600_000), "2026-11-21T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400_000 + 3_723_000), "2000-02-29T01:02:03Z");
+    }
+}

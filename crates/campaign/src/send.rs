@@ -1,0 +1,720 @@
+//! `edm send`: claim → render → deliver → record, with progress on the side.
+//!
+//! Three tasks and a thread:
+//! - the **feeder** claims recipients from the store (durably `sending`
+//!   before they are queued), renders them and queues them for delivery;
+//!   it waits for due retries and decides when the run is complete;
+//! - the **outcome loop** turns delivery events into store outcomes (retry
+//!   decisions happen here, with the campaign's [`RetryPolicy`]);
+//! - the **progress loop** folds everything into a [`Progress`] snapshot;
+//! - the **writer thread** is the store's only writer (`writer.rs`).
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use edm_delivery::{
+    DeliveryConfig, DomainLimit, EngineEnd, RetryPolicy, Security, SmtpSettings, Verdict,
+};
+use edm_model::{
+    Control, DeliveryEvent, DomainCounts, EventLine, Failure, Notice, Progress, RecipientId,
+    RunState, Status, UnixMillis, add_ms, now_ms,
+};
+use edm_store::{InDoubtPolicy, Outcome, OutcomeKind, Summary};
+use tokio::sync::{Notify, mpsc, watch};
+
+use crate::Error;
+use crate::config::{Campaign, SecurityName};
+use crate::prepare::{Prepared, prepare};
+use crate::writer::{StoreView, Writer};
+
+/// Options of one `edm send`.
+#[derive(Clone, Debug)]
+pub struct SendOptions {
+    /// Override `[delivery] rate` (`Some(None)`: unlimited).
+    pub rate: Option<Option<f64>>,
+    /// Override `[delivery] concurrency`.
+    pub concurrency: Option<usize>,
+    /// Attempt at most this many recipients in this run.
+    pub limit: Option<u64>,
+    /// Override the state file.
+    pub state: Option<PathBuf>,
+    /// What to do with recipients a dead run left `sending`.
+    pub in_doubt: InDoubtPolicy,
+    /// Go on although the inputs changed.
+    pub accept_changes: bool,
+    /// Override the relay (host, port): `edm demo` points at its own sink.
+    pub relay: Option<(String, u16)>,
+    /// Wait within the run for retries due at most this far ahead; later
+    /// ones end the run with [`RunEnd::WaitingForRetries`].
+    pub max_retry_wait: Duration,
+}
+
+impl Default for SendOptions {
+    fn default() -> Self {
+        SendOptions {
+            rate: None,
+            concurrency: None,
+            limit: None,
+            state: None,
+            in_doubt: InDoubtPolicy::Resend,
+            accept_changes: false,
+            relay: None,
+            max_retry_wait: Duration::from_secs(120),
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RunEnd {
+    /// Every recipient is final.
+    Complete,
+    /// Stopped by the operator (Ctrl-C, `q`); the rest is pending.
+    Stopped,
+    /// `--limit` recipients were attempted.
+    LimitReached,
+    /// Only retries far in the future are left: run `edm send` again later.
+    WaitingForRetries {
+        /// Recipients deferred.
+        deferred: u64,
+        /// When the first comes due.
+        next_due: UnixMillis,
+    },
+    /// The relay refused the credentials: nothing was marked failed.
+    AuthRefused(Failure),
+    /// The relay stayed unreachable past `max_outage`: nothing was marked failed.
+    Outage(Failure),
+    /// The state database could not be written.
+    StoreFailed(String),
+}
+
+/// What a finished run reports.
+#[derive(Clone, Debug)]
+pub struct RunReport {
+    /// How it ended.
+    pub end: RunEnd,
+    /// Counts over the whole campaign at the end.
+    pub summary: Summary,
+    /// Rows ingested by this run.
+    pub ingested: u64,
+    /// In-doubt recipients found at start.
+    pub in_doubt_found: u64,
+    /// The policy applied to them.
+    pub in_doubt_policy: InDoubtPolicy,
+    /// Accepted in this run.
+    pub sent: u64,
+    /// Failed permanently in this run.
+    pub failed: u64,
+    /// Deferred (retries scheduled) in this run.
+    pub retried: u64,
+    /// The state file.
+    pub state: PathBuf,
+}
+
+impl RunReport {
+    /// The process exit code: 0 complete without failures, 1 complete with
+    /// failures, 2 could not run, 3 not finished (deferred, limit), 130 stopped.
+    pub fn exit_code(&self) -> u8 {
+        match &self.end {
+            RunEnd::Complete if self.summary.count(Status::Failed) == 0 => 0,
+            RunEnd::Complete => 1,
+            RunEnd::AuthRefused(_) | RunEnd::Outage(_) | RunEnd::StoreFailed(_) => 2,
+            RunEnd::WaitingForRetries { .. } | RunEnd::LimitReached => 3,
+            RunEnd::Stopped => 130,
+        }
+    }
+}
+
+/// A running `edm send`.
+pub struct Run {
+    /// Live progress, refreshed four times a second.
+    pub progress: watch::Receiver<Progress>,
+    /// Pause, resume, rate, stop.
+    pub control: mpsc::UnboundedSender<Control>,
+    /// What preparing found (rows ingested, in doubt).
+    pub ingested: u64,
+    /// Recipients found in doubt at start.
+    pub in_doubt_found: u64,
+    /// The state file.
+    pub state: PathBuf,
+    join: tokio::task::JoinHandle<Result<RunReport, Error>>,
+}
+
+impl Run {
+    /// Waits for the run to end.
+    pub async fn wait(self) -> Result<RunReport, Error> {
+        match self.join.await {
+            Ok(r) => r,
+            Err(e) => Err(Error::Config {
+                file: self.state,
+                message: format!("the run crashed: {e}"),
+            }),
+        }
+    }
+}
+
+/// What the outcome loop needs to know about a claimed recipient.
+struct InFlight {
+    attempts: u32,
+    claimed_at: UnixMillis,
+    message_id: String,
+    domain: String,
+}
+
+/// State shared by the run's tasks.
+struct Shared {
+    in_flight: Mutex<HashMap<RecipientId, InFlight>>,
+    stopping: AtomicBool,
+    sent: AtomicU64,
+    failed: AtomicU64,
+    retried: AtomicU64,
+    outcome: Notify,
+    events: Mutex<VecDeque<EventLine>>,
+    domains: Mutex<HashMap<String, DomainCounts>>,
+    waiting: AtomicBool,
+}
+
+impl Shared {
+    fn push_event(&self, text: String) {
+        if let Ok(mut e) = self.events.lock() {
+            e.push_back(EventLine { at: now_ms(), text });
+            while e.len() > 50 {
+                e.pop_front();
+            }
+        }
+    }
+}
+
+fn delivery_config(c: &Campaign, opts: &SendOptions, password: Option<String>) -> DeliveryConfig {
+    let s = &c.config.smtp;
+    let (host, port) = opts
+        .relay
+        .clone()
+        .unwrap_or_else(|| (s.host.clone(), c.port()));
+    let from_domain = edm_model::domain_of(&c.config.campaign.from.replace('>', ""));
+    let smtp = SmtpSettings {
+        host,
+        port,
+        security: match s.security {
+            SecurityName::None => Security::None,
+            SecurityName::Starttls => Security::StartTls,
+            SecurityName::Tls => Security::Tls,
+        },
+        credentials: s.username.clone().zip(password),
+        helo_name: s.helo_name.clone().unwrap_or_else(|| {
+            if from_domain.is_empty() {
+                "localhost".into()
+            } else {
+                from_domain
+            }
+        }),
+        connect_timeout: s.connect_timeout,
+        command_timeout: s.command_timeout,
+        data_timeout: s.data_timeout,
+        accept_invalid_certs: s.accept_invalid_certs,
+    };
+    let d = &c.config.delivery;
+    let mut cfg = DeliveryConfig::new(smtp);
+    cfg.concurrency = opts.concurrency.unwrap_or(d.concurrency).max(1);
+    cfg.rate = match opts.rate {
+        Some(r) => r.filter(|r| *r > 0.0),
+        None => c.rate(),
+    };
+    cfg.burst = d.burst.max(1);
+    cfg.max_outage = d.max_outage;
+    cfg.domains = d
+        .domains
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_ascii_lowercase(),
+                DomainLimit {
+                    rate: v.rate,
+                    concurrency: v.concurrency,
+                },
+            )
+        })
+        .collect();
+    cfg
+}
+
+fn retry_policy(c: &Campaign) -> RetryPolicy {
+    let d = &c.config.delivery;
+    RetryPolicy {
+        max_attempts: d.max_attempts,
+        base: d.retry_base,
+        cap: Duration::from_secs(15 * 60).max(d.retry_base),
+        schedule: d.retry.clone(),
+        retry_for: d.retry_for,
+    }
+}
+
+/// Prepares the campaign (errors here mean it cannot run at all) and starts
+/// sending on the current tokio runtime.
+pub async fn start_send(campaign: Campaign, opts: SendOptions) -> Result<Run, Error> {
+    let password = campaign.password()?;
+    let state = opts.state.clone().unwrap_or_else(|| campaign.state_path());
+    let c2 = campaign.clone();
+    let s2 = state.clone();
+    let (policy, accept) = (opts.in_doubt, opts.accept_changes);
+    let prepared = tokio::task::spawn_blocking(move || prepare(&c2, &s2, policy, accept))
+        .await
+        .map_err(|e| Error::Config {
+            file: campaign.file.clone(),
+            message: format!("preparing crashed: {e}"),
+        })??;
+    let dcfg = delivery_config(&campaign, &opts, password);
+    let mut progress = Progress {
+        campaign: campaign.config.campaign.name.clone(),
+        started_at: now_ms(),
+        now: now_ms(),
+        target_rate: dcfg.rate,
+        effective_rate: dcfg.rate,
+        ..Default::default()
+    };
+    progress.counts = Status::ALL.iter().map(|s| (*s, 0)).collect();
+    let (progress_tx, progress_rx) = watch::channel(progress);
+    let (control_tx, control_rx) = mpsc::unbounded_channel();
+    let ingested = prepared.ingested;
+    let in_doubt_found = prepared.in_doubt;
+    let join = tokio::spawn(run(
+        campaign,
+        opts,
+        prepared,
+        dcfg,
+        state.clone(),
+        progress_tx,
+        control_rx,
+    ));
+    Ok(Run {
+        progress: progress_rx,
+        control: control_tx,
+        ingested,
+        in_doubt_found,
+        state,
+        join,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    campaign: Campaign,
+    opts: SendOptions,
+    prepared: Prepared,
+    dcfg: DeliveryConfig,
+    state: PathBuf,
+    progress_tx: watch::Sender<Progress>,
+    mut control_rx: mpsc::UnboundedReceiver<Control>,
+) -> Result<RunReport, Error> {
+    let Prepared {
+        store,
+        columns,
+        templates,
+        ingested,
+        in_doubt,
+        ..
+    } = prepared;
+    let concurrency = dcfg.concurrency;
+    let writer = Arc::new(Writer::spawn(store));
+    if in_doubt > 0 {
+        let what = match opts.in_doubt {
+            InDoubtPolicy::Resend => "they are sent again (see `edm report --in-doubt`)",
+            InDoubtPolicy::Skip => "they are left in_doubt (see `edm report --in-doubt`)",
+        };
+        tracing::warn!(
+            in_doubt,
+            "recipients were being sent when the last run died; {what}"
+        );
+    }
+    let (jobs_tx, jobs_rx) = mpsc::channel(concurrency);
+    let (ev_tx, mut ev_rx) = mpsc::channel(1024);
+    let engine = edm_delivery::start(dcfg, jobs_rx, ev_tx)?;
+    let engine_status = engine.status();
+    let engine_control = engine.controller();
+    let shared = Arc::new(Shared {
+        in_flight: Mutex::new(HashMap::new()),
+        stopping: AtomicBool::new(false),
+        sent: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+        retried: AtomicU64::new(0),
+        outcome: Notify::new(),
+        events: Mutex::new(VecDeque::new()),
+        domains: Mutex::new(HashMap::new()),
+        waiting: AtomicBool::new(false),
+    });
+    if in_doubt > 0 {
+        shared.push_event(format!(
+            "{in_doubt} recipients were in doubt after the last run ({})",
+            match opts.in_doubt {
+                InDoubtPolicy::Resend => "resending",
+                InDoubtPolicy::Skip => "skipped",
+            }
+        ));
+    }
+
+    // Controls: Stop also stops the feeder; the rest go to the engine.
+    let control_task = {
+        let shared = shared.clone();
+        let engine_control = engine_control.clone();
+        tokio::spawn(async move {
+            while let Some(c) = control_rx.recv().await {
+                if c == Control::Stop {
+                    shared.stopping.store(true, Ordering::SeqCst);
+                    shared.outcome.notify_waiters();
+                    shared.push_event("stopping: finishing transactions in flight".into());
+                }
+                let _ = engine_control.send(c);
+            }
+        })
+    };
+
+    let feeder = tokio::spawn(feed(
+        writer.clone(),
+        shared.clone(),
+        templates,
+        columns,
+        jobs_tx,
+        concurrency,
+        opts.limit,
+        opts.max_retry_wait,
+    ));
+
+    let progress_task = tokio::spawn(progress_loop(
+        writer.clone(),
+        shared.clone(),
+        engine_status,
+        progress_tx.clone(),
+    ));
+
+    // The outcome loop: every event becomes a store outcome, in order.
+    let policy = retry_policy(&campaign);
+    while let Some(ev) = ev_rx.recv().await {
+        handle_event(&writer, &shared, &policy, ev).await;
+        shared.outcome.notify_waiters();
+    }
+    let engine_end = engine.join().await;
+    shared.stopping.store(true, Ordering::SeqCst);
+    shared.outcome.notify_waiters();
+    let feed_end = feeder.await.unwrap_or(FeedEnd::Stopped);
+    control_task.abort();
+    progress_task.abort();
+    // Wait for the aborted task to drop its handle on the writer.
+    let _ = progress_task.await;
+    let store_failed = writer.failed.lock().ok().and_then(|f| f.clone());
+    let writer = Arc::try_unwrap(writer).map_err(|_| Error::Config {
+        file: campaign.file.clone(),
+        message: "internal: the store writer is still shared at the end of the run".into(),
+    })?;
+    let store = writer.finish().map_err(|e| Error::Config {
+        file: state.clone(),
+        message: e,
+    })?;
+    let summary = store.summary()?;
+    let end = match (engine_end, store_failed, feed_end) {
+        (EngineEnd::AuthRefused(f), _, _) => RunEnd::AuthRefused(f),
+        (EngineEnd::Outage(f), _, _) => RunEnd::Outage(f),
+        (_, Some(e), _) => RunEnd::StoreFailed(e),
+        (_, None, FeedEnd::Complete) => RunEnd::Complete,
+        (_, None, FeedEnd::Limit) => RunEnd::LimitReached,
+        (_, None, FeedEnd::Waiting { deferred, next_due }) => {
+            RunEnd::WaitingForRetries { deferred, next_due }
+        }
+        (_, None, FeedEnd::Stopped) => RunEnd::Stopped,
+    };
+    // A last snapshot, so displays show the final counts.
+    let mut last = progress_tx.borrow().clone();
+    last.counts = summary.counts.clone();
+    last.state = RunState::Done;
+    last.in_flight = 0;
+    last.now = now_ms();
+    progress_tx.send_replace(last);
+    Ok(RunReport {
+        end,
+        summary,
+        ingested,
+        in_doubt_found: in_doubt,
+        in_doubt_policy: opts.in_doubt,
+        sent: shared.sent.load(Ordering::Relaxed),
+        failed: shared.failed.load(Ordering::Relaxed),
+        retried: shared.retried.load(Ordering::Relaxed),
+        state,
+    })
+}
+
+async fn handle_event(writer: &Writer, shared: &Shared, policy: &RetryPolicy, ev: DeliveryEvent) {
+    let now = now_ms();
+    let take = |id: RecipientId| shared.in_flight.lock().ok().and_then(|mut m| m.remove(&id));
+    let bump = |domain: &str, f: fn(&mut DomainCounts)| {
+        if let Ok(mut d) = shared.domains.lock() {
+            f(d.entry(domain.to_string()).or_default());
+        }
+    };
+    match ev {
+        DeliveryEvent::Accepted { id, reply } => {
+            let info = take(id);
+            shared.sent.fetch_add(1, Ordering::Relaxed);
+            let message_id = info
+                .as_ref()
+                .map(|i| i.message_id.clone())
+                .unwrap_or_default();
+            if let Some(i) = &info {
+                bump(&i.domain, |c| c.sent += 1);
+            }
+            writer
+                .record(Outcome {
+                    id,
+                    at: now,
+                    kind: OutcomeKind::Sent { reply, message_id },
+                })
+                .await;
+        }
+        DeliveryEvent::Rejected { id, failure } => {
+            let info = take(id);
+            let attempts = info.as_ref().map(|i| i.attempts).unwrap_or(0) + 1;
+            let age = info
+                .as_ref()
+                .map(|i| Duration::from_millis((now - i.claimed_at).max(0) as u64))
+                .unwrap_or_default();
+            let domain = info.map(|i| i.domain).unwrap_or_default();
+            let kind = match policy.decide(&failure, attempts, age) {
+                Verdict::Retry { after, counts } => {
+                    shared.retried.fetch_add(1, Ordering::Relaxed);
+                    bump(&domain, |c| c.deferred += 1);
+                    OutcomeKind::Deferred {
+                        next_attempt_at: add_ms(now, after),
+                        failure,
+                        count_attempt: counts,
+                    }
+                }
+                Verdict::GiveUp => {
+                    shared.failed.fetch_add(1, Ordering::Relaxed);
+                    bump(&domain, |c| c.failed += 1);
+                    OutcomeKind::Failed { failure }
+                }
+            };
+            writer.record(Outcome { id, at: now, kind }).await;
+        }
+        DeliveryEvent::Returned { id } => {
+            take(id);
+            writer
+                .record(Outcome {
+                    id,
+                    at: now,
+                    kind: OutcomeKind::Released,
+                })
+                .await;
+        }
+        DeliveryEvent::Notice(n) => {
+            let kind = match &n {
+                Notice::RateChanged { .. } => "rate",
+                Notice::ConnectionProblem { .. } => "connection",
+                Notice::BreakerOpen { .. } | Notice::BreakerClosed => "breaker",
+                Notice::Paused { .. } | Notice::Resumed => "pause",
+            };
+            let text = n.to_string();
+            tracing::info!(kind, "{text}");
+            shared.push_event(text.clone());
+            writer.event(kind, text).await;
+        }
+    }
+}
+
+enum FeedEnd {
+    Complete,
+    Stopped,
+    Limit,
+    Waiting { deferred: u64, next_due: UnixMillis },
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn feed(
+    writer: Arc<Writer>,
+    shared: Arc<Shared>,
+    templates: edm_template::Templates,
+    columns: Vec<String>,
+    jobs: mpsc::Sender<edm_model::Envelope>,
+    concurrency: usize,
+    limit: Option<u64>,
+    max_retry_wait: Duration,
+) -> FeedEnd {
+    // Claim little at a time: claimed rows are `sending`, so after a crash
+    // they are in doubt. About two batches of `concurrency` at most.
+    let batch = concurrency.clamp(1, 256);
+    let mut claimed_total = 0u64;
+    let stopping = || {
+        shared.stopping.load(Ordering::SeqCst)
+            || writer.failed.lock().map(|f| f.is_some()).unwrap_or(true)
+    };
+    loop {
+        if stopping() {
+            return FeedEnd::Stopped;
+        }
+        let want = match limit {
+            Some(l) if claimed_total >= l => return FeedEnd::Limit,
+            Some(l) => batch.min((l - claimed_total) as usize),
+            None => batch,
+        };
+        let claimed = match writer.claim(want, now_ms()).await {
+            Ok(c) => c,
+            Err(e) => {
+                if let Ok(mut f) = writer.failed.lock() {
+                    f.get_or_insert(e);
+                }
+                return FeedEnd::Stopped;
+            }
+        };
+        if claimed.is_empty() {
+            let busy = shared
+                .in_flight
+                .lock()
+                .map(|m| !m.is_empty())
+                .unwrap_or(false);
+            if busy {
+                // Outcomes still to come may schedule retries: wait for one.
+                let notified = shared.outcome.notified();
+                let _ = tokio::time::timeout(Duration::from_millis(200), notified).await;
+                continue;
+            }
+            let summary = match writer.summary().await {
+                Ok(s) => s,
+                Err(_) => return FeedEnd::Stopped,
+            };
+            let deferred = summary.count(Status::Deferred);
+            let pending = summary.count(Status::Pending);
+            if deferred == 0 && pending == 0 {
+                return FeedEnd::Complete;
+            }
+            let now = now_ms();
+            let next_due = summary.next_due.unwrap_or(now);
+            if deferred > 0 && pending == 0 && next_due - now > max_retry_wait.as_millis() as i64 {
+                return FeedEnd::Waiting { deferred, next_due };
+            }
+            shared.waiting.store(true, Ordering::Relaxed);
+            let wait = Duration::from_millis((next_due - now).clamp(50, 1000) as u64);
+            let notified = shared.outcome.notified();
+            let _ = tokio::time::timeout(wait, notified).await;
+            continue;
+        }
+        shared.waiting.store(false, Ordering::Relaxed);
+        claimed_total += claimed.len() as u64;
+        let mut engine_gone = false;
+        for r in claimed {
+            if engine_gone {
+                writer
+                    .record(Outcome {
+                        id: r.id,
+                        at: now_ms(),
+                        kind: OutcomeKind::Released,
+                    })
+                    .await;
+                continue;
+            }
+            match templates.render(&columns, &r) {
+                Ok(env) => {
+                    if let Ok(mut m) = shared.in_flight.lock() {
+                        m.insert(
+                            r.id,
+                            InFlight {
+                                attempts: r.attempts,
+                                claimed_at: now_ms(),
+                                message_id: env.message_id.clone(),
+                                domain: env.domain.clone(),
+                            },
+                        );
+                    }
+                    if let Err(mpsc::error::SendError(env)) = jobs.send(env).await {
+                        engine_gone = true;
+                        if let Ok(mut m) = shared.in_flight.lock() {
+                            m.remove(&env.id);
+                        }
+                        writer
+                            .record(Outcome {
+                                id: env.id,
+                                at: now_ms(),
+                                kind: OutcomeKind::Released,
+                            })
+                            .await;
+                    }
+                }
+                Err(failure) => {
+                    shared.failed.fetch_add(1, Ordering::Relaxed);
+                    writer
+                        .record(Outcome {
+                            id: r.id,
+                            at: now_ms(),
+                            kind: OutcomeKind::Failed { failure },
+                        })
+                        .await;
+                }
+            }
+        }
+        if engine_gone {
+            return FeedEnd::Stopped;
+        }
+    }
+}
+
+async fn progress_loop(
+    writer: Arc<Writer>,
+    shared: Arc<Shared>,
+    engine: watch::Receiver<edm_delivery::EngineStatus>,
+    tx: watch::Sender<Progress>,
+) {
+    let mut view_rx = writer.view.clone();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut last_sent = 0u64;
+    let mut last_sample = tokio::time::Instant::now();
+    let mut history: VecDeque<f64> = VecDeque::new();
+    let mut ticks = 0u64;
+    loop {
+        tick.tick().await;
+        ticks += 1;
+        let now = tokio::time::Instant::now();
+        let sent = shared.sent.load(Ordering::Relaxed);
+        if now.duration_since(last_sample) >= Duration::from_secs(1) {
+            let secs = now.duration_since(last_sample).as_secs_f64();
+            history.push_back((sent - last_sent) as f64 / secs);
+            while history.len() > 600 {
+                history.pop_front();
+            }
+            last_sent = sent;
+            last_sample = now;
+        }
+        let view: StoreView = view_rx.borrow_and_update().clone();
+        let es = engine.borrow().clone();
+        let mut p = tx.borrow().clone();
+        p.now = now_ms();
+        p.counts = view.summary.counts.clone();
+        p.by_category = view.summary.by_category.clone();
+        p.top_replies = view.top_replies.clone();
+        p.recent_failures = view.recent_failures.iter().rev().cloned().collect();
+        p.domains = view.domains.iter().cloned().collect();
+        p.in_flight = es.in_flight;
+        p.target_rate = es.target_rate;
+        p.effective_rate = es.effective_rate;
+        p.rate_history = history.clone();
+        p.retries = shared.retried.load(Ordering::Relaxed);
+        p.events = shared.events.lock().map(|e| e.clone()).unwrap_or_default();
+        p.state = if shared.stopping.load(Ordering::Relaxed) {
+            RunState::Stopping
+        } else if es.paused {
+            RunState::Paused
+        } else if es.outage {
+            RunState::Outage
+        } else if es.effective_rate != es.target_rate {
+            RunState::Throttled
+        } else if shared.waiting.load(Ordering::Relaxed) {
+            RunState::WaitingForRetries
+        } else {
+            RunState::Running
+        };
+        tx.send_replace(p);
+        if ticks % 2 == 0 {
+            // Ask the writer for a fresh view for the next frames.
+            writer.refresh();
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! The one store writer: a thread that owns the `Store`, batches outcomes
+//! into few transactions, answers claims in order with them, and publishes a
+//! read view for progress displays at most twice a second.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use edm_model::{DomainCounts, FailureRow, Recipient, UnixMillis};
+use edm_store::{Outcome, ReplyCount, Store, Summary};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Outcomes per transaction at most.
+const BATCH: usize = 1000;
+/// How often the read view is refreshed.
+const VIEW_EVERY: Duration = Duration::from_millis(500);
+
+/// What progress displays read from the store.
+#[derive(Clone, Debug, Default)]
+pub struct StoreView {
+    /// Counts.
+    pub summary: Summary,
+    /// Newest failures first.
+    pub recent_failures: Vec<FailureRow>,
+    /// Most frequent failure replies.
+    pub top_replies: Vec<ReplyCount>,
+    /// Busiest domains.
+    pub domains: Vec<(String, DomainCounts)>,
+}
+
+impl StoreView {
+    /// Reads a view from any store handle (the writer's or a read-only one).
+    pub fn read(store: &Store) -> Result<StoreView, edm_store::Error> {
+        Ok(StoreView {
+            summary: store.summary()?,
+            recent_failures: store.recent_failures(200)?,
+            top_replies: store.top_replies(8)?,
+            domains: store.domain_counts(12)?,
+        })
+    }
+}
+
+pub(crate) enum Msg {
+    Outcome(Outcome),
+    Claim {
+        limit: usize,
+        now: UnixMillis,
+        reply: oneshot::Sender<Result<Vec<Recipient>, edm_store::Error>>,
+    },
+    Event {
+        at: UnixMillis,
+        kind: &'static str,
+        text: String,
+    },
+    Summary(oneshot::Sender<Result<Summary, edm_store::Error>>),
+    Refresh,
+}
+
+pub(crate) struct Writer {
+    pub tx: mpsc::Sender<Msg>,
+    pub view: watch::Receiver<StoreView>,
+    /// The first error the writer met; the run stops when it is set.
+    pub failed: Arc<Mutex<Option<String>>>,
+    join: std::thread::JoinHandle<Result<Store, edm_store::Error>>,
+}
+
+impl Writer {
+    pub fn spawn(store: Store) -> Writer {
+        let (tx, rx) = mpsc::channel(4096);
+        let initial = StoreView::read(&store).unwrap_or_default();
+        let (view_tx, view) = watch::channel(initial);
+        let failed = Arc::new(Mutex::new(None));
+        let f2 = failed.clone();
+        let join = std::thread::Builder::new()
+            .name("edm-store-writer".into())
+            .spawn(move || run(store, rx, view_tx, f2))
+            .expect("spawning a thread at startup");
+        Writer {
+            tx,
+            view,
+            failed,
+            join,
+        }
+    }
+
+    /// Asks for a batch of recipients to send (committing earlier outcomes first).
+    pub async fn claim(&self, limit: usize, now: UnixMillis) -> Result<Vec<Recipient>, String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Claim { limit, now, reply })
+            .await
+            .map_err(|_| "the store writer stopped".to_string())?;
+        match rx.await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("the store writer stopped".into()),
+        }
+    }
+
+    /// The current counts (after committing everything sent before).
+    pub async fn summary(&self) -> Result<Summary, String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Summary(reply))
+            .await
+            .map_err(|_| "the store writer stopped".to_string())?;
+        match rx.await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("the store writer stopped".into()),
+        }
+    }
+
+    /// Records an outcome (never dropped: waits for room).
+    pub async fn record(&self, o: Outcome) {
+        let _ = self.tx.send(Msg::Outcome(o)).await;
+    }
+
+    /// Logs an event line in the store.
+    pub async fn event(&self, kind: &'static str, text: String) {
+        let _ = self
+            .tx
+            .send(Msg::Event {
+                at: edm_model::now_ms(),
+                kind,
+                text,
+            })
+            .await;
+    }
+
+    /// Asks for a fresh read view (progress displays call this periodically).
+    pub fn refresh(&self) {
+        let _ = self.tx.try_send(Msg::Refresh);
+    }
+
+    /// Closes the channel and waits for the last commit.
+    pub fn finish(self) -> Result<Store, String> {
+        drop(self.tx);
+        match self.join.join() {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err("the store writer thread panicked".into()),
+        }
+    }
+}
+
+fn run(
+    mut store: Store,
+    mut rx: mpsc::Receiver<Msg>,
+    view: watch::Sender<StoreView>,
+    failed: Arc<Mutex<Option<String>>>,
+) -> Result<Store, edm_store::Error> {
+    let mut pending: Vec<Outcome> = Vec::with_capacity(BATCH);
+    let mut last_view = Instant::now();
+    let commit = |store: &mut Store, pending: &mut Vec<Outcome>| {
+        if pending.is_empty() {
+            return;
+        }
+        match store.record(pending) {
+            Ok(()) => pending.clear(),
+            Err(e) => {
+                // Keep them: they are retried with the next commit, and the run
+                // stops. Rows not recorded stay `sending` and come back in doubt.
+                tracing::error!(error = %e, "cannot record outcomes");
+                if let Ok(mut f) = failed.lock() {
+                    f.get_or_insert_with(|| format!("cannot record outcomes: {e}"));
+                }
+            }
+        }
+    };
+    while let Some(first) = rx.blocking_recv() {
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Outcome(o) => {
+                    pending.push(o);
+                    if pending.len() >= BATCH {
+                        commit(&mut store, &mut pending);
+                    }
+                }
+                Msg::Claim { limit, now, reply } => {
+                    commit(&mut store, &mut pending);
+                    let _ = reply.send(store.claim(limit, now));
+                }
+                Msg::Event { at, kind, text } => {
+                    if let Err(e) = store.log_event(at, kind, &text) {
+                        tracing::warn!(error = %e, "cannot log an event");
+                    }
+                }
+                Msg::Summary(reply) => {
+                    commit(&mut store, &mut pending);
+                    let _ = reply.send(store.summary());
+                }
+                Msg::Refresh => {}
+            }
+            next = rx.try_recv().ok();
+        }
+        commit(&mut store, &mut pending);
+        if last_view.elapsed() >= VIEW_EVERY {
+            if let Ok(v) = StoreView::read(&store) {
+                view.send_replace(v);
+            }
+            last_view = Instant::now();
+        }
+    }
+    if !pending.is_empty() {
+        store.record(&pending)?;
+    }
+    if let Ok(v) = StoreView::read(&store) {
+        view.send_replace(v);
+    }
+    Ok(store)
+}

@@ -1,0 +1,241 @@
+//! `edm`: the command line. Thin: it parses arguments, sets up logging,
+//! calls `edm-campaign`, `edm-dashboard` and `edm-sink`, and maps outcomes to
+//! exit codes (0 done, 1 done with failures, 2 could not run, 3 not finished,
+//! 130 stopped by the operator).
+
+mod demo;
+mod progress;
+mod send;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use edm_campaign::{Campaign, ReportFormat, ReportKind};
+use edm_model::{Category, Status};
+
+/// edm: send bulk email campaigns through your SMTP relay, exactly once each.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Send a campaign (resumes where the last run stopped).
+    Send(send::SendArgs),
+    /// Counts of a campaign's recipients by status and failure category.
+    Status {
+        /// Campaign directory (or its campaign.toml).
+        dir: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        /// State file (default DIR/.edm/state.db).
+        #[arg(long)]
+        state: Option<PathBuf>,
+    },
+    /// Export recipients with their outcome (CSV that feeds back in as recipients).
+    Report {
+        /// Campaign directory.
+        dir: PathBuf,
+        /// Permanently failed recipients.
+        #[arg(long, group = "kind")]
+        failures: bool,
+        /// Recipients flagged in doubt after a crash.
+        #[arg(long, group = "kind")]
+        in_doubt: bool,
+        /// Every recipient.
+        #[arg(long, group = "kind")]
+        all: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Csv)]
+        format: Format,
+        /// Write to this file instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// State file.
+        #[arg(long)]
+        state: Option<PathBuf>,
+    },
+    /// Put failed (or deferred, in-doubt) recipients back to pending for the next send.
+    Retry {
+        /// Campaign directory.
+        dir: PathBuf,
+        /// Only these categories (e.g. throttled, mailbox_full).
+        #[arg(long = "category")]
+        categories: Vec<String>,
+        /// Only these statuses (failed, deferred, in_doubt); default failed.
+        #[arg(long = "status")]
+        statuses: Vec<String>,
+        /// State file.
+        #[arg(long)]
+        state: Option<PathBuf>,
+    },
+    /// Watch a campaign another `edm send` is running, read-only.
+    Watch {
+        /// Campaign directory.
+        dir: PathBuf,
+        /// State file.
+        #[arg(long)]
+        state: Option<PathBuf>,
+    },
+    /// Run edm's own SMTP server (for demos and tests; loopback only by default).
+    Sink {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:2525")]
+        listen: std::net::SocketAddr,
+        /// Store accepted messages in this Maildir (default: memory only).
+        #[arg(long)]
+        maildir: Option<PathBuf>,
+        /// A scripted fault, e.g. "match=bounce,stage=rcpt,reply=550 5.1.1 No such user".
+        #[arg(long = "rule")]
+        rules: Vec<String>,
+        /// Use the demo's built-in script (bounce*, full*, retry*, throttle*, blocked*, drop*).
+        #[arg(long)]
+        demo_rules: bool,
+        /// Require AUTH with this user; the password is read from $EDM_SINK_PASSWORD.
+        #[arg(long)]
+        auth_user: Option<String>,
+    },
+    /// Run the bundled example campaign end to end through edm's own sink.
+    Demo(demo::DemoArgs),
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum Format {
+    Csv,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("edm: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn run(cli: Cli) -> anyhow::Result<u8> {
+    match cli.command {
+        Command::Send(args) => send::run(args),
+        Command::Demo(args) => demo::run(args),
+        Command::Status { dir, json, state } => {
+            progress::init_logging(None, true);
+            let c = Campaign::load(&dir)?;
+            let s = edm_campaign::status(&c, state.as_deref())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                progress::print_status(&s);
+            }
+            Ok(0)
+        }
+        Command::Report {
+            dir,
+            failures,
+            in_doubt,
+            all,
+            format,
+            output,
+            state,
+        } => {
+            progress::init_logging(None, true);
+            let c = Campaign::load(&dir)?;
+            let kind = match (failures, in_doubt, all) {
+                (_, true, _) => ReportKind::InDoubt,
+                (_, _, true) => ReportKind::All,
+                _ => ReportKind::Failures,
+            };
+            let format = match format {
+                Format::Csv => ReportFormat::Csv,
+                Format::Json => ReportFormat::Json,
+            };
+            let n = match &output {
+                Some(path) => {
+                    let mut f = std::io::BufWriter::new(
+                        std::fs::File::create(path)
+                            .with_context(|| format!("creating {}", path.display()))?,
+                    );
+                    let n = edm_campaign::export(&c, state.as_deref(), kind, format, &mut f)?;
+                    std::io::Write::flush(&mut f)?;
+                    n
+                }
+                None => {
+                    let stdout = std::io::stdout();
+                    let mut lock = stdout.lock();
+                    edm_campaign::export(&c, state.as_deref(), kind, format, &mut lock)?
+                }
+            };
+            if let Some(path) = output {
+                eprintln!("{n} recipients written to {}", path.display());
+            }
+            Ok(0)
+        }
+        Command::Retry {
+            dir,
+            categories,
+            statuses,
+            state,
+        } => {
+            progress::init_logging(None, true);
+            let c = Campaign::load(&dir)?;
+            let categories = categories
+                .iter()
+                .map(|s| {
+                    Category::parse(s).with_context(|| {
+                        format!(
+                            "unknown category {s:?}; known: {}",
+                            Category::ALL.map(|c| c.as_str()).join(", ")
+                        )
+                    })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let statuses = statuses
+                .iter()
+                .map(|s| {
+                    Status::parse(s)
+                        .filter(|s| {
+                            matches!(s, Status::Failed | Status::Deferred | Status::InDoubt)
+                        })
+                        .with_context(|| {
+                            format!("--status takes failed, deferred or in_doubt, not {s:?}")
+                        })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let n = edm_campaign::retry(&c, state.as_deref(), &statuses, &categories)?;
+            println!(
+                "{n} recipients are pending again; run `edm send {}` to send them.",
+                dir.display()
+            );
+            Ok(0)
+        }
+        Command::Watch { dir, state } => {
+            let c = Campaign::load(&dir)?;
+            progress::watch(c, state)
+        }
+        Command::Sink {
+            listen,
+            maildir,
+            rules,
+            demo_rules,
+            auth_user,
+        } => {
+            progress::init_logging(None, false);
+            demo::run_sink(listen, maildir, rules, demo_rules, auth_user)
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! What the CLI prints: logging setup, plain progress lines, summaries.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use edm_campaign::{Campaign, RunEnd, RunReport, StatusReport};
+use edm_model::{Progress, Status};
+use tracing_subscriber::EnvFilter;
+
+/// Logs go to stderr (warnings and up unless `EDM_LOG` says otherwise), or
+/// to `file` while the dashboard owns the terminal.
+pub fn init_logging(file: Option<&Path>, quiet: bool) {
+    let default = if quiet { "error" } else { "warn" };
+    let filter = EnvFilter::try_from_env("EDM_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
+    let result = match file.and_then(|p| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .ok()
+    }) {
+        Some(f) => builder
+            .with_ansi(false)
+            .with_writer(std::sync::Mutex::new(f))
+            .try_init(),
+        None => builder.with_writer(std::io::stderr).try_init(),
+    };
+    let _ = result;
+}
+
+/// True when the dashboard can be shown.
+pub fn stdout_is_terminal() -> bool {
+    std::io::stdout().is_terminal()
+}
+
+fn hms(secs: u64) -> String {
+    format!(
+        "{:02}:{:02}:{:02}",
+        secs / 3600,
+        (secs / 60) % 60,
+        secs % 60
+    )
+}
+
+/// One plain progress line.
+pub fn line(p: &Progress) -> String {
+    let rate = p.recent_rate(5);
+    let eta = match p.eta_secs() {
+        Some(s) => hms(s),
+        None => "--:--:--".into(),
+    };
+    let target = match p.effective_rate {
+        Some(r) => format!("{r:.1}/s"),
+        None => "unlimited".into(),
+    };
+    format!(
+        "[{}] {:<8} sent {}  failed {}  deferred {}  pending {}  in flight {}  rate {:.1}/s (limit {})  ETA {}",
+        hms((p.elapsed_ms() / 1000) as u64),
+        p.state.label(),
+        p.count(Status::Sent),
+        p.count(Status::Failed),
+        p.count(Status::Deferred),
+        p.count(Status::Pending) + p.count(Status::Sending),
+        p.in_flight,
+        rate,
+        target,
+        eta,
+    )
+}
+
+/// Prints `edm status`.
+pub fn print_status(s: &StatusReport) {
+    println!("Campaign {} ({})", s.campaign, s.state.display());
+    println!(
+        "  total {}  sent {}  failed {}  deferred {}  pending {}",
+        s.total, s.sent, s.failed, s.deferred, s.pending
+    );
+    println!(
+        "  invalid {}  skipped {}  suppressed {}  in doubt {} ({} unresolved)",
+        s.invalid, s.skipped, s.suppressed, s.in_doubt, s.in_doubt_unresolved
+    );
+    if !s.by_category.is_empty() {
+        let cats: Vec<String> = s
+            .by_category
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        println!("  by category: {}", cats.join(", "));
+    }
+    println!(
+        "  {}",
+        if s.complete {
+            "complete"
+        } else {
+            "not complete"
+        }
+    );
+}
+
+/// Prints the end of a run and what to do next.
+pub fn print_report(dir: &Path, r: &RunReport) {
+    let s = &r.summary;
+    let head = match &r.end {
+        RunEnd::Complete => "complete".to_string(),
+        RunEnd::Stopped => "stopped; run `edm send` again to continue".to_string(),
+        RunEnd::LimitReached => "--limit reached; run `edm send` again to continue".to_string(),
+        RunEnd::WaitingForRetries { deferred, next_due } => format!(
+            "{deferred} recipients deferred, the first due at {}; run `edm send` again then",
+            edm_campaign_time(*next_due)
+        ),
+        RunEnd::AuthRefused(f) => format!(
+            "stopped: the relay refused authentication ({f}). Check [smtp] username and the password variable. No recipient was marked failed."
+        ),
+        RunEnd::Outage(f) => format!(
+            "stopped: the relay stayed unreachable ({f}). Check [smtp] host and port. No recipient was marked failed; run `edm send` again when it is back."
+        ),
+        RunEnd::StoreFailed(e) => format!("stopped: {e}"),
+    };
+    println!("Campaign: {head}");
+    println!(
+        "  this run: sent {}, failed {}, retries scheduled {}",
+        r.sent, r.failed, r.retried
+    );
+    println!(
+        "  campaign: total {}, sent {}, failed {}, deferred {}, pending {}, invalid {}, skipped {}, suppressed {}, in doubt {}",
+        s.total,
+        s.count(Status::Sent),
+        s.count(Status::Failed),
+        s.count(Status::Deferred),
+        s.count(Status::Pending) + s.count(Status::Sending),
+        s.count(Status::Invalid),
+        s.count(Status::Skipped),
+        s.count(Status::Suppressed),
+        s.in_doubt,
+    );
+    if !s.by_category.is_empty() {
+        let cats: Vec<String> = s
+            .by_category
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        println!("  failures by category: {}", cats.join(", "));
+    }
+    println!("  state: {}", r.state.display());
+    if s.count(Status::Failed) > 0 {
+        println!(
+            "  failed recipients: edm report {} --failures --output failed.csv",
+            dir.display()
+        );
+    }
+    if s.in_doubt > 0 {
+        println!(
+            "  in doubt after a crash: edm report {} --in-doubt",
+            dir.display()
+        );
+    }
+}
+
+fn edm_campaign_time(ms: i64) -> String {
+    let secs = ((ms - edm_model::now_ms()) / 1000).max(0) as u64;
+    format!("in {}", hms(secs))
+}
+
+/// `edm watch`: the dashboard, read-only, refreshed from the state DB.
+pub fn watch(c: Campaign, state: Option<PathBuf>) -> anyhow::Result<u8> {
+    init_logging(None, true);
+    let started = edm_model::now_ms();
+    // Fail early with a clear message if there is no state.
+    let first = edm_campaign::watch_progress(&c, state.as_deref(), started)?;
+    if !stdout_is_terminal() {
+        println!("{}", line(&first));
+        return Ok(0);
+    }
+    let mut last = first;
+    let mut last_read = std::time::Instant::now();
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    edm_dashboard::run_in_terminal(
+        edm_dashboard::Options {
+            no_color,
+            read_only: true,
+        },
+        || {
+            if last_read.elapsed() >= Duration::from_millis(500) {
+                if let Ok(p) = edm_campaign::watch_progress(&c, state.as_deref(), started) {
+                    last = p;
+                }
+                last_read = std::time::Instant::now();
+            }
+            last.clone()
+        },
+        |_| {},
+    )?;
+    Ok(0)
+}

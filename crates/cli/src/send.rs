@@ -1,0 +1,195 @@
+//! `edm send`: run a campaign with the dashboard or plain progress lines.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use edm_campaign::{Campaign, InDoubtPolicy, RunReport, SendOptions};
+use edm_model::Control;
+
+use crate::progress;
+
+#[derive(Args, Debug, Clone)]
+pub struct SendArgs {
+    /// Campaign directory (or its campaign.toml).
+    pub dir: PathBuf,
+    /// Plain progress lines instead of the dashboard.
+    #[arg(long)]
+    pub no_tui: bool,
+    /// Messages per second (overrides [delivery] rate; 0 = unlimited).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// SMTP connections (overrides [delivery] concurrency).
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// Attempt at most N recipients in this run.
+    #[arg(long)]
+    pub limit: Option<u64>,
+    /// State file (default DIR/.edm/state.db).
+    #[arg(long)]
+    pub state: Option<PathBuf>,
+    /// What to do with recipients a crashed run was sending.
+    #[arg(long, value_enum, default_value_t = InDoubt::Resend)]
+    pub in_doubt: InDoubt,
+    /// Go on although the CSV, templates or sender changed since the campaign started.
+    #[arg(long)]
+    pub accept_changes: bool,
+    /// Wait within this run for retries due at most this many seconds ahead.
+    #[arg(long, default_value_t = 120)]
+    pub max_retry_wait: u64,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+pub enum InDoubt {
+    /// Send them again (the server may deliver a second copy).
+    Resend,
+    /// Leave them in_doubt; `edm retry --status in_doubt` sends them later.
+    Skip,
+}
+
+impl SendArgs {
+    pub fn options(&self) -> SendOptions {
+        SendOptions {
+            rate: self.rate.map(|r| (r > 0.0).then_some(r)),
+            concurrency: self.concurrency,
+            limit: self.limit,
+            state: self.state.clone(),
+            in_doubt: match self.in_doubt {
+                InDoubt::Resend => InDoubtPolicy::Resend,
+                InDoubt::Skip => InDoubtPolicy::Skip,
+            },
+            accept_changes: self.accept_changes,
+            relay: None,
+            max_retry_wait: Duration::from_secs(self.max_retry_wait),
+        }
+    }
+}
+
+pub fn run(args: SendArgs) -> anyhow::Result<u8> {
+    let campaign = Campaign::load(&args.dir)?;
+    let tui = !args.no_tui && progress::stdout_is_terminal();
+    let state = args.state.clone().unwrap_or_else(|| campaign.state_path());
+    let log = state.with_extension("log");
+    if tui {
+        if let Some(dir) = log.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        progress::init_logging(Some(&log), false);
+    } else {
+        progress::init_logging(None, false);
+    }
+    let rt = crate::runtime()?;
+    let report = rt.block_on(send(campaign, args.options(), tui, &args.dir))?;
+    progress::print_report(&args.dir, &report);
+    Ok(report.exit_code())
+}
+
+/// Runs one send to the end; shared with `edm demo`.
+pub async fn send(
+    campaign: Campaign,
+    opts: SendOptions,
+    tui: bool,
+    dir: &Path,
+) -> anyhow::Result<RunReport> {
+    let run = edm_campaign::start_send(campaign, opts)
+        .await
+        .context("cannot start the campaign")?;
+    if run.ingested > 0 {
+        eprintln!("read {} recipients from the CSV", run.ingested);
+    }
+    if run.in_doubt_found > 0 {
+        eprintln!(
+            "{} recipients were being sent when the last run died: they are in doubt (edm report {} --in-doubt)",
+            run.in_doubt_found,
+            dir.display()
+        );
+    }
+    let control = run.control.clone();
+    // Ctrl-C (and SIGTERM) stop gracefully; a second one exits at once.
+    let signals = tokio::spawn(stop_on_signals(control.clone()));
+    let ui = if tui {
+        let progress = run.progress.clone();
+        let control = control.clone();
+        let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+        Some(tokio::task::spawn_blocking(move || {
+            edm_dashboard::run_in_terminal(
+                edm_dashboard::Options {
+                    no_color,
+                    read_only: false,
+                },
+                || progress.borrow().clone(),
+                |c| {
+                    let _ = control.send(c);
+                },
+            )
+        }))
+    } else {
+        let mut progress = run.progress.clone();
+        Some(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if progress.has_changed().is_err() {
+                    break;
+                }
+                let p = progress.borrow_and_update().clone();
+                if p.state == edm_model::RunState::Done {
+                    break;
+                }
+                println!("{}", progress::line(&p));
+            }
+            Ok(())
+        }))
+    };
+    let report = run.wait().await?;
+    if let Some(ui) = ui {
+        // The dashboard waits for a key once the run is done; plain lines end by themselves.
+        match ui.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "the dashboard failed"),
+            Err(e) => tracing::warn!(error = %e, "the dashboard crashed"),
+            Ok(Ok(())) => {}
+        }
+    }
+    signals.abort();
+    Ok(report)
+}
+
+async fn stop_on_signals(control: tokio::sync::mpsc::UnboundedSender<Control>) {
+    let mut count = 0;
+    loop {
+        wait_for_signal().await;
+        count += 1;
+        if count == 1 {
+            eprintln!(
+                "\nstopping: finishing the transactions in flight (press Ctrl-C again to quit at once; unfinished ones become in doubt)"
+            );
+            let _ = control.send(Control::Stop);
+        } else {
+            eprintln!("quitting at once");
+            std::process::exit(130);
+        }
+    }
+}
+
+#[cfg(unix)]
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signal() {
+    let _ = tokio::signal::ctrl_c().await;
+}
