@@ -712,7 +712,7 @@ async fn progress_loop(
             RunState::Running
         };
         tx.send_replace(p);
-        if ticks % 2 == 0 {
+        if ticks.is_multiple_of(2) {
             // Ask the writer for a fresh view for the next frames.
             writer.refresh();
         }
