@@ -1,0 +1,1 @@
+//! Crash safety: SIGKILL at random moments.

@@ -1,0 +1,19 @@
+//! End-to-end tests: the real `edm` binary against real SMTP servers on
+//! loopback (edm's own sink, scripted per recipient, and postfix's
+//! `smtp-sink`), checked through the state DB, the reports and the Maildir.
+//!
+//! Modules:
+//! - `harness`: temp campaigns, the in-process sink, running `edm`.
+//! - `send`: the whole path, Ctrl-C and resume, reports, bad input.
+//! - `failures`: one test per failure category and provider dialect.
+//! - `crash`: SIGKILL at random moments, resume, compare Maildir and DB.
+//! - `postfix`: postfix `smtp-sink` as an independent server.
+//! - `tui`: the dashboard in tmux.
+
+mod harness;
+
+mod crash;
+mod failures;
+mod postfix;
+mod send;
+mod tui;
