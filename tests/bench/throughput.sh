@@ -23,7 +23,9 @@ PORT=$(free_port)
 start_smtp_sink "$PORT" "$BENCH_TMP/smtp-sink.log"
 echo "smtp-sink on 127.0.0.1:$PORT (pid $SINK_PID), temp dir $BENCH_TMP"
 
-# run_edm NAME DIR: times `edm send DIR --no-tui`; sets WALL, INGEST, RSS_KB, CPU_S, EXIT.
+# run_edm NAME DIR: times `edm send DIR --no-tui`; sets WALL, INGEST, RSS_KB,
+# CPU_S, EXIT, and from the state file FIRST (first attempt) and LAST (last
+# outcome recorded), in seconds since the process started.
 run_edm() {
     local name=$1 dir=$2 t0 line
     t0=$EPOCHREALTIME
@@ -38,6 +40,9 @@ run_edm() {
     INGEST=$(awk -v t0="$t0" '/read [0-9]+ recipients from the CSV/ {printf "%.2f", $1 - t0; exit}' "$BENCH_TMP/$name.log")
     RSS_KB=$(peak_rss_kb "$BENCH_TMP/$name.time")
     CPU_S=$(awk -F': ' '/User time/ {u=$2} /System time/ {s=$2} END {printf "%.2f", u + s}' "$BENCH_TMP/$name.time")
+    read -r FIRST LAST < <(sqlite3 -readonly "$dir/.edm/state.db" \
+        "SELECT min(first_attempt_at), max(updated_at) FROM recipients WHERE status = 'sent'" |
+        awk -F'|' -v t0="$t0" '{printf "%.3f %.3f\n", $1 / 1000 - t0, $2 / 1000 - t0}')
     if [ "$EXIT" != 0 ]; then
         echo "edm send ($name) exited $EXIT; last lines:" >&2
         tail -5 "$BENCH_TMP/$name.log" >&2
@@ -48,7 +53,8 @@ run_edm() {
 echo "== (a) edm send: $N recipients, ~4 KB, concurrency $CONC, rate unlimited"
 make_campaign "$BENCH_TMP/a" "$N" 4k "$PORT" "concurrency = $CONC"
 run_edm a "$BENCH_TMP/a"
-A_WALL=$WALL A_INGEST=$INGEST A_RSS=$RSS_KB A_CPU=$CPU_S A_EXIT=$EXIT
+A_WALL=$WALL A_INGEST=$INGEST A_RSS=$RSS_KB A_CPU=$CPU_S A_EXIT=$EXIT A_FIRST=$FIRST A_LAST=$LAST
+A_ACTIVE_RATE=$(echo "$N / ($A_LAST - $A_FIRST)" | bc -l)
 A_SENT=$(status_field "$BENCH_TMP/a" sent)
 A_RATE=$(echo "$N / $A_WALL" | bc -l)
 A_SEND_RATE=$(echo "$N / ($A_WALL - ${A_INGEST:-0})" | bc -l)
@@ -70,7 +76,8 @@ if [ "$BIG" -gt 0 ]; then
     echo "== (c) edm send: $BIG recipients, ~1 KB, concurrency $CONC, rate unlimited"
     make_campaign "$BENCH_TMP/c" "$BIG" 1k "$PORT" "concurrency = $CONC"
     run_edm c "$BENCH_TMP/c"
-    C_WALL=$WALL C_INGEST=$INGEST C_RSS=$RSS_KB C_CPU=$CPU_S C_EXIT=$EXIT
+    C_WALL=$WALL C_INGEST=$INGEST C_RSS=$RSS_KB C_CPU=$CPU_S C_EXIT=$EXIT C_FIRST=$FIRST C_LAST=$LAST
+    C_ACTIVE_RATE=$(echo "$BIG / ($C_LAST - $C_FIRST)" | bc -l)
     C_SENT=$(status_field "$BENCH_TMP/c" sent)
     C_RATE=$(echo "$BIG / $C_WALL" | bc -l)
     C_SEND_RATE=$(echo "$BIG / ($C_WALL - ${C_INGEST:-0})" | bc -l)
@@ -84,13 +91,19 @@ echo
 echo "================ throughput results ($(date -u +%F), $(nproc) cores) ================"
 printf 'edm (a)        %6d x ~4 KB, conc %d: %8.0f msg/s  (%.2f s wall, ingest %s s, %.0f msg/s after ingest; exit %s; status sent %s/%d %s)\n' \
     "$N" "$CONC" "$A_RATE" "$A_WALL" "${A_INGEST:-?}" "$A_SEND_RATE" "$A_EXIT" "$A_SENT" "$N" "$(verdict $([ "$A_SENT" = "$N" ] && echo 1))"
+printf 'edm (a)        first attempt at %.2f s, last outcome at %.2f s, exit at %.2f s: %.0f msg/s while sending\n' \
+    "$A_FIRST" "$A_LAST" "$A_WALL" "$A_ACTIVE_RATE"
 printf 'edm (a)        peak RSS %.1f MB, CPU %.2f s (%.0f us/msg)\n' \
     "$(echo "$A_RSS/1024" | bc -l)" "$A_CPU" "$(echo "$A_CPU * 1000000 / $N" | bc -l)"
 printf 'smtp-source (b) %5d x 4096 B, %d reused sessions: %8.0f msg/s  (%.2f s wall)\n' "$N" "$CONC" "$B_RATE" "$B_WALL"
-printf 'ratio edm/smtp-source: %.2f  (target >= 0.5: %s)\n' "$RATIO" "$(verdict "$(echo "$RATIO >= 0.5" | bc -l)")"
+ACTIVE_RATIO=$(echo "$A_ACTIVE_RATE / $B_RATE" | bc -l)
+printf 'ratio edm/smtp-source: %.2f start-to-exit (target >= 0.5: %s); %.2f counting only first attempt..last outcome\n' \
+    "$RATIO" "$(verdict "$(echo "$RATIO >= 0.5" | bc -l)")" "$ACTIVE_RATIO"
 if [ "$BIG" -gt 0 ]; then
     printf 'edm (c)        %6d x ~1 KB, conc %d: %8.0f msg/s  (%.2f s wall, ingest %s s, %.0f msg/s after ingest; exit %s; status sent %s/%d %s)\n' \
         "$BIG" "$CONC" "$C_RATE" "$C_WALL" "${C_INGEST:-?}" "$C_SEND_RATE" "$C_EXIT" "$C_SENT" "$BIG" "$(verdict $([ "$C_SENT" = "$BIG" ] && echo 1))"
+    printf 'edm (c)        first attempt at %.2f s, last outcome at %.2f s, exit at %.2f s: %.0f msg/s while sending\n' \
+        "$C_FIRST" "$C_LAST" "$C_WALL" "$C_ACTIVE_RATE"
     printf 'edm (c)        peak RSS %.1f MB (target < 100 MB: %s), CPU %.2f s (%.0f us/msg)\n' \
         "$(echo "$C_RSS/1024" | bc -l)" "$(verdict "$(echo "$C_RSS < 102400" | bc -l)")" "$C_CPU" "$(echo "$C_CPU * 1000000 / $BIG" | bc -l)"
 fi
