@@ -33,6 +33,12 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// The DKIM key or settings are not usable.
+    #[error("DKIM: {reason}")]
+    Dkim {
+        /// What is wrong.
+        reason: String,
+    },
     /// Neither an HTML nor a text body was given.
     #[error("a message needs an HTML or a text body, and neither is set")]
     NoBody,

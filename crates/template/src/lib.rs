@@ -13,6 +13,10 @@
 //!   deterministic Message-ID, adds List-Unsubscribe (RFC 2369) and one-click
 //!   (RFC 8058) headers, and checks it against [`Limits`]. A problem with one
 //!   recipient is an [`edm_model::Failure`], not an error.
+//! - [`Templates::with_dkim`] makes `render` sign every message with a
+//!   [`Dkim`] signer (RSA-SHA256 or Ed25519-SHA256, relaxed/relaxed, covering
+//!   [`SIGNED_HEADERS`], List-Unsubscribe and List-Unsubscribe-Post included
+//!   as RFC 8058 requires).
 //!
 //! # Escaping and injection
 //! The HTML body is HTML-escaped (`{{{raw}}}` opts out); the subject, text
@@ -27,6 +31,7 @@
 //! - `address.rs`: From / Reply-To parsing, the recipient address guard.
 //! - `message_id.rs`: deterministic Message-IDs.
 //! - `preflight.rs`: size and line-length checks.
+//! - `dkim.rs`: [`Dkim`], the DKIM signer ([`DkimConfig`]).
 //! - `error.rs`: [`Error`].
 //!
 //! # Example
@@ -48,12 +53,14 @@
 #![deny(missing_docs)]
 
 mod address;
+mod dkim;
 mod error;
 mod message_id;
 mod preflight;
 mod spec;
 mod templates;
 
+pub use dkim::{Dkim, DkimAlgorithm, DkimConfig, SIGNED_HEADERS};
 pub use error::Error;
 pub use spec::{Limits, MessageSpec, Source};
 pub use templates::Templates;

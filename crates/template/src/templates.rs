@@ -13,7 +13,7 @@ use edm_model::{Category, Envelope, Failure, Recipient, Stage, domain_of};
 
 use crate::address::{Mailbox, parse_mailbox, unsafe_recipient};
 use crate::message_id::MessageIds;
-use crate::{Error, Limits, MessageSpec};
+use crate::{Dkim, Error, Limits, MessageSpec};
 
 // Names in the registries. Never shown: errors use `Part::label`.
 const SUBJECT: &str = "subject";
@@ -42,6 +42,8 @@ pub struct Templates {
     reply_to: Option<Mailbox>,
     message_ids: MessageIds,
     limits: Limits,
+    /// Signs each finished message when set.
+    dkim: Option<Dkim>,
 }
 
 impl Templates {
@@ -90,7 +92,26 @@ impl Templates {
             reply_to,
             message_ids,
             limits: spec.limits,
+            dkim: None,
         })
+    }
+
+    /// Signs every message [`Templates::render`] makes with `dkim`. The
+    /// signature is added before the [`Limits`] are checked, so they apply
+    /// to the bytes sent.
+    pub fn with_dkim(mut self, dkim: Dkim) -> Templates {
+        self.dkim = Some(dkim);
+        self
+    }
+
+    /// The DKIM signer in use, if any.
+    pub fn dkim(&self) -> Option<&Dkim> {
+        self.dkim.as_ref()
+    }
+
+    /// The limits every rendered message is checked against.
+    pub fn limits(&self) -> Limits {
+        self.limits
     }
 
     /// The envelope sender (MAIL FROM): the From header's address.
@@ -170,6 +191,17 @@ impl Templates {
         // Date and MIME-Version are added by mail-builder.
         let mut body = Vec::with_capacity(size + size / 8);
         builder.serialize(&mut body);
+        if let Some(dkim) = &self.dkim {
+            // Sign the finished bytes (docs/DEPENDENCIES.md): nothing may
+            // change the message after this.
+            body = dkim.sign(&body).map_err(|reason| {
+                Failure::local(
+                    Stage::Render,
+                    Category::Preflight,
+                    format!("line {line}: DKIM signing failed: {reason}"),
+                )
+            })?;
+        }
 
         crate::preflight::check(&body, &self.limits).map_err(|reason| {
             Failure::local(
