@@ -15,17 +15,24 @@
 //! [`Progress`]: edm_model::Progress
 #![deny(missing_docs)]
 
+mod check;
 mod config;
 mod prepare;
+mod preview;
 mod report;
 mod send;
 mod writer;
 
 use std::path::PathBuf;
 
+pub use check::{
+    CheckOptions, CheckReport, DkimInfo, Finding, ProblemGroup, ProblemKind, Severity, check,
+    dkim_signer,
+};
 pub use config::{Campaign, Config, DurabilityName, SecurityName};
 pub use edm_store::{InDoubtPolicy, Summary};
 pub use prepare::{Prepared, prepare};
+pub use preview::{PreviewFile, PreviewOptions, PreviewReport, preview, preview_path};
 pub use report::{ReportFormat, ReportKind, StatusReport, export, retry, status, watch_progress};
 pub use send::{Run, RunEnd, RunReport, SendOptions, start_send};
 

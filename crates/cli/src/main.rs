@@ -3,6 +3,7 @@
 //! exit codes (0 done, 1 done with failures, 2 could not run, 3 not finished,
 //! 130 stopped by the operator).
 
+mod check;
 mod demo;
 mod progress;
 mod send;
@@ -103,6 +104,10 @@ enum Command {
     },
     /// Run the bundled example campaign end to end through edm's own sink.
     Demo(demo::DemoArgs),
+    /// Read every recipient and render every message, send nothing: exit 1 on errors.
+    Check(check::CheckArgs),
+    /// Write chosen recipients' rendered messages as .eml files.
+    Preview(check::PreviewArgs),
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -133,6 +138,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Send(args) => send::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Check(args) => check::run_check(args),
+        Command::Preview(args) => check::run_preview(args),
         Command::Status { dir, json, state } => {
             progress::init_logging(None, true);
             let c = Campaign::load(&dir)?;

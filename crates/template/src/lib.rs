@@ -32,6 +32,7 @@
 //! - `message_id.rs`: deterministic Message-IDs.
 //! - `preflight.rs`: size and line-length checks.
 //! - `dkim.rs`: [`Dkim`], the DKIM signer ([`DkimConfig`]).
+//! - `lint.rs`: content checks for `edm check` ([`has_unsubscribe_link`]).
 //! - `error.rs`: [`Error`].
 //!
 //! # Example
@@ -55,6 +56,7 @@
 mod address;
 mod dkim;
 mod error;
+mod lint;
 mod message_id;
 mod preflight;
 mod spec;
@@ -62,5 +64,6 @@ mod templates;
 
 pub use dkim::{Dkim, DkimAlgorithm, DkimConfig, SIGNED_HEADERS};
 pub use error::Error;
+pub use lint::has_unsubscribe_link;
 pub use spec::{Limits, MessageSpec, Source};
-pub use templates::Templates;
+pub use templates::{Rendered, Templates};

@@ -24,6 +24,21 @@ const UNSUBSCRIBE: &str = "list_unsubscribe";
 /// Room for headers and MIME framing when sizing the output buffer.
 const HEADROOM: usize = 1024;
 
+/// One recipient's message: the envelope, and the parts it was built from.
+#[derive(Clone, Debug)]
+pub struct Rendered {
+    /// The finished message, as [`Templates::render`] returns it.
+    pub envelope: Envelope,
+    /// The subject, one line.
+    pub subject: String,
+    /// The text body, when the campaign has one.
+    pub text: Option<String>,
+    /// The HTML body, when the campaign has one.
+    pub html: Option<String>,
+    /// The List-Unsubscribe URL, when the campaign has one.
+    pub list_unsubscribe: Option<String>,
+}
+
 /// A campaign's message, compiled once and rendered for each recipient.
 ///
 /// Rendering takes `&self` and the type is `Send + Sync`, so one instance
@@ -130,6 +145,17 @@ impl Templates {
     /// [`Category::Preflight`] when the message breaks [`Limits`], and
     /// [`Category::InvalidAddress`] when the address could break the To header.
     pub fn render(&self, columns: &[String], recipient: &Recipient) -> Result<Envelope, Failure> {
+        self.render_parts(columns, recipient).map(|r| r.envelope)
+    }
+
+    /// Like [`Templates::render`], and also returns the rendered parts
+    /// (subject, bodies, unsubscribe URL) before MIME encoding, for checks
+    /// and previews that look at the content.
+    pub fn render_parts(
+        &self,
+        columns: &[String],
+        recipient: &Recipient,
+    ) -> Result<Rendered, Failure> {
         let line = recipient.line;
         let email = recipient.email.trim();
         if let Some(reason) = unsafe_recipient(email) {
@@ -180,13 +206,14 @@ impl Templates {
             }
         }
         let mut size = HEADROOM + subject.len();
-        if let Some(text) = text {
+        // Bodies are lent to the builder, not copied: they are returned too.
+        if let Some(text) = &text {
             size += text.len();
-            builder = builder.text_body(text);
+            builder = builder.text_body(text.as_str());
         }
-        if let Some(html) = html {
+        if let Some(html) = &html {
             size += html.len();
-            builder = builder.html_body(html);
+            builder = builder.html_body(html.as_str());
         }
         // Date and MIME-Version are added by mail-builder.
         let mut body = Vec::with_capacity(size + size / 8);
@@ -211,13 +238,20 @@ impl Templates {
             )
         })?;
 
-        Ok(Envelope {
+        let envelope = Envelope {
             id: recipient.id,
             mail_from: self.from.address.clone(),
             rcpt_to: email.to_owned(),
             domain: domain_of(email),
             message_id,
             body,
+        };
+        Ok(Rendered {
+            envelope,
+            subject,
+            text,
+            html,
+            list_unsubscribe: unsubscribe,
         })
     }
 
