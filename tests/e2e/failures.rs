@@ -1,1 +1,267 @@
-//! One test per failure category.
+//! One test per failure category and provider dialect, against the sink
+//! scripted per recipient (local-part prefix). See docs/failures.md.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use edm_store::Store;
+
+use crate::harness::*;
+
+const TENCENT_RATE: &str = r#"554 5.0.0 Error: transaction failed, blame it on the weather: ##SES-response-json: {"Response":{"Error":{"Code":"RequestLimitExceeded.SmtpRateLimit","Message":"smtp rate limit exceeded"},"RequestId":"e2e"}}"#;
+
+fn events(c: &TestCampaign) -> Vec<String> {
+    let store = Store::open_read_only(c.path().join(".edm/state.db")).unwrap();
+    store
+        .recent_events(200)
+        .unwrap()
+        .into_iter()
+        .map(|(_, kind, text)| format!("{kind}: {text}"))
+        .collect()
+}
+
+/// Transient failures of every kind end `sent` after a retry.
+#[test]
+fn transient_failures_are_retried_until_sent() {
+    let tencent = format!("match=tencent,stage=data,times=1,reply={TENCENT_RATE}");
+    let sink = Sink::start(
+        &[
+            &tencent,
+            "match=ses,stage=data,times=1,reply=454 Throttling failure: Maximum sending rate exceeded.",
+            "match=gmail,stage=rcpt,times=1,reply=421 4.7.28 Our system has detected an unusual rate of unsolicited mail",
+            "match=grey,stage=rcpt,times=1,reply=450 4.7.1 Greylisted, please try again in 1 seconds",
+            "match=full,stage=rcpt,times=1,reply=452 4.2.2 Mailbox full",
+            "match=drop,stage=data,times=1,action=disconnect",
+            "match=slow,stage=rcpt,times=1,action=stall,secs=4",
+            "match=busy,stage=rcpt,times=2,reply=451 4.3.0 Local problem, try later",
+        ],
+        None,
+    );
+    let prefixes = [
+        "tencent", "ses", "gmail", "grey", "full", "drop", "slow", "busy",
+    ];
+    let mut emails: Vec<String> = prefixes
+        .iter()
+        .map(|p| format!("{p}@example.com"))
+        .collect();
+    emails.extend(addresses("plain", 10));
+    let c = TestCampaign::new(Spec {
+        smtp: "command_timeout = \"1s\"",
+        ..Spec::new(emails, sink.port())
+    });
+    let out = c.send(&[]);
+    assert_eq!(code(&out), 0, "every transient failure ends sent");
+    let rows = c.rows();
+    for p in prefixes {
+        let r = &rows[&format!("{p}@example.com")];
+        assert_eq!(r["status"], "sent", "{p}: {r}");
+    }
+    // Throttling does not use up attempts; the others do.
+    assert_eq!(
+        rows["tencent@example.com"]["attempts"], 1,
+        "{}",
+        rows["tencent@example.com"]
+    );
+    assert_eq!(
+        rows["ses@example.com"]["attempts"], 1,
+        "{}",
+        rows["ses@example.com"]
+    );
+    assert_eq!(
+        rows["gmail@example.com"]["attempts"], 1,
+        "{}",
+        rows["gmail@example.com"]
+    );
+    assert_eq!(
+        rows["drop@example.com"]["attempts"], 2,
+        "{}",
+        rows["drop@example.com"]
+    );
+    assert_eq!(
+        rows["slow@example.com"]["attempts"], 2,
+        "{}",
+        rows["slow@example.com"]
+    );
+    assert_eq!(
+        rows["busy@example.com"]["attempts"], 3,
+        "{}",
+        rows["busy@example.com"]
+    );
+    let stats = sink.handle().stats();
+    assert_eq!(stats.rejected(554), 1);
+    assert_eq!(stats.rejected(454), 1);
+    assert_eq!(stats.rejected(421), 1);
+    // Throttling lowered the rate, and said why.
+    let ev = events(&c);
+    assert!(
+        ev.iter()
+            .any(|e| e.starts_with("rate:") && e.contains("throttled")),
+        "{ev:#?}"
+    );
+}
+
+/// Permanent failures end `failed` with the right category, stage and reply.
+#[test]
+fn permanent_failures_are_classified() {
+    let sink = Sink::start(
+        &[
+            "match=unknown,stage=rcpt,reply=550 5.1.1 The email account that you tried to reach does not exist",
+            "match=nullmx,stage=rcpt,reply=556 5.1.10 Recipient address has null MX",
+            "match=full,stage=rcpt,reply=552 5.2.2 Mailbox full",
+            "match=big,stage=data,reply=552 5.3.4 Message size exceeds fixed limit",
+            "match=spam,stage=data,reply=550 5.7.1 Message rejected as spam",
+            "match=dmarc,stage=data,reply=550 5.7.26 Unauthenticated email is not accepted due to DMARC policy",
+            "match=content,stage=data,reply=554 5.6.0 Message content rejected",
+            r#"match=tencentbig,stage=data,reply=554 5.0.0 Error: ##SES-response-json: {"Response":{"Error":{"Code":"FailedOperation.EmailTooLarge","Message":"The email is too large"}}}"#,
+            "match=other,stage=rcpt,reply=554 Denied",
+        ],
+        None,
+    );
+    let cases = [
+        ("unknown", "recipient_unknown", "rcpt_to", 550),
+        ("nullmx", "recipient_unknown", "rcpt_to", 556),
+        ("full", "mailbox_full", "rcpt_to", 552),
+        ("big", "message_too_large", "data", 552),
+        ("spam", "policy", "data", 550),
+        ("dmarc", "policy", "data", 550),
+        ("content", "content_rejected", "data", 554),
+        ("tencentbig", "message_too_large", "data", 554),
+        ("other", "other_permanent", "rcpt_to", 554),
+    ];
+    let mut emails: Vec<String> = cases
+        .iter()
+        .map(|c| format!("{}@example.com", c.0))
+        .collect();
+    emails.push("fine@example.com".into());
+    let c = TestCampaign::new(Spec::new(emails, sink.port()));
+    let out = c.send(&[]);
+    assert_eq!(code(&out), 1);
+    let rows = c.rows();
+    for (prefix, category, stage, smtp) in cases {
+        let r = &rows[&format!("{prefix}@example.com")];
+        assert_eq!(r["status"], "failed", "{prefix}: {r}");
+        assert_eq!(r["category"], category, "{prefix}: {r}");
+        assert_eq!(r["stage"], stage, "{prefix}: {r}");
+        assert_eq!(r["smtp_code"], smtp, "{prefix}: {r}");
+        assert_eq!(
+            r["attempts"], 1,
+            "{prefix}: permanent failures are not retried"
+        );
+    }
+    assert_eq!(
+        rows["tencentbig@example.com"]["reply"]
+            .as_str()
+            .unwrap()
+            .split(" (")
+            .next(),
+        Some("The email is too large")
+    );
+    assert_eq!(rows["fine@example.com"]["status"], "sent");
+    let s = c.status();
+    assert_eq!(s["by_category"]["policy"], 2);
+}
+
+#[test]
+fn sender_refused_fails_with_its_category() {
+    let sink = Sink::start(
+        &["stage=mail,match=news,reply=553 5.1.8 Sender address domain does not exist"],
+        None,
+    );
+    let c = TestCampaign::new(Spec::new(addresses("s", 3), sink.port()));
+    let out = c.send(&[]);
+    assert_eq!(code(&out), 1);
+    let rows = c.rows();
+    let r = &rows["s0@example.com"];
+    assert_eq!(r["category"], "sender_refused");
+    assert_eq!(r["stage"], "mail_from");
+}
+
+/// Authentication refused: the run stops at once, exit 2, nobody failed.
+#[test]
+fn auth_refused_stops_the_run_and_fails_nobody() {
+    let sink = Sink::start_with(&[], None, |cfg| {
+        cfg.auth = Some(("edm".into(), "right-password".into()));
+    });
+    let c = TestCampaign::new(Spec {
+        smtp: "username = \"edm\"\npassword_env = \"EDM_E2E_PASSWORD\"",
+        ..Spec::new(addresses("a", 20), sink.port())
+    });
+    let out = Command::new(EDM)
+        .args(["send", c.path().to_str().unwrap(), "--no-tui"])
+        .env("EDM_E2E_PASSWORD", "wrong-password")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(code(&out), 2, "{stdout}");
+    assert!(stdout.contains("authentication"), "{stdout}");
+    assert!(
+        !stdout.contains("wrong-password"),
+        "the password never appears"
+    );
+    let s = c.status();
+    assert_eq!(s["failed"], 0);
+    assert_eq!(s["sent"], 0);
+    assert_eq!(s["pending"], 20, "{s}");
+    assert_eq!(s["sending"], 0);
+
+    // The right password sends everything.
+    let out = Command::new(EDM)
+        .args(["send", c.path().to_str().unwrap(), "--no-tui"])
+        .env("EDM_E2E_PASSWORD", "right-password")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0);
+    assert_eq!(c.status()["sent"], 20);
+}
+
+/// Nothing listening: the breaker opens, the run gives up after max_outage
+/// with exit 2, and nobody is marked failed.
+#[test]
+fn server_down_stops_the_run_and_fails_nobody() {
+    let c = TestCampaign::new(Spec::new(addresses("d", 15), dead_port()));
+    let start = Instant::now();
+    let out = c.send(&[]);
+    assert_eq!(code(&out), 2);
+    assert!(start.elapsed() < Duration::from_secs(30));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("unreachable"), "{stdout}");
+    let s = c.status();
+    assert_eq!(s["failed"], 0);
+    assert_eq!(s["pending"], 15, "{s}");
+    let ev = events(&c);
+    assert!(
+        ev.iter().any(|e| e.contains("circuit breaker open")),
+        "{ev:#?}"
+    );
+}
+
+/// The sink's receive times follow the configured rate (generous tolerance:
+/// the precise figure is in tests/bench/rate.sh).
+#[test]
+fn rate_limit_is_respected() {
+    let sink = Sink::start(&[], None);
+    let c = TestCampaign::new(Spec {
+        delivery: "rate = 40",
+        ..Spec::new(addresses("r", 81), sink.port())
+    });
+    let out = c.send(&[]);
+    assert_eq!(code(&out), 0);
+    let mut at: Vec<i64> = sink.handle().received().iter().map(|r| r.at_ms).collect();
+    at.sort();
+    assert_eq!(at.len(), 81);
+    let span = (at[80] - at[0]) as f64 / 1000.0;
+    let achieved = 80.0 / span;
+    assert!(
+        (30.0..=50.0).contains(&achieved),
+        "achieved {achieved:.1}/s for 40/s"
+    );
+    // No one-second window holds more than rate + burst (+1 for timestamp granularity).
+    let max_window = (0..at.len())
+        .map(|i| at[i..].iter().take_while(|t| **t - at[i] < 1000).count())
+        .max()
+        .unwrap();
+    assert!(
+        max_window <= 42,
+        "{max_window} messages in one second at 40/s"
+    );
+}

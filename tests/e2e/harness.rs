@@ -79,7 +79,7 @@ list_unsubscribe = "https://acme.example/u/{{{{id}}}}"
 host = "127.0.0.1"
 port = {port}
 connect_timeout = "2s"
-command_timeout = "5s"
+{command_timeout}
 data_timeout = "10s"
 {smtp}
 
@@ -93,6 +93,11 @@ max_outage = "3s"
 "#,
             port = spec.port,
             smtp = spec.smtp,
+            command_timeout = if spec.smtp.contains("command_timeout") {
+                ""
+            } else {
+                "command_timeout = \"5s\""
+            },
             delivery = spec.delivery,
             extra = spec.extra,
         );

@@ -20,6 +20,9 @@ use crate::queue::adaptive::{Aimd, AimdSettings};
 use crate::queue::breaker::{Breaker, Trip};
 use crate::queue::rate::RateGate;
 
+/// The window over which the observed rate is measured.
+const OBSERVE_WINDOW: Duration = Duration::from_secs(2);
+
 /// Limits for one recipient domain.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct DomainLimit {
@@ -167,8 +170,9 @@ struct Shared {
     end: Mutex<Option<EngineEnd>>,
     in_flight: AtomicU64,
     connections: AtomicU64,
-    accepted: AtomicU64,
-    observed_rate: Mutex<f64>,
+    /// When recent transactions finished (any outcome), for the observed rate.
+    completions: Mutex<std::collections::VecDeque<Instant>>,
+    started: Instant,
 }
 
 impl Shared {
@@ -184,6 +188,37 @@ impl Shared {
             *e = Some(end);
         }
         let _ = self.stop.send(true);
+    }
+
+    /// Notes a finished transaction.
+    fn completed(&self, now: Instant) {
+        if let Ok(mut c) = self.completions.lock() {
+            c.push_back(now);
+            while c
+                .front()
+                .is_some_and(|t| now.duration_since(*t) > OBSERVE_WINDOW)
+            {
+                c.pop_front();
+            }
+        }
+    }
+
+    /// Transactions per second over the last two seconds (or since the start):
+    /// what "the rate" was when a throttling reply came, even when unlimited.
+    fn observed_rate(&self, now: Instant) -> f64 {
+        let n = self
+            .completions
+            .lock()
+            .map(|c| {
+                c.iter()
+                    .filter(|t| now.duration_since(**t) <= OBSERVE_WINDOW)
+                    .count()
+            })
+            .unwrap_or(0);
+        let window = now
+            .duration_since(self.started)
+            .clamp(Duration::from_millis(100), OBSERVE_WINDOW);
+        n as f64 / window.as_secs_f64()
     }
 
     fn stopping(&self) -> bool {
@@ -252,8 +287,8 @@ pub fn start(
         end: Mutex::new(None),
         in_flight: AtomicU64::new(0),
         connections: AtomicU64::new(0),
-        accepted: AtomicU64::new(0),
-        observed_rate: Mutex::new(0.0),
+        completions: Mutex::new(std::collections::VecDeque::new()),
+        started: Instant::now(),
         cfg,
     });
     let (control_tx, control_rx) = mpsc::unbounded_channel();
@@ -280,8 +315,6 @@ async fn run(
         workers.spawn(worker(id, shared.clone()));
     }
     let mut tick = tokio::time::interval(Duration::from_millis(250));
-    let mut last_accepted = 0u64;
-    let mut last_tick = Instant::now();
     loop {
         tokio::select! {
             done = workers.join_next() => {
@@ -292,15 +325,6 @@ async fn run(
             Some(c) = control.recv() => handle_control(&shared, c).await,
             _ = tick.tick() => {
                 let now = Instant::now();
-                let accepted = shared.accepted.load(Ordering::Relaxed);
-                let secs = now.duration_since(last_tick).as_secs_f64();
-                if secs >= 1.0 {
-                    if let Ok(mut r) = shared.observed_rate.lock() {
-                        *r = (accepted - last_accepted) as f64 / secs;
-                    }
-                    last_accepted = accepted;
-                    last_tick = now;
-                }
                 let change = shared.aimd.lock().ok().and_then(|mut a| a.on_tick(now));
                 if let Some(to) = change {
                     shared.set_effective(to, "recovering after a quiet period").await;
@@ -517,9 +541,9 @@ async fn worker(id: usize, shared: Arc<Shared>) {
         shared.in_flight.fetch_add(1, Ordering::Relaxed);
         let result = sess.send(&env).await;
         shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+        shared.completed(Instant::now());
         match result {
             Ok(reply) => {
-                shared.accepted.fetch_add(1, Ordering::Relaxed);
                 let was_open = shared
                     .breaker
                     .lock()
@@ -563,7 +587,7 @@ async fn react(shared: &Shared, failure: &Failure) {
     let now = Instant::now();
     match failure.category {
         Category::Throttled => {
-            let observed = shared.observed_rate.lock().map(|r| *r).unwrap_or(0.0);
+            let observed = shared.observed_rate(now);
             let change = shared
                 .aimd
                 .lock()

@@ -306,18 +306,35 @@ impl Session {
             format!("RCPT TO:<{}>\r\n", env.rcpt_to),
             "DATA\r\n".to_string(),
         ];
-        let replies = step(Stage::MailFrom, s.command_timeout, self.client.cmds(cmds))
-            .await
-            .map_err(|f| (f, Afterwards::Broken))?;
-        let [mail, rcpt, data] = match <[Response<String>; 3]>::try_from(replies) {
-            Ok(r) => r,
-            Err(_) => {
-                let f = Failure::local(
-                    Stage::MailFrom,
-                    Category::Protocol,
-                    "missing replies to pipelined commands",
-                );
-                return Err((f, Afterwards::Broken));
+        let (replies, err) =
+            match tokio::time::timeout(s.command_timeout, pipeline(&mut self.client.stream, &cmds))
+                .await
+            {
+                Ok(r) => r,
+                Err(_) => return Err((timeout(Stage::MailFrom), Afterwards::Broken)),
+            };
+        let mut replies = replies.into_iter();
+        let (mail, rcpt, data) = (replies.next(), replies.next(), replies.next());
+        // A server that closes after refusing (421) answers fewer commands:
+        // classify what it did say, at the stage it said it.
+        let (mail, rcpt, data) = match (mail, rcpt, data, err) {
+            (Some(m), Some(r), Some(d), None) => (m, r, d),
+            (m, r, _, err) => {
+                let broken = |stage| {
+                    let e = err.unwrap_or(mail_send::Error::UnparseableReply);
+                    Err((classify_error(stage, &e), Afterwards::Broken))
+                };
+                return match (m, r) {
+                    (Some(m), _) if !m.is_positive_completion() => {
+                        Err((negative(Stage::MailFrom, &m), Afterwards::Broken))
+                    }
+                    (Some(_), Some(r)) if !r.is_positive_completion() => {
+                        Err((negative(Stage::RcptTo, &r), Afterwards::Broken))
+                    }
+                    (None, _) => broken(Stage::MailFrom),
+                    (Some(_), None) => broken(Stage::RcptTo),
+                    (Some(_), Some(_)) => broken(Stage::Data),
+                };
             }
         };
         let failed = if !mail.is_positive_completion() {
@@ -383,6 +400,47 @@ impl Session {
     /// Says goodbye politely, without waiting long.
     pub async fn quit(mut self) {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.client.cmd(b"QUIT\r\n")).await;
+    }
+}
+
+/// Writes pipelined commands and reads one reply per command, keeping the
+/// replies read before an error (mail-send's `cmds` drops them).
+async fn pipeline<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    cmds: &[String],
+) -> (Vec<Response<String>>, Option<mail_send::Error>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut replies = Vec::with_capacity(cmds.len());
+    for c in cmds {
+        if let Err(e) = stream.write_all(c.as_bytes()).await {
+            return (replies, Some(mail_send::Error::Io(e)));
+        }
+    }
+    if let Err(e) = stream.flush().await {
+        return (replies, Some(mail_send::Error::Io(e)));
+    }
+    let mut buf = vec![0u8; 1024];
+    let mut parser = smtp_proto::response::parser::ResponseReceiver::default();
+    loop {
+        let n = match stream.read(&mut buf).await {
+            Ok(0) => return (replies, Some(mail_send::Error::UnparseableReply)),
+            Ok(n) => n,
+            Err(e) => return (replies, Some(mail_send::Error::Io(e))),
+        };
+        let mut iter = buf[..n].iter();
+        loop {
+            match parser.parse(&mut iter) {
+                Ok(r) => {
+                    replies.push(r);
+                    if replies.len() == cmds.len() {
+                        return (replies, None);
+                    }
+                    parser.reset();
+                }
+                Err(smtp_proto::Error::NeedsMoreData { .. }) => break,
+                Err(_) => return (replies, Some(mail_send::Error::UnparseableReply)),
+            }
+        }
     }
 }
 
