@@ -1,1 +1,129 @@
-//! The dashboard in a real terminal (tmux).
+//! The dashboard in a real terminal: `edm send` runs in tmux, keys are
+//! typed with send-keys and the screen is read with capture-pane.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+
+fn tmux(args: &[&str]) -> String {
+    let out = Command::new("tmux").args(args).output().expect("tmux");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn have_tmux() -> bool {
+    Command::new("tmux")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+struct Session(String);
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["kill-session", "-t", &self.0])
+            .output();
+    }
+}
+
+impl Session {
+    fn screen(&self) -> String {
+        tmux(&["capture-pane", "-p", "-t", &self.0])
+    }
+
+    fn keys(&self, keys: &str) {
+        tmux(&["send-keys", "-t", &self.0, keys]);
+    }
+
+    /// Waits until the screen shows `text`.
+    fn wait_for(&self, text: &str, limit: Duration) -> String {
+        let start = Instant::now();
+        loop {
+            let s = self.screen();
+            if s.contains(text) {
+                return s;
+            }
+            if start.elapsed() > limit {
+                panic!("the screen never showed {text:?}; last screen:\n{s}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+#[test]
+fn dashboard_pauses_resumes_and_stops_cleanly_in_tmux() {
+    if !have_tmux() {
+        assert!(std::env::var_os("CI").is_none(), "tmux is missing in CI");
+        eprintln!("skipped: tmux is not installed");
+        return;
+    }
+    let sink = Sink::start(&[], None);
+    let n = 400;
+    let c = TestCampaign::new(Spec {
+        delivery: "rate = 25",
+        ..Spec::new(addresses("t", n), sink.port())
+    });
+    let exit_file = c.tmp.path().join("exit-code");
+    let name = format!("edm-e2e-{}", std::process::id());
+    let cmd = format!(
+        "{EDM} send {} ; echo $? > {}; sleep 2",
+        c.path().display(),
+        exit_file.display()
+    );
+    tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &name,
+        "-x",
+        "80",
+        "-y",
+        "24",
+        &cmd,
+    ]);
+    let s = Session(name);
+    s.wait_for("RUNNING", Duration::from_secs(15));
+
+    s.keys("p");
+    let screen = s.wait_for("PAUSED", Duration::from_secs(5));
+    eprintln!("{screen}");
+    std::thread::sleep(Duration::from_millis(500));
+    let during = sink.handle().accepted();
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(
+        sink.handle().accepted(),
+        during,
+        "nothing is sent while paused"
+    );
+
+    s.keys("p");
+    s.wait_for("RUNNING", Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(sink.handle().accepted() > during, "sending resumed");
+
+    s.keys("q");
+    s.wait_for("Stop the campaign?", Duration::from_secs(5));
+    s.keys("y");
+    let start = Instant::now();
+    while !exit_file.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "edm did not exit after q, y"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let code = std::fs::read_to_string(&exit_file).unwrap();
+    assert_eq!(code.trim(), "130", "a confirmed stop ends like Ctrl-C");
+
+    // Nothing lost, nothing in flight, the DB agrees with the server.
+    let st = c.status();
+    assert_eq!(st["sending"], 0);
+    assert_eq!(st["in_doubt"], 0);
+    let sent = st["sent"].as_u64().unwrap();
+    assert_eq!(sent, sink.handle().accepted());
+    assert_eq!(sent + st["pending"].as_u64().unwrap(), n as u64);
+    assert!(sent < n as u64, "stopped before the end");
+}
