@@ -265,3 +265,52 @@ fn rate_limit_is_respected() {
         "{max_window} messages in one second at 40/s"
     );
 }
+
+/// A provider quota reply pauses the run (here for `quota_pause`), fails nobody.
+#[test]
+fn quota_exceeded_pauses_and_fails_nobody() {
+    let sink = Sink::start(
+        &[
+            "match=quota,stage=data,times=1,reply=454 Throttling failure: Daily message quota exceeded.",
+        ],
+        None,
+    );
+    let mut emails = vec!["quota@example.com".to_string()];
+    emails.extend(addresses("after", 6));
+    let c = TestCampaign::new(Spec {
+        delivery: "quota_pause = \"1s\"",
+        ..Spec::new(emails, sink.port())
+    });
+    let out = c.send(&[]);
+    assert_eq!(code(&out), 0);
+    let rows = c.rows();
+    assert_eq!(rows["quota@example.com"]["status"], "sent");
+    assert_eq!(
+        rows["quota@example.com"]["attempts"], 1,
+        "a quota deferral uses no attempt"
+    );
+    let ev = events(&c);
+    assert!(ev.iter().any(|e| e.contains("quota exceeded")), "{ev:#?}");
+}
+
+/// `daily_quota` is exact, and counted from the store so it survives restarts.
+#[test]
+fn daily_quota_is_exact_across_runs() {
+    let sink = Sink::start(&[], None);
+    let c = TestCampaign::new(Spec {
+        delivery: "daily_quota = 5",
+        ..Spec::new(addresses("dq", 8), sink.port())
+    });
+    let out = c.send(&[]);
+    assert_eq!(code(&out), 3, "not finished: quota used up");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("daily quota"));
+    assert_eq!(c.status()["sent"], 5);
+    let out = c.send(&[]);
+    assert_eq!(code(&out), 3);
+    assert_eq!(
+        sink.handle().accepted(),
+        5,
+        "a restart does not reset the quota"
+    );
+    assert_eq!(c.status()["pending"], 3);
+}

@@ -147,6 +147,9 @@ pub struct DeliverySection {
     pub max_outage: Duration,
     /// Messages per rolling 24 hours, counted from the store (exact across restarts).
     pub daily_quota: Option<u64>,
+    /// How long to pause when the provider says a quota is used up without saying for how long.
+    #[serde(default = "d15m", with = "duration")]
+    pub quota_pause: Duration,
     /// Per-domain limits: `[delivery.domains."gmail.com"]`.
     #[serde(default)]
     pub domains: BTreeMap<String, DomainSection>,
@@ -164,6 +167,7 @@ impl Default for DeliverySection {
             retry: Vec::new(),
             max_outage: d5m(),
             daily_quota: None,
+            quota_pause: d15m(),
             domains: BTreeMap::new(),
         }
     }
@@ -244,6 +248,9 @@ fn d120s() -> Duration {
 }
 fn d5m() -> Duration {
     Duration::from_secs(300)
+}
+fn d15m() -> Duration {
+    Duration::from_secs(900)
 }
 fn d2h() -> Duration {
     Duration::from_secs(7200)

@@ -83,6 +83,11 @@ pub enum RunEnd {
         /// When the first comes due.
         next_due: UnixMillis,
     },
+    /// `[delivery] daily_quota` messages were sent in the last 24 hours.
+    DailyQuota {
+        /// The quota.
+        quota: u64,
+    },
     /// The relay refused the credentials: nothing was marked failed.
     AuthRefused(Failure),
     /// The relay stayed unreachable past `max_outage`: nothing was marked failed.
@@ -122,7 +127,9 @@ impl RunReport {
             RunEnd::Complete if self.summary.count(Status::Failed) == 0 => 0,
             RunEnd::Complete => 1,
             RunEnd::AuthRefused(_) | RunEnd::Outage(_) | RunEnd::StoreFailed(_) => 2,
-            RunEnd::WaitingForRetries { .. } | RunEnd::LimitReached => 3,
+            RunEnd::WaitingForRetries { .. } | RunEnd::LimitReached | RunEnd::DailyQuota { .. } => {
+                3
+            }
             RunEnd::Stopped => 130,
         }
     }
@@ -158,6 +165,8 @@ impl Run {
 
 /// What the outcome loop needs to know about a claimed recipient.
 struct InFlight {
+    /// A retry (counts against the retry budget).
+    retry: bool,
     attempts: u32,
     claimed_at: UnixMillis,
     message_id: String,
@@ -175,6 +184,8 @@ struct Shared {
     events: Mutex<VecDeque<EventLine>>,
     domains: Mutex<HashMap<String, DomainCounts>>,
     waiting: AtomicBool,
+    /// Recipients deferred during this run: their next claim is a retry.
+    deferred: Mutex<std::collections::HashSet<RecipientId>>,
 }
 
 impl Shared {
@@ -225,6 +236,7 @@ fn delivery_config(c: &Campaign, opts: &SendOptions, password: Option<String>) -
     };
     cfg.burst = d.burst.max(1);
     cfg.max_outage = d.max_outage;
+    cfg.quota_pause = d.quota_pause;
     cfg.domains = d
         .domains
         .iter()
@@ -344,6 +356,7 @@ async fn run(
         events: Mutex::new(VecDeque::new()),
         domains: Mutex::new(HashMap::new()),
         waiting: AtomicBool::new(false),
+        deferred: Mutex::new(std::collections::HashSet::new()),
     });
     if in_doubt > 0 {
         shared.push_event(format!(
@@ -380,6 +393,7 @@ async fn run(
         concurrency,
         opts.limit,
         opts.max_retry_wait,
+        campaign.config.delivery.daily_quota,
     ));
 
     let progress_task = tokio::spawn(progress_loop(
@@ -423,6 +437,7 @@ async fn run(
             RunEnd::WaitingForRetries { deferred, next_due }
         }
         (_, None, FeedEnd::Stopped) => RunEnd::Stopped,
+        (_, None, FeedEnd::Quota { quota }) => RunEnd::DailyQuota { quota },
     };
     // A last snapshot, so displays show the final counts.
     let mut last = progress_tx.borrow().clone();
@@ -446,7 +461,25 @@ async fn run(
 
 async fn handle_event(writer: &Writer, shared: &Shared, policy: &RetryPolicy, ev: DeliveryEvent) {
     let now = now_ms();
-    let take = |id: RecipientId| shared.in_flight.lock().ok().and_then(|mut m| m.remove(&id));
+    // Read, not remove: a recipient leaves `in_flight` only once its outcome is
+    // queued to the writer, so the daily quota never undercounts.
+    let take = |id: RecipientId| {
+        shared.in_flight.lock().ok().and_then(|m| {
+            m.get(&id).map(|i| InFlight {
+                retry: i.retry,
+                attempts: i.attempts,
+                claimed_at: i.claimed_at,
+                message_id: i.message_id.clone(),
+                domain: i.domain.clone(),
+            })
+        })
+    };
+    let id = match &ev {
+        DeliveryEvent::Accepted { id, .. }
+        | DeliveryEvent::Rejected { id, .. }
+        | DeliveryEvent::Returned { id } => Some(*id),
+        DeliveryEvent::Notice(_) => None,
+    };
     let bump = |domain: &str, f: fn(&mut DomainCounts)| {
         if let Ok(mut d) = shared.domains.lock() {
             f(d.entry(domain.to_string()).or_default());
@@ -482,6 +515,9 @@ async fn handle_event(writer: &Writer, shared: &Shared, policy: &RetryPolicy, ev
             let kind = match policy.decide(&failure, attempts, age) {
                 Verdict::Retry { after, counts } => {
                     shared.retried.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(mut d) = shared.deferred.lock() {
+                        d.insert(id);
+                    }
                     bump(&domain, |c| c.deferred += 1);
                     OutcomeKind::Deferred {
                         next_attempt_at: add_ms(now, after),
@@ -520,10 +556,16 @@ async fn handle_event(writer: &Writer, shared: &Shared, policy: &RetryPolicy, ev
             writer.event(kind, text).await;
         }
     }
+    if let Some(id) = id
+        && let Ok(mut m) = shared.in_flight.lock()
+    {
+        m.remove(&id);
+    }
 }
 
 enum FeedEnd {
     Complete,
+    Quota { quota: u64 },
     Stopped,
     Limit,
     Waiting { deferred: u64, next_due: UnixMillis },
@@ -539,7 +581,11 @@ async fn feed(
     concurrency: usize,
     limit: Option<u64>,
     max_retry_wait: Duration,
+    daily_quota: Option<u64>,
 ) -> FeedEnd {
+    // Retries in flight at most: a wave of transient errors cannot crowd out
+    // first attempts or multiply the load (the rate gate bounds the rest).
+    let retry_budget = concurrency.max(2);
     // Claim little at a time: claimed rows are `sending`, so after a crash
     // they are in doubt. About two batches of `concurrency` at most.
     let batch = concurrency.clamp(1, 256);
@@ -552,12 +598,40 @@ async fn feed(
         if stopping() {
             return FeedEnd::Stopped;
         }
-        let want = match limit {
+        let mut want = match limit {
             Some(l) if claimed_total >= l => return FeedEnd::Limit,
             Some(l) => batch.min((l - claimed_total) as usize),
             None => batch,
         };
-        let claimed = match writer.claim(want, now_ms()).await {
+        if let Some(quota) = daily_quota {
+            // Exact across restarts: counted from the store, in flight included.
+            // In flight first: a recipient leaves `in_flight` only after its
+            // outcome is queued, so it is then counted by `sent_since` (queued
+            // after it). The other order could count it in neither.
+            let in_flight = shared.in_flight.lock().map(|m| m.len() as u64).unwrap_or(0);
+            let since = now_ms() - 24 * 3600 * 1000;
+            let sent = match writer.sent_since(since).await {
+                Ok(n) => n,
+                Err(_) => return FeedEnd::Stopped,
+            };
+            let left = quota.saturating_sub(sent + in_flight);
+            if left == 0 {
+                if in_flight > 0 {
+                    let notified = shared.outcome.notified();
+                    let _ = tokio::time::timeout(Duration::from_millis(200), notified).await;
+                    continue;
+                }
+                return FeedEnd::Quota { quota };
+            }
+            want = want.min(left as usize);
+        }
+        let retries_in_flight = shared
+            .in_flight
+            .lock()
+            .map(|m| m.values().filter(|i| i.retry).count())
+            .unwrap_or(0);
+        let max_due = retry_budget.saturating_sub(retries_in_flight);
+        let claimed = match writer.claim(want, max_due, now_ms()).await {
             Ok(c) => c,
             Err(e) => {
                 if let Ok(mut f) = writer.failed.lock() {
@@ -615,9 +689,16 @@ async fn feed(
             match templates.render(&columns, &r) {
                 Ok(env) => {
                     if let Ok(mut m) = shared.in_flight.lock() {
+                        let retry = r.attempts > 0
+                            || shared
+                                .deferred
+                                .lock()
+                                .map(|d| d.contains(&r.id))
+                                .unwrap_or(false);
                         m.insert(
                             r.id,
                             InFlight {
+                                retry,
                                 attempts: r.attempts,
                                 claimed_at: now_ms(),
                                 message_id: env.message_id.clone(),

@@ -43,6 +43,7 @@ pub(crate) enum Msg {
     Outcome(Outcome),
     Claim {
         limit: usize,
+        max_due: usize,
         now: UnixMillis,
         reply: oneshot::Sender<Result<Vec<Recipient>, edm_store::Error>>,
     },
@@ -52,6 +53,10 @@ pub(crate) enum Msg {
         text: String,
     },
     Summary(oneshot::Sender<Result<Summary, edm_store::Error>>),
+    SentSince {
+        since: UnixMillis,
+        reply: oneshot::Sender<Result<u64, edm_store::Error>>,
+    },
     Refresh,
 }
 
@@ -82,11 +87,22 @@ impl Writer {
         }
     }
 
-    /// Asks for a batch of recipients to send (committing earlier outcomes first).
-    pub async fn claim(&self, limit: usize, now: UnixMillis) -> Result<Vec<Recipient>, String> {
+    /// Asks for a batch of recipients to send (committing earlier outcomes
+    /// first), at most `max_due` of them deferred ones (the retry budget).
+    pub async fn claim(
+        &self,
+        limit: usize,
+        max_due: usize,
+        now: UnixMillis,
+    ) -> Result<Vec<Recipient>, String> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Msg::Claim { limit, now, reply })
+            .send(Msg::Claim {
+                limit,
+                max_due,
+                now,
+                reply,
+            })
             .await
             .map_err(|_| "the store writer stopped".to_string())?;
         match rx.await {
@@ -101,6 +117,20 @@ impl Writer {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Msg::Summary(reply))
+            .await
+            .map_err(|_| "the store writer stopped".to_string())?;
+        match rx.await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("the store writer stopped".into()),
+        }
+    }
+
+    /// Messages sent since `since` (for the daily quota), after committing.
+    pub async fn sent_since(&self, since: UnixMillis) -> Result<u64, String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::SentSince { since, reply })
             .await
             .map_err(|_| "the store writer stopped".to_string())?;
         match rx.await {
@@ -176,9 +206,18 @@ fn run(
                         commit(&mut store, &mut pending);
                     }
                 }
-                Msg::Claim { limit, now, reply } => {
+                Msg::Claim {
+                    limit,
+                    max_due,
+                    now,
+                    reply,
+                } => {
                     commit(&mut store, &mut pending);
-                    let _ = reply.send(store.claim(limit, now));
+                    let _ = reply.send(store.claim_with_budget(limit, max_due, now));
+                }
+                Msg::SentSince { since, reply } => {
+                    commit(&mut store, &mut pending);
+                    let _ = reply.send(store.sent_since(since));
                 }
                 Msg::Event { at, kind, text } => {
                     if let Err(e) = store.log_event(at, kind, &text) {

@@ -119,6 +119,9 @@ pub fn print_report(dir: &Path, r: &RunReport) {
             "stopped: the relay stayed unreachable ({f}). Check [smtp] host and port. No recipient was marked failed; run `edm send` again when it is back."
         ),
         RunEnd::StoreFailed(e) => format!("stopped: {e}"),
+        RunEnd::DailyQuota { quota } => format!(
+            "the daily quota of {quota} messages is used up (rolling 24 hours); run `edm send` again later"
+        ),
     };
     println!("Campaign: {head}");
     println!(

@@ -120,6 +120,18 @@ impl Store {
     /// returns, so a crash afterwards leaves them in doubt, never forgotten.
     /// [`Recipient::attempts`] is the number of attempts made before.
     pub fn claim(&mut self, limit: usize, now: UnixMillis) -> Result<Vec<Recipient>> {
+        self.claim_with_budget(limit, limit, now)
+    }
+
+    /// Like [`Store::claim`], but takes at most `max_due` deferred recipients:
+    /// the caller's retry budget, so a wave of retries cannot crowd out (or
+    /// multiply) the work.
+    pub fn claim_with_budget(
+        &mut self,
+        limit: usize,
+        max_due: usize,
+        now: UnixMillis,
+    ) -> Result<Vec<Recipient>> {
         let path = self.path.clone();
         let tx = self
             .conn
@@ -134,7 +146,7 @@ impl Store {
             for row in pending.query_map([limit_param(limit)], map).at(&path)? {
                 raw.push(row.at(&path)?);
             }
-            let left = limit.saturating_sub(raw.len());
+            let left = limit.saturating_sub(raw.len()).min(max_due);
             if left > 0 {
                 let mut due = tx.prepare_cached(&claim_due_sql()).at(&path)?;
                 for row in due
