@@ -32,6 +32,8 @@ bench_cleanup() {
 bench_init() {
     BENCH_TMP=$(mktemp -d "/tmp/edm-bench-$1.XXXXXX")
     trap bench_cleanup EXIT
+    set -o errtrace
+    trap 'echo "error: ${BASH_SOURCE[0]}:$LINENO: \"$BASH_COMMAND\" failed (status $?)" >&2' ERR
     trap 'exit 130' INT TERM
     local src=${EDM:-$BENCH_ROOT/target/release/edm}
     if [ ! -x "$src" ]; then
@@ -48,7 +50,7 @@ free_port() {
     local p i
     for i in $(seq 1 200); do
         p=$(shuf -i 20000-59999 -n 1)
-        if ! ss -Htln "sport = :$p" | grep -q .; then
+        if [ -z "$(ss -Htln "sport = :$p")" ]; then
             echo "$p"
             return 0
         fi
@@ -61,7 +63,7 @@ free_port() {
 wait_port() {
     local port=$1 limit=${2:-10} i
     for i in $(seq 1 $((limit * 20))); do
-        if ss -Htln "sport = :$port" | grep -q .; then return 0; fi
+        if [ -n "$(ss -Htln "sport = :$port")" ]; then return 0; fi
         sleep 0.05
     done
     echo "nothing listens on port $port after ${limit}s" >&2

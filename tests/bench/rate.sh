@@ -88,9 +88,8 @@ LIMITS=$(grep -o '^\[[0-9:]*\].*sent [0-9]*.*(limit [^)]*)' "$BENCH_TMP/p2.log" 
     awk '{ s = $1 * 3600 + $2 * 60 + $3; lim = $6; sub("/s", "", lim);
            if (lim != prev) { printf "%s%ds:%s", (n++ ? " " : ""), s, lim; prev = lim } ; last = s ": sent " $4 ", rate " $5 "/s, limit " lim }
          END { print ""; print last }')
-LIMIT_CHANGES=$(echo "$LIMITS" | head -1)
-LAST_LINE=$(echo "$LIMITS" | tail -1)
-THROTTLE_REPLIES=$(grep -c '' /dev/null || true)
+LIMIT_CHANGES=${LIMITS%%$'\n'*}
+LAST_LINE=${LIMITS##*$'\n'}
 P2_ACHIEVED=$(echo "$P2_SENT / $P2_WALL" | bc -l)
 
 verdict() { if [ "$1" = 1 ]; then echo PASS; else echo MISS; fi; }

@@ -84,9 +84,9 @@ RESUME_EXIT=${PIPESTATUS[0]}
 set -e
 RESUME_WALL=$(echo "$EPOCHREALTIME - $t0" | bc -l)
 T0_MS=$(echo "$t0 * 1000" | bc -l | cut -d. -f1)
-FIRST_AT_SINK_MS=$(ls "$BENCH_TMP/maildir/new" | cut -d. -f1 | sort -n | head -1)
-LAST_AT_SINK_MS=$(ls "$BENCH_TMP/maildir/new" | cut -d. -f1 | sort -n | tail -1)
-RESUME_FILES=$(ls "$BENCH_TMP/maildir/new" | wc -l)
+# (one pass with awk: `sort | head -1` would die of SIGPIPE under pipefail)
+read -r RESUME_FILES FIRST_AT_SINK_MS LAST_AT_SINK_MS < <(ls "$BENCH_TMP/maildir/new" | cut -d. -f1 |
+    awk 'NR == 1 {lo = $1; hi = $1} $1 < lo {lo = $1} $1 > hi {hi = $1} END {print NR, lo, hi}')
 FIRST_AT_SINK=$(echo "($FIRST_AT_SINK_MS - $T0_MS) / 1000" | bc -l)
 FIRST_CLAIM_MS=$(sqlite3 -readonly "$DIR/.edm/state.db" "SELECT min(first_attempt_at) FROM recipients WHERE first_attempt_at >= $T0_MS")
 FIRST_CLAIM=$(echo "($FIRST_CLAIM_MS - $T0_MS) / 1000" | bc -l)
