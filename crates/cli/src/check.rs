@@ -160,3 +160,45 @@ pub fn run_preview(args: PreviewArgs) -> anyhow::Result<u8> {
         },
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edm_campaign::{Finding, ProblemGroup, ProblemKind};
+
+    #[test]
+    fn human_report_groups_counts_and_verdict() {
+        let finding = |line| Finding {
+            file: "r.csv".into(),
+            line: Some(line),
+            column: None,
+            field: Some("email".into()),
+            message: "missing @: \"x\"".into(),
+        };
+        let report = CheckReport {
+            campaign: "c".into(),
+            recipients: "r.csv".into(),
+            rows: 12,
+            sendable: 0,
+            rendered: 0,
+            render_failed: 0,
+            largest_message: None,
+            dkim: None,
+            problems: vec![ProblemGroup {
+                kind: ProblemKind::InvalidAddress,
+                severity: Severity::Warning,
+                count: 12,
+                examples: vec![finding(2), finding(3)],
+            }],
+            errors: 0,
+            warnings: 12,
+            elapsed_secs: 0.0,
+        };
+        let text = human(&report);
+        assert!(text.contains("\nwarning: invalid addresses (recorded as invalid, not sent) (12)\n  r.csv:2: email: missing @: \"x\"\n  r.csv:3: email: missing @: \"x\"\n  ... and 10 more\n"), "{text}");
+        assert!(
+            text.ends_with("\nok: sending would be clean: 0 errors, 12 warnings\n"),
+            "{text}"
+        );
+    }
+}
