@@ -78,7 +78,7 @@ list_unsubscribe = "https://acme.example/u/{{{{id}}}}"
 [smtp]
 host = "127.0.0.1"
 port = {port}
-connect_timeout = "2s"
+{connect_timeout}
 {command_timeout}
 data_timeout = "10s"
 {smtp}
@@ -93,6 +93,11 @@ max_outage = "3s"
 "#,
             port = spec.port,
             smtp = spec.smtp,
+            connect_timeout = if spec.smtp.contains("connect_timeout") {
+                ""
+            } else {
+                "connect_timeout = \"2s\""
+            },
             command_timeout = if spec.smtp.contains("command_timeout") {
                 ""
             } else {

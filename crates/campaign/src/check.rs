@@ -28,7 +28,7 @@ use edm_template::{
     Dkim, DkimAlgorithm, DkimConfig, Limits, MessageSpec, SIGNED_HEADERS, Source, Templates,
     has_unsubscribe_link,
 };
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::Error;
 use crate::config::Campaign;
@@ -830,36 +830,18 @@ pub(crate) fn read_options(c: &Campaign) -> ReadOptions {
     }
 }
 
-/// The `[dkim]` section as it will be in `campaign.toml`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DkimSection {
-    selector: String,
-    domain: String,
-    key_file: PathBuf,
-    #[serde(default)]
-    algorithm: Option<String>,
-}
-
 /// The campaign's DKIM signer, from the `[dkim]` section of `campaign.toml`
 /// (`selector`, `domain`, `key_file` relative to the campaign directory,
 /// `algorithm` = `rsa` (default) or `ed25519`); `None` without one.
 ///
-/// Reads the file itself rather than [`Config`](crate::Config), which does
-/// not have the section yet: the same keys work once it does.
 pub fn dkim_signer(c: &Campaign) -> Result<Option<Dkim>, Error> {
     let bad = |message: String| Error::Config {
         file: c.file.clone(),
         message,
     };
-    let text = std::fs::read_to_string(&c.file).map_err(|e| bad(format!("cannot read: {e}")))?;
-    let mut table: toml::Table = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
-    let Some(section) = table.remove("dkim") else {
+    let Some(section) = c.config.dkim.clone() else {
         return Ok(None);
     };
-    let section: DkimSection = section
-        .try_into()
-        .map_err(|e| bad(format!("[dkim]: {}", e.to_string().trim_end())))?;
     let algorithm = match section.algorithm.as_deref() {
         None => DkimAlgorithm::Rsa,
         Some(name) => DkimAlgorithm::parse(name).ok_or_else(|| {

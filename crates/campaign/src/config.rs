@@ -37,6 +37,24 @@ pub struct Config {
     /// `[state]`
     #[serde(default)]
     pub state: StateSection,
+    /// `[dkim]`: sign every message (see docs/preflight.md).
+    #[serde(default)]
+    pub dkim: Option<DkimSection>,
+}
+
+/// `[dkim]`: DKIM signing by edm (RFC 6376).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DkimSection {
+    /// Selector (`<selector>._domainkey.<domain>`).
+    pub selector: String,
+    /// Signing domain (d=), aligned with the From domain for DMARC.
+    pub domain: String,
+    /// PEM private key, relative to the campaign directory. Never logged.
+    pub key_file: PathBuf,
+    /// `rsa` (default, rsa-sha256) or `ed25519` (ed25519-sha256).
+    #[serde(default)]
+    pub algorithm: Option<String>,
 }
 
 /// `[campaign]`: what is sent to whom.

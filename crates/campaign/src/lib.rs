@@ -11,6 +11,8 @@
 //!   one writer thread) and into a [`Progress`] snapshot (lossy, `watch`).
 //! - `writer.rs`: the single store writer thread, batching outcomes.
 //! - `report.rs`: `edm status` and `edm report` ([`status`], [`export`]).
+//! - `check.rs`, `preview.rs`: `edm check` (every row rendered, nothing sent)
+//!   and `edm preview` (.eml files); `[dkim]` signing is set up there too.
 //!
 //! [`Progress`]: edm_model::Progress
 #![deny(missing_docs)]

@@ -1,10 +1,11 @@
 //! Before the first message: compile templates, open and lock the state,
 //! ingest the CSV once, check the input fingerprint, recover in-doubt rows.
 
+use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::path::Path;
 
-use edm_model::Status;
+use edm_model::{RecipientId, Status};
 use edm_recipients::{ReadOptions, Suppression, Verdict};
 use edm_store::{Durability, InDoubtPolicy, NewRow, Store};
 use edm_template::{Limits, MessageSpec, Source, Templates};
@@ -27,6 +28,8 @@ pub struct Prepared {
     pub in_doubt: u64,
     /// New rows added by `--accept-changes`.
     pub added: u64,
+    /// Unsent rows skipped because `--accept-changes` found them removed.
+    pub removed: u64,
 }
 
 const INGEST_BATCH: usize = 2000;
@@ -58,7 +61,11 @@ pub fn compile_templates(c: &Campaign) -> Result<Templates, Error> {
             max_line_len: c.config.limits.max_line_len,
         },
     };
-    Templates::compile(spec).map_err(|e| Error::Template(e.to_string()))
+    let templates = Templates::compile(spec).map_err(|e| Error::Template(e.to_string()))?;
+    Ok(match crate::dkim_signer(c)? {
+        Some(dkim) => templates.with_dkim(dkim),
+        None => templates,
+    })
 }
 
 fn read_options(c: &Campaign) -> ReadOptions {
@@ -158,6 +165,7 @@ pub fn prepare(
     let prints = fingerprint(c)?;
     let mut ingested = 0;
     let mut added = 0;
+    let mut skipped = 0;
     if !store.is_ingested()? {
         ingested = ingest(c, &mut store, None)?;
         for (k, v) in &prints {
@@ -180,7 +188,18 @@ pub fn prepare(
             }
             if changed.contains(&"the recipients CSV") {
                 let known = store.rows_by_email()?;
-                added = ingest(c, &mut store, Some(&known))?;
+                let mut present = HashSet::new();
+                added = ingest(c, &mut store, Some((&known, &mut present)))?;
+                // Rows no longer in the file: not sent any more, and said so.
+                let removed: Vec<_> = known
+                    .iter()
+                    .filter(|(email, (_, st))| {
+                        !present.contains(*email)
+                            && matches!(st, Status::Pending | Status::Deferred | Status::InDoubt)
+                    })
+                    .map(|(_, (id, _))| *id)
+                    .collect();
+                skipped = store.skip_unsent(&removed, "removed from the recipients file")?;
             }
             for (k, v) in &prints {
                 store.set_meta(k, v)?;
@@ -189,7 +208,7 @@ pub fn prepare(
                 edm_model::now_ms(),
                 "inputs_changed",
                 &format!(
-                    "accepted changes to {}; {added} new recipients",
+                    "accepted changes to {}; {added} new recipients, {skipped} removed ones skipped",
                     changed.join(", ")
                 ),
             )?;
@@ -217,16 +236,19 @@ pub fn prepare(
         ingested,
         in_doubt: in_doubt_count,
         added,
+        removed: skipped,
     })
 }
 
 /// Streams the CSV into the store in batches. With `known`, only addresses
 /// not already in the store are added (accepting a changed CSV).
-fn ingest(
-    c: &Campaign,
-    store: &mut Store,
-    known: Option<&std::collections::HashMap<String, (edm_model::RecipientId, Status)>>,
-) -> Result<u64, Error> {
+/// Addresses already in the store, and the set of addresses the file still has.
+type Known<'a> = (
+    &'a HashMap<String, (RecipientId, Status)>,
+    &'a mut HashSet<String>,
+);
+
+fn ingest(c: &Campaign, store: &mut Store, mut known: Option<Known<'_>>) -> Result<u64, Error> {
     let supp = suppression(c)?;
     let path = c.path(&c.config.campaign.recipients);
     let rows = edm_recipients::open(&path, &read_options(c), supp.as_ref())?;
@@ -235,10 +257,13 @@ fn ingest(
     let mut n = 0u64;
     for row in rows {
         let row = row?;
-        if let Some(known) = known
-            && known.contains_key(&edm_recipients::normalize(&row.email))
-        {
-            continue;
+        if let Some((known, present)) = known.as_mut() {
+            let norm = edm_recipients::normalize(&row.email);
+            let seen = known.contains_key(&norm);
+            present.insert(norm);
+            if seen {
+                continue;
+            }
         }
         let (status, category, reason, duplicate_of) = match row.verdict {
             Verdict::Valid => (Status::Pending, None, None, None),

@@ -393,10 +393,10 @@ fn key_file(name: &str) -> PathBuf {
 /// `Config` does not know `[dkim]` yet, so the section is appended after
 /// loading: `dkim_signer` reads the file itself.
 fn with_dkim(f: &Fixture, section: &str) -> CheckReport {
-    let c = f.campaign();
     let mut text = std::fs::read_to_string(f.path("campaign.toml")).unwrap();
     text.push_str(section);
     std::fs::write(f.path("campaign.toml"), text).unwrap();
+    let c = f.campaign();
     check(&c, &CheckOptions::default()).unwrap()
 }
 
@@ -519,10 +519,10 @@ fn preview_writes_messages_that_parse_back() {
 fn preview_signs_when_dkim_is_set() {
     let f = Fixture::new();
     std::fs::copy(key_file("ed25519.pem"), f.path("dkim.pem")).unwrap();
-    let c = f.campaign();
     let mut text = std::fs::read_to_string(f.path("campaign.toml")).unwrap();
     text.push_str("\n[dkim]\nselector = \"s1\"\ndomain = \"acme.example\"\nkey_file = \"dkim.pem\"\nalgorithm = \"ed25519\"\n");
     std::fs::write(f.path("campaign.toml"), text).unwrap();
+    let c = f.campaign();
     let report = preview(
         &c,
         &PreviewOptions {

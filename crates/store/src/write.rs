@@ -337,6 +337,35 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Marks recipients `skipped` with a reason, if they are not final and not
+    /// being sent (pending, deferred, in doubt): for rows removed from a
+    /// changed recipients file. Returns how many rows changed.
+    pub fn skip_unsent(&mut self, ids: &[RecipientId], reason: &str) -> Result<u64> {
+        let path = self.path.clone();
+        let now = edm_model::now_ms();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .at(&path)?;
+        let mut n = 0;
+        {
+            let mut st = tx
+                .prepare_cached(
+                    "UPDATE recipients SET status = 'skipped', reply = ?2, category = NULL,
+                         next_attempt_at = NULL, updated_at = ?3
+                     WHERE id = ?1 AND status IN ('pending', 'deferred', 'in_doubt')",
+                )
+                .at(&path)?;
+            for id in ids {
+                n += st.execute(params![id.0, reason, now]).at(&path)?;
+            }
+        }
+        tx.commit().at(&path)?;
+        Ok(n as u64)
+    }
+}
+
 /// `?a, ?a+1, ...` for `n` parameters starting at index `first`.
 pub(crate) fn placeholders(first: usize, n: usize) -> String {
     (first..first + n)
