@@ -33,7 +33,7 @@ bench_init() {
     BENCH_TMP=$(mktemp -d "/tmp/edm-bench-$1.XXXXXX")
     trap bench_cleanup EXIT
     set -o errtrace
-    trap 'echo "error: ${BASH_SOURCE[0]}:$LINENO: \"$BASH_COMMAND\" failed (status $?)" >&2' ERR
+    trap '[[ $- == *e* ]] && echo "error: ${BASH_SOURCE[0]}:$LINENO: \"$BASH_COMMAND\" failed (status $?)" >&2' ERR
     trap 'exit 130' INT TERM
     local src=${EDM:-$BENCH_ROOT/target/release/edm}
     if [ ! -x "$src" ]; then
@@ -45,12 +45,14 @@ bench_init() {
     if [ -x /usr/bin/time ]; then TIME_BIN=/usr/bin/time; else TIME_BIN=""; fi
 }
 
-# free_port: a random unused loopback TCP port.
+# free_port: a random TCP port that no socket uses, below the kernel's
+# ephemeral range (so no outgoing connection grabs it before we bind).
 free_port() {
-    local p i
+    local p i lo
+    lo=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range)
     for i in $(seq 1 200); do
-        p=$(shuf -i 20000-59999 -n 1)
-        if [ -z "$(ss -Htln "sport = :$p")" ]; then
+        p=$(shuf -i 10000-$((lo - 1)) -n 1)
+        if [ -z "$(ss -Htan "sport = :$p")" ]; then
             echo "$p"
             return 0
         fi
@@ -59,14 +61,17 @@ free_port() {
     return 1
 }
 
-# wait_port PORT [SECONDS]: until something listens on 127.0.0.1:PORT.
+# wait_port PORT LOG [SECONDS]: until something listens on 127.0.0.1:PORT;
+# fails (showing LOG) if the server SINK_PID died or never listened.
 wait_port() {
-    local port=$1 limit=${2:-10} i
+    local port=$1 log=$2 limit=${3:-10} i
     for i in $(seq 1 $((limit * 20))); do
         if [ -n "$(ss -Htln "sport = :$port")" ]; then return 0; fi
+        kill -0 "$SINK_PID" 2>/dev/null || break
         sleep 0.05
     done
-    echo "nothing listens on port $port after ${limit}s" >&2
+    echo "nothing listens on port $port (server pid $SINK_PID); its log:" >&2
+    cat "$log" >&2
     return 1
 }
 
@@ -80,7 +85,7 @@ start_smtp_sink() {
     /usr/sbin/smtp-sink "${user[@]}" "$@" 127.0.0.1:"$port" 1024 >"$log" 2>&1 &
     SINK_PID=$!
     BENCH_PIDS+=("$SINK_PID")
-    wait_port "$port"
+    wait_port "$port" "$log"
 }
 
 # start_edm_sink PORT LOGFILE [edm sink flags...]: edm's own sink; sets SINK_PID.
@@ -90,7 +95,7 @@ start_edm_sink() {
     "$EDM_BIN" sink --listen 127.0.0.1:"$port" "$@" >"$log" 2>&1 &
     SINK_PID=$!
     BENCH_PIDS+=("$SINK_PID")
-    wait_port "$port"
+    wait_port "$port" "$log"
 }
 
 # stop_pid PID: stop one server we started.
