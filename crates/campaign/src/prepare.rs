@@ -8,7 +8,7 @@ use std::path::Path;
 use edm_model::{RecipientId, Status};
 use edm_recipients::{ReadOptions, Suppression, Verdict};
 use edm_store::{Durability, InDoubtPolicy, NewRow, Store};
-use edm_template::{Limits, MessageSpec, Source, Templates};
+use edm_template::Templates;
 use sha2::{Digest, Sha256};
 
 use crate::Error;
@@ -36,31 +36,8 @@ const INGEST_BATCH: usize = 2000;
 
 /// Compiles the campaign's templates (no state touched).
 pub fn compile_templates(c: &Campaign) -> Result<Templates, Error> {
-    let cfg = &c.config.campaign;
-    let read = |p: &Path| -> Result<Source, Error> {
-        let path = c.path(p);
-        let body = std::fs::read_to_string(&path).map_err(|e| Error::Config {
-            file: c.file.clone(),
-            message: format!("template {}: {e}", path.display()),
-        })?;
-        Ok(Source {
-            name: path.display().to_string(),
-            body,
-        })
-    };
-    let spec = MessageSpec {
-        campaign: cfg.name.clone(),
-        from: cfg.from.clone(),
-        reply_to: cfg.reply_to.clone(),
-        subject: cfg.subject.clone(),
-        html: cfg.html.as_deref().map(read).transpose()?,
-        text: cfg.text.as_deref().map(read).transpose()?,
-        list_unsubscribe: cfg.list_unsubscribe.clone(),
-        limits: Limits {
-            max_message_bytes: c.config.limits.max_message_bytes,
-            max_line_len: c.config.limits.max_line_len,
-        },
-    };
+    // One description of the message, shared with `edm check` and `edm preview`.
+    let spec = crate::check::message_spec(c).map_err(|f| Error::Template(f.to_string()))?;
     let templates = Templates::compile(spec).map_err(|e| Error::Template(e.to_string()))?;
     Ok(match crate::dkim_signer(c)? {
         Some(dkim) => templates.with_dkim(dkim),

@@ -87,6 +87,20 @@ impl Writer {
         }
     }
 
+    /// Sends a request and waits for its answer.
+    async fn ask<T>(
+        &self,
+        msg: impl FnOnce(oneshot::Sender<Result<T, edm_store::Error>>) -> Msg,
+    ) -> Result<T, String> {
+        let (reply, rx) = oneshot::channel();
+        let gone = || "the store writer stopped".to_string();
+        self.tx.send(msg(reply)).await.map_err(|_| gone())?;
+        match rx.await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err(gone()),
+        }
+    }
+
     /// Asks for a batch of recipients to send (committing earlier outcomes
     /// first), at most `max_due` of them deferred ones (the retry budget).
     pub async fn claim(
@@ -95,49 +109,23 @@ impl Writer {
         max_due: usize,
         now: UnixMillis,
     ) -> Result<Vec<Recipient>, String> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Msg::Claim {
-                limit,
-                max_due,
-                now,
-                reply,
-            })
-            .await
-            .map_err(|_| "the store writer stopped".to_string())?;
-        match rx.await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("the store writer stopped".into()),
-        }
+        self.ask(|reply| Msg::Claim {
+            limit,
+            max_due,
+            now,
+            reply,
+        })
+        .await
     }
 
     /// The current counts (after committing everything sent before).
     pub async fn summary(&self) -> Result<Summary, String> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Msg::Summary(reply))
-            .await
-            .map_err(|_| "the store writer stopped".to_string())?;
-        match rx.await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("the store writer stopped".into()),
-        }
+        self.ask(Msg::Summary).await
     }
 
     /// Messages sent since `since` (for the daily quota), after committing.
     pub async fn sent_since(&self, since: UnixMillis) -> Result<u64, String> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Msg::SentSince { since, reply })
-            .await
-            .map_err(|_| "the store writer stopped".to_string())?;
-        match rx.await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("the store writer stopped".into()),
-        }
+        self.ask(|reply| Msg::SentSince { since, reply }).await
     }
 
     /// Records an outcome (never dropped: waits for room).

@@ -190,6 +190,35 @@ impl Shared {
         let _ = self.stop.send(true);
     }
 
+    /// A success anywhere closes the breaker; says so if it was open.
+    async fn breaker_success(&self) {
+        let was_open = self
+            .breaker
+            .lock()
+            .map(|mut b| b.success())
+            .unwrap_or(false);
+        if was_open {
+            self.emit(DeliveryEvent::Notice(Notice::BreakerClosed))
+                .await;
+        }
+    }
+
+    /// A failure about the server; says so when it opens the breaker.
+    async fn breaker_failure(&self, failure: &Failure) -> Trip {
+        let trip = self
+            .breaker
+            .lock()
+            .map(|mut b| b.failure(Instant::now()))
+            .unwrap_or(Trip::Open);
+        if trip == Trip::Opened {
+            self.emit(DeliveryEvent::Notice(Notice::BreakerOpen {
+                reason: failure.to_string(),
+            }))
+            .await;
+        }
+        trip
+    }
+
     /// Notes a finished transaction.
     fn completed(&self, now: Instant) {
         if let Ok(mut c) = self.completions.lock() {
@@ -458,16 +487,7 @@ async fn worker(id: usize, shared: Arc<Shared>) {
                     session = Some(s);
                     reconnects = 0;
                     shared.connections.fetch_add(1, Ordering::Relaxed);
-                    let was_open = shared
-                        .breaker
-                        .lock()
-                        .map(|mut b| b.success())
-                        .unwrap_or(false);
-                    if was_open {
-                        shared
-                            .emit(DeliveryEvent::Notice(Notice::BreakerClosed))
-                            .await;
-                    }
+                    shared.breaker_success().await;
                     tracing::debug!(worker = id, "connected");
                 }
                 Err(f) => {
@@ -482,25 +502,10 @@ async fn worker(id: usize, shared: Arc<Shared>) {
                         shared.emit(DeliveryEvent::Returned { id: env.id }).await;
                         break 'jobs;
                     }
-                    let trip = shared
-                        .breaker
-                        .lock()
-                        .map(|mut b| b.failure(Instant::now()))
-                        .unwrap_or(Trip::Open);
-                    match trip {
-                        Trip::Opened => {
-                            shared
-                                .emit(DeliveryEvent::Notice(Notice::BreakerOpen {
-                                    reason: f.to_string(),
-                                }))
-                                .await;
-                        }
-                        Trip::GiveUp => {
-                            shared.stop_with(EngineEnd::Outage(f));
-                            shared.emit(DeliveryEvent::Returned { id: env.id }).await;
-                            break 'jobs;
-                        }
-                        Trip::Closed | Trip::Open => {}
+                    if shared.breaker_failure(&f).await == Trip::GiveUp {
+                        shared.stop_with(EngineEnd::Outage(f));
+                        shared.emit(DeliveryEvent::Returned { id: env.id }).await;
+                        break 'jobs;
                     }
                     reconnects += 1;
                     let wait = reconnect_delay(reconnects);
@@ -544,16 +549,7 @@ async fn worker(id: usize, shared: Arc<Shared>) {
         shared.completed(Instant::now());
         match result {
             Ok(reply) => {
-                let was_open = shared
-                    .breaker
-                    .lock()
-                    .map(|mut b| b.success())
-                    .unwrap_or(false);
-                if was_open {
-                    shared
-                        .emit(DeliveryEvent::Notice(Notice::BreakerClosed))
-                        .await;
-                }
+                shared.breaker_success().await;
                 shared
                     .emit(DeliveryEvent::Accepted { id: env.id, reply })
                     .await;
@@ -626,36 +622,12 @@ async fn react(shared: &Shared, failure: &Failure) {
             }
         }
         c if c.trips_breaker() => {
-            let trip = shared
-                .breaker
-                .lock()
-                .map(|mut b| b.failure(now))
-                .unwrap_or(Trip::Open);
-            match trip {
-                Trip::Opened => {
-                    shared
-                        .emit(DeliveryEvent::Notice(Notice::BreakerOpen {
-                            reason: failure.to_string(),
-                        }))
-                        .await;
-                }
-                Trip::GiveUp => shared.stop_with(EngineEnd::Outage(failure.clone())),
-                Trip::Closed | Trip::Open => {}
+            if shared.breaker_failure(failure).await == Trip::GiveUp {
+                shared.stop_with(EngineEnd::Outage(failure.clone()));
             }
         }
         // The server answered about one recipient: it works.
-        _ => {
-            let was_open = shared
-                .breaker
-                .lock()
-                .map(|mut b| b.success())
-                .unwrap_or(false);
-            if was_open {
-                shared
-                    .emit(DeliveryEvent::Notice(Notice::BreakerClosed))
-                    .await;
-            }
-        }
+        _ => shared.breaker_success().await,
     }
 }
 
