@@ -8,6 +8,7 @@
 //! - `failures`: one test per failure category and provider dialect.
 //! - `crash`: SIGKILL at random moments, resume, compare Maildir and DB.
 //! - `postfix`: postfix `smtp-sink` as an independent server.
+//! - `preflight`: before the campaign: `edm send --test-to`.
 //! - `tui`: the dashboard in tmux.
 
 mod harness;
@@ -15,5 +16,6 @@ mod harness;
 mod crash;
 mod failures;
 mod postfix;
+mod preflight;
 mod send;
 mod tui;

@@ -13,6 +13,8 @@
 //! - `report.rs`: `edm status` and `edm report` ([`status`], [`export`]).
 //! - `check.rs`, `preview.rs`: `edm check` (every row rendered, nothing sent)
 //!   and `edm preview` (.eml files); `[dkim]` signing is set up there too.
+//! - `test_send.rs`: `edm send --test-to` ([`test_send`]): sample messages
+//!   sent to one address through the relay, the state never touched.
 //!
 //! [`Progress`]: edm_model::Progress
 #![deny(missing_docs)]
@@ -23,6 +25,7 @@ mod prepare;
 mod preview;
 mod report;
 mod send;
+mod test_send;
 mod writer;
 
 use std::path::PathBuf;
@@ -37,6 +40,9 @@ pub use prepare::{Prepared, prepare};
 pub use preview::{PreviewFile, PreviewOptions, PreviewReport, preview, preview_path};
 pub use report::{ReportFormat, ReportKind, StatusReport, export, retry, status, watch_progress};
 pub use send::{Run, RunEnd, RunReport, SendOptions, start_send};
+pub use test_send::{
+    TEST_PREFIX, TestMessage, TestOutcome, TestSendOptions, TestSendReport, test_send,
+};
 
 /// Everything that can stop a campaign from running (as opposed to a
 /// recipient failing, which is data in the store).

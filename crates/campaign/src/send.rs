@@ -199,7 +199,11 @@ impl Shared {
     }
 }
 
-fn delivery_config(c: &Campaign, opts: &SendOptions, password: Option<String>) -> DeliveryConfig {
+pub(crate) fn delivery_config(
+    c: &Campaign,
+    opts: &SendOptions,
+    password: Option<String>,
+) -> DeliveryConfig {
     let s = &c.config.smtp;
     let (host, port) = opts
         .relay

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use edm_campaign::{Campaign, InDoubtPolicy, RunReport, SendOptions};
+use edm_campaign::{Campaign, InDoubtPolicy, RunReport, SendOptions, TestOutcome, TestSendOptions};
 use edm_model::Control;
 
 use crate::progress;
@@ -38,6 +38,16 @@ pub struct SendArgs {
     /// Wait within this run for retries due at most this many seconds ahead.
     #[arg(long, default_value_t = 120)]
     pub max_retry_wait: u64,
+    /// Test send: render sample recipients and send them all to ADDR
+    /// (the campaign's state is not touched).
+    #[arg(long, value_name = "ADDR")]
+    pub test_to: Option<String>,
+    /// With --test-to: how many sample recipients (the first valid rows).
+    #[arg(long, value_name = "N", default_value_t = 3, requires = "test_to")]
+    pub sample: usize,
+    /// With --test-to: do not prefix subjects with "[TEST] ".
+    #[arg(long, requires = "test_to")]
+    pub no_prefix: bool,
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -68,6 +78,9 @@ impl SendArgs {
 
 pub fn run(args: SendArgs) -> anyhow::Result<u8> {
     let campaign = Campaign::load(&args.dir)?;
+    if let Some(to) = &args.test_to {
+        return test_send(&campaign, to, &args);
+    }
     let tui = !args.no_tui && progress::stdout_is_terminal();
     let state = args.state.clone().unwrap_or_else(|| campaign.state_path());
     let log = state.with_extension("log");
@@ -82,6 +95,45 @@ pub fn run(args: SendArgs) -> anyhow::Result<u8> {
     let rt = crate::runtime()?;
     let report = rt.block_on(send(campaign, args.options(), tui, &args.dir))?;
     progress::print_report(&args.dir, &report);
+    Ok(report.exit_code())
+}
+
+/// `edm send --test-to ADDR`: prints one line per sample message.
+fn test_send(campaign: &Campaign, to: &str, args: &SendArgs) -> anyhow::Result<u8> {
+    progress::init_logging(None, false);
+    let opts = TestSendOptions {
+        sample: args.sample,
+        prefix: !args.no_prefix,
+        ..TestSendOptions::new(to)
+    };
+    let rt = crate::runtime()?;
+    let report = rt
+        .block_on(edm_campaign::test_send(campaign, &opts))
+        .context("cannot run the test send")?;
+    for m in &report.messages {
+        let what = match &m.outcome {
+            TestOutcome::Accepted { reply } => format!("accepted: {reply}"),
+            TestOutcome::Failed { failure } => format!("FAILED: {failure}"),
+            TestOutcome::NotSent { reason } => format!("NOT SENT: {reason}"),
+        };
+        println!(
+            "line {} ({}) -> {}: {:?}: {what}",
+            m.line, m.recipient, report.to, m.subject
+        );
+    }
+    let accepted = report
+        .messages
+        .iter()
+        .filter(|m| matches!(m.outcome, TestOutcome::Accepted { .. }))
+        .count();
+    println!(
+        "test send: {accepted} of {} sample messages accepted for {}",
+        report.messages.len(),
+        report.to
+    );
+    if let Some(f) = &report.relay_failure {
+        eprintln!("edm: the relay could not be used: {f}");
+    }
     Ok(report.exit_code())
 }
 

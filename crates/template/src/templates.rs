@@ -156,14 +156,49 @@ impl Templates {
         columns: &[String],
         recipient: &Recipient,
     ) -> Result<Rendered, Failure> {
+        self.render_with(columns, recipient, None)
+    }
+
+    /// Renders a test copy of one recipient's message for another address
+    /// (`edm send --test-to`): the templates see the recipient's row as
+    /// usual, but the To header and RCPT TO are `to`, the subject starts
+    /// with `subject_prefix`, and the Message-ID is the recipient's with
+    /// `.test` added to its left part, so it is deterministic and never
+    /// collides with the real message's.
+    pub fn render_to(
+        &self,
+        columns: &[String],
+        recipient: &Recipient,
+        to: &str,
+        subject_prefix: &str,
+    ) -> Result<Rendered, Failure> {
+        self.render_with(
+            columns,
+            recipient,
+            Some(TestCopy {
+                to: to.trim(),
+                subject_prefix,
+            }),
+        )
+    }
+
+    fn render_with(
+        &self,
+        columns: &[String],
+        recipient: &Recipient,
+        test: Option<TestCopy<'_>>,
+    ) -> Result<Rendered, Failure> {
         let line = recipient.line;
         let email = recipient.email.trim();
-        if let Some(reason) = unsafe_recipient(email) {
-            return Err(Failure::local(
-                Stage::Render,
-                Category::InvalidAddress,
-                format!("line {line}: {reason}: {email:?}"),
-            ));
+        let to = test.as_ref().map_or(email, |t| t.to);
+        for address in [email, to] {
+            if let Some(reason) = unsafe_recipient(address) {
+                return Err(Failure::local(
+                    Stage::Render,
+                    Category::InvalidAddress,
+                    format!("line {line}: {reason}: {address:?}"),
+                ));
+            }
         }
 
         let ctx = context(columns, recipient, email);
@@ -172,7 +207,10 @@ impl Templates {
                 .render_with_context(name, &ctx)
                 .map_err(|e| self.render_failure(line, name, &e))
         };
-        let subject = one_line(render(&self.plain, SUBJECT)?);
+        let mut subject = one_line(render(&self.plain, SUBJECT)?);
+        if let Some(t) = &test {
+            subject.insert_str(0, &one_line(t.subject_prefix.to_owned()));
+        }
         let text = match self.text_label {
             Some(_) => Some(render(&self.plain, TEXT)?),
             None => None,
@@ -186,10 +224,15 @@ impl Templates {
             false => None,
         };
 
-        let message_id = self.message_ids.for_recipient(email);
+        let mut message_id = self.message_ids.for_recipient(email);
+        if test.is_some()
+            && let Some(at) = message_id.rfind('@')
+        {
+            message_id.insert_str(at, ".test");
+        }
         let mut builder = MessageBuilder::new()
             .from(mailbox(&self.from))
-            .to(Address::new_address(None::<&str>, email))
+            .to(Address::new_address(None::<&str>, to))
             .subject(subject.as_str())
             .message_id(message_id.as_str());
         if let Some(reply_to) = &self.reply_to {
@@ -241,8 +284,8 @@ impl Templates {
         let envelope = Envelope {
             id: recipient.id,
             mail_from: self.from.address.clone(),
-            rcpt_to: email.to_owned(),
-            domain: domain_of(email),
+            rcpt_to: to.to_owned(),
+            domain: domain_of(to),
             message_id,
             body,
         };
@@ -279,6 +322,12 @@ impl Templates {
             _ => name,
         }
     }
+}
+
+/// Where a test copy goes instead of the recipient ([`Templates::render_to`]).
+struct TestCopy<'a> {
+    to: &'a str,
+    subject_prefix: &'a str,
 }
 
 fn registry() -> Handlebars<'static> {

@@ -229,6 +229,52 @@ mod headers {
     }
 
     #[test]
+    fn test_copy_goes_to_another_address_with_a_prefix_and_its_own_id() {
+        let templates = Templates::compile(text_spec()).unwrap();
+        let real = templates.render(&columns(), &ann()).unwrap();
+        let test = templates
+            .render_to(&columns(), &ann(), "qa@acme.example", "[TEST] ")
+            .unwrap();
+        let again = templates
+            .render_to(&columns(), &ann(), "qa@acme.example", "[TEST] ")
+            .unwrap();
+        assert_eq!(test.envelope.rcpt_to, "qa@acme.example");
+        assert_eq!(test.envelope.domain, "acme.example");
+        assert_eq!(test.subject, "[TEST] Hello Ann");
+        let msg = parse(&test.envelope);
+        let to = msg.to().unwrap().first().unwrap();
+        assert_eq!(to.address(), Some("qa@acme.example"));
+        assert_eq!(msg.subject(), Some("[TEST] Hello Ann"));
+        // The body is still the recipient's.
+        assert!(msg.body_text(0).unwrap().contains("Hi Ann"));
+        // Deterministic, and never the real message's id.
+        assert_eq!(test.envelope.message_id, again.envelope.message_id);
+        assert_ne!(test.envelope.message_id, real.message_id);
+        assert!(
+            test.envelope
+                .message_id
+                .ends_with(".spring-sale.test@acme.example"),
+            "{}",
+            test.envelope.message_id
+        );
+        assert_eq!(msg.message_id(), Some(test.envelope.message_id.as_str()));
+        // No prefix when asked; a bad test address is refused.
+        let plain = templates
+            .render_to(&columns(), &ann(), "qa@acme.example", "")
+            .unwrap();
+        assert_eq!(plain.subject, "Hello Ann");
+        let bad = templates
+            .render_to(
+                &columns(),
+                &ann(),
+                "qa@acme.example\r\nBcc: x@evil.example",
+                "",
+            )
+            .unwrap_err();
+        assert_eq!(bad.category, Category::InvalidAddress);
+    }
+
+    #[test]
     fn list_unsubscribe_https_gets_one_click() {
         let spec = MessageSpec {
             list_unsubscribe: Some("https://acme.example/u?e={{email}}&c=1".to_owned()),
