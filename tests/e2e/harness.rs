@@ -14,6 +14,10 @@ pub const EDM: &str = env!("CARGO_BIN_EXE_edm");
 pub struct TestCampaign {
     pub tmp: tempfile::TempDir,
     pub dir: PathBuf,
+    /// `EDM_HOME` for every `edm` run (the shared suppression list lives
+    /// there): in the temp dir, never the user's own. Tests that share
+    /// one between campaigns set it.
+    pub home: PathBuf,
 }
 
 /// Options for [`TestCampaign::new`].
@@ -107,7 +111,8 @@ max_outage = "3s"
             extra = spec.extra,
         );
         std::fs::write(dir.join("campaign.toml"), toml).unwrap();
-        TestCampaign { tmp, dir }
+        let home = tmp.path().join("edm-home");
+        TestCampaign { tmp, dir, home }
     }
 
     pub fn path(&self) -> &Path {
@@ -120,6 +125,7 @@ max_outage = "3s"
         cmd.arg(sub)
             .arg(&self.dir)
             .args(args)
+            .env("EDM_HOME", &self.home)
             .env("EDM_LOG", "warn");
         let out = cmd.output().expect("running edm");
         eprintln!(
@@ -145,6 +151,7 @@ max_outage = "3s"
             .arg(&self.dir)
             .arg("--no-tui")
             .args(args)
+            .env("EDM_HOME", &self.home)
             .env("EDM_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())

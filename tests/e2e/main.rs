@@ -9,6 +9,7 @@
 //! - `crash`: SIGKILL at random moments, resume, compare Maildir and DB.
 //! - `postfix`: postfix `smtp-sink` as an independent server.
 //! - `preflight`: before the campaign: `edm send --test-to`.
+//! - `suppress`: the shared suppression list, `edm suppress`.
 //! - `tui`: the dashboard in tmux.
 
 mod harness;
@@ -18,4 +19,5 @@ mod failures;
 mod postfix;
 mod preflight;
 mod send;
+mod suppress;
 mod tui;

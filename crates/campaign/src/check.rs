@@ -23,7 +23,7 @@ use std::sync::{Mutex, mpsc};
 use std::time::Instant;
 
 use edm_model::{Category, Failure, Recipient, RecipientId, domain_of};
-use edm_recipients::{ReadOptions, Suppression, Verdict};
+use edm_recipients::{ReadOptions, Verdict};
 use edm_template::{
     Dkim, DkimAlgorithm, DkimConfig, Limits, MessageSpec, SIGNED_HEADERS, Source, Templates,
     has_unsubscribe_link,
@@ -398,15 +398,20 @@ pub fn check(c: &Campaign, opts: &CheckOptions) -> Result<CheckReport, Error> {
     let dkim_overhead = dkim.as_ref().map_or(0, signature_overhead);
 
     let csv_path = c.path(&cfg.recipients);
-    let suppression = match &cfg.suppression {
-        Some(p) => match Suppression::load(&c.path(p)) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tally.add(ProblemKind::SuppressionFile, recipients_finding(&e));
-                None
-            }
-        },
-        None => None,
+    // The campaign's list and the shared one, as ingest merges them.
+    let suppression = match crate::suppress::campaign_suppression(c) {
+        Ok(s) => s,
+        Err(Error::Recipients(e)) => {
+            tally.add(ProblemKind::SuppressionFile, recipients_finding(&e));
+            None
+        }
+        Err(e) => {
+            tally.add(
+                ProblemKind::SuppressionFile,
+                Finding::new(&c.file, e.to_string()),
+            );
+            None
+        }
     };
 
     let mut counts = Counts::default();

@@ -84,6 +84,14 @@ pub struct CampaignSection {
     pub list_unsubscribe: Option<String>,
     /// Suppression file (CSV with an email column, or one address a line).
     pub suppression: Option<PathBuf>,
+    /// Add addresses that bounce as `recipient_unknown` to the shared
+    /// suppression list at the end of each run.
+    #[serde(default = "yes")]
+    pub auto_suppress: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_email_column() -> String {

@@ -13,6 +13,9 @@
 //! - `report.rs`: `edm status` and `edm report` ([`status`], [`export`]).
 //! - `check.rs`, `preview.rs`: `edm check` (every row rendered, nothing sent)
 //!   and `edm preview` (.eml files); `[dkim]` signing is set up there too.
+//! - `suppress.rs`: the shared suppression list ([`SharedSuppression`],
+//!   `edm suppress`), merged into ingest and fed by `recipient_unknown`
+//!   bounces at the end of each run.
 //! - `test_send.rs`: `edm send --test-to` ([`test_send`]): sample messages
 //!   sent to one address through the relay, the state never touched.
 //!
@@ -25,6 +28,7 @@ mod prepare;
 mod preview;
 mod report;
 mod send;
+mod suppress;
 mod test_send;
 mod writer;
 
@@ -35,11 +39,15 @@ pub use check::{
     dkim_signer,
 };
 pub use config::{Campaign, Config, DurabilityName, SecurityName};
+pub use edm_recipients::validate as validate_address;
 pub use edm_store::{InDoubtPolicy, Summary};
 pub use prepare::{Prepared, prepare};
 pub use preview::{PreviewFile, PreviewOptions, PreviewReport, preview, preview_path};
 pub use report::{ReportFormat, ReportKind, StatusReport, export, retry, status, watch_progress};
 pub use send::{Run, RunEnd, RunReport, SendOptions, start_send};
+pub use suppress::{
+    Added, SHARED_SUPPRESSION_FILE, SharedSuppression, SuppressedAddress, edm_home, read_import,
+};
 pub use test_send::{
     TEST_PREFIX, TestMessage, TestOutcome, TestSendOptions, TestSendReport, test_send,
 };

@@ -57,13 +57,9 @@ fn read_options(c: &Campaign) -> ReadOptions {
     }
 }
 
+/// The campaign's suppression file and the shared list (`suppress.rs`), merged.
 fn suppression(c: &Campaign) -> Result<Option<Suppression>, Error> {
-    c.config
-        .campaign
-        .suppression
-        .as_ref()
-        .map(|p| Suppression::load(&c.path(p)).map_err(Error::from))
-        .transpose()
+    crate::suppress::campaign_suppression(c)
 }
 
 /// Hashes of what changes the messages: the CSV, the templates, the sender.

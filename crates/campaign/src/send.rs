@@ -431,6 +431,7 @@ async fn run(
         message: e,
     })?;
     let summary = store.summary()?;
+    crate::suppress::after_run(&campaign, &store, progress_tx.borrow().started_at);
     let end = match (engine_end, store_failed, feed_end) {
         (EngineEnd::AuthRefused(f), _, _) => RunEnd::AuthRefused(f),
         (EngineEnd::Outage(f), _, _) => RunEnd::Outage(f),

@@ -7,6 +7,7 @@ mod check;
 mod demo;
 mod progress;
 mod send;
+mod suppress;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -108,6 +109,9 @@ enum Command {
     Check(check::CheckArgs),
     /// Write chosen recipients' rendered messages as .eml files.
     Preview(check::PreviewArgs),
+    /// The suppression list shared by every campaign ($EDM_HOME/suppression.csv).
+    #[command(subcommand)]
+    Suppress(suppress::SuppressCommand),
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -140,6 +144,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Demo(args) => demo::run(args),
         Command::Check(args) => check::run_check(args),
         Command::Preview(args) => check::run_preview(args),
+        Command::Suppress(command) => suppress::run(command),
         Command::Status { dir, json, state } => {
             progress::init_logging(None, true);
             let c = Campaign::load(&dir)?;

@@ -88,6 +88,23 @@ impl Suppression {
     pub fn is_empty(&self) -> bool {
         self.set.is_empty()
     }
+
+    /// The addresses, normalised (trimmed, lower-cased), in no order.
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.set.iter().map(String::as_str)
+    }
+
+    /// Every address of both sets (a campaign's list and the shared one).
+    pub fn union(&self, other: &Suppression) -> Suppression {
+        if other.is_empty() {
+            return self.clone();
+        }
+        if self.is_empty() {
+            return other.clone();
+        }
+        let set = self.set.union(&other.set).cloned().collect();
+        Suppression { set: Arc::new(set) }
+    }
 }
 
 /// The first line that is neither blank nor a `#` comment, as text.
@@ -207,5 +224,28 @@ impl<'p, R: BufRead> Lines<'p, R> {
             valid_up_to: e.valid_up_to(),
         })?;
         Ok(Some(text.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn union_holds_both_sets() {
+        let a = Suppression::from_addresses(["Ann@example.com", "bob@example.com"]);
+        let b = Suppression::from_addresses(["BOB@example.com ", "carl@example.com"]);
+        let u = a.union(&b);
+        assert_eq!(u.len(), 3);
+        assert!(u.contains("carl@EXAMPLE.com"));
+        assert!(u.contains("ann@example.com"));
+        let mut all: Vec<&str> = u.iter().collect();
+        all.sort();
+        assert_eq!(
+            all,
+            ["ann@example.com", "bob@example.com", "carl@example.com"]
+        );
+        assert_eq!(Suppression::default().union(&b).len(), 2);
+        assert_eq!(a.union(&Suppression::default()).len(), 2);
     }
 }
