@@ -39,6 +39,14 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// An attachment for every recipient breaks a limit.
+    #[error("{path}: {reason}")]
+    Attachment {
+        /// The file (or `[campaign] attachments` for the total).
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// Neither an HTML nor a text body was given.
     #[error("a message needs an HTML or a text body, and neither is set")]
     NoBody,

@@ -17,6 +17,8 @@
 //!   [`Dkim`] signer (RSA-SHA256 or Ed25519-SHA256, relaxed/relaxed, covering
 //!   [`SIGNED_HEADERS`], List-Unsubscribe and List-Unsubscribe-Post included
 //!   as RFC 8058 requires).
+//! - [`Templates::with_attachments`] attaches files to every message, and a
+//!   file named by a CSV column to each recipient's ([`Attachments`]).
 //!
 //! # Escaping and injection
 //! The HTML body is HTML-escaped (`{{{raw}}}` opts out); the subject, text
@@ -31,6 +33,8 @@
 //! - `address.rs`: From / Reply-To parsing, the recipient address guard.
 //! - `message_id.rs`: deterministic Message-IDs.
 //! - `preflight.rs`: size and line-length checks.
+//! - `attachment.rs`: [`Attachments`]: files for everyone and per recipient,
+//!   their [`AttachmentLimits`].
 //! - `dkim.rs`: [`Dkim`], the DKIM signer ([`DkimConfig`]).
 //! - `lint.rs`: content checks for `edm check` ([`has_unsubscribe_link`]).
 //! - `error.rs`: [`Error`].
@@ -54,6 +58,7 @@
 #![deny(missing_docs)]
 
 mod address;
+mod attachment;
 mod dkim;
 mod error;
 mod lint;
@@ -62,6 +67,7 @@ mod preflight;
 mod spec;
 mod templates;
 
+pub use attachment::{AttachmentFile, AttachmentLimits, Attachments, content_type};
 pub use dkim::{Dkim, DkimAlgorithm, DkimConfig, SIGNED_HEADERS};
 pub use error::Error;
 pub use lint::has_unsubscribe_link;

@@ -13,7 +13,7 @@ use edm_model::{Category, Envelope, Failure, Recipient, Stage, domain_of};
 
 use crate::address::{Mailbox, parse_mailbox, unsafe_recipient};
 use crate::message_id::MessageIds;
-use crate::{Dkim, Error, Limits, MessageSpec};
+use crate::{Attachments, Dkim, Error, Limits, MessageSpec};
 
 // Names in the registries. Never shown: errors use `Part::label`.
 const SUBJECT: &str = "subject";
@@ -59,6 +59,8 @@ pub struct Templates {
     limits: Limits,
     /// Signs each finished message when set.
     dkim: Option<Dkim>,
+    /// Files to attach, and their limits.
+    attachments: Option<Attachments>,
 }
 
 impl Templates {
@@ -108,6 +110,7 @@ impl Templates {
             message_ids,
             limits: spec.limits,
             dkim: None,
+            attachments: None,
         })
     }
 
@@ -117,6 +120,17 @@ impl Templates {
     pub fn with_dkim(mut self, dkim: Dkim) -> Templates {
         self.dkim = Some(dkim);
         self
+    }
+
+    /// Attaches files to every message [`Templates::render`] makes: the
+    /// shared ones (checked against the limits here, so a campaign whose
+    /// files are too large never starts) and each recipient's own, read and
+    /// checked when it is rendered. `max_body_bytes` applies to the message
+    /// without its attachments (the whole message when it has none).
+    pub fn with_attachments(mut self, attachments: Attachments) -> Result<Templates, Error> {
+        attachments.check_shared()?;
+        self.attachments = Some(attachments);
+        Ok(self)
     }
 
     /// The DKIM signer in use, if any.
@@ -224,6 +238,24 @@ impl Templates {
             false => None,
         };
 
+        let attached = match &self.attachments {
+            Some(a) => a.for_recipient(columns, recipient)?,
+            None => Vec::new(),
+        };
+        let body_limit = self
+            .attachments
+            .as_ref()
+            .and_then(|a| a.limits.max_body_bytes);
+        let over_body = |size: usize, max: usize| {
+            Failure::local(
+                Stage::Render,
+                Category::Preflight,
+                format!(
+                    "line {line}: message without attachments is {size} bytes, over the max_body_bytes limit of {max}"
+                ),
+            )
+        };
+
         let mut message_id = self.message_ids.for_recipient(email);
         if test.is_some()
             && let Some(at) = message_id.rfind('@')
@@ -258,9 +290,29 @@ impl Templates {
             size += html.len();
             builder = builder.html_body(html.as_str());
         }
+        if let Some(max) = body_limit
+            && !attached.is_empty()
+        {
+            // Measured as serialized, without the attachments.
+            let mut probe = Vec::with_capacity(size + size / 8);
+            builder.clone().serialize(&mut probe);
+            if probe.len() > max {
+                return Err(over_body(probe.len(), max));
+            }
+        }
+        for file in &attached {
+            size += file.bytes.len() * 4 / 3 + file.bytes.len() / 38 + 256;
+            builder = builder.attachment(file.content_type, file.name.as_str(), &file.bytes[..]);
+        }
         // Date and MIME-Version are added by mail-builder.
         let mut body = Vec::with_capacity(size + size / 8);
         builder.serialize(&mut body);
+        if let Some(max) = body_limit
+            && attached.is_empty()
+            && body.len() > max
+        {
+            return Err(over_body(body.len(), max));
+        }
         if let Some(dkim) = &self.dkim {
             // Sign the finished bytes (docs/DEPENDENCIES.md): nothing may
             // change the message after this.
