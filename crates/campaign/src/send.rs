@@ -592,8 +592,10 @@ async fn feed(
     // first attempts or multiply the load (the rate gate bounds the rest).
     let retry_budget = concurrency.max(2);
     // Claim little at a time: claimed rows are `sending`, so after a crash
-    // they are in doubt. About two batches of `concurrency` at most.
-    let batch = concurrency.clamp(1, 256);
+    // they are in doubt. Two connections' worth keeps the senders fed while
+    // the next claim waits behind the writer; with the queue and the
+    // transactions in flight, about four times `concurrency` at most.
+    let batch = (concurrency * 2).clamp(2, 256);
     let mut claimed_total = 0u64;
     let stopping = || {
         shared.stopping.load(Ordering::SeqCst)

@@ -179,15 +179,19 @@ pub async fn send(
     } else {
         let mut progress = run.progress.clone();
         Some(tokio::spawn(async move {
+            // At most one line a second; ends as soon as the run is done (not
+            // on the next tick: a run should not take a second longer).
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             tick.tick().await;
+            let done = |p: &edm_model::Progress| p.state == edm_model::RunState::Done;
             loop {
-                tick.tick().await;
-                if progress.has_changed().is_err() {
-                    break;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    // `is_ok()` drops the (non-Send) guard inside the future.
+                    _ = async { progress.wait_for(done).await.is_ok() } => break,
                 }
                 let p = progress.borrow_and_update().clone();
-                if p.state == edm_model::RunState::Done {
+                if done(&p) {
                     break;
                 }
                 println!("{}", progress::line(&p));

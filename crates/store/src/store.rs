@@ -60,9 +60,9 @@ impl Store {
             Durability::Full => "FULL",
         };
         conn.pragma_update(None, "synchronous", sync).at(&path)?;
-        // 64 MiB of page cache (negative = KiB): ingest inserts into the email
+        // 16 MiB of page cache (negative = KiB): ingest inserts into the email
         // index in random order, and the default 2 MiB cache makes that thrash.
-        conn.pragma_update(None, "cache_size", -65_536).at(&path)?;
+        conn.pragma_update(None, "cache_size", -16_384).at(&path)?;
         let created = schema::migrate(&mut conn, &path)?;
         let mut store = Store {
             conn,

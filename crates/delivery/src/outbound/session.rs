@@ -273,7 +273,12 @@ impl Session {
         // The message and the final dot: from here on the server may accept it.
         let client = &mut self.client;
         let data = async {
-            client.write_message(&env.body).await?;
+            use tokio::io::AsyncWriteExt;
+            // One buffer, one write: mail-send's `write_message` walks the
+            // message a byte at a time and writes in pieces.
+            let stuffed = dot_stuff(&env.body);
+            client.stream.write_all(&stuffed).await?;
+            client.stream.flush().await?;
             client.read().await
         };
         match tokio::time::timeout(s.data_timeout, data).await {
@@ -403,6 +408,29 @@ impl Session {
     }
 }
 
+/// The DATA payload: dot-stuffed (RFC 5321 §4.5.2) and terminated by
+/// `CRLF . CRLF`, with no blank line added when the message already ends in CRLF.
+pub fn dot_stuff(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 16);
+    let mut rest = body;
+    if rest.first() == Some(&b'.') {
+        out.push(b'.');
+    }
+    while let Some(i) = memchr::memchr(b'\n', rest) {
+        out.extend_from_slice(&rest[..=i]);
+        rest = &rest[i + 1..];
+        if rest.first() == Some(&b'.') {
+            out.push(b'.');
+        }
+    }
+    out.extend_from_slice(rest);
+    if !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
 /// Writes pipelined commands and reads one reply per command, keeping the
 /// replies read before an error (mail-send's `cmds` drops them).
 async fn pipeline<S: AsyncRead + AsyncWrite + Unpin>(
@@ -450,5 +478,25 @@ fn after_code(code: u16) -> Afterwards {
         Afterwards::Broken
     } else {
         Afterwards::Usable
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dot_stuff;
+
+    #[test]
+    fn dot_stuffing() {
+        assert_eq!(
+            dot_stuff(b"a\r\n.b\r\n..c\r\n"),
+            b"a\r\n..b\r\n...c\r\n.\r\n".to_vec()
+        );
+        assert_eq!(dot_stuff(b".start"), b"..start\r\n.\r\n".to_vec());
+        assert_eq!(
+            dot_stuff(b"no newline at end"),
+            b"no newline at end\r\n.\r\n".to_vec()
+        );
+        assert_eq!(dot_stuff(b""), b"\r\n.\r\n".to_vec());
+        assert_eq!(dot_stuff(b"x.\r\n"), b"x.\r\n.\r\n".to_vec());
     }
 }

@@ -23,7 +23,7 @@ impl Default for AimdSettings {
     fn default() -> Self {
         AimdSettings {
             decrease: 0.5,
-            cooldown: Duration::from_secs(2),
+            cooldown: Duration::from_secs(5),
             quiet: Duration::from_secs(10),
             min_rate: 0.2,
         }
@@ -94,7 +94,12 @@ impl Aimd {
         let base = self
             .effective
             .unwrap_or(observed.max(self.settings.min_rate));
-        let next = (base * self.settings.decrease).max(self.settings.min_rate);
+        // Never below a twentieth of the target: a provider that refuses a
+        // share of messages whatever the rate must not stall the campaign.
+        let floor = self.target.map_or(self.settings.min_rate, |t| {
+            (t / 20.0).max(self.settings.min_rate)
+        });
+        let next = (base * self.settings.decrease).max(floor);
         self.last_decrease = Some(now);
         self.last_change = now;
         self.unlimited_steps = 0;
@@ -137,13 +142,13 @@ mod tests {
         let mut a = Aimd::new(Some(100.0), AimdSettings::default());
         assert_eq!(a.on_throttle(t0, 0.0), Some(50.0));
         // A second reply within the cooldown is the same signal.
-        assert_eq!(a.on_throttle(t0 + Duration::from_millis(500), 0.0), None);
-        assert_eq!(a.on_throttle(t0 + Duration::from_secs(3), 0.0), Some(25.0));
+        assert_eq!(a.on_throttle(t0 + Duration::from_secs(3), 0.0), None);
+        assert_eq!(a.on_throttle(t0 + Duration::from_secs(6), 0.0), Some(25.0));
         assert!(a.is_throttled());
         // Not quiet long enough yet.
-        assert_eq!(a.on_tick(t0 + Duration::from_secs(5)), None);
-        assert_eq!(a.on_tick(t0 + Duration::from_secs(13)), Some(Some(35.0)));
-        let mut t = t0 + Duration::from_secs(13);
+        assert_eq!(a.on_tick(t0 + Duration::from_secs(8)), None);
+        assert_eq!(a.on_tick(t0 + Duration::from_secs(16)), Some(Some(35.0)));
+        let mut t = t0 + Duration::from_secs(16);
         for _ in 0..10 {
             t += Duration::from_secs(10);
             a.on_tick(t);
@@ -154,14 +159,17 @@ mod tests {
     }
 
     #[test]
-    fn never_below_minimum() {
+    fn never_below_minimum_nor_a_twentieth_of_the_target() {
         let mut a = Aimd::new(Some(1.0), AimdSettings::default());
+        let mut b = Aimd::new(Some(100.0), AimdSettings::default());
         let mut t = Instant::now();
         for _ in 0..20 {
             a.on_throttle(t, 0.0);
-            t += Duration::from_secs(3);
+            b.on_throttle(t, 0.0);
+            t += Duration::from_secs(6);
         }
         assert_eq!(a.effective(), Some(AimdSettings::default().min_rate));
+        assert_eq!(b.effective(), Some(5.0));
     }
 
     #[test]

@@ -45,11 +45,17 @@ pub struct RateGate {
 }
 
 impl RateGate {
-    /// A gate at `rate` messages per second, allowing `burst` at once after idle time.
+    /// A gate at `rate` messages per second; `burst` extra messages may go
+    /// back to back after idle time.
+    ///
+    /// GCRA with a tolerance of `burst` periods: a waiter that wakes up late
+    /// (timers always do, by about a millisecond) does not push the schedule
+    /// back, so the long-run rate is exact, and any one-second window holds at
+    /// most `rate + burst` messages.
     pub fn new(rate: Option<f64>, burst: u32) -> RateGate {
         let gate = RateGate {
             clock: TokioClock::default(),
-            burst: NonZeroU32::new(burst.max(1)).unwrap_or(NonZeroU32::MIN),
+            burst: NonZeroU32::new(burst.max(1).saturating_add(1)).unwrap_or(NonZeroU32::MIN),
             current: RwLock::new((None, None)),
         };
         gate.set_rate(rate);
@@ -108,11 +114,39 @@ mod tests {
     async fn exact_spacing_at_ten_per_second() {
         let gate = RateGate::new(Some(10.0), 1);
         let start = tokio::time::Instant::now();
-        for _ in 0..21 {
+        for _ in 0..22 {
             gate.acquire().await;
         }
-        // The first is immediate, the next 20 are 100 ms apart.
+        // One burst message, then 20 more 100 ms apart: 2 s for 22 messages.
         assert_eq!(start.elapsed(), Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_waiter_does_not_shift_the_schedule() {
+        let gate = RateGate::new(Some(10.0), 1);
+        let start = tokio::time::Instant::now();
+        gate.acquire().await;
+        gate.acquire().await;
+        // This caller comes 130 ms in, later than its 100 ms slot...
+        tokio::time::sleep(Duration::from_millis(130)).await;
+        gate.acquire().await;
+        // ...and the next slot is still on the 100 ms grid.
+        gate.acquire().await;
+        assert_eq!(start.elapsed(), Duration::from_millis(200));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_second_holds_at_most_rate_plus_burst() {
+        let gate = RateGate::new(Some(20.0), 1);
+        let start = tokio::time::Instant::now();
+        let mut n = 0;
+        while start.elapsed() < Duration::from_secs(1) {
+            gate.acquire().await;
+            if start.elapsed() < Duration::from_secs(1) {
+                n += 1;
+            }
+        }
+        assert_eq!(n, 21);
     }
 
     #[tokio::test(start_paused = true)]
