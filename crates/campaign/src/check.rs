@@ -756,9 +756,12 @@ pub(crate) fn message_spec(c: &Campaign) -> Result<MessageSpec, Finding> {
         html: cfg.html.as_deref().map(read).transpose()?,
         text: cfg.text.as_deref().map(read).transpose()?,
         list_unsubscribe: cfg.list_unsubscribe.clone(),
-        limits: Limits {
-            max_message_bytes: c.config.limits.max_message_bytes,
-            max_line_len: c.config.limits.max_line_len,
+        limits: {
+            let l = c.config.limits.resolved();
+            Limits {
+                max_message_bytes: l.max_message_bytes,
+                max_line_len: l.max_line_len,
+            }
         },
     })
 }

@@ -88,6 +88,11 @@ pub struct CampaignSection {
     /// suppression list at the end of each run.
     #[serde(default = "yes")]
     pub auto_suppress: bool,
+    /// Files attached to every message (relative to the campaign directory).
+    #[serde(default)]
+    pub attachments: Vec<PathBuf>,
+    /// CSV column naming a file to attach to that recipient's message.
+    pub attachment_column: Option<String>,
 }
 
 fn yes() -> bool {
@@ -209,22 +214,81 @@ pub struct DomainSection {
     pub concurrency: Option<usize>,
 }
 
-/// `[limits]`: the relay's limits, checked before sending.
-#[derive(Clone, Debug, Deserialize)]
+/// `[limits]`: the relay's limits, checked before sending. Read them
+/// through [`LimitsSection::resolved`]: a `provider` profile fills the keys
+/// not written.
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsSection {
+    /// A provider's limits as defaults: `tencent` or `ses`.
+    pub provider: Option<ProviderName>,
     /// Largest message in bytes.
     pub max_message_bytes: Option<usize>,
-    /// Longest line in bytes (RFC 5322 says 998).
-    #[serde(default = "d998")]
-    pub max_line_len: usize,
+    /// Longest line in bytes (default 998, as RFC 5322 says).
+    pub max_line_len: Option<usize>,
+    /// Largest message without its attachments, in bytes.
+    pub max_body_bytes: Option<usize>,
+    /// Largest attachment (the file's bytes).
+    pub max_attachment_bytes: Option<usize>,
+    /// Largest total of one message's attachments.
+    pub max_attachments_bytes: Option<usize>,
 }
 
-impl Default for LimitsSection {
-    fn default() -> Self {
-        LimitsSection {
-            max_message_bytes: None,
-            max_line_len: 998,
+/// Providers whose limits `[limits] provider` knows.
+#[derive(Copy, Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderName {
+    /// Tencent Cloud SES: body 1 MB, attachment 5 MB, attachments 10 MB,
+    /// lines under 2000 bytes.
+    Tencent,
+    /// Amazon SES (SMTP interface): messages up to 10 MB.
+    Ses,
+}
+
+/// `[limits]` with the provider profile applied (explicit keys win).
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct ResolvedLimits {
+    /// Largest message.
+    pub max_message_bytes: Option<usize>,
+    /// Longest line.
+    pub max_line_len: usize,
+    /// Largest message without attachments.
+    pub max_body_bytes: Option<usize>,
+    /// Largest attachment.
+    pub max_attachment_bytes: Option<usize>,
+    /// Largest total of attachments.
+    pub max_attachments_bytes: Option<usize>,
+}
+
+impl LimitsSection {
+    /// The limits in force: each key as written, else the provider's value,
+    /// else the default (998 for lines, no limit for the rest).
+    pub fn resolved(&self) -> ResolvedLimits {
+        const MB: usize = 1_000_000;
+        let profile = match self.provider {
+            None => ResolvedLimits {
+                max_line_len: 998,
+                ..ResolvedLimits::default()
+            },
+            Some(ProviderName::Tencent) => ResolvedLimits {
+                max_message_bytes: None,
+                max_line_len: 1999,
+                max_body_bytes: Some(MB),
+                max_attachment_bytes: Some(5 * MB),
+                max_attachments_bytes: Some(10 * MB),
+            },
+            Some(ProviderName::Ses) => ResolvedLimits {
+                max_message_bytes: Some(10 * MB),
+                max_line_len: 998,
+                ..ResolvedLimits::default()
+            },
+        };
+        ResolvedLimits {
+            max_message_bytes: self.max_message_bytes.or(profile.max_message_bytes),
+            max_line_len: self.max_line_len.unwrap_or(profile.max_line_len),
+            max_body_bytes: self.max_body_bytes.or(profile.max_body_bytes),
+            max_attachment_bytes: self.max_attachment_bytes.or(profile.max_attachment_bytes),
+            max_attachments_bytes: self.max_attachments_bytes.or(profile.max_attachments_bytes),
         }
     }
 }
@@ -259,9 +323,6 @@ fn five() -> u32 {
 }
 fn eight() -> usize {
     8
-}
-fn d998() -> usize {
-    998
 }
 fn d10s() -> Duration {
     Duration::from_secs(10)
@@ -489,6 +550,37 @@ port = 2525
         let msg = err.to_string();
         assert!(msg.contains("prot"), "{msg}");
         assert!(msg.contains("campaign.toml"), "{msg}");
+    }
+
+    #[test]
+    fn provider_profiles_fill_the_limits_not_written() {
+        let d = tempfile::tempdir().unwrap();
+        let c = write(d.path(), MINIMAL).unwrap();
+        let l = c.config.limits.resolved();
+        assert_eq!(l.max_line_len, 998);
+        assert_eq!(l.max_message_bytes, None);
+        assert_eq!(l.max_attachment_bytes, None);
+        let c = write(
+            d.path(),
+            &format!("{MINIMAL}\n[limits]\nprovider = \"tencent\"\nmax_attachment_bytes = 2000000\n"),
+        )
+        .unwrap();
+        let l = c.config.limits.resolved();
+        assert_eq!(l.max_body_bytes, Some(1_000_000));
+        assert_eq!(l.max_attachment_bytes, Some(2_000_000), "explicit wins");
+        assert_eq!(l.max_attachments_bytes, Some(10_000_000));
+        assert_eq!(l.max_line_len, 1999);
+        let c = write(
+            d.path(),
+            &format!("{MINIMAL}\n[limits]\nprovider = \"ses\"\nmax_line_len = 500\n"),
+        )
+        .unwrap();
+        let l = c.config.limits.resolved();
+        assert_eq!(l.max_message_bytes, Some(10_000_000));
+        assert_eq!(l.max_line_len, 500);
+        let e = write(d.path(), &format!("{MINIMAL}\n[limits]\nprovider = \"gmail\"\n"))
+            .unwrap_err();
+        assert!(e.to_string().contains("gmail"), "{e}");
     }
 
     #[test]

@@ -16,12 +16,15 @@
 //! - `suppress.rs`: the shared suppression list ([`SharedSuppression`],
 //!   `edm suppress`), merged into ingest and fed by `recipient_unknown`
 //!   bounces at the end of each run.
+//! - `attach.rs`: `[campaign] attachments` and `attachment_column` with
+//!   their `[limits]`, for send, check and preview.
 //! - `test_send.rs`: `edm send --test-to` ([`test_send`]): sample messages
 //!   sent to one address through the relay, the state never touched.
 //!
 //! [`Progress`]: edm_model::Progress
 #![deny(missing_docs)]
 
+mod attach;
 mod check;
 mod config;
 mod prepare;
@@ -38,7 +41,9 @@ pub use check::{
     CheckOptions, CheckReport, DkimInfo, Finding, ProblemGroup, ProblemKind, Severity, check,
     dkim_signer,
 };
-pub use config::{Campaign, Config, DurabilityName, SecurityName};
+pub use config::{
+    Campaign, Config, DurabilityName, LimitsSection, ProviderName, ResolvedLimits, SecurityName,
+};
 pub use edm_recipients::validate as validate_address;
 pub use edm_store::{InDoubtPolicy, Summary};
 pub use prepare::{Prepared, prepare};

@@ -39,6 +39,7 @@ pub fn compile_templates(c: &Campaign) -> Result<Templates, Error> {
     // One description of the message, shared with `edm check` and `edm preview`.
     let spec = crate::check::message_spec(c).map_err(|f| Error::Template(f.to_string()))?;
     let templates = Templates::compile(spec).map_err(|e| Error::Template(e.to_string()))?;
+    let templates = crate::attach::with_attachments(c, templates)?;
     Ok(match crate::dkim_signer(c)? {
         Some(dkim) => templates.with_dkim(dkim),
         None => templates,

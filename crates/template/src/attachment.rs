@@ -60,8 +60,9 @@ pub struct Attachments {
 }
 
 impl Attachments {
-    /// Checks the files for everyone against the limits.
-    pub(crate) fn check_shared(&self) -> Result<(), Error> {
+    /// Checks the files for everyone against the limits (as
+    /// [`Templates::with_attachments`](crate::Templates::with_attachments) does).
+    pub fn check_shared(&self) -> Result<(), Error> {
         let mut total = 0usize;
         for f in &self.files {
             if let Some(reason) = over_one(f.bytes.len(), &self.limits) {
