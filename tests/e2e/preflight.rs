@@ -77,3 +77,69 @@ fn test_send_reports_a_refusal_and_an_unreachable_relay() {
     let out = c.send(&["--test-to", "not-an-address"]);
     assert_eq!(code(&out), 2);
 }
+
+/// A campaign with `terms.pdf` for everyone and an `attachment` column.
+fn with_attachments(port: u16, limits: &str) -> TestCampaign {
+    let c = TestCampaign::new(Spec {
+        extra: limits,
+        ..Spec::new(vec![], port)
+    });
+    let dir = c.path();
+    std::fs::create_dir_all(dir.join("files")).unwrap();
+    std::fs::write(dir.join("files/terms.pdf"), vec![b'%'; 2000]).unwrap();
+    std::fs::write(dir.join("files/big.zip"), vec![7u8; 20_000]).unwrap();
+    std::fs::write(
+        dir.join("recipients.csv"),
+        "id,email,first_name,attachment\r\n0,ann@example.com,Ann,\r\n1,bob@example.com,Bob,files/big.zip\r\n2,cy@example.com,Cy,files/none.pdf\r\n",
+    )
+    .unwrap();
+    let toml = dir.join("campaign.toml");
+    let text = std::fs::read_to_string(&toml).unwrap().replace(
+        "[smtp]",
+        "attachments = [\"files/terms.pdf\"]\nattachment_column = \"attachment\"\n\n[smtp]",
+    );
+    std::fs::write(&toml, text).unwrap();
+    c
+}
+
+#[test]
+fn attachment_limits_are_refused_before_smtp() {
+    // A shared file over the limit: the run does not start.
+    let sink = Sink::start(&[], None);
+    let c = with_attachments(sink.port(), "[limits]\nmax_attachment_bytes = 1000\n");
+    let out = c.send(&[]);
+    assert_eq!(code(&out), 2);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("max_attachment_bytes limit of 1000"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sink.handle().stats().connections, 0);
+
+    // A recipient's own file over the limit, another's missing: those two
+    // fail before SMTP, the third is sent with the PDF.
+    let c = with_attachments(sink.port(), "[limits]\nmax_attachment_bytes = 10000\n");
+    assert_eq!(code(&c.send(&[])), 1);
+    let rows = c.rows();
+    assert_eq!(rows["ann@example.com"]["status"], "sent");
+    assert_eq!(rows["bob@example.com"]["status"], "failed");
+    assert_eq!(rows["bob@example.com"]["category"], "preflight");
+    assert!(
+        rows["bob@example.com"]["reply"]
+            .as_str()
+            .unwrap()
+            .contains("max_attachment_bytes limit of 10000")
+    );
+    assert_eq!(rows["cy@example.com"]["category"], "template");
+    assert!(
+        rows["cy@example.com"]["reply"]
+            .as_str()
+            .unwrap()
+            .contains("files/none.pdf")
+    );
+    let received = sink.handle().received();
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].rcpt_to, ["ann@example.com"]);
+    let data = String::from_utf8_lossy(received[0].data.as_deref().unwrap()).into_owned();
+    assert!(data.contains("filename=\"terms.pdf\""), "{data}");
+}

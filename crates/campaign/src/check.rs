@@ -94,6 +94,10 @@ pub enum ProblemKind {
     LineTooLong,
     /// The `[dkim]` settings or key do not work.
     DkimInvalid,
+    /// An attachment cannot be read (a shared file, or a row's own).
+    AttachmentMissing,
+    /// An attachment, or all of a message's, is over a `[limits]` key.
+    AttachmentTooLarge,
     /// A row's address is not valid: recorded as `invalid`, not sent.
     InvalidAddress,
     /// A row repeats an earlier address: recorded as `skipped`, not sent.
@@ -121,7 +125,7 @@ impl ProblemKind {
         match self {
             Config | TemplateSyntax | RecipientsFile | SuppressionFile | RaggedRow
             | InvalidUtf8 | NoRecipients | MissingField | RenderFailed | MessageTooLarge
-            | LineTooLong | DkimInvalid => Severity::Error,
+            | LineTooLong | DkimInvalid | AttachmentMissing | AttachmentTooLarge => Severity::Error,
             InvalidAddress | Duplicate | Suppressed | NoListUnsubscribe | NoOneClick
             | NoUnsubscribeLink | NoTextPart | DkimNotConfigured | DkimNotAligned => {
                 Severity::Warning
@@ -145,6 +149,8 @@ impl ProblemKind {
             MessageTooLarge => "messages over max_message_bytes",
             LineTooLong => "lines over max_line_len",
             DkimInvalid => "DKIM settings",
+            AttachmentMissing => "attachments that cannot be read",
+            AttachmentTooLarge => "attachments over the limits",
             InvalidAddress => "invalid addresses (recorded as invalid, not sent)",
             Duplicate => "duplicate addresses (recorded as skipped, not sent)",
             Suppressed => "suppressed addresses (recorded, not sent)",
@@ -360,6 +366,7 @@ pub fn check(c: &Campaign, opts: &CheckOptions) -> Result<CheckReport, Error> {
     if let Some(spec) = &spec {
         config_checklist(c, spec, &mut tally);
     }
+    let templates = templates.and_then(|t| with_attachments(c, t, &mut tally));
 
     let dkim = match dkim_signer(c) {
         Ok(Some(dkim)) => {
@@ -695,6 +702,9 @@ fn render_finding(failure: &Failure, at: Finding) -> (ProblemKind, Finding) {
         Category::Template if missing.is_some() => ProblemKind::MissingField,
         Category::Preflight if text.contains("max_line_len") => ProblemKind::LineTooLong,
         Category::Preflight if text.contains("max_message_bytes") => ProblemKind::MessageTooLarge,
+        Category::Preflight if text.contains("max_body_bytes") => ProblemKind::MessageTooLarge,
+        Category::Preflight if text.contains("max_attachment") => ProblemKind::AttachmentTooLarge,
+        Category::Template if text.starts_with("attachment") => ProblemKind::AttachmentMissing,
         Category::InvalidAddress => ProblemKind::InvalidAddress,
         _ => ProblemKind::RenderFailed,
     };
@@ -733,6 +743,39 @@ fn config_checklist(c: &Campaign, spec: &MessageSpec, tally: &mut Tally) {
             )
             .field("[campaign] text"),
         );
+    }
+}
+
+/// Adds the campaign's attachments to the templates, reporting a shared
+/// file that cannot be read or is over the limits (the rows are then
+/// rendered without the shared files).
+fn with_attachments(c: &Campaign, t: Templates, tally: &mut Tally) -> Option<Templates> {
+    use crate::attach::AttachmentProblem;
+    match crate::attach::attachments(c) {
+        Ok(None) => Some(t),
+        Ok(Some(a)) => match t.with_attachments(a) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                let finding = Finding::new(&c.file, e.to_string()).field("[campaign] attachments");
+                tally.add(ProblemKind::AttachmentTooLarge, finding);
+                None
+            }
+        },
+        Err(problem) => {
+            let (kind, file, message) = match problem {
+                AttachmentProblem::Missing { path, reason } => {
+                    (ProblemKind::AttachmentMissing, PathBuf::from(path), reason)
+                }
+                AttachmentProblem::TooLarge(m) => {
+                    (ProblemKind::AttachmentTooLarge, c.file.clone(), m)
+                }
+            };
+            tally.add(
+                kind,
+                Finding::new(&file, message).field("[campaign] attachments"),
+            );
+            Some(t)
+        }
     }
 }
 

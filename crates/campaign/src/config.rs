@@ -562,7 +562,9 @@ port = 2525
         assert_eq!(l.max_attachment_bytes, None);
         let c = write(
             d.path(),
-            &format!("{MINIMAL}\n[limits]\nprovider = \"tencent\"\nmax_attachment_bytes = 2000000\n"),
+            &format!(
+                "{MINIMAL}\n[limits]\nprovider = \"tencent\"\nmax_attachment_bytes = 2000000\n"
+            ),
         )
         .unwrap();
         let l = c.config.limits.resolved();
@@ -578,8 +580,11 @@ port = 2525
         let l = c.config.limits.resolved();
         assert_eq!(l.max_message_bytes, Some(10_000_000));
         assert_eq!(l.max_line_len, 500);
-        let e = write(d.path(), &format!("{MINIMAL}\n[limits]\nprovider = \"gmail\"\n"))
-            .unwrap_err();
+        let e = write(
+            d.path(),
+            &format!("{MINIMAL}\n[limits]\nprovider = \"gmail\"\n"),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("gmail"), "{e}");
     }
 
