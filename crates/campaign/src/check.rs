@@ -878,6 +878,7 @@ pub(crate) fn read_options(c: &Campaign) -> ReadOptions {
             .delimiter
             .as_ref()
             .and_then(|d| d.bytes().next()),
+        encoding: c.config.campaign.encoding.clone(),
     }
 }
 

@@ -80,6 +80,9 @@ pub struct CampaignSection {
     pub email_column: String,
     /// CSV delimiter (one character); sniffed when absent.
     pub delimiter: Option<String>,
+    /// Encoding of the recipients CSV, a WHATWG label ("windows-1252",
+    /// "utf-16le", "shift_jis", ...); UTF-8 when absent.
+    pub encoding: Option<String>,
     /// List-Unsubscribe URL template (adds RFC 8058 one-click for https).
     pub list_unsubscribe: Option<String>,
     /// Suppression file (CSV with an email column, or one address a line).

@@ -55,6 +55,7 @@ fn read_options(c: &Campaign) -> ReadOptions {
             .delimiter
             .as_ref()
             .and_then(|d| d.bytes().next()),
+        encoding: c.config.campaign.encoding.clone(),
     }
 }
 

@@ -21,7 +21,20 @@ pub enum Error {
         /// What the OS said.
         source: io::Error,
     },
-    /// The file has no bytes (a lone UTF-8 BOM counts as none).
+    /// The configured encoding is not a label the WHATWG Encoding Standard
+    /// knows (or names only its "replacement" encoding).
+    #[error(
+        "{}: unknown encoding {label:?}; use a WHATWG label such as \
+         \"windows-1252\", \"iso-8859-1\", \"utf-16le\", \"gbk\" or \"shift_jis\"",
+        path.display()
+    )]
+    UnknownEncoding {
+        /// The file.
+        path: PathBuf,
+        /// The label as configured.
+        label: String,
+    },
+    /// The file has no bytes (a lone UTF-8 or UTF-16 BOM counts as none).
     #[error("{}: the file is empty", path.display())]
     Empty {
         /// The file.
@@ -59,10 +72,12 @@ pub enum Error {
         /// What the OS said.
         source: io::Error,
     },
-    /// A field is not valid UTF-8.
+    /// A field is not valid UTF-8 (only when no encoding is configured: a
+    /// configured one replaces invalid bytes with U+FFFD).
     #[error(
         "{}: line {line}, column {column} (`{field}`): not valid UTF-8 \
-         (byte {valid_up_to} of the field); save the file as UTF-8",
+         (byte {valid_up_to} of the field); save the file as UTF-8 or \
+         configure its encoding",
         path.display()
     )]
     InvalidUtf8 {
@@ -84,6 +99,7 @@ impl Error {
     pub fn path(&self) -> &Path {
         match self {
             Error::Open { path, .. }
+            | Error::UnknownEncoding { path, .. }
             | Error::Empty { path }
             | Error::NoHeader { path }
             | Error::MissingColumn { path, .. }
@@ -95,7 +111,10 @@ impl Error {
     /// The 1-based line the error is about, when it is about one.
     pub fn line(&self) -> Option<u64> {
         match self {
-            Error::Open { .. } | Error::Empty { .. } | Error::NoHeader { .. } => None,
+            Error::Open { .. }
+            | Error::UnknownEncoding { .. }
+            | Error::Empty { .. }
+            | Error::NoHeader { .. } => None,
             Error::MissingColumn { line, .. }
             | Error::Read { line, .. }
             | Error::InvalidUtf8 { line, .. } => Some(*line),

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use edm_model::Category;
 
 use crate::address::{normalize, validate};
+use crate::decode::{Decoded, encoding_for, lone_utf16_bom};
 use crate::lines::LineCounter;
 use crate::sniff::{Start, read_start, sniff_delimiter};
 use crate::{Error, Suppression};
@@ -16,6 +17,9 @@ use crate::{Error, Suppression};
 /// The CSV reader's buffer: large enough that a multi-gigabyte file is read in
 /// few system calls, small enough to never matter for memory.
 const READ_BUFFER: usize = 64 * 1024;
+
+/// The CSV reader over a file: decoded, then line-counted.
+pub(crate) type CsvReader = csv::Reader<LineCounter<Decoded<File>>>;
 
 /// How to read a recipients file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,6 +30,13 @@ pub struct ReadOptions {
     /// The field delimiter; `None` sniffs it from the header line among
     /// `,` `;` tab and `|`.
     pub delimiter: Option<u8>,
+    /// The file's encoding, as a WHATWG label ("windows-1252", "iso-8859-1",
+    /// "utf-16le", "gbk", "shift_jis", ...). `None` reads UTF-8 (with or
+    /// without BOM), and invalid UTF-8 is an [`Error::InvalidUtf8`]; a
+    /// UTF-16 BOM is recognised either way. With an encoding, bytes invalid
+    /// in it become U+FFFD instead of failing. An unknown label is
+    /// [`Error::UnknownEncoding`].
+    pub encoding: Option<String>,
 }
 
 impl Default for ReadOptions {
@@ -33,6 +44,7 @@ impl Default for ReadOptions {
         ReadOptions {
             email_column: "email".to_owned(),
             delimiter: None,
+            encoding: None,
         }
     }
 }
@@ -99,7 +111,7 @@ impl Verdict {
 #[derive(Debug)]
 pub struct Ingest {
     path: PathBuf,
-    reader: csv::Reader<LineCounter<File>>,
+    reader: CsvReader,
     record: csv::ByteRecord,
     columns: Vec<String>,
     email_index: usize,
@@ -116,12 +128,14 @@ pub struct Ingest {
 /// Opens a recipients file, reads its header and finds the address column.
 ///
 /// The file is not read further until the returned [`Ingest`] is iterated.
+/// It is decoded as it is read (see [`ReadOptions::encoding`]): line numbers
+/// and byte offsets in errors are those of the decoded text.
 pub fn open(
     path: &Path,
     opts: &ReadOptions,
     suppression: Option<&Suppression>,
 ) -> Result<Ingest, Error> {
-    let (reader, delimiter) = open_csv(path, opts.delimiter, false)?;
+    let (reader, delimiter) = open_csv(path, opts.delimiter, opts.encoding.as_deref(), false)?;
     let mut ingest = Ingest {
         path: path.to_owned(),
         reader,
@@ -148,13 +162,17 @@ pub fn open(
     Ok(ingest)
 }
 
-/// Opens `path` as CSV, sniffing the delimiter unless one is given. Fails on
-/// an empty or blank file. `comments` makes lines starting with `#` skipped.
+/// Opens `path` as CSV, decoded from `encoding` (a WHATWG label; `None` for
+/// UTF-8 as-is), sniffing the delimiter unless one is given. Fails on an
+/// unknown encoding and on an empty or blank file. `comments` makes lines
+/// starting with `#` skipped.
 pub(crate) fn open_csv(
     path: &Path,
     delimiter: Option<u8>,
+    encoding: Option<&str>,
     comments: bool,
-) -> Result<(csv::Reader<LineCounter<File>>, u8), Error> {
+) -> Result<(CsvReader, u8), Error> {
+    let encoding = encoding_for(path, encoding)?;
     let file = File::open(path).map_err(|source| Error::Open {
         path: path.to_owned(),
         source,
@@ -164,8 +182,16 @@ pub(crate) fn open_csv(
         line: 1,
         source,
     };
-    let mut buffered = BufReader::new(file);
-    let header = match read_start(&mut buffered).map_err(read_error)? {
+    if lone_utf16_bom(&file).map_err(read_error)? {
+        return Err(Error::Empty {
+            path: path.to_owned(),
+        });
+    }
+    (&file).seek(SeekFrom::Start(0)).map_err(read_error)?;
+    // Sniff through a decoder of its own (reading via `&File`), then rewind
+    // and decode again from the start for csv.
+    let start = read_start(BufReader::new(Decoded::new(&file, encoding))).map_err(read_error)?;
+    let header = match start {
         Start::Empty => {
             return Err(Error::Empty {
                 path: path.to_owned(),
@@ -179,15 +205,14 @@ pub(crate) fn open_csv(
         Start::Header { line, bom } => (line, bom),
     };
     let delimiter = delimiter.unwrap_or_else(|| sniff_delimiter(&header.0));
-    let mut file = buffered.into_inner();
-    file.seek(SeekFrom::Start(0)).map_err(read_error)?;
+    (&file).seek(SeekFrom::Start(0)).map_err(read_error)?;
     let reader = csv::ReaderBuilder::new()
         .delimiter(delimiter)
         .has_headers(false)
         .flexible(true)
         .comment(comments.then_some(b'#'))
         .buffer_capacity(READ_BUFFER)
-        .from_reader(LineCounter::new(file, header.1));
+        .from_reader(LineCounter::new(Decoded::new(file, encoding), header.1));
     Ok((reader, delimiter))
 }
 

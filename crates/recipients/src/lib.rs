@@ -2,7 +2,8 @@
 //! of each row whether to send to it.
 //!
 //! # Overview
-//! - [`open`] reads the header of a file (UTF-8, BOM stripped, delimiter
+//! - [`open`] reads the header of a file (UTF-8, BOM stripped, or the
+//!   encoding in [`ReadOptions::encoding`], or UTF-16 by its BOM; delimiter
 //!   sniffed among `,` `;` tab `|` unless [`ReadOptions::delimiter`] is set)
 //!   and returns an [`Ingest`], an iterator of [`Row`]s that never holds the
 //!   file in memory.
@@ -16,6 +17,7 @@
 //!   and, where one applies, the line and column.
 //!
 //! # Layout
+//! - `decode.rs`: decoding to UTF-8 as the file is read, below everything else.
 //! - `sniff.rs`: the start of a file (empty? which delimiter?).
 //! - `ingest.rs`: [`open`], [`Ingest`], [`Row`], [`Verdict`].
 //! - `lines.rs`: line numbers of records (csv's own are off after CRLF).
@@ -40,6 +42,7 @@
 #![deny(missing_docs)]
 
 mod address;
+mod decode;
 mod error;
 mod ingest;
 mod lines;

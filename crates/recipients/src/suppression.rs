@@ -120,7 +120,7 @@ fn first_content_line(path: &Path, reader: impl BufRead) -> Result<Option<String
 }
 
 fn load_csv(path: &Path, delimiter: u8, index: usize) -> Result<HashSet<String>, Error> {
-    let (mut reader, _) = match open_csv(path, Some(delimiter), true) {
+    let (mut reader, _) = match open_csv(path, Some(delimiter), None, true) {
         Ok(r) => r,
         // Only comments and blank lines: checked by the caller, but be exact.
         Err(Error::Empty { .. } | Error::NoHeader { .. }) => return Ok(HashSet::new()),

@@ -93,7 +93,7 @@ mod header {
         let f = fixture(" E-Mail ;Name\nx@example.com;X\n");
         let opts = ReadOptions {
             email_column: "e-mail".into(),
-            delimiter: None,
+            ..ReadOptions::default()
         };
         let mut ingest = open(&f.path, &opts, None).unwrap();
         assert_eq!(ingest.columns(), ["E-Mail", "Name"]);
