@@ -447,6 +447,13 @@ async fn run(
     // A last snapshot, so displays show the final counts.
     let mut last = progress_tx.borrow().clone();
     last.counts = summary.counts.clone();
+    if let Ok(view) = StoreView::read(&store) {
+        last.by_category = view.summary.by_category;
+        last.top_replies = view.top_replies;
+        last.recent_failures = view.recent_failures.into_iter().rev().collect();
+        last.domains = view.domains.into_iter().collect();
+    }
+    last.events = shared.events.lock().map(|e| e.clone()).unwrap_or_default();
     last.state = RunState::Done;
     last.in_flight = 0;
     last.now = now_ms();

@@ -195,6 +195,12 @@ impl App {
             return self.interrupt();
         }
         if self.confirm_quit {
+            // The run finished while the question was open: nothing is left
+            // to stop, so any key leaves (instead of a prompt that ignores q).
+            if progress.state == RunState::Done {
+                self.confirm_quit = false;
+                return Action::Quit;
+            }
             return self.answer_confirm(key.code);
         }
         if self.view == View::Help {

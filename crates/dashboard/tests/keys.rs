@@ -161,6 +161,19 @@ fn q_asks_and_y_stops() {
 }
 
 #[test]
+fn a_run_that_ends_while_asking_leaves_on_any_key() {
+    let mut a = app();
+    assert_eq!(a.handle_key(ch('q'), &mid_run()), Action::None);
+    assert!(a.confirming_quit());
+    // Regression: q on the finished run used to be swallowed by the question.
+    assert_eq!(
+        a.handle_key(ch('q'), &with_state(RunState::Done)),
+        Action::Quit
+    );
+    assert!(!a.confirming_quit());
+}
+
+#[test]
 fn n_and_esc_cancel_the_question() {
     let p = mid_run();
     for cancel in [ch('n'), key(KeyCode::Esc)] {
