@@ -6,7 +6,7 @@ use std::io::Read;
 use std::path::Path;
 
 use edm_model::{RecipientId, Status};
-use edm_recipients::{ReadOptions, Suppression, Verdict};
+use edm_recipients::{Suppression, Verdict};
 use edm_store::{Durability, InDoubtPolicy, NewRow, Store};
 use edm_template::Templates;
 use sha2::{Digest, Sha256};
@@ -44,19 +44,6 @@ pub fn compile_templates(c: &Campaign) -> Result<Templates, Error> {
         Some(dkim) => templates.with_dkim(dkim),
         None => templates,
     })
-}
-
-fn read_options(c: &Campaign) -> ReadOptions {
-    ReadOptions {
-        email_column: c.config.campaign.email_column.clone(),
-        delimiter: c
-            .config
-            .campaign
-            .delimiter
-            .as_ref()
-            .and_then(|d| d.bytes().next()),
-        encoding: c.config.campaign.encoding.clone(),
-    }
 }
 
 /// The campaign's suppression file and the shared list (`suppress.rs`), merged.
@@ -226,7 +213,7 @@ type Known<'a> = (
 fn ingest(c: &Campaign, store: &mut Store, mut known: Option<Known<'_>>) -> Result<u64, Error> {
     let supp = suppression(c)?;
     let path = c.path(&c.config.campaign.recipients);
-    let rows = edm_recipients::open(&path, &read_options(c), supp.as_ref())?;
+    let rows = edm_recipients::open(&path, &crate::check::read_options(c), supp.as_ref())?;
     let columns = rows.columns().to_vec();
     let mut batch = Vec::with_capacity(INGEST_BATCH);
     let mut n = 0u64;

@@ -72,6 +72,14 @@ pub fn line(p: &Progress) -> String {
     )
 }
 
+/// `name count, name count, ...`
+fn categories<K: std::fmt::Display>(m: &std::collections::BTreeMap<K, u64>) -> String {
+    m.iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Prints `edm status`.
 pub fn print_status(s: &StatusReport) {
     println!("Campaign {} ({})", s.campaign, s.state.display());
@@ -84,12 +92,7 @@ pub fn print_status(s: &StatusReport) {
         s.invalid, s.skipped, s.suppressed, s.in_doubt, s.in_doubt_unresolved
     );
     if !s.by_category.is_empty() {
-        let cats: Vec<String> = s
-            .by_category
-            .iter()
-            .map(|(k, v)| format!("{k} {v}"))
-            .collect();
-        println!("  by category: {}", cats.join(", "));
+        println!("  by category: {}", categories(&s.by_category));
     }
     println!(
         "  {}",
@@ -141,12 +144,7 @@ pub fn print_report(dir: &Path, r: &RunReport) {
         s.in_doubt,
     );
     if !s.by_category.is_empty() {
-        let cats: Vec<String> = s
-            .by_category
-            .iter()
-            .map(|(k, v)| format!("{k} {v}"))
-            .collect();
-        println!("  failures by category: {}", cats.join(", "));
+        println!("  failures by category: {}", categories(&s.by_category));
     }
     println!("  state: {}", r.state.display());
     if s.count(Status::Failed) > 0 {
