@@ -473,6 +473,7 @@ pub fn check(c: &Campaign, opts: &CheckOptions) -> Result<CheckReport, Error> {
                                 email: row.email,
                                 values: row.values,
                                 attempts: 0,
+                                first_attempt_at: None,
                             });
                             if chunk.len() >= CHUNK && tx.send(std::mem::take(&mut chunk)).is_err()
                             {

@@ -88,6 +88,7 @@ pub fn preview(c: &Campaign, opts: &PreviewOptions) -> Result<PreviewReport, Err
             email: row.email,
             values: row.values,
             attempts: 0,
+            first_attempt_at: None,
         };
         if asked {
             chosen.push((recipient, note));

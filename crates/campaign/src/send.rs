@@ -168,7 +168,8 @@ struct InFlight {
     /// A retry (counts against the retry budget).
     retry: bool,
     attempts: u32,
-    claimed_at: UnixMillis,
+    /// The first attempt ever (any run): `retry_for` counts from here.
+    first_attempt_at: UnixMillis,
     message_id: String,
     domain: String,
 }
@@ -480,7 +481,7 @@ async fn handle_event(writer: &Writer, shared: &Shared, policy: &RetryPolicy, ev
             m.get(&id).map(|i| InFlight {
                 retry: i.retry,
                 attempts: i.attempts,
-                claimed_at: i.claimed_at,
+                first_attempt_at: i.first_attempt_at,
                 message_id: i.message_id.clone(),
                 domain: i.domain.clone(),
             })
@@ -521,7 +522,7 @@ async fn handle_event(writer: &Writer, shared: &Shared, policy: &RetryPolicy, ev
             let attempts = info.as_ref().map(|i| i.attempts).unwrap_or(0) + 1;
             let age = info
                 .as_ref()
-                .map(|i| Duration::from_millis((now - i.claimed_at).max(0) as u64))
+                .map(|i| Duration::from_millis((now - i.first_attempt_at).max(0) as u64))
                 .unwrap_or_default();
             let domain = info.map(|i| i.domain).unwrap_or_default();
             let kind = match policy.decide(&failure, attempts, age) {
@@ -714,7 +715,7 @@ async fn feed(
                             InFlight {
                                 retry,
                                 attempts: r.attempts,
-                                claimed_at: now_ms(),
+                                first_attempt_at: r.first_attempt_at.unwrap_or_else(now_ms),
                                 message_id: env.message_id.clone(),
                                 domain: env.domain.clone(),
                             },

@@ -197,6 +197,7 @@ fn samples(c: &Campaign, n: usize) -> Result<(Vec<String>, Vec<Recipient>), Erro
             email: row.email,
             values: row.values,
             attempts: 0,
+            first_attempt_at: None,
         });
         if out.len() >= n {
             break;

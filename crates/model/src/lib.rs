@@ -63,6 +63,9 @@ pub struct Recipient {
     pub values: Vec<String>,
     /// Attempts already made before this one.
     pub attempts: u32,
+    /// When the first attempt was made, in any run (`None`: never attempted).
+    /// `retry_for` counts from here.
+    pub first_attempt_at: Option<UnixMillis>,
 }
 
 /// A rendered message for one recipient, as delivery needs it.

@@ -16,7 +16,7 @@ use crate::types::{InDoubtPolicy, NewRow, Outcome, OutcomeKind};
 /// instead of sorting every pending row.
 fn claim_pending_sql() -> String {
     format!(
-        "SELECT id, line, email, fields, attempts FROM recipients
+        "SELECT id, line, email, fields, attempts, first_attempt_at FROM recipients
          WHERE {ACTIVE} AND status = 'pending' AND next_attempt_at IS NULL
          ORDER BY id LIMIT ?1"
     )
@@ -25,7 +25,7 @@ fn claim_pending_sql() -> String {
 /// Deferred rows that are due, earliest first.
 fn claim_due_sql() -> String {
     format!(
-        "SELECT id, line, email, fields, attempts FROM recipients
+        "SELECT id, line, email, fields, attempts, first_attempt_at FROM recipients
          WHERE {ACTIVE} AND status = 'deferred' AND next_attempt_at <= ?1
          ORDER BY next_attempt_at, id LIMIT ?2"
     )
@@ -139,9 +139,18 @@ impl Store {
             .at(&path)?;
         let mut claimed = Vec::with_capacity(limit.min(4096));
         {
-            let mut raw: Vec<(i64, i64, String, String, u32)> = Vec::new();
-            let map =
-                |r: &rusqlite::Row<'_>| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?));
+            type Raw = (i64, i64, String, String, u32, Option<i64>);
+            let mut raw: Vec<Raw> = Vec::new();
+            let map = |r: &rusqlite::Row<'_>| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            };
             let mut pending = tx.prepare_cached(&claim_pending_sql()).at(&path)?;
             for row in pending.query_map([limit_param(limit)], map).at(&path)? {
                 raw.push(row.at(&path)?);
@@ -165,7 +174,7 @@ impl Store {
                      WHERE id = ?1",
                 )
                 .at(&path)?;
-            for (id, line, email, fields, attempts) in raw {
+            for (id, line, email, fields, attempts, first) in raw {
                 mark.execute(params![id, now]).at(&path)?;
                 claimed.push(Recipient {
                     id: RecipientId(id),
@@ -173,6 +182,8 @@ impl Store {
                     email,
                     values: parse_values(&path, &fields)?,
                     attempts,
+                    // The claim just set it when it was empty.
+                    first_attempt_at: Some(first.unwrap_or(now)),
                 });
             }
         }

@@ -306,6 +306,20 @@ fn record_deferred_counts_attempt_only_when_asked() {
 }
 
 #[test]
+fn claim_reports_the_first_attempt_of_every_run() {
+    let mut f = fixture(1);
+    let first = f.store.claim(1, 10).unwrap();
+    assert_eq!(first[0].first_attempt_at, Some(10));
+    f.store
+        .record(&[outcome(1, 20, deferred(100, true))])
+        .unwrap();
+    // The retry, even in a later run, still says when it all began (retry_for).
+    let again = f.store.claim(1, 150).unwrap();
+    assert_eq!(again[0].first_attempt_at, Some(10));
+    assert_eq!(again[0].attempts, 1);
+}
+
+#[test]
 fn record_failed_counts_attempt_unless_before_smtp() {
     let mut f = fixture(2);
     f.store.claim(2, 10).unwrap();

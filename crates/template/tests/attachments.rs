@@ -22,6 +22,7 @@ fn recipient(line: u64, email: &str, attachment: &str) -> Recipient {
         email: email.to_owned(),
         values: vec![email.to_owned(), "Ann".to_owned(), attachment.to_owned()],
         attempts: 0,
+        first_attempt_at: None,
     }
 }
 

@@ -70,6 +70,7 @@ fn ann() -> Recipient {
         email: "ann@example.com".to_owned(),
         values: vec!["42".into(), "ann@example.com".into(), "Ann".into()],
         attempts: 0,
+        first_attempt_at: None,
     }
 }
 

@@ -22,6 +22,7 @@ fn recipient(line: u64, email: &str, first_name: &str, note: &str) -> Recipient 
         email: email.to_owned(),
         values: vec![email.to_owned(), first_name.to_owned(), note.to_owned()],
         attempts: 0,
+        first_attempt_at: None,
     }
 }
 
