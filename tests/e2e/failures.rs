@@ -378,3 +378,35 @@ fn per_domain_rate_applies_to_that_domain_only() {
         "6 messages at 5/s (one burst, then 200 ms apart) take at least 0.8 s, took {span} ms"
     );
 }
+
+/// A domain at its limit does not hold up the others, even on one connection.
+#[test]
+fn a_limited_domain_does_not_block_the_others() {
+    let sink = Sink::start(&[], None);
+    let mut emails: Vec<String> = (0..4).map(|i| format!("s{i}@slow.example")).collect();
+    emails.extend(addresses("quick", 20));
+    let c = TestCampaign::new(Spec {
+        extra: "[delivery.domains.\"slow.example\"]\nrate = 2",
+        ..Spec::new(emails, sink.port())
+    });
+    // `delivery` already sets concurrency = 4 in the harness: override on the command line.
+    assert_eq!(code(&c.send(&["--concurrency", "1"])), 0);
+    let received = sink.handle().received();
+    let last_slow = received
+        .iter()
+        .filter(|r| r.rcpt_to[0].ends_with("@slow.example"))
+        .map(|r| r.at_ms)
+        .max()
+        .unwrap();
+    let last_quick = received
+        .iter()
+        .filter(|r| r.rcpt_to[0].starts_with("quick"))
+        .map(|r| r.at_ms)
+        .max()
+        .unwrap();
+    assert_eq!(received.len(), 24);
+    assert!(
+        last_quick < last_slow,
+        "the quick domain waited behind the slow one: last quick {last_quick}, last slow {last_slow}"
+    );
+}

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use edm_model::{Category, Control, DeliveryEvent, Envelope, Failure, Notice};
 use rand::Rng;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
@@ -163,6 +163,11 @@ struct Shared {
     aimd: Mutex<Aimd>,
     breaker: Mutex<Breaker>,
     jobs: tokio::sync::Mutex<mpsc::Receiver<Envelope>>,
+    /// Envelopes taken from `jobs` whose domain was at its limit: parked here
+    /// so the worker can take another domain's envelope meanwhile (no
+    /// head-of-line blocking). At most `park_cap` of them.
+    parked: Mutex<std::collections::VecDeque<Envelope>>,
+    park_cap: usize,
     events: mpsc::Sender<DeliveryEvent>,
     stop: watch::Sender<bool>,
     paused: watch::Sender<bool>,
@@ -188,6 +193,42 @@ impl Shared {
             *e = Some(end);
         }
         let _ = self.stop.send(true);
+    }
+
+    /// The domain's slot and rate token, if both are free now. `Err` means
+    /// the domain is at its limit (nothing is taken then).
+    fn try_domain(&self, env: &Envelope) -> Result<Option<OwnedSemaphorePermit>, ()> {
+        let Some(d) = self.domains.get(&env.domain) else {
+            return Ok(None);
+        };
+        let slot = match &d.slots {
+            Some(sem) => Some(sem.clone().try_acquire_owned().map_err(|_| ())?),
+            None => None,
+        };
+        if let Some(g) = &d.rate
+            && !g.try_acquire()
+        {
+            return Err(());
+        }
+        Ok(slot)
+    }
+
+    /// The first parked envelope whose domain has room now.
+    fn take_ready_parked(&self) -> Option<(Envelope, Option<OwnedSemaphorePermit>)> {
+        let mut parked = self.parked.lock().ok()?;
+        let mut found = None;
+        for (i, env) in parked.iter().enumerate() {
+            if let Ok(slot) = self.try_domain(env) {
+                found = Some((i, slot));
+                break;
+            }
+        }
+        let (i, slot) = found?;
+        parked.remove(i).map(|env| (env, slot))
+    }
+
+    fn parked_len(&self) -> usize {
+        self.parked.lock().map(|p| p.len()).unwrap_or(0)
     }
 
     /// A success anywhere closes the breaker; says so if it was open.
@@ -309,6 +350,8 @@ pub fn start(
         aimd: Mutex::new(Aimd::new(cfg.rate, cfg.aimd.clone())),
         breaker: Mutex::new(Breaker::new(cfg.breaker_threshold, cfg.max_outage)),
         jobs: tokio::sync::Mutex::new(jobs),
+        parked: Mutex::new(std::collections::VecDeque::new()),
+        park_cap: cfg.concurrency.max(1) * 4,
         events,
         stop,
         paused,
@@ -376,6 +419,14 @@ async fn run(
     let mut jobs = shared.jobs.lock().await;
     jobs.close();
     while let Ok(env) = jobs.try_recv() {
+        shared.emit(DeliveryEvent::Returned { id: env.id }).await;
+    }
+    let parked: Vec<Envelope> = shared
+        .parked
+        .lock()
+        .map(|mut p| p.drain(..).collect())
+        .unwrap_or_default();
+    for env in parked {
         shared.emit(DeliveryEvent::Returned { id: env.id }).await;
     }
     let end = shared.end.lock().ok().and_then(|mut e| e.take());
@@ -464,6 +515,54 @@ async fn wait_while_paused(shared: &Shared) -> bool {
     }
 }
 
+/// The next envelope this worker may send, with its domain slot: a parked one
+/// whose domain has room, else one from the queue (parked if its domain is at
+/// its limit). `None` when stopping, or when the queue is closed and empty and
+/// nothing is parked.
+async fn next_job(
+    shared: &Shared,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<(Envelope, Option<OwnedSemaphorePermit>)> {
+    const POLL: Duration = Duration::from_millis(5);
+    loop {
+        if *stop.borrow() {
+            return None;
+        }
+        if let Some(job) = shared.take_ready_parked() {
+            return Some(job);
+        }
+        let parked = shared.parked_len();
+        if parked >= shared.park_cap {
+            // Enough waiting already: do not claim more from the queue.
+            tokio::select! {
+                _ = tokio::time::sleep(POLL) => continue,
+                _ = stopped(stop) => return None,
+            }
+        }
+        let env = tokio::select! {
+            biased;
+            _ = stopped(stop) => return None,
+            env = async { shared.jobs.lock().await.recv().await } => env,
+            _ = tokio::time::sleep(POLL), if parked > 0 => continue,
+        };
+        let Some(env) = env else {
+            if parked == 0 {
+                return None;
+            }
+            tokio::time::sleep(POLL).await;
+            continue;
+        };
+        match shared.try_domain(&env) {
+            Ok(slot) => return Some((env, slot)),
+            Err(()) => {
+                if let Ok(mut p) = shared.parked.lock() {
+                    p.push_back(env);
+                }
+            }
+        }
+    }
+}
+
 async fn worker(id: usize, shared: Arc<Shared>) {
     let mut session: Option<Session> = None;
     let mut stop = shared.stop.subscribe();
@@ -472,12 +571,9 @@ async fn worker(id: usize, shared: Arc<Shared>) {
         if !wait_while_paused(&shared).await {
             break;
         }
-        let env = tokio::select! {
-            biased;
-            _ = stopped(&mut stop) => break,
-            env = async { shared.jobs.lock().await.recv().await } => env,
+        let Some((env, _slot)) = next_job(&shared, &mut stop).await else {
+            break;
         };
-        let Some(env) = env else { break };
 
         // A session first: connection failures are about the server, never
         // about this recipient, so the envelope waits (or goes back) meanwhile.
@@ -523,20 +619,9 @@ async fn worker(id: usize, shared: Arc<Shared>) {
             continue;
         };
 
-        // Limits: the domain's slot and rate, then the global rate.
-        let domain = shared.domains.get(&env.domain);
-        let _slot = match domain.and_then(|d| d.slots.clone()) {
-            Some(sem) => sem.acquire_owned().await.ok(),
-            None => None,
-        };
-        let limits = async {
-            if let Some(g) = domain.and_then(|d| d.rate.as_ref()) {
-                g.acquire().await;
-            }
-            shared.gate.acquire().await;
-        };
+        // The domain's limits were taken with the job; now the global rate.
         tokio::select! {
-            _ = limits => {}
+            _ = shared.gate.acquire() => {}
             _ = stopped(&mut stop) => {
                 shared.emit(DeliveryEvent::Returned { id: env.id }).await;
                 break;

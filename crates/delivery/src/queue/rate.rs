@@ -84,6 +84,15 @@ impl RateGate {
         }
     }
 
+    /// Takes a slot if one is free right now, without waiting.
+    pub fn try_acquire(&self) -> bool {
+        let limiter = match self.current.read() {
+            Ok(g) => g.1.clone(),
+            Err(_) => None,
+        };
+        limiter.is_none_or(|l| l.check().is_ok())
+    }
+
     /// Waits until one message may start.
     pub async fn acquire(&self) {
         loop {
