@@ -20,6 +20,9 @@ use crate::queue::adaptive::{Aimd, AimdSettings};
 use crate::queue::breaker::{Breaker, Trip};
 use crate::queue::rate::RateGate;
 
+/// The share of recent transactions throttled that makes the rate go down.
+const THROTTLE_SHARE: f64 = 0.1;
+
 /// The window over which the observed rate is measured.
 const OBSERVE_WINDOW: Duration = Duration::from_secs(2);
 
@@ -177,6 +180,8 @@ struct Shared {
     connections: AtomicU64,
     /// When recent transactions finished (any outcome), for the observed rate.
     completions: Mutex<std::collections::VecDeque<Instant>>,
+    /// When recent throttling replies came, over the same window.
+    throttles: Mutex<std::collections::VecDeque<Instant>>,
     started: Instant,
 }
 
@@ -273,6 +278,36 @@ impl Shared {
         }
     }
 
+    /// Notes a throttling reply; returns the share of recent transactions
+    /// that were throttled (the reply itself included).
+    fn throttled_share(&self, now: Instant) -> f64 {
+        let throttled = self
+            .throttles
+            .lock()
+            .map(|mut t| {
+                t.push_back(now);
+                while t
+                    .front()
+                    .is_some_and(|x| now.duration_since(*x) > OBSERVE_WINDOW)
+                {
+                    t.pop_front();
+                }
+                t.len()
+            })
+            .unwrap_or(1);
+        let done = self
+            .completions
+            .lock()
+            .map(|c| {
+                c.iter()
+                    .filter(|t| now.duration_since(**t) <= OBSERVE_WINDOW)
+                    .count()
+            })
+            .unwrap_or(1)
+            .max(1);
+        throttled as f64 / done as f64
+    }
+
     /// Transactions per second over the last two seconds (or since the start):
     /// what "the rate" was when a throttling reply came, even when unlimited.
     fn observed_rate(&self, now: Instant) -> f64 {
@@ -360,6 +395,7 @@ pub fn start(
         in_flight: AtomicU64::new(0),
         connections: AtomicU64::new(0),
         completions: Mutex::new(std::collections::VecDeque::new()),
+        throttles: Mutex::new(std::collections::VecDeque::new()),
         started: Instant::now(),
         cfg,
     });
@@ -668,12 +704,20 @@ async fn react(shared: &Shared, failure: &Failure) {
     let now = Instant::now();
     match failure.category {
         Category::Throttled => {
+            // Slow down when throttling is what the server answers now, not
+            // when an odd message among many is: providers throttle because
+            // a rate is exceeded, and then refuse most of what goes over it.
+            let share = shared.throttled_share(now);
             let observed = shared.observed_rate(now);
-            let change = shared
-                .aimd
-                .lock()
-                .ok()
-                .and_then(|mut a| a.on_throttle(now, observed));
+            let change = if share >= THROTTLE_SHARE {
+                shared
+                    .aimd
+                    .lock()
+                    .ok()
+                    .and_then(|mut a| a.on_throttle(now, observed))
+            } else {
+                None
+            };
             if let Some(to) = change {
                 let cause = format!(
                     "throttled: {} {}",
