@@ -127,3 +127,60 @@ fn dashboard_pauses_resumes_and_stops_cleanly_in_tmux() {
     assert_eq!(sent + st["pending"].as_u64().unwrap(), n as u64);
     assert!(sent < n as u64, "stopped before the end");
 }
+
+#[test]
+fn watch_shows_a_run_from_another_terminal_read_only() {
+    if !have_tmux() {
+        assert!(std::env::var_os("CI").is_none(), "tmux is missing in CI");
+        return;
+    }
+    let sink = Sink::start(&[], None);
+    let n = 300;
+    let c = TestCampaign::new(Spec {
+        delivery: "rate = 40",
+        ..Spec::new(addresses("w", n), sink.port())
+    });
+    let mut sender = c.spawn_send(&[]);
+    // Wait until the run has a state to watch.
+    let start = Instant::now();
+    while !c.path().join(".edm/state.db").exists() || sink.handle().accepted() == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the send never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let name = format!("edm-watch-{}", std::process::id());
+    let cmd = format!("{EDM} watch {}; sleep 2", c.path().display());
+    tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &name,
+        "-x",
+        "80",
+        "-y",
+        "24",
+        &cmd,
+    ]);
+    let s = Session(name);
+    let screen = s.wait_for("read-only", Duration::from_secs(10));
+    assert!(
+        screen.contains("e2e"),
+        "the campaign name is shown:\n{screen}"
+    );
+    // Controls are off: p does not pause the run.
+    s.keys("p");
+    let before = sink.handle().accepted();
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(
+        sink.handle().accepted() > before,
+        "watch must not pause the run"
+    );
+    // The counters follow the run.
+    let seen = s.wait_for("sent", Duration::from_secs(5));
+    assert!(!seen.contains("PAUSED"));
+    s.keys("q");
+    signal(&sender, "INT");
+    wait_timeout(&mut sender, Duration::from_secs(20));
+}
