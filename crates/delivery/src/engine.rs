@@ -20,6 +20,14 @@ use crate::queue::adaptive::{Aimd, AimdSettings};
 use crate::queue::breaker::{Breaker, Trip};
 use crate::queue::rate::RateGate;
 
+/// How many of the instants fall in the observation window ending at `now`.
+fn in_window(times: &std::collections::VecDeque<Instant>, now: Instant) -> usize {
+    times
+        .iter()
+        .filter(|t| now.duration_since(**t) <= OBSERVE_WINDOW)
+        .count()
+}
+
 /// The share of recent transactions throttled that makes the rate go down.
 const THROTTLE_SHARE: f64 = 0.1;
 
@@ -298,11 +306,7 @@ impl Shared {
         let done = self
             .completions
             .lock()
-            .map(|c| {
-                c.iter()
-                    .filter(|t| now.duration_since(**t) <= OBSERVE_WINDOW)
-                    .count()
-            })
+            .map(|c| in_window(&c, now))
             .unwrap_or(1)
             .max(1);
         throttled as f64 / done as f64
@@ -314,11 +318,7 @@ impl Shared {
         let n = self
             .completions
             .lock()
-            .map(|c| {
-                c.iter()
-                    .filter(|t| now.duration_since(**t) <= OBSERVE_WINDOW)
-                    .count()
-            })
+            .map(|c| in_window(&c, now))
             .unwrap_or(0);
         let window = now
             .duration_since(self.started)
