@@ -29,6 +29,22 @@ impl Drop for Session {
 }
 
 impl Session {
+    /// Runs `cmd` in a new detached 80x24 tmux session.
+    fn start(name: String, cmd: &str) -> Session {
+        tmux(&[
+            "new-session",
+            "-d",
+            "-s",
+            &name,
+            "-x",
+            "80",
+            "-y",
+            "24",
+            cmd,
+        ]);
+        Session(name)
+    }
+
     fn screen(&self) -> String {
         tmux(&["capture-pane", "-p", "-t", &self.0])
     }
@@ -73,18 +89,7 @@ fn dashboard_pauses_resumes_and_stops_cleanly_in_tmux() {
         c.path().display(),
         exit_file.display()
     );
-    tmux(&[
-        "new-session",
-        "-d",
-        "-s",
-        &name,
-        "-x",
-        "80",
-        "-y",
-        "24",
-        &cmd,
-    ]);
-    let s = Session(name);
+    let s = Session::start(name, &cmd);
     s.wait_for("RUNNING", Duration::from_secs(15));
 
     s.keys("p");
@@ -152,18 +157,7 @@ fn watch_shows_a_run_from_another_terminal_read_only() {
     }
     let name = format!("edm-watch-{}", std::process::id());
     let cmd = format!("{EDM} watch {}; sleep 2", c.path().display());
-    tmux(&[
-        "new-session",
-        "-d",
-        "-s",
-        &name,
-        "-x",
-        "80",
-        "-y",
-        "24",
-        &cmd,
-    ]);
-    let s = Session(name);
+    let s = Session::start(name, &cmd);
     let screen = s.wait_for("read-only", Duration::from_secs(10));
     assert!(
         screen.contains("e2e"),

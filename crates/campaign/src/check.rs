@@ -467,14 +467,7 @@ pub fn check(c: &Campaign, opts: &CheckOptions) -> Result<CheckReport, Error> {
                             if job.templates.is_none() {
                                 continue;
                             }
-                            chunk.push(Recipient {
-                                id: RecipientId(row.line as i64),
-                                line: row.line,
-                                email: row.email,
-                                values: row.values,
-                                attempts: 0,
-                                first_attempt_at: None,
-                            });
+                            chunk.push(unsent(row));
                             if chunk.len() >= CHUNK && tx.send(std::mem::take(&mut chunk)).is_err()
                             {
                                 break;
@@ -868,6 +861,19 @@ fn recipients_finding(e: &edm_recipients::Error) -> Finding {
         finding.field = Some(field.clone());
     }
     finding
+}
+
+/// A CSV row as a never-attempted recipient, for rendering outside a run
+/// (check, preview, test sends): the CSV line stands in for the store's id.
+pub(crate) fn unsent(row: edm_recipients::Row) -> Recipient {
+    Recipient {
+        id: RecipientId(row.line as i64),
+        line: row.line,
+        email: row.email,
+        values: row.values,
+        attempts: 0,
+        first_attempt_at: None,
+    }
 }
 
 pub(crate) fn read_options(c: &Campaign) -> ReadOptions {

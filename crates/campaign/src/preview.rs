@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use edm_model::{Recipient, RecipientId};
+use edm_model::Recipient;
 use edm_recipients::Verdict;
 use edm_template::Templates;
 
@@ -82,14 +82,7 @@ pub fn preview(c: &Campaign, opts: &PreviewOptions) -> Result<PreviewReport, Err
         };
         let asked = wanted.remove(&row.line);
         let valid = note.is_none();
-        let recipient = Recipient {
-            id: RecipientId(row.line as i64),
-            line: row.line,
-            email: row.email,
-            values: row.values,
-            attempts: 0,
-            first_attempt_at: None,
-        };
+        let recipient = crate::check::unsent(row);
         if asked {
             chosen.push((recipient, note));
         } else if valid {

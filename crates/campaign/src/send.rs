@@ -477,13 +477,15 @@ async fn handle_event(writer: &Writer, shared: &Shared, policy: &RetryPolicy, ev
     // Read, not remove: a recipient leaves `in_flight` only once its outcome is
     // queued to the writer, so the daily quota never undercounts.
     let take = |id: RecipientId| {
-        shared.in_flight.lock().ok().and_then(|m| {
-            m.get(&id).map(|i| InFlight {
+        // The strings are moved out (no copy per message); the entry stays
+        // until the outcome is queued.
+        shared.in_flight.lock().ok().and_then(|mut m| {
+            m.get_mut(&id).map(|i| InFlight {
                 retry: i.retry,
                 attempts: i.attempts,
                 first_attempt_at: i.first_attempt_at,
-                message_id: i.message_id.clone(),
-                domain: i.domain.clone(),
+                message_id: std::mem::take(&mut i.message_id),
+                domain: std::mem::take(&mut i.domain),
             })
         })
     };

@@ -191,14 +191,7 @@ fn samples(c: &Campaign, n: usize) -> Result<(Vec<String>, Vec<Recipient>), Erro
         if row.verdict != Verdict::Valid {
             continue;
         }
-        out.push(Recipient {
-            id: RecipientId(row.line as i64),
-            line: row.line,
-            email: row.email,
-            values: row.values,
-            attempts: 0,
-            first_attempt_at: None,
-        });
+        out.push(crate::check::unsent(row));
         if out.len() >= n {
             break;
         }
