@@ -237,6 +237,27 @@ impl Store {
             let mut exists = tx
                 .prepare_cached("SELECT 1 FROM recipients WHERE id = ?1")
                 .at(&path)?;
+            let mut held = tx
+                .prepare_cached(
+                    "UPDATE recipients
+                     SET status = 'pending', next_attempt_at = NULL,
+                         first_attempt_at = CASE WHEN prev_attempt_at IS NULL
+                                                 THEN NULL ELSE first_attempt_at END,
+                         prev_attempt_at = NULL,
+                         category = ?2, stage = ?3, smtp_code = ?4, enhanced_code = ?5,
+                         reply = ?6, last_attempt_at = ?7, updated_at = ?7
+                     WHERE id = ?1",
+                )
+                .at(&path)?;
+            let mut in_doubt = tx
+                .prepare_cached(
+                    "UPDATE recipients
+                     SET status = ?2, in_doubt = 1, attempts = attempts + 1,
+                         next_attempt_at = ?3, category = ?4, stage = ?5, smtp_code = ?6,
+                         enhanced_code = ?7, reply = ?8, last_attempt_at = ?9, updated_at = ?9
+                     WHERE id = ?1",
+                )
+                .at(&path)?;
             for o in outcomes {
                 let changed = match &o.kind {
                     OutcomeKind::Sent { reply, message_id } => sent
@@ -285,6 +306,37 @@ impl Store {
                             ])
                             .at(&path)?
                     }
+                    OutcomeKind::Held { failure } => held
+                        .execute(params![
+                            o.id.0,
+                            failure.category.as_str(),
+                            failure.stage.as_str(),
+                            failure.smtp_code,
+                            failure.enhanced_code,
+                            failure.reply,
+                            o.at
+                        ])
+                        .at(&path)?,
+                    OutcomeKind::InDoubt {
+                        failure,
+                        next_attempt_at,
+                    } => in_doubt
+                        .execute(params![
+                            o.id.0,
+                            if next_attempt_at.is_some() {
+                                Status::Deferred.as_str()
+                            } else {
+                                Status::InDoubt.as_str()
+                            },
+                            next_attempt_at,
+                            failure.category.as_str(),
+                            failure.stage.as_str(),
+                            failure.smtp_code,
+                            failure.enhanced_code,
+                            failure.reply,
+                            o.at
+                        ])
+                        .at(&path)?,
                     OutcomeKind::Released => {
                         let n = released.execute(params![o.id.0, o.at]).at(&path)?;
                         // Not sending any more: nothing to release, if it exists.

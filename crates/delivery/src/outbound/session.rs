@@ -86,6 +86,9 @@ pub enum Afterwards {
     Usable,
     /// Closed or in an unknown state: drop it and reconnect.
     Broken,
+    /// Broken after the final dot was sent with no reply: the server may
+    /// have accepted the message, so the recipient is in doubt.
+    InDoubt,
 }
 
 async fn step<T>(
@@ -272,16 +275,25 @@ impl Session {
         }
         // The message and the final dot: from here on the server may accept it.
         let client = &mut self.client;
-        let data = async {
+        let deadline = tokio::time::Instant::now() + s.data_timeout;
+        let write = async {
             use tokio::io::AsyncWriteExt;
             // One buffer, one write: mail-send's `write_message` walks the
             // message a byte at a time and writes in pieces.
             let stuffed = dot_stuff(&env.body);
             client.stream.write_all(&stuffed).await?;
-            client.stream.flush().await?;
-            client.read().await
+            client.stream.flush().await
         };
-        match tokio::time::timeout(s.data_timeout, data).await {
+        match tokio::time::timeout_at(deadline, write).await {
+            Ok(Ok(())) => {}
+            // The final dot is the last thing written: the server cannot
+            // have the whole message, so this is an ordinary failure.
+            Ok(Err(e)) => return Err((classify_io(Stage::Data, &e), Afterwards::Broken)),
+            Err(_) => return Err((timeout(Stage::Data), Afterwards::Broken)),
+        }
+        // The final dot is out: without its reply the message may have been
+        // accepted (RFC 5321 §4.1.1.4, §6.1), so it is in doubt, not failed.
+        match tokio::time::timeout_at(deadline, client.read()).await {
             Ok(Ok(r)) if r.is_positive_completion() => Ok(to_reply(r)),
             Ok(Ok(r)) => {
                 let f = negative(Stage::Data, &r);
@@ -294,8 +306,8 @@ impl Session {
                 };
                 Err((f, after))
             }
-            Ok(Err(e)) => Err((classify_error(Stage::Data, &e), Afterwards::Broken)),
-            Err(_) => Err((timeout(Stage::Data), Afterwards::Broken)),
+            Ok(Err(e)) => Err((classify_error(Stage::Data, &e), Afterwards::InDoubt)),
+            Err(_) => Err((timeout(Stage::Data), Afterwards::InDoubt)),
         }
     }
 
