@@ -11,6 +11,7 @@
 //! - `preflight`: before the campaign: `edm send --test-to`.
 //! - `suppress`: the shared suppression list, `edm suppress`.
 //! - `tui`: the dashboard in tmux.
+//! - `promises`: fail fast, stop on refusals that hit every message, in doubt.
 
 mod harness;
 
@@ -18,6 +19,7 @@ mod crash;
 mod failures;
 mod postfix;
 mod preflight;
+mod promises;
 mod send;
 mod suppress;
 mod tui;

@@ -322,10 +322,7 @@ impl Shared {
                     Failure::local(
                         edm_model::Stage::Connect,
                         Category::ConnectTimeout,
-                        format!(
-                            "no session within {}s",
-                            self.cfg.fail_fast_within.as_secs()
-                        ),
+                        format!("no session within {}s", self.cfg.fail_fast_within.as_secs()),
                     )
                 })
             })
@@ -425,7 +422,10 @@ impl Shared {
             .streak
             .lock()
             .map(|mut st| {
-                if st.updated.is_some_and(|u| now.duration_since(u) >= STREAK_FLUSH) {
+                if st
+                    .updated
+                    .is_some_and(|u| now.duration_since(u) >= STREAK_FLUSH)
+                {
                     std::mem::take(&mut st.held)
                 } else {
                     Vec::new()
@@ -456,7 +456,10 @@ impl Shared {
                 reason: format!(
                     "the relay {} refuses every message: {}{}",
                     self.relay(),
-                    failure.smtp_code.map(|c| format!("{c} ")).unwrap_or_default(),
+                    failure
+                        .smtp_code
+                        .map(|c| format!("{c} "))
+                        .unwrap_or_default(),
                     failure.reply
                 ),
             }))

@@ -798,7 +798,11 @@ fn record_held_goes_back_to_pending_with_the_reply_kept() {
 fn record_in_doubt_flags_and_defers_or_parks() {
     let mut f = fixture(2);
     f.store.claim(2, 10).unwrap();
-    let timeout = Failure::local(Stage::Data, Category::ReadTimeout, "no reply to the final dot");
+    let timeout = Failure::local(
+        Stage::Data,
+        Category::ReadTimeout,
+        "no reply to the final dot",
+    );
     f.store
         .record(&[
             outcome(
@@ -820,8 +824,14 @@ fn record_in_doubt_flags_and_defers_or_parks() {
         ])
         .unwrap();
     let (a, b) = (row(&f.store, 2), row(&f.store, 3));
-    assert_eq!((a.status, a.attempts, a.in_doubt), (Status::Deferred, 1, true));
-    assert_eq!((b.status, b.attempts, b.in_doubt), (Status::InDoubt, 1, true));
+    assert_eq!(
+        (a.status, a.attempts, a.in_doubt),
+        (Status::Deferred, 1, true)
+    );
+    assert_eq!(
+        (b.status, b.attempts, b.in_doubt),
+        (Status::InDoubt, 1, true)
+    );
     let s = f.store.summary().unwrap();
     assert_eq!(s.in_doubt, 2);
     assert_eq!(s.next_due, Some(50));
