@@ -8,17 +8,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::outbound::session::{Afterwards, SmtpSettings};
+use crate::outbound::smtp::SmtpTransport;
+use crate::queue::adaptive::{Aimd, AimdSettings};
+use crate::queue::breaker::{Breaker, Trip};
+use crate::queue::rate::RateGate;
+use crate::transport::{Connection, Transport};
 use edm_model::{Category, Control, DeliveryEvent, Envelope, Failure, Notice};
 use rand::Rng;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tokio_rustls::TlsConnector;
-
-use crate::outbound::session::{Afterwards, Session, SmtpSettings};
-use crate::queue::adaptive::{Aimd, AimdSettings};
-use crate::queue::breaker::{Breaker, Trip};
-use crate::queue::rate::RateGate;
 
 /// How many of the instants fall in the observation window ending at `now`.
 fn in_window(times: &std::collections::VecDeque<Instant>, now: Instant) -> usize {
@@ -227,8 +227,7 @@ struct DomainGate {
 
 struct Shared {
     cfg: DeliveryConfig,
-    settings: Arc<SmtpSettings>,
-    tls: TlsConnector,
+    transport: Arc<dyn Transport>,
     gate: RateGate,
     domains: HashMap<String, DomainGate>,
     aimd: Mutex<Aimd>,
@@ -280,21 +279,26 @@ impl Shared {
     }
 
     fn relay(&self) -> String {
-        format!("{}:{}", self.settings.host, self.settings.port)
+        self.transport.describe()
     }
 
     /// A failure to open a session. Before any session worked, enough of them
     /// end the run (exit 2) instead of waiting out `max_outage`.
     fn early_failure(&self, f: &Failure) -> bool {
-        if self.worked.load(Ordering::SeqCst) || !f.category.fails_fast() {
+        if self.worked.load(Ordering::SeqCst) {
             return false;
         }
         let give_up = self
             .early
             .lock()
             .map(|mut e| {
-                e.failures += 1;
                 e.last = Some(f.clone());
+                if !f.category.fails_fast() {
+                    // A relay that answers and then fails (a dropped
+                    // greeting, a protocol error) is reachable: an outage.
+                    return false;
+                }
+                e.failures += 1;
                 let since = e.first_attempt.unwrap_or(self.started);
                 e.failures >= self.cfg.fail_fast_attempts.max(1)
                     || since.elapsed() >= self.cfg.fail_fast_within
@@ -317,6 +321,9 @@ impl Shared {
         }
         let late = self.early.lock().ok().and_then(|e| {
             let first = e.first_attempt?;
+            if e.last.as_ref().is_some_and(|f| !f.category.fails_fast()) {
+                return None;
+            }
             (now.duration_since(first) >= self.cfg.fail_fast_within).then(|| {
                 e.last.clone().unwrap_or_else(|| {
                     Failure::local(
@@ -621,12 +628,8 @@ impl Shared {
     }
 }
 
-fn tls_connector(accept_invalid: bool) -> Result<TlsConnector, Error> {
-    // mail-send's connector: platform verifier, ring provider (the only one built).
-    mail_send::smtp::tls::build_tls_connector(accept_invalid).map_err(Error::Tls)
-}
-
-/// Starts the engine on the current tokio runtime.
+/// Starts the engine on the current tokio runtime, sending through the SMTP
+/// relay of `cfg.smtp`.
 ///
 /// It reads envelopes from `jobs` until the sender is dropped and the queue
 /// is empty (or until stopped), and reports on `events` (never dropped: the
@@ -636,7 +639,17 @@ pub fn start(
     jobs: mpsc::Receiver<Envelope>,
     events: mpsc::Sender<DeliveryEvent>,
 ) -> Result<Engine, Error> {
-    let tls = tls_connector(cfg.smtp.accept_invalid_certs)?;
+    let transport = SmtpTransport::new(cfg.smtp.clone()).map_err(Error::Tls)?;
+    Ok(start_with(Arc::new(transport), cfg, jobs, events))
+}
+
+/// Starts the engine with any [`Transport`] (`cfg.smtp` is then unused).
+pub fn start_with(
+    transport: Arc<dyn Transport>,
+    cfg: DeliveryConfig,
+    jobs: mpsc::Receiver<Envelope>,
+    events: mpsc::Sender<DeliveryEvent>,
+) -> Engine {
     let domains = cfg
         .domains
         .iter()
@@ -653,8 +666,7 @@ pub fn start(
     let (stop, _) = watch::channel(false);
     let (paused, _) = watch::channel(false);
     let shared = Arc::new(Shared {
-        settings: Arc::new(cfg.smtp.clone()),
-        tls,
+        transport,
         gate: RateGate::new(cfg.rate, cfg.burst),
         domains,
         aimd: Mutex::new(Aimd::new(cfg.rate, cfg.aimd.clone())),
@@ -686,11 +698,11 @@ pub fn start(
         ..Default::default()
     });
     let join = tokio::spawn(run(shared, control_rx, status_tx));
-    Ok(Engine {
+    Engine {
         control: control_tx,
         status: status_rx,
         join,
-    })
+    }
 }
 
 async fn run(
@@ -904,7 +916,7 @@ async fn next_job(
 }
 
 async fn worker(id: usize, shared: Arc<Shared>) {
-    let mut session: Option<Session> = None;
+    let mut session: Option<Box<dyn Connection>> = None;
     let mut stop = shared.stop.subscribe();
     let mut reconnects = 0u32;
     'jobs: loop {
@@ -933,7 +945,7 @@ async fn worker(id: usize, shared: Arc<Shared>) {
             // Watch for a stop meanwhile: a connect that hangs must not hold
             // up the end of the run (fail fast, a stop by the operator).
             let connected = tokio::select! {
-                c = Session::connect(shared.settings.clone(), &shared.tls) => c,
+                c = shared.transport.open() => c,
                 _ = stopped(&mut stop) => {
                     shared.emit(DeliveryEvent::Returned { id: env.id }).await;
                     shared.release_hold();
@@ -1045,7 +1057,7 @@ async fn worker(id: usize, shared: Arc<Shared>) {
     }
     if let Some(s) = session {
         shared.connections.fetch_sub(1, Ordering::Relaxed);
-        s.quit().await;
+        s.close().await;
     }
 }
 
