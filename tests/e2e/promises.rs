@@ -51,6 +51,12 @@ fn nothing_listening_fails_fast() {
     assert_eq!(s["failed"], 0);
     assert_eq!(s["pending"], 15, "{s}");
     assert_eq!(s["sending"], 0, "{s}");
+    let ev = events(&c);
+    assert!(
+        ev.iter()
+            .any(|e| e.starts_with("stop:") && e.contains(&format!("127.0.0.1:{port}"))),
+        "{ev:#?}"
+    );
 }
 
 /// A host name that does not resolve (RFC 2606 `.invalid`): exit 2 at once.

@@ -782,6 +782,17 @@ async fn run(
         shared.emit(DeliveryEvent::Returned { id: env.id }).await;
     }
     let end = shared.end.lock().ok().and_then(|mut e| e.take());
+    if let Some(EngineEnd::Unreachable { relay, failure }) = &end {
+        // Said once, as an event the dashboard and `edm watch` show.
+        shared
+            .emit(DeliveryEvent::Notice(Notice::Stopping {
+                reason: format!(
+                    "cannot use the relay {relay}: {}: {}",
+                    failure.category, failure.reply
+                ),
+            }))
+            .await;
+    }
     end.unwrap_or(if shared.stopping() {
         EngineEnd::Stopped
     } else {

@@ -129,6 +129,8 @@ async fn refused_connection_fails_fast_and_returns_everyone() {
         other => panic!("{other:?}"),
     }
     assert_eq!(tally(&events), (0, 0, 6, 0, 0), "{events:#?}");
+    let notice = stop_notice(&events).expect("a stop notice");
+    assert!(notice.contains(&format!("127.0.0.1:{port}")), "{notice}");
 }
 
 #[tokio::test]
