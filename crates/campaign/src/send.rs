@@ -935,3 +935,41 @@ async fn progress_loop(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(end: RunEnd) -> RunReport {
+        RunReport {
+            end,
+            summary: Summary::default(),
+            ingested: 0,
+            in_doubt_found: 0,
+            in_doubt_policy: InDoubtPolicy::Resend,
+            sent: 0,
+            failed: 0,
+            in_doubt: 0,
+            retried: 0,
+            state: PathBuf::new(),
+        }
+    }
+
+    #[test]
+    fn exit_codes_of_the_engine_promises() {
+        let f = Failure::local(
+            edm_model::Stage::Connect,
+            edm_model::Category::ConnectRefused,
+            "x",
+        );
+        let unreachable = RunEnd::Unreachable {
+            relay: "h:25".into(),
+            failure: f.clone(),
+        };
+        assert_eq!(report(unreachable).exit_code(), 2);
+        assert_eq!(report(RunEnd::Refused(f)).exit_code(), 2);
+        // An internal error is exit 2, never 130 (stopped by the operator).
+        assert_eq!(report(RunEnd::Crashed("boom".into())).exit_code(), 2);
+        assert_eq!(report(RunEnd::InDoubt { count: 3 }).exit_code(), 3);
+    }
+}

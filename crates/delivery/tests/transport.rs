@@ -32,6 +32,8 @@ enum Send {
     Refuse(Failure),
     /// The connection drops (a relay that went away).
     Drop,
+    /// The final dot goes out and no reply comes.
+    NoReply,
     Panic,
 }
 
@@ -95,6 +97,10 @@ impl Connection for StubConn {
                 Send::Drop => Err((
                     Failure::local(Stage::MailFrom, Category::Disconnected, "gone"),
                     Afterwards::Broken,
+                )),
+                Send::NoReply => Err((
+                    Failure::local(Stage::Data, Category::ReadTimeout, "no reply"),
+                    Afterwards::InDoubt,
                 )),
                 Send::Panic => panic!("stub transport panics"),
             }
@@ -287,5 +293,26 @@ async fn a_panicking_transport_ends_the_run() {
         count(&events, |e| matches!(e, DeliveryEvent::Returned { .. })),
         6,
         "every envelope back to pending"
+    );
+}
+
+/// No reply to the final dot: reported in doubt, never rejected, and the
+/// connection is reopened for the next one.
+#[tokio::test(start_paused = true)]
+async fn no_reply_after_the_final_dot_is_in_doubt() {
+    let stub = Stub::new(Open::Ok, Send::NoReply);
+    let (events, end, _) = run(stub.clone(), config(), 4).await;
+    assert_eq!(end, EngineEnd::Drained);
+    assert_eq!(
+        count(&events, |e| matches!(e, DeliveryEvent::InDoubt { .. })),
+        4
+    );
+    assert_eq!(
+        count(&events, |e| matches!(e, DeliveryEvent::Rejected { .. })),
+        0
+    );
+    assert!(
+        stub.opens.load(Ordering::SeqCst) >= 4,
+        "a fresh connection each time"
     );
 }
