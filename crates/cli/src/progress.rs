@@ -153,8 +153,8 @@ pub fn print_report(dir: &Path, r: &RunReport) {
     };
     println!("Campaign: {head}");
     println!(
-        "  this run: sent {}, failed {}, retries scheduled {}",
-        r.sent, r.failed, r.retried
+        "  this run: sent {}, failed {}, retries scheduled {}, in doubt {}",
+        r.sent, r.failed, r.retried, r.in_doubt
     );
     println!(
         "  campaign: total {}, sent {}, failed {}, deferred {}, pending {}, invalid {}, skipped {}, suppressed {}, in doubt {}",
