@@ -352,7 +352,7 @@ async fn run(
     campaign: Campaign,
     opts: SendOptions,
     prepared: Prepared,
-    dcfg: DeliveryConfig,
+    mut dcfg: DeliveryConfig,
     state: PathBuf,
     progress_tx: watch::Sender<Progress>,
     mut control_rx: mpsc::UnboundedReceiver<Control>,
@@ -367,6 +367,8 @@ async fn run(
     } = prepared;
     let concurrency = dcfg.concurrency;
     let writer = Arc::new(Writer::spawn(store));
+    // Every final dot waits for its durable mark (docs/resume.md).
+    dcfg.marker = Some(Arc::new(writer.marker()));
     if in_doubt > 0 {
         let what = match opts.in_doubt {
             InDoubtPolicy::Resend => "they are sent again (see `edm report --in-doubt`)",
@@ -491,6 +493,7 @@ async fn run(
         (EngineEnd::Outage(f), _, _) => RunEnd::Outage(f),
         (EngineEnd::Unreachable { relay, failure }, _, _) => RunEnd::Unreachable { relay, failure },
         (EngineEnd::Refused(f), _, _) => RunEnd::Refused(f),
+        (EngineEnd::MarkFailed(e), None, _) => RunEnd::StoreFailed(e),
         (_, Some(e), _) => RunEnd::StoreFailed(e),
         (_, None, FeedEnd::Complete) if summary.count(Status::InDoubt) > 0 => RunEnd::InDoubt {
             count: summary.count(Status::InDoubt),

@@ -259,7 +259,7 @@ async fn deliver(
         | EngineEnd::Outage(f)
         | EngineEnd::Refused(f)
         | EngineEnd::Unreachable { failure: f, .. } => Some(f),
-        EngineEnd::Crashed(e) => Some(Failure::local(
+        EngineEnd::Crashed(e) | EngineEnd::MarkFailed(e) => Some(Failure::local(
             edm_model::Stage::Connect,
             edm_model::Category::Protocol,
             format!("internal error: {e}"),

@@ -13,7 +13,7 @@ use crate::outbound::smtp::SmtpTransport;
 use crate::queue::adaptive::{Aimd, AimdSettings};
 use crate::queue::breaker::{Breaker, Trip};
 use crate::queue::rate::RateGate;
-use crate::transport::{Connection, Transport};
+use crate::transport::{BoxFuture, Connection, Marker, Transport};
 use edm_model::{Category, Control, DeliveryEvent, Envelope, Failure, Notice};
 use rand::Rng;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
@@ -77,6 +77,9 @@ pub struct DeliveryConfig {
     /// address (tests of the panic path). Never set outside tests.
     #[doc(hidden)]
     pub panic_on_rcpt: Option<String>,
+    /// The store's durable per-transaction mark, committed before each
+    /// final dot (`None`: no mark, as in test sends).
+    pub marker: Option<Arc<dyn Marker>>,
 }
 
 impl DeliveryConfig {
@@ -96,6 +99,7 @@ impl DeliveryConfig {
             fail_fast_attempts: 3,
             fail_fast_within: Duration::from_secs(30),
             panic_on_rcpt: None,
+            marker: None,
         }
     }
 }
@@ -125,6 +129,9 @@ pub enum EngineEnd {
     Refused(Failure),
     /// A panic in the engine (a bug): the run stops, envelopes go back.
     Crashed(String),
+    /// The durable mark before a final dot could not be written: the run
+    /// stops; that message was not sent.
+    MarkFailed(String),
 }
 
 /// A live view of the engine, for progress displays.
@@ -1023,9 +1030,39 @@ async fn worker(id: usize, shared: Arc<Shared>) {
             }
         }
 
+        // The mark is asked for now and committed while the envelope
+        // commands go out; the final dot waits for it.
+        let mark_failed = Arc::new(std::sync::Mutex::new(None::<String>));
+        let before_dot: BoxFuture<'_, Result<(), String>> = match &shared.cfg.marker {
+            Some(m) => {
+                let fut = m.mark(env.id);
+                let failed = mark_failed.clone();
+                Box::pin(async move {
+                    let r = fut.await;
+                    if let (Err(e), Ok(mut f)) = (&r, failed.lock()) {
+                        *f = Some(e.clone());
+                    }
+                    r
+                })
+            }
+            None => Box::pin(async { Ok(()) }),
+        };
         shared.in_flight.fetch_add(1, Ordering::Relaxed);
-        let result = sess.send(&env).await;
+        let result = sess.send(&env, before_dot).await;
         shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let mark_error = mark_failed.lock().ok().and_then(|mut f| f.take());
+        if let Some(e) = mark_error {
+            // Not sent (no final dot): back to pending, and the run stops.
+            tracing::error!(error = %e, "cannot mark a transaction before its final dot");
+            if let Some(s) = session.take() {
+                shared.connections.fetch_sub(1, Ordering::Relaxed);
+                drop(s);
+            }
+            shared.stop_with(EngineEnd::MarkFailed(e));
+            shared.emit(DeliveryEvent::Returned { id: env.id }).await;
+            shared.release_hold();
+            break;
+        }
         shared.completed(Instant::now());
         match result {
             Ok(reply) => {

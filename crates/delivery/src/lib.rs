@@ -35,4 +35,4 @@ pub use queue::adaptive::{Aimd, AimdSettings};
 pub use queue::breaker::{Breaker, Trip};
 pub use queue::rate::RateGate;
 pub use queue::retry::{RetryPolicy, Verdict};
-pub use transport::{BoxFuture, Connection, Transport};
+pub use transport::{BoxFuture, Connection, Marker, Transport};

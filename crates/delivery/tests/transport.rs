@@ -83,10 +83,17 @@ impl Connection for StubConn {
     fn send<'a>(
         &'a mut self,
         _env: &'a Envelope,
+        before_dot: BoxFuture<'a, Result<(), String>>,
     ) -> BoxFuture<'a, Result<Reply, (Failure, Afterwards)>> {
         Box::pin(async move {
             // A transaction takes a little (virtual) time.
             tokio::time::sleep(Duration::from_millis(10)).await;
+            if let Err(e) = before_dot.await {
+                return Err((
+                    Failure::local(Stage::Data, Category::Protocol, e),
+                    Afterwards::Broken,
+                ));
+            }
             match &self.send {
                 Send::Accept => Ok(Reply {
                     code: 250,

@@ -31,6 +31,17 @@ fn claim_due_sql() -> String {
     )
 }
 
+/// Recipients whose transaction may reach its final dot: marked (durably,
+/// group-committed) before it, cleared with the outcome. After a crash only
+/// marked rows can have been delivered.
+pub(crate) const MARKS_TABLE: &str =
+    "CREATE TABLE IF NOT EXISTS dot_marks (id INTEGER PRIMARY KEY)";
+
+/// Set in meta once a run has used marks: from then on an unmarked `sending`
+/// row after a crash was never sent. A file last run by an older edm (no
+/// marks) keeps treating every `sending` row as in doubt.
+const MARKS_META: &str = "dot_marks";
+
 #[cfg(test)]
 pub(crate) fn claim_sqls() -> [String; 2] {
     [claim_pending_sql(), claim_due_sql()]
@@ -89,11 +100,14 @@ impl Store {
 
     /// Deals with rows still `sending` from a run that died: the server may
     /// have accepted them. Flags them `in_doubt`, then `Resend` makes them
-    /// pending again and `Skip` parks them in status `in_doubt`.
+    /// pending again and `Skip` parks them in status `in_doubt`. Once a run
+    /// has used [`Store::mark_in_flight`], only marked rows are in doubt: the
+    /// others never reached their final dot and go back as before the claim.
     ///
     /// Call it once at start, after [`Store::lock_for_run`]. Returns how many.
     pub fn recover_in_doubt(&mut self, policy: InDoubtPolicy) -> Result<u64> {
         let now = edm_model::now_ms();
+        let marks_used = self.meta(MARKS_META)?.as_deref() == Some("1");
         let set = match policy {
             InDoubtPolicy::Resend => "status = 'pending', next_attempt_at = NULL",
             InDoubtPolicy::Skip => "status = 'in_doubt'",
@@ -108,9 +122,61 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .at(&path)?;
+        if marks_used {
+            // Claimed but never marked: its final dot was never written, so
+            // it goes back to where it was before the claim, not in doubt.
+            tx.execute(
+                &format!(
+                    "UPDATE recipients
+                     SET status = CASE WHEN next_attempt_at IS NULL
+                                       THEN 'pending' ELSE 'deferred' END,
+                         first_attempt_at = CASE WHEN prev_attempt_at IS NULL
+                                                 THEN NULL ELSE first_attempt_at END,
+                         last_attempt_at = prev_attempt_at, prev_attempt_at = NULL,
+                         updated_at = ?1
+                     WHERE {ACTIVE} AND status = 'sending'
+                       AND id NOT IN (SELECT id FROM dot_marks)"
+                ),
+                [now],
+            )
+            .at(&path)?;
+        }
         let n = tx.execute(&sql, [now]).at(&path)?;
+        tx.execute("DELETE FROM dot_marks", []).at(&path)?;
         tx.commit().at(&path)?;
         Ok(n as u64)
+    }
+
+    /// Durably marks recipients whose transactions may now reach their final
+    /// dot, in one transaction for all of them (group commit: the engine's
+    /// workers ask together, the writer commits once). Recording an outcome
+    /// clears the mark; after a crash, [`Store::recover_in_doubt`] flags only
+    /// marked rows (at most one per connection) and puts the others back.
+    pub fn mark_in_flight(&mut self, ids: &[RecipientId]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .at(&path)?;
+        {
+            let mut mark = tx
+                .prepare_cached("INSERT OR IGNORE INTO dot_marks (id) VALUES (?1)")
+                .at(&path)?;
+            for id in ids {
+                mark.execute([id.0]).at(&path)?;
+            }
+            tx.prepare_cached(
+                "INSERT INTO meta (key, value) VALUES (?1, '1')
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )
+            .at(&path)?
+            .execute([MARKS_META])
+            .at(&path)?;
+        }
+        tx.commit().at(&path)
     }
 
     /// Claims up to `limit` recipients for sending: pending ones by id first,
@@ -237,6 +303,9 @@ impl Store {
             let mut exists = tx
                 .prepare_cached("SELECT 1 FROM recipients WHERE id = ?1")
                 .at(&path)?;
+            let mut unmark = tx
+                .prepare_cached("DELETE FROM dot_marks WHERE id = ?1")
+                .at(&path)?;
             let mut held = tx
                 .prepare_cached(
                     "UPDATE recipients
@@ -346,6 +415,7 @@ impl Store {
                 if changed == 0 {
                     return Err(Error::UnknownRecipient { path, id: o.id });
                 }
+                unmark.execute([o.id.0]).at(&path)?;
             }
         }
         tx.commit().at(&path)

@@ -841,3 +841,40 @@ fn record_in_doubt_flags_and_defers_or_parks() {
     let a = row(&f.store, 2);
     assert_eq!((a.status, a.in_doubt), (Status::Sent, true));
 }
+
+#[test]
+fn after_a_crash_only_marked_rows_are_in_doubt() {
+    let mut f = fixture(5);
+    f.store.claim(5, 10).unwrap();
+    // Row 1 answered, rows 2 and 3 marked (their final dot may be out), rows
+    // 4 and 5 claimed only; the mark of an answered row is cleared.
+    f.store
+        .mark_in_flight(&[RecipientId(1), RecipientId(2), RecipientId(3)])
+        .unwrap();
+    f.store.record(&[outcome(1, 20, sent())]).unwrap();
+    drop(f.store); // the run dies
+    let mut store = Store::open(&f.path, Durability::Normal).unwrap();
+    assert_eq!(store.recover_in_doubt(InDoubtPolicy::Skip).unwrap(), 2);
+    let s = store.summary().unwrap();
+    assert_eq!(s.count(Status::Sent), 1);
+    assert_eq!(s.count(Status::InDoubt), 2);
+    assert_eq!(
+        s.count(Status::Pending),
+        2,
+        "claimed, never marked: pending"
+    );
+    assert_eq!(s.count(Status::Sending), 0);
+    assert_eq!(s.in_doubt, 2);
+    let r = row(&store, 5);
+    assert_eq!((r.in_doubt, r.last_attempt_at), (false, None));
+    // The marks are gone: a second recovery finds nothing.
+    assert_eq!(store.recover_in_doubt(InDoubtPolicy::Skip).unwrap(), 0);
+}
+
+#[test]
+fn without_marks_every_sending_row_stays_in_doubt() {
+    // A file last run by an edm without marks: nothing is assumed unsent.
+    let mut f = fixture(2);
+    f.store.claim(2, 10).unwrap();
+    assert_eq!(f.store.recover_in_doubt(InDoubtPolicy::Resend).unwrap(), 2);
+}

@@ -243,6 +243,17 @@ impl Session {
     /// Sends one message. On failure, says whether the connection can be reused
     /// (an RSET has already been done where one was needed).
     pub async fn send(&mut self, env: &Envelope) -> Result<Reply, (Failure, Afterwards)> {
+        self.send_marked(env, Box::pin(async { Ok(()) })).await
+    }
+
+    /// [`Session::send`], waiting for `before_dot` (the store's durable mark)
+    /// once the server is ready for the body: if it fails, the connection is
+    /// dropped without the final dot, so the message cannot be accepted.
+    pub async fn send_marked(
+        &mut self,
+        env: &Envelope,
+        before_dot: crate::transport::BoxFuture<'_, Result<(), String>>,
+    ) -> Result<Reply, (Failure, Afterwards)> {
         let s = self.settings.clone();
         if let Some(max) = self.max_size
             && env.body.len() > max
@@ -272,6 +283,25 @@ impl Session {
         };
         if let Err((f, after)) = envelope_result {
             return Err((f, self.reset_if(after, &s).await));
+        }
+        match tokio::time::timeout(s.command_timeout, before_dot).await {
+            Ok(Ok(())) => {}
+            Ok(Err(reason)) => {
+                return Err((
+                    Failure::local(Stage::Data, Category::Protocol, reason),
+                    Afterwards::Broken,
+                ));
+            }
+            Err(_) => {
+                return Err((
+                    Failure::local(
+                        Stage::Data,
+                        Category::Protocol,
+                        "the store did not mark in time",
+                    ),
+                    Afterwards::Broken,
+                ));
+            }
         }
         // The message and the final dot: from here on the server may accept it.
         let client = &mut self.client;

@@ -43,8 +43,9 @@ impl Connection for Session {
     fn send<'a>(
         &'a mut self,
         env: &'a Envelope,
+        before_dot: BoxFuture<'a, Result<(), String>>,
     ) -> BoxFuture<'a, Result<Reply, (Failure, Afterwards)>> {
-        Box::pin(Session::send(self, env))
+        Box::pin(Session::send_marked(self, env, before_dot))
     }
 
     fn close(self: Box<Self>) -> BoxFuture<'static, ()> {
