@@ -11,6 +11,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 /// Outcomes per transaction at most.
 const BATCH: usize = 1000;
+/// Marks per commit at most (each one holds up a final dot).
+const MARKS_BATCH: usize = 64;
 /// How often the read view is refreshed.
 const VIEW_EVERY: Duration = Duration::from_millis(500);
 
@@ -260,15 +262,33 @@ fn run(
                 Msg::Refresh => {}
                 Msg::Mark { id, reply } => marks.push((id, reply)),
             }
+            // Marks hold up final dots: never keep them behind a long drain.
+            if marks.len() >= MARKS_BATCH {
+                break;
+            }
             next = rx.try_recv().ok();
         }
-        // Outcomes first: a worker's last outcome is then committed no later
-        // than its next mark, so a crash leaves at most one marked, unanswered
-        // recipient per connection.
-        commit(&mut store, &mut pending);
-        if !marks.is_empty() {
+        // Outcomes with the marks: an outcome already queued is committed no
+        // later than the marks after it, so a crash leaves marked and
+        // unanswered (about) one recipient per connection: those in flight.
+        if marks.is_empty() {
+            commit(&mut store, &mut pending);
+        } else {
+            // One transaction for both: marks cost no extra commit.
             let ids: Vec<RecipientId> = marks.iter().map(|(id, _)| *id).collect();
-            let result = store.mark_in_flight(&ids).map_err(|e| {
+            let both = store.record_and_mark(&pending, &ids);
+            let result = match both {
+                Ok(()) => {
+                    pending.clear();
+                    Ok(())
+                }
+                // The outcomes alone, so a bad mark never holds them back.
+                Err(e) => {
+                    commit(&mut store, &mut pending);
+                    Err(e)
+                }
+            };
+            let result = result.map_err(|e| {
                 tracing::error!(error = %e, "cannot mark transactions");
                 let message = format!("cannot mark transactions before their final dot: {e}");
                 if let Ok(mut f) = failed.lock() {

@@ -153,7 +153,14 @@ impl Store {
     /// clears the mark; after a crash, [`Store::recover_in_doubt`] flags only
     /// marked rows (at most one per connection) and puts the others back.
     pub fn mark_in_flight(&mut self, ids: &[RecipientId]) -> Result<()> {
-        if ids.is_empty() {
+        self.record_and_mark(&[], ids)
+    }
+
+    /// [`Store::record`] and [`Store::mark_in_flight`] in one transaction:
+    /// the store writer commits the outcomes and the marks that came in
+    /// together once, not twice.
+    pub fn record_and_mark(&mut self, outcomes: &[Outcome], marks: &[RecipientId]) -> Result<()> {
+        if outcomes.is_empty() && marks.is_empty() {
             return Ok(());
         }
         let path = self.path.clone();
@@ -161,20 +168,19 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .at(&path)?;
-        {
+        record_in(&tx, &path, outcomes)?;
+        if !marks.is_empty() {
             let mut mark = tx
                 .prepare_cached("INSERT OR IGNORE INTO dot_marks (id) VALUES (?1)")
                 .at(&path)?;
-            for id in ids {
+            for id in marks {
                 mark.execute([id.0]).at(&path)?;
             }
-            tx.prepare_cached(
-                "INSERT INTO meta (key, value) VALUES (?1, '1')
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            )
-            .at(&path)?
-            .execute([MARKS_META])
-            .at(&path)?;
+            // OR IGNORE: once set, no page is written again for it.
+            tx.prepare_cached("INSERT OR IGNORE INTO meta (key, value) VALUES (?1, '1')")
+                .at(&path)?
+                .execute([MARKS_META])
+                .at(&path)?;
         }
         tx.commit().at(&path)
     }
@@ -264,11 +270,18 @@ impl Store {
     /// since they report what a server said. An id the store does not have
     /// fails the whole batch with [`Error::UnknownRecipient`].
     pub fn record(&mut self, outcomes: &[Outcome]) -> Result<()> {
-        let path = self.path.clone();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .at(&path)?;
+        self.record_and_mark(outcomes, &[])
+    }
+}
+
+/// The body of [`Store::record`], inside the caller's transaction.
+fn record_in(
+    tx: &rusqlite::Transaction<'_>,
+    path: &std::path::Path,
+    outcomes: &[Outcome],
+) -> Result<()> {
+    let path = path.to_path_buf();
+    {
         {
             let mut sent = tx
                 .prepare_cached(
@@ -418,9 +431,11 @@ impl Store {
                 unmark.execute([o.id.0]).at(&path)?;
             }
         }
-        tx.commit().at(&path)
     }
+    Ok(())
+}
 
+impl Store {
     /// Puts matching rows back to `pending` for another try: attempts to 0,
     /// `next_attempt_at` cleared; the in-doubt flag and the last reply are kept.
     ///
