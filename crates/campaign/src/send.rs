@@ -231,6 +231,7 @@ pub(crate) fn delivery_config(
         command_timeout: s.command_timeout,
         data_timeout: s.data_timeout,
         accept_invalid_certs: s.accept_invalid_certs,
+        allow_plaintext_auth: s.allow_plaintext_auth,
     };
     let d = &c.config.delivery;
     let mut cfg = DeliveryConfig::new(smtp);
