@@ -11,6 +11,8 @@
 //! - `preflight`: before the campaign: `edm send --test-to`.
 //! - `suppress`: the shared suppression list, `edm suppress`.
 //! - `tui`: the dashboard in tmux.
+//! - `wire`: what goes on the wire: IDN addresses and SMTPUTF8, no bare
+//!   CR/LF (SMTP smuggling), no password in clear (issue 9).
 
 mod harness;
 
@@ -21,3 +23,4 @@ mod preflight;
 mod send;
 mod suppress;
 mod tui;
+mod wire;

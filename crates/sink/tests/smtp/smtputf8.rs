@@ -43,7 +43,8 @@ async fn without_smtputf8_in_the_transaction_8bit_is_refused() {
     );
     assert_eq!(c.cmd("RCPT TO:<a@x.test>").await, "250 2.1.5 Ok");
     assert!(c.cmd("DATA").await.starts_with("354 "));
-    c.send("To: <josé@x.test>\r\n\r\nbody \u{e9} is fine\r\n.\r\n").await;
+    c.send("To: <josé@x.test>\r\n\r\nbody \u{e9} is fine\r\n.\r\n")
+        .await;
     assert_eq!(
         c.reply().await,
         "554 5.6.7 Non-ASCII header without SMTPUTF8 (RFC 6532)"
@@ -51,7 +52,11 @@ async fn without_smtputf8_in_the_transaction_8bit_is_refused() {
     assert_eq!(sink.accepted(), 0);
     // An 8-bit body with ASCII headers is 8BITMIME, not SMTPUTF8.
     let reply = c
-        .transaction("f@edm.test", &["a@x.test"], "Subject: x\r\n\r\nbody \u{e9}\r\n")
+        .transaction(
+            "f@edm.test",
+            &["a@x.test"],
+            "Subject: x\r\n\r\nbody \u{e9}\r\n",
+        )
         .await;
     assert!(reply.starts_with("250 "), "{reply}");
 }
