@@ -267,7 +267,13 @@ fn smuggling_campaign(port: u16) -> TestCampaign {
 
 fn assert_whole(text: &str, to: &str) {
     let text = text.replace("\r\n", "\n");
-    assert!(text.starts_with("Hello A"), "{to}: {text:?}");
+    // Each bare CR and LF of the field arrived as a line break of its own.
+    assert!(
+        text.starts_with(
+            "Hello A\n.\nMAIL FROM:<evil@x.example>\nRCPT TO:<victim@x.example>\n.\nDATA\n"
+        ),
+        "{to}: {text:?}"
+    );
     assert!(text.contains("smuggled"), "{to}: {text:?}");
     assert!(
         text.trim_end().ends_with(&format!("for {to}.")),
