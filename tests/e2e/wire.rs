@@ -370,6 +370,8 @@ fn auth_without_tls_off_loopback_is_refused_before_connecting() {
     assert!(stderr.contains("allow_plaintext_auth"), "{stderr}");
     assert!(!stderr.contains("s3cret-pw"), "{stderr}");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("s3cret-pw"));
+    // Refused at start: nothing ingested, nobody touched.
+    assert!(!c.dir.join(".edm/state.db").exists());
 }
 
 #[test]
@@ -406,5 +408,63 @@ fn auth_without_tls_is_allowed_on_loopback_and_when_asked() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert_eq!(c.status()["sent"], 2);
+    }
+}
+
+/// A campaign authenticating with `security = "none"` to `host`.
+fn auth_campaign(host: &str, extra: &str) -> TestCampaign {
+    let smtp = format!("username = \"u\"\npassword_env = \"EDM_WIRE_TEST_PW\"\n{extra}");
+    let c = TestCampaign::new(Spec {
+        smtp: &smtp,
+        ..Spec::new(addresses("chk", 2), 2525)
+    });
+    let toml = c.dir.join("campaign.toml");
+    let text = std::fs::read_to_string(&toml)
+        .unwrap()
+        .replace("host = \"127.0.0.1\"", &format!("host = \"{host}\""));
+    std::fs::write(&toml, &text).unwrap();
+    c
+}
+
+#[test]
+fn edm_check_flags_plaintext_auth_and_unchecked_certificates() {
+    let refused = auth_campaign("smtp.example.com", "");
+    let out = refused.edm("check", &[]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(code(&out), 1, "{text}");
+    assert!(text.contains("allow_plaintext_auth"), "{text}");
+    assert!(text.contains("without TLS"), "{text}");
+
+    let allowed = auth_campaign(
+        "smtp.example.com",
+        "allow_plaintext_auth = true\naccept_invalid_certs = true",
+    );
+    let out = allowed.edm("check", &["--json"]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("plaintext_auth"), "{text}");
+    assert!(!text.contains("plaintext_auth_refused"), "{text}");
+    assert!(text.contains("invalid_certs_accepted"), "{text}");
+
+    // Loopback: nothing to say.
+    let local = auth_campaign("127.0.0.1", "");
+    let out = local.edm("check", &["--json"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("plaintext_auth"), "{text}");
+}
+
+#[test]
+fn accept_invalid_certs_is_warned_about_at_every_run() {
+    let sink = Sink::start(&[], None);
+    let c = TestCampaign::new(Spec {
+        smtp: "accept_invalid_certs = true",
+        ..Spec::new(addresses("cert", 2), sink.port())
+    });
+    for _ in 0..2 {
+        let out = c.send(&[]);
+        assert_eq!(code(&out), 0);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("accept_invalid_certs = true"), "{stderr}");
     }
 }

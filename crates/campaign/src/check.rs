@@ -116,6 +116,14 @@ pub enum ProblemKind {
     DkimNotConfigured,
     /// The DKIM domain does not align with the From domain (DMARC).
     DkimNotAligned,
+    /// AUTH would go without TLS to a host that is not loopback, and
+    /// `allow_plaintext_auth` is not set: `edm send` refuses to start.
+    PlaintextAuthRefused,
+    /// AUTH goes without TLS to a host that is not loopback, as
+    /// `allow_plaintext_auth = true` allows.
+    PlaintextAuth,
+    /// `accept_invalid_certs = true`: the relay's certificate is not checked.
+    InvalidCertsAccepted,
 }
 
 impl ProblemKind {
@@ -125,11 +133,11 @@ impl ProblemKind {
         match self {
             Config | TemplateSyntax | RecipientsFile | SuppressionFile | RaggedRow
             | InvalidUtf8 | NoRecipients | MissingField | RenderFailed | MessageTooLarge
-            | LineTooLong | DkimInvalid | AttachmentMissing | AttachmentTooLarge => Severity::Error,
+            | LineTooLong | DkimInvalid | AttachmentMissing | AttachmentTooLarge
+            | PlaintextAuthRefused => Severity::Error,
             InvalidAddress | Duplicate | Suppressed | NoListUnsubscribe | NoOneClick
-            | NoUnsubscribeLink | NoTextPart | DkimNotConfigured | DkimNotAligned => {
-                Severity::Warning
-            }
+            | NoUnsubscribeLink | NoTextPart | DkimNotConfigured | DkimNotAligned
+            | PlaintextAuth | InvalidCertsAccepted => Severity::Warning,
         }
     }
 
@@ -160,6 +168,9 @@ impl ProblemKind {
             NoTextPart => "no text part",
             DkimNotConfigured => "DKIM: not configured",
             DkimNotAligned => "DKIM domain not aligned with From",
+            PlaintextAuthRefused => "password would be sent without TLS",
+            PlaintextAuth => "password sent without TLS (allowed)",
+            InvalidCertsAccepted => "TLS certificates not checked",
         }
     }
 }
@@ -726,6 +737,35 @@ fn config_checklist(c: &Campaign, spec: &MessageSpec, tally: &mut Tally) {
                 "no List-Unsubscribe header: Gmail and Yahoo require it (with one-click, RFC 8058) from bulk senders; set an https URL",
             )
             .field("[campaign] list_unsubscribe"),
+        );
+    }
+    let smtp = &c.config.smtp;
+    if let Some(message) = crate::send::plaintext_auth_refusal(c, &smtp.host) {
+        tally.add(
+            ProblemKind::PlaintextAuthRefused,
+            Finding::new(&c.file, message).field("[smtp] allow_plaintext_auth"),
+        );
+    } else if smtp.username.is_some()
+        && smtp.security == crate::config::SecurityName::None
+        && !edm_delivery::is_loopback(&smtp.host)
+    {
+        tally.add(
+            ProblemKind::PlaintextAuth,
+            Finding::new(
+                &c.file,
+                format!(
+                    "the password goes to {} without TLS (allow_plaintext_auth = true): anyone on the path can read it",
+                    smtp.host
+                ),
+            )
+            .field("[smtp] allow_plaintext_auth"),
+        );
+    }
+    if smtp.accept_invalid_certs {
+        tally.add(
+            ProblemKind::InvalidCertsAccepted,
+            Finding::new(&c.file, crate::send::INVALID_CERTS_WARNING)
+                .field("[smtp] accept_invalid_certs"),
         );
     }
     if spec.text.is_none() {

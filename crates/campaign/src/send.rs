@@ -200,6 +200,25 @@ impl Shared {
     }
 }
 
+/// Said at every run with `accept_invalid_certs = true`, and by `edm check`.
+pub(crate) const INVALID_CERTS_WARNING: &str = "[smtp] accept_invalid_certs = true: the relay's certificate is not checked, so whoever sits on the path can read the password and every message; use it only with a self-signed test relay";
+
+/// Why AUTH would go in clear to `host`, if it would and was not allowed:
+/// a username, `security = "none"`, a host that is not loopback
+/// (127.0.0.0/8, ::1, `localhost`) and no `allow_plaintext_auth = true`.
+pub(crate) fn plaintext_auth_refusal(c: &Campaign, host: &str) -> Option<String> {
+    let s = &c.config.smtp;
+    (s.username.is_some()
+        && s.security == SecurityName::None
+        && !s.allow_plaintext_auth
+        && !edm_delivery::is_loopback(host))
+    .then(|| {
+        format!(
+            "[smtp] security = \"none\" would send the password to {host} in clear: set security = \"starttls\" or \"tls\", or allow_plaintext_auth = true in [smtp] if the network is yours"
+        )
+    })
+}
+
 pub(crate) fn delivery_config(
     c: &Campaign,
     opts: &SendOptions,
@@ -273,6 +292,19 @@ fn retry_policy(c: &Campaign) -> RetryPolicy {
 /// Prepares the campaign (errors here mean it cannot run at all) and starts
 /// sending on the current tokio runtime.
 pub async fn start_send(campaign: Campaign, opts: SendOptions) -> Result<Run, Error> {
+    let host = opts
+        .relay
+        .as_ref()
+        .map_or(campaign.config.smtp.host.as_str(), |(h, _)| h.as_str());
+    if let Some(message) = plaintext_auth_refusal(&campaign, host) {
+        return Err(Error::Config {
+            file: campaign.file.clone(),
+            message,
+        });
+    }
+    if campaign.config.smtp.accept_invalid_certs {
+        tracing::warn!("{INVALID_CERTS_WARNING}");
+    }
     let password = campaign.password()?;
     let state = opts.state.clone().unwrap_or_else(|| campaign.state_path());
     let c2 = campaign.clone();
