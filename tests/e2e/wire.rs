@@ -149,6 +149,22 @@ fn idn_addresses_go_out_as_a_labels_and_utf8_local_parts_with_smtputf8() {
     assert_eq!(jose["to"], JOSE_A);
 }
 
+#[test]
+fn a_list_respelled_with_u_labels_sends_nobody_twice() {
+    let sink = Sink::start(&[], None);
+    let c = idn_campaign(&[ANN_A, BOB], sink.port());
+    assert_eq!(code(&c.send(&[])), 0);
+    // The same people, the domain now written in Unicode, and one new.
+    let csv = "id,email,first_name\r\n0,Ann@Bücher.example,Ann\r\n1,bob@example.com,Bob\r\n2,carl@bücher.example,Carl\r\n";
+    std::fs::write(c.dir.join("recipients.csv"), csv).unwrap();
+    assert_eq!(code(&c.send(&["--accept-changes"])), 0);
+    let got = sink.deliveries();
+    assert_eq!(got.get(ANN_A), Some(&1), "{got:?}");
+    assert_eq!(got.get(BOB), Some(&1), "{got:?}");
+    assert_eq!(got.get("carl@xn--bcher-kva.example"), Some(&1), "{got:?}");
+    assert_eq!(got.len(), 3, "{got:?}");
+}
+
 fn rcpts_index(got: &[(Vec<String>, PathBuf)], to: &str) -> usize {
     got.iter().position(|(r, _)| r[0] == to).expect(to)
 }

@@ -267,7 +267,9 @@ pub(crate) fn delivery_config(
         .iter()
         .map(|(k, v)| {
             (
-                k.to_ascii_lowercase(),
+                // Envelopes carry the domain in A-label form (`domain_of`):
+                // a limit written for `bücher.example` must find them.
+                edm_model::domain_of(&format!("@{k}")),
                 DomainLimit {
                     rate: v.rate,
                     concurrency: v.concurrency,
