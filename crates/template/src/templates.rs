@@ -465,29 +465,41 @@ fn a_labels(m: Mailbox) -> Result<Mailbox, String> {
 }
 
 /// Line breaks as CRLF: a bare CR or a bare LF becomes CRLF, an existing
-/// CRLF stays one. Borrowed back when there is nothing to change.
+/// CRLF stays one. Works on bytes a line at a time (only ASCII bytes are
+/// replaced, so the text stays UTF-8); returned as is when already CRLF.
 pub(crate) fn crlf(body: String) -> String {
     let bytes = body.as_bytes();
-    let clean = memchr::memchr_iter(b'\r', bytes).all(|i| bytes.get(i + 1) == Some(&b'\n'))
-        && memchr::memchr_iter(b'\n', bytes).all(|i| i > 0 && bytes[i - 1] == b'\r');
-    if clean {
-        return body;
-    }
-    let mut out = String::with_capacity(body.len() + body.len() / 16 + 2);
-    let mut chars = body.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\r' => {
-                if chars.peek() == Some(&'\n') {
-                    chars.next();
-                }
-                out.push_str("\r\n");
+    let mut rest = bytes;
+    let mut out: Option<Vec<u8>> = None;
+    while let Some(i) = memchr::memchr2(b'\r', b'\n', rest) {
+        let pair = rest[i] == b'\r' && rest.get(i + 1) == Some(&b'\n');
+        let taken = i + if pair { 2 } else { 1 };
+        match &mut out {
+            Some(out) => {
+                out.extend_from_slice(&rest[..i]);
+                out.extend_from_slice(b"\r\n");
             }
-            '\n' => out.push_str("\r\n"),
-            c => out.push(c),
+            None if pair => {}
+            None => {
+                // The first bare one: copy what came before it as is.
+                let done = bytes.len() - rest.len();
+                let mut v = Vec::with_capacity(bytes.len() + bytes.len() / 16 + 2);
+                v.extend_from_slice(&bytes[..done + i]);
+                v.extend_from_slice(b"\r\n");
+                out = Some(v);
+            }
+        }
+        rest = &rest[taken..];
+    }
+    match out {
+        None => body,
+        Some(mut out) => {
+            out.extend_from_slice(rest);
+            // Only ASCII CR and LF were replaced: still UTF-8.
+            String::from_utf8(out)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
         }
     }
-    out
 }
 
 fn mailbox(m: &Mailbox) -> Address<'_> {
