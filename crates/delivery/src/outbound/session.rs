@@ -484,11 +484,12 @@ fn plaintext_auth_refusal(s: &SmtpSettings) -> Option<Failure> {
     )
 }
 
-/// 127.0.0.0/8, ::1 and `localhost` (RFC 6761 §6.3): nothing leaves the machine.
+/// 127.0.0.0/8, ::1 and `localhost` (RFC 6761 §6.3): nothing leaves the
+/// machine. Names under `.localhost` are not trusted: a resolver is only
+/// asked, not guaranteed, to keep them on loopback.
 pub fn is_loopback(host: &str) -> bool {
     let host = host.trim().trim_start_matches('[').trim_end_matches(']');
     host.eq_ignore_ascii_case("localhost")
-        || host.to_ascii_lowercase().ends_with(".localhost")
         || host
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
@@ -674,7 +675,13 @@ mod tests {
                 "{host}"
             );
         }
-        for host in ["10.0.0.1", "128.0.0.1", "localhost.example.com", "::2"] {
+        for host in [
+            "10.0.0.1",
+            "128.0.0.1",
+            "localhost.example.com",
+            "a.localhost",
+            "::2",
+        ] {
             assert!(
                 plaintext_auth_refusal(&settings(host, Security::None, false)).is_some(),
                 "{host}"
