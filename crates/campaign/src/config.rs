@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use edm_template::AttachmentEncoding;
 use serde::Deserialize;
 
 use crate::Error;
@@ -96,6 +97,14 @@ pub struct CampaignSection {
     pub attachments: Vec<PathBuf>,
     /// CSV column naming a file to attach to that recipient's message.
     pub attachment_column: Option<String>,
+    /// The only folder per-recipient attachments come from (relative to
+    /// the campaign directory); `attachment_column` values are relative to it.
+    #[serde(default = "default_attachment_dir")]
+    pub attachment_dir: PathBuf,
+}
+
+fn default_attachment_dir() -> PathBuf {
+    PathBuf::from("attachments")
 }
 
 fn yes() -> bool {
@@ -241,8 +250,9 @@ pub struct LimitsSection {
 #[derive(Copy, Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum ProviderName {
-    /// Tencent Cloud SES: body 1 MB, attachment 5 MB, attachments 10 MB,
-    /// lines under 2000 bytes.
+    /// Tencent Cloud SES: the whole encoded message 9 MB (warned above
+    /// 8 MB), body 1 MB, attachment 5 MB, attachments 10 MB, lines under
+    /// 2000 bytes, attachments base64 only.
     Tencent,
     /// Amazon SES (SMTP interface): messages up to 10 MB.
     Ses,
@@ -261,6 +271,11 @@ pub struct ResolvedLimits {
     pub max_attachment_bytes: Option<usize>,
     /// Largest total of attachments.
     pub max_attachments_bytes: Option<usize>,
+    /// `edm check` warns about messages larger than this (the profile's
+    /// own margin under `max_message_bytes`).
+    pub warn_message_bytes: Option<usize>,
+    /// How attachments are encoded (the profile's; base64 for Tencent).
+    pub attachment_encoding: AttachmentEncoding,
 }
 
 impl LimitsSection {
@@ -273,12 +288,18 @@ impl LimitsSection {
                 max_line_len: 998,
                 ..ResolvedLimits::default()
             },
+            // Past about 9 MB of encoded message Tencent's SMTP endpoint
+            // drops the connection instead of answering 552 (which edm would
+            // otherwise retry as a mere disconnect), and it takes
+            // attachments only base64-encoded.
             Some(ProviderName::Tencent) => ResolvedLimits {
-                max_message_bytes: None,
+                max_message_bytes: Some(9 * MB),
                 max_line_len: 1999,
                 max_body_bytes: Some(MB),
                 max_attachment_bytes: Some(5 * MB),
                 max_attachments_bytes: Some(10 * MB),
+                warn_message_bytes: Some(8 * MB),
+                attachment_encoding: AttachmentEncoding::Base64,
             },
             Some(ProviderName::Ses) => ResolvedLimits {
                 max_message_bytes: Some(10 * MB),
@@ -292,6 +313,12 @@ impl LimitsSection {
             max_body_bytes: self.max_body_bytes.or(profile.max_body_bytes),
             max_attachment_bytes: self.max_attachment_bytes.or(profile.max_attachment_bytes),
             max_attachments_bytes: self.max_attachments_bytes.or(profile.max_attachments_bytes),
+            // The warning only makes sense under the profile's own cap.
+            warn_message_bytes: match self.max_message_bytes {
+                Some(_) => None,
+                None => profile.warn_message_bytes,
+            },
+            attachment_encoding: profile.attachment_encoding,
         }
     }
 }

@@ -67,7 +67,10 @@ mod preflight;
 mod spec;
 mod templates;
 
-pub use attachment::{AttachmentFile, AttachmentLimits, Attachments, content_type};
+pub use attachment::{
+    AttachmentEncoding, AttachmentFile, AttachmentLimits, Attachments, PathRefusal, content_type,
+    resolve_inside,
+};
 pub use dkim::{Dkim, DkimAlgorithm, DkimConfig, SIGNED_HEADERS};
 pub use error::Error;
 pub use lint::has_unsubscribe_link;
