@@ -93,7 +93,13 @@ fn a_csv_row_cannot_attach_the_state_database_or_the_dkim_key() {
     assert_eq!(to, &["ann@example.com"]);
     assert!(data.contains("filename=\"inv.pdf\""), "{data}");
     assert_eq!(data.matches("Content-Disposition: attachment").count(), 1);
-    for leak in ["state.db", "dkim.pem", "key.pem", "SECRET-E2E-KEY", "U0VDUkVU"] {
+    for leak in [
+        "state.db",
+        "dkim.pem",
+        "key.pem",
+        "SECRET-E2E-KEY",
+        "U0VDUkVU",
+    ] {
         assert!(!data.contains(leak), "{leak} leaked: {data}");
     }
 }
@@ -122,7 +128,10 @@ fn a_campaign_written_for_the_old_attachment_rule_is_told_what_moved() {
     assert_eq!(code(&out), 1);
     let text = stdout(&out);
     assert!(text.contains("recipients.csv:2"), "{text}");
-    assert!(text.contains("now looked up in [campaign] attachment_dir"), "{text}");
+    assert!(
+        text.contains("now looked up in [campaign] attachment_dir"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -153,7 +162,10 @@ fn a_message_over_the_tencent_cap_never_reaches_the_server() {
     assert_eq!(code(&out), 1);
     let text = stdout(&out);
     assert!(text.contains("recipients.csv:3"), "{text}");
-    assert!(text.contains("max_message_bytes limit of 9000000"), "{text}");
+    assert!(
+        text.contains("max_message_bytes limit of 9000000"),
+        "{text}"
+    );
 
     assert_eq!(code(&c.send(&[])), 1);
     let rows = c.rows();
@@ -181,4 +193,88 @@ fn a_message_over_the_tencent_cap_never_reaches_the_server() {
             .contains("content-transfer-encoding: base64"),
         "{head}"
     );
+}
+
+#[test]
+fn send_refuses_a_rate_or_concurrency_that_cannot_work() {
+    let sink = Sink::start(&[], None);
+    let c = TestCampaign::new(Spec::new(addresses("user", 3), sink.port()));
+    for (arg, why) in [
+        ("--rate=-1", "negative"),
+        ("--rate=NaN", "not a number"),
+        ("--rate=inf", "infinite"),
+        ("--rate=0.0001", "under 0.001"),
+        ("--rate=1e-300", "under 0.001"),
+        ("--rate=fast", "not a number"),
+        ("--concurrency=0", "at least 1"),
+        ("--concurrency=5000", "over 1000"),
+    ] {
+        let out = c.send(&[arg]);
+        assert_eq!(code(&out), 2, "{arg}");
+        let err = stderr(&out);
+        assert!(err.contains(why), "{arg}: {err}");
+        assert!(err.contains(arg.split('=').next().unwrap()), "{arg}: {err}");
+    }
+    assert_eq!(sink.handle().stats().connections, 0);
+    assert!(!c.path().join(".edm").exists(), "nothing started");
+    // 0 keeps meaning unlimited.
+    assert_eq!(code(&c.send(&["--rate", "0"])), 0);
+    assert_eq!(sink.handle().accepted(), 3);
+    // The same rule in campaign.toml, refused at load naming the key.
+    let toml = c.path().join("campaign.toml");
+    let text = std::fs::read_to_string(&toml).unwrap();
+    std::fs::write(&toml, text.replace("[delivery]", "[delivery]\nrate = -3")).unwrap();
+    let out = c.edm("status", &[]);
+    assert_eq!(code(&out), 2);
+    assert!(
+        stderr(&out).contains("[delivery] rate = -3: negative"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn demo_out_refuses_a_folder_that_is_not_an_earlier_demo() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |out: &std::path::Path| {
+        let out = std::process::Command::new(EDM)
+            .args(["demo", "--no-tui", "--rate", "0", "--out"])
+            .arg(out)
+            .env("EDM_HOME", tmp.path().join("home"))
+            .env("EDM_LOG", "warn")
+            .output()
+            .unwrap();
+        eprintln!("{}\n{}", stdout(&out), stderr(&out));
+        out
+    };
+    // Someone's folder: refused, untouched.
+    let mine = tmp.path().join("mine");
+    std::fs::create_dir_all(mine.join("campaign")).unwrap();
+    std::fs::write(mine.join("thesis.tex"), "years of work").unwrap();
+    std::fs::write(mine.join("campaign/campaign.toml"), "[campaign]\n").unwrap();
+    let out = run(&mine);
+    assert_eq!(code(&out), 2);
+    assert!(
+        stderr(&out).contains("not an earlier edm demo"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        std::fs::read_to_string(mine.join("thesis.tex")).unwrap(),
+        "years of work"
+    );
+    // Only names the demo uses, but not a demo (no marker, another
+    // campaign.toml): refused too.
+    std::fs::remove_file(mine.join("thesis.tex")).unwrap();
+    assert_eq!(code(&run(&mine)), 2);
+    assert!(mine.join("campaign/campaign.toml").exists());
+
+    // A new folder, then the same folder again: an earlier demo is wiped.
+    let demo = tmp.path().join("demo");
+    assert_eq!(code(&run(&demo)), 0);
+    assert!(demo.join(".edm-demo").is_file());
+    assert!(demo.join("campaign/.edm/state.db").is_file());
+    let out = run(&demo);
+    assert_eq!(code(&out), 0);
+    assert!(stdout(&out).contains("Messages landed"), "{}", stdout(&out));
 }

@@ -77,10 +77,7 @@ fn check_reports_a_missing_per_recipient_file() {
         r.problems
     );
     let e = first(&r, ProblemKind::AttachmentMissing);
-    assert!(
-        e.contains("r.csv:4: attachment \"missing.pdf\""),
-        "{e}"
-    );
+    assert!(e.contains("r.csv:4: attachment \"missing.pdf\""), "{e}");
     assert_eq!(r.rendered, 2);
     assert!(!r.is_clean());
 }

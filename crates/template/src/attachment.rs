@@ -116,10 +116,9 @@ impl PathRefusal {
 impl std::fmt::Display for PathRefusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            PathRefusal::NotRelative(why) => write!(
-                f,
-                "refused: {why}; write a path relative to attachment_dir"
-            ),
+            PathRefusal::NotRelative(why) => {
+                write!(f, "refused: {why}; write a path relative to attachment_dir")
+            }
             PathRefusal::DirUnavailable(e) => write!(f, "attachment_dir cannot be opened: {e}"),
             PathRefusal::Missing(e) => write!(f, "cannot read: {e}"),
             PathRefusal::Outside => {

@@ -236,16 +236,34 @@ fn per_recipient_paths_stay_inside_attachment_dir() {
     // A symlink that stays inside is followed, to its canonical target.
     assert_eq!(ok("latest.pdf"), Ok(dir.join("sub/inv.pdf")));
     for (value, refusal) in [
-        ("../campaign.toml", PathRefusal::NotRelative("it contains ..")),
-        ("../.edm/state.db", PathRefusal::NotRelative("it contains ..")),
-        ("sub/../../keys/dkim.pem", PathRefusal::NotRelative("it contains ..")),
-        ("/etc/passwd", PathRefusal::NotRelative("it is an absolute path")),
+        (
+            "../campaign.toml",
+            PathRefusal::NotRelative("it contains .."),
+        ),
+        (
+            "../.edm/state.db",
+            PathRefusal::NotRelative("it contains .."),
+        ),
+        (
+            "sub/../../keys/dkim.pem",
+            PathRefusal::NotRelative("it contains .."),
+        ),
+        (
+            "/etc/passwd",
+            PathRefusal::NotRelative("it is an absolute path"),
+        ),
         (
             &root.join(".edm/state.db").display().to_string(),
             PathRefusal::NotRelative("it is an absolute path"),
         ),
-        ("inv\0.pdf", PathRefusal::NotRelative("it contains a NUL byte")),
-        ("inv\n.pdf", PathRefusal::NotRelative("it contains a control character")),
+        (
+            "inv\0.pdf",
+            PathRefusal::NotRelative("it contains a NUL byte"),
+        ),
+        (
+            "inv\n.pdf",
+            PathRefusal::NotRelative("it contains a control character"),
+        ),
         // Symlinks pointing out: the state database, the DKIM key, the folder above.
         ("state.db", PathRefusal::Outside),
         ("key.pem", PathRefusal::Outside),
@@ -310,7 +328,10 @@ fn a_value_relative_to_the_campaign_folder_says_what_moved() {
         .render(&columns(), &recipient(9, "ann@example.com", "latest.pdf"))
         .unwrap();
     let msg = MessageParser::default().parse(&env.body).unwrap();
-    assert_eq!(msg.attachment(0).unwrap().attachment_name(), Some("latest.pdf"));
+    assert_eq!(
+        msg.attachment(0).unwrap().attachment_name(),
+        Some("latest.pdf")
+    );
 }
 
 #[test]
@@ -352,5 +373,8 @@ fn base64_only_encodes_text_attachments_in_base64() {
     );
     // Every line of the message fits RFC 5322's 998, base64 at 76.
     assert!(raw.split("\r\n").all(|l| l.len() <= 998));
-    assert!(!raw.replace("\r\n", "").contains('\n'), "only CRLF line ends");
+    assert!(
+        !raw.replace("\r\n", "").contains('\n'),
+        "only CRLF line ends"
+    );
 }
