@@ -278,3 +278,46 @@ fn demo_out_refuses_a_folder_that_is_not_an_earlier_demo() {
     assert_eq!(code(&out), 0);
     assert!(stdout(&out).contains("Messages landed"), "{}", stdout(&out));
 }
+
+#[test]
+fn concurrent_suppress_adds_lose_nothing() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("edm-home");
+    let procs = 24;
+    let children: Vec<_> = (0..procs)
+        .map(|i| {
+            std::process::Command::new(EDM)
+                .args(["suppress", "add"])
+                .arg(format!("p{i}-a@example.com"))
+                .arg(format!("p{i}-b@example.com"))
+                .env("EDM_HOME", &home)
+                .env("EDM_LOG", "warn")
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut child in children {
+        assert!(child.wait().unwrap().success());
+    }
+    let out = std::process::Command::new(EDM)
+        .args(["suppress", "list"])
+        .env("EDM_HOME", &home)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "email,reason,added_at,campaign");
+    assert_eq!(lines.len(), 1 + 2 * procs, "{text}");
+    for i in 0..procs {
+        for s in ["a", "b"] {
+            let address = format!("p{i}-{s}@example.com,");
+            assert!(text.contains(&address), "{address} lost: {text}");
+        }
+    }
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&home), 0o700);
+    assert_eq!(mode(&home.join("suppression.csv")), 0o600);
+}
