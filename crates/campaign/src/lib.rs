@@ -16,7 +16,8 @@
 //! - `suppress.rs`: the shared suppression list ([`SharedSuppression`],
 //!   `edm suppress`), merged into ingest and fed by `recipient_unknown`
 //!   bounces at the end of each run.
-//! - `attach.rs`: `[campaign] attachments` and `attachment_column` with
+//! - `attach.rs`: `[campaign] attachments`, `attachment_column` and
+//!   `attachment_dir` (the only folder a row's file may come from) with
 //!   their `[limits]`, for send, check and preview.
 //! - `test_send.rs`: `edm send --test-to` ([`test_send`]): sample messages
 //!   sent to one address through the relay, the state never touched.
