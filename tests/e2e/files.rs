@@ -55,7 +55,9 @@ fn a_csv_row_cannot_attach_the_state_database_or_the_dkim_key() {
          1,bob@example.com,Bob,../.edm/state.db\r\n\
          2,cy@example.com,Cy,key.pem\r\n\
          3,dan@example.com,Dan,../keys/dkim.pem\r\n\
-         4,eve@example.com,Eve,state.db\r\n",
+         4,eve@example.com,Eve,state.db\r\n\
+         5,fay@example.com,Fay,.edm/state.db\r\n\
+         6,gus@example.com,Gus,keys/dkim.pem\r\n",
     )
     .unwrap();
     with_campaign_lines(&c, "attachment_column = \"file\"");
@@ -71,6 +73,14 @@ fn a_csv_row_cannot_attach_the_state_database_or_the_dkim_key() {
         );
     }
     assert!(text.contains("refused"), "{text}");
+    // Relative to the campaign folder (where they are) is not relative to
+    // attachment_dir: not found there, never attached.
+    for line in [7, 8] {
+        assert!(
+            text.contains(&format!("recipients.csv:{line}: attachment")),
+            "line {line}: {text}"
+        );
+    }
 
     // A first run creates the state database: eve's symlink now points at
     // an existing file, and is refused all the same.
@@ -86,6 +96,11 @@ fn a_csv_row_cannot_attach_the_state_database_or_the_dkim_key() {
             "{who}: {row}"
         );
     }
+    for who in ["fay", "gus"] {
+        let row = &rows[&format!("{who}@example.com")];
+        assert_eq!(row["status"], "failed", "{who}: {row}");
+        assert_eq!(row["category"], "template", "{who}: {row}");
+    }
     assert!(dir.join(".edm/state.db").exists());
     let received = received_texts(&sink);
     assert_eq!(received.len(), 1);
@@ -98,7 +113,9 @@ fn a_csv_row_cannot_attach_the_state_database_or_the_dkim_key() {
         "dkim.pem",
         "key.pem",
         "SECRET-E2E-KEY",
-        "U0VDUkVU",
+        // Their text in base64: "-----BEGIN", "SQLite format 3".
+        "LS0tLS1CRUdJTi",
+        "U1FMaXRlIGZvcm1hdCAz",
     ] {
         assert!(!data.contains(leak), "{leak} leaked: {data}");
     }
