@@ -102,17 +102,6 @@ pub enum PathRefusal {
     NotAFile,
 }
 
-impl PathRefusal {
-    /// True for a refusal that is about where the path leads (as opposed
-    /// to a file or folder that is not there).
-    pub fn is_refused(&self) -> bool {
-        !matches!(
-            self,
-            PathRefusal::Missing(_) | PathRefusal::DirUnavailable(_)
-        )
-    }
-}
-
 impl std::fmt::Display for PathRefusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
