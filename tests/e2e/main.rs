@@ -11,6 +11,9 @@
 //! - `preflight`: before the campaign: `edm send --test-to`.
 //! - `suppress`: the shared suppression list, `edm suppress`.
 //! - `tui`: the dashboard in tmux.
+//! - `files`: issue 9 points 3, 7, 8, 9: per-row attachments confined to
+//!   `attachment_dir`, the Tencent size cap, configuration refused at load,
+//!   `edm demo --out`, concurrent `edm suppress add`.
 //! - `wire`: what goes on the wire: IDN addresses and SMTPUTF8, no bare
 //!   CR/LF (SMTP smuggling), no password in clear (issue 9).
 
@@ -18,6 +21,7 @@ mod harness;
 
 mod crash;
 mod failures;
+mod files;
 mod postfix;
 mod preflight;
 mod send;
