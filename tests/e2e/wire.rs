@@ -388,6 +388,19 @@ fn auth_without_tls_off_loopback_is_refused_before_connecting() {
     assert!(!String::from_utf8_lossy(&out.stdout).contains("s3cret-pw"));
     // Refused at start: nothing ingested, nobody touched.
     assert!(!c.dir.join(".edm/state.db").exists());
+
+    // A test send is refused the same way.
+    let out = Command::new(EDM)
+        .args(["send", "--no-tui", "--test-to", "me@example.com"])
+        .arg(&c.dir)
+        .env("EDM_HOME", &c.home)
+        .env("EDM_WIRE_TEST_PW", "s3cret-pw")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(code(&out), 2, "{stderr}");
+    assert!(stderr.contains("allow_plaintext_auth"), "{stderr}");
+    assert!(!stderr.contains("s3cret-pw"), "{stderr}");
 }
 
 #[test]
