@@ -170,6 +170,18 @@ fn rcpts_index(got: &[(Vec<String>, PathBuf)], to: &str) -> usize {
 }
 
 #[test]
+fn edm_check_warns_about_non_ascii_local_parts_only() {
+    let c = idn_campaign(&[ANN, JOSE, BOB], 2525);
+    let out = c.edm("check", &["--json"]);
+    assert_eq!(code(&out), 0);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let text = report.to_string();
+    assert!(text.contains("needs_smtputf8"), "{text}");
+    assert!(text.contains("josé@bücher.example"), "{text}");
+    assert!(!text.contains("ann@bücher.example"), "{text}");
+}
+
+#[test]
 fn a_utf8_local_part_fails_smtputf8_required_when_the_server_does_not_offer_it() {
     let sink = Sink::start_with(&[], None, |cfg| cfg.smtputf8 = false);
     let c = idn_campaign(&[ANN, JOSE, BOB], sink.port());

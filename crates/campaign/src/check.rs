@@ -131,6 +131,10 @@ pub enum ProblemKind {
     PlaintextAuth,
     /// `accept_invalid_certs = true`: the relay's certificate is not checked.
     InvalidCertsAccepted,
+    /// The address (or the sender's) has a non-ASCII local part: it goes
+    /// out only if the relay offers SMTPUTF8 (RFC 6531).
+    #[serde(rename = "needs_smtputf8")]
+    NeedsSmtpUtf8,
 }
 
 impl ProblemKind {
@@ -144,7 +148,9 @@ impl ProblemKind {
             | AttachmentRefused | PlaintextAuthRefused => Severity::Error,
             InvalidAddress | Duplicate | Suppressed | NoListUnsubscribe | NoOneClick
             | NoUnsubscribeLink | NoTextPart | DkimNotConfigured | DkimNotAligned
-            | MessageNearLimit | PlaintextAuth | InvalidCertsAccepted => Severity::Warning,
+            | MessageNearLimit | PlaintextAuth | InvalidCertsAccepted | NeedsSmtpUtf8 => {
+                Severity::Warning
+            }
         }
     }
 
@@ -180,6 +186,7 @@ impl ProblemKind {
             PlaintextAuthRefused => "password would be sent without TLS",
             PlaintextAuth => "password sent without TLS (allowed)",
             InvalidCertsAccepted => "TLS certificates not checked",
+            NeedsSmtpUtf8 => "non-ASCII local parts (sent only over SMTPUTF8)",
         }
     }
 }
@@ -673,6 +680,23 @@ impl Job<'_> {
             return;
         }
         out.rendered += 1;
+        let env = &parts.envelope;
+        if !env.rcpt_to.is_ascii() || !env.mail_from.is_ascii() {
+            let whose = if env.rcpt_to.is_ascii() {
+                format!("the sender {:?}", env.mail_from)
+            } else {
+                format!("{:?}", r.email)
+            };
+            out.tally.add(
+                ProblemKind::NeedsSmtpUtf8,
+                Finding {
+                    message: format!(
+                        "{whose} has a non-ASCII local part: it goes out only if the relay offers SMTPUTF8 (RFC 6531), otherwise it fails as smtputf8_required"
+                    ),
+                    ..at.clone()
+                },
+            );
+        }
         if let Some(warn) = self.warn_message_bytes
             && size > warn
         {
