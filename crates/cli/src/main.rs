@@ -7,8 +7,10 @@ mod check;
 mod demo;
 mod progress;
 mod send;
+mod signals;
 mod suppress;
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -124,6 +126,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => ExitCode::from(code),
+        Err(e) if e.downcast_ref::<send::Stopped>().is_some() => {
+            // Stopped by the operator, not an error: the state is consistent.
+            let _ = writeln!(std::io::stderr(), "edm: {e:#}");
+            ExitCode::from(130)
+        }
         Err(e) => {
             eprintln!("edm: error: {e:#}");
             ExitCode::from(2)

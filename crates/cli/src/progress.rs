@@ -16,12 +16,15 @@ pub fn init_logging(file: Option<&Path>, quiet: bool) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false);
+    // 0600 whatever the umask, like the state database (`.edm/state.log`).
     let result = match file.and_then(|p| {
-        std::fs::OpenOptions::new()
+        let f = edm_campaign::private_options()
             .create(true)
             .append(true)
             .open(p)
-            .ok()
+            .ok()?;
+        tighten(&f);
+        Some(f)
     }) {
         Some(f) => builder
             .with_ansi(false)
@@ -30,6 +33,21 @@ pub fn init_logging(file: Option<&Path>, quiet: bool) {
         None => builder.with_writer(std::io::stderr).try_init(),
     };
     let _ = result;
+}
+
+/// Takes group and world bits off a log file an older build created.
+fn tighten(f: &std::fs::File) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(m) = f.metadata()
+            && m.permissions().mode() & 0o077 != 0
+        {
+            let _ = f.set_permissions(std::fs::Permissions::from_mode(0o600));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = f;
 }
 
 /// True when the dashboard can be shown.

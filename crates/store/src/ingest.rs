@@ -191,16 +191,28 @@ impl Store {
         tx.commit().at(&path)
     }
 
-    /// Closes the current pass, and with `meta` writes those keys in the same
-    /// transaction (the input fingerprints, say), so a crash never leaves the
-    /// rows complete but the fingerprints of another file.
-    pub fn finish_ingest(&mut self, meta: &[(&str, &str)]) -> Result<()> {
+    /// Closes the current pass. With `columns` (the CSV header) it also marks
+    /// the campaign ingested, like [`Store::mark_ingested`]; `meta` keys (the
+    /// input fingerprints, say) are written in the same transaction, so a
+    /// crash never leaves the list complete with the fingerprints of another
+    /// file, or the other way round.
+    pub fn finish_ingest(
+        &mut self,
+        columns: Option<&[String]>,
+        meta: &[(&str, &str)],
+    ) -> Result<()> {
         let path = self.path.clone();
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .at(&path)?;
         set_meta(&tx, &path, "ingest.open", "0")?;
+        if let Some(columns) = columns {
+            let json =
+                serde_json::to_string(columns).expect("a list of strings always serialises");
+            set_meta(&tx, &path, "columns", &json)?;
+            set_meta(&tx, &path, "ingested", "1")?;
+        }
         for (key, value) in meta {
             set_meta(&tx, &path, key, value)?;
         }

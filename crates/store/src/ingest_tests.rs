@@ -75,7 +75,7 @@ fn a_new_pass_reuses_line_numbers_in_its_own_generation() {
     let mut store = Store::open(dir.path().join("c.db"), Durability::Normal).unwrap();
     assert_eq!(store.begin_ingest("csv-1").unwrap().generation, 0);
     store.insert_rows(&[row(2, "a@example.com")]).unwrap();
-    store.finish_ingest(&[]).unwrap();
+    store.finish_ingest(None, &[]).unwrap();
     // `--accept-changes` with a changed file: line 2 is someone else now.
     let pass = store.begin_ingest("csv-2").unwrap();
     assert_eq!((pass.generation, pass.after_line, pass.rows), (1, 0, 0));
