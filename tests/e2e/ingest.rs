@@ -1,0 +1,261 @@
+//! Issue 9, points 1, 6 and 7: an ingest interrupted in any way (SIGKILL,
+//! Ctrl-C, SIGHUP, a bad byte mid-file) never stores a record twice and the
+//! next `edm send` completes it; SIGHUP stops a send like Ctrl-C; a corrected
+//! CSV is read again while nothing was sent; the state files are private.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use edm_store::{IngestPass, Store};
+
+use crate::harness::{
+    EDM, Sink, Spec, TestCampaign, addresses, code, dead_port, signal, wait_timeout,
+};
+
+/// Rows in the big list: many batches of 2,000.
+const BIG: u64 = 120_000;
+
+fn state(c: &TestCampaign) -> PathBuf {
+    c.path().join(".edm/state.db")
+}
+
+/// The ingest pass as the store has it now (`None` before the first batch).
+fn pass(c: &TestCampaign) -> Option<IngestPass> {
+    let path = state(c);
+    if !path.is_file() {
+        return None;
+    }
+    Store::open_read_only(&path).ok()?.ingest_pass().ok()?
+}
+
+/// Waits until the running ingest has stored at least `rows`; fails if edm
+/// exits first or the pass completes (the kill would no longer be mid-ingest).
+fn wait_for_rows(c: &TestCampaign, child: &mut Child, rows: u64) -> IngestPass {
+    let start = Instant::now();
+    loop {
+        if let Some(p) = pass(c)
+            && p.rows >= rows
+        {
+            assert!(!p.complete, "the ingest finished before {rows} rows: {p:?}");
+            return p;
+        }
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!("edm exited ({st}) before storing {rows} rows");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no {rows} rows after 2 minutes"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// `edm status --json` total and the number of rows the sink got twice.
+fn check_once(c: &TestCampaign, sink: &Sink, sent: u64) {
+    let s = c.status();
+    assert_eq!(s["total"], BIG, "status.total is the rows of the CSV: {s}");
+    assert_eq!(s["sent"], sent, "{s}");
+    let got = sink.deliveries();
+    assert_eq!(got.len() as u64, sent, "one delivery per sent recipient");
+    assert!(
+        got.values().all(|n| *n == 1),
+        "someone got two copies: {:?}",
+        got.iter().filter(|(_, n)| **n > 1).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn ingest_killed_at_several_moments_stores_each_row_once() {
+    let sink = Sink::start(&[], None);
+    let c = TestCampaign::new(Spec::new(addresses("big", BIG as usize), sink.port()));
+    // At once (maybe before the first batch), then after 6,000, 40,000 and
+    // 90,000 rows: each run goes on from the checkpoint of the one before.
+    let mut child = c.spawn_send(&["--limit", "300"]);
+    std::thread::sleep(Duration::from_millis(40));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut last = 0;
+    for rows in [6_000, 40_000, 90_000] {
+        let mut child = c.spawn_send(&["--limit", "300"]);
+        let seen = wait_for_rows(&c, &mut child, rows);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let after = pass(&c).expect("a pass");
+        assert!(!after.complete && after.rows >= seen.rows && after.rows >= last);
+        assert_eq!(after.rows, c.status()["total"], "rows stored = the pass's count");
+        last = after.rows;
+    }
+    assert_eq!(sink.handle().accepted(), 0, "nothing sent before the list is in");
+    let out = c.send(&["--limit", "300"]);
+    assert_eq!(code(&out), 3, "--limit leaves work");
+    check_once(&c, &sink, 300);
+    let out = c.send(&["--limit", "300"]);
+    assert_eq!(code(&out), 3);
+    check_once(&c, &sink, 600);
+}
+
+#[test]
+fn ctrl_c_and_sighup_during_ingest_stop_at_a_batch_and_the_next_run_completes() {
+    let sink = Sink::start(&[], None);
+    let c = TestCampaign::new(Spec::new(addresses("sig", BIG as usize), sink.port()));
+    let mut stored = 0;
+    for sig in ["INT", "HUP"] {
+        let mut child = c.spawn_send(&[]);
+        wait_for_rows(&c, &mut child, stored + 4_000);
+        signal(&child, sig);
+        let st = wait_timeout(&mut child, Duration::from_secs(60));
+        assert_eq!(st.code(), Some(130), "SIG{sig} during ingest exits 130");
+        let p = pass(&c).expect("a pass");
+        assert!(!p.complete, "stopped before the end: {p:?}");
+        assert_eq!(p.rows % 2_000, 0, "stopped at a batch boundary: {p:?}");
+        assert_eq!(c.status()["total"], p.rows);
+        assert!(p.rows > stored);
+        stored = p.rows;
+    }
+    // A second signal quits at once; the state is still consistent.
+    let mut child = c.spawn_send(&[]);
+    wait_for_rows(&c, &mut child, stored + 2_000);
+    signal(&child, "TERM");
+    signal(&child, "TERM");
+    let st = wait_timeout(&mut child, Duration::from_secs(60));
+    assert_eq!(st.code(), Some(130), "a second signal exits 130 at once");
+    assert_eq!(sink.handle().accepted(), 0);
+    let out = c.send(&["--limit", "50"]);
+    assert_eq!(code(&out), 3);
+    check_once(&c, &sink, 50);
+    assert!(pass(&c).unwrap().complete);
+}
+
+#[test]
+fn a_bad_byte_mid_file_stores_the_rows_before_it_and_resumes_once_fixed() {
+    let sink = Sink::start(&[], None);
+    let c = TestCampaign::new(Spec::new(Vec::new(), sink.port()));
+    let csv_path = c.path().join("recipients.csv");
+    let mut csv = b"id,email,first_name\r\n".to_vec();
+    for i in 0..10_000u32 {
+        // Line 7002 (record 7,000) holds a byte that is not UTF-8.
+        let name: &[u8] = if i == 7_000 { b"Bad\xffName" } else { b"Name" };
+        csv.extend_from_slice(format!("{i},bad{i}@example.com,").as_bytes());
+        csv.extend_from_slice(name);
+        csv.extend_from_slice(b"\r\n");
+    }
+    std::fs::write(&csv_path, &csv).unwrap();
+    for _ in 0..2 {
+        let out = c.send(&[]);
+        assert_eq!(code(&out), 2);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("line 7002") && err.contains("first_name"), "{err}");
+        // The 7,000 rows before it are stored once, however often it is run.
+        assert_eq!(c.status()["total"], 7_000);
+        assert!(!pass(&c).unwrap().complete);
+    }
+    let fixed: Vec<u8> = String::from_utf8_lossy(&csv).into_owned().into_bytes();
+    std::fs::write(&csv_path, fixed).unwrap();
+    let out = c.send(&["--limit", "5"]);
+    assert_eq!(code(&out), 3);
+    let s = c.status();
+    assert_eq!(s["total"], 10_000, "{s}");
+    assert_eq!(s["sent"], 5);
+    assert!(sink.deliveries().values().all(|n| *n == 1));
+}
+
+#[test]
+fn sighup_during_a_send_stops_cleanly_and_resume_sends_each_once() {
+    let sink = Sink::start(&[], None);
+    let c = TestCampaign::new(Spec {
+        delivery: "rate = 100",
+        ..Spec::new(addresses("hup", 400), sink.port())
+    });
+    let mut child = c.spawn_send(&[]);
+    let start = Instant::now();
+    while sink.handle().accepted() < 20 {
+        assert!(start.elapsed() < Duration::from_secs(30), "nothing sent");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    signal(&child, "HUP");
+    let st = wait_timeout(&mut child, Duration::from_secs(20));
+    assert_eq!(st.code(), Some(130), "SIGHUP exits 130 like Ctrl-C");
+    let s = c.status();
+    let sent = s["sent"].as_u64().unwrap();
+    assert!(sent > 0 && sent < 400, "stopped mid-way: {s}");
+    assert_eq!(s["sending"], 0, "nothing left in flight: {s}");
+    assert_eq!(s["in_doubt"], 0, "nothing in doubt: {s}");
+    assert_eq!(sink.handle().accepted(), sent, "the DB agrees with the sink");
+    let out = c.send(&["--rate", "0"]);
+    assert_eq!(code(&out), 0);
+    let got = sink.deliveries();
+    assert_eq!(got.len(), 400);
+    assert!(got.values().all(|n| *n == 1), "a recipient got two copies");
+}
+
+#[test]
+fn a_corrected_csv_is_read_again_while_nothing_was_sent() {
+    // The relay is down: the list is ingested, nothing is attempted.
+    let c = TestCampaign::new(Spec::new(addresses("fix", 5), dead_port()));
+    let out = c.send(&[]);
+    assert_eq!(code(&out), 2);
+    assert_eq!(c.status()["total"], 5);
+    // The operator fixes the list: one address corrected, one row more.
+    std::fs::write(
+        c.path().join("recipients.csv"),
+        "id,email,first_name\r\n0,fix0@example.com,A\r\n1,fixed1@example.com,B\r\n\
+         2,fix2@example.com,C\r\n3,fix3@example.com,D\r\n4,fix4@example.com,E\r\n\
+         5,fix5@example.com,F\r\n",
+    )
+    .unwrap();
+    let sink = Sink::start(&[], None);
+    let toml = c.path().join("campaign.toml");
+    let text = std::fs::read_to_string(&toml).unwrap();
+    let port = text
+        .lines()
+        .find_map(|l| l.strip_prefix("port = "))
+        .unwrap()
+        .to_string();
+    std::fs::write(&toml, text.replace(&format!("port = {port}"), &format!("port = {}", sink.port())))
+        .unwrap();
+    let out = c.send(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(code(&out), 0, "no --accept-changes needed: {err}");
+    assert!(err.contains("read again"), "{err}");
+    let s = c.status();
+    assert_eq!((s["total"].as_u64(), s["sent"].as_u64()), (Some(6), Some(6)));
+    let got = sink.deliveries();
+    assert!(got.contains_key("fixed1@example.com") && !got.contains_key("fix1@example.com"));
+    // Once something was sent, a change needs --accept-changes again.
+    let mut csv = std::fs::read_to_string(c.path().join("recipients.csv")).unwrap();
+    csv.push_str("6,late@example.com,G\r\n");
+    std::fs::write(c.path().join("recipients.csv"), csv).unwrap();
+    let out = c.send(&[]);
+    assert_eq!(code(&out), 2);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--accept-changes"));
+}
+
+#[cfg(unix)]
+#[test]
+fn state_files_are_private_after_a_run_under_a_permissive_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let sink = Sink::start(&[], None);
+    let c = TestCampaign::new(Spec::new(addresses("mode", 3), sink.port()));
+    // `umask 000` would leave SQLite's and our files world-writable.
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg("umask 000 && exec \"$0\" send \"$1\" --no-tui")
+        .arg(EDM)
+        .arg(c.path())
+        .env("EDM_HOME", &c.home)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(st.code(), Some(0));
+    let edm = c.path().join(".edm");
+    assert_eq!(mode(&edm), 0o700, ".edm");
+    for name in ["state.db", "state.db-wal", "state.db-shm", "state.db.lock"] {
+        let p = edm.join(name);
+        if p.exists() || name == "state.db" || name == "state.db.lock" {
+            assert_eq!(mode(&p), 0o600, "{name}");
+        }
+    }
+}
