@@ -109,7 +109,9 @@ fn ctrl_c_and_sighup_during_ingest_stop_at_a_batch_and_the_next_run_completes() 
         let p = pass(&c).expect("a pass");
         assert!(!p.complete, "stopped before the end: {p:?}");
         assert_eq!(p.rows % 2_000, 0, "stopped at a batch boundary: {p:?}");
-        assert_eq!(c.status()["total"], p.rows);
+        let s = c.status();
+        assert_eq!(s["total"], p.rows);
+        assert_eq!((&s["ingested"], &s["complete"]), (&false.into(), &false.into()), "{s}");
         assert!(p.rows > stored);
         stored = p.rows;
     }
@@ -125,6 +127,7 @@ fn ctrl_c_and_sighup_during_ingest_stop_at_a_batch_and_the_next_run_completes() 
     assert_eq!(code(&out), 3);
     check_once(&c, &sink, 50);
     assert!(pass(&c).unwrap().complete);
+    assert_eq!(c.status()["ingested"], true);
 }
 
 #[test]

@@ -112,6 +112,11 @@ pub fn print_status(s: &StatusReport) {
     if !s.by_category.is_empty() {
         println!("  by category: {}", categories(&s.by_category));
     }
+    if !s.ingested {
+        println!(
+            "  the recipients file is not all stored yet (an interrupted ingest): edm send stores the rest"
+        );
+    }
     println!(
         "  {}",
         if s.complete {
@@ -214,4 +219,24 @@ pub fn watch(c: Campaign, state: Option<PathBuf>) -> anyhow::Result<u8> {
         |_| {},
     )?;
     Ok(0)
+}
+
+#[cfg(all(test, unix))]
+mod log_file_tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    /// Issue 9 point 7: `.edm/state.log` may quote addresses and replies.
+    #[test]
+    fn the_log_file_is_created_private_and_an_old_one_is_tightened() {
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let new = dir.path().join("new.log");
+        super::init_logging(Some(&new), true);
+        assert_eq!(mode(&new), 0o600);
+        let old = dir.path().join("old.log");
+        std::fs::write(&old, "").unwrap();
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
+        super::init_logging(Some(&old), true);
+        assert_eq!(mode(&old), 0o600);
+    }
 }
