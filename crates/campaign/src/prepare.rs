@@ -144,7 +144,7 @@ pub fn prepare_with_stop(
     };
     let mut store = Store::open(state, durability)?;
     store.lock_for_run(std::process::id())?;
-    let repaired = store.repaired_on_open();
+    let repaired = store.take_repair_notice()?;
     let prints = fingerprint(c)?;
     let csv_print = prints[0].1.as_str();
     let meta: Vec<(&str, &str)> = prints.iter().map(|(k, v)| (*k, v.as_str())).collect();

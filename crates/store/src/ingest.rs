@@ -269,10 +269,17 @@ impl Store {
     }
 
     /// Extra copies of records (stored twice by an interrupted ingest of an
-    /// older build) that opening this store marked `skipped`; 0 when none or
-    /// when the repair ran at an earlier open. It is also logged as one event.
-    pub fn repaired_on_open(&self) -> u64 {
-        self.repaired
+    /// older build) that the schema migration marked `skipped` and that no
+    /// caller has announced yet; returns the count once, then 0. The repair
+    /// itself is logged as one `repaired` event when it happens.
+    pub fn take_repair_notice(&mut self) -> Result<u64> {
+        let Some(n) = self.meta("repair.unannounced")? else {
+            return Ok(0);
+        };
+        self.conn
+            .execute("DELETE FROM meta WHERE key = 'repair.unannounced'", [])
+            .at(&self.path)?;
+        Ok(n.parse().unwrap_or(0))
     }
 }
 

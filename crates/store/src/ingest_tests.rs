@@ -111,8 +111,10 @@ fn the_checkpoint_is_committed_with_each_batch_and_survives_a_reopen() {
     // Resuming stores what comes after the checkpoint, in the same pass.
     store.insert_rows(&[row(7, "d@example.com")]).unwrap();
     store
-        .finish_ingest(&[("fingerprint.recipients", "csv-1")])
+        .finish_ingest(Some(&["email".into()]), &[("fingerprint.recipients", "csv-1")])
         .unwrap();
+    assert!(store.is_ingested().unwrap());
+    assert_eq!(store.columns().unwrap(), ["email"]);
     let pass = store.ingest_pass().unwrap().unwrap();
     assert!(pass.complete);
     assert_eq!((pass.after_line, pass.rows), (7, 4));
@@ -159,7 +161,8 @@ fn copies_left_by_an_older_build_are_marked_skipped_once_on_open() {
     let path = dir.path().join("c.db");
     v1_store_with_copies(&path);
     let mut store = Store::open(&path, Durability::Normal).unwrap();
-    assert_eq!(store.repaired_on_open(), 2);
+    assert_eq!(store.take_repair_notice().unwrap(), 2);
+    assert_eq!(store.take_repair_notice().unwrap(), 0, "said once");
     let rows: Vec<(i64, String, String, Option<i64>, Option<String>)> = store
         .conn
         .prepare("SELECT id, email, status, copy_of, reply FROM recipients ORDER BY id")
@@ -201,8 +204,8 @@ fn copies_left_by_an_older_build_are_marked_skipped_once_on_open() {
     // of its own, and a copy of line 3 in generation 0 is refused.
     assert_eq!(store.begin_ingest("csv-2").unwrap().generation, 2);
     drop(store);
-    let store = Store::open(&path, Durability::Normal).unwrap();
-    assert_eq!(store.repaired_on_open(), 0);
+    let mut store = Store::open(&path, Durability::Normal).unwrap();
+    assert_eq!(store.take_repair_notice().unwrap(), 0);
     assert_eq!(store.recent_events(10).unwrap().len(), 1);
     let again = store.conn.execute(
         "INSERT INTO recipients (line, email, email_norm, domain, fields, status, updated_at)

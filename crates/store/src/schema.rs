@@ -157,8 +157,6 @@ pub(crate) fn version(conn: &Connection, path: &Path) -> Result<i64> {
 pub(crate) struct Migrated {
     /// The store was created (version 0 before).
     pub(crate) created: bool,
-    /// Extra copies of ingested records marked `skipped` by [`repair_copies`].
-    pub(crate) repaired: u64,
 }
 
 /// Brings the schema up to [`VERSION`], one step per transaction.
@@ -171,7 +169,6 @@ pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<Migrated> {
             supported: VERSION,
         });
     }
-    let mut repaired = 0;
     for from in found..VERSION {
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -187,7 +184,7 @@ pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<Migrated> {
             0 => tx.execute_batch(V1).at(path)?,
             1 => {
                 tx.execute_batch(V2_COLUMNS).at(path)?;
-                repaired = repair_copies(&tx, path)?;
+                repair_copies(&tx, path)?;
                 tx.execute_batch(V2_INDEX).at(path)?;
             }
             // Future steps: `2 => tx.execute_batch(V3)?`, ...
@@ -198,7 +195,6 @@ pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<Migrated> {
     }
     Ok(Migrated {
         created: found == 0,
-        repaired,
     })
 }
 
@@ -289,6 +285,13 @@ fn repair_copies(tx: &rusqlite::Transaction<'_>, path: &Path) -> Result<u64> {
                      were marked skipped (edm report --all shows them)"
                 )
             ],
+        )
+        .at(path)?;
+        // Whichever command opened the store first (`edm retry`, say), the
+        // next `edm send` tells the operator: see `Store::take_repair_notice`.
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('repair.unannounced', ?1)",
+            [repaired.to_string()],
         )
         .at(path)?;
     }

@@ -29,8 +29,6 @@ pub struct Store {
     /// The run lock, held from [`Store::lock_for_run`] until the store is dropped
     /// (the OS releases it when the file closes, also when the process dies).
     run_lock: Option<File>,
-    /// Extra copies of records the schema migration marked `skipped` at this open.
-    pub(crate) repaired: u64,
 }
 
 impl std::fmt::Debug for Store {
@@ -83,7 +81,6 @@ impl Store {
             conn,
             path,
             run_lock: None,
-            repaired: migrated.repaired,
         };
         if migrated.created {
             store.set_meta("created_at", &edm_model::now_ms().to_string())?;
@@ -110,7 +107,6 @@ impl Store {
             conn,
             path,
             run_lock: None,
-            repaired: 0,
         })
     }
 
