@@ -83,10 +83,18 @@ fn ingest_killed_at_several_moments_stores_each_row_once() {
         child.wait().unwrap();
         let after = pass(&c).expect("a pass");
         assert!(!after.complete && after.rows >= seen.rows && after.rows >= last);
-        assert_eq!(after.rows, c.status()["total"], "rows stored = the pass's count");
+        assert_eq!(
+            after.rows,
+            c.status()["total"],
+            "rows stored = the pass's count"
+        );
         last = after.rows;
     }
-    assert_eq!(sink.handle().accepted(), 0, "nothing sent before the list is in");
+    assert_eq!(
+        sink.handle().accepted(),
+        0,
+        "nothing sent before the list is in"
+    );
     let out = c.send(&["--limit", "300"]);
     assert_eq!(code(&out), 3, "--limit leaves work");
     check_once(&c, &sink, 300);
@@ -111,7 +119,11 @@ fn ctrl_c_and_sighup_during_ingest_stop_at_a_batch_and_the_next_run_completes() 
         assert_eq!(p.rows % 2_000, 0, "stopped at a batch boundary: {p:?}");
         let s = c.status();
         assert_eq!(s["total"], p.rows);
-        assert_eq!((&s["ingested"], &s["complete"]), (&false.into(), &false.into()), "{s}");
+        assert_eq!(
+            (&s["ingested"], &s["complete"]),
+            (&false.into(), &false.into()),
+            "{s}"
+        );
         assert!(p.rows > stored);
         stored = p.rows;
     }
@@ -148,7 +160,10 @@ fn a_bad_byte_mid_file_stores_the_rows_before_it_and_resumes_once_fixed() {
         let out = c.send(&[]);
         assert_eq!(code(&out), 2);
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("line 7002") && err.contains("first_name"), "{err}");
+        assert!(
+            err.contains("line 7002") && err.contains("first_name"),
+            "{err}"
+        );
         // The 7,000 rows before it are stored once, however often it is run.
         assert_eq!(c.status()["total"], 7_000);
         assert!(!pass(&c).unwrap().complete);
@@ -184,7 +199,11 @@ fn sighup_during_a_send_stops_cleanly_and_resume_sends_each_once() {
     assert!(sent > 0 && sent < 400, "stopped mid-way: {s}");
     assert_eq!(s["sending"], 0, "nothing left in flight: {s}");
     assert_eq!(s["in_doubt"], 0, "nothing in doubt: {s}");
-    assert_eq!(sink.handle().accepted(), sent, "the DB agrees with the sink");
+    assert_eq!(
+        sink.handle().accepted(),
+        sent,
+        "the DB agrees with the sink"
+    );
     let out = c.send(&["--rate", "0"]);
     assert_eq!(code(&out), 0);
     let got = sink.deliveries();
@@ -215,14 +234,23 @@ fn a_corrected_csv_is_read_again_while_nothing_was_sent() {
         .find_map(|l| l.strip_prefix("port = "))
         .unwrap()
         .to_string();
-    std::fs::write(&toml, text.replace(&format!("port = {port}"), &format!("port = {}", sink.port())))
-        .unwrap();
+    std::fs::write(
+        &toml,
+        text.replace(
+            &format!("port = {port}"),
+            &format!("port = {}", sink.port()),
+        ),
+    )
+    .unwrap();
     let out = c.send(&[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(code(&out), 0, "no --accept-changes needed: {err}");
     assert!(err.contains("read again"), "{err}");
     let s = c.status();
-    assert_eq!((s["total"].as_u64(), s["sent"].as_u64()), (Some(6), Some(6)));
+    assert_eq!(
+        (s["total"].as_u64(), s["sent"].as_u64()),
+        (Some(6), Some(6))
+    );
     let got = sink.deliveries();
     assert!(got.contains_key("fixed1@example.com") && !got.contains_key("fix1@example.com"));
     // Once something was sent, a change needs --accept-changes again.

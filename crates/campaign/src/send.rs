@@ -290,11 +290,11 @@ pub async fn start_send(campaign: Campaign, opts: SendOptions) -> Result<Run, Er
     let stop = opts.stop_ingest.clone().unwrap_or_default();
     let prepared =
         tokio::task::spawn_blocking(move || prepare_with_stop(&c2, &s2, policy, accept, &stop))
-        .await
-        .map_err(|e| Error::Config {
-            file: campaign.file.clone(),
-            message: format!("preparing crashed: {e}"),
-        })??;
+            .await
+            .map_err(|e| Error::Config {
+                file: campaign.file.clone(),
+                message: format!("preparing crashed: {e}"),
+            })??;
     let dcfg = delivery_config(&campaign, &opts, password);
     let mut progress = Progress {
         campaign: campaign.config.campaign.name.clone(),

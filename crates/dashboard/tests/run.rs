@@ -202,5 +202,9 @@ fn a_stop_from_outside_leaves_once_the_run_is_done() {
     )
     .unwrap();
     assert_eq!(engine.progress.borrow().state, RunState::Done);
-    assert!(frames.get() < 10, "left as soon as done: {} frames", frames.get());
+    assert!(
+        frames.get() < 10,
+        "left as soon as done: {} frames",
+        frames.get()
+    );
 }

@@ -208,8 +208,7 @@ impl Store {
             .at(&path)?;
         set_meta(&tx, &path, "ingest.open", "0")?;
         if let Some(columns) = columns {
-            let json =
-                serde_json::to_string(columns).expect("a list of strings always serialises");
+            let json = serde_json::to_string(columns).expect("a list of strings always serialises");
             set_meta(&tx, &path, "columns", &json)?;
             set_meta(&tx, &path, "ingested", "1")?;
         }

@@ -111,7 +111,10 @@ fn the_checkpoint_is_committed_with_each_batch_and_survives_a_reopen() {
     // Resuming stores what comes after the checkpoint, in the same pass.
     store.insert_rows(&[row(7, "d@example.com")]).unwrap();
     store
-        .finish_ingest(Some(&["email".into()]), &[("fingerprint.recipients", "csv-1")])
+        .finish_ingest(
+            Some(&["email".into()]),
+            &[("fingerprint.recipients", "csv-1")],
+        )
         .unwrap();
     assert!(store.is_ingested().unwrap());
     assert_eq!(store.columns().unwrap(), ["email"]);
@@ -163,7 +166,8 @@ fn copies_left_by_an_older_build_are_marked_skipped_once_on_open() {
     let mut store = Store::open(&path, Durability::Normal).unwrap();
     assert_eq!(store.take_repair_notice().unwrap(), 2);
     assert_eq!(store.take_repair_notice().unwrap(), 0, "said once");
-    let rows: Vec<(i64, String, String, Option<i64>, Option<String>)> = store
+    type Row = (i64, String, String, Option<i64>, Option<String>);
+    let rows: Vec<Row> = store
         .conn
         .prepare("SELECT id, email, status, copy_of, reply FROM recipients ORDER BY id")
         .unwrap()
