@@ -290,3 +290,57 @@ fn state_files_are_private_after_a_run_under_a_permissive_umask() {
         }
     }
 }
+
+/// Turns a state database back into what an older edm (schema version 1)
+/// left after two interrupted first ingests: the first `copies` rows stored
+/// a second time, as pending.
+fn as_older_build_with_copies(db: &Path, copies: u32) {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.execute_batch(&format!(
+        "DROP INDEX recipients_source;
+         ALTER TABLE recipients DROP COLUMN copy_of;
+         ALTER TABLE recipients DROP COLUMN generation;
+         DELETE FROM meta WHERE key LIKE 'ingest.%';
+         INSERT INTO recipients (line, email, email_norm, domain, fields, status, updated_at)
+           SELECT line, email, email_norm, domain, fields, 'pending', updated_at
+           FROM recipients ORDER BY id LIMIT {copies};
+         PRAGMA user_version = 1;"
+    ))
+    .unwrap();
+}
+
+#[test]
+fn copies_left_by_an_older_edm_are_skipped_on_open_and_said_once() {
+    let sink = Sink::start(&[], None);
+    let c = TestCampaign::new(Spec::new(addresses("old", 50), sink.port()));
+    // The older build sent 10, then its list was found holding 20 copies.
+    assert_eq!(code(&c.send(&["--limit", "10"])), 3);
+    as_older_build_with_copies(&state(&c), 20);
+    assert_eq!(c.status()["total"], 70, "what the older build showed");
+    let out = c.send(&[]);
+    assert_eq!(code(&out), 0);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("20 extra copies of recipients") && err.contains("marked skipped"),
+        "{err}"
+    );
+    let s = c.status();
+    assert_eq!(
+        (s["sent"].as_u64(), s["skipped"].as_u64()),
+        (Some(50), Some(20)),
+        "{s}"
+    );
+    let got = sink.deliveries();
+    assert_eq!(got.len(), 50);
+    assert!(got.values().all(|n| *n == 1), "a copy was sent");
+    // Said once: the next run is quiet about it.
+    let out = c.send(&[]);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("extra copies"));
+    let out = c.edm("report", &["--all", "--format", "json"]);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        report.matches("extra copy of line").count(),
+        20,
+        "the copies stay visible with their reason"
+    );
+}
