@@ -344,3 +344,61 @@ fn copies_left_by_an_older_edm_are_skipped_on_open_and_said_once() {
         "the copies stay visible with their reason"
     );
 }
+
+#[test]
+fn a_second_sighup_quits_at_once_leaving_the_in_flight_few_in_doubt() {
+    // Every first DATA stalls: the graceful stop would wait for them.
+    let sink = Sink::start(
+        &["stage=data,match=slow,times=1,action=stall,secs=30"],
+        None,
+    );
+    // As many as the connections (concurrency 4): all are in flight at once.
+    let c = TestCampaign::new(Spec::new(addresses("slow", 4), sink.port()));
+    let err_path = c.tmp.path().join("stderr.txt");
+    let mut child = Command::new(EDM)
+        .arg("send")
+        .arg(c.path())
+        .arg("--no-tui")
+        .env("EDM_HOME", &c.home)
+        .env("EDM_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while sink.handle().stats().connections == 0 || c.status()["sending"] == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "nothing in flight"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Let the DATA of the claimed recipients start, then hang up twice.
+    std::thread::sleep(Duration::from_millis(500));
+    signal(&child, "HUP");
+    let start = Instant::now();
+    while !std::fs::read_to_string(&err_path)
+        .unwrap_or_default()
+        .contains("stopping")
+    {
+        assert!(start.elapsed() < Duration::from_secs(10), "no stop message");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    signal(&child, "HUP");
+    let st = wait_timeout(&mut child, Duration::from_secs(20));
+    assert_eq!(st.code(), Some(130));
+    let err = std::fs::read_to_string(&err_path).unwrap();
+    assert!(err.contains("quitting at once"), "{err}");
+    // It did not wait: the stalled transactions were cut, still `sending`.
+    let s = c.status();
+    assert!(s["sending"].as_u64().unwrap() > 0, "{s}");
+    assert_eq!(sink.handle().accepted(), 0);
+    // The next run flags them in doubt and sends them (the sink never
+    // accepted them, so nobody gets two).
+    let out = c.send(&[]);
+    assert_eq!(code(&out), 0);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in doubt"));
+    let got = sink.deliveries();
+    assert_eq!(got.len(), 4);
+    assert!(got.values().all(|n| *n == 1));
+}

@@ -308,14 +308,19 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 /// Creates `path` if missing, readable and writable by its owner only, and
-/// tightens an existing one to 0600.
+/// tightens an existing one to 0600 when it can (a file someone else owns
+/// but lets us write keeps its mode: refusing to run would help nobody).
 pub fn private_file(path: &Path) -> std::io::Result<()> {
+    let existed = path.exists();
     private_options()
         .write(true)
         .create(true)
         .truncate(false)
         .open(path)?;
-    tighten(path)
+    match tighten(path) {
+        Err(_) if existed => Ok(()),
+        other => other,
+    }
 }
 
 /// `OpenOptions` that create files with mode 0600 (on unix).
