@@ -21,6 +21,11 @@ use crate::store::Store;
 use crate::types::NewRow;
 use crate::write::{from_i64, normalize, to_i64};
 
+/// The highest generation stored. The WHERE matches the unique index's, so
+/// this is one index lookup (checked in `plan_tests.rs`).
+pub(crate) const MAX_GENERATION_SQL: &str =
+    "SELECT max(generation) FROM recipients WHERE copy_of IS NULL";
+
 /// Where the latest ingest pass stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IngestPass {
@@ -65,13 +70,8 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .at(&path)?;
-        // The WHERE matches the unique index's, so this is one index lookup.
         let max_row: Option<i64> = tx
-            .query_row(
-                "SELECT max(generation) FROM recipients WHERE copy_of IS NULL",
-                [],
-                |r| r.get(0),
-            )
+            .query_row(MAX_GENERATION_SQL, [], |r| r.get(0))
             .at(&path)?;
         let max_meta: Option<i64> = tx
             .query_row(
