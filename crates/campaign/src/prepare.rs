@@ -146,7 +146,13 @@ pub fn prepare_with_stop(
     store.lock_for_run(std::process::id())?;
     let repaired = store.take_repair_notice()?;
     let prints = fingerprint(c)?;
-    let csv_print = prints[0].1.as_str();
+    // An ingest pass is tied to the file it reads: resumed only while the
+    // file is the same.
+    let csv_print = prints
+        .iter()
+        .find(|(k, _)| *k == "fingerprint.recipients")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_default();
     let meta: Vec<(&str, &str)> = prints.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mut ingested = 0;
     let mut added = 0;
