@@ -195,13 +195,25 @@ pub async fn send(
         let progress = run.progress.clone();
         let control = control.clone();
         let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+        let signalled = signals.stop_flag();
+        let mut stop_shown = false;
         Some(tokio::task::spawn_blocking(move || {
             edm_dashboard::run_in_terminal(
                 edm_dashboard::Options {
                     no_color,
                     read_only: false,
                 },
-                || progress.borrow().clone(),
+                move || {
+                    let mut p = progress.borrow().clone();
+                    // A signal's stop may finish between two frames: show
+                    // `Stopping` once, so the dashboard knows the stop was
+                    // asked and leaves when the run is done without a key.
+                    if !stop_shown && signalled.load(std::sync::atomic::Ordering::SeqCst) {
+                        stop_shown = true;
+                        p.state = edm_model::RunState::Stopping;
+                    }
+                    p
+                },
                 |c| {
                     let _ = control.send(c);
                 },
