@@ -11,6 +11,13 @@
 //!   checkpoint, [`Store::finish_ingest`] and [`Store::mark_ingested`] close
 //!   it. A killed pass resumes after [`IngestPass::after_line`]; the database
 //!   refuses a second copy of a record ([`Error::AlreadyStored`]).
+//!   [`Store::ever_attempted`] and [`Store::discard_recipients`] let a
+//!   corrected list replace one nothing was sent to; copies stored by older
+//!   builds are repaired when the schema is migrated
+//!   ([`Store::take_repair_notice`]).
+//! - Files: the database, its `-wal`/`-shm` and lock files are created 0600
+//!   ([`private_file`], [`private_options`]) and their folder 0700
+//!   ([`create_private_dir`]), whatever the umask.
 //! - The per-recipient state machine: [`Store::claim`] moves recipients to
 //!   `sending` (durably, before their DATA ends), [`Store::record`] applies
 //!   [`Outcome`]s, [`Store::recover_in_doubt`] deals with rows a dead run left
