@@ -402,3 +402,44 @@ fn a_second_sighup_quits_at_once_leaving_the_in_flight_few_in_doubt() {
     assert_eq!(got.len(), 4);
     assert!(got.values().all(|n| *n == 1));
 }
+
+#[test]
+fn under_nohup_sighup_stays_ignored() {
+    let sink = Sink::start(&[], None);
+    let c = TestCampaign::new(Spec {
+        delivery: "rate = 50",
+        ..Spec::new(addresses("nohup", 300), sink.port())
+    });
+    // What `nohup` does: SIGHUP ignored, inherited through exec.
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg("trap '' HUP; exec \"$0\" send \"$1\" --no-tui")
+        .arg(EDM)
+        .arg(c.path())
+        .env("EDM_HOME", &c.home)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while sink.handle().accepted() < 10 {
+        assert!(start.elapsed() < Duration::from_secs(30), "nothing sent");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    signal(&child, "HUP");
+    let before = sink.handle().accepted();
+    let start = Instant::now();
+    while sink.handle().accepted() < before + 10 {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "edm stopped on a SIGHUP it was told to ignore"
+        );
+        assert!(start.elapsed() < Duration::from_secs(30), "sending stalled");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(child.try_wait().unwrap().is_none());
+    signal(&child, "INT");
+    let st = wait_timeout(&mut child, Duration::from_secs(20));
+    assert_eq!(st.code(), Some(130));
+    assert_eq!(c.status()["sending"], 0);
+}

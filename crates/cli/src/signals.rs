@@ -7,7 +7,8 @@
 //! while sending sends [`Control::Stop`] to the engine. SIGHUP (the terminal
 //! closed, or an operator's `kill -HUP`) is a stop request like the others:
 //! its default action would kill the process mid-transaction, leaving
-//! recipients in doubt.
+//! recipients in doubt. Under `nohup` (SIGHUP ignored at start) it stays
+//! ignored, as the operator asked.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,10 +33,12 @@ impl Signals {
         let stop = Arc::new(AtomicBool::new(false));
         let control: Arc<OnceLock<UnboundedSender<Control>>> = Arc::new(OnceLock::new());
         let (stop2, control2) = (Arc::clone(&stop), Arc::clone(&control));
+        // Before any handler is installed: installing one replaces SIG_IGN.
+        let hangup = !hangup_ignored();
         let task = tokio::spawn(async move {
             let mut count = 0;
             loop {
-                wait_for_signal().await;
+                wait_for_signal(hangup).await;
                 count += 1;
                 if count > 1 {
                     if tui {
@@ -92,26 +95,51 @@ fn say(text: &str) {
     let _ = writeln!(std::io::stderr(), "{text}");
 }
 
+/// True when SIGHUP was ignored when edm started (`nohup edm send ...`):
+/// the operator asked for a run that survives the terminal, so edm leaves
+/// SIGHUP ignored. Read from `/proc/self/status` (`SigIgn`, a hex mask whose
+/// bit 0 is signal 1, SIGHUP) before tokio installs a handler; where there is
+/// no `/proc`, SIGHUP is taken as not ignored.
+fn hangup_ignored() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("SigIgn:"))
+                .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        })
+        .is_some_and(|mask| mask & 1 != 0)
+}
+
+/// Waits for Ctrl-C, SIGTERM, or (with `hangup`) SIGHUP.
 #[cfg(unix)]
-async fn wait_for_signal() {
+async fn wait_for_signal(hangup: bool) {
     use tokio::signal::unix::{SignalKind, signal};
-    let term = signal(SignalKind::terminate());
-    let hup = signal(SignalKind::hangup());
-    match (term, hup) {
-        (Ok(mut term), Ok(mut hup)) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-                _ = hup.recv() => {}
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    let mut hup = if hangup {
+        signal(SignalKind::hangup()).ok()
+    } else {
+        None
+    };
+    let hup_recv = async {
+        match hup.as_mut() {
+            Some(h) => {
+                h.recv().await;
             }
+            None => std::future::pending::<()>().await,
         }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+        _ = hup_recv => {}
     }
 }
 
 #[cfg(not(unix))]
-async fn wait_for_signal() {
+async fn wait_for_signal(_hangup: bool) {
     let _ = tokio::signal::ctrl_c().await;
 }
