@@ -443,3 +443,28 @@ fn under_nohup_sighup_stays_ignored() {
     assert_eq!(st.code(), Some(130));
     assert_eq!(c.status()["sending"], 0);
 }
+
+/// After SIGHUP the terminal may be gone, and `edm send ... | head` closes
+/// the pipe: printing the end of the run must not turn it into a panic
+/// (exit 101) once everything is recorded.
+#[test]
+fn a_closed_stdout_does_not_turn_a_finished_run_into_a_panic() {
+    let sink = Sink::start(&[], None);
+    let c = TestCampaign::new(Spec::new(addresses("pipe", 5), sink.port()));
+    let mut child = Command::new(EDM)
+        .arg("send")
+        .arg(c.path())
+        .arg("--no-tui")
+        .env("EDM_HOME", &c.home)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the reading end of stdout at once, like `| head -0`.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(c.status()["sent"], 5);
+}

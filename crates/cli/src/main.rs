@@ -3,6 +3,25 @@
 //! exit codes (0 done, 1 done with failures, 2 could not run, 3 not finished,
 //! 130 stopped by the operator).
 
+/// `println!` that never panics: after SIGHUP the terminal may be gone (EIO),
+/// and `edm send ... | head` closes the pipe (EPIPE). Everything is already
+/// recorded when these lines are printed; failing to print them is no reason
+/// to exit 101 instead of the run's own status.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `eprintln!` that never panics (see [`outln!`]).
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod check;
 mod demo;
 mod progress;

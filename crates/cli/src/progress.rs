@@ -149,12 +149,14 @@ pub fn print_report(dir: &Path, r: &RunReport) {
             "the daily quota of {quota} messages is used up (rolling 24 hours); run `edm send` again later"
         ),
     };
-    println!("Campaign: {head}");
-    println!(
+    outln!("Campaign: {head}");
+    outln!(
         "  this run: sent {}, failed {}, retries scheduled {}",
-        r.sent, r.failed, r.retried
+        r.sent,
+        r.failed,
+        r.retried
     );
-    println!(
+    outln!(
         "  campaign: total {}, sent {}, failed {}, deferred {}, pending {}, invalid {}, skipped {}, suppressed {}, in doubt {}",
         s.total,
         s.count(Status::Sent),
@@ -167,17 +169,17 @@ pub fn print_report(dir: &Path, r: &RunReport) {
         s.in_doubt,
     );
     if !s.by_category.is_empty() {
-        println!("  failures by category: {}", categories(&s.by_category));
+        outln!("  failures by category: {}", categories(&s.by_category));
     }
-    println!("  state: {}", r.state.display());
+    outln!("  state: {}", r.state.display());
     if s.count(Status::Failed) > 0 {
-        println!(
+        outln!(
             "  failed recipients: edm report {} --failures --output failed.csv",
             dir.display()
         );
     }
     if s.in_doubt > 0 {
-        println!(
+        outln!(
             "  in doubt after a crash: edm report {} --in-doubt",
             dir.display()
         );

@@ -168,22 +168,22 @@ pub async fn send(
         Err(e) => return Err(anyhow::Error::new(e).context("cannot start the campaign")),
     };
     if run.repaired > 0 {
-        eprintln!(
+        errln!(
             "{} extra copies of recipients, stored twice by an interrupted ingest of an older edm, were marked skipped (edm report {} --all)",
             run.repaired,
             dir.display()
         );
     }
     if run.reingested {
-        eprintln!(
+        errln!(
             "the recipients CSV changed before anything was sent: it was read again in place of the old list"
         );
     }
     if run.ingested > 0 {
-        eprintln!("read {} recipients from the CSV", run.ingested);
+        errln!("read {} recipients from the CSV", run.ingested);
     }
     if run.in_doubt_found > 0 {
-        eprintln!(
+        errln!(
             "{} recipients were being sent when the last run died: they are in doubt (edm report {} --in-doubt)",
             run.in_doubt_found,
             dir.display()
@@ -237,7 +237,7 @@ pub async fn send(
                 if done(&p) {
                     break;
                 }
-                println!("{}", progress::line(&p));
+                outln!("{}", progress::line(&p));
             }
             Ok(())
         }))
