@@ -121,6 +121,15 @@ pub enum Error {
         /// The ingest pass.
         generation: i64,
     },
+    /// The database file could not be created (mode 0600) or opened for writing.
+    #[error("{}: cannot create the state file: {source}", path.display())]
+    Create {
+        /// The database file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl Error {

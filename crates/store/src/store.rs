@@ -50,7 +50,7 @@ impl Store {
         // The file holds every recipient's address and data: readable by its
         // owner only, whatever the umask. SQLite gives the -wal and -shm files
         // the mode of the database file (its unix VFS, `findCreateFileMode`).
-        private_file(&path).map_err(|source| Error::Io {
+        private_file(&path).map_err(|source| Error::Create {
             path: path.clone(),
             source,
         })?;
