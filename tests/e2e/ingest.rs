@@ -1,7 +1,10 @@
 //! Issue 9, points 1, 6 and 7: an ingest interrupted in any way (SIGKILL,
 //! Ctrl-C, SIGHUP, a bad byte mid-file) never stores a record twice and the
-//! next `edm send` completes it; SIGHUP stops a send like Ctrl-C; a corrected
-//! CSV is read again while nothing was sent; the state files are private.
+//! next `edm send` completes it; copies left by an older edm are repaired;
+//! a corrected CSV is read again while nothing was sent; SIGHUP stops a send
+//! like Ctrl-C (a second one at once, none under `nohup`), and a vanished
+//! terminal or closed pipe does not turn the end of a run into a panic; the
+//! state files are private. The dashboard's side is in `tui.rs`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
