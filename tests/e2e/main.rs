@@ -13,11 +13,15 @@
 //! - `preflight`: before the campaign: `edm send --test-to`.
 //! - `suppress`: the shared suppression list, `edm suppress`.
 //! - `tui`: the dashboard in tmux.
+//! - `files`: issue 9 points 3, 7, 8, 9: per-row attachments confined to
+//!   `attachment_dir`, the Tencent size cap, configuration refused at load,
+//!   `edm demo --out`, concurrent `edm suppress add`.
 
 mod harness;
 
 mod crash;
 mod failures;
+mod files;
 mod ingest;
 mod postfix;
 mod preflight;

@@ -116,6 +116,13 @@ pub enum ProblemKind {
     DkimNotConfigured,
     /// The DKIM domain does not align with the From domain (DMARC).
     DkimNotAligned,
+    /// A row's attachment is refused: an absolute path, `..`, a symlink
+    /// out of `attachment_dir`, or a file edm protects (state, keys...);
+    /// or `attachment_dir` itself is the campaign folder.
+    AttachmentRefused,
+    /// A message is close to the provider's size cap (over 8 MB for
+    /// Tencent Cloud SES, whose cap is 9 MB).
+    MessageNearLimit,
 }
 
 impl ProblemKind {
@@ -125,11 +132,11 @@ impl ProblemKind {
         match self {
             Config | TemplateSyntax | RecipientsFile | SuppressionFile | RaggedRow
             | InvalidUtf8 | NoRecipients | MissingField | RenderFailed | MessageTooLarge
-            | LineTooLong | DkimInvalid | AttachmentMissing | AttachmentTooLarge => Severity::Error,
+            | LineTooLong | DkimInvalid | AttachmentMissing | AttachmentTooLarge
+            | AttachmentRefused => Severity::Error,
             InvalidAddress | Duplicate | Suppressed | NoListUnsubscribe | NoOneClick
-            | NoUnsubscribeLink | NoTextPart | DkimNotConfigured | DkimNotAligned => {
-                Severity::Warning
-            }
+            | NoUnsubscribeLink | NoTextPart | DkimNotConfigured | DkimNotAligned
+            | MessageNearLimit => Severity::Warning,
         }
     }
 
@@ -160,6 +167,8 @@ impl ProblemKind {
             NoTextPart => "no text part",
             DkimNotConfigured => "DKIM: not configured",
             DkimNotAligned => "DKIM domain not aligned with From",
+            AttachmentRefused => "attachments refused (outside attachment_dir or protected)",
+            MessageNearLimit => "messages close to the provider's size cap",
         }
     }
 }
@@ -432,6 +441,7 @@ pub fn check(c: &Campaign, opts: &CheckOptions) -> Result<CheckReport, Error> {
                 columns: &columns,
                 csv: &csv_path,
                 max_message_bytes: spec.as_ref().and_then(|s| s.limits.max_message_bytes),
+                warn_message_bytes: c.config.limits.resolved().warn_message_bytes,
                 dkim_overhead,
                 examples: opts.examples.max(1),
             };
@@ -581,6 +591,8 @@ struct Job<'a> {
     columns: &'a [String],
     csv: &'a Path,
     max_message_bytes: Option<usize>,
+    /// Over this (and under the cap) a message gets a warning.
+    warn_message_bytes: Option<usize>,
     dkim_overhead: usize,
     examples: usize,
 }
@@ -650,6 +662,21 @@ impl Job<'_> {
             return;
         }
         out.rendered += 1;
+        if let Some(warn) = self.warn_message_bytes
+            && size > warn
+        {
+            out.tally.add(
+                ProblemKind::MessageNearLimit,
+                Finding {
+                    message: format!(
+                        "message is {size} bytes, over {warn}: close to the provider's cap{}",
+                        self.max_message_bytes
+                            .map_or(String::new(), |m| format!(" of {m} bytes"))
+                    ),
+                    ..at.clone()
+                },
+            );
+        }
         if let Some(url) = &parts.list_unsubscribe
             && !url
                 .get(..8)
@@ -698,6 +725,10 @@ fn render_finding(failure: &Failure, at: Finding) -> (ProblemKind, Finding) {
         Category::Preflight if text.contains("max_message_bytes") => ProblemKind::MessageTooLarge,
         Category::Preflight if text.contains("max_body_bytes") => ProblemKind::MessageTooLarge,
         Category::Preflight if text.contains("max_attachment") => ProblemKind::AttachmentTooLarge,
+        // edm-template's `PathRefusal`s say "refused: " after the value.
+        Category::Template if text.starts_with("attachment") && text.contains("): refused: ") => {
+            ProblemKind::AttachmentRefused
+        }
         Category::Template if text.starts_with("attachment") => ProblemKind::AttachmentMissing,
         Category::InvalidAddress => ProblemKind::InvalidAddress,
         _ => ProblemKind::RenderFailed,
@@ -745,6 +776,18 @@ fn config_checklist(c: &Campaign, spec: &MessageSpec, tally: &mut Tally) {
 /// rendered without the shared files).
 fn with_attachments(c: &Campaign, t: Templates, tally: &mut Tally) -> Option<Templates> {
     use crate::attach::AttachmentProblem;
+    // Reported, and the rows still rendered: each says what it names.
+    if let Some(problem) = crate::attach::dir_problem(c) {
+        let kind = match problem {
+            crate::attach::DirProblem::HoldsCampaign(_) => ProblemKind::AttachmentRefused,
+            crate::attach::DirProblem::Unavailable(_) => ProblemKind::AttachmentMissing,
+        };
+        let message = problem.message();
+        tally.add(
+            kind,
+            Finding::new(&c.file, message).field("[campaign] attachment_dir"),
+        );
+    }
     match crate::attach::attachments(c) {
         Ok(None) => Some(t),
         Ok(Some(a)) => match t.with_attachments(a) {

@@ -16,7 +16,8 @@
 //! - `suppress.rs`: the shared suppression list ([`SharedSuppression`],
 //!   `edm suppress`), merged into ingest and fed by `recipient_unknown`
 //!   bounces at the end of each run.
-//! - `attach.rs`: `[campaign] attachments` and `attachment_column` with
+//! - `attach.rs`: `[campaign] attachments`, `attachment_column` and
+//!   `attachment_dir` (the only folder a row's file may come from) with
 //!   their `[limits]`, for send, check and preview.
 //! - `test_send.rs`: `edm send --test-to` ([`test_send`]): sample messages
 //!   sent to one address through the relay, the state never touched.
@@ -42,7 +43,8 @@ pub use check::{
     dkim_signer,
 };
 pub use config::{
-    Campaign, Config, DurabilityName, LimitsSection, ProviderName, ResolvedLimits, SecurityName,
+    Campaign, Config, DurabilityName, LimitsSection, MAX_CONCURRENCY, MIN_RATE, MIN_TIMEOUT,
+    ProviderName, ResolvedLimits, SecurityName, concurrency_problem, rate_problem,
 };
 pub use edm_recipients::validate as validate_address;
 pub use edm_store::{InDoubtPolicy, Summary};

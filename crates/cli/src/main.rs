@@ -157,6 +157,30 @@ fn main() -> ExitCode {
     }
 }
 
+/// `--rate`: the rule `[delivery] rate` follows (campaign's `rate_problem`).
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let rate: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of messages per second"))?;
+    match edm_campaign::rate_problem(rate) {
+        Some(why) => Err(why),
+        None => Ok(rate),
+    }
+}
+
+/// `--concurrency`: the rule `[delivery] concurrency` follows.
+fn parse_concurrency(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of connections"))?;
+    match edm_campaign::concurrency_problem(n) {
+        Some(why) => Err(why),
+        None => Ok(n),
+    }
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -30,10 +30,10 @@ pub struct SendArgs {
     #[arg(long)]
     pub no_tui: bool,
     /// Messages per second (overrides [delivery] rate; 0 = unlimited).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::parse_rate)]
     pub rate: Option<f64>,
     /// SMTP connections (overrides [delivery] concurrency).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::parse_concurrency)]
     pub concurrency: Option<usize>,
     /// Attempt at most N recipients in this run.
     #[arg(long)]

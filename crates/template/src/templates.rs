@@ -13,7 +13,7 @@ use edm_model::{Category, Envelope, Failure, Recipient, Stage, domain_of};
 
 use crate::address::{Mailbox, parse_mailbox, unsafe_recipient};
 use crate::message_id::MessageIds;
-use crate::{Attachments, Dkim, Error, Limits, MessageSpec};
+use crate::{AttachmentEncoding, Attachments, Dkim, Error, Limits, MessageSpec};
 
 // Names in the registries. Never shown: errors use `Part::label`.
 const SUBJECT: &str = "subject";
@@ -302,7 +302,16 @@ impl Templates {
         }
         for file in &attached {
             size += file.bytes.len() * 4 / 3 + file.bytes.len() / 38 + 256;
-            builder = builder.attachment(file.content_type, file.name.as_str(), &file.bytes[..]);
+            builder = match self.attachments.as_ref().map(|a| a.encoding) {
+                Some(AttachmentEncoding::Base64) => {
+                    builder
+                        .attachments
+                        .get_or_insert_with(Vec::new)
+                        .push(crate::attachment::base64_part(file));
+                    builder
+                }
+                _ => builder.attachment(file.content_type, file.name.as_str(), &file.bytes[..]),
+            };
         }
         // Date and MIME-Version are added by mail-builder.
         let mut body = Vec::with_capacity(size + size / 8);
