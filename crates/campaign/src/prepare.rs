@@ -23,7 +23,8 @@ pub struct Prepared {
     pub columns: Vec<String>,
     /// Compiled templates.
     pub templates: Templates,
-    /// Rows ingested by this call (0 when the campaign was ingested before).
+    /// Rows the ingest pass finished by this call has stored, those of an
+    /// interrupted earlier run included (0 when the campaign was ingested before).
     pub ingested: u64,
     /// Rows found `sending` from a run that died, and what was done.
     pub in_doubt: u64,
