@@ -244,6 +244,10 @@ pub struct DeliverySection {
     /// Per-domain limits: `[delivery.domains."gmail.com"]`.
     #[serde(default)]
     pub domains: BTreeMap<String, DomainSection>,
+    /// Stop the run when this many different recipients in a row get the
+    /// same permanent refusal (0: never); see docs/failures.md.
+    #[serde(default = "ten")]
+    pub stop_after_identical_refusals: u32,
 }
 
 impl Default for DeliverySection {
@@ -260,6 +264,7 @@ impl Default for DeliverySection {
             daily_quota: None,
             quota_pause: d15m(),
             domains: BTreeMap::new(),
+            stop_after_identical_refusals: ten(),
         }
     }
 }
@@ -401,6 +406,9 @@ fn five() -> u32 {
 }
 fn eight() -> usize {
     8
+}
+fn ten() -> u32 {
+    10
 }
 fn d10s() -> Duration {
     Duration::from_secs(10)
