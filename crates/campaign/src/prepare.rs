@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use edm_model::{RecipientId, Status};
 use edm_recipients::{Suppression, Verdict};
-use edm_store::{Durability, InDoubtPolicy, IngestPass, NewRow, Store};
+use edm_store::{CampaignStore, Durability, InDoubtPolicy, IngestPass, NewRow, Store};
 use edm_template::Templates;
 use sha2::{Digest, Sha256};
 
@@ -17,8 +17,9 @@ use crate::config::{Campaign, DurabilityName};
 
 /// A campaign ready to send.
 pub struct Prepared {
-    /// The state, locked for this run.
-    pub store: Store,
+    /// The state, locked for this run (SQLite here; the run only uses the
+    /// [`CampaignStore`] interface).
+    pub store: Box<dyn CampaignStore>,
     /// The CSV header.
     pub columns: Vec<String>,
     /// Compiled templates.
@@ -143,7 +144,7 @@ pub fn prepare_with_stop(
         DurabilityName::Normal => Durability::Normal,
         DurabilityName::Full => Durability::Full,
     };
-    let mut store = Store::open(state, durability)?;
+    let mut store: Box<dyn CampaignStore> = Box::new(Store::open(state, durability)?);
     store.lock_for_run(std::process::id())?;
     let repaired = store.take_repair_notice()?;
     let prints = fingerprint(c)?;
@@ -292,7 +293,7 @@ type Known<'a> = (
 /// there: nothing is stored twice and nothing read is lost.
 fn ingest(
     c: &Campaign,
-    store: &mut Store,
+    store: &mut dyn CampaignStore,
     mut known: Option<Known<'_>>,
     pass: &IngestPass,
     stop: &AtomicBool,
