@@ -171,7 +171,7 @@ pub fn prepare_with_stop(
                 store.begin_ingest(csv_print)?
             }
         };
-        let (n, columns) = ingest(c, &mut store, None, &pass, stop)?;
+        let (n, columns) = ingest(c, store.as_mut(), None, &pass, stop)?;
         ingested = n;
         let mut meta = meta.clone();
         meta.push(("campaign", &c.config.campaign.name));
@@ -194,7 +194,7 @@ pub fn prepare_with_stop(
             if csv_changed {
                 store.discard_recipients()?;
                 let pass = store.begin_ingest(csv_print)?;
-                let (n, read) = ingest(c, &mut store, None, &pass, stop)?;
+                let (n, read) = ingest(c, store.as_mut(), None, &pass, stop)?;
                 (ingested, columns, reingested) = (n, Some(read), true);
             }
             store.finish_ingest(columns.as_deref(), &meta)?;
@@ -224,7 +224,7 @@ pub fn prepare_with_stop(
                 };
                 let known = store.rows_by_email()?;
                 let mut present = HashSet::new();
-                added = ingest(c, &mut store, Some((&known, &mut present)), &pass, stop)?.0;
+                added = ingest(c, store.as_mut(), Some((&known, &mut present)), &pass, stop)?.0;
                 // Rows no longer in the file: not sent any more, and said so.
                 let removed: Vec<_> = known
                     .iter()

@@ -517,12 +517,15 @@ async fn run(
         .map(|mut m| m.drain().map(|(id, _)| id).collect())
         .unwrap_or_default();
     for id in orphans {
-        record(&writer, Outcome {
+        record(
+            &writer,
+            Outcome {
                 id,
                 at: now_ms(),
                 kind: OutcomeKind::Released,
-            })
-            .await;
+            },
+        )
+        .await;
     }
     control_task.abort();
     progress_task.abort();
@@ -633,12 +636,15 @@ async fn handle_event(
             if let Some(i) = &info {
                 bump(&i.domain, |c| c.sent += 1);
             }
-            record(&writer, Outcome {
+            record(
+                writer,
+                Outcome {
                     id,
                     at: now,
                     kind: OutcomeKind::Sent { reply, message_id },
-                })
-                .await;
+                },
+            )
+            .await;
         }
         DeliveryEvent::Rejected { id, failure } => {
             let info = take(id);
@@ -667,16 +673,19 @@ async fn handle_event(
                     OutcomeKind::Failed { failure }
                 }
             };
-            record(&writer, Outcome { id, at: now, kind }).await;
+            record(writer, Outcome { id, at: now, kind }).await;
         }
         DeliveryEvent::Held { id, failure } => {
             take(id);
-            record(&writer, Outcome {
+            record(
+                writer,
+                Outcome {
                     id,
                     at: now,
                     kind: OutcomeKind::Held { failure },
-                })
-                .await;
+                },
+            )
+            .await;
         }
         DeliveryEvent::InDoubt { id, failure } => {
             let info = take(id);
@@ -707,24 +716,30 @@ async fn handle_event(
                 }
                 _ => None,
             };
-            record(&writer, Outcome {
+            record(
+                writer,
+                Outcome {
                     id,
                     at: now,
                     kind: OutcomeKind::InDoubt {
                         failure,
                         next_attempt_at,
                     },
-                })
-                .await;
+                },
+            )
+            .await;
         }
         DeliveryEvent::Returned { id } => {
             take(id);
-            record(&writer, Outcome {
+            record(
+                writer,
+                Outcome {
                     id,
                     at: now,
                     kind: OutcomeKind::Released,
-                })
-                .await;
+                },
+            )
+            .await;
         }
         DeliveryEvent::Notice(n) => {
             let kind = match &n {
@@ -777,10 +792,7 @@ async fn feed(
     // transactions in flight, about four times `concurrency` at most.
     let batch = (concurrency * 2).clamp(2, 256);
     let mut claimed_total = 0u64;
-    let stopping = || {
-        shared.stopping.load(Ordering::SeqCst)
-            || writer.failure().is_some()
-    };
+    let stopping = || shared.stopping.load(Ordering::SeqCst) || writer.failure().is_some();
     loop {
         if stopping() {
             return FeedEnd::Stopped;
@@ -862,12 +874,15 @@ async fn feed(
         let mut engine_gone = false;
         for r in claimed {
             if engine_gone {
-                record(&writer, Outcome {
+                record(
+                    &writer,
+                    Outcome {
                         id: r.id,
                         at: now_ms(),
                         kind: OutcomeKind::Released,
-                    })
-                    .await;
+                    },
+                )
+                .await;
                 continue;
             }
             match templates.render(&columns, &r) {
@@ -895,22 +910,28 @@ async fn feed(
                         if let Ok(mut m) = shared.in_flight.lock() {
                             m.remove(&env.id);
                         }
-                        record(&writer, Outcome {
+                        record(
+                            &writer,
+                            Outcome {
                                 id: env.id,
                                 at: now_ms(),
                                 kind: OutcomeKind::Released,
-                            })
-                            .await;
+                            },
+                        )
+                        .await;
                     }
                 }
                 Err(failure) => {
                     shared.failed.fetch_add(1, Ordering::Relaxed);
-                    record(&writer, Outcome {
+                    record(
+                        &writer,
+                        Outcome {
                             id: r.id,
                             at: now_ms(),
                             kind: OutcomeKind::Failed { failure },
-                        })
-                        .await;
+                        },
+                    )
+                    .await;
                 }
             }
         }

@@ -82,12 +82,12 @@ pub mod writer;
 
 pub use error::{Error, ExportError, Result};
 pub use ingest::IngestPass;
+pub use memory::MemoryStore;
 pub use store::{Store, create_private_dir, private_file, private_options};
 pub use types::{
     Durability, ExportFilter, ExportRow, InDoubtPolicy, NewRow, Outcome, OutcomeKind, ReplyCount,
     Summary,
 };
-pub use memory::MemoryStore;
 pub use write::normalize;
 pub use writer::{StoreView, Writer};
 

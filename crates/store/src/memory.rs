@@ -395,7 +395,11 @@ impl CampaignStore for MemoryStore {
                 .rows
                 .values()
                 .filter(|r| r.status == Status::Deferred)
-                .filter_map(|r| r.next_attempt_at.filter(|at| *at <= now).map(|at| (at, r.id)))
+                .filter_map(|r| {
+                    r.next_attempt_at
+                        .filter(|at| *at <= now)
+                        .map(|at| (at, r.id))
+                })
                 .collect();
             due.sort_unstable();
             ids.extend(due.into_iter().take(left).map(|(_, id)| id));
@@ -518,7 +522,10 @@ impl CampaignStore for MemoryStore {
             s.total += 1;
             s.in_doubt += u64::from(r.in_doubt);
             if let Some(c) = r.category
-                && matches!(r.status, Status::Failed | Status::Deferred | Status::Invalid)
+                && matches!(
+                    r.status,
+                    Status::Failed | Status::Deferred | Status::Invalid
+                )
             {
                 *s.by_category.entry(c).or_default() += 1;
             }

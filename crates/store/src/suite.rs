@@ -90,7 +90,10 @@ fn counts<S: CampaignStore>(store: &S, statuses: &[Status]) -> Vec<u64> {
 pub(crate) fn ingest_checkpoint_and_unique_key<S: CampaignStore>(store: &mut S) {
     assert_eq!(store.ingest_pass().unwrap(), None);
     let pass = store.begin_ingest("csv-1").unwrap();
-    assert_eq!((pass.generation, pass.after_line, pass.complete), (0, 0, false));
+    assert_eq!(
+        (pass.generation, pass.after_line, pass.complete),
+        (0, 0, false)
+    );
     store
         .insert_rows(&[new_row(2, "a@x.example"), new_row(3, "b@x.example")])
         .unwrap();
@@ -103,7 +106,14 @@ pub(crate) fn ingest_checkpoint_and_unique_key<S: CampaignStore>(store: &mut S) 
         .insert_rows(&[new_row(4, "c@x.example"), new_row(3, "b@x.example")])
         .unwrap_err();
     assert!(
-        matches!(err, Error::AlreadyStored { line: 3, generation: 0, .. }),
+        matches!(
+            err,
+            Error::AlreadyStored {
+                line: 3,
+                generation: 0,
+                ..
+            }
+        ),
         "{err}"
     );
     assert_eq!(store.summary().unwrap().total, 2, "the batch rolled back");
@@ -120,7 +130,9 @@ pub(crate) fn ingest_checkpoint_and_unique_key<S: CampaignStore>(store: &mut S) 
     invalid.status = Status::Invalid;
     invalid.category = Some(Category::InvalidAddress);
     invalid.reason = Some("no @".into());
-    store.insert_rows(&[new_row(4, "c@x.example"), invalid]).unwrap();
+    store
+        .insert_rows(&[new_row(4, "c@x.example"), invalid])
+        .unwrap();
     assert!(!store.is_ingested().unwrap());
     let columns = ["email".to_string(), "name".to_string()];
     store
@@ -179,7 +191,10 @@ pub(crate) fn claim_order_and_retry_budget<S: CampaignStore>(store: &mut S) {
         .record(&[deferred(&first[0], now + 10), deferred(&first[1], now + 5)])
         .unwrap();
     let s = store.summary().unwrap();
-    assert_eq!((s.next_due, s.last_deferred_due), (Some(now + 5), Some(now + 10)));
+    assert_eq!(
+        (s.next_due, s.last_deferred_due),
+        (Some(now + 5), Some(now + 10))
+    );
     // No budget for retries: only pending rows, even when deferred ones are due.
     let later = now + 20;
     let next = store.claim_with_budget(10, 0, later).unwrap();
@@ -188,8 +203,15 @@ pub(crate) fn claim_order_and_retry_budget<S: CampaignStore>(store: &mut S) {
     let due = store.claim_with_budget(10, 1, later).unwrap();
     assert_eq!(due.iter().map(|r| r.line).collect::<Vec<_>>(), [3]);
     assert_eq!(due[0].attempts, 1);
-    assert_eq!(due[0].first_attempt_at, Some(now), "kept from the first attempt");
-    assert!(store.claim_with_budget(10, 10, now).unwrap().is_empty(), "not due yet");
+    assert_eq!(
+        due[0].first_attempt_at,
+        Some(now),
+        "kept from the first attempt"
+    );
+    assert!(
+        store.claim_with_budget(10, 10, now).unwrap().is_empty(),
+        "not due yet"
+    );
     assert_eq!(
         store
             .claim_with_budget(10, 10, later)
@@ -211,13 +233,29 @@ pub(crate) fn outcomes_and_tallies<S: CampaignStore>(store: &mut S) {
     let outcomes = [
         sent(&c[0], now + 1),
         sent(&c[1], now + 2),
-        outcome(&c[2], now + 3, OutcomeKind::Failed { failure: unknown.clone() }),
-        outcome(&c[3], now + 4, OutcomeKind::Held { failure: refusal(Category::Auth, 530, "auth required") }),
+        outcome(
+            &c[2],
+            now + 3,
+            OutcomeKind::Failed {
+                failure: unknown.clone(),
+            },
+        ),
+        outcome(
+            &c[3],
+            now + 4,
+            OutcomeKind::Held {
+                failure: refusal(Category::Auth, 530, "auth required"),
+            },
+        ),
         outcome(
             &c[4],
             now + 5,
             OutcomeKind::InDoubt {
-                failure: Failure::local(Stage::Data, Category::ReadTimeout, "no reply to the final dot"),
+                failure: Failure::local(
+                    Stage::Data,
+                    Category::ReadTimeout,
+                    "no reply to the final dot",
+                ),
                 next_attempt_at: None,
             },
         ),
@@ -243,14 +281,24 @@ pub(crate) fn outcomes_and_tallies<S: CampaignStore>(store: &mut S) {
     assert_eq!(
         counts(
             store,
-            &[Status::Sent, Status::Failed, Status::Pending, Status::InDoubt, Status::Sending]
+            &[
+                Status::Sent,
+                Status::Failed,
+                Status::Pending,
+                Status::InDoubt,
+                Status::Sending
+            ]
         ),
         [2, 1, 2, 1, 1]
     );
     assert_eq!((s.total, s.in_doubt), (7, 1));
     assert_eq!(s.by_category.get(&Category::RecipientUnknown), Some(&1));
     assert_eq!(status_of(store, 2), Status::Sent);
-    assert_eq!(status_of(store, 5), Status::Pending, "held: back to pending");
+    assert_eq!(
+        status_of(store, 5),
+        Status::Pending,
+        "held: back to pending"
+    );
     assert_eq!(store.sent_since(now + 2).unwrap(), 1);
     assert_eq!(store.sent_since(0).unwrap(), 2);
 
@@ -259,11 +307,17 @@ pub(crate) fn outcomes_and_tallies<S: CampaignStore>(store: &mut S) {
     store
         .export_rows(&ExportFilter::default(), &mut |r| rows.push(r.clone()))
         .unwrap();
-    assert_eq!(rows.iter().map(|r| r.line).collect::<Vec<_>>(), [2, 3, 4, 5, 6, 7, 8]);
+    assert_eq!(
+        rows.iter().map(|r| r.line).collect::<Vec<_>>(),
+        [2, 3, 4, 5, 6, 7, 8]
+    );
     let held = &rows[3];
     assert_eq!((held.attempts, held.smtp_code), (0, Some(530)));
     assert_eq!(held.reply.as_deref(), Some("auth required"));
-    assert_eq!(rows[0].message_id.as_deref(), Some(&*format!("<{}@edm>", c[0].id.0)));
+    assert_eq!(
+        rows[0].message_id.as_deref(),
+        Some(&*format!("<{}@edm>", c[0].id.0))
+    );
     assert_eq!((rows[4].in_doubt, rows[4].attempts), (true, 1));
     assert_eq!(rows[5].status, Status::Pending, "released");
     let mut in_doubt = 0;
@@ -279,7 +333,9 @@ pub(crate) fn outcomes_and_tallies<S: CampaignStore>(store: &mut S) {
         in_doubt_only: false,
     };
     let mut failed = Vec::new();
-    store.export_rows(&filter, &mut |r| failed.push(r.line)).unwrap();
+    store
+        .export_rows(&filter, &mut |r| failed.push(r.line))
+        .unwrap();
     assert_eq!(failed, [4]);
 
     let recent = store.recent_failures(10).unwrap();
@@ -287,7 +343,10 @@ pub(crate) fn outcomes_and_tallies<S: CampaignStore>(store: &mut S) {
     assert_eq!(recent[0].reply, "550 5.1.1 no such user");
     assert_eq!(recent[0].category, Category::RecipientUnknown);
     let top = store.top_replies(5).unwrap();
-    assert_eq!(top, [(Some(550), Some("5.1.1".into()), "no such user".into(), 1)]);
+    assert_eq!(
+        top,
+        [(Some(550), Some("5.1.1".into()), "no such user".into(), 1)]
+    );
     let domains = store.domain_counts(5).unwrap();
     assert_eq!(domains[0].0, "a.example");
     assert_eq!((domains[0].1.sent, domains[0].1.failed), (1, 1));
@@ -313,14 +372,22 @@ pub(crate) fn durable_mark_bounds_in_doubt<S: CampaignStore>(store: &mut S) {
     // Marking twice is harmless.
     store.record_and_mark(&[], &[c[2].id]).unwrap();
     store
-        .record(&[outcome(&c[2], now + 2, OutcomeKind::Failed {
-            failure: refusal(Category::RecipientUnknown, 550, "no"),
-        })])
+        .record(&[outcome(
+            &c[2],
+            now + 2,
+            OutcomeKind::Failed {
+                failure: refusal(Category::RecipientUnknown, 550, "no"),
+            },
+        )])
         .unwrap();
     // "Crash" here: c[0] marked, no reply; c[3] claimed, never marked.
     assert_eq!(store.recover_in_doubt(InDoubtPolicy::Skip).unwrap(), 1);
     assert_eq!(status_of(store, 2), Status::InDoubt);
-    assert_eq!(status_of(store, 5), Status::Pending, "never marked: not in doubt");
+    assert_eq!(
+        status_of(store, 5),
+        Status::Pending,
+        "never marked: not in doubt"
+    );
     assert_eq!(status_of(store, 3), Status::Sent);
     assert_eq!(status_of(store, 4), Status::Failed);
     let s = store.summary().unwrap();
@@ -355,17 +422,25 @@ pub(crate) fn events_lock_and_meta<S: CampaignStore>(store: &mut S) {
     store.lock_for_run(std::process::id()).unwrap();
     store.lock_for_run(std::process::id()).unwrap();
     for (i, kind) in ["pause", "breaker", "stop"].iter().enumerate() {
-        store.log_event(i as i64, kind, &format!("event {i}")).unwrap();
+        store
+            .log_event(i as i64, kind, &format!("event {i}"))
+            .unwrap();
     }
     let events = store.recent_events(2).unwrap();
     assert_eq!(
         events,
-        [(1, "breaker".into(), "event 1".into()), (2, "stop".into(), "event 2".into())]
+        [
+            (1, "breaker".into(), "event 1".into()),
+            (2, "stop".into(), "event 2".into())
+        ]
     );
     assert_eq!(store.meta("nothing").unwrap(), None);
     store.set_meta("fingerprint.template", "t-1").unwrap();
     store.set_meta("fingerprint.template", "t-2").unwrap();
-    assert_eq!(store.meta("fingerprint.template").unwrap().as_deref(), Some("t-2"));
+    assert_eq!(
+        store.meta("fingerprint.template").unwrap().as_deref(),
+        Some("t-2")
+    );
     assert!(store.meta("created_at").unwrap().is_some());
     assert_eq!(store.take_repair_notice().unwrap(), 0);
     assert!(store.columns().unwrap().is_empty());

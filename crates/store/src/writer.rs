@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 use edm_model::{DomainCounts, FailureRow, Recipient, RecipientId, UnixMillis};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::CampaignStore;
 use crate::error::{Error, Result};
 use crate::types::{Outcome, ReplyCount, Summary};
-use crate::CampaignStore;
 
 /// Outcomes per transaction at most.
 const BATCH: usize = 1000;
@@ -310,8 +310,10 @@ fn run(
     failed: Failure,
 ) -> Result<Box<dyn CampaignStore>> {
     let mut pending: Vec<Outcome> = Vec::with_capacity(BATCH);
-    let mut marks: Vec<(RecipientId, oneshot::Sender<std::result::Result<(), String>>)> =
-        Vec::new();
+    let mut marks: Vec<(
+        RecipientId,
+        oneshot::Sender<std::result::Result<(), String>>,
+    )> = Vec::new();
     let mut last_view = Instant::now();
     let commit = |store: &mut Box<dyn CampaignStore>, pending: &mut Vec<Outcome>| {
         if pending.is_empty() {
@@ -485,7 +487,7 @@ mod tests {
         let err = writer.record(sent(RecipientId(7))).await.unwrap_err();
         assert!(matches!(err, Error::WriterStopped { .. }), "{err}");
         let failure = writer.failure().expect("the run is told");
-        assert!(failure.contains("the outcome of recipient 7"), "{failure}");
+        assert!(failure.contains("the outcome of recipient #7"), "{failure}");
         // The first failure is kept; claims and marks fail too.
         assert!(writer.claim(1, 1, 0).await.is_err());
         assert!(writer.marks().mark(RecipientId(8)).await.is_err());
@@ -523,6 +525,9 @@ mod tests {
         let mut store = writer.finish().unwrap();
         assert_eq!(store.recent_events(5).unwrap().len(), 1);
         // The marked, unanswered one is the only one in doubt.
-        assert_eq!(store.recover_in_doubt(crate::InDoubtPolicy::Skip).unwrap(), 1);
+        assert_eq!(
+            store.recover_in_doubt(crate::InDoubtPolicy::Skip).unwrap(),
+            1
+        );
     }
 }
