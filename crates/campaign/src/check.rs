@@ -22,11 +22,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, mpsc};
 use std::time::Instant;
 
-use edm_model::{Category, Failure, Recipient, RecipientId, domain_of};
-use edm_recipients::{ReadOptions, Verdict};
+use edm_model::{Recipient, RecipientId, domain_of};
+use edm_recipients::{ReadOptions, RowProblem, Verdict};
 use edm_template::{
-    Dkim, DkimAlgorithm, DkimConfig, Limits, MessageSpec, SIGNED_HEADERS, Source, Templates,
-    has_unsubscribe_link,
+    Dkim, DkimAlgorithm, DkimConfig, Limits, MessageSpec, PathRefusal, RenderProblem,
+    SIGNED_HEADERS, Source, Templates, has_unsubscribe_link,
 };
 use serde::Serialize;
 
@@ -484,16 +484,7 @@ pub fn check(c: &Campaign, opts: &CheckOptions) -> Result<CheckReport, Error> {
                             }
                         }
                         Verdict::Invalid { reason, .. } => {
-                            // Ingest checks the field count first and says so.
-                            let kind = if reason.starts_with("row has ") {
-                                ProblemKind::RaggedRow
-                            } else {
-                                ProblemKind::InvalidAddress
-                            };
-                            let message = match kind {
-                                ProblemKind::RaggedRow => reason,
-                                _ => format!("{reason}: {:?}", row.email),
-                            };
+                            let (kind, message) = invalid_row_finding(&reason, &row.email);
                             tally.add(kind, Finding { message, ..at });
                         }
                         Verdict::Duplicate { first_line } => tally.add(
@@ -632,9 +623,9 @@ impl Job<'_> {
         let at = Finding::new(self.csv, "").at(r.line);
         let parts = match templates.render_parts(self.columns, r) {
             Ok(parts) => parts,
-            Err(failure) => {
+            Err(e) => {
                 out.failed += 1;
-                let (kind, finding) = render_finding(&failure, at);
+                let (kind, finding) = render_finding(e.problem, at);
                 out.tally.add(kind, finding);
                 return;
             }
@@ -708,41 +699,70 @@ impl Job<'_> {
     }
 }
 
-/// Classifies a render failure. Its text starts `line N: `, which the
-/// finding carries as its line instead.
-fn render_finding(failure: &Failure, at: Finding) -> (ProblemKind, Finding) {
-    let text = failure.reply.as_str();
-    let text = match text.split_once(": ") {
-        Some((head, rest)) if head.starts_with("line ") => rest,
-        _ => text,
-    };
-    let missing = text
-        .strip_prefix("missing field `")
-        .and_then(|rest| rest.split_once('`'));
-    let kind = match failure.category {
-        Category::Template if missing.is_some() => ProblemKind::MissingField,
-        Category::Preflight if text.contains("max_line_len") => ProblemKind::LineTooLong,
-        Category::Preflight if text.contains("max_message_bytes") => ProblemKind::MessageTooLarge,
-        Category::Preflight if text.contains("max_body_bytes") => ProblemKind::MessageTooLarge,
-        Category::Preflight if text.contains("max_attachment") => ProblemKind::AttachmentTooLarge,
-        // edm-template's `PathRefusal`s say "refused: " after the value.
-        Category::Template if text.starts_with("attachment") && text.contains("): refused: ") => {
-            ProblemKind::AttachmentRefused
+/// Classifies a row ingest found invalid: a ragged row, or a bad address
+/// (said with the address).
+fn invalid_row_finding(reason: &RowProblem, email: &str) -> (ProblemKind, String) {
+    match reason {
+        RowProblem::FieldCount { .. } => (ProblemKind::RaggedRow, reason.to_string()),
+        RowProblem::Address(_) => (ProblemKind::InvalidAddress, format!("{reason}: {email:?}")),
+    }
+}
+
+/// Classifies a render problem by its variant. The finding already carries
+/// the CSV line, so the message leaves it out.
+fn render_finding(problem: RenderProblem, at: Finding) -> (ProblemKind, Finding) {
+    use edm_template::AttachmentProblem as A;
+    let kind = match &problem {
+        RenderProblem::MissingField {
+            field,
+            template,
+            position,
+        } => {
+            let at_position = match position {
+                Some(p) => format!(" (template line {}, column {})", p.line, p.column),
+                None => String::new(),
+            };
+            let finding = Finding {
+                field: Some(field.clone()),
+                message: format!("missing field in {template}{at_position}"),
+                ..at
+            };
+            return (ProblemKind::MissingField, finding);
         }
-        Category::Template if text.starts_with("attachment") => ProblemKind::AttachmentMissing,
-        Category::InvalidAddress => ProblemKind::InvalidAddress,
-        _ => ProblemKind::RenderFailed,
+        RenderProblem::LineTooLong { .. } => ProblemKind::LineTooLong,
+        RenderProblem::MessageTooLarge { .. } | RenderProblem::BodyTooLarge { .. } => {
+            ProblemKind::MessageTooLarge
+        }
+        RenderProblem::AttachmentsTooLarge { .. }
+        | RenderProblem::Attachment {
+            problem: A::TooLarge { .. },
+            ..
+        } => ProblemKind::AttachmentTooLarge,
+        RenderProblem::Attachment {
+            problem:
+                A::Path(
+                    PathRefusal::NotRelative(_)
+                    | PathRefusal::Outside
+                    | PathRefusal::Protected
+                    | PathRefusal::NotAFile,
+                ),
+            ..
+        } => ProblemKind::AttachmentRefused,
+        RenderProblem::Attachment {
+            problem:
+                A::Path(PathRefusal::Missing(_) | PathRefusal::DirUnavailable(_))
+                | A::Moved { .. }
+                | A::Unreadable { .. },
+            ..
+        } => ProblemKind::AttachmentMissing,
+        RenderProblem::UnsafeAddress { .. } => ProblemKind::InvalidAddress,
+        RenderProblem::Render { .. }
+        | RenderProblem::UnsubscribeUrl { .. }
+        | RenderProblem::Dkim(_) => ProblemKind::RenderFailed,
     };
-    let finding = match missing {
-        Some((field, rest)) => Finding {
-            field: Some(field.to_owned()),
-            message: format!("missing field{rest}"),
-            ..at
-        },
-        None => Finding {
-            message: text.to_owned(),
-            ..at
-        },
+    let finding = Finding {
+        message: problem.to_string(),
+        ..at
     };
     (kind, finding)
 }
@@ -1028,25 +1048,85 @@ mod tests {
     }
 
     #[test]
-    fn render_failures_are_classified() {
+    fn render_problems_are_classified_by_variant() {
+        use edm_template::{AttachmentProblem, Position};
         let at = Finding::new(Path::new("r.csv"), "").at(7);
-        let f = Failure::local(
-            edm_model::Stage::Render,
-            Category::Template,
-            "line 7: missing field `last_name` in body.html (template line 3, column 9)",
+        let (kind, finding) = render_finding(
+            RenderProblem::MissingField {
+                field: "last_name".into(),
+                template: "body.html".into(),
+                position: Some(Position { line: 3, column: 9 }),
+            },
+            at.clone(),
         );
-        let (kind, finding) = render_finding(&f, at.clone());
         assert_eq!(kind, ProblemKind::MissingField);
         assert_eq!(finding.field.as_deref(), Some("last_name"));
         assert_eq!(
             finding.to_string(),
             "r.csv:7: last_name: missing field in body.html (template line 3, column 9)"
         );
-        let f = Failure::local(
-            edm_model::Stage::Render,
-            Category::Preflight,
-            "line 7: line 3 of the message is 2000 bytes, over the max_line_len limit of 998",
+        let (kind, finding) = render_finding(
+            RenderProblem::LineTooLong {
+                number: 3,
+                len: 2000,
+                max: 998,
+                head: "List-Unsubscribe: <https://".into(),
+            },
+            at.clone(),
         );
-        assert_eq!(render_finding(&f, at).0, ProblemKind::LineTooLong);
+        assert_eq!(kind, ProblemKind::LineTooLong);
+        assert!(
+            finding
+                .message
+                .starts_with("line 3 of the message is 2000 bytes")
+        );
+        let attachment = |problem| RenderProblem::Attachment {
+            value: "a.pdf".into(),
+            column: "file".into(),
+            problem,
+        };
+        let kind = |p| render_finding(p, at.clone()).0;
+        assert_eq!(
+            kind(attachment(AttachmentProblem::Path(PathRefusal::Protected))),
+            ProblemKind::AttachmentRefused
+        );
+        // Refusals and missing files say "refused"/"cannot read" in their
+        // text; the variant decides, whatever the words.
+        assert_eq!(
+            kind(attachment(AttachmentProblem::Path(PathRefusal::Missing(
+                "refused: x".into()
+            )))),
+            ProblemKind::AttachmentMissing
+        );
+        assert_eq!(
+            kind(attachment(AttachmentProblem::TooLarge { size: 2, max: 1 })),
+            ProblemKind::AttachmentTooLarge
+        );
+        assert_eq!(
+            kind(RenderProblem::BodyTooLarge { size: 2, max: 1 }),
+            ProblemKind::MessageTooLarge
+        );
+        assert_eq!(
+            kind(RenderProblem::Dkim("max_line_len".into())),
+            ProblemKind::RenderFailed
+        );
+    }
+
+    #[test]
+    fn invalid_rows_are_classified_by_variant() {
+        let (kind, message) = invalid_row_finding(
+            &RowProblem::FieldCount {
+                found: 3,
+                expected: 4,
+            },
+            "a@example.com",
+        );
+        assert_eq!(kind, ProblemKind::RaggedRow);
+        assert_eq!(message, "row has 3 fields, header has 4");
+        // An address reason that reads like a ragged row is still an address.
+        let (kind, message) =
+            invalid_row_finding(&RowProblem::Address("row has 3 fields".into()), "x");
+        assert_eq!(kind, ProblemKind::InvalidAddress);
+        assert_eq!(message, "row has 3 fields: \"x\"");
     }
 }

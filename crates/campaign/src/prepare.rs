@@ -229,9 +229,12 @@ fn ingest(c: &Campaign, store: &mut Store, mut known: Option<Known<'_>>) -> Resu
         }
         let (status, category, reason, duplicate_of) = match row.verdict {
             Verdict::Valid => (Status::Pending, None, None, None),
-            Verdict::Invalid { category, reason } => {
-                (Status::Invalid, Some(category), Some(reason), None)
-            }
+            Verdict::Invalid { category, reason } => (
+                Status::Invalid,
+                Some(category),
+                Some(reason.to_string()),
+                None,
+            ),
             Verdict::Duplicate { first_line } => (
                 Status::Skipped,
                 None,

@@ -116,12 +116,12 @@ pub fn preview(c: &Campaign, opts: &PreviewOptions) -> Result<PreviewReport, Err
                     note,
                 });
             }
-            Err(failure) => report.failed.push(Finding {
+            Err(e) => report.failed.push(Finding {
                 file: csv.clone(),
                 line: Some(recipient.line),
                 column: None,
                 field: None,
-                message: failure.reply,
+                message: e.to_string(),
             }),
         }
     }

@@ -51,5 +51,5 @@ mod suppression;
 
 pub use address::{normalize, validate};
 pub use error::Error;
-pub use ingest::{Ingest, ReadOptions, Row, Verdict, open};
+pub use ingest::{Ingest, ReadOptions, Row, RowProblem, Verdict, open};
 pub use suppression::Suppression;

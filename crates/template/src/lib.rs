@@ -13,6 +13,11 @@
 //!   deterministic Message-ID, adds List-Unsubscribe (RFC 2369) and one-click
 //!   (RFC 8058) headers, and checks it against [`Limits`]. A problem with one
 //!   recipient is an [`edm_model::Failure`], not an error.
+//! - [`Templates::render_parts`] returns that problem typed: a
+//!   [`RenderError`] (the CSV line and a [`RenderProblem`]: a missing field
+//!   with its template and position, a line or a message over a limit, an
+//!   attachment refused...), so `edm check` decides by variant, never by
+//!   reading text back.
 //! - [`Templates::with_dkim`] makes `render` sign every message with a
 //!   [`Dkim`] signer (RSA-SHA256 or Ed25519-SHA256, relaxed/relaxed, covering
 //!   [`SIGNED_HEADERS`], List-Unsubscribe and List-Unsubscribe-Post included
@@ -41,6 +46,8 @@
 //! - `dkim.rs`: [`Dkim`], the DKIM signer ([`DkimConfig`]).
 //! - `lint.rs`: content checks for `edm check` ([`has_unsubscribe_link`]).
 //! - `error.rs`: [`Error`].
+//! - `problem.rs`: [`RenderError`], [`RenderProblem`], [`AttachmentProblem`]:
+//!   why one recipient's message cannot be made.
 //!
 //! # Example
 //! ```no_run
@@ -67,6 +74,7 @@ mod error;
 mod lint;
 mod message_id;
 mod preflight;
+mod problem;
 mod spec;
 mod templates;
 
@@ -77,5 +85,6 @@ pub use attachment::{
 pub use dkim::{Dkim, DkimAlgorithm, DkimConfig, SIGNED_HEADERS};
 pub use error::Error;
 pub use lint::has_unsubscribe_link;
+pub use problem::{AttachmentProblem, Position, RenderError, RenderProblem};
 pub use spec::{Limits, MessageSpec, Source};
 pub use templates::{Rendered, Templates};
