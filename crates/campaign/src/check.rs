@@ -367,7 +367,13 @@ pub fn check(c: &Campaign, opts: &CheckOptions) -> Result<CheckReport, Error> {
             };
             (Some(spec), templates)
         }
-        Err(finding) => {
+        Err(e) => {
+            let finding = match &e {
+                Error::TemplateFile { path, source } => {
+                    Finding::new(path, format!("cannot read the template: {source}"))
+                }
+                other => Finding::new(&c.file, other.to_string()),
+            };
             tally.add(ProblemKind::Config, finding);
             (None, None)
         }
@@ -837,12 +843,14 @@ fn with_attachments(c: &Campaign, t: Templates, tally: &mut Tally) -> Option<Tem
 }
 
 /// Builds the message spec from `campaign.toml`, reading the template files.
-pub(crate) fn message_spec(c: &Campaign) -> Result<MessageSpec, Finding> {
+pub(crate) fn message_spec(c: &Campaign) -> Result<MessageSpec, Error> {
     let cfg = &c.config.campaign;
-    let read = |p: &Path| -> Result<Source, Finding> {
+    let read = |p: &Path| -> Result<Source, Error> {
         let path = c.path(p);
-        let body = std::fs::read_to_string(&path)
-            .map_err(|e| Finding::new(&path, format!("cannot read the template: {e}")))?;
+        let body = std::fs::read_to_string(&path).map_err(|source| Error::TemplateFile {
+            path: path.clone(),
+            source,
+        })?;
         Ok(Source {
             name: path.display().to_string(),
             body,

@@ -61,22 +61,29 @@ pub use test_send::{
 
 /// Everything that can stop a campaign from running (as opposed to a
 /// recipient failing, which is data in the store).
+///
+/// Each variant is one kind of cause with its fields; there is no
+/// catch-all. `Config` is `campaign.toml` itself: a value that does not
+/// parse or does not work, said with the key.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// `campaign.toml` is missing, unreadable or wrong.
+    /// `campaign.toml` is missing, unreadable or wrong (a key, a value, a
+    /// section that does not work).
     #[error("{}: {message}", file.display())]
     Config {
         /// The file.
         file: PathBuf,
-        /// What is wrong and where.
+        /// What is wrong and where: the key and why.
         message: String,
     },
     /// The recipients file cannot be read.
     #[error(transparent)]
     Recipients(#[from] edm_recipients::Error),
-    /// A template does not compile.
-    #[error("{0}")]
-    Template(String),
+    /// The message cannot be compiled: a template does not parse, the From
+    /// or Reply-To is not usable, the DKIM key does not work, a shared
+    /// attachment is over a limit.
+    #[error(transparent)]
+    Template(#[from] edm_template::Error),
     /// The state database.
     #[error("state database: {0}")]
     Store(#[from] edm_store::Error),
@@ -99,4 +106,39 @@ pub enum Error {
     /// The campaign has no state yet.
     #[error("{0} has no state yet: run `edm send` first")]
     NoState(PathBuf),
+    /// A template file named in `campaign.toml` cannot be read.
+    #[error("{}: cannot read the template: {source}", path.display())]
+    TemplateFile {
+        /// The template file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The shared suppression list has a record that does not parse, or
+    /// cannot be written back.
+    #[error("{}: {}{source}", path.display(), record.map_or(String::new(), |r| format!("record {r}: ")))]
+    SuppressionList {
+        /// The list.
+        path: PathBuf,
+        /// The 1-based record, when reading.
+        record: Option<usize>,
+        /// The error.
+        source: csv::Error,
+    },
+    /// `edm send --test-to` was given an address that cannot be used.
+    #[error("{}: --test-to {address:?} is not a usable address: {reason}", file.display())]
+    TestAddress {
+        /// `campaign.toml`.
+        file: PathBuf,
+        /// The address given.
+        address: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
+    /// `edm send --test-to` found no valid row to use as a sample.
+    #[error("{}: no valid row to use as a test sample", recipients.display())]
+    NoTestSample {
+        /// The recipients file.
+        recipients: PathBuf,
+    },
 }

@@ -37,8 +37,8 @@ const INGEST_BATCH: usize = 2000;
 /// Compiles the campaign's templates (no state touched).
 pub fn compile_templates(c: &Campaign) -> Result<Templates, Error> {
     // One description of the message, shared with `edm check` and `edm preview`.
-    let spec = crate::check::message_spec(c).map_err(|f| Error::Template(f.to_string()))?;
-    let templates = Templates::compile(spec).map_err(|e| Error::Template(e.to_string()))?;
+    let spec = crate::check::message_spec(c)?;
+    let templates = Templates::compile(spec)?;
     let templates = crate::attach::with_attachments(c, templates)?;
     Ok(match crate::dkim_signer(c)? {
         Some(dkim) => templates.with_dkim(dkim),

@@ -53,8 +53,8 @@ pub struct PreviewReport {
 
 /// Renders the chosen rows into `opts.out`.
 pub fn preview(c: &Campaign, opts: &PreviewOptions) -> Result<PreviewReport, Error> {
-    let spec = message_spec(c).map_err(|f| Error::Template(f.to_string()))?;
-    let templates = Templates::compile(spec).map_err(|e| Error::Template(e.to_string()))?;
+    let spec = message_spec(c)?;
+    let templates = Templates::compile(spec)?;
     let mut templates = crate::attach::with_attachments(c, templates)?;
     if let Some(dkim) = dkim_signer(c)? {
         templates = templates.with_dkim(dkim);

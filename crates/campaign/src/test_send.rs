@@ -122,16 +122,16 @@ impl TestSendReport {
 /// address, an unreadable CSV, templates that do not compile, no valid row).
 pub async fn test_send(c: &Campaign, opts: &TestSendOptions) -> Result<TestSendReport, Error> {
     let to = opts.to.trim().to_owned();
-    edm_recipients::validate(&to).map_err(|reason| Error::Config {
+    edm_recipients::validate(&to).map_err(|reason| Error::TestAddress {
         file: c.file.clone(),
-        message: format!("--test-to {to:?} is not a usable address: {reason}"),
+        address: to.clone(),
+        reason,
     })?;
     let password = c.password()?;
     let (columns, samples) = samples(c, opts.sample.max(1))?;
     if samples.is_empty() {
-        return Err(Error::Config {
-            file: c.path(&c.config.campaign.recipients),
-            message: "no valid row to use as a test sample".into(),
+        return Err(Error::NoTestSample {
+            recipients: c.path(&c.config.campaign.recipients),
         });
     }
     let templates = crate::prepare::compile_templates(c)?;
