@@ -421,6 +421,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_bad_record_is_named_with_the_list_and_its_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("suppression.csv");
+        // Not UTF-8: the record cannot be read as text.
+        std::fs::write(
+            &path,
+            b"email,reason,added_at,campaign\r\na@example.com,man\xffual,,\r\n",
+        )
+        .unwrap();
+        let e = SharedSuppression::at(&path).entries().unwrap_err();
+        assert!(
+            matches!(&e, Error::SuppressionList { path: p, record: Some(1), .. } if *p == path),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string()
+                .starts_with(&format!("{}: record 1: ", path.display())),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn add_list_remove_round_trip_in_the_documented_format() {
         let dir = tempfile::tempdir().unwrap();
         let list = SharedSuppression::at(dir.path().join("sub/suppression.csv"));
