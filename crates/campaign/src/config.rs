@@ -592,6 +592,15 @@ impl Campaign {
         self.config.delivery.rate.filter(|r| *r > 0.0)
     }
 
+    /// The lower-cased domain of `[campaign] from`, read by edm's one From
+    /// parser ([`edm_template::Mailbox::parse`]); `None` when From does not
+    /// parse (compiling the templates says why).
+    pub fn from_domain(&self) -> Option<String> {
+        edm_template::Mailbox::parse(&self.config.campaign.from)
+            .ok()
+            .map(|m| edm_model::domain_of(m.address()))
+    }
+
     /// The relay port, defaulted by security.
     pub fn port(&self) -> u16 {
         self.config
@@ -660,6 +669,25 @@ port = 2525
         assert_eq!(c.config.smtp.command_timeout, Duration::from_secs(30));
         assert_eq!(c.rate(), None);
         assert_eq!(c.state_path(), d.path().join(".edm/state.db"));
+    }
+
+    #[test]
+    fn the_from_domain_comes_from_the_one_from_parser() {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = write(d.path(), MINIMAL).unwrap();
+        for (from, domain) in [
+            ("Acme News <News@Acme.Example>", Some("acme.example")),
+            ("news@acme.example", Some("acme.example")),
+            // A display name holding an address and a `>` is still only a name.
+            (
+                "\"x@other.example >\" <news@acme.example>",
+                Some("acme.example"),
+            ),
+            ("Acme <news@acme.example", None),
+        ] {
+            c.config.campaign.from = from.into();
+            assert_eq!(c.from_domain().as_deref(), domain, "{from}");
+        }
     }
 
     #[test]

@@ -210,7 +210,7 @@ pub(crate) fn delivery_config(
         .relay
         .clone()
         .unwrap_or_else(|| (s.host.clone(), c.port()));
-    let from_domain = edm_model::domain_of(&c.config.campaign.from.replace('>', ""));
+    let from_domain = c.from_domain().unwrap_or_default();
     let smtp = SmtpSettings {
         host,
         port,

@@ -1,13 +1,36 @@
 //! Sender addresses (From, Reply-To) parsed once, and the check made on each
 //! recipient address before it goes into a header.
+//!
+//! [`Mailbox::parse`] is edm's one parser of `[campaign] from` and
+//! `reply_to`: templates, `edm check` (DKIM alignment) and the EHLO name
+//! all take the address from it.
 
 use email_address::{EmailAddress, Options};
 
 /// A mailbox: an optional display name and a bare address.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Mailbox {
+pub struct Mailbox {
     pub(crate) name: Option<String>,
     pub(crate) address: String,
+}
+
+impl Mailbox {
+    /// Parses `Display Name <local@domain>` or a bare `local@domain`; on
+    /// error, a reason a person can act on. The rules are
+    /// [`parse_mailbox`]'s.
+    pub fn parse(value: &str) -> Result<Mailbox, String> {
+        parse_mailbox(value)
+    }
+
+    /// The display name, if any (unquoted).
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    /// The bare address.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
 }
 
 /// Parses `Display Name <local@domain>` or a bare `local@domain`.
@@ -89,6 +112,18 @@ pub(crate) fn unsafe_recipient(address: &str) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_public_parser_is_the_same_parser() {
+        let m = Mailbox::parse("\"Acme, Inc.\" <news@acme.example>").unwrap();
+        assert_eq!(m.name(), Some("Acme, Inc."));
+        assert_eq!(m.address(), "news@acme.example");
+        assert_eq!(
+            Mailbox::parse("Acme <news@localhost>"),
+            parse_mailbox("Acme <news@localhost>")
+        );
+        assert!(Mailbox::parse("Acme <news@acme.example").is_err());
+    }
 
     #[test]
     fn mailboxes() {

@@ -38,7 +38,8 @@
 //! # Layout
 //! - `spec.rs`: [`MessageSpec`], [`Source`], [`Limits`].
 //! - `templates.rs`: [`Templates`]: compile and render.
-//! - `address.rs`: From / Reply-To parsing, the recipient address guard.
+//! - `address.rs`: From / Reply-To parsing ([`Mailbox::parse`], the one
+//!   parser of the sender), the recipient address guard.
 //! - `message_id.rs`: deterministic Message-IDs.
 //! - `preflight.rs`: size and line-length checks.
 //! - `attachment.rs`: [`Attachments`]: files for everyone and per recipient,
@@ -78,6 +79,7 @@ mod problem;
 mod spec;
 mod templates;
 
+pub use address::Mailbox;
 pub use attachment::{
     AttachmentEncoding, AttachmentFile, AttachmentLimits, Attachments, PathRefusal, content_type,
     resolve_inside,
