@@ -43,8 +43,8 @@ pub use check::{
     dkim_signer,
 };
 pub use config::{
-    Campaign, Config, DurabilityName, LimitsSection, MAX_CONCURRENCY, MIN_RATE, MIN_TIMEOUT,
-    ProviderName, ResolvedLimits, SecurityName, concurrency_problem, rate_problem,
+    Campaign, Config, DurabilityName, LimitsSection, MAX_CONCURRENCY, MAX_RETRY_WAIT, MIN_RATE,
+    MIN_TIMEOUT, ProviderName, ResolvedLimits, SecurityName, concurrency_problem, rate_problem,
 };
 pub use edm_recipients::validate as validate_address;
 pub use edm_store::{InDoubtPolicy, Summary};

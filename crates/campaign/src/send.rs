@@ -62,7 +62,7 @@ impl Default for SendOptions {
             in_doubt: InDoubtPolicy::Resend,
             accept_changes: false,
             relay: None,
-            max_retry_wait: Duration::from_secs(120),
+            max_retry_wait: crate::config::MAX_RETRY_WAIT,
         }
     }
 }
@@ -263,7 +263,7 @@ fn retry_policy(c: &Campaign) -> RetryPolicy {
     RetryPolicy {
         max_attempts: d.max_attempts,
         base: d.retry_base,
-        cap: Duration::from_secs(15 * 60).max(d.retry_base),
+        cap: edm_delivery::defaults::RETRY_CAP.max(d.retry_base),
         schedule: d.retry.clone(),
         retry_for: d.retry_for,
     }

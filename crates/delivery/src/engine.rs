@@ -15,6 +15,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
+use crate::defaults;
 use crate::outbound::session::{Afterwards, Session, SmtpSettings};
 use crate::queue::adaptive::{Aimd, AimdSettings};
 use crate::queue::breaker::{Breaker, Trip};
@@ -72,14 +73,14 @@ impl DeliveryConfig {
     pub fn new(smtp: SmtpSettings) -> DeliveryConfig {
         DeliveryConfig {
             smtp,
-            concurrency: 8,
+            concurrency: defaults::CONCURRENCY,
             rate: None,
-            burst: 1,
+            burst: defaults::BURST,
             domains: HashMap::new(),
             aimd: AimdSettings::default(),
-            breaker_threshold: 3,
-            max_outage: Duration::from_secs(300),
-            quota_pause: Duration::from_secs(15 * 60),
+            breaker_threshold: defaults::BREAKER_THRESHOLD,
+            max_outage: defaults::MAX_OUTAGE,
+            quota_pause: defaults::QUOTA_PAUSE,
         }
     }
 }

@@ -88,5 +88,5 @@ pub use dkim::{Dkim, DkimAlgorithm, DkimConfig, SIGNED_HEADERS};
 pub use error::Error;
 pub use lint::has_unsubscribe_link;
 pub use problem::{AttachmentProblem, Position, RenderError, RenderProblem};
-pub use spec::{Limits, MessageSpec, Source};
+pub use spec::{Limits, MAX_LINE_LEN, MessageSpec, Source};
 pub use templates::{Rendered, Templates};
