@@ -918,16 +918,9 @@ fn compile_finding(c: &Campaign, e: edm_template::Error) -> (ProblemKind, Findin
 }
 
 fn recipients_finding(e: &edm_recipients::Error) -> Finding {
-    let mut finding = Finding::new(e.path(), e.to_string());
+    // The finding shows the file and line in their own places.
+    let mut finding = Finding::new(e.path(), e.reason());
     finding.line = e.line();
-    // The error's text starts with the path and line: keep only the rest.
-    let prefix = match e.line() {
-        Some(line) => format!("{}: line {line}", e.path().display()),
-        None => e.path().display().to_string(),
-    };
-    if let Some(rest) = finding.message.strip_prefix(&prefix) {
-        finding.message = rest.trim_start_matches([':', ',', ' ']).to_owned();
-    }
     if let edm_recipients::Error::InvalidUtf8 { column, field, .. } = e {
         finding.column = Some(*column as u64);
         finding.field = Some(field.clone());
