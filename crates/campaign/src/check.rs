@@ -26,7 +26,7 @@ use edm_model::{Recipient, RecipientId};
 use edm_recipients::{ReadOptions, RowProblem, Verdict};
 use edm_template::{
     Dkim, DkimAlgorithm, DkimConfig, Limits, MessageSpec, PathRefusal, RenderProblem,
-    SIGNED_HEADERS, Source, Templates, has_unsubscribe_link,
+    SIGNED_HEADERS, Source, TemplateName, Templates, has_unsubscribe_link,
 };
 use serde::Serialize;
 
@@ -885,11 +885,11 @@ fn compile_finding(c: &Campaign, e: edm_template::Error) -> (ProblemKind, Findin
             reason,
         } => {
             // Inline templates (subject, list_unsubscribe) live in campaign.toml.
-            let (file, field) = match template.as_str() {
-                "subject" | "list_unsubscribe" => {
+            let (file, field) = match template {
+                TemplateName::Subject | TemplateName::ListUnsubscribe => {
                     (c.file.clone(), Some(format!("[campaign] {template}")))
                 }
-                _ => (PathBuf::from(template), None),
+                TemplateName::File(name) => (PathBuf::from(name), None),
             };
             (
                 ProblemKind::TemplateSyntax,
@@ -1045,7 +1045,7 @@ mod tests {
         let (kind, finding) = render_finding(
             RenderProblem::MissingField {
                 field: "last_name".into(),
-                template: "body.html".into(),
+                template: TemplateName::File("body.html".into()),
                 position: Some(Position { line: 3, column: 9 }),
             },
             at.clone(),

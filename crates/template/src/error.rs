@@ -8,8 +8,8 @@ pub enum Error {
     /// A template does not parse.
     #[error("{template}{}: {reason}", position(*line, *column))]
     Template {
-        /// Which template: its file name, or `subject` / `list_unsubscribe`.
-        template: String,
+        /// Which template.
+        template: crate::TemplateName,
         /// 1-based line in the template, when known.
         line: Option<usize>,
         /// Column in that line, when known.

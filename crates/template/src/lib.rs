@@ -87,6 +87,6 @@ pub use attachment::{
 pub use dkim::{Dkim, DkimAlgorithm, DkimConfig, SIGNED_HEADERS};
 pub use error::Error;
 pub use lint::has_unsubscribe_link;
-pub use problem::{AttachmentProblem, Position, RenderError, RenderProblem};
+pub use problem::{AttachmentProblem, Position, RenderError, RenderProblem, TemplateName};
 pub use spec::{Limits, MAX_LINE_LEN, MessageSpec, Source};
 pub use templates::{Rendered, Templates};

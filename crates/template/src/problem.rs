@@ -38,6 +38,28 @@ impl From<RenderError> for Failure {
     }
 }
 
+/// Which template: one written inline in `campaign.toml`, or a file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TemplateName {
+    /// `[campaign] subject`.
+    Subject,
+    /// `[campaign] list_unsubscribe`.
+    ListUnsubscribe,
+    /// A body template file, by the name the [`Source`](crate::Source) gave.
+    File(String),
+}
+
+impl fmt::Display for TemplateName {
+    /// `subject`, `list_unsubscribe`, or the file's name.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TemplateName::Subject => f.write_str("subject"),
+            TemplateName::ListUnsubscribe => f.write_str("list_unsubscribe"),
+            TemplateName::File(name) => f.write_str(name),
+        }
+    }
+}
+
 /// Where in a template something went wrong, 1-based.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct Position {
@@ -79,16 +101,16 @@ pub enum RenderProblem {
     MissingField {
         /// The field.
         field: String,
-        /// The template: its file, or `subject` / `list_unsubscribe`.
-        template: String,
+        /// The template.
+        template: TemplateName,
         /// Where in the template, when handlebars says.
         position: Option<Position>,
     },
     /// Another handlebars rendering error.
     #[error("cannot render {template}{}: {reason}", At(*position))]
     Render {
-        /// The template: its file, or `subject` / `list_unsubscribe`.
-        template: String,
+        /// The template.
+        template: TemplateName,
         /// Where in the template, when handlebars says.
         position: Option<Position>,
         /// handlebars' reason.
@@ -232,7 +254,7 @@ mod tests {
             line: 7,
             problem: RenderProblem::MissingField {
                 field: "last_name".into(),
-                template: "body.html".into(),
+                template: TemplateName::File("body.html".into()),
                 position: Some(Position { line: 3, column: 9 }),
             },
         };

@@ -16,7 +16,7 @@ use crate::address::{Mailbox, parse_mailbox, unsafe_recipient};
 use crate::message_id::MessageIds;
 use crate::{
     AttachmentEncoding, Attachments, Dkim, Error, Limits, MessageSpec, Position, RenderError,
-    RenderProblem,
+    RenderProblem, TemplateName,
 };
 
 // Names in the registries. Never shown: errors use `Part::label`.
@@ -91,15 +91,17 @@ impl Templates {
         plain.register_escape_fn(handlebars::no_escape);
         let mut html = registry();
 
-        register(&mut plain, SUBJECT, "subject", &spec.subject)?;
+        register(&mut plain, SUBJECT, TemplateName::Subject, &spec.subject)?;
         if let Some(text) = &spec.text {
-            register(&mut plain, TEXT, &text.name, &text.body)?;
+            let name = TemplateName::File(text.name.clone());
+            register(&mut plain, TEXT, name, &text.body)?;
         }
         if let Some(source) = &spec.html {
-            register(&mut html, HTML, &source.name, &source.body)?;
+            let name = TemplateName::File(source.name.clone());
+            register(&mut html, HTML, name, &source.body)?;
         }
         if let Some(url) = &spec.list_unsubscribe {
-            register(&mut plain, UNSUBSCRIBE, "list_unsubscribe", url)?;
+            register(&mut plain, UNSUBSCRIBE, TemplateName::ListUnsubscribe, url)?;
         }
 
         let message_ids = MessageIds::new(&spec.campaign, &domain_of(&from.address));
@@ -359,7 +361,7 @@ impl Templates {
     /// Turns a handlebars error into a problem naming the field and the
     /// template.
     fn render_problem(&self, name: &str, error: &HbsRenderError) -> RenderProblem {
-        let template = self.label(name).to_owned();
+        let template = self.label(name);
         let position = match (error.line_no, error.column_no) {
             (Some(line), Some(column)) => Some(Position { line, column }),
             _ => None,
@@ -378,11 +380,13 @@ impl Templates {
         }
     }
 
-    fn label<'a>(&'a self, name: &'a str) -> &'a str {
+    fn label(&self, name: &str) -> TemplateName {
+        let file = |label: &Option<String>| TemplateName::File(label.clone().unwrap_or_default());
         match name {
-            HTML => self.html_label.as_deref().unwrap_or(name),
-            TEXT => self.text_label.as_deref().unwrap_or(name),
-            _ => name,
+            HTML => file(&self.html_label),
+            TEXT => file(&self.text_label),
+            UNSUBSCRIBE => TemplateName::ListUnsubscribe,
+            _ => TemplateName::Subject,
         }
     }
 }
@@ -402,7 +406,7 @@ fn registry() -> Handlebars<'static> {
 fn register(
     registry: &mut Handlebars<'static>,
     name: &str,
-    label: &str,
+    label: TemplateName,
     source: &str,
 ) -> Result<(), Error> {
     registry
@@ -410,7 +414,7 @@ fn register(
         .map_err(|e| template_error(label, source, &e))
 }
 
-fn template_error(label: &str, source: &str, error: &TemplateError) -> Error {
+fn template_error(label: TemplateName, source: &str, error: &TemplateError) -> Error {
     let (line, column) = error.pos().unzip();
     let mut reason = error.reason().to_string();
     // The grammar reports an unclosed `{{#if}}` as a syntax error at the very
@@ -423,7 +427,7 @@ fn template_error(label: &str, source: &str, error: &TemplateError) -> Error {
         );
     }
     Error::Template {
-        template: label.to_owned(),
+        template: label,
         line,
         column,
         reason,
