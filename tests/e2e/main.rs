@@ -14,6 +14,8 @@
 //! - `files`: issue 9 points 3, 7, 8, 9: per-row attachments confined to
 //!   `attachment_dir`, the Tencent size cap, configuration refused at load,
 //!   `edm demo --out`, concurrent `edm suppress add`.
+//! - `wire`: what goes on the wire: IDN addresses and SMTPUTF8, no bare
+//!   CR/LF (SMTP smuggling), no password in clear (issue 9).
 
 mod harness;
 
@@ -25,3 +27,4 @@ mod preflight;
 mod send;
 mod suppress;
 mod tui;
+mod wire;

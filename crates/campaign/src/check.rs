@@ -123,6 +123,18 @@ pub enum ProblemKind {
     /// A message is close to the provider's size cap (over 8 MB for
     /// Tencent Cloud SES, whose cap is 9 MB).
     MessageNearLimit,
+    /// AUTH would go without TLS to a host that is not loopback, and
+    /// `allow_plaintext_auth` is not set: `edm send` refuses to start.
+    PlaintextAuthRefused,
+    /// AUTH goes without TLS to a host that is not loopback, as
+    /// `allow_plaintext_auth = true` allows.
+    PlaintextAuth,
+    /// `accept_invalid_certs = true`: the relay's certificate is not checked.
+    InvalidCertsAccepted,
+    /// The address (or the sender's) has a non-ASCII local part: it goes
+    /// out only if the relay offers SMTPUTF8 (RFC 6531).
+    #[serde(rename = "needs_smtputf8")]
+    NeedsSmtpUtf8,
 }
 
 impl ProblemKind {
@@ -133,10 +145,12 @@ impl ProblemKind {
             Config | TemplateSyntax | RecipientsFile | SuppressionFile | RaggedRow
             | InvalidUtf8 | NoRecipients | MissingField | RenderFailed | MessageTooLarge
             | LineTooLong | DkimInvalid | AttachmentMissing | AttachmentTooLarge
-            | AttachmentRefused => Severity::Error,
+            | AttachmentRefused | PlaintextAuthRefused => Severity::Error,
             InvalidAddress | Duplicate | Suppressed | NoListUnsubscribe | NoOneClick
             | NoUnsubscribeLink | NoTextPart | DkimNotConfigured | DkimNotAligned
-            | MessageNearLimit => Severity::Warning,
+            | MessageNearLimit | PlaintextAuth | InvalidCertsAccepted | NeedsSmtpUtf8 => {
+                Severity::Warning
+            }
         }
     }
 
@@ -169,6 +183,10 @@ impl ProblemKind {
             DkimNotAligned => "DKIM domain not aligned with From",
             AttachmentRefused => "attachments refused (outside attachment_dir or protected)",
             MessageNearLimit => "messages close to the provider's size cap",
+            PlaintextAuthRefused => "password would be sent without TLS",
+            PlaintextAuth => "password sent without TLS (allowed)",
+            InvalidCertsAccepted => "TLS certificates not checked",
+            NeedsSmtpUtf8 => "non-ASCII local parts (sent only over SMTPUTF8)",
         }
     }
 }
@@ -660,6 +678,23 @@ impl Job<'_> {
             return;
         }
         out.rendered += 1;
+        let env = &parts.envelope;
+        if !env.rcpt_to.is_ascii() || !env.mail_from.is_ascii() {
+            let whose = if env.rcpt_to.is_ascii() {
+                format!("the sender {:?}", env.mail_from)
+            } else {
+                format!("{:?}", r.email)
+            };
+            out.tally.add(
+                ProblemKind::NeedsSmtpUtf8,
+                Finding {
+                    message: format!(
+                        "{whose} has a non-ASCII local part: it goes out only if the relay offers SMTPUTF8 (RFC 6531), otherwise it fails as smtputf8_required"
+                    ),
+                    ..at.clone()
+                },
+            );
+        }
         if let Some(warn) = self.warn_message_bytes
             && size > warn
         {
@@ -762,7 +797,9 @@ fn render_finding(problem: RenderProblem, at: Finding) -> (ProblemKind, Finding)
                 | A::Unreadable { .. },
             ..
         } => ProblemKind::AttachmentMissing,
-        RenderProblem::UnsafeAddress { .. } => ProblemKind::InvalidAddress,
+        RenderProblem::UnsafeAddress { .. } | RenderProblem::NoAsciiDomain { .. } => {
+            ProblemKind::InvalidAddress
+        }
         RenderProblem::Render { .. }
         | RenderProblem::UnsubscribeUrl { .. }
         | RenderProblem::Dkim(_) => ProblemKind::RenderFailed,
@@ -784,6 +821,35 @@ fn config_checklist(c: &Campaign, spec: &MessageSpec, tally: &mut Tally) {
                 "no List-Unsubscribe header: Gmail and Yahoo require it (with one-click, RFC 8058) from bulk senders; set an https URL",
             )
             .field("[campaign] list_unsubscribe"),
+        );
+    }
+    let smtp = &c.config.smtp;
+    if let Some(message) = crate::send::plaintext_auth_refusal(c, &smtp.host) {
+        tally.add(
+            ProblemKind::PlaintextAuthRefused,
+            Finding::new(&c.file, message).field("[smtp] allow_plaintext_auth"),
+        );
+    } else if smtp.username.is_some()
+        && smtp.security == crate::config::SecurityName::None
+        && !edm_delivery::is_loopback(&smtp.host)
+    {
+        tally.add(
+            ProblemKind::PlaintextAuth,
+            Finding::new(
+                &c.file,
+                format!(
+                    "the password goes to {} without TLS (allow_plaintext_auth = true): anyone on the path can read it",
+                    smtp.host
+                ),
+            )
+            .field("[smtp] allow_plaintext_auth"),
+        );
+    }
+    if smtp.accept_invalid_certs {
+        tally.add(
+            ProblemKind::InvalidCertsAccepted,
+            Finding::new(&c.file, crate::send::INVALID_CERTS_WARNING)
+                .field("[smtp] accept_invalid_certs"),
         );
     }
     if spec.text.is_none() {

@@ -196,6 +196,9 @@ pub struct SmtpSection {
     /// Accept invalid certificates (self-signed test relays only).
     #[serde(default)]
     pub accept_invalid_certs: bool,
+    /// Allow AUTH without TLS to a host that is not loopback.
+    #[serde(default)]
+    pub allow_plaintext_auth: bool,
 }
 
 /// Transport security names.

@@ -200,6 +200,25 @@ impl Shared {
     }
 }
 
+/// Said at every run with `accept_invalid_certs = true`, and by `edm check`.
+pub(crate) const INVALID_CERTS_WARNING: &str = "[smtp] accept_invalid_certs = true: the relay's certificate is not checked, so whoever sits on the path can read the password and every message; use it only with a self-signed test relay";
+
+/// Why AUTH would go in clear to `host`, if it would and was not allowed:
+/// a username, `security = "none"`, a host that is not loopback
+/// (127.0.0.0/8, ::1, `localhost`) and no `allow_plaintext_auth = true`.
+pub(crate) fn plaintext_auth_refusal(c: &Campaign, host: &str) -> Option<String> {
+    let s = &c.config.smtp;
+    (s.username.is_some()
+        && s.security == SecurityName::None
+        && !s.allow_plaintext_auth
+        && !edm_delivery::is_loopback(host))
+    .then(|| {
+        format!(
+            "[smtp] security = \"none\" would send the password to {host} in clear: set security = \"starttls\" or \"tls\", or allow_plaintext_auth = true in [smtp] if the network is yours"
+        )
+    })
+}
+
 pub(crate) fn delivery_config(
     c: &Campaign,
     opts: &SendOptions,
@@ -231,6 +250,7 @@ pub(crate) fn delivery_config(
         command_timeout: s.command_timeout,
         data_timeout: s.data_timeout,
         accept_invalid_certs: s.accept_invalid_certs,
+        allow_plaintext_auth: s.allow_plaintext_auth,
     };
     let d = &c.config.delivery;
     let mut cfg = DeliveryConfig::new(smtp);
@@ -247,7 +267,9 @@ pub(crate) fn delivery_config(
         .iter()
         .map(|(k, v)| {
             (
-                k.to_ascii_lowercase(),
+                // Envelopes carry the domain in A-label form (`domain_of`):
+                // a limit written for `bücher.example` must find them.
+                edm_model::domain_of(&format!("@{k}")),
                 DomainLimit {
                     rate: v.rate,
                     concurrency: v.concurrency,
@@ -272,6 +294,19 @@ fn retry_policy(c: &Campaign) -> RetryPolicy {
 /// Prepares the campaign (errors here mean it cannot run at all) and starts
 /// sending on the current tokio runtime.
 pub async fn start_send(campaign: Campaign, opts: SendOptions) -> Result<Run, Error> {
+    let host = opts
+        .relay
+        .as_ref()
+        .map_or(campaign.config.smtp.host.as_str(), |(h, _)| h.as_str());
+    if let Some(message) = plaintext_auth_refusal(&campaign, host) {
+        return Err(Error::Config {
+            file: campaign.file.clone(),
+            message,
+        });
+    }
+    if campaign.config.smtp.accept_invalid_certs {
+        tracing::warn!("{INVALID_CERTS_WARNING}");
+    }
     let password = campaign.password()?;
     let state = opts.state.clone().unwrap_or_else(|| campaign.state_path());
     let c2 = campaign.clone();

@@ -27,7 +27,7 @@ mod queue;
 
 pub use engine::{DeliveryConfig, DomainLimit, Engine, EngineEnd, EngineStatus, Error, start};
 pub use outbound::classify::{DIALECTS, Dialect, ReplyRef, classify_error, classify_reply};
-pub use outbound::session::{Afterwards, Security, Session, SmtpSettings};
+pub use outbound::session::{Afterwards, Security, Session, SmtpSettings, is_loopback};
 pub use queue::adaptive::{Aimd, AimdSettings};
 pub use queue::breaker::{Breaker, Trip};
 pub use queue::rate::RateGate;

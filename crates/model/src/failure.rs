@@ -136,6 +136,10 @@ pub enum Category {
     Template,
     /// The rendered message breaks the relay's limits (size, line length).
     Preflight,
+    /// The address has a non-ASCII local part (`josé@…`) and the server does
+    /// not offer SMTPUTF8 (RFC 6531): nothing was sent to this recipient.
+    #[serde(rename = "smtputf8_required")]
+    SmtpUtf8Required,
 }
 
 /// Whether a category is retried.
@@ -151,7 +155,7 @@ pub enum Retry {
 
 impl Category {
     /// Every category, in display order.
-    pub const ALL: [Category; 22] = [
+    pub const ALL: [Category; 23] = [
         Category::ConnectRefused,
         Category::ConnectTimeout,
         Category::Dns,
@@ -174,6 +178,7 @@ impl Category {
         Category::InvalidAddress,
         Category::Template,
         Category::Preflight,
+        Category::SmtpUtf8Required,
     ];
 
     /// The persisted name.
@@ -201,6 +206,7 @@ impl Category {
             Category::InvalidAddress => "invalid_address",
             Category::Template => "template",
             Category::Preflight => "preflight",
+            Category::SmtpUtf8Required => "smtputf8_required",
         }
     }
 
@@ -230,7 +236,8 @@ impl Category {
             | Category::OtherPermanent
             | Category::InvalidAddress
             | Category::Template
-            | Category::Preflight => Retry::No,
+            | Category::Preflight
+            | Category::SmtpUtf8Required => Retry::No,
             Category::MailboxFull | Category::Policy | Category::Protocol => Retry::ByCode,
         }
     }
@@ -345,6 +352,14 @@ mod tests {
         }
         for s in Stage::ALL {
             assert_eq!(Stage::parse(s.as_str()), Some(s));
+        }
+    }
+
+    #[test]
+    fn serde_names_are_the_persisted_names() {
+        for c in Category::ALL {
+            let json = serde_json::to_string(&c).unwrap();
+            assert_eq!(json, format!("\"{}\"", c.as_str()));
         }
     }
 

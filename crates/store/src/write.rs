@@ -385,9 +385,10 @@ pub(crate) fn placeholders(first: usize, n: usize) -> String {
         .join(", ")
 }
 
-/// The address as compared for duplicates: trimmed and lower-cased.
+/// The address as compared for duplicates: trimmed, lower-cased, the domain
+/// in A-label form ([`edm_model::normalize_address`], the same key as ingest).
 pub fn normalize(email: &str) -> String {
-    email.trim().to_lowercase()
+    edm_model::normalize_address(email)
 }
 
 /// CSV lines fit in an i64 (SQLite's integer); saturate rather than wrap.

@@ -178,13 +178,24 @@ pub enum RenderProblem {
     /// DKIM signing failed.
     #[error("DKIM signing failed: {0}")]
     Dkim(String),
+    /// The address's domain has no A-label form (RFC 5890), so it cannot go
+    /// on the wire.
+    #[error("{reason}: {address:?}")]
+    NoAsciiDomain {
+        /// The address.
+        address: String,
+        /// Why, from IDNA processing.
+        reason: String,
+    },
 }
 
 impl RenderProblem {
     /// The failure category of this problem (the one table that decides it).
     pub fn category(&self) -> Category {
         match self {
-            RenderProblem::UnsafeAddress { .. } => Category::InvalidAddress,
+            RenderProblem::UnsafeAddress { .. } | RenderProblem::NoAsciiDomain { .. } => {
+                Category::InvalidAddress
+            }
             RenderProblem::MissingField { .. }
             | RenderProblem::Render { .. }
             | RenderProblem::UnsubscribeUrl { .. } => Category::Template,
