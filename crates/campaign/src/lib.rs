@@ -11,8 +11,14 @@
 //!   one writer thread) and into a [`Progress`] snapshot (lossy, `watch`).
 //! - `writer.rs`: the single store writer thread, batching outcomes.
 //! - `report.rs`: `edm status` and `edm report` ([`status`], [`export`]).
-//! - `check.rs`, `preview.rs`: `edm check` (every row rendered, nothing sent)
-//!   and `edm preview` (.eml files); `[dkim]` signing is set up there too.
+//! - `inputs.rs`: what send, check, preview and test sends read from the
+//!   campaign alike: the message spec and template files, the compiled
+//!   templates with attachments and `[dkim]` signing ([`dkim_signer`]), the
+//!   CSV reading options. The send path imports nothing from `check/`.
+//! - `check/`: `edm check` (every row rendered, nothing sent): `mod.rs`
+//!   runs it and classifies each typed problem by variant, `report.rs` is
+//!   what it reports ([`CheckReport`], [`ProblemKind`], [`Finding`]).
+//! - `preview.rs`: `edm preview` (.eml files).
 //! - `suppress.rs`: the shared suppression list ([`SharedSuppression`],
 //!   `edm suppress`), merged into ingest and fed by `recipient_unknown`
 //!   bounces at the end of each run.
@@ -28,6 +34,7 @@
 mod attach;
 mod check;
 mod config;
+mod inputs;
 mod prepare;
 mod preview;
 mod report;
@@ -40,7 +47,6 @@ use std::path::PathBuf;
 
 pub use check::{
     CheckOptions, CheckReport, DkimInfo, Finding, ProblemGroup, ProblemKind, Severity, check,
-    dkim_signer,
 };
 pub use config::{
     Campaign, Config, DurabilityName, LimitsSection, MAX_CONCURRENCY, MAX_RETRY_WAIT, MIN_RATE,
@@ -48,6 +54,7 @@ pub use config::{
 };
 pub use edm_recipients::validate as validate_address;
 pub use edm_store::{InDoubtPolicy, Summary};
+pub use inputs::dkim_signer;
 pub use prepare::{Prepared, prepare};
 pub use preview::{PreviewFile, PreviewOptions, PreviewReport, preview, preview_path};
 pub use report::{ReportFormat, ReportKind, StatusReport, export, retry, status, watch_progress};

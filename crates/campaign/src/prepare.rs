@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 
 use crate::Error;
 use crate::config::{Campaign, DurabilityName};
+use crate::inputs::compile_templates;
 
 /// A campaign ready to send.
 pub struct Prepared {
@@ -33,18 +34,6 @@ pub struct Prepared {
 }
 
 const INGEST_BATCH: usize = 2000;
-
-/// Compiles the campaign's templates (no state touched).
-pub fn compile_templates(c: &Campaign) -> Result<Templates, Error> {
-    // One description of the message, shared with `edm check` and `edm preview`.
-    let spec = crate::check::message_spec(c)?;
-    let templates = Templates::compile(spec)?;
-    let templates = crate::attach::with_attachments(c, templates)?;
-    Ok(match crate::dkim_signer(c)? {
-        Some(dkim) => templates.with_dkim(dkim),
-        None => templates,
-    })
-}
 
 /// The campaign's suppression file and the shared list (`suppress.rs`), merged.
 fn suppression(c: &Campaign) -> Result<Option<Suppression>, Error> {
@@ -213,7 +202,7 @@ type Known<'a> = (
 fn ingest(c: &Campaign, store: &mut Store, mut known: Option<Known<'_>>) -> Result<u64, Error> {
     let supp = suppression(c)?;
     let path = c.path(&c.config.campaign.recipients);
-    let rows = edm_recipients::open(&path, &crate::check::read_options(c), supp.as_ref())?;
+    let rows = edm_recipients::open(&path, &crate::inputs::read_options(c), supp.as_ref())?;
     let columns = rows.columns().to_vec();
     let mut batch = Vec::with_capacity(INGEST_BATCH);
     let mut n = 0u64;

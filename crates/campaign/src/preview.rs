@@ -10,8 +10,9 @@ use edm_recipients::Verdict;
 use edm_template::Templates;
 
 use crate::Error;
-use crate::check::{Finding, dkim_signer, message_spec, read_options};
+use crate::check::Finding;
 use crate::config::Campaign;
+use crate::inputs::{dkim_signer, message_spec, read_options};
 
 /// Which rows to preview and where to put them.
 #[derive(Clone, Debug, Default)]
@@ -82,7 +83,7 @@ pub fn preview(c: &Campaign, opts: &PreviewOptions) -> Result<PreviewReport, Err
         };
         let asked = wanted.remove(&row.line);
         let valid = note.is_none();
-        let recipient = crate::check::unsent(row);
+        let recipient = crate::inputs::unsent(row);
         if asked {
             chosen.push((recipient, note));
         } else if valid {

@@ -140,7 +140,7 @@ pub async fn test_send(c: &Campaign, opts: &TestSendOptions) -> Result<TestSendR
             recipients: c.path(&c.config.campaign.recipients),
         });
     }
-    let templates = crate::prepare::compile_templates(c)?;
+    let templates = crate::inputs::compile_templates(c)?;
     let prefix = if opts.prefix { TEST_PREFIX } else { "" };
 
     let mut messages = Vec::with_capacity(samples.len());
@@ -189,7 +189,7 @@ pub async fn test_send(c: &Campaign, opts: &TestSendOptions) -> Result<TestSendR
 /// The first `n` valid rows, as recipients, and the CSV header.
 fn samples(c: &Campaign, n: usize) -> Result<(Vec<String>, Vec<Recipient>), Error> {
     let path = c.path(&c.config.campaign.recipients);
-    let ingest = edm_recipients::open(&path, &crate::check::read_options(c), None)?;
+    let ingest = edm_recipients::open(&path, &crate::inputs::read_options(c), None)?;
     let columns = ingest.columns().to_vec();
     let mut out = Vec::with_capacity(n);
     for row in ingest {
@@ -197,7 +197,7 @@ fn samples(c: &Campaign, n: usize) -> Result<(Vec<String>, Vec<Recipient>), Erro
         if row.verdict != Verdict::Valid {
             continue;
         }
-        out.push(crate::check::unsent(row));
+        out.push(crate::inputs::unsent(row));
         if out.len() >= n {
             break;
         }
