@@ -6,6 +6,8 @@
 //! - `harness`: temp campaigns, the in-process sink, running `edm`.
 //! - `send`: the whole path, Ctrl-C and resume, reports, bad input.
 //! - `failures`: one test per failure category and provider dialect.
+//! - `ingest`: interrupted ingest (SIGKILL, signals, a bad byte), repaired
+//!   copies, a corrected CSV, SIGHUP and nohup, private state files.
 //! - `crash`: SIGKILL at random moments, resume, compare Maildir and DB.
 //! - `postfix`: postfix `smtp-sink` as an independent server.
 //! - `preflight`: before the campaign: `edm send --test-to`.
@@ -22,6 +24,7 @@ mod harness;
 mod crash;
 mod failures;
 mod files;
+mod ingest;
 mod postfix;
 mod preflight;
 mod send;

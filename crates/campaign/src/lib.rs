@@ -54,8 +54,10 @@ pub use config::{
 };
 pub use edm_recipients::validate as validate_address;
 pub use edm_store::{InDoubtPolicy, Summary};
+/// Private state files and folders (0600, 0700), for the log next to the state.
+pub use edm_store::{create_private_dir, private_options};
 pub use inputs::dkim_signer;
-pub use prepare::{Prepared, prepare};
+pub use prepare::{Prepared, prepare, prepare_with_stop};
 pub use preview::{PreviewFile, PreviewOptions, PreviewReport, preview, preview_path};
 pub use report::{ReportFormat, ReportKind, StatusReport, export, retry, status, watch_progress};
 pub use send::{Run, RunEnd, RunReport, SendOptions, start_send};
@@ -113,6 +115,15 @@ pub enum Error {
     /// The campaign has no state yet.
     #[error("{0} has no state yet: run `edm send` first")]
     NoState(PathBuf),
+    /// A signal stopped the ingest at a batch boundary; the rows read so far
+    /// are stored with their checkpoint and the next `edm send` goes on.
+    #[error(
+        "stopped while reading the recipients: {stored} stored so far; `edm send` goes on from there"
+    )]
+    Interrupted {
+        /// Rows the ingest pass has stored.
+        stored: u64,
+    },
     /// A template file named in `campaign.toml` cannot be read.
     #[error("{}: cannot read the template: {source}", path.display())]
     TemplateFile {

@@ -27,7 +27,7 @@ use tokio::sync::{Notify, mpsc, watch};
 
 use crate::Error;
 use crate::config::{Campaign, SecurityName};
-use crate::prepare::{Prepared, prepare};
+use crate::prepare::{Prepared, prepare_with_stop};
 use crate::writer::{StoreView, Writer};
 
 /// Options of one `edm send`.
@@ -50,6 +50,10 @@ pub struct SendOptions {
     /// Wait within the run for retries due at most this far ahead; later
     /// ones end the run with [`RunEnd::WaitingForRetries`].
     pub max_retry_wait: Duration,
+    /// Set by a signal handler to stop the ingest at the next batch
+    /// boundary ([`Error::Interrupted`]); once sending, stop with
+    /// [`Control::Stop`](edm_model::Control::Stop) instead.
+    pub stop_ingest: Option<Arc<AtomicBool>>,
 }
 
 impl Default for SendOptions {
@@ -63,6 +67,7 @@ impl Default for SendOptions {
             accept_changes: false,
             relay: None,
             max_retry_wait: crate::config::MAX_RETRY_WAIT,
+            stop_ingest: None,
         }
     }
 }
@@ -148,6 +153,11 @@ pub struct Run {
     /// The state file.
     pub state: PathBuf,
     join: tokio::task::JoinHandle<Result<RunReport, Error>>,
+    /// Extra copies of records, left by an interrupted ingest of an older
+    /// build, marked `skipped` when the state was opened.
+    pub repaired: u64,
+    /// The CSV changed before anything was sent and was read again.
+    pub reingested: bool,
 }
 
 impl Run {
@@ -312,12 +322,14 @@ pub async fn start_send(campaign: Campaign, opts: SendOptions) -> Result<Run, Er
     let c2 = campaign.clone();
     let s2 = state.clone();
     let (policy, accept) = (opts.in_doubt, opts.accept_changes);
-    let prepared = tokio::task::spawn_blocking(move || prepare(&c2, &s2, policy, accept))
-        .await
-        .map_err(|e| Error::Config {
-            file: campaign.file.clone(),
-            message: format!("preparing crashed: {e}"),
-        })??;
+    let stop = opts.stop_ingest.clone().unwrap_or_default();
+    let prepared =
+        tokio::task::spawn_blocking(move || prepare_with_stop(&c2, &s2, policy, accept, &stop))
+            .await
+            .map_err(|e| Error::Config {
+                file: campaign.file.clone(),
+                message: format!("preparing crashed: {e}"),
+            })??;
     let dcfg = delivery_config(&campaign, &opts, password);
     let mut progress = Progress {
         campaign: campaign.config.campaign.name.clone(),
@@ -332,6 +344,7 @@ pub async fn start_send(campaign: Campaign, opts: SendOptions) -> Result<Run, Er
     let (control_tx, control_rx) = mpsc::unbounded_channel();
     let ingested = prepared.ingested;
     let in_doubt_found = prepared.in_doubt;
+    let (repaired, reingested) = (prepared.repaired, prepared.reingested);
     let join = tokio::spawn(run(
         campaign,
         opts,
@@ -348,6 +361,8 @@ pub async fn start_send(campaign: Campaign, opts: SendOptions) -> Result<Run, Er
         in_doubt_found,
         state,
         join,
+        repaired,
+        reingested,
     })
 }
 
