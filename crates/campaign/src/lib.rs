@@ -3,8 +3,10 @@
 //!
 //! # Layout
 //! - `config.rs`: `campaign.toml` ([`Campaign`], [`Config`]).
-//! - `prepare.rs`: opening the state, ingesting the CSV once, the input
-//!   fingerprint, recovering in-doubt recipients ([`prepare`]).
+//! - `prepare.rs`: opening the state, ingesting the CSV once, checking the
+//!   input fingerprint, recovering in-doubt recipients ([`prepare`]).
+//! - `fingerprint.rs`: the hash of each part of the inputs ([`Input`]): a
+//!   change since the campaign started is named by part ([`ChangedInputs`]).
 //! - `send.rs`: the run itself ([`start_send`]): a feeder claims recipients
 //!   from the store, renders them and queues them for delivery; an outcome
 //!   loop turns delivery events into store outcomes (lossless, through the
@@ -16,8 +18,9 @@
 //!   templates with attachments and `[dkim]` signing ([`dkim_signer`]), the
 //!   CSV reading options. The send path imports nothing from `check/`.
 //! - `check/`: `edm check` (every row rendered, nothing sent): `mod.rs`
-//!   runs it and classifies each typed problem by variant, `report.rs` is
-//!   what it reports ([`CheckReport`], [`ProblemKind`], [`Finding`]).
+//!   runs it, `classify.rs` turns each typed problem into a [`ProblemKind`]
+//!   by its variant, `report.rs` is what it reports ([`CheckReport`],
+//!   [`Finding`]).
 //! - `preview.rs`: `edm preview` (.eml files).
 //! - `suppress.rs`: the shared suppression list ([`SharedSuppression`],
 //!   `edm suppress`), merged into ingest and fed by `recipient_unknown`
@@ -34,6 +37,7 @@
 mod attach;
 mod check;
 mod config;
+mod fingerprint;
 mod inputs;
 mod prepare;
 mod preview;
@@ -56,6 +60,7 @@ pub use edm_recipients::validate as validate_address;
 pub use edm_store::{InDoubtPolicy, Summary};
 /// Private state files and folders (0600, 0700), for the log next to the state.
 pub use edm_store::{create_private_dir, private_options};
+pub use fingerprint::{ChangedInputs, Input};
 pub use inputs::dkim_signer;
 pub use prepare::{Prepared, prepare, prepare_with_stop};
 pub use preview::{PreviewFile, PreviewOptions, PreviewReport, preview, preview_path};
@@ -96,11 +101,11 @@ pub enum Error {
     /// The state database.
     #[error("state database: {0}")]
     Store(#[from] edm_store::Error),
-    /// The inputs changed since the campaign started.
+    /// The inputs changed since the campaign started: which parts.
     #[error(
         "the campaign's inputs changed since it started: {0}. Run with --accept-changes to go on with the new inputs (unsent recipients get the new version)"
     )]
-    InputsChanged(String),
+    InputsChanged(ChangedInputs),
     /// The delivery engine could not start.
     #[error(transparent)]
     Delivery(#[from] edm_delivery::Error),
