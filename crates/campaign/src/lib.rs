@@ -164,4 +164,45 @@ pub enum Error {
         /// The recipients file.
         recipients: PathBuf,
     },
+    /// A task of edm itself panicked or could not be joined: a bug in edm,
+    /// not a problem with the campaign. What was recorded stays recorded.
+    #[error("{}: {task} crashed: {reason}", file.display())]
+    Crashed {
+        /// The file the task was working on (`campaign.toml`, the state).
+        file: PathBuf,
+        /// Which task.
+        task: Task,
+        /// The panic or join error.
+        reason: String,
+    },
+    /// The store writer thread ended with an error: the outcomes queued
+    /// before it are committed, the rest are not.
+    #[error("{}: {reason}", state.display())]
+    StoreWriter {
+        /// The state file.
+        state: PathBuf,
+        /// The store's error, or the writer's panic.
+        reason: String,
+    },
+}
+
+/// The tasks of a run that [`Error::Crashed`] names.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Task {
+    /// Compiling, opening the state and ingesting before the first message.
+    Preparing,
+    /// The run as a whole (feeder, engine, outcome loop).
+    Run,
+    /// The single store writer thread.
+    StoreWriter,
+}
+
+impl std::fmt::Display for Task {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Task::Preparing => "preparing",
+            Task::Run => "the run",
+            Task::StoreWriter => "the store writer",
+        })
+    }
 }

@@ -25,10 +25,10 @@ use edm_model::{
 use edm_store::{InDoubtPolicy, Outcome, OutcomeKind, Summary};
 use tokio::sync::{Notify, mpsc, watch};
 
-use crate::Error;
 use crate::config::{Campaign, SecurityName};
 use crate::prepare::{Prepared, prepare_with_stop};
 use crate::writer::{StoreView, Writer};
+use crate::{Error, Task};
 
 /// Options of one `edm send`.
 #[derive(Clone, Debug)]
@@ -165,9 +165,10 @@ impl Run {
     pub async fn wait(self) -> Result<RunReport, Error> {
         match self.join.await {
             Ok(r) => r,
-            Err(e) => Err(Error::Config {
+            Err(e) => Err(Error::Crashed {
                 file: self.state,
-                message: format!("the run crashed: {e}"),
+                task: Task::Run,
+                reason: e.to_string(),
             }),
         }
     }
@@ -326,9 +327,10 @@ pub async fn start_send(campaign: Campaign, opts: SendOptions) -> Result<Run, Er
     let prepared =
         tokio::task::spawn_blocking(move || prepare_with_stop(&c2, &s2, policy, accept, &stop))
             .await
-            .map_err(|e| Error::Config {
+            .map_err(|e| Error::Crashed {
                 file: campaign.file.clone(),
-                message: format!("preparing crashed: {e}"),
+                task: Task::Preparing,
+                reason: e.to_string(),
             })??;
     let dcfg = delivery_config(&campaign, &opts, password);
     let mut progress = Progress {
@@ -473,13 +475,14 @@ async fn run(
     // Wait for the aborted task to drop its handle on the writer.
     let _ = progress_task.await;
     let store_failed = writer.failed.lock().ok().and_then(|f| f.clone());
-    let writer = Arc::try_unwrap(writer).map_err(|_| Error::Config {
-        file: campaign.file.clone(),
-        message: "internal: the store writer is still shared at the end of the run".into(),
-    })?;
-    let store = writer.finish().map_err(|e| Error::Config {
+    let writer = Arc::try_unwrap(writer).map_err(|_| Error::Crashed {
         file: state.clone(),
-        message: e,
+        task: Task::StoreWriter,
+        reason: "it is still shared at the end of the run".into(),
+    })?;
+    let store = writer.finish().map_err(|reason| Error::StoreWriter {
+        state: state.clone(),
+        reason,
     })?;
     let summary = store.summary()?;
     crate::suppress::after_run(&campaign, &store, progress_tx.borrow().started_at);
