@@ -16,8 +16,9 @@ pub struct Mailbox {
 
 impl Mailbox {
     /// Parses `Display Name <local@domain>` or a bare `local@domain`; on
-    /// error, a reason a person can act on. The rules are
-    /// [`parse_mailbox`]'s.
+    /// error, a reason a person can act on. The name may be quoted and holds
+    /// no control character; the address needs a TLD, no domain literal,
+    /// and at most 254 bytes.
     pub fn parse(value: &str) -> Result<Mailbox, String> {
         parse_mailbox(value)
     }
