@@ -156,7 +156,7 @@ pub enum Error {
         /// The address given.
         address: String,
         /// Why it cannot be used.
-        reason: String,
+        reason: edm_recipients::AddressProblem,
     },
     /// `edm send --test-to` found no valid row to use as a sample.
     #[error("{}: no valid row to use as a test sample", recipients.display())]

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use edm_model::Category;
 
-use crate::address::{normalize, validate};
+use crate::address::{AddressProblem, normalize, validate};
 use crate::decode::{Decoded, encoding_for, lone_utf16_bom};
 use crate::lines::LineCounter;
 use crate::sniff::{Start, read_start, sniff_delimiter};
@@ -119,9 +119,9 @@ pub enum RowProblem {
         /// Fields in the header.
         expected: usize,
     },
-    /// The address is not usable ([`validate`](crate::validate)'s reason).
+    /// The address is not usable ([`validate`](crate::validate)).
     #[error("{0}")]
-    Address(String),
+    Address(AddressProblem),
 }
 
 /// A recipients file being read, record by record. Created by [`open`].

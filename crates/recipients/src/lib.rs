@@ -25,7 +25,7 @@
 //! - `sniff.rs`: the start of a file (empty? which delimiter?).
 //! - `ingest.rs`: [`open`], [`Ingest`], [`Row`], [`Verdict`], [`RowProblem`].
 //! - `lines.rs`: line numbers of records (csv's own are off after CRLF).
-//! - `address.rs`: [`validate`], [`normalize`].
+//! - `address.rs`: [`validate`] ([`AddressProblem`]), [`normalize`].
 //! - `suppression.rs`: [`Suppression`].
 //! - `error.rs`: [`Error`].
 //!
@@ -53,7 +53,7 @@ mod lines;
 mod sniff;
 mod suppression;
 
-pub use address::{normalize, validate};
+pub use address::{AddressProblem, normalize, validate};
 pub use error::Error;
 pub use ingest::{Ingest, ReadOptions, Row, RowProblem, Verdict, open};
 pub use suppression::Suppression;

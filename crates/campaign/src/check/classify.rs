@@ -137,6 +137,8 @@ pub(super) fn recipients_finding(e: &edm_recipients::Error) -> Finding {
 mod tests {
     use std::path::Path;
 
+    use edm_recipients::AddressProblem;
+
     use super::*;
 
     #[test]
@@ -215,10 +217,11 @@ mod tests {
         );
         assert_eq!(kind, ProblemKind::RaggedRow);
         assert_eq!(message, "row has 3 fields, header has 4");
-        // An address reason that reads like a ragged row is still an address.
-        let (kind, message) =
-            invalid_row_finding(&RowProblem::Address("row has 3 fields".into()), "x");
+        let (kind, message) = invalid_row_finding(
+            &RowProblem::Address(AddressProblem::Syntax("missing @")),
+            "x",
+        );
         assert_eq!(kind, ProblemKind::InvalidAddress);
-        assert_eq!(message, "row has 3 fields: \"x\"");
+        assert_eq!(message, "missing @: \"x\"");
     }
 }
