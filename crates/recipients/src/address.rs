@@ -103,7 +103,7 @@ pub enum AddressProblem {
 /// purpose: a new upstream variant must be given words.
 fn reason(error: &email_address::Error, local: &str) -> &'static str {
     use email_address::Error as E;
-    let text = match error {
+    match error {
         E::InvalidCharacter if !EmailAddress::is_valid_local_part(local) => {
             "invalid character in the local part"
         }
@@ -124,8 +124,7 @@ fn reason(error: &email_address::Error, local: &str) -> &'static str {
         E::UnsupportedDisplayName => "display names are not accepted: put the bare address",
         E::MissingDisplayName => "angle brackets are not accepted: put the bare address",
         E::MissingEndBracket => "missing closing >",
-    };
-    text
+    }
 }
 
 #[cfg(test)]
