@@ -114,3 +114,37 @@ pub(crate) fn compile_templates(c: &Campaign) -> Result<Templates, Error> {
         None => templates,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_template_file_that_cannot_be_read_is_named() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(
+            d.path().join("campaign.toml"),
+            "[campaign]\nname = \"n\"\nfrom = \"a@acme.example\"\nsubject = \"s\"\n\
+             text = \"missing.txt\"\nrecipients = \"r.csv\"\n[smtp]\nhost = \"127.0.0.1\"\n",
+        )
+        .unwrap();
+        let c = Campaign::load(d.path()).unwrap();
+        let e = message_spec(&c).unwrap_err();
+        let path = d.path().join("missing.txt");
+        assert!(
+            matches!(&e, Error::TemplateFile { path: p, .. } if *p == path),
+            "{e:?}"
+        );
+        // The text edm printed when this was a Finding turned into a string.
+        assert!(
+            e.to_string()
+                .starts_with(&format!("{}: cannot read the template: ", path.display())),
+            "{e}"
+        );
+        // `edm send` stops on it the same way.
+        assert!(matches!(
+            compile_templates(&c),
+            Err(Error::TemplateFile { .. })
+        ));
+    }
+}
