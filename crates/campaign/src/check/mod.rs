@@ -17,8 +17,9 @@
 //! examples of each kind are kept.
 //!
 //! This module runs the check; `classify.rs` turns each typed problem into
-//! the kind it is reported as, by its variant; `report.rs` is what it reports. What it reads
-//! from the campaign it shares with `edm send` through `inputs.rs`.
+//! the kind it is reported as, by its variant; `report.rs` is what it
+//! reports. What it reads from the campaign it shares with `edm send`
+//! through `inputs.rs`.
 
 mod classify;
 mod report;
