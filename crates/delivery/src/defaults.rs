@@ -52,3 +52,15 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 /// `[smtp] data_timeout`: sending the message and reading the reply to the
 /// final dot.
 pub const DATA_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// `[delivery] stop_after_identical_refusals`: the same permanent refusal
+/// for this many different recipients in a row stops the run (issue 10,
+/// point 8; 0 never stops).
+pub const STOP_AFTER_IDENTICAL_REFUSALS: u32 = 10;
+
+/// Before any session has worked in a run, this many failed attempts to open
+/// one end it (issue 10, point 7)...
+pub const FAIL_FAST_ATTEMPTS: u32 = 3;
+
+/// ...or this long without a working session, whichever comes first.
+pub const FAIL_FAST_WITHIN: Duration = Duration::from_secs(30);
