@@ -19,7 +19,7 @@ impl Mailbox {
     /// error, a reason a person can act on. The name may be quoted and holds
     /// no control character; the address needs a TLD, no domain literal,
     /// and at most 254 bytes.
-    pub fn parse(value: &str) -> Result<Mailbox, String> {
+    pub fn parse(value: &str) -> Result<Mailbox, MailboxProblem> {
         parse_mailbox(value)
     }
 
@@ -39,15 +39,15 @@ impl Mailbox {
 /// The name may be quoted; it may not hold control characters (a CR or LF
 /// there is a configuration mistake, not something to paper over). The
 /// address must have a TLD, no domain literal, and be at most 254 bytes.
-pub(crate) fn parse_mailbox(value: &str) -> Result<Mailbox, String> {
+pub(crate) fn parse_mailbox(value: &str) -> Result<Mailbox, MailboxProblem> {
     let value = value.trim();
     if value.chars().any(char::is_control) {
-        return Err("contains a control character".to_owned());
+        return Err(MailboxProblem::ControlCharacter);
     }
     let (name, address) = match value.rfind('<') {
         Some(open) => {
             let Some(address) = value[open + 1..].strip_suffix('>') else {
-                return Err("missing closing >".to_owned());
+                return Err(MailboxProblem::MissingClosingBracket);
             };
             let name = value[..open].trim();
             let name = name
@@ -66,13 +66,13 @@ pub(crate) fn parse_mailbox(value: &str) -> Result<Mailbox, String> {
     })
 }
 
-fn check_address(address: &str) -> Result<(), String> {
+fn check_address(address: &str) -> Result<(), MailboxProblem> {
     if address.is_empty() {
-        return Err("no address".to_owned());
+        return Err(MailboxProblem::NoAddress);
     }
     // RFC 5321 §4.5.3.1.3.
     if address.len() > 254 {
-        return Err("address longer than 254 bytes".to_owned());
+        return Err(MailboxProblem::TooLong);
     }
     let options = Options::default()
         .with_required_tld()
@@ -80,7 +80,31 @@ fn check_address(address: &str) -> Result<(), String> {
         .without_display_text();
     EmailAddress::parse_with_options(address, options)
         .map(|_| ())
-        .map_err(|e| e.to_string())
+        .map_err(MailboxProblem::Address)
+}
+
+/// Why a From or Reply-To value is not a usable mailbox ([`Mailbox::parse`]).
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum MailboxProblem {
+    /// A CR, LF or another control character: a configuration mistake (it
+    /// could inject a header), not something to paper over.
+    #[error("contains a control character")]
+    ControlCharacter,
+    /// `Name <address` without the closing bracket.
+    #[error("missing closing >")]
+    MissingClosingBracket,
+    /// Nothing where the address should be.
+    #[error("no address")]
+    NoAddress,
+    /// Over 254 bytes (RFC 5321 §4.5.3.1.3).
+    #[error("address longer than 254 bytes")]
+    TooLong,
+    /// Not an address with a TLD, or a domain literal.
+    #[error("{0}")]
+    Address(email_address::Error),
+    /// An internationalised domain with no A-label form (RFC 5890).
+    #[error("{0}")]
+    NoAsciiDomain(String),
 }
 
 /// Why a recipient address cannot go into a To header as is, if it cannot.
@@ -123,7 +147,18 @@ mod tests {
             Mailbox::parse("Acme <news@localhost>"),
             parse_mailbox("Acme <news@localhost>")
         );
-        assert!(Mailbox::parse("Acme <news@acme.example").is_err());
+        assert_eq!(
+            Mailbox::parse("Acme <news@acme.example"),
+            Err(MailboxProblem::MissingClosingBracket)
+        );
+        assert_eq!(
+            Mailbox::parse("Acme\r\nBcc: x@evil.example <news@acme.example>"),
+            Err(MailboxProblem::ControlCharacter)
+        );
+        assert!(matches!(
+            Mailbox::parse("Acme <news@localhost>"),
+            Err(MailboxProblem::Address(_))
+        ));
     }
 
     #[test]

@@ -23,7 +23,7 @@ pub enum Error {
         /// The value given.
         value: String,
         /// What is wrong.
-        reason: String,
+        reason: crate::MailboxProblem,
     },
     /// The Reply-To address is not usable.
     #[error("invalid Reply-To {value:?}: {reason}")]
@@ -31,7 +31,7 @@ pub enum Error {
         /// The value given.
         value: String,
         /// What is wrong.
-        reason: String,
+        reason: crate::MailboxProblem,
     },
     /// The DKIM key or settings are not usable.
     #[error("DKIM: {reason}")]

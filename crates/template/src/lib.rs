@@ -79,7 +79,7 @@ mod problem;
 mod spec;
 mod templates;
 
-pub use address::Mailbox;
+pub use address::{Mailbox, MailboxProblem};
 pub use attachment::{
     AttachmentEncoding, AttachmentFile, AttachmentLimits, Attachments, PathRefusal, content_type,
     resolve_inside,

@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 
 use edm_model::{Envelope, Failure, Recipient, ascii_address, domain_of};
 
-use crate::address::{Mailbox, parse_mailbox, unsafe_recipient};
+use crate::address::{Mailbox, MailboxProblem, parse_mailbox, unsafe_recipient};
 use crate::message_id::MessageIds;
 use crate::{
     AttachmentEncoding, Attachments, Dkim, Error, Limits, MessageSpec, Position, RenderError,
@@ -471,8 +471,10 @@ fn context(columns: &[String], recipient: &Recipient, email: &str) -> Context {
 
 /// The mailbox with its domain in A-label form (RFC 5890), as it goes in
 /// MAIL FROM, From and Reply-To.
-fn a_labels(m: Mailbox) -> Result<Mailbox, String> {
-    let address = ascii_address(&m.address)?.into_owned();
+fn a_labels(m: Mailbox) -> Result<Mailbox, MailboxProblem> {
+    let address = ascii_address(&m.address)
+        .map_err(MailboxProblem::NoAsciiDomain)?
+        .into_owned();
     Ok(Mailbox { address, ..m })
 }
 
