@@ -18,6 +18,7 @@
 //!   `edm demo --out`, concurrent `edm suppress add`.
 //! - `wire`: what goes on the wire: IDN addresses and SMTPUTF8, no bare
 //!   CR/LF (SMTP smuggling), no password in clear (issue 9).
+//! - `promises`: fail fast, stop on refusals that hit every message, in doubt.
 
 mod harness;
 
@@ -27,6 +28,7 @@ mod files;
 mod ingest;
 mod postfix;
 mod preflight;
+mod promises;
 mod send;
 mod suppress;
 mod tui;

@@ -249,6 +249,10 @@ pub struct DeliverySection {
     /// Per-domain limits: `[delivery.domains."gmail.com"]`.
     #[serde(default)]
     pub domains: BTreeMap<String, DomainSection>,
+    /// Stop the run when this many different recipients in a row get the
+    /// same permanent refusal (0: never); see docs/failures.md.
+    #[serde(default = "stop_after_identical_refusals")]
+    pub stop_after_identical_refusals: u32,
 }
 
 impl Default for DeliverySection {
@@ -265,6 +269,7 @@ impl Default for DeliverySection {
             daily_quota: None,
             quota_pause: quota_pause(),
             domains: BTreeMap::new(),
+            stop_after_identical_refusals: stop_after_identical_refusals(),
         }
     }
 }
@@ -408,6 +413,9 @@ fn concurrency() -> usize {
 }
 fn max_attempts() -> u32 {
     defaults::MAX_ATTEMPTS
+}
+fn stop_after_identical_refusals() -> u32 {
+    defaults::STOP_AFTER_IDENTICAL_REFUSALS
 }
 fn retry_for() -> Duration {
     defaults::RETRY_FOR

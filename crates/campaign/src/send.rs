@@ -99,6 +99,27 @@ pub enum RunEnd {
     Outage(Failure),
     /// The state database could not be written.
     StoreFailed(String),
+    /// No session could be opened to the relay before the first one worked
+    /// (a refused connection, no route, a name that does not resolve, an
+    /// untrusted certificate): nothing was marked failed.
+    Unreachable {
+        /// `host:port`.
+        relay: String,
+        /// The last failure.
+        failure: Failure,
+    },
+    /// The relay refused in a way that would hit every message (the sender
+    /// or the credentials, or the same refusal for many recipients in a
+    /// row): those refused are pending again with the reply kept.
+    Refused(Failure),
+    /// An internal error (a panic): nothing was marked failed.
+    Crashed(String),
+    /// Everything else is final, but recipients are left in doubt
+    /// (`--in-doubt skip`): `edm report --in-doubt` lists them.
+    InDoubt {
+        /// Recipients in status `in_doubt`.
+        count: u64,
+    },
 }
 
 /// What a finished run reports.
@@ -118,6 +139,8 @@ pub struct RunReport {
     pub sent: u64,
     /// Failed permanently in this run.
     pub failed: u64,
+    /// Left in doubt in this run (no reply to the final dot).
+    pub in_doubt: u64,
     /// Deferred (retries scheduled) in this run.
     pub retried: u64,
     /// The state file.
@@ -131,10 +154,16 @@ impl RunReport {
         match &self.end {
             RunEnd::Complete if self.summary.count(Status::Failed) == 0 => 0,
             RunEnd::Complete => 1,
-            RunEnd::AuthRefused(_) | RunEnd::Outage(_) | RunEnd::StoreFailed(_) => 2,
-            RunEnd::WaitingForRetries { .. } | RunEnd::LimitReached | RunEnd::DailyQuota { .. } => {
-                3
-            }
+            RunEnd::AuthRefused(_)
+            | RunEnd::Outage(_)
+            | RunEnd::StoreFailed(_)
+            | RunEnd::Unreachable { .. }
+            | RunEnd::Refused(_)
+            | RunEnd::Crashed(_) => 2,
+            RunEnd::WaitingForRetries { .. }
+            | RunEnd::LimitReached
+            | RunEnd::DailyQuota { .. }
+            | RunEnd::InDoubt { .. } => 3,
             RunEnd::Stopped => 130,
         }
     }
@@ -192,6 +221,7 @@ struct Shared {
     sent: AtomicU64,
     failed: AtomicU64,
     retried: AtomicU64,
+    in_doubt: AtomicU64,
     outcome: Notify,
     events: Mutex<VecDeque<EventLine>>,
     domains: Mutex<HashMap<String, DomainCounts>>,
@@ -273,6 +303,7 @@ pub(crate) fn delivery_config(
     cfg.burst = d.burst.max(1);
     cfg.max_outage = d.max_outage;
     cfg.quota_pause = d.quota_pause;
+    cfg.stop_after_identical_refusals = d.stop_after_identical_refusals;
     cfg.domains = d
         .domains
         .iter()
@@ -373,7 +404,7 @@ async fn run(
     campaign: Campaign,
     opts: SendOptions,
     prepared: Prepared,
-    dcfg: DeliveryConfig,
+    mut dcfg: DeliveryConfig,
     state: PathBuf,
     progress_tx: watch::Sender<Progress>,
     mut control_rx: mpsc::UnboundedReceiver<Control>,
@@ -388,6 +419,8 @@ async fn run(
     } = prepared;
     let concurrency = dcfg.concurrency;
     let writer = Arc::new(Writer::spawn(store));
+    // Every final dot waits for its durable mark (docs/resume.md).
+    dcfg.marker = Some(Arc::new(writer.marker()));
     if in_doubt > 0 {
         let what = match opts.in_doubt {
             InDoubtPolicy::Resend => "they are sent again (see `edm report --in-doubt`)",
@@ -409,6 +442,7 @@ async fn run(
         sent: AtomicU64::new(0),
         failed: AtomicU64::new(0),
         retried: AtomicU64::new(0),
+        in_doubt: AtomicU64::new(0),
         outcome: Notify::new(),
         events: Mutex::new(VecDeque::new()),
         domains: Mutex::new(HashMap::new()),
@@ -463,13 +497,33 @@ async fn run(
     // The outcome loop: every event becomes a store outcome, in order.
     let policy = retry_policy(&campaign);
     while let Some(ev) = ev_rx.recv().await {
-        handle_event(&writer, &shared, &policy, ev).await;
+        handle_event(&writer, &shared, &policy, opts.in_doubt, ev).await;
         shared.outcome.notify_waiters();
     }
     let engine_end = engine.join().await;
     shared.stopping.store(true, Ordering::SeqCst);
     shared.outcome.notify_waiters();
-    let feed_end = feeder.await.unwrap_or(FeedEnd::Stopped);
+    let feed_end = match feeder.await {
+        Ok(end) => end,
+        // A panic in the feeder is a bug: the run ends with exit 2, never 130.
+        Err(e) => FeedEnd::Crashed(format!("the feeder crashed: {e}")),
+    };
+    // Anything the engine never answered for (it crashed) goes back to
+    // pending: nothing is left `sending` by a run that ends.
+    let orphans: Vec<RecipientId> = shared
+        .in_flight
+        .lock()
+        .map(|mut m| m.drain().map(|(id, _)| id).collect())
+        .unwrap_or_default();
+    for id in orphans {
+        writer
+            .record(Outcome {
+                id,
+                at: now_ms(),
+                kind: OutcomeKind::Released,
+            })
+            .await;
+    }
     control_task.abort();
     progress_task.abort();
     // Wait for the aborted task to drop its handle on the writer.
@@ -487,9 +541,16 @@ async fn run(
     let summary = store.summary()?;
     crate::suppress::after_run(&campaign, &store, progress_tx.borrow().started_at);
     let end = match (engine_end, store_failed, feed_end) {
+        (EngineEnd::Crashed(e), _, _) | (_, _, FeedEnd::Crashed(e)) => RunEnd::Crashed(e),
         (EngineEnd::AuthRefused(f), _, _) => RunEnd::AuthRefused(f),
         (EngineEnd::Outage(f), _, _) => RunEnd::Outage(f),
+        (EngineEnd::Unreachable { relay, failure }, _, _) => RunEnd::Unreachable { relay, failure },
+        (EngineEnd::Refused(f), _, _) => RunEnd::Refused(f),
+        (EngineEnd::MarkFailed(e), None, _) => RunEnd::StoreFailed(e),
         (_, Some(e), _) => RunEnd::StoreFailed(e),
+        (_, None, FeedEnd::Complete) if summary.count(Status::InDoubt) > 0 => RunEnd::InDoubt {
+            count: summary.count(Status::InDoubt),
+        },
         (_, None, FeedEnd::Complete) => RunEnd::Complete,
         (_, None, FeedEnd::Limit) => RunEnd::LimitReached,
         (_, None, FeedEnd::Waiting { deferred, next_due }) => {
@@ -520,12 +581,19 @@ async fn run(
         in_doubt_policy: opts.in_doubt,
         sent: shared.sent.load(Ordering::Relaxed),
         failed: shared.failed.load(Ordering::Relaxed),
+        in_doubt: shared.in_doubt.load(Ordering::Relaxed),
         retried: shared.retried.load(Ordering::Relaxed),
         state,
     })
 }
 
-async fn handle_event(writer: &Writer, shared: &Shared, policy: &RetryPolicy, ev: DeliveryEvent) {
+async fn handle_event(
+    writer: &Writer,
+    shared: &Shared,
+    policy: &RetryPolicy,
+    in_doubt: InDoubtPolicy,
+    ev: DeliveryEvent,
+) {
     let now = now_ms();
     // Read, not remove: a recipient leaves `in_flight` only once its outcome is
     // queued to the writer, so the daily quota never undercounts.
@@ -545,7 +613,9 @@ async fn handle_event(writer: &Writer, shared: &Shared, policy: &RetryPolicy, ev
     let id = match &ev {
         DeliveryEvent::Accepted { id, .. }
         | DeliveryEvent::Rejected { id, .. }
-        | DeliveryEvent::Returned { id } => Some(*id),
+        | DeliveryEvent::Returned { id }
+        | DeliveryEvent::Held { id, .. }
+        | DeliveryEvent::InDoubt { id, .. } => Some(*id),
         DeliveryEvent::Notice(_) => None,
     };
     let bump = |domain: &str, f: fn(&mut DomainCounts)| {
@@ -601,6 +671,56 @@ async fn handle_event(writer: &Writer, shared: &Shared, policy: &RetryPolicy, ev
             };
             writer.record(Outcome { id, at: now, kind }).await;
         }
+        DeliveryEvent::Held { id, failure } => {
+            take(id);
+            writer
+                .record(Outcome {
+                    id,
+                    at: now,
+                    kind: OutcomeKind::Held { failure },
+                })
+                .await;
+        }
+        DeliveryEvent::InDoubt { id, failure } => {
+            let info = take(id);
+            let attempts = info.as_ref().map(|i| i.attempts).unwrap_or(0) + 1;
+            let age = info
+                .as_ref()
+                .map(|i| Duration::from_millis((now - i.first_attempt_at).max(0) as u64))
+                .unwrap_or_default();
+            shared.in_doubt.fetch_add(1, Ordering::Relaxed);
+            shared.push_event(format!(
+                "in doubt: no reply to the final dot ({}); {}",
+                failure.reply,
+                match in_doubt {
+                    InDoubtPolicy::Resend => "resent later, still flagged",
+                    InDoubtPolicy::Skip => "left in doubt (--in-doubt skip)",
+                }
+            ));
+            // Resend: deferred like a transient failure and flagged; out of
+            // attempts, or `skip`: left in doubt, never failed (it may have
+            // been delivered).
+            let next_attempt_at = match (in_doubt, policy.decide(&failure, attempts, age)) {
+                (InDoubtPolicy::Resend, Verdict::Retry { after, .. }) => {
+                    shared.retried.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(mut d) = shared.deferred.lock() {
+                        d.insert(id);
+                    }
+                    Some(add_ms(now, after))
+                }
+                _ => None,
+            };
+            writer
+                .record(Outcome {
+                    id,
+                    at: now,
+                    kind: OutcomeKind::InDoubt {
+                        failure,
+                        next_attempt_at,
+                    },
+                })
+                .await;
+        }
         DeliveryEvent::Returned { id } => {
             take(id);
             writer
@@ -617,6 +737,7 @@ async fn handle_event(writer: &Writer, shared: &Shared, policy: &RetryPolicy, ev
                 Notice::ConnectionProblem { .. } => "connection",
                 Notice::BreakerOpen { .. } | Notice::BreakerClosed => "breaker",
                 Notice::Paused { .. } | Notice::Resumed => "pause",
+                Notice::Stopping { .. } => "stop",
             };
             let text = n.to_string();
             tracing::info!(kind, "{text}");
@@ -632,6 +753,7 @@ async fn handle_event(writer: &Writer, shared: &Shared, policy: &RetryPolicy, ev
 }
 
 enum FeedEnd {
+    Crashed(String),
     Complete,
     Quota { quota: u64 },
     Stopped,
@@ -867,5 +989,43 @@ async fn progress_loop(
             // Ask the writer for a fresh view for the next frames.
             writer.refresh();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(end: RunEnd) -> RunReport {
+        RunReport {
+            end,
+            summary: Summary::default(),
+            ingested: 0,
+            in_doubt_found: 0,
+            in_doubt_policy: InDoubtPolicy::Resend,
+            sent: 0,
+            failed: 0,
+            in_doubt: 0,
+            retried: 0,
+            state: PathBuf::new(),
+        }
+    }
+
+    #[test]
+    fn exit_codes_of_the_engine_promises() {
+        let f = Failure::local(
+            edm_model::Stage::Connect,
+            edm_model::Category::ConnectRefused,
+            "x",
+        );
+        let unreachable = RunEnd::Unreachable {
+            relay: "h:25".into(),
+            failure: f.clone(),
+        };
+        assert_eq!(report(unreachable).exit_code(), 2);
+        assert_eq!(report(RunEnd::Refused(f)).exit_code(), 2);
+        // An internal error is exit 2, never 130 (stopped by the operator).
+        assert_eq!(report(RunEnd::Crashed("boom".into())).exit_code(), 2);
+        assert_eq!(report(RunEnd::InDoubt { count: 3 }).exit_code(), 3);
     }
 }

@@ -243,7 +243,9 @@ async fn deliver(
     while let Some(event) = events_rx.recv().await {
         let (id, outcome) = match event {
             DeliveryEvent::Accepted { id, reply } => (id, TestOutcome::Accepted { reply }),
-            DeliveryEvent::Rejected { id, failure } => (id, TestOutcome::Failed { failure }),
+            DeliveryEvent::Rejected { id, failure }
+            | DeliveryEvent::Held { id, failure }
+            | DeliveryEvent::InDoubt { id, failure } => (id, TestOutcome::Failed { failure }),
             DeliveryEvent::Returned { .. } => continue,
             DeliveryEvent::Notice(edm_model::Notice::ConnectionProblem { failure }) => {
                 connection = Some(failure);
@@ -259,7 +261,15 @@ async fn deliver(
         }
     }
     let relay_failure = match engine.join().await {
-        EngineEnd::AuthRefused(f) | EngineEnd::Outage(f) => Some(f),
+        EngineEnd::AuthRefused(f)
+        | EngineEnd::Outage(f)
+        | EngineEnd::Refused(f)
+        | EngineEnd::Unreachable { failure: f, .. } => Some(f),
+        EngineEnd::Crashed(e) | EngineEnd::MarkFailed(e) => Some(Failure::local(
+            edm_model::Stage::Connect,
+            edm_model::Category::Protocol,
+            format!("internal error: {e}"),
+        )),
         EngineEnd::Drained | EngineEnd::Stopped => None,
     };
     let relay_failure = relay_failure.or_else(|| {

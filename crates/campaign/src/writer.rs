@@ -5,12 +5,14 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use edm_model::{DomainCounts, FailureRow, Recipient, UnixMillis};
+use edm_model::{DomainCounts, FailureRow, Recipient, RecipientId, UnixMillis};
 use edm_store::{Outcome, ReplyCount, Store, Summary};
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// Outcomes per transaction at most.
 const BATCH: usize = 1000;
+/// Marks per commit at most (each one holds up a final dot).
+const MARKS_BATCH: usize = 64;
 /// How often the read view is refreshed.
 const VIEW_EVERY: Duration = Duration::from_millis(500);
 
@@ -58,6 +60,11 @@ pub(crate) enum Msg {
         reply: oneshot::Sender<Result<u64, edm_store::Error>>,
     },
     Refresh,
+    /// The durable mark before a final dot; answered once committed.
+    Mark {
+        id: RecipientId,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
 }
 
 pub(crate) struct Writer {
@@ -150,6 +157,13 @@ impl Writer {
         let _ = self.tx.try_send(Msg::Refresh);
     }
 
+    /// The engine's [`edm_delivery::Marker`], backed by this writer.
+    pub fn marker(&self) -> WriterMarker {
+        WriterMarker {
+            tx: self.tx.clone(),
+        }
+    }
+
     /// Closes the channel and waits for the last commit.
     pub fn finish(self) -> Result<Store, String> {
         drop(self.tx);
@@ -160,6 +174,34 @@ impl Writer {
     }
 }
 
+/// Asks the writer thread for durable marks; every mark asked for while the
+/// writer commits is committed together with the others (group commit).
+pub(crate) struct WriterMarker {
+    tx: mpsc::Sender<Msg>,
+}
+
+impl edm_delivery::Marker for WriterMarker {
+    fn mark(&self, id: RecipientId) -> edm_delivery::BoxFuture<'static, Result<(), String>> {
+        let (reply, rx) = oneshot::channel();
+        let gone = || "the store writer stopped".to_string();
+        // Sent now (not when first polled), so the commit overlaps the
+        // envelope commands; waits for room only when the channel is full.
+        let queued = match self.tx.try_send(Msg::Mark { id, reply }) {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Full(msg)) => Some((self.tx.clone(), msg)),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                return Box::pin(async move { Err(gone()) });
+            }
+        };
+        Box::pin(async move {
+            if let Some((tx, msg)) = queued {
+                tx.send(msg).await.map_err(|_| gone())?;
+            }
+            rx.await.map_err(|_| gone())?
+        })
+    }
+}
+
 fn run(
     mut store: Store,
     mut rx: mpsc::Receiver<Msg>,
@@ -167,6 +209,7 @@ fn run(
     failed: Arc<Mutex<Option<String>>>,
 ) -> Result<Store, edm_store::Error> {
     let mut pending: Vec<Outcome> = Vec::with_capacity(BATCH);
+    let mut marks: Vec<(RecipientId, oneshot::Sender<Result<(), String>>)> = Vec::new();
     let mut last_view = Instant::now();
     let commit = |store: &mut Store, pending: &mut Vec<Outcome>| {
         if pending.is_empty() {
@@ -217,10 +260,46 @@ fn run(
                     let _ = reply.send(store.summary());
                 }
                 Msg::Refresh => {}
+                Msg::Mark { id, reply } => marks.push((id, reply)),
+            }
+            // Marks hold up final dots: never keep them behind a long drain.
+            if marks.len() >= MARKS_BATCH {
+                break;
             }
             next = rx.try_recv().ok();
         }
-        commit(&mut store, &mut pending);
+        // Outcomes with the marks: an outcome already queued is committed no
+        // later than the marks after it, so a crash leaves marked and
+        // unanswered (about) one recipient per connection: those in flight.
+        if marks.is_empty() {
+            commit(&mut store, &mut pending);
+        } else {
+            // One transaction for both: marks cost no extra commit.
+            let ids: Vec<RecipientId> = marks.iter().map(|(id, _)| *id).collect();
+            let both = store.record_and_mark(&pending, &ids);
+            let result = match both {
+                Ok(()) => {
+                    pending.clear();
+                    Ok(())
+                }
+                // The outcomes alone, so a bad mark never holds them back.
+                Err(e) => {
+                    commit(&mut store, &mut pending);
+                    Err(e)
+                }
+            };
+            let result = result.map_err(|e| {
+                tracing::error!(error = %e, "cannot mark transactions");
+                let message = format!("cannot mark transactions before their final dot: {e}");
+                if let Ok(mut f) = failed.lock() {
+                    f.get_or_insert_with(|| message.clone());
+                }
+                message
+            });
+            for (_, reply) in marks.drain(..) {
+                let _ = reply.send(result.clone());
+            }
+        }
         if last_view.elapsed() >= VIEW_EVERY {
             if let Ok(v) = StoreView::read(&store) {
                 view.send_replace(v);

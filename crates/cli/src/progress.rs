@@ -145,16 +145,43 @@ pub fn print_report(dir: &Path, r: &RunReport) {
             "stopped: the relay stayed unreachable ({f}). Check [smtp] host and port. No recipient was marked failed; run `edm send` again when it is back."
         ),
         RunEnd::StoreFailed(e) => format!("stopped: {e}"),
+        RunEnd::Unreachable { relay, failure } => {
+            errln!(
+                "edm: cannot use the relay {relay}: {}: {}",
+                failure.category,
+                failure.reply
+            );
+            format!(
+                "stopped: the relay {relay} cannot be used ({failure}). Check [smtp] host, port and security. No recipient was marked failed."
+            )
+        }
+        RunEnd::Refused(f) => {
+            errln!("edm: the relay refuses every message: {}", reply_text(f));
+            format!(
+                "stopped: the relay refuses every message ({f}). Fix the cause (sender, credentials, verified identity) and run `edm send` again. No recipient was marked failed; those refused are pending again."
+            )
+        }
+        RunEnd::Crashed(e) => {
+            errln!("edm: internal error: {e}");
+            format!(
+                "stopped on an internal error ({e}). No recipient was marked failed; please report it."
+            )
+        }
+        RunEnd::InDoubt { count } => format!(
+            "{count} recipients are in doubt (no reply to the final dot, --in-doubt skip): edm report {} --in-doubt",
+            dir.display()
+        ),
         RunEnd::DailyQuota { quota } => format!(
             "the daily quota of {quota} messages is used up (rolling 24 hours); run `edm send` again later"
         ),
     };
     outln!("Campaign: {head}");
     outln!(
-        "  this run: sent {}, failed {}, retries scheduled {}",
+        "  this run: sent {}, failed {}, retries scheduled {}, in doubt {}",
         r.sent,
         r.failed,
-        r.retried
+        r.retried,
+        r.in_doubt
     );
     outln!(
         "  campaign: total {}, sent {}, failed {}, deferred {}, pending {}, invalid {}, skipped {}, suppressed {}, in doubt {}",
@@ -180,10 +207,23 @@ pub fn print_report(dir: &Path, r: &RunReport) {
     }
     if s.in_doubt > 0 {
         outln!(
-            "  in doubt after a crash: edm report {} --in-doubt",
+            "  in doubt (after a crash, or no reply to the final dot): edm report {} --in-doubt",
             dir.display()
         );
     }
+}
+
+/// The relay's reply as it said it: code, enhanced code, text.
+fn reply_text(f: &edm_model::Failure) -> String {
+    let mut out = String::new();
+    if let Some(c) = f.smtp_code {
+        out.push_str(&format!("{c} "));
+    }
+    if let Some(e) = &f.enhanced_code {
+        out.push_str(&format!("{e} "));
+    }
+    out.push_str(&f.reply);
+    out
 }
 
 fn edm_campaign_time(ms: i64) -> String {

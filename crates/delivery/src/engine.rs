@@ -8,18 +8,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::defaults;
+use crate::outbound::session::{Afterwards, SmtpSettings};
+use crate::outbound::smtp::SmtpTransport;
+use crate::queue::adaptive::{Aimd, AimdSettings};
+use crate::queue::breaker::{Breaker, Trip};
+use crate::queue::rate::RateGate;
+use crate::transport::{BoxFuture, Connection, Marker, Transport};
 use edm_model::{Category, Control, DeliveryEvent, Envelope, Failure, Notice};
 use rand::Rng;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tokio_rustls::TlsConnector;
-
-use crate::defaults;
-use crate::outbound::session::{Afterwards, Session, SmtpSettings};
-use crate::queue::adaptive::{Aimd, AimdSettings};
-use crate::queue::breaker::{Breaker, Trip};
-use crate::queue::rate::RateGate;
 
 /// How many of the instants fall in the observation window ending at `now`.
 fn in_window(times: &std::collections::VecDeque<Instant>, now: Instant) -> usize {
@@ -66,6 +66,21 @@ pub struct DeliveryConfig {
     /// How long to pause when the provider says a quota is used up and does
     /// not say for how long.
     pub quota_pause: Duration,
+    /// Stop the run when this many different recipients in a row get the same
+    /// permanent refusal (0: never). See [`Failure::refusal_key`].
+    pub stop_after_identical_refusals: u32,
+    /// Before any session has worked, this many failed attempts to open one
+    /// ([`Category::fails_fast`]) end the run...
+    pub fail_fast_attempts: u32,
+    /// ...or this long without a session, whichever comes first.
+    pub fail_fast_within: Duration,
+    /// Test hook: a worker panics when it takes the envelope for this
+    /// address (tests of the panic path). Never set outside tests.
+    #[doc(hidden)]
+    pub panic_on_rcpt: Option<String>,
+    /// The store's durable per-transaction mark, committed before each
+    /// final dot (`None`: no mark, as in test sends).
+    pub marker: Option<Arc<dyn Marker>>,
 }
 
 impl DeliveryConfig {
@@ -81,6 +96,11 @@ impl DeliveryConfig {
             breaker_threshold: defaults::BREAKER_THRESHOLD,
             max_outage: defaults::MAX_OUTAGE,
             quota_pause: defaults::QUOTA_PAUSE,
+            stop_after_identical_refusals: defaults::STOP_AFTER_IDENTICAL_REFUSALS,
+            fail_fast_attempts: defaults::FAIL_FAST_ATTEMPTS,
+            fail_fast_within: defaults::FAIL_FAST_WITHIN,
+            panic_on_rcpt: None,
+            marker: None,
         }
     }
 }
@@ -96,6 +116,23 @@ pub enum EngineEnd {
     AuthRefused(Failure),
     /// The server stayed unreachable for longer than `max_outage`.
     Outage(Failure),
+    /// No session could be opened before the first one worked: a wrong host
+    /// or port, no route, a name that does not resolve, an untrusted
+    /// certificate. Nothing was attempted.
+    Unreachable {
+        /// `host:port` of the relay.
+        relay: String,
+        /// The last failure.
+        failure: Failure,
+    },
+    /// The relay refused in a way that would hit every message; the
+    /// recipients refused that way were returned as [`DeliveryEvent::Held`].
+    Refused(Failure),
+    /// A panic in the engine (a bug): the run stops, envelopes go back.
+    Crashed(String),
+    /// The durable mark before a final dot could not be written: the run
+    /// stops; that message was not sent.
+    MarkFailed(String),
 }
 
 /// A live view of the engine, for progress displays.
@@ -150,16 +187,47 @@ impl Engine {
     pub async fn join(self) -> EngineEnd {
         match self.join.await {
             Ok(end) => end,
-            // A panicking worker is a bug; surface it as an outage so the run stops
-            // without marking anyone failed.
-            Err(e) => EngineEnd::Outage(Failure::local(
-                edm_model::Stage::Connect,
-                Category::Protocol,
-                format!("delivery engine crashed: {e}"),
-            )),
+            // A panic in the dispatcher is a bug: the run stops, nobody failed.
+            Err(e) => EngineEnd::Crashed(format!("the delivery engine crashed: {}", panic_text(e))),
         }
     }
 }
+
+/// The message of a task's panic.
+fn panic_text(e: tokio::task::JoinError) -> String {
+    match e.try_into_panic() {
+        Ok(p) => p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".into()),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// The same permanent refusal for different recipients in a row; its
+/// envelopes are held back (not reported) until the streak breaks or stops
+/// the run, so none is recorded failed for a refusal that stops the run.
+#[derive(Default)]
+struct Streak {
+    key: String,
+    rcpts: std::collections::HashSet<String>,
+    held: Vec<(edm_model::RecipientId, Failure)>,
+    updated: Option<Instant>,
+}
+
+/// Connection failures before any session worked in this run.
+#[derive(Default)]
+struct Early {
+    first_attempt: Option<Instant>,
+    failures: u32,
+    last: Option<Failure>,
+}
+
+/// How long a streak's held envelopes wait, once every worker is idle,
+/// before they are reported anyway (a streak that stops growing with nothing
+/// left to send is not a refusal of everything).
+const STREAK_FLUSH: Duration = Duration::from_secs(2);
 
 struct DomainGate {
     rate: Option<RateGate>,
@@ -168,8 +236,7 @@ struct DomainGate {
 
 struct Shared {
     cfg: DeliveryConfig,
-    settings: Arc<SmtpSettings>,
-    tls: TlsConnector,
+    transport: Arc<dyn Transport>,
     gate: RateGate,
     domains: HashMap<String, DomainGate>,
     aimd: Mutex<Aimd>,
@@ -192,6 +259,36 @@ struct Shared {
     /// When recent throttling replies came, over the same window.
     throttles: Mutex<std::collections::VecDeque<Instant>>,
     started: Instant,
+    /// A session has worked in this run: from now on an outage is waited
+    /// out (`max_outage`) instead of ending the run fast.
+    worked: std::sync::atomic::AtomicBool,
+    early: Mutex<Early>,
+    streak: Mutex<Streak>,
+    /// The refusal that stopped the run: in-flight transactions refused the
+    /// same way are held too.
+    stopped_by: Mutex<Option<String>>,
+    /// The envelope each worker task holds, so a panicking worker's envelope
+    /// goes back to pending.
+    holding: Mutex<HashMap<tokio::task::Id, edm_model::RecipientId>>,
+    /// Workers waiting for the next envelope.
+    idle_workers: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts a worker as waiting for work while alive (dropped when the wait
+/// ends, or when the select that holds it is cancelled).
+struct Idle<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Idle<'a> {
+    fn new(n: &'a std::sync::atomic::AtomicUsize) -> Idle<'a> {
+        n.fetch_add(1, Ordering::SeqCst);
+        Idle(n)
+    }
+}
+
+impl Drop for Idle<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Shared {
@@ -207,6 +304,224 @@ impl Shared {
             *e = Some(end);
         }
         let _ = self.stop.send(true);
+    }
+
+    fn relay(&self) -> String {
+        self.transport.describe()
+    }
+
+    /// A failure to open a session. Before any session worked, enough of them
+    /// end the run (exit 2) instead of waiting out `max_outage`.
+    fn early_failure(&self, f: &Failure) -> bool {
+        if self.worked.load(Ordering::SeqCst) {
+            return false;
+        }
+        let give_up = self
+            .early
+            .lock()
+            .map(|mut e| {
+                e.last = Some(f.clone());
+                if !f.category.fails_fast() {
+                    // A relay that answers and then fails (a dropped
+                    // greeting, a protocol error) is reachable: an outage.
+                    return false;
+                }
+                e.failures += 1;
+                let since = e.first_attempt.unwrap_or(self.started);
+                e.failures >= self.cfg.fail_fast_attempts.max(1)
+                    || since.elapsed() >= self.cfg.fail_fast_within
+            })
+            .unwrap_or(true);
+        if give_up {
+            self.stop_with(EngineEnd::Unreachable {
+                relay: self.relay(),
+                failure: f.clone(),
+            });
+        }
+        give_up
+    }
+
+    /// Called on every tick: no session within `fail_fast_within` of the
+    /// first attempt (connects that hang included) ends the run.
+    fn early_deadline(&self, now: Instant) {
+        if self.worked.load(Ordering::SeqCst) || self.stopping() {
+            return;
+        }
+        let late = self.early.lock().ok().and_then(|e| {
+            let first = e.first_attempt?;
+            if e.last.as_ref().is_some_and(|f| !f.category.fails_fast()) {
+                return None;
+            }
+            (now.duration_since(first) >= self.cfg.fail_fast_within).then(|| {
+                e.last.clone().unwrap_or_else(|| {
+                    Failure::local(
+                        edm_model::Stage::Connect,
+                        Category::ConnectTimeout,
+                        format!("no session within {}s", self.cfg.fail_fast_within.as_secs()),
+                    )
+                })
+            })
+        });
+        if let Some(failure) = late {
+            self.stop_with(EngineEnd::Unreachable {
+                relay: self.relay(),
+                failure,
+            });
+        }
+    }
+
+    /// Reports a permanent refusal, or holds it back while it may be part of
+    /// a streak of identical refusals that stops the run.
+    async fn refused(&self, env: &Envelope, failure: Failure) {
+        let key = failure.refusal_key(&env.rcpt_to, &env.mail_from);
+        let same_as_stop = self
+            .stopped_by
+            .lock()
+            .map(|k| k.as_deref() == Some(key.as_str()))
+            .unwrap_or(false);
+        if same_as_stop {
+            // In flight when the run stopped, refused the same way.
+            self.emit(DeliveryEvent::Held {
+                id: env.id,
+                failure,
+            })
+            .await;
+            return;
+        }
+        if failure.stops_run() {
+            self.stop_refused(&key, vec![(env.id, failure)]).await;
+            return;
+        }
+        let limit = self.cfg.stop_after_identical_refusals as usize;
+        if limit == 0 || !failure.counts_as_identical_refusal() {
+            self.emit(DeliveryEvent::Rejected {
+                id: env.id,
+                failure,
+            })
+            .await;
+            return;
+        }
+        let (flush, stop) = match self.streak.lock() {
+            Ok(mut st) => {
+                let flush = if st.key != key {
+                    let old = std::mem::take(&mut st.held);
+                    st.key = key.clone();
+                    st.rcpts.clear();
+                    old
+                } else {
+                    Vec::new()
+                };
+                st.rcpts.insert(env.rcpt_to.to_ascii_lowercase());
+                st.held.push((env.id, failure));
+                st.updated = Some(Instant::now());
+                let stop = (st.rcpts.len() >= limit).then(|| {
+                    st.rcpts.clear();
+                    st.key.clear();
+                    std::mem::take(&mut st.held)
+                });
+                (flush, stop)
+            }
+            Err(_) => (Vec::new(), None),
+        };
+        self.report_rejected(flush).await;
+        if let Some(held) = stop {
+            self.stop_refused(&key, held).await;
+        }
+    }
+
+    /// Reports held-back refusals as ordinary rejections.
+    async fn report_rejected(&self, held: Vec<(edm_model::RecipientId, Failure)>) {
+        for (id, failure) in held {
+            self.emit(DeliveryEvent::Rejected { id, failure }).await;
+        }
+    }
+
+    /// An acceptance breaks a streak of identical refusals.
+    async fn break_streak(&self) {
+        let flush = self
+            .streak
+            .lock()
+            .map(|mut st| {
+                st.key.clear();
+                st.rcpts.clear();
+                std::mem::take(&mut st.held)
+            })
+            .unwrap_or_default();
+        self.report_rejected(flush).await;
+    }
+
+    /// Reports a streak that stopped growing while every worker waits for
+    /// work: the feeder may be waiting for those very outcomes, so they must
+    /// not be held for ever (the count toward the limit is kept). While
+    /// anything is being sent, the next outcome decides instead.
+    async fn flush_stale_streak(&self, now: Instant) {
+        let all_idle = self.idle_workers.load(Ordering::SeqCst) >= self.cfg.concurrency.max(1);
+        if !all_idle {
+            return;
+        }
+        let flush = self
+            .streak
+            .lock()
+            .map(|mut st| {
+                if st
+                    .updated
+                    .is_some_and(|u| now.duration_since(u) >= STREAK_FLUSH)
+                {
+                    std::mem::take(&mut st.held)
+                } else {
+                    Vec::new()
+                }
+            })
+            .unwrap_or_default();
+        self.report_rejected(flush).await;
+    }
+
+    /// Stops the run on a refusal that would hit every message: the
+    /// recipients refused that way go back to pending, the reply kept.
+    async fn stop_refused(&self, key: &str, held: Vec<(edm_model::RecipientId, Failure)>) {
+        let Some(failure) = held.last().map(|(_, f)| f.clone()) else {
+            return;
+        };
+        let first = self
+            .stopped_by
+            .lock()
+            .map(|mut k| {
+                let first = k.is_none();
+                k.get_or_insert_with(|| key.to_string());
+                first
+            })
+            .unwrap_or(false);
+        if first {
+            tracing::error!(failure = %failure, "the relay refuses every message");
+            self.emit(DeliveryEvent::Notice(Notice::Stopping {
+                reason: format!(
+                    "the relay {} refuses every message: {}{}",
+                    self.relay(),
+                    failure
+                        .smtp_code
+                        .map(|c| format!("{c} "))
+                        .unwrap_or_default(),
+                    failure.reply
+                ),
+            }))
+            .await;
+        }
+        self.stop_with(EngineEnd::Refused(failure));
+        for (id, failure) in held {
+            self.emit(DeliveryEvent::Held { id, failure }).await;
+        }
+    }
+
+    fn hold(&self, id: edm_model::RecipientId) {
+        if let Ok(mut h) = self.holding.lock() {
+            h.insert(tokio::task::id(), id);
+        }
+    }
+
+    fn release_hold(&self) {
+        if let Ok(mut h) = self.holding.lock() {
+            h.remove(&tokio::task::id());
+        }
     }
 
     /// The domain's slot and rate token, if both are free now. `Err` means
@@ -347,12 +662,8 @@ impl Shared {
     }
 }
 
-fn tls_connector(accept_invalid: bool) -> Result<TlsConnector, Error> {
-    // mail-send's connector: platform verifier, ring provider (the only one built).
-    mail_send::smtp::tls::build_tls_connector(accept_invalid).map_err(Error::Tls)
-}
-
-/// Starts the engine on the current tokio runtime.
+/// Starts the engine on the current tokio runtime, sending through the SMTP
+/// relay of `cfg.smtp`.
 ///
 /// It reads envelopes from `jobs` until the sender is dropped and the queue
 /// is empty (or until stopped), and reports on `events` (never dropped: the
@@ -362,7 +673,17 @@ pub fn start(
     jobs: mpsc::Receiver<Envelope>,
     events: mpsc::Sender<DeliveryEvent>,
 ) -> Result<Engine, Error> {
-    let tls = tls_connector(cfg.smtp.accept_invalid_certs)?;
+    let transport = SmtpTransport::new(cfg.smtp.clone()).map_err(Error::Tls)?;
+    Ok(start_with(Arc::new(transport), cfg, jobs, events))
+}
+
+/// Starts the engine with any [`Transport`] (`cfg.smtp` is then unused).
+pub fn start_with(
+    transport: Arc<dyn Transport>,
+    cfg: DeliveryConfig,
+    jobs: mpsc::Receiver<Envelope>,
+    events: mpsc::Sender<DeliveryEvent>,
+) -> Engine {
     let domains = cfg
         .domains
         .iter()
@@ -379,8 +700,7 @@ pub fn start(
     let (stop, _) = watch::channel(false);
     let (paused, _) = watch::channel(false);
     let shared = Arc::new(Shared {
-        settings: Arc::new(cfg.smtp.clone()),
-        tls,
+        transport,
         gate: RateGate::new(cfg.rate, cfg.burst),
         domains,
         aimd: Mutex::new(Aimd::new(cfg.rate, cfg.aimd.clone())),
@@ -398,6 +718,12 @@ pub fn start(
         completions: Mutex::new(std::collections::VecDeque::new()),
         throttles: Mutex::new(std::collections::VecDeque::new()),
         started: Instant::now(),
+        worked: std::sync::atomic::AtomicBool::new(false),
+        early: Mutex::new(Early::default()),
+        streak: Mutex::new(Streak::default()),
+        stopped_by: Mutex::new(None),
+        holding: Mutex::new(HashMap::new()),
+        idle_workers: std::sync::atomic::AtomicUsize::new(0),
         cfg,
     });
     let (control_tx, control_rx) = mpsc::unbounded_channel();
@@ -407,11 +733,11 @@ pub fn start(
         ..Default::default()
     });
     let join = tokio::spawn(run(shared, control_rx, status_tx));
-    Ok(Engine {
+    Engine {
         control: control_tx,
         status: status_rx,
         join,
-    })
+    }
 }
 
 async fn run(
@@ -426,9 +752,29 @@ async fn run(
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         tokio::select! {
-            done = workers.join_next() => {
-                if done.is_none() {
-                    break;
+            done = workers.join_next_with_id() => {
+                match done {
+                    None => break,
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
+                        // A panicking worker is a bug: stop the run (exit 2),
+                        // its envelope back to pending, never a hang.
+                        let task = e.id();
+                        let text = panic_text(e);
+                        tracing::error!(error = %text, "a delivery worker crashed");
+                        let held = shared.holding.lock().ok().and_then(|mut h| h.remove(&task));
+                        shared.stop_with(EngineEnd::Crashed(format!(
+                            "a delivery worker crashed: {text}"
+                        )));
+                        shared
+                            .emit(DeliveryEvent::Notice(Notice::Stopping {
+                                reason: format!("internal error: a delivery worker crashed: {text}"),
+                            }))
+                            .await;
+                        if let Some(id) = held {
+                            shared.emit(DeliveryEvent::Returned { id }).await;
+                        }
+                    }
                 }
             }
             Some(c) = control.recv() => handle_control(&shared, c).await,
@@ -447,11 +793,15 @@ async fn run(
                 if quota_over {
                     shared.emit(DeliveryEvent::Notice(Notice::Resumed)).await;
                 }
+                shared.early_deadline(now);
+                shared.flush_stale_streak(now).await;
                 let _ = status.send(snapshot(&shared));
             }
         }
     }
     let _ = status.send(snapshot(&shared));
+    // Refusals still held back did not stop the run: report them.
+    shared.break_streak().await;
     // Whatever is still queued was never attempted: hand it back.
     let mut jobs = shared.jobs.lock().await;
     jobs.close();
@@ -467,6 +817,17 @@ async fn run(
         shared.emit(DeliveryEvent::Returned { id: env.id }).await;
     }
     let end = shared.end.lock().ok().and_then(|mut e| e.take());
+    if let Some(EngineEnd::Unreachable { relay, failure }) = &end {
+        // Said once, as an event the dashboard and `edm watch` show.
+        shared
+            .emit(DeliveryEvent::Notice(Notice::Stopping {
+                reason: format!(
+                    "cannot use the relay {relay}: {}: {}",
+                    failure.category, failure.reply
+                ),
+            }))
+            .await;
+    }
     end.unwrap_or(if shared.stopping() {
         EngineEnd::Stopped
     } else {
@@ -579,7 +940,10 @@ async fn next_job(
         let env = tokio::select! {
             biased;
             _ = stopped(stop) => return None,
-            env = async { shared.jobs.lock().await.recv().await } => env,
+            env = async {
+                let _idle = Idle::new(&shared.idle_workers);
+                shared.jobs.lock().await.recv().await
+            } => env,
             _ = tokio::time::sleep(POLL), if parked > 0 => continue,
         };
         let Some(env) = env else {
@@ -601,7 +965,7 @@ async fn next_job(
 }
 
 async fn worker(id: usize, shared: Arc<Shared>) {
-    let mut session: Option<Session> = None;
+    let mut session: Option<Box<dyn Connection>> = None;
     let mut stop = shared.stop.subscribe();
     let mut reconnects = 0u32;
     'jobs: loop {
@@ -611,14 +975,37 @@ async fn worker(id: usize, shared: Arc<Shared>) {
         let Some((env, _slot)) = next_job(&shared, &mut stop).await else {
             break;
         };
+        shared.hold(env.id);
+        if shared
+            .cfg
+            .panic_on_rcpt
+            .as_deref()
+            .is_some_and(|r| r == env.rcpt_to)
+        {
+            panic!("test hook: panic on {}", env.rcpt_to);
+        }
 
         // A session first: connection failures are about the server, never
         // about this recipient, so the envelope waits (or goes back) meanwhile.
         while session.is_none() {
-            match Session::connect(shared.settings.clone(), &shared.tls).await {
+            if let Ok(mut e) = shared.early.lock() {
+                e.first_attempt.get_or_insert_with(Instant::now);
+            }
+            // Watch for a stop meanwhile: a connect that hangs must not hold
+            // up the end of the run (fail fast, a stop by the operator).
+            let connected = tokio::select! {
+                c = shared.transport.open() => c,
+                _ = stopped(&mut stop) => {
+                    shared.emit(DeliveryEvent::Returned { id: env.id }).await;
+                    shared.release_hold();
+                    break 'jobs;
+                }
+            };
+            match connected {
                 Ok(s) => {
                     session = Some(s);
                     reconnects = 0;
+                    shared.worked.store(true, Ordering::SeqCst);
                     shared.connections.fetch_add(1, Ordering::Relaxed);
                     shared.breaker_success().await;
                     tracing::debug!(worker = id, "connected");
@@ -633,11 +1020,18 @@ async fn worker(id: usize, shared: Arc<Shared>) {
                     if f.category == Category::Auth && f.permanent {
                         shared.stop_with(EngineEnd::AuthRefused(f));
                         shared.emit(DeliveryEvent::Returned { id: env.id }).await;
+                        shared.release_hold();
+                        break 'jobs;
+                    }
+                    if shared.early_failure(&f) {
+                        shared.emit(DeliveryEvent::Returned { id: env.id }).await;
+                        shared.release_hold();
                         break 'jobs;
                     }
                     if shared.breaker_failure(&f).await == Trip::GiveUp {
                         shared.stop_with(EngineEnd::Outage(f));
                         shared.emit(DeliveryEvent::Returned { id: env.id }).await;
+                        shared.release_hold();
                         break 'jobs;
                     }
                     reconnects += 1;
@@ -646,6 +1040,7 @@ async fn worker(id: usize, shared: Arc<Shared>) {
                         _ = tokio::time::sleep(wait) => {}
                         _ = stopped(&mut stop) => {
                             shared.emit(DeliveryEvent::Returned { id: env.id }).await;
+                            shared.release_hold();
                             break 'jobs;
                         }
                     }
@@ -661,41 +1056,87 @@ async fn worker(id: usize, shared: Arc<Shared>) {
             _ = shared.gate.acquire() => {}
             _ = stopped(&mut stop) => {
                 shared.emit(DeliveryEvent::Returned { id: env.id }).await;
+                shared.release_hold();
                 break;
             }
         }
 
+        // The mark is asked for now and committed while the envelope
+        // commands go out; the final dot waits for it.
+        let mark_failed = Arc::new(std::sync::Mutex::new(None::<String>));
+        let before_dot: BoxFuture<'_, Result<(), String>> = match &shared.cfg.marker {
+            Some(m) => {
+                let fut = m.mark(env.id);
+                let failed = mark_failed.clone();
+                Box::pin(async move {
+                    let r = fut.await;
+                    if let (Err(e), Ok(mut f)) = (&r, failed.lock()) {
+                        *f = Some(e.clone());
+                    }
+                    r
+                })
+            }
+            None => Box::pin(async { Ok(()) }),
+        };
         shared.in_flight.fetch_add(1, Ordering::Relaxed);
-        let result = sess.send(&env).await;
+        let result = sess.send(&env, before_dot).await;
         shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let mark_error = mark_failed.lock().ok().and_then(|mut f| f.take());
+        if let Some(e) = mark_error {
+            // Not sent (no final dot): back to pending, and the run stops.
+            tracing::error!(error = %e, "cannot mark a transaction before its final dot");
+            if let Some(s) = session.take() {
+                shared.connections.fetch_sub(1, Ordering::Relaxed);
+                drop(s);
+            }
+            shared.stop_with(EngineEnd::MarkFailed(e));
+            shared.emit(DeliveryEvent::Returned { id: env.id }).await;
+            shared.release_hold();
+            break;
+        }
         shared.completed(Instant::now());
         match result {
             Ok(reply) => {
                 shared.breaker_success().await;
+                shared.break_streak().await;
                 shared
                     .emit(DeliveryEvent::Accepted { id: env.id, reply })
                     .await;
             }
             Err((failure, after)) => {
-                if after == Afterwards::Broken
+                if after != Afterwards::Usable
                     && let Some(s) = session.take()
                 {
                     shared.connections.fetch_sub(1, Ordering::Relaxed);
                     drop(s);
                 }
                 react(&shared, &failure).await;
-                shared
-                    .emit(DeliveryEvent::Rejected {
-                        id: env.id,
-                        failure,
-                    })
-                    .await;
+                if after == Afterwards::InDoubt {
+                    // The final dot went out and no reply came: never
+                    // reported as a plain failure, so never resent silently.
+                    shared
+                        .emit(DeliveryEvent::InDoubt {
+                            id: env.id,
+                            failure,
+                        })
+                        .await;
+                } else if failure.permanent {
+                    shared.refused(&env, failure).await;
+                } else {
+                    shared
+                        .emit(DeliveryEvent::Rejected {
+                            id: env.id,
+                            failure,
+                        })
+                        .await;
+                }
             }
         }
+        shared.release_hold();
     }
     if let Some(s) = session {
         shared.connections.fetch_sub(1, Ordering::Relaxed);
-        s.quit().await;
+        s.close().await;
     }
 }
 

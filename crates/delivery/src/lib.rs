@@ -3,6 +3,8 @@
 //! # Layout
 //! - [`engine`]: workers with long-lived SMTP sessions, pause/stop, the
 //!   shared rate gate and breaker. Start with [`start`].
+//! - [`transport`]: the seam: a [`Transport`] opens [`Connection`]s that
+//!   send one envelope at a time. SMTP ([`SmtpTransport`]) is the first.
 //! - `outbound/`: one SMTP session driven step by step ([`Session`]) and the
 //!   single classifier from mail-send errors and replies to a [`Failure`]
 //!   ([`classify_error`], [`classify_reply`]).
@@ -24,11 +26,16 @@ pub mod defaults;
 pub mod engine;
 mod outbound;
 mod queue;
+pub mod transport;
 
-pub use engine::{DeliveryConfig, DomainLimit, Engine, EngineEnd, EngineStatus, Error, start};
+pub use engine::{
+    DeliveryConfig, DomainLimit, Engine, EngineEnd, EngineStatus, Error, start, start_with,
+};
 pub use outbound::classify::{DIALECTS, Dialect, ReplyRef, classify_error, classify_reply};
 pub use outbound::session::{Afterwards, Security, Session, SmtpSettings, is_loopback};
+pub use outbound::smtp::SmtpTransport;
 pub use queue::adaptive::{Aimd, AimdSettings};
 pub use queue::breaker::{Breaker, Trip};
 pub use queue::rate::RateGate;
 pub use queue::retry::{RetryPolicy, Verdict};
+pub use transport::{BoxFuture, Connection, Marker, Transport};

@@ -140,6 +140,11 @@ pub enum Category {
     /// not offer SMTPUTF8 (RFC 6531): nothing was sent to this recipient.
     #[serde(rename = "smtputf8_required")]
     SmtpUtf8Required,
+    /// The network or host of the relay cannot be reached (no route).
+    NetworkUnreachable,
+    /// The relay's TLS certificate is not trusted by the system (expired,
+    /// self-signed, another name).
+    TlsCertificate,
 }
 
 /// Whether a category is retried.
@@ -155,7 +160,7 @@ pub enum Retry {
 
 impl Category {
     /// Every category, in display order.
-    pub const ALL: [Category; 23] = [
+    pub const ALL: [Category; 25] = [
         Category::ConnectRefused,
         Category::ConnectTimeout,
         Category::Dns,
@@ -179,6 +184,8 @@ impl Category {
         Category::Template,
         Category::Preflight,
         Category::SmtpUtf8Required,
+        Category::NetworkUnreachable,
+        Category::TlsCertificate,
     ];
 
     /// The persisted name.
@@ -207,6 +214,8 @@ impl Category {
             Category::Template => "template",
             Category::Preflight => "preflight",
             Category::SmtpUtf8Required => "smtputf8_required",
+            Category::NetworkUnreachable => "network_unreachable",
+            Category::TlsCertificate => "tls_certificate",
         }
     }
 
@@ -227,7 +236,9 @@ impl Category {
             | Category::Greylisted
             | Category::Disconnected
             | Category::ReadTimeout
-            | Category::OtherTransient => Retry::Yes,
+            | Category::OtherTransient
+            | Category::NetworkUnreachable
+            | Category::TlsCertificate => Retry::Yes,
             Category::Auth
             | Category::SenderRefused
             | Category::RecipientUnknown
@@ -255,6 +266,44 @@ impl Category {
                 | Category::Disconnected
                 | Category::ReadTimeout
                 | Category::Protocol
+                | Category::NetworkUnreachable
+                | Category::TlsCertificate
+        )
+    }
+
+    /// Whether this failure, met while opening a session before any session
+    /// has worked in this run, says the relay cannot be used at all (a wrong
+    /// host or port, no route, an untrusted certificate): the run ends after a
+    /// few attempts instead of waiting out `max_outage` (docs/failures.md).
+    pub fn fails_fast(self) -> bool {
+        matches!(
+            self,
+            Category::ConnectRefused
+                | Category::ConnectTimeout
+                | Category::Dns
+                | Category::NetworkUnreachable
+                | Category::TlsCertificate
+                | Category::Tls
+        )
+    }
+
+    /// Whether a permanent failure of this category would hit every message
+    /// of the run (the credentials or the sender are refused): the run stops
+    /// at the first one, and nobody is marked failed because of it.
+    pub fn stops_run(self) -> bool {
+        matches!(self, Category::Auth | Category::SenderRefused)
+    }
+
+    /// Whether this category is about one recipient only (its mailbox or its
+    /// address): such refusals never count toward
+    /// `stop_after_identical_refusals`, however many there are in a row.
+    pub fn is_recipient_specific(self) -> bool {
+        matches!(
+            self,
+            Category::RecipientUnknown
+                | Category::MailboxFull
+                | Category::InvalidAddress
+                | Category::SmtpUtf8Required
         )
     }
 }
@@ -323,6 +372,50 @@ impl Failure {
     pub fn is_transient(&self) -> bool {
         !self.permanent
     }
+
+    /// True when this failure stops the run at once instead of failing the
+    /// recipient: a permanent refusal of a category that would hit every
+    /// message ([`Category::stops_run`]). A `454` temporary auth failure does
+    /// not stop the run.
+    pub fn stops_run(&self) -> bool {
+        // MAIL FROM carries only the sender (and SIZE): a permanent refusal
+        // there (RFC 5321 §3.3) would be the same for every recipient.
+        // A refusal decided for one recipient before MAIL FROM went out
+        // (`smtputf8_required`) or about one message's size is not about the
+        // sender.
+        self.permanent
+            && (self.category.stops_run()
+                || (self.stage == Stage::MailFrom
+                    && self.category != Category::MessageTooLarge
+                    && !self.category.is_recipient_specific()))
+    }
+
+    /// True when this failure may count toward
+    /// `stop_after_identical_refusals`: permanent, and not about one
+    /// recipient's mailbox or address.
+    pub fn counts_as_identical_refusal(&self) -> bool {
+        self.permanent && !self.category.is_recipient_specific()
+    }
+
+    /// The refusal with the recipient's and the sender's address taken out,
+    /// so the same refusal for different recipients compares equal
+    /// (`550 5.7.1 <a@x> refused` and `550 5.7.1 <b@x> refused`).
+    pub fn refusal_key(&self, rcpt_to: &str, mail_from: &str) -> String {
+        let mut text = self.reply.to_ascii_lowercase();
+        for addr in [rcpt_to, mail_from] {
+            let addr = addr.to_ascii_lowercase();
+            if !addr.is_empty() {
+                text = text.replace(&addr, "<>");
+            }
+        }
+        format!(
+            "{} {} {} {}",
+            self.category,
+            self.smtp_code.map(|c| c.to_string()).unwrap_or_default(),
+            self.enhanced_code.as_deref().unwrap_or(""),
+            text
+        )
+    }
 }
 
 impl fmt::Display for Failure {
@@ -368,6 +461,42 @@ mod tests {
         assert_eq!(Category::Throttled.retry(), Retry::Yes);
         assert!(!Category::Throttled.trips_breaker());
         assert!(Category::ConnectRefused.trips_breaker());
+    }
+
+    #[test]
+    fn stopping_the_run_is_decided_by_the_table() {
+        let mut f = Failure::local(Stage::MailFrom, Category::SenderRefused, "553 refused");
+        assert!(f.stops_run());
+        f.permanent = false;
+        assert!(!f.stops_run(), "a transient refusal never stops the run");
+        let unknown = Failure::local(Stage::RcptTo, Category::RecipientUnknown, "no such user");
+        assert!(!unknown.counts_as_identical_refusal());
+        let other = Failure::local(Stage::Data, Category::OtherPermanent, "554 denied");
+        assert!(other.counts_as_identical_refusal());
+        let utf8 = Failure::local(Stage::MailFrom, Category::SmtpUtf8Required, "josé@x");
+        assert!(!utf8.stops_run(), "about one recipient's address");
+        assert!(!utf8.counts_as_identical_refusal());
+        assert!(Category::Dns.fails_fast());
+        assert!(!Category::Disconnected.fails_fast());
+    }
+
+    #[test]
+    fn refusal_key_ignores_the_addresses() {
+        let f = |reply: &str| Failure {
+            reply: reply.into(),
+            smtp_code: Some(554),
+            ..Failure::local(Stage::Data, Category::OtherPermanent, "")
+        };
+        assert_eq!(
+            f("Message from <news@acme.example> to <A@x.example> refused")
+                .refusal_key("a@x.example", "news@acme.example"),
+            f("Message from <news@acme.example> to <b@x.example> refused")
+                .refusal_key("b@x.example", "news@acme.example"),
+        );
+        assert_ne!(
+            f("refused").refusal_key("a@x", "n@y"),
+            f("other").refusal_key("a@x", "n@y")
+        );
     }
 
     #[test]

@@ -186,6 +186,24 @@ pub enum DeliveryEvent {
     },
     /// Something about the engine itself worth showing an operator.
     Notice(Notice),
+    /// Refused by a reply that would hit every message (the sender or the
+    /// credentials refused, or the same refusal for many recipients in a
+    /// row): the run stops and the recipient goes back to pending with the
+    /// reply kept, never failed.
+    Held {
+        /// Whose message.
+        id: RecipientId,
+        /// The refusal.
+        failure: Failure,
+    },
+    /// The final dot was sent and no reply came (a timeout, a lost
+    /// connection): the server may have accepted the message.
+    InDoubt {
+        /// Whose message.
+        id: RecipientId,
+        /// What happened instead of a reply.
+        failure: Failure,
+    },
 }
 
 /// Engine-level happenings: rate changes, connections, the circuit breaker.
@@ -219,6 +237,12 @@ pub enum Notice {
     },
     /// Resumed.
     Resumed,
+    /// The run stops: the relay cannot be used, refuses every message, or
+    /// edm met an internal error.
+    Stopping {
+        /// Why, with the relay's reply when there is one.
+        reason: String,
+    },
 }
 
 impl fmt::Display for Notice {
@@ -238,6 +262,7 @@ impl fmt::Display for Notice {
             Notice::BreakerClosed => f.write_str("circuit breaker closed: server answers again"),
             Notice::Paused { reason } => write!(f, "paused: {reason}"),
             Notice::Resumed => f.write_str("resumed"),
+            Notice::Stopping { reason } => write!(f, "run stopped: {reason}"),
         }
     }
 }

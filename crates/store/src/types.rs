@@ -82,6 +82,22 @@ pub enum OutcomeKind {
     /// Never attempted (the engine stopped): back to `pending`, or to
     /// `deferred` with its `next_attempt_at`, as before the claim.
     Released,
+    /// Refused by a reply that stopped the run (it would hit every message):
+    /// back to `pending` with the reply kept for `edm report`; no attempt used.
+    Held {
+        /// The refusal.
+        failure: Failure,
+    },
+    /// The final dot was sent and no reply came: flagged `in_doubt` (kept
+    /// whatever happens next), one attempt used. With `next_attempt_at` it is
+    /// `deferred` and resent then (`--in-doubt resend`); without, it stays in
+    /// status `in_doubt` until an operator decides.
+    InDoubt {
+        /// What happened instead of a reply.
+        failure: Failure,
+        /// When to resend it, if at all.
+        next_attempt_at: Option<UnixMillis>,
+    },
 }
 
 /// Counts over the whole campaign.

@@ -31,6 +31,17 @@ fn claim_due_sql() -> String {
     )
 }
 
+/// Recipients whose transaction may reach its final dot: marked (durably,
+/// group-committed) before it, cleared with the outcome. After a crash only
+/// marked rows can have been delivered.
+pub(crate) const MARKS_TABLE: &str =
+    "CREATE TABLE IF NOT EXISTS dot_marks (id INTEGER PRIMARY KEY)";
+
+/// Set in meta once a run has used marks: from then on an unmarked `sending`
+/// row after a crash was never sent. A file last run by an older edm (no
+/// marks) keeps treating every `sending` row as in doubt.
+const MARKS_META: &str = "dot_marks";
+
 #[cfg(test)]
 pub(crate) fn claim_sqls() -> [String; 2] {
     [claim_pending_sql(), claim_due_sql()]
@@ -39,11 +50,14 @@ pub(crate) fn claim_sqls() -> [String; 2] {
 impl Store {
     /// Deals with rows still `sending` from a run that died: the server may
     /// have accepted them. Flags them `in_doubt`, then `Resend` makes them
-    /// pending again and `Skip` parks them in status `in_doubt`.
+    /// pending again and `Skip` parks them in status `in_doubt`. Once a run
+    /// has used [`Store::mark_in_flight`], only marked rows are in doubt: the
+    /// others never reached their final dot and go back as before the claim.
     ///
     /// Call it once at start, after [`Store::lock_for_run`]. Returns how many.
     pub fn recover_in_doubt(&mut self, policy: InDoubtPolicy) -> Result<u64> {
         let now = edm_model::now_ms();
+        let marks_used = self.meta(MARKS_META)?.as_deref() == Some("1");
         let set = match policy {
             InDoubtPolicy::Resend => "status = 'pending', next_attempt_at = NULL",
             InDoubtPolicy::Skip => "status = 'in_doubt'",
@@ -58,9 +72,67 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .at(&path)?;
+        if marks_used {
+            // Claimed but never marked: its final dot was never written, so
+            // it goes back to where it was before the claim, not in doubt.
+            tx.execute(
+                &format!(
+                    "UPDATE recipients
+                     SET status = CASE WHEN next_attempt_at IS NULL
+                                       THEN 'pending' ELSE 'deferred' END,
+                         first_attempt_at = CASE WHEN prev_attempt_at IS NULL
+                                                 THEN NULL ELSE first_attempt_at END,
+                         last_attempt_at = prev_attempt_at, prev_attempt_at = NULL,
+                         updated_at = ?1
+                     WHERE {ACTIVE} AND status = 'sending'
+                       AND id NOT IN (SELECT id FROM dot_marks)"
+                ),
+                [now],
+            )
+            .at(&path)?;
+        }
         let n = tx.execute(&sql, [now]).at(&path)?;
+        tx.execute("DELETE FROM dot_marks", []).at(&path)?;
         tx.commit().at(&path)?;
         Ok(n as u64)
+    }
+
+    /// Durably marks recipients whose transactions may now reach their final
+    /// dot, in one transaction for all of them (group commit: the engine's
+    /// workers ask together, the writer commits once). Recording an outcome
+    /// clears the mark; after a crash, [`Store::recover_in_doubt`] flags only
+    /// marked rows (at most one per connection) and puts the others back.
+    pub fn mark_in_flight(&mut self, ids: &[RecipientId]) -> Result<()> {
+        self.record_and_mark(&[], ids)
+    }
+
+    /// [`Store::record`] and [`Store::mark_in_flight`] in one transaction:
+    /// the store writer commits the outcomes and the marks that came in
+    /// together once, not twice.
+    pub fn record_and_mark(&mut self, outcomes: &[Outcome], marks: &[RecipientId]) -> Result<()> {
+        if outcomes.is_empty() && marks.is_empty() {
+            return Ok(());
+        }
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .at(&path)?;
+        record_in(&tx, &path, outcomes)?;
+        if !marks.is_empty() {
+            let mut mark = tx
+                .prepare_cached("INSERT OR IGNORE INTO dot_marks (id) VALUES (?1)")
+                .at(&path)?;
+            for id in marks {
+                mark.execute([id.0]).at(&path)?;
+            }
+            // OR IGNORE: once set, no page is written again for it.
+            tx.prepare_cached("INSERT OR IGNORE INTO meta (key, value) VALUES (?1, '1')")
+                .at(&path)?
+                .execute([MARKS_META])
+                .at(&path)?;
+        }
+        tx.commit().at(&path)
     }
 
     /// Claims up to `limit` recipients for sending: pending ones by id first,
@@ -148,11 +220,18 @@ impl Store {
     /// since they report what a server said. An id the store does not have
     /// fails the whole batch with [`Error::UnknownRecipient`].
     pub fn record(&mut self, outcomes: &[Outcome]) -> Result<()> {
-        let path = self.path.clone();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .at(&path)?;
+        self.record_and_mark(outcomes, &[])
+    }
+}
+
+/// The body of [`Store::record`], inside the caller's transaction.
+fn record_in(
+    tx: &rusqlite::Transaction<'_>,
+    path: &std::path::Path,
+    outcomes: &[Outcome],
+) -> Result<()> {
+    let path = path.to_path_buf();
+    {
         {
             let mut sent = tx
                 .prepare_cached(
@@ -186,6 +265,30 @@ impl Store {
                 .at(&path)?;
             let mut exists = tx
                 .prepare_cached("SELECT 1 FROM recipients WHERE id = ?1")
+                .at(&path)?;
+            let mut unmark = tx
+                .prepare_cached("DELETE FROM dot_marks WHERE id = ?1")
+                .at(&path)?;
+            let mut held = tx
+                .prepare_cached(
+                    "UPDATE recipients
+                     SET status = 'pending', next_attempt_at = NULL,
+                         first_attempt_at = CASE WHEN prev_attempt_at IS NULL
+                                                 THEN NULL ELSE first_attempt_at END,
+                         prev_attempt_at = NULL,
+                         category = ?2, stage = ?3, smtp_code = ?4, enhanced_code = ?5,
+                         reply = ?6, last_attempt_at = ?7, updated_at = ?7
+                     WHERE id = ?1",
+                )
+                .at(&path)?;
+            let mut in_doubt = tx
+                .prepare_cached(
+                    "UPDATE recipients
+                     SET status = ?2, in_doubt = 1, attempts = attempts + 1,
+                         next_attempt_at = ?3, category = ?4, stage = ?5, smtp_code = ?6,
+                         enhanced_code = ?7, reply = ?8, last_attempt_at = ?9, updated_at = ?9
+                     WHERE id = ?1",
+                )
                 .at(&path)?;
             for o in outcomes {
                 let changed = match &o.kind {
@@ -235,6 +338,37 @@ impl Store {
                             ])
                             .at(&path)?
                     }
+                    OutcomeKind::Held { failure } => held
+                        .execute(params![
+                            o.id.0,
+                            failure.category.as_str(),
+                            failure.stage.as_str(),
+                            failure.smtp_code,
+                            failure.enhanced_code,
+                            failure.reply,
+                            o.at
+                        ])
+                        .at(&path)?,
+                    OutcomeKind::InDoubt {
+                        failure,
+                        next_attempt_at,
+                    } => in_doubt
+                        .execute(params![
+                            o.id.0,
+                            if next_attempt_at.is_some() {
+                                Status::Deferred.as_str()
+                            } else {
+                                Status::InDoubt.as_str()
+                            },
+                            next_attempt_at,
+                            failure.category.as_str(),
+                            failure.stage.as_str(),
+                            failure.smtp_code,
+                            failure.enhanced_code,
+                            failure.reply,
+                            o.at
+                        ])
+                        .at(&path)?,
                     OutcomeKind::Released => {
                         let n = released.execute(params![o.id.0, o.at]).at(&path)?;
                         // Not sending any more: nothing to release, if it exists.
@@ -244,11 +378,14 @@ impl Store {
                 if changed == 0 {
                     return Err(Error::UnknownRecipient { path, id: o.id });
                 }
+                unmark.execute([o.id.0]).at(&path)?;
             }
         }
-        tx.commit().at(&path)
     }
+    Ok(())
+}
 
+impl Store {
     /// Puts matching rows back to `pending` for another try: attempts to 0,
     /// `next_attempt_at` cleared; the in-doubt flag and the last reply are kept.
     ///

@@ -763,3 +763,118 @@ fn corrupt_status_is_an_error_not_a_panic() {
         "{err:?}"
     );
 }
+
+#[test]
+fn record_held_goes_back_to_pending_with_the_reply_kept() {
+    let mut f = fixture(1);
+    f.store.claim(1, 10).unwrap();
+    let refusal = Failure {
+        stage: Stage::MailFrom,
+        category: Category::SenderRefused,
+        smtp_code: Some(553),
+        enhanced_code: Some("5.1.8".into()),
+        reply: "Sender address domain does not exist".into(),
+        permanent: true,
+        retry_after: None,
+    };
+    f.store
+        .record(&[outcome(1, 20, OutcomeKind::Held { failure: refusal })])
+        .unwrap();
+    let r = row(&f.store, 2);
+    assert_eq!((r.status, r.attempts), (Status::Pending, 0));
+    assert_eq!(r.category, Some(Category::SenderRefused));
+    assert_eq!(r.smtp_code, Some(553));
+    assert_eq!(
+        r.reply.as_deref(),
+        Some("Sender address domain does not exist")
+    );
+    assert!(!r.in_doubt);
+    // Claimed again by the next run, its first attempt not counted from here.
+    let again = f.store.claim(1, 30).unwrap();
+    assert_eq!(again[0].first_attempt_at, Some(30));
+}
+
+#[test]
+fn record_in_doubt_flags_and_defers_or_parks() {
+    let mut f = fixture(2);
+    f.store.claim(2, 10).unwrap();
+    let timeout = Failure::local(
+        Stage::Data,
+        Category::ReadTimeout,
+        "no reply to the final dot",
+    );
+    f.store
+        .record(&[
+            outcome(
+                1,
+                20,
+                OutcomeKind::InDoubt {
+                    failure: timeout.clone(),
+                    next_attempt_at: Some(50),
+                },
+            ),
+            outcome(
+                2,
+                20,
+                OutcomeKind::InDoubt {
+                    failure: timeout,
+                    next_attempt_at: None,
+                },
+            ),
+        ])
+        .unwrap();
+    let (a, b) = (row(&f.store, 2), row(&f.store, 3));
+    assert_eq!(
+        (a.status, a.attempts, a.in_doubt),
+        (Status::Deferred, 1, true)
+    );
+    assert_eq!(
+        (b.status, b.attempts, b.in_doubt),
+        (Status::InDoubt, 1, true)
+    );
+    let s = f.store.summary().unwrap();
+    assert_eq!(s.in_doubt, 2);
+    assert_eq!(s.next_due, Some(50));
+    // The resent one keeps its flag once sent.
+    assert_eq!(ids(&f.store.claim(10, 60).unwrap()), [1]);
+    f.store.record(&[outcome(1, 70, sent())]).unwrap();
+    let a = row(&f.store, 2);
+    assert_eq!((a.status, a.in_doubt), (Status::Sent, true));
+}
+
+#[test]
+fn after_a_crash_only_marked_rows_are_in_doubt() {
+    let mut f = fixture(5);
+    f.store.claim(5, 10).unwrap();
+    // Row 1 answered, rows 2 and 3 marked (their final dot may be out), rows
+    // 4 and 5 claimed only; the mark of an answered row is cleared.
+    f.store
+        .mark_in_flight(&[RecipientId(1), RecipientId(2), RecipientId(3)])
+        .unwrap();
+    f.store.record(&[outcome(1, 20, sent())]).unwrap();
+    drop(f.store); // the run dies
+    let mut store = Store::open(&f.path, Durability::Normal).unwrap();
+    assert_eq!(store.recover_in_doubt(InDoubtPolicy::Skip).unwrap(), 2);
+    let s = store.summary().unwrap();
+    assert_eq!(s.count(Status::Sent), 1);
+    assert_eq!(s.count(Status::InDoubt), 2);
+    assert_eq!(
+        s.count(Status::Pending),
+        2,
+        "claimed, never marked: pending"
+    );
+    assert_eq!(s.count(Status::Sending), 0);
+    assert_eq!(s.in_doubt, 2);
+    let r = row(&store, 5);
+    assert_eq!((r.in_doubt, r.last_attempt_at), (false, None));
+    // The marks are gone: a second recovery finds nothing.
+    assert_eq!(store.recover_in_doubt(InDoubtPolicy::Skip).unwrap(), 0);
+}
+
+#[test]
+fn without_marks_every_sending_row_stays_in_doubt() {
+    // A file last run by an edm without marks: nothing is assumed unsent.
+    let mut f = fixture(2);
+    f.store.claim(2, 10).unwrap();
+    assert_eq!(f.store.recover_in_doubt(InDoubtPolicy::Resend).unwrap(), 2);
+}

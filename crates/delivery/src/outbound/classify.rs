@@ -31,6 +31,13 @@ pub fn classify_error(stage: Stage, err: &mail_send::Error) -> Failure {
     use mail_send::Error as E;
     match err {
         E::Io(e) => classify_io(stage, e),
+        // rustls says why the handshake failed: a certificate the system does
+        // not trust is a configuration problem that no retry fixes.
+        E::Tls(e) if matches!(**e, tokio_rustls::rustls::Error::InvalidCertificate(_)) => local(
+            stage,
+            Category::TlsCertificate,
+            format!("the relay's TLS certificate is not trusted: {e}"),
+        ),
         E::Tls(e) => local(stage, Category::Tls, format!("TLS error: {e}")),
         E::Base64(e) => local(
             stage,
@@ -109,6 +116,8 @@ pub fn classify_io(stage: Stage, e: &io::Error) -> Failure {
     use io::ErrorKind as K;
     let category = match e.kind() {
         K::ConnectionRefused => Category::ConnectRefused,
+        // ENETUNREACH / EHOSTUNREACH: no route to the relay.
+        K::NetworkUnreachable | K::HostUnreachable => Category::NetworkUnreachable,
         K::TimedOut => {
             if stage == Stage::Connect {
                 Category::ConnectTimeout
@@ -156,6 +165,15 @@ fn esc_is(r: &ReplyRef<'_>, esc: [u8; 3]) -> bool {
 /// Provider dialects, checked in order; the first match wins.
 /// Each entry cites the reply it handles (see `docs/failures.md`).
 pub static DIALECTS: &[Dialect] = &[
+    // Tencent Cloud SES refuses every message when the sender is not set up:
+    // `554 5.0.0 Error: ##SES-response-json: {"Response":{"Error":{"Code":
+    // "FailedOperation...","Message":"msg.From is null"}}}`. It is about the
+    // sender, so it stops the run (before the catch-all content entry below).
+    Dialect {
+        provider: "Tencent Cloud SES",
+        matches: |r| text_has(r, "msg.from is null"),
+        category: Category::SenderRefused,
+    },
     // Tencent Cloud SES: `554 5.0.0 Error: transaction failed, blame it on the weather:
     // ##SES-response-json: {"Response":{"Error":{"Code":"RequestLimitExceeded.SmtpRateLimit"..}}}`
     Dialect {
@@ -179,6 +197,14 @@ pub static DIALECTS: &[Dialect] = &[
         provider: "Tencent Cloud SES",
         matches: |r| text_has(r, "too longer line in input stream"),
         category: Category::ContentRejected,
+    },
+    // Amazon SES: `554 Message rejected: Email address is not verified. The
+    // following identities failed the check in region US-EAST-1: ...`: the
+    // sender is not a verified identity, so every message would be refused.
+    Dialect {
+        provider: "Amazon SES",
+        matches: |r| text_has(r, "email address is not verified"),
+        category: Category::SenderRefused,
     },
     // Amazon SES: `454 Throttling failure: Maximum sending rate exceeded.`
     Dialect {
@@ -241,6 +267,13 @@ pub static DIALECTS: &[Dialect] = &[
         provider: "generic",
         matches: |r| r.code / 100 == 4 && (text_has(r, "greylist") || text_has(r, "graylist")),
         category: Category::Greylisted,
+    },
+    // `530 5.7.0 Authentication required` (RFC 4954 §6) at MAIL FROM: the
+    // relay wants AUTH and none was done (no `[smtp] username`).
+    Dialect {
+        provider: "generic",
+        matches: |r| r.code == 530,
+        category: Category::Auth,
     },
 ];
 
@@ -371,12 +404,13 @@ pub fn retry_after(text: &str) -> Option<Duration> {
                 continue;
             };
             let unit = rest[digits.len()..].trim_start();
+            // The number comes from the server: saturate, never overflow.
             let secs = if unit.starts_with("s") {
                 n
             } else if unit.starts_with("min") || unit.starts_with("m ") || unit == "m" {
-                n * 60
+                n.saturating_mul(60)
             } else if unit.starts_with("h") {
-                n * 3600
+                n.saturating_mul(3600)
             } else {
                 continue;
             };

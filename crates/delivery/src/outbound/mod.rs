@@ -2,3 +2,4 @@
 
 pub mod classify;
 pub mod session;
+pub mod smtp;

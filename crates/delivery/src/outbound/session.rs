@@ -95,6 +95,9 @@ pub enum Afterwards {
     Usable,
     /// Closed or in an unknown state: drop it and reconnect.
     Broken,
+    /// Broken after the final dot was sent with no reply: the server may
+    /// have accepted the message, so the recipient is in doubt.
+    InDoubt,
 }
 
 async fn step<T>(
@@ -254,6 +257,17 @@ impl Session {
     /// Sends one message. On failure, says whether the connection can be reused
     /// (an RSET has already been done where one was needed).
     pub async fn send(&mut self, env: &Envelope) -> Result<Reply, (Failure, Afterwards)> {
+        self.send_marked(env, Box::pin(async { Ok(()) })).await
+    }
+
+    /// [`Session::send`], waiting for `before_dot` (the store's durable mark)
+    /// once the server is ready for the body: if it fails, the connection is
+    /// dropped without the final dot, so the message cannot be accepted.
+    pub async fn send_marked(
+        &mut self,
+        env: &Envelope,
+        before_dot: crate::transport::BoxFuture<'_, Result<(), String>>,
+    ) -> Result<Reply, (Failure, Afterwards)> {
         let s = self.settings.clone();
         // An address with a non-ASCII local part, or a UTF-8 header, can only
         // travel over SMTPUTF8 (RFC 6531 §3.2, RFC 6532); without it this
@@ -312,18 +326,46 @@ impl Session {
         if let Err((f, after)) = envelope_result {
             return Err((f, self.reset_if(after, &s).await));
         }
+        match tokio::time::timeout(s.command_timeout, before_dot).await {
+            Ok(Ok(())) => {}
+            Ok(Err(reason)) => {
+                return Err((
+                    Failure::local(Stage::Data, Category::Protocol, reason),
+                    Afterwards::Broken,
+                ));
+            }
+            Err(_) => {
+                return Err((
+                    Failure::local(
+                        Stage::Data,
+                        Category::Protocol,
+                        "the store did not mark in time",
+                    ),
+                    Afterwards::Broken,
+                ));
+            }
+        }
         // The message and the final dot: from here on the server may accept it.
         let client = &mut self.client;
-        let data = async {
+        let deadline = tokio::time::Instant::now() + s.data_timeout;
+        let write = async {
             use tokio::io::AsyncWriteExt;
             // One buffer, one write: mail-send's `write_message` walks the
             // message a byte at a time and writes in pieces.
             let stuffed = dot_stuff(&env.body);
             client.stream.write_all(&stuffed).await?;
-            client.stream.flush().await?;
-            client.read().await
+            client.stream.flush().await
         };
-        match tokio::time::timeout(s.data_timeout, data).await {
+        match tokio::time::timeout_at(deadline, write).await {
+            Ok(Ok(())) => {}
+            // The final dot is the last thing written: the server cannot
+            // have the whole message, so this is an ordinary failure.
+            Ok(Err(e)) => return Err((classify_io(Stage::Data, &e), Afterwards::Broken)),
+            Err(_) => return Err((timeout(Stage::Data), Afterwards::Broken)),
+        }
+        // The final dot is out: without its reply the message may have been
+        // accepted (RFC 5321 §4.1.1.4, §6.1), so it is in doubt, not failed.
+        match tokio::time::timeout_at(deadline, client.read()).await {
             Ok(Ok(r)) if r.is_positive_completion() => Ok(to_reply(r)),
             Ok(Ok(r)) => {
                 let f = negative(Stage::Data, &r);
@@ -336,8 +378,8 @@ impl Session {
                 };
                 Err((f, after))
             }
-            Ok(Err(e)) => Err((classify_error(Stage::Data, &e), Afterwards::Broken)),
-            Err(_) => Err((timeout(Stage::Data), Afterwards::Broken)),
+            Ok(Err(e)) => Err((classify_error(Stage::Data, &e), Afterwards::InDoubt)),
+            Err(_) => Err((timeout(Stage::Data), Afterwards::InDoubt)),
         }
     }
 

@@ -374,3 +374,77 @@ fn reply_text_kept_whole() {
     let text = "line one\nline two";
     assert_eq!(reply(Stage::Data, 451, [4, 3, 0], text).reply, text);
 }
+
+#[test]
+fn retry_after_saturates_on_huge_numbers() {
+    // The number comes from the server: no overflow panic, capped at a day.
+    let day = Some(Duration::from_secs(24 * 3600));
+    assert_eq!(retry_after("try again in 18446744073709551 minutes"), day);
+    assert_eq!(retry_after("try again in 18446744073709551615 hours"), day);
+}
+
+#[test]
+fn untrusted_certificate_is_tls_certificate() {
+    use tokio_rustls::rustls::{CertificateError, Error as R};
+    let e = mail_send::Error::Tls(Box::new(R::InvalidCertificate(
+        CertificateError::UnknownIssuer,
+    )));
+    let f = classify_error(Stage::Tls, &e);
+    assert_eq!(f.category, Category::TlsCertificate);
+    assert!(f.category.fails_fast());
+}
+
+#[test]
+fn no_route_is_network_unreachable() {
+    for kind in [
+        io::ErrorKind::NetworkUnreachable,
+        io::ErrorKind::HostUnreachable,
+    ] {
+        let e = mail_send::Error::Io(io::Error::from(kind));
+        assert_eq!(
+            classify_error(Stage::Connect, &e).category,
+            Category::NetworkUnreachable
+        );
+    }
+}
+
+#[test]
+fn refusals_that_hit_every_message_stop_the_run() {
+    let ses = reply(
+        Stage::Data,
+        554,
+        [0, 0, 0],
+        "Message rejected: Email address is not verified. The following identities failed the check in region US-EAST-1: news@acme.example",
+    );
+    assert_eq!(ses.category, Category::SenderRefused);
+    assert!(ses.stops_run());
+    let tencent = reply(
+        Stage::Data,
+        554,
+        [5, 0, 0],
+        r#"Error: ##SES-response-json: {"Response":{"Error":{"Code":"FailedOperation.MissingFrom","Message":"msg.From is null"}}}"#,
+    );
+    assert_eq!(tencent.category, Category::SenderRefused);
+    assert!(tencent.stops_run());
+    let auth = reply(Stage::MailFrom, 530, [5, 7, 0], "Authentication required");
+    assert_eq!(auth.category, Category::Auth);
+    assert!(auth.stops_run());
+    let sender = reply(
+        Stage::MailFrom,
+        553,
+        [5, 1, 8],
+        "Sender domain does not exist",
+    );
+    assert!(sender.stops_run());
+    let policy_at_mail = reply(Stage::MailFrom, 550, [5, 7, 1], "Sender blocked");
+    assert!(
+        policy_at_mail.stops_run(),
+        "any permanent refusal at MAIL FROM"
+    );
+    let too_big = reply(Stage::MailFrom, 552, [5, 3, 4], "too big");
+    assert!(!too_big.stops_run(), "SIZE is about this message");
+    let temp = reply(Stage::MailFrom, 451, [4, 3, 0], "try later");
+    assert!(!temp.stops_run());
+    let unknown = reply(Stage::RcptTo, 550, [5, 1, 1], "No such user");
+    assert!(!unknown.stops_run());
+}

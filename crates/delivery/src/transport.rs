@@ -1,0 +1,64 @@
+//! The transport seam: how the engine hands one envelope to a provider.
+//!
+//! The engine knows connections, not protocols: it opens one per worker with
+//! [`Transport::open`], sends envelopes on it one at a time with
+//! [`Connection::send`], and closes it with [`Connection::close`]. SMTP
+//! (`outbound::smtp`) is the first implementation; an HTTP API transport would
+//! be another, with a "connection" that is a client.
+//!
+//! Dynamic dispatch on purpose: one boxed future per transaction costs
+//! nothing next to a network round trip, and keeps the engine free of a type
+//! parameter on every function.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use edm_model::{Envelope, Failure, RecipientId, Reply};
+
+pub use crate::outbound::session::Afterwards;
+
+/// A boxed, sendable future (what trait methods return).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A way to reach a provider: opens connections.
+pub trait Transport: Send + Sync + 'static {
+    /// Where messages go, for the operator (`host:port`).
+    fn describe(&self) -> String;
+
+    /// Opens a connection (or client) ready for transactions. A failure here
+    /// is about the provider, never about a recipient.
+    fn open(&self) -> BoxFuture<'_, Result<Box<dyn Connection>, Failure>>;
+}
+
+/// One open connection: many transactions, one at a time.
+pub trait Connection: Send {
+    /// Sends one envelope. `before_dot` must complete before the point after
+    /// which the provider may accept the message (SMTP: the body and its
+    /// final dot); if it fails, the message must not be sent. On failure,
+    /// says what is left of the connection, and [`Afterwards::InDoubt`] when
+    /// the provider may have accepted it.
+    fn send<'a>(
+        &'a mut self,
+        env: &'a Envelope,
+        before_dot: BoxFuture<'a, Result<(), String>>,
+    ) -> BoxFuture<'a, Result<Reply, (Failure, Afterwards)>>;
+
+    /// Closes the connection politely, without waiting long.
+    fn close(self: Box<Self>) -> BoxFuture<'static, ()>;
+}
+
+/// Records, durably, that a recipient's message may now be accepted (the
+/// store's per-transaction mark, group-committed), so that after a crash only
+/// those can be in doubt. [`Marker::mark`] sends the request at once and
+/// returns a future for its commit: the engine overlaps it with the envelope
+/// commands and waits for it only before the final dot.
+pub trait Marker: Send + Sync + 'static {
+    /// Asks for the mark; the future resolves once it is committed.
+    fn mark(&self, id: RecipientId) -> BoxFuture<'static, Result<(), String>>;
+}
+
+impl std::fmt::Debug for dyn Marker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Marker")
+    }
+}
