@@ -725,6 +725,10 @@ port = 2525
             assert_eq!(section.retry_for, engine.retry_for);
             assert_eq!(section.max_outage, defaults::MAX_OUTAGE);
             assert_eq!(section.quota_pause, defaults::QUOTA_PAUSE);
+            assert_eq!(
+                section.stop_after_identical_refusals,
+                defaults::STOP_AFTER_IDENTICAL_REFUSALS
+            );
         }
         let smtp = &c.config.smtp;
         assert_eq!(smtp.connect_timeout, defaults::CONNECT_TIMEOUT);
