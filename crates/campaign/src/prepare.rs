@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use edm_model::{RecipientId, Status};
 use edm_recipients::{Suppression, Verdict};
-use edm_store::{Durability, InDoubtPolicy, IngestPass, NewRow, Store};
+use edm_store::{CampaignStore, Durability, InDoubtPolicy, IngestPass, NewRow, Store};
 use edm_template::Templates;
 
 use crate::Error;
@@ -17,8 +17,9 @@ use crate::inputs::compile_templates;
 
 /// A campaign ready to send.
 pub struct Prepared {
-    /// The state, locked for this run.
-    pub store: Store,
+    /// The state, locked for this run (SQLite here; the run only uses the
+    /// [`CampaignStore`] interface).
+    pub store: Box<dyn CampaignStore>,
     /// The CSV header.
     pub columns: Vec<String>,
     /// Compiled templates.
@@ -78,7 +79,7 @@ pub fn prepare_with_stop(
         DurabilityName::Normal => Durability::Normal,
         DurabilityName::Full => Durability::Full,
     };
-    let mut store = Store::open(state, durability)?;
+    let mut store: Box<dyn CampaignStore> = Box::new(Store::open(state, durability)?);
     store.lock_for_run(std::process::id())?;
     let repaired = store.take_repair_notice()?;
     let prints = fingerprint(c)?;
@@ -101,7 +102,7 @@ pub fn prepare_with_stop(
                 store.begin_ingest(csv_print)?
             }
         };
-        let (n, columns) = ingest(c, &mut store, None, &pass, stop)?;
+        let (n, columns) = ingest(c, store.as_mut(), None, &pass, stop)?;
         ingested = n;
         let mut meta = meta.clone();
         meta.push(("campaign", &c.config.campaign.name));
@@ -116,7 +117,7 @@ pub fn prepare_with_stop(
             if csv_changed {
                 store.discard_recipients()?;
                 let pass = store.begin_ingest(csv_print)?;
-                let (n, read) = ingest(c, &mut store, None, &pass, stop)?;
+                let (n, read) = ingest(c, store.as_mut(), None, &pass, stop)?;
                 (ingested, columns, reingested) = (n, Some(read), true);
             }
             store.finish_ingest(columns.as_deref(), &meta)?;
@@ -145,7 +146,7 @@ pub fn prepare_with_stop(
                 };
                 let known = store.rows_by_email()?;
                 let mut present = HashSet::new();
-                added = ingest(c, &mut store, Some((&known, &mut present)), &pass, stop)?.0;
+                added = ingest(c, store.as_mut(), Some((&known, &mut present)), &pass, stop)?.0;
                 // Rows no longer in the file: not sent any more, and said so.
                 let removed: Vec<_> = known
                     .iter()
@@ -213,7 +214,7 @@ type Known<'a> = (
 /// there: nothing is stored twice and nothing read is lost.
 fn ingest(
     c: &Campaign,
-    store: &mut Store,
+    store: &mut dyn CampaignStore,
     mut known: Option<Known<'_>>,
     pass: &IngestPass,
     stop: &AtomicBool,

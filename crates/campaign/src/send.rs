@@ -27,7 +27,7 @@ use tokio::sync::{Notify, mpsc, watch};
 
 use crate::config::{Campaign, SecurityName};
 use crate::prepare::{Prepared, prepare_with_stop};
-use crate::writer::{StoreView, Writer};
+use crate::writer::{StoreView, Writer, WriterMarker, record};
 use crate::{Error, Task};
 
 /// Options of one `edm send`.
@@ -418,9 +418,12 @@ async fn run(
         ..
     } = prepared;
     let concurrency = dcfg.concurrency;
-    let writer = Arc::new(Writer::spawn(store));
+    let writer = Arc::new(Writer::spawn(store).map_err(|e| Error::Io {
+        path: state.clone(),
+        source: e,
+    })?);
     // Every final dot waits for its durable mark (docs/resume.md).
-    dcfg.marker = Some(Arc::new(writer.marker()));
+    dcfg.marker = Some(Arc::new(WriterMarker(writer.marks())));
     if in_doubt > 0 {
         let what = match opts.in_doubt {
             InDoubtPolicy::Resend => "they are sent again (see `edm report --in-doubt`)",
@@ -516,30 +519,32 @@ async fn run(
         .map(|mut m| m.drain().map(|(id, _)| id).collect())
         .unwrap_or_default();
     for id in orphans {
-        writer
-            .record(Outcome {
+        record(
+            &writer,
+            Outcome {
                 id,
                 at: now_ms(),
                 kind: OutcomeKind::Released,
-            })
-            .await;
+            },
+        )
+        .await;
     }
     control_task.abort();
     progress_task.abort();
     // Wait for the aborted task to drop its handle on the writer.
     let _ = progress_task.await;
-    let store_failed = writer.failed.lock().ok().and_then(|f| f.clone());
+    let store_failed = writer.failure();
     let writer = Arc::try_unwrap(writer).map_err(|_| Error::Crashed {
         file: state.clone(),
         task: Task::StoreWriter,
         reason: "it is still shared at the end of the run".into(),
     })?;
-    let store = writer.finish().map_err(|reason| Error::StoreWriter {
+    let store = writer.finish().map_err(|e| Error::StoreWriter {
         state: state.clone(),
-        reason,
+        reason: e.to_string(),
     })?;
     let summary = store.summary()?;
-    crate::suppress::after_run(&campaign, &store, progress_tx.borrow().started_at);
+    crate::suppress::after_run(&campaign, store.as_ref(), progress_tx.borrow().started_at);
     let end = match (engine_end, store_failed, feed_end) {
         (EngineEnd::Crashed(e), _, _) | (_, _, FeedEnd::Crashed(e)) => RunEnd::Crashed(e),
         (EngineEnd::AuthRefused(f), _, _) => RunEnd::AuthRefused(f),
@@ -562,7 +567,7 @@ async fn run(
     // A last snapshot, so displays show the final counts.
     let mut last = progress_tx.borrow().clone();
     last.counts = summary.counts.clone();
-    if let Ok(view) = StoreView::read(&store) {
+    if let Ok(view) = StoreView::read(store.as_ref()) {
         last.by_category = view.summary.by_category;
         last.top_replies = view.top_replies;
         last.recent_failures = view.recent_failures.into_iter().rev().collect();
@@ -634,13 +639,15 @@ async fn handle_event(
             if let Some(i) = &info {
                 bump(&i.domain, |c| c.sent += 1);
             }
-            writer
-                .record(Outcome {
+            record(
+                writer,
+                Outcome {
                     id,
                     at: now,
                     kind: OutcomeKind::Sent { reply, message_id },
-                })
-                .await;
+                },
+            )
+            .await;
         }
         DeliveryEvent::Rejected { id, failure } => {
             let info = take(id);
@@ -669,17 +676,19 @@ async fn handle_event(
                     OutcomeKind::Failed { failure }
                 }
             };
-            writer.record(Outcome { id, at: now, kind }).await;
+            record(writer, Outcome { id, at: now, kind }).await;
         }
         DeliveryEvent::Held { id, failure } => {
             take(id);
-            writer
-                .record(Outcome {
+            record(
+                writer,
+                Outcome {
                     id,
                     at: now,
                     kind: OutcomeKind::Held { failure },
-                })
-                .await;
+                },
+            )
+            .await;
         }
         DeliveryEvent::InDoubt { id, failure } => {
             let info = take(id);
@@ -710,26 +719,30 @@ async fn handle_event(
                 }
                 _ => None,
             };
-            writer
-                .record(Outcome {
+            record(
+                writer,
+                Outcome {
                     id,
                     at: now,
                     kind: OutcomeKind::InDoubt {
                         failure,
                         next_attempt_at,
                     },
-                })
-                .await;
+                },
+            )
+            .await;
         }
         DeliveryEvent::Returned { id } => {
             take(id);
-            writer
-                .record(Outcome {
+            record(
+                writer,
+                Outcome {
                     id,
                     at: now,
                     kind: OutcomeKind::Released,
-                })
-                .await;
+                },
+            )
+            .await;
         }
         DeliveryEvent::Notice(n) => {
             let kind = match &n {
@@ -782,10 +795,7 @@ async fn feed(
     // transactions in flight, about four times `concurrency` at most.
     let batch = (concurrency * 2).clamp(2, 256);
     let mut claimed_total = 0u64;
-    let stopping = || {
-        shared.stopping.load(Ordering::SeqCst)
-            || writer.failed.lock().map(|f| f.is_some()).unwrap_or(true)
-    };
+    let stopping = || shared.stopping.load(Ordering::SeqCst) || writer.failure().is_some();
     loop {
         if stopping() {
             return FeedEnd::Stopped;
@@ -826,9 +836,7 @@ async fn feed(
         let claimed = match writer.claim(want, max_due, now_ms()).await {
             Ok(c) => c,
             Err(e) => {
-                if let Ok(mut f) = writer.failed.lock() {
-                    f.get_or_insert(e);
-                }
+                writer.fail(e.to_string());
                 return FeedEnd::Stopped;
             }
         };
@@ -869,13 +877,15 @@ async fn feed(
         let mut engine_gone = false;
         for r in claimed {
             if engine_gone {
-                writer
-                    .record(Outcome {
+                record(
+                    &writer,
+                    Outcome {
                         id: r.id,
                         at: now_ms(),
                         kind: OutcomeKind::Released,
-                    })
-                    .await;
+                    },
+                )
+                .await;
                 continue;
             }
             match templates.render(&columns, &r) {
@@ -903,24 +913,28 @@ async fn feed(
                         if let Ok(mut m) = shared.in_flight.lock() {
                             m.remove(&env.id);
                         }
-                        writer
-                            .record(Outcome {
+                        record(
+                            &writer,
+                            Outcome {
                                 id: env.id,
                                 at: now_ms(),
                                 kind: OutcomeKind::Released,
-                            })
-                            .await;
+                            },
+                        )
+                        .await;
                     }
                 }
                 Err(failure) => {
                     shared.failed.fetch_add(1, Ordering::Relaxed);
-                    writer
-                        .record(Outcome {
+                    record(
+                        &writer,
+                        Outcome {
                             id: r.id,
                             at: now_ms(),
                             kind: OutcomeKind::Failed { failure },
-                        })
-                        .await;
+                        },
+                    )
+                    .await;
                 }
             }
         }
@@ -936,7 +950,7 @@ async fn progress_loop(
     engine: watch::Receiver<edm_delivery::EngineStatus>,
     tx: watch::Sender<Progress>,
 ) {
-    let mut view_rx = writer.view.clone();
+    let mut view_rx = writer.view();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut last_sent = 0u64;
     let mut last_sample = tokio::time::Instant::now();

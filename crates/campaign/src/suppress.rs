@@ -26,7 +26,7 @@ use std::time::SystemTime;
 
 use edm_model::{Category, Status, UnixMillis};
 use edm_recipients::{Suppression, normalize, validate};
-use edm_store::{ExportFilter, Store};
+use edm_store::{CampaignStore, ExportFilter};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
@@ -355,7 +355,7 @@ pub(crate) fn campaign_suppression(c: &Campaign) -> Result<Option<Suppression>, 
 /// `recipient_unknown` since `since` to the shared list, unless
 /// `[campaign] auto_suppress = false`. Never fails the run: a problem is
 /// logged.
-pub(crate) fn after_run(c: &Campaign, store: &Store, since: UnixMillis) {
+pub(crate) fn after_run(c: &Campaign, store: &dyn CampaignStore, since: UnixMillis) {
     if !c.config.campaign.auto_suppress {
         return;
     }
@@ -376,7 +376,7 @@ pub(crate) fn after_run(c: &Campaign, store: &Store, since: UnixMillis) {
 
 fn auto_suppress(
     c: &Campaign,
-    store: &Store,
+    store: &dyn CampaignStore,
     since: UnixMillis,
     list: &SharedSuppression,
 ) -> Result<u64, Error> {
@@ -387,29 +387,23 @@ fn auto_suppress(
     };
     let campaign = &c.config.campaign.name;
     let mut bounced = Vec::new();
-    store
-        .export(&filter, |row| {
-            // Only this run's: an address removed from the list by hand
-            // does not come back because an old run bounced it.
-            if row.last_attempt_at.is_some_and(|at| at >= since) {
-                let reply = [
-                    row.smtp_code.map(|c| c.to_string()),
-                    row.enhanced_code.clone(),
-                    row.reply.clone(),
-                ]
-                .into_iter()
-                .flatten()
-                .collect::<Vec<_>>()
-                .join(" ");
-                let reason = format!("{}: {reply}", Category::RecipientUnknown);
-                bounced.push(SuppressedAddress::now(&row.email, &reason, campaign));
-            }
-            Ok::<(), std::convert::Infallible>(())
-        })
-        .map_err(|e| match e {
-            edm_store::ExportError::Store(e) => Error::Store(e),
-            edm_store::ExportError::Sink(never) => match never {},
-        })?;
+    store.export_rows(&filter, &mut |row| {
+        // Only this run's: an address removed from the list by hand
+        // does not come back because an old run bounced it.
+        if row.last_attempt_at.is_some_and(|at| at >= since) {
+            let reply = [
+                row.smtp_code.map(|c| c.to_string()),
+                row.enhanced_code.clone(),
+                row.reply.clone(),
+            ]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" ");
+            let reason = format!("{}: {reply}", Category::RecipientUnknown);
+            bounced.push(SuppressedAddress::now(&row.email, &reason, campaign));
+        }
+    })?;
     if bounced.is_empty() {
         return Ok(0);
     }

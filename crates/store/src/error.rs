@@ -130,6 +130,16 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The run's store writer ([`Writer`](crate::Writer)) is gone (its thread
+    /// ended or panicked), so this request (an outcome, a claim, a mark) was
+    /// not carried out. Never silent: the run reports it and stops.
+    #[error("{}: the store writer stopped; {what} was not recorded", path.display())]
+    WriterStopped {
+        /// The database file.
+        path: PathBuf,
+        /// What was lost ("the outcome of recipient 12", say).
+        what: String,
+    },
 }
 
 impl Error {

@@ -1,7 +1,23 @@
 //! The campaign state of edm in SQLite: one file per campaign, one writer,
 //! any number of read-only readers at the same time.
 //!
-//! # Overview
+//! # The seam
+//! A run talks to its state through [`CampaignStore`]: ingest (with its
+//! checkpoint and unique key), claim, record outcomes (with the durable mark
+//! before a final dot), tallies, events, the run lock and the metadata that
+//! holds the input fingerprints. [`Store`] (SQLite) implements it, and so
+//! does [`MemoryStore`]; one suite of tests (`suite.rs`) runs against both,
+//! and a new implementation (PostgreSQL, say) joins by passing it.
+//! [`Writer`] is a run's one writer: a thread that owns any
+//! `Box<dyn CampaignStore>`, batches outcomes into few commits, group-commits
+//! marks ([`writer::Marks`]) and publishes a [`StoreView`] for progress
+//! displays. An outcome it cannot take is an error and the run's failure
+//! ([`Writer::failure`]), never dropped silently.
+//!
+//! Operator commands on a file (`edm report`'s export, `edm retry`) use the
+//! SQLite [`Store`] directly.
+//!
+//! # Overview (SQLite)
 //! - [`Store`]: one campaign file. [`Store::open`] (writer) creates and
 //!   migrates it; [`Store::open_read_only`] attaches `edm status` or
 //!   `edm watch` to a running campaign; [`Store::lock_for_run`] makes sure
@@ -27,7 +43,11 @@
 //!   and [`Store::export`] which streams [`ExportRow`]s in line order.
 //!
 //! # Layout
-//! - `schema.rs`: the DDL, migrations (`PRAGMA user_version`), and the
+//! - `lib.rs`: this manual and the [`CampaignStore`] trait.
+//! - `sqlite.rs`: the trait for [`Store`]; `memory.rs`: [`MemoryStore`];
+//!   `writer.rs`: [`Writer`]; `suite.rs`: the tests of the trait.
+//! - `schema.rs`: the DDL, migrations (`PRAGMA user_version`; version 3
+//!   adds the durable marks' table), and the
 //!   trigger-kept tallies that make summaries free of table scans.
 //! - `store.rs`: opening, pragmas, the run lock, metadata, the event log.
 //! - `ingest.rs`: ingest passes, their checkpoints, discarding a list.
@@ -51,20 +71,133 @@
 
 mod error;
 mod ingest;
+pub mod memory;
 mod read;
 mod schema;
+mod sqlite;
 mod store;
 mod types;
 mod write;
+pub mod writer;
 
 pub use error::{Error, ExportError, Result};
 pub use ingest::IngestPass;
+pub use memory::MemoryStore;
 pub use store::{Store, create_private_dir, private_file, private_options};
 pub use types::{
     Durability, ExportFilter, ExportRow, InDoubtPolicy, NewRow, Outcome, OutcomeKind, ReplyCount,
     Summary,
 };
 pub use write::normalize;
+pub use writer::{StoreView, Writer};
+
+use std::collections::HashMap;
+
+use edm_model::{DomainCounts, FailureRow, Recipient, RecipientId, Status, UnixMillis};
+
+/// What a run needs from a campaign store: the seam between the campaign
+/// and where its state lives.
+///
+/// [`Store`] (SQLite) is the implementation `edm` uses; [`MemoryStore`]
+/// implements it in memory, and the suite in `suite.rs` runs the same
+/// assertions against both, so another implementation (PostgreSQL, for
+/// several machines sharing one campaign) is added by passing that suite.
+/// [`Writer`] is the one writer of a run, generic over it.
+///
+/// The promises every implementation keeps (each one a test of the suite):
+/// - **Ingest checkpoint:** [`insert_rows`](CampaignStore::insert_rows)
+///   stores a batch and moves the pass's checkpoint
+///   ([`IngestPass::after_line`]) atomically; a line already stored by the
+///   pass is refused with [`Error::AlreadyStored`] and the batch rolled back
+///   (the unique key on generation and line).
+/// - **Claim** moves rows to `sending` before it returns, pending rows by id
+///   first, then due deferred rows (at most `max_due`), earliest first.
+/// - **Durable mark:** [`record_and_mark`](CampaignStore::record_and_mark)
+///   commits outcomes and marks together; an outcome clears its mark; after
+///   a crash, [`recover_in_doubt`](CampaignStore::recover_in_doubt) flags
+///   only marked rows once marks were used and puts the other `sending`
+///   rows back as before their claim.
+/// - **Tallies** ([`summary`](CampaignStore::summary)) count every status,
+///   the in-doubt flag and failing categories.
+pub trait CampaignStore: Send {
+    /// A name for messages: the database file, or what stands for it.
+    fn location(&self) -> &std::path::Path;
+
+    // The run lock and the metadata (the input fingerprints live there).
+
+    /// Takes the exclusive run lock of this campaign (see [`Store::lock_for_run`]).
+    fn lock_for_run(&mut self, pid: u32) -> Result<()>;
+    /// Reads a metadata value (an input fingerprint, say).
+    fn meta(&self, key: &str) -> Result<Option<String>>;
+    /// Writes a metadata value.
+    fn set_meta(&mut self, key: &str, value: &str) -> Result<()>;
+    /// True once ingest completed with the header recorded.
+    fn is_ingested(&self) -> Result<bool>;
+    /// The CSV header recorded at ingest (empty before).
+    fn columns(&self) -> Result<Vec<String>>;
+
+    // Ingest.
+
+    /// The latest ingest pass (see [`Store::ingest_pass`]).
+    fn ingest_pass(&self) -> Result<Option<IngestPass>>;
+    /// Begins a pass in a new generation (see [`Store::begin_ingest`]).
+    fn begin_ingest(&mut self, source: &str) -> Result<IngestPass>;
+    /// Stores a batch with the pass's checkpoint (see [`Store::insert_rows`]).
+    fn insert_rows(&mut self, rows: &[NewRow]) -> Result<()>;
+    /// Closes the pass (see [`Store::finish_ingest`]).
+    fn finish_ingest(&mut self, columns: Option<&[String]>, meta: &[(&str, &str)]) -> Result<()>;
+    /// Deletes every recipient and the ingest state (see [`Store::discard_recipients`]).
+    fn discard_recipients(&mut self) -> Result<u64>;
+    /// True when anything was ever attempted (see [`Store::ever_attempted`]).
+    fn ever_attempted(&self) -> Result<bool>;
+    /// Normalised address to first row (see [`Store::rows_by_email`]).
+    fn rows_by_email(&self) -> Result<HashMap<String, (RecipientId, Status)>>;
+    /// Skips rows removed from the file (see [`Store::skip_unsent`]).
+    fn skip_unsent(&mut self, ids: &[RecipientId], reason: &str) -> Result<u64>;
+    /// Copies repaired at migration, said once (see [`Store::take_repair_notice`]).
+    fn take_repair_notice(&mut self) -> Result<u64>;
+
+    // The per-recipient state machine.
+
+    /// Deals with rows a dead run left `sending` (see [`Store::recover_in_doubt`]).
+    fn recover_in_doubt(&mut self, policy: InDoubtPolicy) -> Result<u64>;
+    /// Claims up to `limit` recipients, at most `max_due` deferred ones
+    /// (see [`Store::claim_with_budget`]).
+    fn claim_with_budget(
+        &mut self,
+        limit: usize,
+        max_due: usize,
+        now: UnixMillis,
+    ) -> Result<Vec<Recipient>>;
+    /// Records outcomes and durable marks together (see [`Store::record_and_mark`]).
+    fn record_and_mark(&mut self, outcomes: &[Outcome], marks: &[RecipientId]) -> Result<()>;
+    /// Records outcomes (see [`Store::record`]).
+    fn record(&mut self, outcomes: &[Outcome]) -> Result<()> {
+        self.record_and_mark(outcomes, &[])
+    }
+
+    // Tallies and views.
+
+    /// Counts by status and category (see [`Store::summary`]).
+    fn summary(&self) -> Result<Summary>;
+    /// Recipients sent at or after `since` (see [`Store::sent_since`]).
+    fn sent_since(&self, since: UnixMillis) -> Result<u64>;
+    /// The latest failed and deferred recipients (see [`Store::recent_failures`]).
+    fn recent_failures(&self, limit: usize) -> Result<Vec<FailureRow>>;
+    /// The most frequent failure replies (see [`Store::top_replies`]).
+    fn top_replies(&self, limit: usize) -> Result<Vec<ReplyCount>>;
+    /// The busiest domains (see [`Store::domain_counts`]).
+    fn domain_counts(&self, limit: usize) -> Result<Vec<(String, DomainCounts)>>;
+    /// Every matching row in line order (see [`Store::export`]).
+    fn export_rows(&self, filter: &ExportFilter, f: &mut dyn FnMut(&ExportRow)) -> Result<()>;
+
+    // Events.
+
+    /// Appends a line to the event log.
+    fn log_event(&mut self, at: UnixMillis, kind: &str, text: &str) -> Result<()>;
+    /// The last `limit` events, oldest first.
+    fn recent_events(&self, limit: usize) -> Result<Vec<(UnixMillis, String, String)>>;
+}
 
 /// The schema version this build writes (`PRAGMA user_version`).
 pub const SCHEMA_VERSION: i64 = schema::VERSION;
@@ -74,3 +207,9 @@ mod plan_tests;
 
 #[cfg(test)]
 mod ingest_tests;
+
+#[cfg(test)]
+mod schema_tests;
+
+#[cfg(test)]
+mod suite;

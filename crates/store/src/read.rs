@@ -250,7 +250,7 @@ impl Store {
 }
 
 /// `550 5.1.1 text`, or just the text without a code.
-fn reply_line(code: Option<u16>, enhanced: Option<&str>, text: &str) -> String {
+pub(crate) fn reply_line(code: Option<u16>, enhanced: Option<&str>, text: &str) -> String {
     let mut s = String::new();
     if let Some(c) = code {
         s.push_str(&c.to_string());

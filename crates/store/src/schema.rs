@@ -12,7 +12,7 @@ use rusqlite::Connection;
 use crate::error::{AtPath, Error, Result};
 
 /// The schema version this build writes.
-pub(crate) const VERSION: i64 = 2;
+pub(crate) const VERSION: i64 = 3;
 
 /// The statuses a claim reads from; the claim index holds only these rows, so
 /// it stays small however many recipients are final. Queries that want the
@@ -134,15 +134,23 @@ END;
 /// sit on lines of their own, so the key never refuses them. Copies already
 /// stored by older builds are marked (`copy_of`) and left out of the key by
 /// [`repair_copies`] before the index is built.
-const V2_COLUMNS: &str = "
+pub(crate) const V2_COLUMNS: &str = "
 ALTER TABLE recipients ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE recipients ADD COLUMN copy_of INTEGER;   -- id of the row this one repeats
 ";
 
-const V2_INDEX: &str = "
+pub(crate) const V2_INDEX: &str = "
 CREATE UNIQUE INDEX recipients_source ON recipients (generation, line)
     WHERE copy_of IS NULL;
 ";
+
+/// Version 3: the durable marks before a final dot (issue 10 point 6): the
+/// ids of recipients whose transaction may reach its final dot, written
+/// (group-committed) before it and cleared with the outcome; empty between
+/// runs. Builds between version 2 and this one created the table at every
+/// open, outside the migrations: `IF NOT EXISTS` keeps such a file's table
+/// (and any marks a crash left in it, which the next run must still see).
+pub(crate) const V3: &str = "CREATE TABLE IF NOT EXISTS dot_marks (id INTEGER PRIMARY KEY);";
 
 /// Reads `PRAGMA user_version`.
 pub(crate) fn version(conn: &Connection, path: &Path) -> Result<i64> {
@@ -187,7 +195,8 @@ pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<Migrated> {
                 repair_copies(&tx, path)?;
                 tx.execute_batch(V2_INDEX).at(path)?;
             }
-            // Future steps: `2 => tx.execute_batch(V3)?`, ...
+            2 => tx.execute_batch(V3).at(path)?,
+            // Future steps: `3 => tx.execute_batch(V4)?`, ...
             _ => unreachable!("no migration from version {from}"),
         }
         tx.pragma_update(None, "user_version", from + 1).at(path)?;

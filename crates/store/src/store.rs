@@ -77,9 +77,6 @@ impl Store {
         // index in random order, and the default 2 MiB cache makes that thrash.
         conn.pragma_update(None, "cache_size", -16_384).at(&path)?;
         let migrated = schema::migrate(&mut conn, &path)?;
-        // The durable per-transaction marks (`Store::mark_in_flight`): a side
-        // table, empty between runs, that older versions simply ignore.
-        conn.execute_batch(crate::write::MARKS_TABLE).at(&path)?;
         let mut store = Store {
             conn,
             path,

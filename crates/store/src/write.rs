@@ -31,12 +31,6 @@ fn claim_due_sql() -> String {
     )
 }
 
-/// Recipients whose transaction may reach its final dot: marked (durably,
-/// group-committed) before it, cleared with the outcome. After a crash only
-/// marked rows can have been delivered.
-pub(crate) const MARKS_TABLE: &str =
-    "CREATE TABLE IF NOT EXISTS dot_marks (id INTEGER PRIMARY KEY)";
-
 /// Set in meta once a run has used marks: from then on an unmarked `sending`
 /// row after a crash was never sent. A file last run by an older edm (no
 /// marks) keeps treating every `sending` row as in doubt.

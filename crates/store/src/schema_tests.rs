@@ -1,0 +1,87 @@
+//! The version 3 migration: the durable marks' table, created by the
+//! migrations rather than at every open.
+
+use edm_model::{RecipientId, Status};
+use rusqlite::{Connection, params};
+
+use crate::schema::{V1, V2_COLUMNS, V2_INDEX, VERSION};
+use crate::{Durability, InDoubtPolicy, Store};
+
+/// A version-2 file as the build of issue 9 left it: two rows being sent.
+fn v2_store(path: &std::path::Path) -> Connection {
+    let conn = Connection::open(path).unwrap();
+    conn.execute_batch(V1).unwrap();
+    conn.execute_batch(V2_COLUMNS).unwrap();
+    conn.execute_batch(V2_INDEX).unwrap();
+    conn.pragma_update(None, "user_version", 2).unwrap();
+    for (line, email) in [(2, "a@example.com"), (3, "b@example.com")] {
+        conn.execute(
+            "INSERT INTO recipients (line, email, email_norm, domain, fields, status, updated_at)
+             VALUES (?1, ?2, ?2, 'example.com', '[]', 'sending', 0)",
+            params![line, email],
+        )
+        .unwrap();
+    }
+    conn
+}
+
+fn has_marks_table(store: &Store) -> bool {
+    store
+        .conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'dot_marks'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .unwrap()
+        == 1
+}
+
+fn version(store: &Store) -> i64 {
+    store
+        .conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap()
+}
+
+#[test]
+fn a_version_2_file_migrates_to_3_with_the_marks_table() {
+    assert_eq!(VERSION, 3);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    drop(v2_store(&path));
+    let mut store = Store::open(&path, Durability::Normal).unwrap();
+    assert_eq!(version(&store), 3);
+    assert!(has_marks_table(&store));
+    // The marks work: only the marked row is in doubt after a "crash".
+    store.mark_in_flight(&[RecipientId(1)]).unwrap();
+    assert_eq!(store.recover_in_doubt(InDoubtPolicy::Skip).unwrap(), 1);
+    let s = store.summary().unwrap();
+    assert_eq!((s.count(Status::InDoubt), s.count(Status::Pending)), (1, 1));
+}
+
+#[test]
+fn a_file_already_holding_the_marks_table_migrates_and_keeps_its_marks() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    let conn = v2_store(&path);
+    // What the build between versions 2 and 3 left after a kill -9: the
+    // side table created at open, one mark, and the meta flag.
+    conn.execute_batch(
+        "CREATE TABLE dot_marks (id INTEGER PRIMARY KEY);
+         INSERT INTO dot_marks (id) VALUES (2);
+         INSERT INTO meta (key, value) VALUES ('dot_marks', '1');",
+    )
+    .unwrap();
+    drop(conn);
+    let mut store = Store::open(&path, Durability::Normal).unwrap();
+    assert_eq!(version(&store), 3);
+    assert!(has_marks_table(&store));
+    assert_eq!(store.recover_in_doubt(InDoubtPolicy::Skip).unwrap(), 1);
+    let s = store.summary().unwrap();
+    assert_eq!((s.count(Status::InDoubt), s.count(Status::Pending)), (1, 1));
+    // Reopening a version-3 file runs no step again.
+    drop(store);
+    let store = Store::open(&path, Durability::Normal).unwrap();
+    assert_eq!(version(&store), 3);
+}

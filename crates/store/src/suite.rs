@@ -1,0 +1,496 @@
+//! The suite of the [`CampaignStore`] seam: every test is written against
+//! the trait and instantiated for each implementation by [`suite!`], so SQLite
+//! and memory keep the same promises (and a PostgreSQL store, later, is added
+//! by one more line at the bottom). The ingest checkpoint, the unique key and
+//! the durable mark are part of it.
+
+use edm_model::{Category, Failure, Recipient, RecipientId, Reply, Stage, Status, UnixMillis};
+
+use crate::{
+    CampaignStore, Error, ExportFilter, InDoubtPolicy, MemoryStore, NewRow, Outcome, OutcomeKind,
+    Store,
+};
+
+fn new_row(line: u64, email: &str) -> NewRow {
+    NewRow {
+        line,
+        email: email.to_string(),
+        values: vec![email.to_string(), format!("name {line}")],
+        status: Status::Pending,
+        category: None,
+        reason: None,
+        duplicate_of: None,
+    }
+}
+
+/// A store holding `n` pending recipients on lines 2.., ingest complete.
+fn with_rows<S: CampaignStore>(store: &mut S, n: u64) {
+    store.begin_ingest("csv-1").unwrap();
+    let rows: Vec<NewRow> = (0..n)
+        .map(|i| {
+            let domain = if i % 2 == 0 { "a.example" } else { "b.example" };
+            new_row(i + 2, &format!("r{i}@{domain}"))
+        })
+        .collect();
+    store.insert_rows(&rows).unwrap();
+    let columns = ["email".to_string(), "name".to_string()];
+    store.finish_ingest(Some(&columns), &[]).unwrap();
+}
+
+fn refusal(category: Category, code: u16, text: &str) -> Failure {
+    Failure {
+        stage: Stage::RcptTo,
+        category,
+        smtp_code: Some(code),
+        enhanced_code: Some("5.1.1".into()),
+        reply: text.into(),
+        permanent: code >= 500,
+        retry_after: None,
+    }
+}
+
+fn outcome(r: &Recipient, at: UnixMillis, kind: OutcomeKind) -> Outcome {
+    Outcome { id: r.id, at, kind }
+}
+
+fn sent(r: &Recipient, at: UnixMillis) -> Outcome {
+    outcome(
+        r,
+        at,
+        OutcomeKind::Sent {
+            reply: Reply {
+                code: 250,
+                enhanced: Some("2.0.0".into()),
+                text: "queued".into(),
+            },
+            message_id: format!("<{}@edm>", r.id.0),
+        },
+    )
+}
+
+fn status_of<S: CampaignStore>(store: &S, line: u64) -> Status {
+    let mut found = None;
+    store
+        .export_rows(&ExportFilter::default(), &mut |row| {
+            if row.line == line {
+                found = Some(row.status);
+            }
+        })
+        .unwrap();
+    found.unwrap()
+}
+
+fn counts<S: CampaignStore>(store: &S, statuses: &[Status]) -> Vec<u64> {
+    let s = store.summary().unwrap();
+    statuses.iter().map(|st| s.count(*st)).collect()
+}
+
+/// The checkpoint moves with each batch; a line the pass already stored is
+/// refused and its whole batch is rolled back; a new pass may reuse lines.
+pub(crate) fn ingest_checkpoint_and_unique_key<S: CampaignStore>(store: &mut S) {
+    assert_eq!(store.ingest_pass().unwrap(), None);
+    let pass = store.begin_ingest("csv-1").unwrap();
+    assert_eq!(
+        (pass.generation, pass.after_line, pass.complete),
+        (0, 0, false)
+    );
+    store
+        .insert_rows(&[new_row(2, "a@x.example"), new_row(3, "b@x.example")])
+        .unwrap();
+    let pass = store.ingest_pass().unwrap().unwrap();
+    assert_eq!((pass.after_line, pass.rows, pass.complete), (3, 2, false));
+    assert_eq!(pass.source, "csv-1");
+
+    // Line 3 again (a resumed pass that re-read it): refused, line 4 not stored.
+    let err = store
+        .insert_rows(&[new_row(4, "c@x.example"), new_row(3, "b@x.example")])
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::AlreadyStored {
+                line: 3,
+                generation: 0,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(store.summary().unwrap().total, 2, "the batch rolled back");
+    let pass = store.ingest_pass().unwrap().unwrap();
+    assert_eq!((pass.after_line, pass.rows), (3, 2), "checkpoint unmoved");
+
+    // Only ingest statuses are accepted.
+    let mut bad = new_row(9, "d@x.example");
+    bad.status = Status::Sent;
+    let err = store.insert_rows(&[bad]).unwrap_err();
+    assert!(matches!(err, Error::InvalidNewRow { line: 9, .. }), "{err}");
+
+    let mut invalid = new_row(5, "not an address");
+    invalid.status = Status::Invalid;
+    invalid.category = Some(Category::InvalidAddress);
+    invalid.reason = Some("no @".into());
+    store
+        .insert_rows(&[new_row(4, "c@x.example"), invalid])
+        .unwrap();
+    assert!(!store.is_ingested().unwrap());
+    let columns = ["email".to_string(), "name".to_string()];
+    store
+        .finish_ingest(Some(&columns), &[("fingerprint.recipients", "csv-1")])
+        .unwrap();
+    assert!(store.is_ingested().unwrap());
+    assert_eq!(store.columns().unwrap(), columns);
+    assert_eq!(
+        store.meta("fingerprint.recipients").unwrap().as_deref(),
+        Some("csv-1")
+    );
+    let pass = store.ingest_pass().unwrap().unwrap();
+    assert_eq!((pass.after_line, pass.rows, pass.complete), (5, 4, true));
+    let s = store.summary().unwrap();
+    assert_eq!((s.total, s.count(Status::Invalid)), (4, 1));
+    assert_eq!(s.by_category.get(&Category::InvalidAddress), Some(&1));
+    assert!(!store.ever_attempted().unwrap());
+
+    // A changed file: a new generation, where line 2 is a new record.
+    let pass = store.begin_ingest("csv-2").unwrap();
+    assert_eq!(pass.generation, 1);
+    store.insert_rows(&[new_row(2, "new@x.example")]).unwrap();
+    assert_eq!(store.summary().unwrap().total, 5);
+    let by_email = store.rows_by_email().unwrap();
+    assert_eq!(by_email.len(), 5);
+    assert_eq!(by_email["a@x.example"].1, Status::Pending);
+
+    // A list nothing was sent to can be discarded whole.
+    assert_eq!(store.discard_recipients().unwrap(), 5);
+    assert!(!store.is_ingested().unwrap());
+    assert_eq!(store.summary().unwrap().total, 0);
+}
+
+/// Pending rows by id first, then due deferred ones within the budget.
+pub(crate) fn claim_order_and_retry_budget<S: CampaignStore>(store: &mut S) {
+    with_rows(store, 5);
+    let now = 1_000_000;
+    let first = store.claim_with_budget(2, 2, now).unwrap();
+    assert_eq!(first.iter().map(|r| r.line).collect::<Vec<_>>(), [2, 3]);
+    assert_eq!(first[0].attempts, 0);
+    assert_eq!(first[0].first_attempt_at, Some(now));
+    assert_eq!(first[0].values[1], "name 2");
+    assert_eq!(counts(store, &[Status::Sending, Status::Pending]), [2, 3]);
+    let deferred = |r: &Recipient, due: UnixMillis| {
+        outcome(
+            r,
+            now,
+            OutcomeKind::Deferred {
+                failure: refusal(Category::Throttled, 451, "slow down"),
+                next_attempt_at: due,
+                count_attempt: true,
+            },
+        )
+    };
+    store
+        .record(&[deferred(&first[0], now + 10), deferred(&first[1], now + 5)])
+        .unwrap();
+    let s = store.summary().unwrap();
+    assert_eq!(
+        (s.next_due, s.last_deferred_due),
+        (Some(now + 5), Some(now + 10))
+    );
+    // No budget for retries: only pending rows, even when deferred ones are due.
+    let later = now + 20;
+    let next = store.claim_with_budget(10, 0, later).unwrap();
+    assert_eq!(next.iter().map(|r| r.line).collect::<Vec<_>>(), [4, 5, 6]);
+    // Then the due ones, earliest due first, with their attempts so far.
+    let due = store.claim_with_budget(10, 1, later).unwrap();
+    assert_eq!(due.iter().map(|r| r.line).collect::<Vec<_>>(), [3]);
+    assert_eq!(due[0].attempts, 1);
+    assert_eq!(
+        due[0].first_attempt_at,
+        Some(now),
+        "kept from the first attempt"
+    );
+    assert!(
+        store.claim_with_budget(10, 10, now).unwrap().is_empty(),
+        "not due yet"
+    );
+    assert_eq!(
+        store
+            .claim_with_budget(10, 10, later)
+            .unwrap()
+            .iter()
+            .map(|r| r.line)
+            .collect::<Vec<_>>(),
+        [2]
+    );
+    assert!(store.ever_attempted().unwrap());
+}
+
+/// Every outcome kind, the tallies and the views.
+pub(crate) fn outcomes_and_tallies<S: CampaignStore>(store: &mut S) {
+    with_rows(store, 7);
+    let now = 2_000_000;
+    let c = store.claim_with_budget(7, 7, now).unwrap();
+    let unknown = refusal(Category::RecipientUnknown, 550, "no such user");
+    let outcomes = [
+        sent(&c[0], now + 1),
+        sent(&c[1], now + 2),
+        outcome(
+            &c[2],
+            now + 3,
+            OutcomeKind::Failed {
+                failure: unknown.clone(),
+            },
+        ),
+        outcome(
+            &c[3],
+            now + 4,
+            OutcomeKind::Held {
+                failure: refusal(Category::Auth, 530, "auth required"),
+            },
+        ),
+        outcome(
+            &c[4],
+            now + 5,
+            OutcomeKind::InDoubt {
+                failure: Failure::local(
+                    Stage::Data,
+                    Category::ReadTimeout,
+                    "no reply to the final dot",
+                ),
+                next_attempt_at: None,
+            },
+        ),
+        outcome(&c[5], now + 6, OutcomeKind::Released),
+    ];
+    // An unknown id fails the whole batch: nothing of it is recorded.
+    let mut with_unknown = outcomes.to_vec();
+    with_unknown.push(Outcome {
+        id: RecipientId(999_999),
+        at: now,
+        kind: OutcomeKind::Released,
+    });
+    let err = store.record(&with_unknown).unwrap_err();
+    assert!(matches!(err, Error::UnknownRecipient { .. }), "{err}");
+    assert_eq!(counts(store, &[Status::Sending]), [7]);
+
+    store.record(&outcomes).unwrap();
+    // A release never undoes a recorded result.
+    store
+        .record(&[outcome(&c[0], now + 7, OutcomeKind::Released)])
+        .unwrap();
+    let s = store.summary().unwrap();
+    assert_eq!(
+        counts(
+            store,
+            &[
+                Status::Sent,
+                Status::Failed,
+                Status::Pending,
+                Status::InDoubt,
+                Status::Sending
+            ]
+        ),
+        [2, 1, 2, 1, 1]
+    );
+    assert_eq!((s.total, s.in_doubt), (7, 1));
+    assert_eq!(s.by_category.get(&Category::RecipientUnknown), Some(&1));
+    assert_eq!(status_of(store, 2), Status::Sent);
+    assert_eq!(
+        status_of(store, 5),
+        Status::Pending,
+        "held: back to pending"
+    );
+    assert_eq!(store.sent_since(now + 2).unwrap(), 1);
+    assert_eq!(store.sent_since(0).unwrap(), 2);
+
+    // The held row keeps the reply that stopped the run, and no attempt.
+    let mut rows = Vec::new();
+    store
+        .export_rows(&ExportFilter::default(), &mut |r| rows.push(r.clone()))
+        .unwrap();
+    assert_eq!(
+        rows.iter().map(|r| r.line).collect::<Vec<_>>(),
+        [2, 3, 4, 5, 6, 7, 8]
+    );
+    let held = &rows[3];
+    assert_eq!((held.attempts, held.smtp_code), (0, Some(530)));
+    assert_eq!(held.reply.as_deref(), Some("auth required"));
+    assert_eq!(
+        rows[0].message_id.as_deref(),
+        Some(&*format!("<{}@edm>", c[0].id.0))
+    );
+    assert_eq!((rows[4].in_doubt, rows[4].attempts), (true, 1));
+    assert_eq!(rows[5].status, Status::Pending, "released");
+    let mut in_doubt = 0;
+    let filter = ExportFilter {
+        in_doubt_only: true,
+        ..ExportFilter::default()
+    };
+    store.export_rows(&filter, &mut |_| in_doubt += 1).unwrap();
+    assert_eq!(in_doubt, 1);
+    let filter = ExportFilter {
+        statuses: vec![Status::Failed],
+        categories: vec![Category::RecipientUnknown],
+        in_doubt_only: false,
+    };
+    let mut failed = Vec::new();
+    store
+        .export_rows(&filter, &mut |r| failed.push(r.line))
+        .unwrap();
+    assert_eq!(failed, [4]);
+
+    let recent = store.recent_failures(10).unwrap();
+    assert_eq!(recent.len(), 1);
+    assert_eq!(recent[0].reply, "550 5.1.1 no such user");
+    assert_eq!(recent[0].category, Category::RecipientUnknown);
+    let top = store.top_replies(5).unwrap();
+    assert_eq!(
+        top,
+        [(Some(550), Some("5.1.1".into()), "no such user".into(), 1)]
+    );
+    let domains = store.domain_counts(5).unwrap();
+    assert_eq!(domains[0].0, "a.example");
+    assert_eq!((domains[0].1.sent, domains[0].1.failed), (1, 1));
+    assert_eq!(domains[1].0, "b.example");
+
+    // Rows removed from the file: skipped unless final or being sent.
+    let n = store
+        .skip_unsent(&[c[0].id, c[3].id, c[6].id], "removed")
+        .unwrap();
+    assert_eq!(n, 1, "only the held (pending) row");
+}
+
+/// Marks with outcomes in one commit; an outcome clears its mark; after a
+/// crash only marked and unanswered rows are in doubt, the others go back.
+pub(crate) fn durable_mark_bounds_in_doubt<S: CampaignStore>(store: &mut S) {
+    with_rows(store, 4);
+    let now = 3_000_000;
+    let c = store.claim_with_budget(4, 4, now).unwrap();
+    store.record_and_mark(&[], &[c[0].id, c[1].id]).unwrap();
+    store
+        .record_and_mark(&[sent(&c[1], now + 1)], &[c[2].id])
+        .unwrap();
+    // Marking twice is harmless.
+    store.record_and_mark(&[], &[c[2].id]).unwrap();
+    store
+        .record(&[outcome(
+            &c[2],
+            now + 2,
+            OutcomeKind::Failed {
+                failure: refusal(Category::RecipientUnknown, 550, "no"),
+            },
+        )])
+        .unwrap();
+    // "Crash" here: c[0] marked, no reply; c[3] claimed, never marked.
+    assert_eq!(store.recover_in_doubt(InDoubtPolicy::Skip).unwrap(), 1);
+    assert_eq!(status_of(store, 2), Status::InDoubt);
+    assert_eq!(
+        status_of(store, 5),
+        Status::Pending,
+        "never marked: not in doubt"
+    );
+    assert_eq!(status_of(store, 3), Status::Sent);
+    assert_eq!(status_of(store, 4), Status::Failed);
+    let s = store.summary().unwrap();
+    assert_eq!((s.in_doubt, s.count(Status::Sending)), (1, 0));
+    let mut first = None;
+    store
+        .export_rows(&ExportFilter::default(), &mut |r| {
+            if r.line == 5 {
+                first = Some(r.last_attempt_at);
+            }
+        })
+        .unwrap();
+    assert_eq!(first, Some(None), "the claim is undone");
+    // The marks were cleared: a second recovery finds nothing.
+    assert_eq!(store.recover_in_doubt(InDoubtPolicy::Skip).unwrap(), 0);
+}
+
+/// A store whose runs never used marks (an older build's): every row left
+/// `sending` is in doubt, and `Resend` makes it pending again, flagged.
+pub(crate) fn without_marks_every_sending_row_is_in_doubt<S: CampaignStore>(store: &mut S) {
+    with_rows(store, 3);
+    store.claim_with_budget(2, 2, 1).unwrap();
+    assert_eq!(store.recover_in_doubt(InDoubtPolicy::Resend).unwrap(), 2);
+    let s = store.summary().unwrap();
+    assert_eq!((s.in_doubt, s.count(Status::Pending)), (2, 3));
+    let again = store.claim_with_budget(10, 10, 2).unwrap();
+    assert_eq!(again.len(), 3, "resent");
+}
+
+/// The event log, the run lock, the metadata.
+pub(crate) fn events_lock_and_meta<S: CampaignStore>(store: &mut S) {
+    store.lock_for_run(std::process::id()).unwrap();
+    store.lock_for_run(std::process::id()).unwrap();
+    for (i, kind) in ["pause", "breaker", "stop"].iter().enumerate() {
+        store
+            .log_event(i as i64, kind, &format!("event {i}"))
+            .unwrap();
+    }
+    let events = store.recent_events(2).unwrap();
+    assert_eq!(
+        events,
+        [
+            (1, "breaker".into(), "event 1".into()),
+            (2, "stop".into(), "event 2".into())
+        ]
+    );
+    assert_eq!(store.meta("nothing").unwrap(), None);
+    store.set_meta("fingerprint.template", "t-1").unwrap();
+    store.set_meta("fingerprint.template", "t-2").unwrap();
+    assert_eq!(
+        store.meta("fingerprint.template").unwrap().as_deref(),
+        Some("t-2")
+    );
+    assert!(store.meta("created_at").unwrap().is_some());
+    assert_eq!(store.take_repair_notice().unwrap(), 0);
+    assert!(store.columns().unwrap().is_empty());
+}
+
+/// Instantiates every test of the suite for one implementation.
+macro_rules! suite {
+    ($module:ident, $make:expr) => {
+        mod $module {
+            use super::*;
+            #[test]
+            fn ingest_checkpoint_and_unique_key() {
+                let (mut store, _keep) = $make;
+                super::ingest_checkpoint_and_unique_key(&mut store);
+            }
+            #[test]
+            fn claim_order_and_retry_budget() {
+                let (mut store, _keep) = $make;
+                super::claim_order_and_retry_budget(&mut store);
+            }
+            #[test]
+            fn outcomes_and_tallies() {
+                let (mut store, _keep) = $make;
+                super::outcomes_and_tallies(&mut store);
+            }
+            #[test]
+            fn durable_mark_bounds_in_doubt() {
+                let (mut store, _keep) = $make;
+                super::durable_mark_bounds_in_doubt(&mut store);
+            }
+            #[test]
+            fn without_marks_every_sending_row_is_in_doubt() {
+                let (mut store, _keep) = $make;
+                super::without_marks_every_sending_row_is_in_doubt(&mut store);
+            }
+            #[test]
+            fn events_lock_and_meta() {
+                let (mut store, _keep) = $make;
+                super::events_lock_and_meta(&mut store);
+            }
+        }
+    };
+}
+
+fn sqlite() -> (Store, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("c.db"), crate::Durability::Normal).unwrap();
+    (store, dir)
+}
+
+suite!(on_sqlite, sqlite());
+suite!(in_memory, (MemoryStore::new(), ()));
+// A PostgreSQL store: `suite!(on_postgres, postgres());`
