@@ -94,6 +94,7 @@ fn sent() -> OutcomeKind {
             code: 250,
             enhanced: Some("2.0.0".into()),
             text: "queued as X".into(),
+            provider_message_id: None,
         },
         message_id: "mid@example.com".into(),
     }
