@@ -6,20 +6,30 @@
 //! - `harness`: temp campaigns, the in-process sink, running `edm`.
 //! - `send`: the whole path, Ctrl-C and resume, reports, bad input.
 //! - `failures`: one test per failure category and provider dialect.
+//! - `ingest`: interrupted ingest (SIGKILL, signals, a bad byte), repaired
+//!   copies, a corrected CSV, SIGHUP and nohup, private state files.
 //! - `crash`: SIGKILL at random moments, resume, compare Maildir and DB.
 //! - `postfix`: postfix `smtp-sink` as an independent server.
 //! - `preflight`: before the campaign: `edm send --test-to`.
 //! - `suppress`: the shared suppression list, `edm suppress`.
 //! - `tui`: the dashboard in tmux.
+//! - `files`: issue 9 points 3, 7, 8, 9: per-row attachments confined to
+//!   `attachment_dir`, the Tencent size cap, configuration refused at load,
+//!   `edm demo --out`, concurrent `edm suppress add`.
+//! - `wire`: what goes on the wire: IDN addresses and SMTPUTF8, no bare
+//!   CR/LF (SMTP smuggling), no password in clear (issue 9).
 //! - `promises`: fail fast, stop on refusals that hit every message, in doubt.
 
 mod harness;
 
 mod crash;
 mod failures;
+mod files;
+mod ingest;
 mod postfix;
 mod preflight;
 mod promises;
 mod send;
 mod suppress;
 mod tui;
+mod wire;

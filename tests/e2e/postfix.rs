@@ -7,14 +7,14 @@ use std::time::Duration;
 use crate::harness::*;
 
 /// A running `smtp-sink` with these fault flags, on a free port; killed on drop.
-struct PostfixSink {
+pub(crate) struct PostfixSink {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
 }
 
 impl PostfixSink {
     /// `None` when postfix is not installed (a failure under CI, which installs it).
-    fn start(flags: &[&str]) -> Option<PostfixSink> {
+    pub(crate) fn start(flags: &[&str]) -> Option<PostfixSink> {
         let Some(bin) = ["/usr/sbin/smtp-sink", "/usr/bin/smtp-sink"]
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())

@@ -90,13 +90,13 @@ fn with_attachments(port: u16, limits: &str) -> TestCampaign {
     std::fs::write(dir.join("files/big.zip"), vec![7u8; 20_000]).unwrap();
     std::fs::write(
         dir.join("recipients.csv"),
-        "id,email,first_name,attachment\r\n0,ann@example.com,Ann,\r\n1,bob@example.com,Bob,files/big.zip\r\n2,cy@example.com,Cy,files/none.pdf\r\n",
+        "id,email,first_name,attachment\r\n0,ann@example.com,Ann,\r\n1,bob@example.com,Bob,big.zip\r\n2,cy@example.com,Cy,none.pdf\r\n",
     )
     .unwrap();
     let toml = dir.join("campaign.toml");
     let text = std::fs::read_to_string(&toml).unwrap().replace(
         "[smtp]",
-        "attachments = [\"files/terms.pdf\"]\nattachment_column = \"attachment\"\n\n[smtp]",
+        "attachments = [\"files/terms.pdf\"]\nattachment_column = \"attachment\"\nattachment_dir = \"files\"\n\n[smtp]",
     );
     std::fs::write(&toml, text).unwrap();
     c
@@ -135,7 +135,7 @@ fn attachment_limits_are_refused_before_smtp() {
         rows["cy@example.com"]["reply"]
             .as_str()
             .unwrap()
-            .contains("files/none.pdf")
+            .contains("none.pdf")
     );
     let received = sink.handle().received();
     assert_eq!(received.len(), 1);

@@ -178,3 +178,82 @@ fn watch_shows_a_run_from_another_terminal_read_only() {
     signal(&sender, "INT");
     wait_timeout(&mut sender, Duration::from_secs(20));
 }
+
+/// Issue 9 point 6: SIGHUP and SIGTERM stop a run shown in the dashboard.
+/// The first leaves by itself once the run is done (nobody is there to press
+/// a key); a second one quits at once. Either way the terminal is restored
+/// (`stty` sees canonical mode again) and the log is private (0600).
+#[test]
+fn signals_stop_the_dashboard_and_restore_the_terminal() {
+    if !have_tmux() {
+        assert!(std::env::var_os("CI").is_none(), "tmux is missing in CI");
+        return;
+    }
+    // Every first DATA to "stall*" hangs: a graceful stop waits for it.
+    let sink = Sink::start(
+        &["stage=data,match=stall,times=1,action=stall,secs=30"],
+        None,
+    );
+    for (case, prefix, signals) in [
+        ("one", "t", &["HUP"][..]),
+        ("two", "stall", &["TERM", "TERM"][..]),
+    ] {
+        let c = TestCampaign::new(Spec {
+            delivery: "rate = 25",
+            ..Spec::new(addresses(prefix, 300), sink.port())
+        });
+        let exit_file = c.tmp.path().join("exit-code");
+        let stty_file = c.tmp.path().join("stty");
+        let cmd = format!(
+            "{EDM} send {} ; echo $? > {}; stty -a > {}; sleep 2",
+            c.path().display(),
+            exit_file.display(),
+            stty_file.display()
+        );
+        let s = Session::start(format!("edm-sig-{case}-{}", std::process::id()), &cmd);
+        s.wait_for("RUNNING", Duration::from_secs(15));
+        let lock = c.path().join(".edm/state.db.lock");
+        let pid = std::fs::read_to_string(&lock).unwrap().trim().to_string();
+        for sig in signals {
+            std::thread::sleep(Duration::from_millis(300));
+            let ok = Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(&pid)
+                .status()
+                .unwrap();
+            assert!(ok.success());
+        }
+        let start = Instant::now();
+        while !stty_file.exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{case}: edm did not exit after SIG{signals:?}:\n{}",
+                s.screen()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let code = std::fs::read_to_string(&exit_file).unwrap();
+        assert_eq!(code.trim(), "130", "{case}");
+        let stty = std::fs::read_to_string(&stty_file).unwrap();
+        assert!(
+            stty.split_whitespace().any(|w| w == "icanon") && stty.contains(" echo "),
+            "{case}: the terminal is still raw: {stty}"
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let log = c.path().join(".edm/state.log");
+            let mode = std::fs::metadata(&log).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", log.display());
+        }
+        let st = c.status();
+        if case == "one" {
+            assert_eq!(
+                (st["sending"].as_u64(), st["in_doubt"].as_u64()),
+                (Some(0), Some(0)),
+                "{st}"
+            );
+        }
+    }
+}

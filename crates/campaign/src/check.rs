@@ -116,6 +116,25 @@ pub enum ProblemKind {
     DkimNotConfigured,
     /// The DKIM domain does not align with the From domain (DMARC).
     DkimNotAligned,
+    /// A row's attachment is refused: an absolute path, `..`, a symlink
+    /// out of `attachment_dir`, or a file edm protects (state, keys...);
+    /// or `attachment_dir` itself is the campaign folder.
+    AttachmentRefused,
+    /// A message is close to the provider's size cap (over 8 MB for
+    /// Tencent Cloud SES, whose cap is 9 MB).
+    MessageNearLimit,
+    /// AUTH would go without TLS to a host that is not loopback, and
+    /// `allow_plaintext_auth` is not set: `edm send` refuses to start.
+    PlaintextAuthRefused,
+    /// AUTH goes without TLS to a host that is not loopback, as
+    /// `allow_plaintext_auth = true` allows.
+    PlaintextAuth,
+    /// `accept_invalid_certs = true`: the relay's certificate is not checked.
+    InvalidCertsAccepted,
+    /// The address (or the sender's) has a non-ASCII local part: it goes
+    /// out only if the relay offers SMTPUTF8 (RFC 6531).
+    #[serde(rename = "needs_smtputf8")]
+    NeedsSmtpUtf8,
 }
 
 impl ProblemKind {
@@ -125,9 +144,11 @@ impl ProblemKind {
         match self {
             Config | TemplateSyntax | RecipientsFile | SuppressionFile | RaggedRow
             | InvalidUtf8 | NoRecipients | MissingField | RenderFailed | MessageTooLarge
-            | LineTooLong | DkimInvalid | AttachmentMissing | AttachmentTooLarge => Severity::Error,
+            | LineTooLong | DkimInvalid | AttachmentMissing | AttachmentTooLarge
+            | AttachmentRefused | PlaintextAuthRefused => Severity::Error,
             InvalidAddress | Duplicate | Suppressed | NoListUnsubscribe | NoOneClick
-            | NoUnsubscribeLink | NoTextPart | DkimNotConfigured | DkimNotAligned => {
+            | NoUnsubscribeLink | NoTextPart | DkimNotConfigured | DkimNotAligned
+            | MessageNearLimit | PlaintextAuth | InvalidCertsAccepted | NeedsSmtpUtf8 => {
                 Severity::Warning
             }
         }
@@ -160,6 +181,12 @@ impl ProblemKind {
             NoTextPart => "no text part",
             DkimNotConfigured => "DKIM: not configured",
             DkimNotAligned => "DKIM domain not aligned with From",
+            AttachmentRefused => "attachments refused (outside attachment_dir or protected)",
+            MessageNearLimit => "messages close to the provider's size cap",
+            PlaintextAuthRefused => "password would be sent without TLS",
+            PlaintextAuth => "password sent without TLS (allowed)",
+            InvalidCertsAccepted => "TLS certificates not checked",
+            NeedsSmtpUtf8 => "non-ASCII local parts (sent only over SMTPUTF8)",
         }
     }
 }
@@ -432,6 +459,7 @@ pub fn check(c: &Campaign, opts: &CheckOptions) -> Result<CheckReport, Error> {
                 columns: &columns,
                 csv: &csv_path,
                 max_message_bytes: spec.as_ref().and_then(|s| s.limits.max_message_bytes),
+                warn_message_bytes: c.config.limits.resolved().warn_message_bytes,
                 dkim_overhead,
                 examples: opts.examples.max(1),
             };
@@ -581,6 +609,8 @@ struct Job<'a> {
     columns: &'a [String],
     csv: &'a Path,
     max_message_bytes: Option<usize>,
+    /// Over this (and under the cap) a message gets a warning.
+    warn_message_bytes: Option<usize>,
     dkim_overhead: usize,
     examples: usize,
 }
@@ -650,6 +680,38 @@ impl Job<'_> {
             return;
         }
         out.rendered += 1;
+        let env = &parts.envelope;
+        if !env.rcpt_to.is_ascii() || !env.mail_from.is_ascii() {
+            let whose = if env.rcpt_to.is_ascii() {
+                format!("the sender {:?}", env.mail_from)
+            } else {
+                format!("{:?}", r.email)
+            };
+            out.tally.add(
+                ProblemKind::NeedsSmtpUtf8,
+                Finding {
+                    message: format!(
+                        "{whose} has a non-ASCII local part: it goes out only if the relay offers SMTPUTF8 (RFC 6531), otherwise it fails as smtputf8_required"
+                    ),
+                    ..at.clone()
+                },
+            );
+        }
+        if let Some(warn) = self.warn_message_bytes
+            && size > warn
+        {
+            out.tally.add(
+                ProblemKind::MessageNearLimit,
+                Finding {
+                    message: format!(
+                        "message is {size} bytes, over {warn}: close to the provider's cap{}",
+                        self.max_message_bytes
+                            .map_or(String::new(), |m| format!(" of {m} bytes"))
+                    ),
+                    ..at.clone()
+                },
+            );
+        }
         if let Some(url) = &parts.list_unsubscribe
             && !url
                 .get(..8)
@@ -698,6 +760,10 @@ fn render_finding(failure: &Failure, at: Finding) -> (ProblemKind, Finding) {
         Category::Preflight if text.contains("max_message_bytes") => ProblemKind::MessageTooLarge,
         Category::Preflight if text.contains("max_body_bytes") => ProblemKind::MessageTooLarge,
         Category::Preflight if text.contains("max_attachment") => ProblemKind::AttachmentTooLarge,
+        // edm-template's `PathRefusal`s say "refused: " after the value.
+        Category::Template if text.starts_with("attachment") && text.contains("): refused: ") => {
+            ProblemKind::AttachmentRefused
+        }
         Category::Template if text.starts_with("attachment") => ProblemKind::AttachmentMissing,
         Category::InvalidAddress => ProblemKind::InvalidAddress,
         _ => ProblemKind::RenderFailed,
@@ -728,6 +794,35 @@ fn config_checklist(c: &Campaign, spec: &MessageSpec, tally: &mut Tally) {
             .field("[campaign] list_unsubscribe"),
         );
     }
+    let smtp = &c.config.smtp;
+    if let Some(message) = crate::send::plaintext_auth_refusal(c, &smtp.host) {
+        tally.add(
+            ProblemKind::PlaintextAuthRefused,
+            Finding::new(&c.file, message).field("[smtp] allow_plaintext_auth"),
+        );
+    } else if smtp.username.is_some()
+        && smtp.security == crate::config::SecurityName::None
+        && !edm_delivery::is_loopback(&smtp.host)
+    {
+        tally.add(
+            ProblemKind::PlaintextAuth,
+            Finding::new(
+                &c.file,
+                format!(
+                    "the password goes to {} without TLS (allow_plaintext_auth = true): anyone on the path can read it",
+                    smtp.host
+                ),
+            )
+            .field("[smtp] allow_plaintext_auth"),
+        );
+    }
+    if smtp.accept_invalid_certs {
+        tally.add(
+            ProblemKind::InvalidCertsAccepted,
+            Finding::new(&c.file, crate::send::INVALID_CERTS_WARNING)
+                .field("[smtp] accept_invalid_certs"),
+        );
+    }
     if spec.text.is_none() {
         tally.add(
             ProblemKind::NoTextPart,
@@ -745,6 +840,18 @@ fn config_checklist(c: &Campaign, spec: &MessageSpec, tally: &mut Tally) {
 /// rendered without the shared files).
 fn with_attachments(c: &Campaign, t: Templates, tally: &mut Tally) -> Option<Templates> {
     use crate::attach::AttachmentProblem;
+    // Reported, and the rows still rendered: each says what it names.
+    if let Some(problem) = crate::attach::dir_problem(c) {
+        let kind = match problem {
+            crate::attach::DirProblem::HoldsCampaign(_) => ProblemKind::AttachmentRefused,
+            crate::attach::DirProblem::Unavailable(_) => ProblemKind::AttachmentMissing,
+        };
+        let message = problem.message();
+        tally.add(
+            kind,
+            Finding::new(&c.file, message).field("[campaign] attachment_dir"),
+        );
+    }
     match crate::attach::attachments(c) {
         Ok(None) => Some(t),
         Ok(Some(a)) => match t.with_attachments(a) {

@@ -5,9 +5,55 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use edm_template::AttachmentEncoding;
 use serde::Deserialize;
 
 use crate::Error;
+
+/// The slowest rate edm takes: one message in 1,000 seconds. Anything
+/// slower is surely a typo (and `1 / rate` would overflow a duration).
+pub const MIN_RATE: f64 = 0.001;
+
+/// The most SMTP connections (or transactions to one domain) edm opens.
+pub const MAX_CONCURRENCY: usize = 1000;
+
+/// The shortest SMTP timeout edm takes.
+pub const MIN_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// Why a messages-per-second value cannot work, if it cannot: NaN,
+/// infinite, negative, or positive but under [`MIN_RATE`]. `0` is fine: it
+/// means unlimited. Shared by `[delivery] rate`, the per-domain rates and
+/// `edm send --rate`.
+pub fn rate_problem(rate: f64) -> Option<String> {
+    if rate.is_nan() {
+        Some("not a number".into())
+    } else if rate.is_infinite() {
+        Some("infinite: write 0 (or leave it out) for unlimited".into())
+    } else if rate < 0.0 {
+        Some("negative: a rate is messages per second, 0 for unlimited".into())
+    } else if rate > 0.0 && rate < MIN_RATE {
+        Some(format!(
+            "under {MIN_RATE} messages per second (one in {:.0} s or more); write 0 for unlimited",
+            1.0 / MIN_RATE
+        ))
+    } else {
+        None
+    }
+}
+
+/// Why a number of connections cannot work, if it cannot: 0, or over
+/// [`MAX_CONCURRENCY`].
+pub fn concurrency_problem(n: usize) -> Option<String> {
+    if n == 0 {
+        Some("at least 1".into())
+    } else if n > MAX_CONCURRENCY {
+        Some(format!(
+            "over {MAX_CONCURRENCY}: no relay takes that many connections from one sender"
+        ))
+    } else {
+        None
+    }
+}
 
 /// A loaded campaign: the parsed file and the directory it lives in.
 #[derive(Clone, Debug)]
@@ -96,6 +142,14 @@ pub struct CampaignSection {
     pub attachments: Vec<PathBuf>,
     /// CSV column naming a file to attach to that recipient's message.
     pub attachment_column: Option<String>,
+    /// The only folder per-recipient attachments come from (relative to
+    /// the campaign directory); `attachment_column` values are relative to it.
+    #[serde(default = "default_attachment_dir")]
+    pub attachment_dir: PathBuf,
+}
+
+fn default_attachment_dir() -> PathBuf {
+    PathBuf::from("attachments")
 }
 
 fn yes() -> bool {
@@ -137,6 +191,9 @@ pub struct SmtpSection {
     /// Accept invalid certificates (self-signed test relays only).
     #[serde(default)]
     pub accept_invalid_certs: bool,
+    /// Allow AUTH without TLS to a host that is not loopback.
+    #[serde(default)]
+    pub allow_plaintext_auth: bool,
 }
 
 /// Transport security names.
@@ -246,8 +303,9 @@ pub struct LimitsSection {
 #[derive(Copy, Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum ProviderName {
-    /// Tencent Cloud SES: body 1 MB, attachment 5 MB, attachments 10 MB,
-    /// lines under 2000 bytes.
+    /// Tencent Cloud SES: the whole encoded message 9 MB (warned above
+    /// 8 MB), body 1 MB, attachment 5 MB, attachments 10 MB, lines under
+    /// 2000 bytes, attachments base64 only.
     Tencent,
     /// Amazon SES (SMTP interface): messages up to 10 MB.
     Ses,
@@ -266,6 +324,11 @@ pub struct ResolvedLimits {
     pub max_attachment_bytes: Option<usize>,
     /// Largest total of attachments.
     pub max_attachments_bytes: Option<usize>,
+    /// `edm check` warns about messages larger than this (the profile's
+    /// own margin under `max_message_bytes`).
+    pub warn_message_bytes: Option<usize>,
+    /// How attachments are encoded (the profile's; base64 for Tencent).
+    pub attachment_encoding: AttachmentEncoding,
 }
 
 impl LimitsSection {
@@ -278,12 +341,18 @@ impl LimitsSection {
                 max_line_len: 998,
                 ..ResolvedLimits::default()
             },
+            // Past about 9 MB of encoded message Tencent's SMTP endpoint
+            // drops the connection instead of answering 552 (which edm would
+            // otherwise retry as a mere disconnect), and it takes
+            // attachments only base64-encoded.
             Some(ProviderName::Tencent) => ResolvedLimits {
-                max_message_bytes: None,
+                max_message_bytes: Some(9 * MB),
                 max_line_len: 1999,
                 max_body_bytes: Some(MB),
                 max_attachment_bytes: Some(5 * MB),
                 max_attachments_bytes: Some(10 * MB),
+                warn_message_bytes: Some(8 * MB),
+                attachment_encoding: AttachmentEncoding::Base64,
             },
             Some(ProviderName::Ses) => ResolvedLimits {
                 max_message_bytes: Some(10 * MB),
@@ -297,6 +366,12 @@ impl LimitsSection {
             max_body_bytes: self.max_body_bytes.or(profile.max_body_bytes),
             max_attachment_bytes: self.max_attachment_bytes.or(profile.max_attachment_bytes),
             max_attachments_bytes: self.max_attachments_bytes.or(profile.max_attachments_bytes),
+            // The warning only makes sense under the profile's own cap.
+            warn_message_bytes: match self.max_message_bytes {
+                Some(_) => None,
+                None => profile.warn_message_bytes,
+            },
+            attachment_encoding: profile.attachment_encoding,
         }
     }
 }
@@ -435,14 +510,62 @@ impl Campaign {
             )));
         }
         if let Some(r) = c.delivery.rate
-            && (!r.is_finite() || r < 0.0)
+            && let Some(why) = rate_problem(r)
         {
-            return Err(
-                self.bad("[delivery] rate must be a positive number of messages per second")
-            );
+            return Err(self.bad(format!("[delivery] rate = {r}: {why}")));
         }
-        if c.delivery.concurrency == 0 {
-            return Err(self.bad("[delivery] concurrency must be at least 1"));
+        if let Some(why) = concurrency_problem(c.delivery.concurrency) {
+            return Err(self.bad(format!(
+                "[delivery] concurrency = {}: {why}",
+                c.delivery.concurrency
+            )));
+        }
+        for (domain, d) in &c.delivery.domains {
+            let key = format!("[delivery.domains.{domain:?}]");
+            if let Some(r) = d.rate
+                && let Some(why) = rate_problem(r)
+            {
+                return Err(self.bad(format!("{key} rate = {r}: {why}")));
+            }
+            if let Some(n) = d.concurrency
+                && let Some(why) = concurrency_problem(n)
+            {
+                return Err(self.bad(format!("{key} concurrency = {n}: {why}")));
+            }
+        }
+        if c.smtp.port == Some(0) {
+            return Err(self.bad("[smtp] port = 0: a port is 1 to 65535"));
+        }
+        for (key, value) in [
+            ("connect_timeout", c.smtp.connect_timeout),
+            ("command_timeout", c.smtp.command_timeout),
+            ("data_timeout", c.smtp.data_timeout),
+        ] {
+            if value < MIN_TIMEOUT {
+                return Err(self.bad(format!(
+                    "[smtp] {key} = {:?}: under {MIN_TIMEOUT:?}, no SMTP server can answer in time \
+                     (RFC 5321 §4.5.3.2 suggests minutes)",
+                    value
+                )));
+            }
+        }
+        if let Some(helo) = &c.smtp.helo_name {
+            // It goes on the EHLO line as is: a CR or LF would end the
+            // command and start another (RFC 5321 §2.3.8, §4.1.1.1).
+            let why = if helo.trim().is_empty() {
+                Some("is empty")
+            } else if helo.contains(['\r', '\n']) {
+                Some("contains a line break (CR or LF)")
+            } else if helo.chars().any(|ch| ch.is_control() || ch.is_whitespace()) {
+                Some("contains a space or a control character")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(self.bad(format!(
+                    "[smtp] helo_name {helo:?} {why}: write a host name such as \"mail.acme.example\""
+                )));
+            }
         }
         if c.delivery.max_attempts == 0 {
             return Err(self.bad("[delivery] max_attempts must be at least 1"));
@@ -642,5 +765,137 @@ port = 2525
         .unwrap();
         let e = c.password().unwrap_err();
         assert!(e.to_string().contains("EDM_TEST_PW_UNSET_42"), "{e}");
+    }
+
+    /// The error of loading MINIMAL with `replace` replaced by `with`.
+    fn refused(replace: &str, with: &str) -> String {
+        let d = tempfile::tempdir().unwrap();
+        assert!(MINIMAL.contains(replace) || replace.is_empty());
+        let text = if replace.is_empty() {
+            format!("{MINIMAL}{with}")
+        } else {
+            MINIMAL.replace(replace, with)
+        };
+        match write(d.path(), &text) {
+            Ok(_) => panic!("accepted: {with}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn rates_that_cannot_work_are_refused_naming_the_key() {
+        for (value, why) in [
+            ("-1", "negative"),
+            ("-0.5", "negative"),
+            ("nan", "not a number"),
+            ("inf", "infinite"),
+            ("-inf", "infinite"),
+            ("0.0009", "under 0.001"),
+            // 1 / rate would overflow a Duration: a panic before this check.
+            ("1e-300", "under 0.001"),
+        ] {
+            let e = refused("", &format!("\n[delivery]\nrate = {value}\n"));
+            assert!(e.contains("[delivery] rate = "), "{value}: {e}");
+            assert!(e.contains(why), "{value}: {e}");
+            assert!(e.contains("campaign.toml"), "{e}");
+            let e = refused(
+                "",
+                &format!("\n[delivery.domains.\"gmail.com\"]\nrate = {value}\n"),
+            );
+            assert!(
+                e.contains("[delivery.domains.\"gmail.com\"] rate = "),
+                "{value}: {e}"
+            );
+            assert!(e.contains(why), "{value}: {e}");
+        }
+        // 0 and no rate keep meaning unlimited; 0.001 is the slowest taken.
+        let d = tempfile::tempdir().unwrap();
+        for ok in ["rate = 0", "rate = 0.0", "rate = 0.001", "rate = 14"] {
+            let c = write(d.path(), &format!("{MINIMAL}\n[delivery]\n{ok}\n")).unwrap();
+            assert_eq!(c.rate().is_none(), ok.contains("= 0") && !ok.contains('1'));
+        }
+        assert_eq!(rate_problem(0.0), None);
+        assert_eq!(rate_problem(MIN_RATE), None);
+        assert!(rate_problem(f64::MIN_POSITIVE).is_some());
+    }
+
+    #[test]
+    fn ports_timeouts_helo_and_concurrency_that_cannot_work_are_refused() {
+        let e = refused("port = 2525", "port = 0");
+        assert!(e.contains("[smtp] port = 0"), "{e}");
+        for key in ["connect_timeout", "command_timeout", "data_timeout"] {
+            let e = refused("port = 2525", &format!("port = 2525\n{key} = \"50ms\""));
+            assert!(e.contains(&format!("[smtp] {key} = 50ms")), "{e}");
+            assert!(e.contains("under 100ms"), "{e}");
+            let e = refused("port = 2525", &format!("port = 2525\n{key} = \"0s\""));
+            assert!(e.contains(key), "{e}");
+        }
+        let d = tempfile::tempdir().unwrap();
+        let c = write(
+            d.path(),
+            &MINIMAL.replace("port = 2525", "port = 2525\ncommand_timeout = \"100ms\""),
+        )
+        .unwrap();
+        assert_eq!(c.config.smtp.command_timeout, MIN_TIMEOUT);
+        for helo in [
+            "mail.acme.example\\r\\nRCPT TO:<x@evil.example>",
+            "mail\\nx",
+            "mail\\rx",
+        ] {
+            let e = refused(
+                "port = 2525",
+                &format!("port = 2525\nhelo_name = \"{helo}\""),
+            );
+            assert!(e.contains("[smtp] helo_name"), "{e}");
+            assert!(e.contains("line break"), "{e}");
+        }
+        let e = refused("port = 2525", "port = 2525\nhelo_name = \"a b\"");
+        assert!(e.contains("[smtp] helo_name"), "{e}");
+        let e = refused("port = 2525", "port = 2525\nhelo_name = \"\"");
+        assert!(e.contains("is empty"), "{e}");
+        for n in ["0", "1001", "100000"] {
+            let e = refused("", &format!("\n[delivery]\nconcurrency = {n}\n"));
+            assert!(e.contains(&format!("[delivery] concurrency = {n}")), "{e}");
+            let e = refused(
+                "",
+                &format!("\n[delivery.domains.\"x.example\"]\nconcurrency = {n}\n"),
+            );
+            assert!(
+                e.contains("[delivery.domains.\"x.example\"] concurrency"),
+                "{e}"
+            );
+        }
+        let c = write(
+            d.path(),
+            &format!("{MINIMAL}\n[delivery]\nconcurrency = 1000\n"),
+        )
+        .unwrap();
+        assert_eq!(c.config.delivery.concurrency, MAX_CONCURRENCY);
+    }
+
+    #[test]
+    fn the_tencent_profile_caps_the_encoded_message_and_sends_base64() {
+        let d = tempfile::tempdir().unwrap();
+        let c = write(
+            d.path(),
+            &format!("{MINIMAL}\n[limits]\nprovider = \"tencent\"\n"),
+        )
+        .unwrap();
+        let l = c.config.limits.resolved();
+        assert_eq!(l.max_message_bytes, Some(9_000_000));
+        assert_eq!(l.warn_message_bytes, Some(8_000_000));
+        assert_eq!(l.attachment_encoding, AttachmentEncoding::Base64);
+        // An explicit cap replaces the profile's, and its warning.
+        let c = write(
+            d.path(),
+            &format!("{MINIMAL}\n[limits]\nprovider = \"tencent\"\nmax_message_bytes = 5000000\n"),
+        )
+        .unwrap();
+        let l = c.config.limits.resolved();
+        assert_eq!(l.max_message_bytes, Some(5_000_000));
+        assert_eq!(l.warn_message_bytes, None);
+        let l = write(d.path(), MINIMAL).unwrap().config.limits.resolved();
+        assert_eq!(l.attachment_encoding, AttachmentEncoding::Auto);
+        assert_eq!(l.warn_message_bytes, None);
     }
 }

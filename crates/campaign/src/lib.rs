@@ -16,7 +16,8 @@
 //! - `suppress.rs`: the shared suppression list ([`SharedSuppression`],
 //!   `edm suppress`), merged into ingest and fed by `recipient_unknown`
 //!   bounces at the end of each run.
-//! - `attach.rs`: `[campaign] attachments` and `attachment_column` with
+//! - `attach.rs`: `[campaign] attachments`, `attachment_column` and
+//!   `attachment_dir` (the only folder a row's file may come from) with
 //!   their `[limits]`, for send, check and preview.
 //! - `test_send.rs`: `edm send --test-to` ([`test_send`]): sample messages
 //!   sent to one address through the relay, the state never touched.
@@ -42,11 +43,14 @@ pub use check::{
     dkim_signer,
 };
 pub use config::{
-    Campaign, Config, DurabilityName, LimitsSection, ProviderName, ResolvedLimits, SecurityName,
+    Campaign, Config, DurabilityName, LimitsSection, MAX_CONCURRENCY, MIN_RATE, MIN_TIMEOUT,
+    ProviderName, ResolvedLimits, SecurityName, concurrency_problem, rate_problem,
 };
 pub use edm_recipients::validate as validate_address;
 pub use edm_store::{InDoubtPolicy, Summary};
-pub use prepare::{Prepared, prepare};
+/// Private state files and folders (0600, 0700), for the log next to the state.
+pub use edm_store::{create_private_dir, private_options};
+pub use prepare::{Prepared, prepare, prepare_with_stop};
 pub use preview::{PreviewFile, PreviewOptions, PreviewReport, preview, preview_path};
 pub use report::{ReportFormat, ReportKind, StatusReport, export, retry, status, watch_progress};
 pub use send::{Run, RunEnd, RunReport, SendOptions, start_send};
@@ -97,4 +101,13 @@ pub enum Error {
     /// The campaign has no state yet.
     #[error("{0} has no state yet: run `edm send` first")]
     NoState(PathBuf),
+    /// A signal stopped the ingest at a batch boundary; the rows read so far
+    /// are stored with their checkpoint and the next `edm send` goes on.
+    #[error(
+        "stopped while reading the recipients: {stored} stored so far; `edm send` goes on from there"
+    )]
+    Interrupted {
+        /// Rows the ingest pass has stored.
+        stored: u64,
+    },
 }

@@ -4,10 +4,11 @@
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use edm_model::{RecipientId, Status};
 use edm_recipients::{Suppression, Verdict};
-use edm_store::{Durability, InDoubtPolicy, NewRow, Store};
+use edm_store::{Durability, InDoubtPolicy, IngestPass, NewRow, Store};
 use edm_template::Templates;
 use sha2::{Digest, Sha256};
 
@@ -22,7 +23,8 @@ pub struct Prepared {
     pub columns: Vec<String>,
     /// Compiled templates.
     pub templates: Templates,
-    /// Rows ingested by this call (0 when the campaign was ingested before).
+    /// Rows the ingest pass finished by this call has stored, those of an
+    /// interrupted earlier run included (0 when the campaign was ingested before).
     pub ingested: u64,
     /// Rows found `sending` from a run that died, and what was done.
     pub in_doubt: u64,
@@ -30,6 +32,12 @@ pub struct Prepared {
     pub added: u64,
     /// Unsent rows skipped because `--accept-changes` found them removed.
     pub removed: u64,
+    /// Extra copies of records (stored twice by an interrupted ingest of an
+    /// older build) marked `skipped` when the state was opened.
+    pub repaired: u64,
+    /// True when the recipients CSV changed before anything was sent and
+    /// was read again in place of the old list.
+    pub reingested: bool,
 }
 
 const INGEST_BATCH: usize = 2000;
@@ -111,9 +119,22 @@ pub fn prepare(
     in_doubt: InDoubtPolicy,
     accept_changes: bool,
 ) -> Result<Prepared, Error> {
+    prepare_with_stop(c, state, in_doubt, accept_changes, &AtomicBool::new(false))
+}
+
+/// [`prepare`], with a flag a signal handler sets to stop the ingest at the
+/// next batch boundary: the rows read so far and their checkpoint are
+/// committed, and the call returns [`Error::Interrupted`].
+pub fn prepare_with_stop(
+    c: &Campaign,
+    state: &Path,
+    in_doubt: InDoubtPolicy,
+    accept_changes: bool,
+    stop: &AtomicBool,
+) -> Result<Prepared, Error> {
     let templates = compile_templates(c)?;
     if let Some(dir) = state.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| Error::Io {
+        edm_store::create_private_dir(dir).map_err(|e| Error::Io {
             path: dir.to_path_buf(),
             source: e,
         })?;
@@ -124,16 +145,36 @@ pub fn prepare(
     };
     let mut store = Store::open(state, durability)?;
     store.lock_for_run(std::process::id())?;
+    let repaired = store.take_repair_notice()?;
     let prints = fingerprint(c)?;
+    // An ingest pass is tied to the file it reads: resumed only while the
+    // file is the same.
+    let csv_print = prints
+        .iter()
+        .find(|(k, _)| *k == "fingerprint.recipients")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_default();
+    let meta: Vec<(&str, &str)> = prints.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mut ingested = 0;
     let mut added = 0;
     let mut skipped = 0;
+    let mut reingested = false;
     if !store.is_ingested()? {
-        ingested = ingest(c, &mut store, None)?;
-        for (k, v) in &prints {
-            store.set_meta(k, v)?;
-        }
-        store.set_meta("campaign", &c.config.campaign.name)?;
+        // The first ingest, or one a run left unfinished. Before it completes
+        // nothing can have been sent, so a pass of another file (or rows from
+        // a build without passes) is simply dropped and the file read afresh.
+        let pass = match store.ingest_pass()? {
+            Some(p) if !p.complete && p.source == csv_print => p,
+            _ => {
+                store.discard_recipients()?;
+                store.begin_ingest(csv_print)?
+            }
+        };
+        let (n, columns) = ingest(c, &mut store, None, &pass, stop)?;
+        ingested = n;
+        let mut meta = meta.clone();
+        meta.push(("campaign", &c.config.campaign.name));
+        store.finish_ingest(Some(&columns), &meta)?;
     } else {
         let changed: Vec<&str> = prints
             .iter()
@@ -144,14 +185,45 @@ pub fn prepare(
                 _ => "the sender or campaign name",
             })
             .collect();
-        if !changed.is_empty() {
+        let csv_changed = changed.contains(&"the recipients CSV");
+        if !changed.is_empty() && !store.ever_attempted()? {
+            // Nothing was ever sent or attempted: the new inputs are simply
+            // the campaign's inputs. A corrected CSV replaces the list.
+            let mut columns = None;
+            if csv_changed {
+                store.discard_recipients()?;
+                let pass = store.begin_ingest(csv_print)?;
+                let (n, read) = ingest(c, &mut store, None, &pass, stop)?;
+                (ingested, columns, reingested) = (n, Some(read), true);
+            }
+            store.finish_ingest(columns.as_deref(), &meta)?;
+            store.log_event(
+                edm_model::now_ms(),
+                "inputs_changed",
+                &format!(
+                    "{} changed before anything was sent: {}",
+                    changed.join(", "),
+                    if csv_changed {
+                        format!("the list was read again ({ingested} recipients)")
+                    } else {
+                        "taken as they are".to_string()
+                    }
+                ),
+            )?;
+        } else if !changed.is_empty() {
             if !accept_changes {
                 return Err(Error::InputsChanged(changed.join(", ")));
             }
-            if changed.contains(&"the recipients CSV") {
+            if csv_changed {
+                // A pass of this very file that a run left unfinished goes on
+                // after its checkpoint; otherwise a new pass begins.
+                let pass = match store.ingest_pass()? {
+                    Some(p) if !p.complete && p.source == csv_print => p,
+                    _ => store.begin_ingest(csv_print)?,
+                };
                 let known = store.rows_by_email()?;
                 let mut present = HashSet::new();
-                added = ingest(c, &mut store, Some((&known, &mut present)))?;
+                added = ingest(c, &mut store, Some((&known, &mut present)), &pass, stop)?.0;
                 // Rows no longer in the file: not sent any more, and said so.
                 let removed: Vec<_> = known
                     .iter()
@@ -163,9 +235,7 @@ pub fn prepare(
                     .collect();
                 skipped = store.skip_unsent(&removed, "removed from the recipients file")?;
             }
-            for (k, v) in &prints {
-                store.set_meta(k, v)?;
-            }
+            store.finish_ingest(None, &meta)?;
             store.log_event(
                 edm_model::now_ms(),
                 "inputs_changed",
@@ -199,26 +269,48 @@ pub fn prepare(
         in_doubt: in_doubt_count,
         added,
         removed: skipped,
+        repaired,
+        reingested,
     })
 }
 
-/// Streams the CSV into the store in batches. With `known`, only addresses
-/// not already in the store are added (accepting a changed CSV).
 /// Addresses already in the store, and the set of addresses the file still has.
 type Known<'a> = (
     &'a HashMap<String, (RecipientId, Status)>,
     &'a mut HashSet<String>,
 );
 
-fn ingest(c: &Campaign, store: &mut Store, mut known: Option<Known<'_>>) -> Result<u64, Error> {
+/// Streams the CSV into the store in batches, each committed with the pass's
+/// checkpoint. Rows up to `pass.after_line` were stored by an earlier run of
+/// this pass: they are read again (the duplicate check needs them) but not
+/// stored. With `known`, only addresses not already in the store are added
+/// (accepting a changed CSV). Returns the rows the pass has stored in all,
+/// and the file's header.
+///
+/// On a bad record (an invalid byte, a read error) or when `stop` is set, the
+/// rows read before it are committed first, so the next run goes on from
+/// there: nothing is stored twice and nothing read is lost.
+fn ingest(
+    c: &Campaign,
+    store: &mut Store,
+    mut known: Option<Known<'_>>,
+    pass: &IngestPass,
+    stop: &AtomicBool,
+) -> Result<(u64, Vec<String>), Error> {
     let supp = suppression(c)?;
     let path = c.path(&c.config.campaign.recipients);
     let rows = edm_recipients::open(&path, &crate::check::read_options(c), supp.as_ref())?;
     let columns = rows.columns().to_vec();
     let mut batch = Vec::with_capacity(INGEST_BATCH);
-    let mut n = 0u64;
+    let mut n = pass.rows;
     for row in rows {
-        let row = row?;
+        let row = match row {
+            Ok(row) => row,
+            Err(e) => {
+                store.insert_rows(&batch)?;
+                return Err(e.into());
+            }
+        };
         if let Some((known, present)) = known.as_mut() {
             let norm = edm_recipients::normalize(&row.email);
             let seen = known.contains_key(&norm);
@@ -226,6 +318,9 @@ fn ingest(c: &Campaign, store: &mut Store, mut known: Option<Known<'_>>) -> Resu
             if seen {
                 continue;
             }
+        }
+        if row.line <= pass.after_line {
+            continue;
         }
         let (status, category, reason, duplicate_of) = match row.verdict {
             Verdict::Valid => (Status::Pending, None, None, None),
@@ -258,11 +353,11 @@ fn ingest(c: &Campaign, store: &mut Store, mut known: Option<Known<'_>>) -> Resu
         if batch.len() >= INGEST_BATCH {
             store.insert_rows(&batch)?;
             batch.clear();
+            if stop.load(Ordering::SeqCst) {
+                return Err(Error::Interrupted { stored: n });
+            }
         }
     }
     store.insert_rows(&batch)?;
-    if known.is_none() {
-        store.mark_ingested(&columns)?;
-    }
-    Ok(n)
+    Ok((n, columns))
 }

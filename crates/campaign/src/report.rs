@@ -45,8 +45,11 @@ pub struct StatusReport {
     pub by_category: BTreeMap<String, u64>,
     /// When the first deferred recipient comes due (Unix ms).
     pub next_retry_at: Option<UnixMillis>,
-    /// True when every recipient is final.
+    /// True when every recipient is final (and the whole list is stored).
     pub complete: bool,
+    /// False while an interrupted ingest has stored only part of the
+    /// recipients file: the next `edm send` stores the rest, once each.
+    pub ingested: bool,
 }
 
 fn state_of(c: &Campaign, state: Option<&Path>) -> PathBuf {
@@ -67,6 +70,7 @@ fn open_ro(c: &Campaign, state: Option<&Path>) -> Result<Store, Error> {
 pub fn status(c: &Campaign, state: Option<&Path>) -> Result<StatusReport, Error> {
     let store = open_ro(c, state)?;
     let s = store.summary()?;
+    let ingested = store.is_ingested()?;
     Ok(StatusReport {
         campaign: c.config.campaign.name.clone(),
         state: state_of(c, state),
@@ -87,10 +91,12 @@ pub fn status(c: &Campaign, state: Option<&Path>) -> Result<StatusReport, Error>
             .map(|(k, v)| (k.as_str().to_string(), *v))
             .collect(),
         next_retry_at: s.next_due,
-        complete: Status::ALL
-            .iter()
-            .filter(|st| !st.is_final())
-            .all(|st| s.count(*st) == 0),
+        complete: ingested
+            && Status::ALL
+                .iter()
+                .filter(|st| !st.is_final())
+                .all(|st| s.count(*st) == 0),
+        ingested,
     })
 }
 

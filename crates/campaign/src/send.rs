@@ -27,7 +27,7 @@ use tokio::sync::{Notify, mpsc, watch};
 
 use crate::Error;
 use crate::config::{Campaign, SecurityName};
-use crate::prepare::{Prepared, prepare};
+use crate::prepare::{Prepared, prepare_with_stop};
 use crate::writer::{StoreView, Writer};
 
 /// Options of one `edm send`.
@@ -50,6 +50,10 @@ pub struct SendOptions {
     /// Wait within the run for retries due at most this far ahead; later
     /// ones end the run with [`RunEnd::WaitingForRetries`].
     pub max_retry_wait: Duration,
+    /// Set by a signal handler to stop the ingest at the next batch
+    /// boundary ([`Error::Interrupted`]); once sending, stop with
+    /// [`Control::Stop`](edm_model::Control::Stop) instead.
+    pub stop_ingest: Option<Arc<AtomicBool>>,
 }
 
 impl Default for SendOptions {
@@ -63,6 +67,7 @@ impl Default for SendOptions {
             accept_changes: false,
             relay: None,
             max_retry_wait: Duration::from_secs(120),
+            stop_ingest: None,
         }
     }
 }
@@ -177,6 +182,11 @@ pub struct Run {
     /// The state file.
     pub state: PathBuf,
     join: tokio::task::JoinHandle<Result<RunReport, Error>>,
+    /// Extra copies of records, left by an interrupted ingest of an older
+    /// build, marked `skipped` when the state was opened.
+    pub repaired: u64,
+    /// The CSV changed before anything was sent and was read again.
+    pub reingested: bool,
 }
 
 impl Run {
@@ -230,6 +240,25 @@ impl Shared {
     }
 }
 
+/// Said at every run with `accept_invalid_certs = true`, and by `edm check`.
+pub(crate) const INVALID_CERTS_WARNING: &str = "[smtp] accept_invalid_certs = true: the relay's certificate is not checked, so whoever sits on the path can read the password and every message; use it only with a self-signed test relay";
+
+/// Why AUTH would go in clear to `host`, if it would and was not allowed:
+/// a username, `security = "none"`, a host that is not loopback
+/// (127.0.0.0/8, ::1, `localhost`) and no `allow_plaintext_auth = true`.
+pub(crate) fn plaintext_auth_refusal(c: &Campaign, host: &str) -> Option<String> {
+    let s = &c.config.smtp;
+    (s.username.is_some()
+        && s.security == SecurityName::None
+        && !s.allow_plaintext_auth
+        && !edm_delivery::is_loopback(host))
+    .then(|| {
+        format!(
+            "[smtp] security = \"none\" would send the password to {host} in clear: set security = \"starttls\" or \"tls\", or allow_plaintext_auth = true in [smtp] if the network is yours"
+        )
+    })
+}
+
 pub(crate) fn delivery_config(
     c: &Campaign,
     opts: &SendOptions,
@@ -261,6 +290,7 @@ pub(crate) fn delivery_config(
         command_timeout: s.command_timeout,
         data_timeout: s.data_timeout,
         accept_invalid_certs: s.accept_invalid_certs,
+        allow_plaintext_auth: s.allow_plaintext_auth,
     };
     let d = &c.config.delivery;
     let mut cfg = DeliveryConfig::new(smtp);
@@ -278,7 +308,9 @@ pub(crate) fn delivery_config(
         .iter()
         .map(|(k, v)| {
             (
-                k.to_ascii_lowercase(),
+                // Envelopes carry the domain in A-label form (`domain_of`):
+                // a limit written for `bücher.example` must find them.
+                edm_model::domain_of(&format!("@{k}")),
                 DomainLimit {
                     rate: v.rate,
                     concurrency: v.concurrency,
@@ -303,17 +335,32 @@ fn retry_policy(c: &Campaign) -> RetryPolicy {
 /// Prepares the campaign (errors here mean it cannot run at all) and starts
 /// sending on the current tokio runtime.
 pub async fn start_send(campaign: Campaign, opts: SendOptions) -> Result<Run, Error> {
+    let host = opts
+        .relay
+        .as_ref()
+        .map_or(campaign.config.smtp.host.as_str(), |(h, _)| h.as_str());
+    if let Some(message) = plaintext_auth_refusal(&campaign, host) {
+        return Err(Error::Config {
+            file: campaign.file.clone(),
+            message,
+        });
+    }
+    if campaign.config.smtp.accept_invalid_certs {
+        tracing::warn!("{INVALID_CERTS_WARNING}");
+    }
     let password = campaign.password()?;
     let state = opts.state.clone().unwrap_or_else(|| campaign.state_path());
     let c2 = campaign.clone();
     let s2 = state.clone();
     let (policy, accept) = (opts.in_doubt, opts.accept_changes);
-    let prepared = tokio::task::spawn_blocking(move || prepare(&c2, &s2, policy, accept))
-        .await
-        .map_err(|e| Error::Config {
-            file: campaign.file.clone(),
-            message: format!("preparing crashed: {e}"),
-        })??;
+    let stop = opts.stop_ingest.clone().unwrap_or_default();
+    let prepared =
+        tokio::task::spawn_blocking(move || prepare_with_stop(&c2, &s2, policy, accept, &stop))
+            .await
+            .map_err(|e| Error::Config {
+                file: campaign.file.clone(),
+                message: format!("preparing crashed: {e}"),
+            })??;
     let dcfg = delivery_config(&campaign, &opts, password);
     let mut progress = Progress {
         campaign: campaign.config.campaign.name.clone(),
@@ -328,6 +375,7 @@ pub async fn start_send(campaign: Campaign, opts: SendOptions) -> Result<Run, Er
     let (control_tx, control_rx) = mpsc::unbounded_channel();
     let ingested = prepared.ingested;
     let in_doubt_found = prepared.in_doubt;
+    let (repaired, reingested) = (prepared.repaired, prepared.reingested);
     let join = tokio::spawn(run(
         campaign,
         opts,
@@ -344,6 +392,8 @@ pub async fn start_send(campaign: Campaign, opts: SendOptions) -> Result<Run, Er
         in_doubt_found,
         state,
         join,
+        repaired,
+        reingested,
     })
 }
 

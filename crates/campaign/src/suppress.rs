@@ -9,9 +9,14 @@
 //! own `[campaign] suppression` file, so a bounce in one campaign is not
 //! sent to again in the next.
 //!
-//! Adding appends whole records in one write, so concurrent runs do not
-//! interleave lines; removing rewrites the file through a temporary file and
-//! a rename, so a reader never sees half a file.
+//! Every edit (add, import, remove, the additions at the end of a run)
+//! holds an exclusive lock on `suppression.csv.lock` beside the list, so
+//! concurrent edits are serialised and none is lost, and replaces the file
+//! atomically: the new content is written to a temporary file in the same
+//! folder, fsynced, and renamed over the list, so a reader (or a crash)
+//! never sees half a file. The list, its lock and its temporary file are
+//! created with mode 0600 and `$EDM_HOME` with 0700: the list holds the
+//! addresses of people who asked not to be mailed.
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
@@ -155,8 +160,10 @@ impl SharedSuppression {
 
     /// Appends the entries whose address is not listed yet (nor repeated
     /// earlier in `entries`). Creates the file, its header and its
-    /// directory when needed.
+    /// directory when needed. The file's existing lines are kept as they
+    /// are (comments included).
     pub fn add(&self, entries: &[SuppressedAddress]) -> Result<Added, Error> {
+        let _lock = self.lock()?;
         let mut listed: HashSet<String> = self
             .entries()?
             .iter()
@@ -176,37 +183,32 @@ impl SharedSuppression {
         if new.is_empty() {
             return Ok(result);
         }
-        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| Error::Io {
-                path: dir.to_owned(),
-                source,
-            })?;
+        let mut bytes = match std::fs::read(&self.path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(self.io(e)),
+        };
+        if !bytes.is_empty() && !bytes.ends_with(b"\n") {
+            bytes.extend_from_slice(b"\r\n");
         }
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)
-            .map_err(|e| self.io(e))?;
-        let empty = file.metadata().map_err(|e| self.io(e))?.len() == 0;
-        // One buffer, one write: concurrent appenders do not interleave lines.
         let mut writer = csv::WriterBuilder::new()
-            .has_headers(empty)
+            .has_headers(bytes.is_empty())
             .terminator(csv::Terminator::CRLF)
-            .from_writer(Vec::new());
+            .from_writer(bytes);
         for entry in &new {
             writer
                 .serialize(entry)
                 .map_err(|e| self.bad(e.to_string()))?;
         }
         let bytes = writer.into_inner().map_err(|e| self.bad(e.to_string()))?;
-        file.write_all(&bytes).map_err(|e| self.io(e))?;
-        file.sync_data().map_err(|e| self.io(e))?;
+        self.replace(&bytes)?;
         result.added = new.len() as u64;
         Ok(result)
     }
 
     /// Removes these addresses (any case). Returns how many entries went.
     pub fn remove<S: AsRef<str>>(&self, emails: &[S]) -> Result<u64, Error> {
+        let _lock = self.lock()?;
         let gone: HashSet<String> = emails.iter().map(|e| normalize(e.as_ref())).collect();
         let entries = self.entries()?;
         let before = entries.len();
@@ -218,9 +220,6 @@ impl SharedSuppression {
         if removed == 0 {
             return Ok(0);
         }
-        let mut tmp = self.path.clone().into_os_string();
-        tmp.push(".tmp");
-        let tmp = PathBuf::from(tmp);
         // The header written by hand: it stays when no entry is left.
         let mut writer = csv::WriterBuilder::new()
             .has_headers(false)
@@ -235,14 +234,67 @@ impl SharedSuppression {
                 .map_err(|e| self.bad(e.to_string()))?;
         }
         let bytes = writer.into_inner().map_err(|e| self.bad(e.to_string()))?;
-        let write = || -> std::io::Result<()> {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &self.path)
-        };
-        write().map_err(|e| self.io(e))?;
+        self.replace(&bytes)?;
         Ok(removed)
+    }
+
+    /// A path beside the list: `suppression.csv` + `suffix`.
+    fn beside(&self, suffix: &str) -> PathBuf {
+        let mut p = self.path.clone().into_os_string();
+        p.push(suffix);
+        PathBuf::from(p)
+    }
+
+    /// Creates the list's folder (0700) when it does not exist, then takes
+    /// the edit lock (`flock` on `suppression.csv.lock`, waiting for the
+    /// holder). A separate file, because the list itself is replaced by a
+    /// rename at each edit; the lock goes with the returned file's close.
+    fn lock(&self) -> Result<File, Error> {
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            let mut builder = std::fs::DirBuilder::new();
+            builder.recursive(true);
+            #[cfg(unix)]
+            std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+            builder.create(dir).map_err(|source| Error::Io {
+                path: dir.to_owned(),
+                source,
+            })?;
+        }
+        let path = self.beside(".lock");
+        let file = private(OpenOptions::new().create(true).truncate(false).write(true))
+            .open(&path)
+            .map_err(|source| Error::Io {
+                path: path.clone(),
+                source,
+            })?;
+        file.lock().map_err(|source| Error::Io { path, source })?;
+        Ok(file)
+    }
+
+    /// Replaces the list with `bytes` atomically (caller holds the lock):
+    /// a temporary file in the same folder (so the rename stays on one file
+    /// system), fsynced before the rename, the folder fsynced after it so
+    /// the rename survives a power loss. Mode 0600.
+    fn replace(&self, bytes: &[u8]) -> Result<(), Error> {
+        let tmp = self.beside(".tmp");
+        let write = || -> std::io::Result<()> {
+            let mut f =
+                private(OpenOptions::new().create(true).truncate(true).write(true)).open(&tmp)?;
+            // A temporary file left by a crash keeps its old mode: set it.
+            #[cfg(unix)]
+            f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &self.path)?;
+            if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                File::open(dir)?.sync_all()?;
+            }
+            Ok(())
+        };
+        write().map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            self.io(e)
+        })
     }
 
     fn io(&self, source: std::io::Error) -> Error {
@@ -258,6 +310,13 @@ impl SharedSuppression {
             message,
         }
     }
+}
+
+/// Files of the list are created readable by their owner only (0600).
+fn private(options: &mut OpenOptions) -> &mut OpenOptions {
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(options, 0o600);
+    options
 }
 
 /// The addresses of a file to import: a CSV with an `email` column, or one
@@ -478,5 +537,68 @@ mod tests {
         .unwrap();
         let (valid, _) = read_import(&lines).unwrap();
         assert_eq!(valid, ["carl@example.com", "dora@example.org"]);
+    }
+
+    #[test]
+    fn concurrent_edits_lose_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("home/suppression.csv");
+        let threads = 8;
+        let each = 25;
+        std::thread::scope(|scope| {
+            for t in 0..threads {
+                let list = SharedSuppression::at(&path);
+                scope.spawn(move || {
+                    for i in 0..each {
+                        let e = SuppressedAddress::now(&format!("t{t}-{i}@example.com"), "x", "");
+                        assert_eq!(list.add(&[e]).unwrap().added, 1);
+                        // A remove now and then, of an address of its own.
+                        if i % 5 == 4 {
+                            let gone = format!("t{t}-{}@example.com", i - 1);
+                            assert_eq!(list.remove(&[gone]).unwrap(), 1);
+                        }
+                    }
+                });
+            }
+        });
+        let list = SharedSuppression::at(&path);
+        let entries = list.entries().unwrap();
+        let expected = threads * (each - each / 5);
+        assert_eq!(entries.len(), expected);
+        let unique: HashSet<_> = entries.iter().map(|e| e.email.clone()).collect();
+        assert_eq!(unique.len(), expected);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.matches("email,reason").count(), 1, "one header");
+        assert!(!dir.path().join("home/suppression.csv.tmp").exists());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_list_is_private_to_its_owner() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("edm-home");
+        let list = SharedSuppression::at(home.join("suppression.csv"));
+        list.add(&[SuppressedAddress::now("a@example.com", "manual", "")])
+            .unwrap();
+        assert_eq!(mode(&home), 0o700);
+        assert_eq!(mode(list.path()), 0o600);
+        assert_eq!(mode(&home.join("suppression.csv.lock")), 0o600);
+        // A list written by an older edm (0644) is private after an edit,
+        // its lines (comments included) kept.
+        std::fs::write(list.path(), "email,reason\n# kept\nb@example.com,x").unwrap();
+        std::fs::set_permissions(list.path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+        list.add(&[SuppressedAddress::now("c@example.com", "manual", "")])
+            .unwrap();
+        assert_eq!(mode(list.path()), 0o600);
+        let text = std::fs::read_to_string(list.path()).unwrap();
+        assert!(
+            text.starts_with("email,reason\n# kept\nb@example.com,x\r\nc@example.com,"),
+            "{text}"
+        );
+        std::fs::set_permissions(list.path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+        list.remove(&["b@example.com"]).unwrap();
+        assert_eq!(mode(list.path()), 0o600);
     }
 }

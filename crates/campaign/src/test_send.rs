@@ -126,6 +126,12 @@ pub async fn test_send(c: &Campaign, opts: &TestSendOptions) -> Result<TestSendR
         file: c.file.clone(),
         message: format!("--test-to {to:?} is not a usable address: {reason}"),
     })?;
+    if let Some(message) = crate::send::plaintext_auth_refusal(c, &c.config.smtp.host) {
+        return Err(Error::Config {
+            file: c.file.clone(),
+            message,
+        });
+    }
     let password = c.password()?;
     let (columns, samples) = samples(c, opts.sample.max(1))?;
     if samples.is_empty() {

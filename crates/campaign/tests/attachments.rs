@@ -19,6 +19,7 @@ recipients = "r.csv"
 list_unsubscribe = "https://acme.example/u/{{id}}"
 attachments = ["files/terms.pdf"]
 attachment_column = "invoice"
+attachment_dir = "files"
 
 [smtp]
 host = "127.0.0.1"
@@ -26,9 +27,9 @@ port = 2525
 "#;
 
 const CSV: &str = "id,email,first_name,invoice\n\
-1,ann@example.com,Ann,files/ann.csv\n\
+1,ann@example.com,Ann,ann.csv\n\
 2,bob@example.org,Bob,\n\
-3,cy@example.net,Cy,files/missing.pdf\n";
+3,cy@example.net,Cy,missing.pdf\n";
 
 fn pdf() -> Vec<u8> {
     let mut b = b"%PDF-1.4\n".to_vec();
@@ -76,10 +77,7 @@ fn check_reports_a_missing_per_recipient_file() {
         r.problems
     );
     let e = first(&r, ProblemKind::AttachmentMissing);
-    assert!(
-        e.contains("r.csv:4: attachment \"files/missing.pdf\""),
-        "{e}"
-    );
+    assert!(e.contains("r.csv:4: attachment \"missing.pdf\""), "{e}");
     assert_eq!(r.rendered, 2);
     assert!(!r.is_clean());
 }

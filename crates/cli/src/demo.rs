@@ -33,14 +33,16 @@ const FILES: [(&str, &str); 4] = [
 
 #[derive(Args, Debug, Clone)]
 pub struct DemoArgs {
-    /// Where to put the campaign copy, its state and the Maildir (wiped first).
+    /// Where to put the campaign copy, its state and the Maildir: a new or
+    /// empty folder, or an earlier demo's (wiped first); any other folder
+    /// is refused.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Plain progress lines instead of the dashboard.
     #[arg(long)]
     pub no_tui: bool,
     /// Messages per second (default: the campaign's 100).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::parse_rate)]
     pub rate: Option<f64>,
 }
 
@@ -49,9 +51,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<u8> {
         .out
         .clone()
         .unwrap_or_else(|| std::env::temp_dir().join("edm-demo"));
-    if out.exists() {
-        std::fs::remove_dir_all(&out).with_context(|| format!("cleaning {}", out.display()))?;
-    }
+    clean_out(&out)?;
     let dir = out.join("campaign");
     for (name, text) in FILES {
         let path = dir.join(name);
@@ -102,6 +102,73 @@ pub fn run(args: DemoArgs) -> anyhow::Result<u8> {
             _ => report.exit_code(),
         })
     })
+}
+
+/// Marks a folder `edm demo` made, so the next demo may wipe it.
+const MARKER: &str = ".edm-demo";
+
+/// Everything `edm demo` writes in its folder.
+const DEMO_ENTRIES: [&str; 4] = [MARKER, "campaign", "maildir", "edm.log"];
+
+/// Makes `out` an empty folder for the demo, refusing to wipe one that is
+/// not an earlier demo: `--out ~/work` must never delete someone's files.
+/// An earlier demo holds only what the demo writes, and either the marker
+/// or (from before the marker) the bundled `campaign.toml` unchanged.
+fn clean_out(out: &Path) -> anyhow::Result<()> {
+    let entries = match std::fs::read_dir(out) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+            return mark(out);
+        }
+        Err(e) => anyhow::bail!("--out {}: {e}", out.display()),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.with_context(|| format!("reading {}", out.display()))?;
+        names.push(entry.file_name());
+    }
+    if names.is_empty() {
+        return mark(out);
+    }
+    let stranger = names
+        .iter()
+        .find(|n| !DEMO_ENTRIES.iter().any(|d| n.as_os_str() == *d));
+    let bundled = std::fs::read_to_string(out.join("campaign/campaign.toml"))
+        .is_ok_and(|text| text == FILES[0].1);
+    let marked = out.join(MARKER).is_file();
+    let refused = match stranger {
+        Some(name) => Some(name),
+        None if !(marked || bundled) => names.first(),
+        None => None,
+    };
+    if let Some(name) = refused {
+        anyhow::bail!(
+            "--out {}: the folder is not empty and is not an earlier edm demo (it holds {:?}); \
+             the demo wipes its folder before each run, so give it a new or empty folder",
+            out.display(),
+            name
+        );
+    }
+    for name in &names {
+        let path = out.join(name);
+        let removed = if path.is_dir() && !path.is_symlink() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        removed.with_context(|| format!("cleaning {}", path.display()))?;
+    }
+    mark(out)
+}
+
+fn mark(out: &Path) -> anyhow::Result<()> {
+    let path = out.join(MARKER);
+    std::fs::write(
+        &path,
+        "made by `edm demo`: the next `edm demo --out` here wipes this folder\n",
+    )
+    .with_context(|| format!("writing {}", path.display()))
 }
 
 fn count_files(dir: &Path) -> usize {

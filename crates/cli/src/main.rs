@@ -3,12 +3,33 @@
 //! exit codes (0 done, 1 done with failures, 2 could not run, 3 not finished,
 //! 130 stopped by the operator).
 
+/// `println!` that never panics: after SIGHUP the terminal may be gone (EIO),
+/// and `edm send ... | head` closes the pipe (EPIPE). Everything is already
+/// recorded when these lines are printed; failing to print them is no reason
+/// to exit 101 instead of the run's own status.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `eprintln!` that never panics (see [`outln!`]).
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod check;
 mod demo;
 mod progress;
 mod send;
+mod signals;
 mod suppress;
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -124,10 +145,39 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => ExitCode::from(code),
+        Err(e) if e.downcast_ref::<send::Stopped>().is_some() => {
+            // Stopped by the operator, not an error: the state is consistent.
+            let _ = writeln!(std::io::stderr(), "edm: {e:#}");
+            ExitCode::from(130)
+        }
         Err(e) => {
             eprintln!("edm: error: {e:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// `--rate`: the rule `[delivery] rate` follows (campaign's `rate_problem`).
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let rate: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of messages per second"))?;
+    match edm_campaign::rate_problem(rate) {
+        Some(why) => Err(why),
+        None => Ok(rate),
+    }
+}
+
+/// `--concurrency`: the rule `[delivery] concurrency` follows.
+fn parse_concurrency(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of connections"))?;
+    match edm_campaign::concurrency_problem(n) {
+        Some(why) => Err(why),
+        None => Ok(n),
     }
 }
 

@@ -16,12 +16,15 @@ pub fn init_logging(file: Option<&Path>, quiet: bool) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false);
+    // 0600 whatever the umask, like the state database (`.edm/state.log`).
     let result = match file.and_then(|p| {
-        std::fs::OpenOptions::new()
+        let f = edm_campaign::private_options()
             .create(true)
             .append(true)
             .open(p)
-            .ok()
+            .ok()?;
+        tighten(&f);
+        Some(f)
     }) {
         Some(f) => builder
             .with_ansi(false)
@@ -30,6 +33,21 @@ pub fn init_logging(file: Option<&Path>, quiet: bool) {
         None => builder.with_writer(std::io::stderr).try_init(),
     };
     let _ = result;
+}
+
+/// Takes group and world bits off a log file an older build created.
+fn tighten(f: &std::fs::File) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(m) = f.metadata()
+            && m.permissions().mode() & 0o077 != 0
+        {
+            let _ = f.set_permissions(std::fs::Permissions::from_mode(0o600));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = f;
 }
 
 /// True when the dashboard can be shown.
@@ -94,6 +112,11 @@ pub fn print_status(s: &StatusReport) {
     if !s.by_category.is_empty() {
         println!("  by category: {}", categories(&s.by_category));
     }
+    if !s.ingested {
+        println!(
+            "  the recipients file is not all stored yet (an interrupted ingest): edm send stores the rest"
+        );
+    }
     println!(
         "  {}",
         if s.complete {
@@ -123,22 +146,23 @@ pub fn print_report(dir: &Path, r: &RunReport) {
         ),
         RunEnd::StoreFailed(e) => format!("stopped: {e}"),
         RunEnd::Unreachable { relay, failure } => {
-            eprintln!(
+            errln!(
                 "edm: cannot use the relay {relay}: {}: {}",
-                failure.category, failure.reply
+                failure.category,
+                failure.reply
             );
             format!(
                 "stopped: the relay {relay} cannot be used ({failure}). Check [smtp] host, port and security. No recipient was marked failed."
             )
         }
         RunEnd::Refused(f) => {
-            eprintln!("edm: the relay refuses every message: {}", reply_text(f));
+            errln!("edm: the relay refuses every message: {}", reply_text(f));
             format!(
                 "stopped: the relay refuses every message ({f}). Fix the cause (sender, credentials, verified identity) and run `edm send` again. No recipient was marked failed; those refused are pending again."
             )
         }
         RunEnd::Crashed(e) => {
-            eprintln!("edm: internal error: {e}");
+            errln!("edm: internal error: {e}");
             format!(
                 "stopped on an internal error ({e}). No recipient was marked failed; please report it."
             )
@@ -151,12 +175,15 @@ pub fn print_report(dir: &Path, r: &RunReport) {
             "the daily quota of {quota} messages is used up (rolling 24 hours); run `edm send` again later"
         ),
     };
-    println!("Campaign: {head}");
-    println!(
+    outln!("Campaign: {head}");
+    outln!(
         "  this run: sent {}, failed {}, retries scheduled {}, in doubt {}",
-        r.sent, r.failed, r.retried, r.in_doubt
+        r.sent,
+        r.failed,
+        r.retried,
+        r.in_doubt
     );
-    println!(
+    outln!(
         "  campaign: total {}, sent {}, failed {}, deferred {}, pending {}, invalid {}, skipped {}, suppressed {}, in doubt {}",
         s.total,
         s.count(Status::Sent),
@@ -169,17 +196,17 @@ pub fn print_report(dir: &Path, r: &RunReport) {
         s.in_doubt,
     );
     if !s.by_category.is_empty() {
-        println!("  failures by category: {}", categories(&s.by_category));
+        outln!("  failures by category: {}", categories(&s.by_category));
     }
-    println!("  state: {}", r.state.display());
+    outln!("  state: {}", r.state.display());
     if s.count(Status::Failed) > 0 {
-        println!(
+        outln!(
             "  failed recipients: edm report {} --failures --output failed.csv",
             dir.display()
         );
     }
     if s.in_doubt > 0 {
-        println!(
+        outln!(
             "  in doubt (after a crash, or no reply to the final dot): edm report {} --in-doubt",
             dir.display()
         );
@@ -234,4 +261,24 @@ pub fn watch(c: Campaign, state: Option<PathBuf>) -> anyhow::Result<u8> {
         |_| {},
     )?;
     Ok(0)
+}
+
+#[cfg(all(test, unix))]
+mod log_file_tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    /// Issue 9 point 7: `.edm/state.log` may quote addresses and replies.
+    #[test]
+    fn the_log_file_is_created_private_and_an_old_one_is_tightened() {
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let new = dir.path().join("new.log");
+        super::init_logging(Some(&new), true);
+        assert_eq!(mode(&new), 0o600);
+        let old = dir.path().join("old.log");
+        std::fs::write(&old, "").unwrap();
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
+        super::init_logging(Some(&old), true);
+        assert_eq!(mode(&old), 0o600);
+    }
 }

@@ -6,9 +6,21 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use edm_campaign::{Campaign, InDoubtPolicy, RunReport, SendOptions, TestOutcome, TestSendOptions};
-use edm_model::Control;
 
 use crate::progress;
+use crate::signals::Signals;
+
+/// The campaign was stopped by a signal before it started sending: exit 130.
+#[derive(Debug)]
+pub struct Stopped(pub edm_campaign::Error);
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for Stopped {}
 
 #[derive(Args, Debug, Clone)]
 pub struct SendArgs {
@@ -18,10 +30,10 @@ pub struct SendArgs {
     #[arg(long)]
     pub no_tui: bool,
     /// Messages per second (overrides [delivery] rate; 0 = unlimited).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::parse_rate)]
     pub rate: Option<f64>,
     /// SMTP connections (overrides [delivery] concurrency).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::parse_concurrency)]
     pub concurrency: Option<usize>,
     /// Attempt at most N recipients in this run.
     #[arg(long)]
@@ -72,6 +84,7 @@ impl SendArgs {
             accept_changes: self.accept_changes,
             relay: None,
             max_retry_wait: Duration::from_secs(self.max_retry_wait),
+            stop_ingest: None,
         }
     }
 }
@@ -85,8 +98,9 @@ pub fn run(args: SendArgs) -> anyhow::Result<u8> {
     let state = args.state.clone().unwrap_or_else(|| campaign.state_path());
     let log = state.with_extension("log");
     if tui {
+        // The log sits next to the state and may quote addresses: private too.
         if let Some(dir) = log.parent() {
-            let _ = std::fs::create_dir_all(dir);
+            let _ = edm_campaign::create_private_dir(dir);
         }
         progress::init_logging(Some(&log), false);
     } else {
@@ -140,37 +154,66 @@ fn test_send(campaign: &Campaign, to: &str, args: &SendArgs) -> anyhow::Result<u
 /// Runs one send to the end; shared with `edm demo`.
 pub async fn send(
     campaign: Campaign,
-    opts: SendOptions,
+    mut opts: SendOptions,
     tui: bool,
     dir: &Path,
 ) -> anyhow::Result<RunReport> {
-    let run = edm_campaign::start_send(campaign, opts)
-        .await
-        .context("cannot start the campaign")?;
+    // Listening before the ingest: a signal while a large CSV is read stops
+    // it at a batch boundary (Ctrl-C, SIGTERM, SIGHUP; a second one exits).
+    let signals = Signals::listen(tui);
+    opts.stop_ingest = Some(signals.stop_flag());
+    let run = match edm_campaign::start_send(campaign, opts).await {
+        Ok(run) => run,
+        Err(e @ edm_campaign::Error::Interrupted { .. }) => return Err(Stopped(e).into()),
+        Err(e) => return Err(anyhow::Error::new(e).context("cannot start the campaign")),
+    };
+    if run.repaired > 0 {
+        errln!(
+            "{} extra copies of recipients, stored twice by an interrupted ingest of an older edm, were marked skipped (edm report {} --all)",
+            run.repaired,
+            dir.display()
+        );
+    }
+    if run.reingested {
+        errln!(
+            "the recipients CSV changed before anything was sent: it was read again in place of the old list"
+        );
+    }
     if run.ingested > 0 {
-        eprintln!("read {} recipients from the CSV", run.ingested);
+        errln!("read {} recipients from the CSV", run.ingested);
     }
     if run.in_doubt_found > 0 {
-        eprintln!(
+        errln!(
             "{} recipients were being sent when the last run died: they are in doubt (edm report {} --in-doubt)",
             run.in_doubt_found,
             dir.display()
         );
     }
     let control = run.control.clone();
-    // Ctrl-C (and SIGTERM) stop gracefully; a second one exits at once.
-    let signals = tokio::spawn(stop_on_signals(control.clone()));
+    signals.attach(control.clone());
     let ui = if tui {
         let progress = run.progress.clone();
         let control = control.clone();
         let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+        let signalled = signals.stop_flag();
+        let mut stop_shown = false;
         Some(tokio::task::spawn_blocking(move || {
             edm_dashboard::run_in_terminal(
                 edm_dashboard::Options {
                     no_color,
                     read_only: false,
                 },
-                || progress.borrow().clone(),
+                move || {
+                    let mut p = progress.borrow().clone();
+                    // A signal's stop may finish between two frames: show
+                    // `Stopping` once, so the dashboard knows the stop was
+                    // asked and leaves when the run is done without a key.
+                    if !stop_shown && signalled.load(std::sync::atomic::Ordering::SeqCst) {
+                        stop_shown = true;
+                        p.state = edm_model::RunState::Stopping;
+                    }
+                    p
+                },
                 |c| {
                     let _ = control.send(c);
                 },
@@ -194,7 +237,7 @@ pub async fn send(
                 if done(&p) {
                     break;
                 }
-                println!("{}", progress::line(&p));
+                outln!("{}", progress::line(&p));
             }
             Ok(())
         }))
@@ -208,44 +251,6 @@ pub async fn send(
             Ok(Ok(())) => {}
         }
     }
-    signals.abort();
+    drop(signals);
     Ok(report)
-}
-
-async fn stop_on_signals(control: tokio::sync::mpsc::UnboundedSender<Control>) {
-    let mut count = 0;
-    loop {
-        wait_for_signal().await;
-        count += 1;
-        if count == 1 {
-            eprintln!(
-                "\nstopping: finishing the transactions in flight (press Ctrl-C again to quit at once; unfinished ones become in doubt)"
-            );
-            let _ = control.send(Control::Stop);
-        } else {
-            eprintln!("quitting at once");
-            std::process::exit(130);
-        }
-    }
-}
-
-#[cfg(unix)]
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
-#[cfg(not(unix))]
-async fn wait_for_signal() {
-    let _ = tokio::signal::ctrl_c().await;
 }

@@ -35,4 +35,4 @@ mod run;
 mod theme;
 
 pub use app::{Action, App, Options, View};
-pub use run::{FRAME, run, run_in_terminal};
+pub use run::{FRAME, restore_terminal, run, run_in_terminal};

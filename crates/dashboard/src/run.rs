@@ -43,12 +43,19 @@ where
     B: Backend,
     B::Error: Send + Sync + 'static,
 {
+    // A stop asked from outside the dashboard (SIGTERM, SIGHUP) shows up as
+    // `Stopping`: once the run is done there is nobody to press a key for.
+    let mut stopped_elsewhere = false;
     loop {
         let progress = snapshot();
+        stopped_elsewhere |= progress.state == edm_model::RunState::Stopping;
         terminal
             .draw(|frame| app.draw(frame, &progress))
             .map_err(to_io)?;
-        if app.finished(&progress) {
+        let done_after_stop = stopped_elsewhere
+            && !app.options().read_only
+            && progress.state == edm_model::RunState::Done;
+        if app.finished(&progress) || done_after_stop {
             return Ok(());
         }
         let deadline = Instant::now() + FRAME;
@@ -142,6 +149,13 @@ impl Drop for TerminalGuard {
             panic::set_hook(Box::new(move |info| previous(info)));
         }
     }
+}
+
+/// Leaves raw mode and the alternate screen, for a caller about to exit the
+/// process at once (a second signal) while [`run_in_terminal`] runs on
+/// another thread, whose guard would never be dropped.
+pub fn restore_terminal() {
+    restore();
 }
 
 /// Leaves raw mode and the alternate screen. Safe to call twice; errors are

@@ -175,3 +175,36 @@ fn resize_redraws() {
     // One frame at start, one after each resize; q leaves without another.
     assert_eq!(snapshots.get(), 3);
 }
+
+/// Issue 9 point 6: SIGTERM or SIGHUP stop the run from outside the
+/// dashboard; once it is done there is nobody to press a key, so it leaves.
+#[test]
+fn a_stop_from_outside_leaves_once_the_run_is_done() {
+    let engine = Engine::new(mid_run());
+    let mut terminal = Terminal::new(TestBackend::new(80, 24)).unwrap();
+    let mut app = App::new(Options::default());
+    let e1 = Rc::clone(&engine);
+    let frames = Rc::new(Cell::new(0u32));
+    let counted = Rc::clone(&frames);
+    run(
+        &mut terminal,
+        &mut app,
+        move || {
+            counted.set(counted.get() + 1);
+            // The signal handler's stop reaches the engine, not the app.
+            if counted.get() == 2 {
+                e1.control(Control::Stop);
+            }
+            e1.snapshot()
+        },
+        script(Vec::new()),
+        |c| panic!("no control expected, got {c:?}"),
+    )
+    .unwrap();
+    assert_eq!(engine.progress.borrow().state, RunState::Done);
+    assert!(
+        frames.get() < 10,
+        "left as soon as done: {} frames",
+        frames.get()
+    );
+}

@@ -223,8 +223,9 @@ struct Early {
     last: Option<Failure>,
 }
 
-/// How long a streak's held envelopes wait for the next outcome before they
-/// are reported anyway (a streak that stops growing is not an outage).
+/// How long a streak's held envelopes wait, once every worker is idle,
+/// before they are reported anyway (a streak that stops growing with nothing
+/// left to send is not a refusal of everything).
 const STREAK_FLUSH: Duration = Duration::from_secs(2);
 
 struct DomainGate {
@@ -268,6 +269,25 @@ struct Shared {
     /// The envelope each worker task holds, so a panicking worker's envelope
     /// goes back to pending.
     holding: Mutex<HashMap<tokio::task::Id, edm_model::RecipientId>>,
+    /// Workers waiting for the next envelope.
+    idle_workers: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts a worker as waiting for work while alive (dropped when the wait
+/// ends, or when the select that holds it is cancelled).
+struct Idle<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Idle<'a> {
+    fn new(n: &'a std::sync::atomic::AtomicUsize) -> Idle<'a> {
+        n.fetch_add(1, Ordering::SeqCst);
+        Idle(n)
+    }
+}
+
+impl Drop for Idle<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Shared {
@@ -429,9 +449,15 @@ impl Shared {
         self.report_rejected(flush).await;
     }
 
-    /// Reports a streak that stopped growing, so its recipients are not held
-    /// for ever (the count toward the limit is kept).
+    /// Reports a streak that stopped growing while every worker waits for
+    /// work: the feeder may be waiting for those very outcomes, so they must
+    /// not be held for ever (the count toward the limit is kept). While
+    /// anything is being sent, the next outcome decides instead.
     async fn flush_stale_streak(&self, now: Instant) {
+        let all_idle = self.idle_workers.load(Ordering::SeqCst) >= self.cfg.concurrency.max(1);
+        if !all_idle {
+            return;
+        }
         let flush = self
             .streak
             .lock()
@@ -696,6 +722,7 @@ pub fn start_with(
         streak: Mutex::new(Streak::default()),
         stopped_by: Mutex::new(None),
         holding: Mutex::new(HashMap::new()),
+        idle_workers: std::sync::atomic::AtomicUsize::new(0),
         cfg,
     });
     let (control_tx, control_rx) = mpsc::unbounded_channel();
@@ -912,7 +939,10 @@ async fn next_job(
         let env = tokio::select! {
             biased;
             _ = stopped(stop) => return None,
-            env = async { shared.jobs.lock().await.recv().await } => env,
+            env = async {
+                let _idle = Idle::new(&shared.idle_workers);
+                shared.jobs.lock().await.recv().await
+            } => env,
             _ = tokio::time::sleep(POLL), if parked > 0 => continue,
         };
         let Some(env) = env else {

@@ -30,7 +30,7 @@ pub use engine::{
 };
 pub use outbound::classify::{DIALECTS, Dialect, ReplyRef, classify_error, classify_reply};
 pub use outbound::ses::{Credentials, SendQuota, SesSettings, SesTransport};
-pub use outbound::session::{Afterwards, Security, Session, SmtpSettings};
+pub use outbound::session::{Afterwards, Security, Session, SmtpSettings, is_loopback};
 pub use outbound::smtp::SmtpTransport;
 pub use queue::adaptive::{Aimd, AimdSettings};
 pub use queue::breaker::{Breaker, Trip};

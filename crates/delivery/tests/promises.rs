@@ -24,6 +24,7 @@ fn settings(host: &str, port: u16) -> SmtpSettings {
         command_timeout: Duration::from_secs(2),
         data_timeout: Duration::from_secs(2),
         accept_invalid_certs: false,
+        allow_plaintext_auth: false,
     }
 }
 

@@ -131,6 +131,7 @@ fn config() -> DeliveryConfig {
         command_timeout: Duration::from_secs(10),
         data_timeout: Duration::from_secs(10),
         accept_invalid_certs: false,
+        allow_plaintext_auth: false,
     });
     cfg.concurrency = 2;
     cfg
@@ -323,4 +324,35 @@ async fn no_reply_after_the_final_dot_is_in_doubt() {
         stub.opens.load(Ordering::SeqCst) >= 4,
         "a fresh connection each time"
     );
+}
+
+/// A short row of identical refusals with nothing else to send (the feeder
+/// waits for their outcomes before it claims more): reported after the
+/// workers have been idle a moment, never held for ever.
+#[tokio::test(start_paused = true)]
+async fn a_short_row_of_refusals_is_reported_when_idle() {
+    let refusal = Failure::local(Stage::Data, Category::OtherPermanent, "no");
+    let stub = Stub::new(Open::Ok, Send::Refuse(refusal));
+    let (jobs_tx, jobs_rx) = mpsc::channel(8);
+    let (ev_tx, mut ev_rx) = mpsc::channel(64);
+    let _engine = edm_delivery::start_with(stub, config(), jobs_rx, ev_tx);
+    for i in 0..3 {
+        jobs_tx.send(envelope(i)).await.unwrap();
+    }
+    // The queue stays open: only the idle flush can report them.
+    let mut rejected = 0;
+    let start = Instant::now();
+    while rejected < 3 {
+        match tokio::time::timeout(Duration::from_secs(10), ev_rx.recv()).await {
+            Ok(Some(DeliveryEvent::Rejected { .. })) => rejected += 1,
+            Ok(Some(_)) => {}
+            other => panic!("held for ever: {other:?}"),
+        }
+    }
+    assert!(
+        start.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    drop(jobs_tx);
 }

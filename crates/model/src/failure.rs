@@ -136,6 +136,10 @@ pub enum Category {
     Template,
     /// The rendered message breaks the relay's limits (size, line length).
     Preflight,
+    /// The address has a non-ASCII local part (`josé@…`) and the server does
+    /// not offer SMTPUTF8 (RFC 6531): nothing was sent to this recipient.
+    #[serde(rename = "smtputf8_required")]
+    SmtpUtf8Required,
     /// The network or host of the relay cannot be reached (no route).
     NetworkUnreachable,
     /// The relay's TLS certificate is not trusted by the system (expired,
@@ -156,7 +160,7 @@ pub enum Retry {
 
 impl Category {
     /// Every category, in display order.
-    pub const ALL: [Category; 24] = [
+    pub const ALL: [Category; 25] = [
         Category::ConnectRefused,
         Category::ConnectTimeout,
         Category::Dns,
@@ -179,6 +183,7 @@ impl Category {
         Category::InvalidAddress,
         Category::Template,
         Category::Preflight,
+        Category::SmtpUtf8Required,
         Category::NetworkUnreachable,
         Category::TlsCertificate,
     ];
@@ -208,6 +213,7 @@ impl Category {
             Category::InvalidAddress => "invalid_address",
             Category::Template => "template",
             Category::Preflight => "preflight",
+            Category::SmtpUtf8Required => "smtputf8_required",
             Category::NetworkUnreachable => "network_unreachable",
             Category::TlsCertificate => "tls_certificate",
         }
@@ -241,7 +247,8 @@ impl Category {
             | Category::OtherPermanent
             | Category::InvalidAddress
             | Category::Template
-            | Category::Preflight => Retry::No,
+            | Category::Preflight
+            | Category::SmtpUtf8Required => Retry::No,
             Category::MailboxFull | Category::Policy | Category::Protocol => Retry::ByCode,
         }
     }
@@ -293,7 +300,10 @@ impl Category {
     pub fn is_recipient_specific(self) -> bool {
         matches!(
             self,
-            Category::RecipientUnknown | Category::MailboxFull | Category::InvalidAddress
+            Category::RecipientUnknown
+                | Category::MailboxFull
+                | Category::InvalidAddress
+                | Category::SmtpUtf8Required
         )
     }
 }
@@ -374,9 +384,14 @@ impl Failure {
     pub fn stops_run(&self) -> bool {
         // MAIL FROM carries only the sender (and SIZE): a permanent refusal
         // there (RFC 5321 §3.3) would be the same for every recipient.
+        // A refusal decided for one recipient before MAIL FROM went out
+        // (`smtputf8_required`) or about one message's size is not about the
+        // sender.
         self.permanent
             && (self.category.stops_run()
-                || (self.stage == Stage::MailFrom && self.category != Category::MessageTooLarge))
+                || (self.stage == Stage::MailFrom
+                    && self.category != Category::MessageTooLarge
+                    && !self.category.is_recipient_specific()))
     }
 
     /// True when this failure may count toward
@@ -438,6 +453,14 @@ mod tests {
     }
 
     #[test]
+    fn serde_names_are_the_persisted_names() {
+        for c in Category::ALL {
+            let json = serde_json::to_string(&c).unwrap();
+            assert_eq!(json, format!("\"{}\"", c.as_str()));
+        }
+    }
+
+    #[test]
     fn throttling_is_retried_and_does_not_trip_breaker() {
         assert_eq!(Category::Throttled.retry(), Retry::Yes);
         assert!(!Category::Throttled.trips_breaker());
@@ -454,6 +477,9 @@ mod tests {
         assert!(!unknown.counts_as_identical_refusal());
         let other = Failure::local(Stage::Data, Category::OtherPermanent, "554 denied");
         assert!(other.counts_as_identical_refusal());
+        let utf8 = Failure::local(Stage::MailFrom, Category::SmtpUtf8Required, "josé@x");
+        assert!(!utf8.stops_run(), "about one recipient's address");
+        assert!(!utf8.counts_as_identical_refusal());
         assert!(Category::Dns.fails_fast());
         assert!(!Category::Disconnected.fails_fast());
     }

@@ -11,11 +11,15 @@
 //! - [`DeliveryEvent`], [`Notice`]: what the delivery engine reports.
 //! - [`Control`]: what an operator asks of a running campaign.
 //! - [`Progress`]: a fold of events, the snapshot dashboards and progress lines render.
+//! - [`normalize_address`], [`ascii_address`], [`ascii_domain`]: internationalised
+//!   addresses, their wire form and their dedupe key (`address.rs`).
 #![deny(missing_docs)]
 
+mod address;
 mod failure;
 mod progress;
 
+pub use address::{ascii_address, ascii_domain, normalize_address};
 pub use failure::{Category, Failure, Reply, Retry, Stage};
 pub use progress::{DomainCounts, EventLine, FailureRow, Progress, RunState};
 
@@ -276,11 +280,16 @@ pub enum Control {
     Stop,
 }
 
-/// Returns the lower-cased domain of an address (the part after the last `@`).
+/// Returns the lower-cased domain of an address (the part after the last
+/// `@`), in A-label form ([`ascii_domain`]) so both spellings of an
+/// internationalised domain are one domain for per-domain limits.
 pub fn domain_of(address: &str) -> String {
     address
         .rsplit_once('@')
-        .map(|(_, d)| d.trim().to_ascii_lowercase())
+        .map(|(_, d)| {
+            let d = d.trim();
+            ascii_domain(d).map_or_else(|_| d.to_lowercase(), |d| d.into_owned())
+        })
         .unwrap_or_default()
 }
 

@@ -8,13 +8,15 @@ const MAX_ADDRESS: usize = 254;
 /// RFC 5321 §4.5.3.1.1.
 const MAX_LOCAL_PART: usize = 64;
 
-/// The dedupe and suppression key of an address: trimmed and lower-cased.
+/// The dedupe and suppression key of an address: trimmed, lower-cased, the
+/// domain in A-label form, so `ann@bücher.example` and
+/// `ann@xn--bcher-kva.example` are one address ([`edm_model::normalize_address`]).
 ///
 /// Lower-casing the local part is not what RFC 5321 promises, but it is what
 /// every large mailbox provider does, and sending twice to one person is the
 /// worse mistake.
 pub fn normalize(email: &str) -> String {
-    email.trim().to_lowercase()
+    edm_model::normalize_address(email)
 }
 
 /// Checks that an address can be used in RCPT TO: a bare `local@domain.tld`,
@@ -31,9 +33,14 @@ pub fn validate(email: &str) -> Result<(), String> {
     if email.chars().any(char::is_control) {
         return Err("address contains a control character".to_owned());
     }
-    let Some((local, _domain)) = email.rsplit_once('@') else {
+    let Some((local, domain)) = email.rsplit_once('@') else {
         return Err("missing @".to_owned());
     };
+    // The domain goes on the wire as A-labels (RFC 5890): one that has no
+    // A-label form cannot be sent to.
+    if !domain.is_ascii() {
+        edm_model::ascii_domain(domain)?;
+    }
     if email.len() > MAX_ADDRESS {
         return Err(format!(
             "address longer than {MAX_ADDRESS} bytes ({})",
@@ -148,5 +155,25 @@ mod tests {
     fn normalize_trims_and_lowercases() {
         assert_eq!(normalize("  Bob@Example.COM \r"), "bob@example.com");
         assert_eq!(normalize("ÉLODIE@Exemple.FR"), "élodie@exemple.fr");
+    }
+
+    #[test]
+    fn idn_domain_spellings_are_one_address() {
+        assert_eq!(
+            normalize("ann@bücher.example"),
+            normalize("ann@xn--bcher-kva.example")
+        );
+        assert_eq!(
+            normalize("Ann@BÜCHER.example"),
+            normalize("ANN@XN--BCHER-KVA.EXAMPLE")
+        );
+        // The local part is not punycoded: a different address.
+        assert_ne!(normalize("jösé@example.com"), normalize("jose@example.com"));
+    }
+
+    #[test]
+    fn a_domain_without_an_a_label_form_is_invalid() {
+        let got = validate("ann@bü_cher.example").unwrap_err();
+        assert!(got.contains("internationalised domain"), "{got}");
     }
 }

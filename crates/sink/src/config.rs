@@ -38,11 +38,17 @@ pub struct SinkConfig {
     /// A session silent this long is closed with `421 4.4.2`
     /// (RFC 5321 §4.5.3.2.7 suggests at least 5 minutes).
     pub idle_timeout: Duration,
+    /// Advertise and accept SMTPUTF8 (RFC 6531). Off, the sink is a server
+    /// of the old kind: `MAIL ... SMTPUTF8` gets `555`, and with or without
+    /// the extension a non-ASCII address gets `553 5.6.7` and a message with
+    /// a non-ASCII header `554 5.6.7`, so a client that sends 8-bit bytes
+    /// where they are not allowed is caught.
+    pub smtputf8: bool,
 }
 
 impl Default for SinkConfig {
     /// Loopback on a free port, memory storage, no rules, 10 MiB limit, no
-    /// AUTH, 5-minute idle timeout.
+    /// AUTH, 5-minute idle timeout, SMTPUTF8 offered.
     fn default() -> Self {
         SinkConfig {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
@@ -52,6 +58,7 @@ impl Default for SinkConfig {
             auth: None,
             hostname: "edm-sink.localhost".to_owned(),
             idle_timeout: Duration::from_secs(300),
+            smtputf8: true,
         }
     }
 }

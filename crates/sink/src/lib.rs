@@ -1,8 +1,8 @@
 //! A loopback SMTP server with scripted faults, for `edm demo` and for tests.
 //!
 //! [`start`] binds a [`SinkConfig`]'s address and serves ESMTP (PIPELINING,
-//! 8BITMIME, SIZE, ENHANCEDSTATUSCODES, and AUTH PLAIN/LOGIN when
-//! credentials are configured). Every accepted message is reported by
+//! 8BITMIME, SIZE, ENHANCEDSTATUSCODES, SMTPUTF8 unless turned off, and AUTH
+//! PLAIN/LOGIN when credentials are configured). Every accepted message is reported by
 //! [`SinkHandle::received`] and stored per [`Storage`]; [`Rule`]s script
 //! the failures real providers produce (bounces, greylisting, throttling,
 //! dropped connections, stalls), reproducibly.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use smtp_proto::{
     AUTH_LOGIN, AUTH_PLAIN, EXT_8BIT_MIME, EXT_AUTH, EXT_ENHANCED_STATUS_CODES, EXT_PIPELINING,
-    EXT_SIZE, EhloResponse,
+    EXT_SIZE, EXT_SMTP_UTF8, EhloResponse,
 };
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -115,6 +115,9 @@ fn ehlo_reply(config: &SinkConfig) -> Vec<u8> {
     let mut ehlo = EhloResponse::new(config.hostname.as_str());
     ehlo.capabilities = EXT_PIPELINING | EXT_8BIT_MIME | EXT_SIZE | EXT_ENHANCED_STATUS_CODES;
     ehlo.size = config.max_message_size;
+    if config.smtputf8 {
+        ehlo.capabilities |= EXT_SMTP_UTF8;
+    }
     if config.auth.is_some() {
         ehlo.capabilities |= EXT_AUTH;
         ehlo.auth_mechanisms = AUTH_PLAIN | AUTH_LOGIN;

@@ -105,6 +105,31 @@ pub enum Error {
         /// The id asked for.
         id: edm_model::RecipientId,
     },
+    /// The record at this source position is already stored in this ingest
+    /// pass: the database refuses a second copy (the unique key on
+    /// generation and line), so nobody is sent twice.
+    #[error(
+        "{}: line {line} of the recipients file is already stored (ingest pass {generation}); \
+         a second copy is refused",
+        path.display()
+    )]
+    AlreadyStored {
+        /// The database file.
+        path: PathBuf,
+        /// The CSV line of the row.
+        line: u64,
+        /// The ingest pass.
+        generation: i64,
+    },
+    /// The database file could not be created (mode 0600) or opened for writing.
+    #[error("{}: cannot create the state file: {source}", path.display())]
+    Create {
+        /// The database file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl Error {

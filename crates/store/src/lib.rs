@@ -6,8 +6,18 @@
 //!   migrates it; [`Store::open_read_only`] attaches `edm status` or
 //!   `edm watch` to a running campaign; [`Store::lock_for_run`] makes sure
 //!   only one `edm send` runs it.
-//! - Ingest: [`Store::insert_rows`] with [`NewRow`] batches, then
-//!   [`Store::mark_ingested`].
+//! - Ingest: [`Store::begin_ingest`] starts a pass ([`IngestPass`]),
+//!   [`Store::insert_rows`] stores [`NewRow`] batches, each with the pass's
+//!   checkpoint, [`Store::finish_ingest`] and [`Store::mark_ingested`] close
+//!   it. A killed pass resumes after [`IngestPass::after_line`]; the database
+//!   refuses a second copy of a record ([`Error::AlreadyStored`]).
+//!   [`Store::ever_attempted`] and [`Store::discard_recipients`] let a
+//!   corrected list replace one nothing was sent to; copies stored by older
+//!   builds are repaired when the schema is migrated
+//!   ([`Store::take_repair_notice`]).
+//! - Files: the database, its `-wal`/`-shm` and lock files are created 0600
+//!   ([`private_file`], [`private_options`]) and their folder 0700
+//!   ([`create_private_dir`]), whatever the umask.
 //! - The per-recipient state machine: [`Store::claim`] moves recipients to
 //!   `sending` (durably, before their DATA ends), [`Store::record`] applies
 //!   [`Outcome`]s, [`Store::recover_in_doubt`] deals with rows a dead run left
@@ -20,7 +30,8 @@
 //! - `schema.rs`: the DDL, migrations (`PRAGMA user_version`), and the
 //!   trigger-kept tallies that make summaries free of table scans.
 //! - `store.rs`: opening, pragmas, the run lock, metadata, the event log.
-//! - `write.rs`: ingest, claim, record, recovery, reset.
+//! - `ingest.rs`: ingest passes, their checkpoints, discarding a list.
+//! - `write.rs`: claim, record, recovery, reset.
 //! - `read.rs`: summaries, failure views, export.
 //! - `types.rs`, `error.rs`: the values and the error of the API.
 //!
@@ -39,6 +50,7 @@
 #![deny(missing_docs)]
 
 mod error;
+mod ingest;
 mod read;
 mod schema;
 mod store;
@@ -46,7 +58,8 @@ mod types;
 mod write;
 
 pub use error::{Error, ExportError, Result};
-pub use store::Store;
+pub use ingest::IngestPass;
+pub use store::{Store, create_private_dir, private_file, private_options};
 pub use types::{
     Durability, ExportFilter, ExportRow, InDoubtPolicy, NewRow, Outcome, OutcomeKind, ReplyCount,
     Summary,
@@ -58,3 +71,6 @@ pub const SCHEMA_VERSION: i64 = schema::VERSION;
 
 #[cfg(test)]
 mod plan_tests;
+
+#[cfg(test)]
+mod ingest_tests;

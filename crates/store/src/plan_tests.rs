@@ -70,4 +70,10 @@ fn hot_queries_use_their_indexes() {
         "SELECT line FROM recipients WHERE 1 ORDER BY line, id",
         "recipients_line",
     );
+    // A new ingest pass's generation: one lookup, however big the list.
+    assert_indexed(
+        &store,
+        crate::ingest::MAX_GENERATION_SQL,
+        "recipients_source",
+    );
 }

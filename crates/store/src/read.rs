@@ -224,16 +224,22 @@ impl Store {
 
     /// Every normalised address with the id and status of its first row, for
     /// reconciling a changed input file. Holds the whole map in memory.
+    ///
+    /// The key is computed from the stored address, not read from
+    /// `email_norm`: a campaign ingested before internationalised domains
+    /// were keyed by their A-label form has older keys, and a stale key would
+    /// make a known recipient look new (and be sent twice).
     pub fn rows_by_email(&self) -> Result<HashMap<String, (RecipientId, Status)>> {
         let path = &self.path;
         let mut st = self
             .conn
-            .prepare("SELECT email_norm, id, status FROM recipients ORDER BY id")
+            .prepare("SELECT email, id, status FROM recipients ORDER BY id")
             .at(path)?;
         let mut rows = st.query([]).at(path)?;
         let mut out = HashMap::new();
         while let Some(r) = rows.next().at(path)? {
             let email: String = r.get(0).at(path)?;
+            let email = crate::write::normalize(&email);
             let status: String = r.get(2).at(path)?;
             let status = self.status("recipients.status", &status)?;
             let id = RecipientId(r.get(1).at(path)?);

@@ -12,7 +12,7 @@ use rusqlite::Connection;
 use crate::error::{AtPath, Error, Result};
 
 /// The schema version this build writes.
-pub(crate) const VERSION: i64 = 1;
+pub(crate) const VERSION: i64 = 2;
 
 /// The statuses a claim reads from; the claim index holds only these rows, so
 /// it stays small however many recipients are final. Queries that want the
@@ -23,7 +23,7 @@ pub(crate) const ACTIVE: &str = "status IN ('pending','deferred','sending')";
 /// The statuses shown in failure views, with their own partial index.
 pub(crate) const FAILING: &str = "status IN ('failed','deferred')";
 
-const V1: &str = "
+pub(crate) const V1: &str = "
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -123,6 +123,27 @@ BEGIN
 END;
 ";
 
+/// Version 2: every row knows which ingest pass stored it (`generation`), and
+/// the database refuses a second copy of a record at the same source position
+/// (issue 9: an interrupted ingest read the file again from line 1 and stored
+/// its first rows twice).
+///
+/// The key is `(generation, line)`, not `line`: `--accept-changes` ingests a
+/// changed file whose line numbers overlap the first one's, in a new
+/// generation. Duplicate *addresses* (status `skipped`, "duplicate of line N")
+/// sit on lines of their own, so the key never refuses them. Copies already
+/// stored by older builds are marked (`copy_of`) and left out of the key by
+/// [`repair_copies`] before the index is built.
+const V2_COLUMNS: &str = "
+ALTER TABLE recipients ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE recipients ADD COLUMN copy_of INTEGER;   -- id of the row this one repeats
+";
+
+const V2_INDEX: &str = "
+CREATE UNIQUE INDEX recipients_source ON recipients (generation, line)
+    WHERE copy_of IS NULL;
+";
+
 /// Reads `PRAGMA user_version`.
 pub(crate) fn version(conn: &Connection, path: &Path) -> Result<i64> {
     conn.query_row("PRAGMA user_version", [], |r| r.get(0))
@@ -131,8 +152,15 @@ pub(crate) fn version(conn: &Connection, path: &Path) -> Result<i64> {
 
 /// Brings the schema up to [`VERSION`], one step per transaction.
 ///
-/// Returns true when the store was created (version 0 before).
-pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<bool> {
+/// What [`migrate`] found and did.
+#[derive(Debug, Default)]
+pub(crate) struct Migrated {
+    /// The store was created (version 0 before).
+    pub(crate) created: bool,
+}
+
+/// Brings the schema up to [`VERSION`], one step per transaction.
+pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<Migrated> {
     let found = version(conn, path)?;
     if found > VERSION {
         return Err(Error::SchemaTooNew {
@@ -154,13 +182,132 @@ pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<bool> {
         }
         match from {
             0 => tx.execute_batch(V1).at(path)?,
-            // Future steps: `1 => tx.execute_batch(V2)?`, ...
+            1 => {
+                tx.execute_batch(V2_COLUMNS).at(path)?;
+                repair_copies(&tx, path)?;
+                tx.execute_batch(V2_INDEX).at(path)?;
+            }
+            // Future steps: `2 => tx.execute_batch(V3)?`, ...
             _ => unreachable!("no migration from version {from}"),
         }
         tx.pragma_update(None, "user_version", from + 1).at(path)?;
         tx.commit().at(path)?;
     }
-    Ok(found == 0)
+    Ok(Migrated {
+        created: found == 0,
+    })
+}
+
+/// Finds records that an interrupted ingest of an older build stored more
+/// than once (same line, same address, same values) and keeps one of each:
+/// the one furthest along (sent, then being sent or in doubt, failed,
+/// deferred, pending; the first stored on a tie). The others become
+/// `skipped`, with `copy_of` pointing at the kept row and a reason that says
+/// what they were. Rows on the same line with other contents come from
+/// `--accept-changes` (a changed file): each gets a generation of its own.
+///
+/// Also logs one event, so the repair is said once. Returns how many copies.
+fn repair_copies(tx: &rusqlite::Transaction<'_>, path: &Path) -> Result<u64> {
+    let lines: Vec<i64> = {
+        let mut st = tx
+            .prepare("SELECT line FROM recipients GROUP BY line HAVING count(*) > 1")
+            .at(path)?;
+        st.query_map([], |r| r.get(0))
+            .at(path)?
+            .collect::<rusqlite::Result<_>>()
+            .at(path)?
+    };
+    let now = edm_model::now_ms();
+    let mut rows = tx
+        .prepare(
+            "SELECT id, email_norm, fields, status FROM recipients WHERE line = ?1 ORDER BY id",
+        )
+        .at(path)?;
+    let mut set_generation = tx
+        .prepare("UPDATE recipients SET generation = ?2 WHERE id = ?1")
+        .at(path)?;
+    let mut mark_copy = tx
+        .prepare(
+            "UPDATE recipients SET status = 'skipped', copy_of = ?2, category = NULL,
+                 next_attempt_at = NULL, reply = ?3, updated_at = ?4
+             WHERE id = ?1",
+        )
+        .at(path)?;
+    let mut repaired = 0u64;
+    for line in lines {
+        type Raw = (i64, String, String, String);
+        let found: Vec<Raw> = rows
+            .query_map([line], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .at(path)?
+            .collect::<rusqlite::Result<_>>()
+            .at(path)?;
+        // Groups of identical records, in the order their first copy was stored.
+        let mut groups: Vec<Vec<&Raw>> = Vec::new();
+        for row in &found {
+            match groups
+                .iter_mut()
+                .find(|g| g[0].1 == row.1 && g[0].2 == row.2)
+            {
+                Some(g) => g.push(row),
+                None => groups.push(vec![row]),
+            }
+        }
+        for (generation, group) in groups.iter().enumerate() {
+            let keep = group
+                .iter()
+                .min_by_key(|r| (progress_rank(&r.3), r.0))
+                .map(|r| r.0)
+                .unwrap_or(group[0].0);
+            for row in group {
+                set_generation
+                    .execute(rusqlite::params![row.0, generation as i64])
+                    .at(path)?;
+                if row.0 != keep {
+                    let reason = format!(
+                        "extra copy of line {line} stored by an interrupted ingest (was {})",
+                        row.3
+                    );
+                    mark_copy
+                        .execute(rusqlite::params![row.0, keep, reason, now])
+                        .at(path)?;
+                    repaired += 1;
+                }
+            }
+        }
+    }
+    if repaired > 0 {
+        tx.execute(
+            "INSERT INTO events (at, kind, text) VALUES (?1, 'repaired', ?2)",
+            rusqlite::params![
+                now,
+                format!(
+                    "{repaired} extra copies of recipients, stored twice by an interrupted ingest, \
+                     were marked skipped (edm report --all shows them)"
+                )
+            ],
+        )
+        .at(path)?;
+        // Whichever command opened the store first (`edm retry`, say), the
+        // next `edm send` tells the operator: see `Store::take_repair_notice`.
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('repair.unannounced', ?1)",
+            [repaired.to_string()],
+        )
+        .at(path)?;
+    }
+    Ok(repaired)
+}
+
+/// Which copy of a record to keep: the one a run went furthest with.
+fn progress_rank(status: &str) -> u8 {
+    match status {
+        "sent" => 0,
+        "sending" | "in_doubt" => 1,
+        "failed" => 2,
+        "deferred" => 3,
+        "pending" => 4,
+        _ => 5,
+    }
 }
 
 /// Checks a store opened read-only: it must exist and not be too new.

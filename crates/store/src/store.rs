@@ -47,6 +47,13 @@ impl Store {
     /// schema to the current version. A new store records `created_at` in meta.
     pub fn open(path: impl AsRef<Path>, durability: Durability) -> Result<Store> {
         let path = path.as_ref().to_path_buf();
+        // The file holds every recipient's address and data: readable by its
+        // owner only, whatever the umask. SQLite gives the -wal and -shm files
+        // the mode of the database file (its unix VFS, `findCreateFileMode`).
+        private_file(&path).map_err(|source| Error::Create {
+            path: path.clone(),
+            source,
+        })?;
         let mut conn = Connection::open(&path).at(&path)?;
         conn.busy_timeout(BUSY_TIMEOUT).at(&path)?;
         let mode: String = conn
@@ -54,6 +61,12 @@ impl Store {
             .at(&path)?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(Error::NotWal { path, mode });
+        }
+        // Files left by an older build (created under the umask) are tightened.
+        for suffix in ["-wal", "-shm"] {
+            let mut side = path.clone().into_os_string();
+            side.push(suffix);
+            let _ = tighten(Path::new(&side));
         }
         let sync = match durability {
             Durability::Normal => "NORMAL",
@@ -63,7 +76,7 @@ impl Store {
         // 16 MiB of page cache (negative = KiB): ingest inserts into the email
         // index in random order, and the default 2 MiB cache makes that thrash.
         conn.pragma_update(None, "cache_size", -16_384).at(&path)?;
-        let created = schema::migrate(&mut conn, &path)?;
+        let migrated = schema::migrate(&mut conn, &path)?;
         // The durable per-transaction marks (`Store::mark_in_flight`): a side
         // table, empty between runs, that older versions simply ignore.
         conn.execute_batch(crate::write::MARKS_TABLE).at(&path)?;
@@ -72,7 +85,7 @@ impl Store {
             path,
             run_lock: None,
         };
-        if created {
+        if migrated.created {
             store.set_meta("created_at", &edm_model::now_ms().to_string())?;
         }
         Ok(store)
@@ -127,13 +140,14 @@ impl Store {
             path: lock.clone(),
             source,
         };
-        let mut file = OpenOptions::new()
+        let mut file = private_options()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .open(&lock)
             .map_err(io)?;
+        let _ = tighten(&lock);
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
@@ -266,6 +280,83 @@ impl Store {
             value: value.into(),
         }
     }
+}
+
+/// Creates `dir` and any missing parents with mode 0700 (umask-independent),
+/// and tightens an existing folder named `.edm` (edm's own, holding state and
+/// log) to 0700. Other existing folders are left alone: `--state /tmp/x.db`
+/// must not change `/tmp`.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(d) = at {
+        if d.as_os_str().is_empty() || d.exists() {
+            break;
+        }
+        missing.push(d.to_path_buf());
+        at = d.parent();
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)?;
+    for d in &missing {
+        set_mode(d, 0o700)?;
+    }
+    if missing.is_empty() && dir.file_name().is_some_and(|n| n == ".edm") {
+        let _ = set_mode(dir, 0o700);
+    }
+    Ok(())
+}
+
+/// Creates `path` if missing, readable and writable by its owner only, and
+/// tightens an existing one to 0600 when it can (a file someone else owns
+/// but lets us write keeps its mode: refusing to run would help nobody).
+pub fn private_file(path: &Path) -> std::io::Result<()> {
+    let existed = path.exists();
+    private_options()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    match tighten(path) {
+        Err(_) if existed => Ok(()),
+        other => other,
+    }
+}
+
+/// `OpenOptions` that create files with mode 0600 (on unix).
+pub fn private_options() -> OpenOptions {
+    #[allow(unused_mut)]
+    let mut o = OpenOptions::new();
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    o
+}
+
+/// Sets an existing file to 0600 unless it already is (the umask may have
+/// taken bits away, an older build may have left group or world bits).
+fn tighten(path: &Path) -> std::io::Result<()> {
+    if path.exists() {
+        set_mode(path, 0o600)?;
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let current = std::fs::metadata(path)?.permissions().mode() & 0o7777;
+    if current != mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn set_mode(_: &Path, _: u32) -> std::io::Result<()> {
+    Ok(())
 }
 
 /// Parses the JSON array of a row's values, for callers holding a transaction.

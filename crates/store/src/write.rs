@@ -9,7 +9,7 @@ use rusqlite::{TransactionBehavior, params, params_from_iter};
 use crate::error::{AtPath, Error, Result};
 use crate::schema::ACTIVE;
 use crate::store::{Store, limit_param, parse_values};
-use crate::types::{InDoubtPolicy, NewRow, Outcome, OutcomeKind};
+use crate::types::{InDoubtPolicy, Outcome, OutcomeKind};
 
 /// Pending rows in id order. `next_attempt_at IS NULL` is always true for
 /// pending rows; saying so lets SQLite walk the claim index in id order
@@ -48,56 +48,6 @@ pub(crate) fn claim_sqls() -> [String; 2] {
 }
 
 impl Store {
-    /// Inserts a batch of ingested rows in one transaction.
-    ///
-    /// Only `Pending`, `Invalid`, `Skipped` and `Suppressed` are accepted: the
-    /// other statuses are reached through delivery.
-    pub fn insert_rows(&mut self, rows: &[NewRow]) -> Result<()> {
-        let now = edm_model::now_ms();
-        let path = self.path.clone();
-        let tx = self.conn.transaction().at(&path)?;
-        {
-            let mut st = tx
-                .prepare_cached(
-                    "INSERT INTO recipients
-                       (line, email, email_norm, domain, fields, status, category, stage,
-                        reply, duplicate_of, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                )
-                .at(&path)?;
-            for row in rows {
-                if !matches!(
-                    row.status,
-                    Status::Pending | Status::Invalid | Status::Skipped | Status::Suppressed
-                ) {
-                    return Err(Error::InvalidNewRow {
-                        path,
-                        line: row.line,
-                        status: row.status,
-                    });
-                }
-                let fields = serde_json::to_string(&row.values)
-                    .expect("a list of strings always serialises");
-                let stage = (row.status == Status::Invalid).then_some(Stage::Ingest.as_str());
-                st.execute(params![
-                    to_i64(row.line),
-                    row.email,
-                    normalize(&row.email),
-                    edm_model::domain_of(&row.email),
-                    fields,
-                    row.status.as_str(),
-                    row.category.map(|c| c.as_str()),
-                    stage,
-                    row.reason,
-                    row.duplicate_of.map(to_i64),
-                    now,
-                ])
-                .at(&path)?;
-            }
-        }
-        tx.commit().at(&path)
-    }
-
     /// Deals with rows still `sending` from a run that died: the server may
     /// have accepted them. Flags them `in_doubt`, then `Resend` makes them
     /// pending again and `Skip` parks them in status `in_doubt`. Once a run
@@ -522,9 +472,10 @@ pub(crate) fn placeholders(first: usize, n: usize) -> String {
         .join(", ")
 }
 
-/// The address as compared for duplicates: trimmed and lower-cased.
+/// The address as compared for duplicates: trimmed, lower-cased, the domain
+/// in A-label form ([`edm_model::normalize_address`], the same key as ingest).
 pub fn normalize(email: &str) -> String {
-    email.trim().to_lowercase()
+    edm_model::normalize_address(email)
 }
 
 /// CSV lines fit in an i64 (SQLite's integer); saturate rather than wrap.

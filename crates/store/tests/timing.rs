@@ -121,4 +121,14 @@ fn timing_one_million_rows() {
 
     let size = std::fs::metadata(store.path()).unwrap().len();
     println!("db file: {} MB", size / 1_000_000);
+    drop(reader);
+
+    // A corrected CSV before anything was sent (issue 9): the check for
+    // "ever attempted" scans when the tallies cannot tell, then the list goes.
+    let t = Instant::now();
+    assert!(store.ever_attempted().unwrap());
+    println!("ever_attempted() with {SENT} sent: {:?}", t.elapsed());
+    let t = Instant::now();
+    let n = store.discard_recipients().unwrap();
+    println!("discard_recipients() of {n} rows: {:?}", t.elapsed());
 }

@@ -46,6 +46,18 @@ pub struct AttachmentLimits {
     pub max_attachments_bytes: Option<usize>,
 }
 
+/// How attachments are encoded on the wire.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AttachmentEncoding {
+    /// mail-builder's choice: base64 for binary types, 7bit or
+    /// quoted-printable for text types when that is shorter.
+    #[default]
+    Auto,
+    /// base64 for every attachment, text included: some providers (Tencent
+    /// Cloud SES) accept attachments in no other transfer encoding.
+    Base64,
+}
+
 /// What a campaign attaches: see [`Templates::with_attachments`](crate::Templates::with_attachments).
 #[derive(Clone, Debug, Default)]
 pub struct Attachments {
@@ -53,10 +65,108 @@ pub struct Attachments {
     pub files: Vec<AttachmentFile>,
     /// The CSV column holding a per-recipient file (empty value: none).
     pub column: Option<String>,
-    /// Per-recipient paths are relative to this directory.
+    /// Per-recipient files come only from this directory
+    /// (`[campaign] attachment_dir`): a CSV value is a path relative to it
+    /// and, symlinks followed, must stay inside it ([`resolve_inside`]).
     pub base_dir: PathBuf,
+    /// Where per-recipient paths were looked up before `base_dir` existed
+    /// (the campaign folder): a value that names a file there but not in
+    /// `base_dir` fails with a message saying what moved.
+    pub moved_from: Option<PathBuf>,
+    /// Files (or whole folders) never attached, even from inside
+    /// `base_dir`: the state database, the DKIM key, `campaign.toml`...
+    /// Canonical paths ([`std::fs::canonicalize`]).
+    pub protected: Vec<PathBuf>,
     /// Checked before anything is sent.
     pub limits: AttachmentLimits,
+    /// The transfer encoding of every attachment.
+    pub encoding: AttachmentEncoding,
+}
+
+/// Why a per-recipient value does not name a file that may be attached
+/// ([`resolve_inside`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PathRefusal {
+    /// Absolute, `..`, a NUL or another control character: refused before
+    /// touching the file system.
+    NotRelative(&'static str),
+    /// The attachment directory itself cannot be opened.
+    DirUnavailable(String),
+    /// Nothing by that name in the attachment directory.
+    Missing(String),
+    /// The path (a symlink in it) leads out of the attachment directory.
+    Outside,
+    /// A file edm protects (state, keys, configuration).
+    Protected,
+    /// A directory, a FIFO, a device: only regular files are attached.
+    NotAFile,
+}
+
+impl std::fmt::Display for PathRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PathRefusal::NotRelative(why) => {
+                write!(f, "refused: {why}; write a path relative to attachment_dir")
+            }
+            PathRefusal::DirUnavailable(e) => write!(f, "attachment_dir cannot be opened: {e}"),
+            PathRefusal::Missing(e) => write!(f, "cannot read: {e}"),
+            PathRefusal::Outside => {
+                write!(f, "refused: it leads out of attachment_dir (a symlink)")
+            }
+            PathRefusal::Protected => write!(
+                f,
+                "refused: it is a file edm never attaches (campaign settings, state, keys)"
+            ),
+            PathRefusal::NotAFile => write!(f, "refused: not a regular file"),
+        }
+    }
+}
+
+/// The file a per-recipient value names: `value` is relative to `dir`, and
+/// the path, every symlink followed, must end inside `dir` (canonicalized
+/// too), on a regular file that is not under one of `protected` (canonical
+/// paths). The CSV may come from anyone: it must not reach the state
+/// database, a DKIM key or anything else on the machine. The returned path
+/// is canonical, so what is read is what was checked.
+pub fn resolve_inside(
+    dir: &Path,
+    value: &str,
+    protected: &[PathBuf],
+) -> Result<PathBuf, PathRefusal> {
+    if value.contains('\0') {
+        return Err(PathRefusal::NotRelative("it contains a NUL byte"));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(PathRefusal::NotRelative("it contains a control character"));
+    }
+    for c in Path::new(value).components() {
+        match c {
+            Component::Normal(_) | Component::CurDir => {}
+            Component::ParentDir => return Err(PathRefusal::NotRelative("it contains ..")),
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(PathRefusal::NotRelative("it is an absolute path"));
+            }
+        }
+    }
+    let root = dir
+        .canonicalize()
+        .map_err(|e| PathRefusal::DirUnavailable(format!("{}: {e}", dir.display())))?;
+    let joined = root.join(value);
+    let path = joined
+        .canonicalize()
+        .map_err(|e| PathRefusal::Missing(format!("{}: {e}", joined.display())))?;
+    if !path.starts_with(&root) {
+        return Err(PathRefusal::Outside);
+    }
+    if protected.iter().any(|p| path.starts_with(p)) {
+        return Err(PathRefusal::Protected);
+    }
+    let meta = std::fs::metadata(&path)
+        .map_err(|e| PathRefusal::Missing(format!("{}: {e}", path.display())))?;
+    if !meta.is_file() {
+        return Err(PathRefusal::NotAFile);
+    }
+    Ok(path)
 }
 
 impl Attachments {
@@ -80,6 +190,26 @@ impl Attachments {
             });
         }
         Ok(())
+    }
+
+    /// When `value` is not in `base_dir` but names a file relative to the
+    /// campaign folder (where per-row attachments used to be looked up),
+    /// what moved and what to do. Never for a protected file or one outside
+    /// the folder.
+    fn moved_hint(&self, value: &str) -> Option<String> {
+        let old = self.moved_from.as_deref()?;
+        let found = resolve_inside(old, value, &self.protected).ok()?;
+        let dir = self.base_dir.canonicalize().ok();
+        let suggestion = match dir.as_deref().and_then(|d| found.strip_prefix(d).ok()) {
+            Some(rest) => format!("write {:?}", rest.display().to_string()),
+            None => "move the file there, or set [campaign] attachment_dir".to_owned(),
+        };
+        Some(format!(
+            "not found in attachment_dir ({}): per-row attachments are now looked up in \
+             [campaign] attachment_dir, relative to it, no longer relative to the campaign \
+             folder, where this value names a file; {suggestion}",
+            self.base_dir.display()
+        ))
     }
 
     /// The files of one recipient: everyone's, then its own (if its column
@@ -107,19 +237,17 @@ impl Attachments {
                     format!("line {line}: attachment {value:?} (column `{column}`): {reason}"),
                 )
             };
-            let relative = Path::new(value);
-            // The CSV may come from elsewhere: it names files in the
-            // campaign directory, never elsewhere on the machine.
-            if relative
-                .components()
-                .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
-            {
-                return Err(fail(
-                    Category::Template,
-                    "must be a path inside the campaign directory (no absolute path, no ..)".into(),
-                ));
-            }
-            let path = self.base_dir.join(relative);
+            let path = match resolve_inside(&self.base_dir, value, &self.protected) {
+                Ok(path) => path,
+                Err(refusal @ (PathRefusal::Missing(_) | PathRefusal::DirUnavailable(_))) => {
+                    let reason = match self.moved_hint(value) {
+                        Some(hint) => hint,
+                        None => refusal.to_string(),
+                    };
+                    return Err(fail(Category::Template, reason));
+                }
+                Err(refusal) => return Err(fail(Category::Template, refusal.to_string())),
+            };
             let size = std::fs::metadata(&path)
                 .map_err(|e| {
                     fail(
@@ -132,12 +260,14 @@ impl Attachments {
             if let Some(reason) = over_one(size as usize, &self.limits) {
                 return Err(fail(Category::Preflight, reason));
             }
-            let file = AttachmentFile::read(&path).map_err(|e| {
+            let mut file = AttachmentFile::read(&path).map_err(|e| {
                 fail(
                     Category::Template,
                     format!("cannot read {}: {e}", path.display()),
                 )
             })?;
+            // The name the CSV gave, not a symlink's target.
+            file.name = file_name(Path::new(value));
             files.push(file);
         }
         let total = files.iter().map(|f| f.bytes.len()).sum();
@@ -166,6 +296,26 @@ fn over_total(total: usize, limits: &AttachmentLimits) -> Option<String> {
             "attachments are {total} bytes together, over the max_attachments_bytes limit of {max}"
         )
     })
+}
+
+/// `file` as a MIME part encoded in base64 whatever its type
+/// ([`AttachmentEncoding::Base64`]): mail-builder would pick 7bit or
+/// quoted-printable for a text type, so the part carries its own
+/// Content-Transfer-Encoding and lines of 76 characters (RFC 2045 §6.8).
+pub(crate) fn base64_part(file: &AttachmentFile) -> mail_builder::mime::MimePart<'static> {
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(&file.bytes[..]);
+    let mut body = Vec::with_capacity(encoded.len() + encoded.len() / 38 + 2);
+    for (i, line) in encoded.as_bytes().chunks(76).enumerate() {
+        if i > 0 {
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(line);
+    }
+    body.extend_from_slice(b"\r\n");
+    mail_builder::mime::MimePart::new(file.content_type, body)
+        .attachment(file.name.clone())
+        .transfer_encoding("base64")
 }
 
 /// The content type for a file name's extension (case-insensitive):

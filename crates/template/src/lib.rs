@@ -18,7 +18,10 @@
 //!   [`SIGNED_HEADERS`], List-Unsubscribe and List-Unsubscribe-Post included
 //!   as RFC 8058 requires).
 //! - [`Templates::with_attachments`] attaches files to every message, and a
-//!   file named by a CSV column to each recipient's ([`Attachments`]).
+//!   file named by a CSV column to each recipient's ([`Attachments`]): only
+//!   from one folder, symlinks followed ([`resolve_inside`]), and in base64
+//!   whatever its type when the provider takes nothing else
+//!   ([`AttachmentEncoding`]).
 //!
 //! # Escaping and injection
 //! The HTML body is HTML-escaped (`{{{raw}}}` opts out); the subject, text
@@ -67,7 +70,10 @@ mod preflight;
 mod spec;
 mod templates;
 
-pub use attachment::{AttachmentFile, AttachmentLimits, Attachments, content_type};
+pub use attachment::{
+    AttachmentEncoding, AttachmentFile, AttachmentLimits, Attachments, PathRefusal, content_type,
+    resolve_inside,
+};
 pub use dkim::{Dkim, DkimAlgorithm, DkimConfig, SIGNED_HEADERS};
 pub use error::Error;
 pub use lint::has_unsubscribe_link;

@@ -9,11 +9,11 @@ use mail_builder::headers::raw::Raw;
 use mail_builder::headers::url::URL;
 use serde_json::{Map, Value};
 
-use edm_model::{Category, Envelope, Failure, Recipient, Stage, domain_of};
+use edm_model::{Category, Envelope, Failure, Recipient, Stage, ascii_address, domain_of};
 
 use crate::address::{Mailbox, parse_mailbox, unsafe_recipient};
 use crate::message_id::MessageIds;
-use crate::{Attachments, Dkim, Error, Limits, MessageSpec};
+use crate::{AttachmentEncoding, Attachments, Dkim, Error, Limits, MessageSpec};
 
 // Names in the registries. Never shown: errors use `Part::label`.
 const SUBJECT: &str = "subject";
@@ -70,17 +70,22 @@ impl Templates {
         if spec.html.is_none() && spec.text.is_none() {
             return Err(Error::NoBody);
         }
-        let from = parse_mailbox(&spec.from).map_err(|reason| Error::From {
-            value: spec.from.clone(),
-            reason,
-        })?;
-        let reply_to = match &spec.reply_to {
-            Some(value) => Some(parse_mailbox(value).map_err(|reason| Error::ReplyTo {
-                value: value.clone(),
+        let from = parse_mailbox(&spec.from)
+            .and_then(a_labels)
+            .map_err(|reason| Error::From {
+                value: spec.from.clone(),
                 reason,
-            })?),
-            None => None,
-        };
+            })?;
+        let reply_to =
+            match &spec.reply_to {
+                Some(value) => Some(parse_mailbox(value).and_then(a_labels).map_err(|reason| {
+                    Error::ReplyTo {
+                        value: value.clone(),
+                        reason,
+                    }
+                })?),
+                None => None,
+            };
 
         let mut plain = registry();
         // Not HTML: `&` in a subject or a URL must stay `&`.
@@ -214,6 +219,17 @@ impl Templates {
                 ));
             }
         }
+        // On the wire and in the To header an internationalised domain is
+        // its A-labels (RFC 5890): no 8-bit byte unless the local part itself
+        // needs SMTPUTF8 (RFC 6531/6532), which the session decides on.
+        let to = ascii_address(to).map_err(|reason| {
+            Failure::local(
+                Stage::Render,
+                Category::InvalidAddress,
+                format!("line {line}: {reason}: {to:?}"),
+            )
+        })?;
+        let to = to.as_ref();
 
         let ctx = context(columns, recipient, email);
         let render = |registry: &Handlebars<'static>, name: &str| {
@@ -225,12 +241,16 @@ impl Templates {
         if let Some(t) = &test {
             subject.insert_str(0, &one_line(t.subject_prefix.to_owned()));
         }
+        // Bodies in CRLF (RFC 5322 §2.3): mail-builder turns a bare LF into
+        // CRLF but passes a bare CR through, and a field holding `\r.\r` must
+        // never reach the wire as something a lenient server reads as the
+        // end of DATA (SMTP smuggling, 2023).
         let text = match self.text_label {
-            Some(_) => Some(render(&self.plain, TEXT)?),
+            Some(_) => Some(crlf(render(&self.plain, TEXT)?)),
             None => None,
         };
         let html = match self.html_label {
-            Some(_) => Some(render(&self.html, HTML)?),
+            Some(_) => Some(crlf(render(&self.html, HTML)?)),
             None => None,
         };
         let unsubscribe = match self.has_unsubscribe {
@@ -302,7 +322,16 @@ impl Templates {
         }
         for file in &attached {
             size += file.bytes.len() * 4 / 3 + file.bytes.len() / 38 + 256;
-            builder = builder.attachment(file.content_type, file.name.as_str(), &file.bytes[..]);
+            builder = match self.attachments.as_ref().map(|a| a.encoding) {
+                Some(AttachmentEncoding::Base64) => {
+                    builder
+                        .attachments
+                        .get_or_insert_with(Vec::new)
+                        .push(crate::attachment::base64_part(file));
+                    builder
+                }
+                _ => builder.attachment(file.content_type, file.name.as_str(), &file.bytes[..]),
+            };
         }
         // Date and MIME-Version are added by mail-builder.
         let mut body = Vec::with_capacity(size + size / 8);
@@ -437,6 +466,51 @@ fn context(columns: &[String], recipient: &Recipient, email: &str) -> Context {
     Context::from(Value::Object(data))
 }
 
+/// The mailbox with its domain in A-label form (RFC 5890), as it goes in
+/// MAIL FROM, From and Reply-To.
+fn a_labels(m: Mailbox) -> Result<Mailbox, String> {
+    let address = ascii_address(&m.address)?.into_owned();
+    Ok(Mailbox { address, ..m })
+}
+
+/// Line breaks as CRLF: a bare CR or a bare LF becomes CRLF, an existing
+/// CRLF stays one. Works on bytes a line at a time (only ASCII bytes are
+/// replaced, so the text stays UTF-8); returned as is when already CRLF.
+pub(crate) fn crlf(body: String) -> String {
+    let bytes = body.as_bytes();
+    let mut rest = bytes;
+    let mut out: Option<Vec<u8>> = None;
+    while let Some(i) = memchr::memchr2(b'\r', b'\n', rest) {
+        let pair = rest[i] == b'\r' && rest.get(i + 1) == Some(&b'\n');
+        let taken = i + if pair { 2 } else { 1 };
+        match &mut out {
+            Some(out) => {
+                out.extend_from_slice(&rest[..i]);
+                out.extend_from_slice(b"\r\n");
+            }
+            None if pair => {}
+            None => {
+                // The first bare one: copy what came before it as is.
+                let done = bytes.len() - rest.len();
+                let mut v = Vec::with_capacity(bytes.len() + bytes.len() / 16 + 2);
+                v.extend_from_slice(&bytes[..done + i]);
+                v.extend_from_slice(b"\r\n");
+                out = Some(v);
+            }
+        }
+        rest = &rest[taken..];
+    }
+    match out {
+        None => body,
+        Some(mut out) => {
+            out.extend_from_slice(rest);
+            // Only ASCII CR and LF were replaced: still UTF-8.
+            String::from_utf8(out)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+        }
+    }
+}
+
 fn mailbox(m: &Mailbox) -> Address<'_> {
     Address::new_address(m.name.as_deref(), m.address.as_str())
 }
@@ -489,8 +563,26 @@ fn unsubscribe_url(url: String, line: u64) -> Result<String, Failure> {
             Category::Template,
             format!("line {line}: list_unsubscribe URL {problem}: {url:?}"),
         )),
-        None => Ok(url.to_owned()),
+        None => Ok(percent_encode_non_ascii(url)),
     }
+}
+
+/// A header holds no 8-bit byte without SMTPUTF8 (RFC 6532), and a URI is
+/// ASCII anyway: non-ASCII characters (from `{{email}}` with `josé@…`, or a
+/// name) become their percent-encoded UTF-8 octets (RFC 3987 §3.1).
+fn percent_encode_non_ascii(url: &str) -> String {
+    if url.is_ascii() {
+        return url.to_owned();
+    }
+    let mut out = String::with_capacity(url.len() * 3);
+    for &b in url.as_bytes() {
+        if b.is_ascii() {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 fn starts_with_ignore_case(s: &str, prefix: &str) -> bool {
@@ -527,6 +619,21 @@ mod tests {
                 f.reply
             );
         }
+    }
+
+    #[test]
+    fn bodies_become_crlf() {
+        assert_eq!(crlf("a\r.\rb".into()), "a\r\n.\r\nb");
+        assert_eq!(crlf("a\n.\nb".into()), "a\r\n.\r\nb");
+        assert_eq!(crlf("a\r\n.\r\nb".into()), "a\r\n.\r\nb");
+        assert_eq!(crlf("\n\r\r\n\r".into()), "\r\n\r\n\r\n\r\n");
+        assert_eq!(crlf("ü\rü".into()), "ü\r\nü");
+    }
+
+    #[test]
+    fn non_ascii_urls_are_percent_encoded() {
+        let url = unsubscribe_url("https://x.example/u/josé@bücher.example".into(), 1).unwrap();
+        assert_eq!(url, "https://x.example/u/jos%C3%A9@b%C3%BCcher.example");
     }
 
     #[test]

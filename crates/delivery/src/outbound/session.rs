@@ -12,7 +12,9 @@ use std::time::Duration;
 use edm_model::{Category, Envelope, Failure, Reply, Stage};
 use mail_send::smtp::message::Parameters;
 use mail_send::{Credentials, SmtpClient};
-use smtp_proto::{EXT_PIPELINING, EXT_SIZE, EXT_START_TLS, EhloResponse, Response};
+use smtp_proto::{
+    EXT_8BIT_MIME, EXT_PIPELINING, EXT_SIZE, EXT_SMTP_UTF8, EXT_START_TLS, EhloResponse, Response,
+};
 use tokio::io::{AsyncRead, AsyncWrite, BufStream};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -51,6 +53,10 @@ pub struct SmtpSettings {
     pub data_timeout: Duration,
     /// Accept any certificate (self-signed test relays only).
     pub accept_invalid_certs: bool,
+    /// Allow AUTH on a connection without TLS to a host that is not
+    /// loopback (`allow_plaintext_auth` in `[smtp]`); off, the session
+    /// refuses before connecting rather than send the password in clear.
+    pub allow_plaintext_auth: bool,
 }
 
 impl std::fmt::Debug for SmtpSettings {
@@ -76,6 +82,9 @@ pub struct Session {
     client: Client,
     pipelining: bool,
     max_size: Option<usize>,
+    /// The server offers SMTPUTF8 (RFC 6531) and 8BITMIME (RFC 6152).
+    smtputf8: bool,
+    eight_bit_mime: bool,
     settings: Arc<SmtpSettings>,
 }
 
@@ -144,6 +153,9 @@ impl Session {
         tls: &TlsConnector,
     ) -> Result<Session, Failure> {
         let s = &*settings;
+        if let Some(refusal) = plaintext_auth_refusal(s) {
+            return Err(refusal);
+        }
         let addrs = match tokio::time::timeout(
             s.connect_timeout,
             tokio::net::lookup_host((s.host.as_str(), s.port)),
@@ -237,6 +249,8 @@ impl Session {
             client,
             pipelining: caps.has_capability(EXT_PIPELINING),
             max_size,
+            smtputf8: caps.has_capability(EXT_SMTP_UTF8),
+            eight_bit_mime: caps.has_capability(EXT_8BIT_MIME),
             settings,
         })
     }
@@ -256,6 +270,27 @@ impl Session {
         before_dot: crate::transport::BoxFuture<'_, Result<(), String>>,
     ) -> Result<Reply, (Failure, Afterwards)> {
         let s = self.settings.clone();
+        // An address with a non-ASCII local part, or a UTF-8 header, can only
+        // travel over SMTPUTF8 (RFC 6531 §3.2, RFC 6532); without it this
+        // recipient fails before anything is sent (never 8-bit bytes in the
+        // envelope or the headers of a server that did not ask for them).
+        let utf8 = needs_smtputf8(env);
+        if let Some(what) = utf8
+            && !self.smtputf8
+        {
+            let f = Failure {
+                stage: Stage::MailFrom,
+                category: Category::SmtpUtf8Required,
+                smtp_code: None,
+                enhanced_code: None,
+                reply: format!(
+                    "{what} needs SMTPUTF8 (RFC 6531), which the server does not offer: nothing was sent"
+                ),
+                permanent: true,
+                retry_after: None,
+            };
+            return Err((f, Afterwards::Usable));
+        }
         if let Some(max) = self.max_size
             && env.body.len() > max
         {
@@ -276,6 +311,13 @@ impl Session {
         let mut params = Parameters::new();
         if self.max_size.is_some() {
             params.add(("SIZE".to_string(), env.body.len().to_string()));
+        }
+        if utf8.is_some() {
+            params.add("SMTPUTF8");
+            // UTF-8 headers are 8-bit content (RFC 6531 §3.1 item 8).
+            if self.eight_bit_mime {
+                params.add(("BODY", "8BITMIME"));
+            }
         }
         let envelope_result = if self.pipelining {
             self.envelope_pipelined(env, &params, &s).await
@@ -451,17 +493,70 @@ impl Session {
     }
 }
 
-/// The DATA payload: dot-stuffed (RFC 5321 §4.5.2) and terminated by
-/// `CRLF . CRLF`, with no blank line added when the message already ends in CRLF.
+/// What in this envelope needs SMTPUTF8, if anything: a non-ASCII address
+/// (only the local part can be: domains are A-labels by now) or a non-ASCII
+/// byte in the header section.
+fn needs_smtputf8(env: &Envelope) -> Option<&'static str> {
+    if !env.rcpt_to.is_ascii() {
+        Some("the recipient address has a non-ASCII local part and")
+    } else if !env.mail_from.is_ascii() {
+        Some("the sender address has a non-ASCII local part and")
+    } else {
+        let end = memchr::memmem::find(&env.body, b"\r\n\r\n").unwrap_or(env.body.len());
+        (!env.body[..end].is_ascii()).then_some("a header holds non-ASCII text and")
+    }
+}
+
+/// Refuses AUTH without TLS to a host that is not loopback, unless the
+/// operator said `allow_plaintext_auth = true`: the password would cross
+/// the network readable by anyone on the path (RFC 4954 §4 asks for a
+/// protected channel for mechanisms like PLAIN).
+fn plaintext_auth_refusal(s: &SmtpSettings) -> Option<Failure> {
+    let plain = s.security == Security::None;
+    (s.credentials.is_some() && plain && !s.allow_plaintext_auth && !is_loopback(&s.host)).then(
+        || {
+            Failure::local(
+                Stage::Auth,
+                Category::Auth,
+                format!(
+                    "refusing to send the SMTP password to {} without TLS: set security = \"starttls\" or \"tls\", or allow_plaintext_auth = true in [smtp]",
+                    s.host
+                ),
+            )
+        },
+    )
+}
+
+/// 127.0.0.0/8, ::1 and `localhost` (RFC 6761 §6.3): nothing leaves the
+/// machine. Names under `.localhost` are not trusted: a resolver is only
+/// asked, not guaranteed, to keep them on loopback.
+pub fn is_loopback(host: &str) -> bool {
+    let host = host.trim().trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The DATA payload: line breaks made CRLF, dot-stuffed (RFC 5321 §4.5.2)
+/// and terminated by `CRLF . CRLF`, with no blank line added when the
+/// message already ends in CRLF.
+///
+/// A bare CR or LF becomes CRLF before stuffing: a server that takes either
+/// as a line end would otherwise read `\r.\r` or `\n.\n` from a field as
+/// the end of the message and the rest as commands (SMTP smuggling, 2023;
+/// RFC 5321 §2.3.8 forbids bare CR and LF in the first place).
 pub fn dot_stuff(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + 16);
     let mut rest = body;
     if rest.first() == Some(&b'.') {
         out.push(b'.');
     }
-    while let Some(i) = memchr::memchr(b'\n', rest) {
-        out.extend_from_slice(&rest[..=i]);
-        rest = &rest[i + 1..];
+    while let Some(i) = memchr::memchr2(b'\r', b'\n', rest) {
+        out.extend_from_slice(&rest[..i]);
+        out.extend_from_slice(b"\r\n");
+        let crlf = rest[i] == b'\r' && rest.get(i + 1) == Some(&b'\n');
+        rest = &rest[i + if crlf { 2 } else { 1 }..];
         if rest.first() == Some(&b'.') {
             out.push(b'.');
         }
@@ -526,7 +621,119 @@ fn after_code(code: u16) -> Afterwards {
 
 #[cfg(test)]
 mod tests {
-    use super::dot_stuff;
+    use super::*;
+
+    #[test]
+    fn bare_line_breaks_become_crlf_before_stuffing() {
+        assert_eq!(dot_stuff(b"a\r.\rb"), b"a\r\n..\r\nb\r\n.\r\n".to_vec());
+        assert_eq!(dot_stuff(b"a\n.\nb"), b"a\r\n..\r\nb\r\n.\r\n".to_vec());
+        assert_eq!(dot_stuff(b"a\r\n.\rb"), b"a\r\n..\r\nb\r\n.\r\n".to_vec());
+        assert_eq!(dot_stuff(b"a\n.\r\n"), b"a\r\n..\r\n.\r\n".to_vec());
+        assert_eq!(dot_stuff(b"a\r\r\n"), b"a\r\n\r\n.\r\n".to_vec());
+        assert_eq!(dot_stuff(b"\r\n."), b"\r\n..\r\n.\r\n".to_vec());
+        // Whatever the input, the only `CRLF . CRLF` is the final one.
+        for body in [&b"x\r.\r\n.\n.\r\r\n.\r\n"[..], b".\r\n\n.\n\r.\r"] {
+            let out = dot_stuff(body);
+            let ends = memchr::memmem::find_iter(&out, b"\r\n.\r\n").count();
+            assert_eq!(ends, 1, "{:?}", String::from_utf8_lossy(&out));
+            assert!(out.ends_with(b"\r\n.\r\n"));
+            for (i, &b) in out.iter().enumerate() {
+                match b {
+                    b'\n' => assert_eq!(out[i - 1], b'\r'),
+                    b'\r' => assert_eq!(out[i + 1], b'\n'),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn envelope(mail_from: &str, rcpt_to: &str, body: &[u8]) -> Envelope {
+        Envelope {
+            id: edm_model::RecipientId(1),
+            mail_from: mail_from.into(),
+            rcpt_to: rcpt_to.into(),
+            domain: "x".into(),
+            message_id: "m@x".into(),
+            body: body.to_vec(),
+        }
+    }
+
+    #[test]
+    fn smtputf8_is_needed_for_non_ascii_local_parts_and_headers_only() {
+        let ascii = b"To: <a@xn--bcher-kva.example>\r\n\r\nbody \xc3\xa9";
+        assert_eq!(
+            needs_smtputf8(&envelope("n@a.example", "a@xn--bcher-kva.example", ascii)),
+            None
+        );
+        assert!(needs_smtputf8(&envelope("n@a.example", "jos\u{e9}@a.example", ascii)).is_some());
+        assert!(needs_smtputf8(&envelope("\u{e9}@a.example", "a@a.example", ascii)).is_some());
+        let header = "To: <jos\u{e9}@a.example>\r\n\r\nbody".as_bytes();
+        assert!(needs_smtputf8(&envelope("n@a.example", "a@a.example", header)).is_some());
+    }
+
+    fn settings(host: &str, security: Security, allow: bool) -> SmtpSettings {
+        SmtpSettings {
+            host: host.into(),
+            port: 25,
+            security,
+            credentials: Some(("u".into(), "secret".into())),
+            helo_name: "h".into(),
+            connect_timeout: Duration::from_secs(1),
+            command_timeout: Duration::from_secs(1),
+            data_timeout: Duration::from_secs(1),
+            accept_invalid_certs: false,
+            allow_plaintext_auth: allow,
+        }
+    }
+
+    #[test]
+    fn plaintext_auth_is_refused_off_loopback_unless_allowed() {
+        let f = plaintext_auth_refusal(&settings("smtp.example.com", Security::None, false))
+            .expect("refused");
+        assert_eq!(f.category, Category::Auth);
+        assert_eq!(f.stage, Stage::Auth);
+        assert!(f.permanent);
+        assert!(f.reply.contains("allow_plaintext_auth"), "{}", f.reply);
+        assert!(!f.reply.contains("secret"));
+        assert!(
+            plaintext_auth_refusal(&settings("smtp.example.com", Security::None, true)).is_none()
+        );
+        assert!(
+            plaintext_auth_refusal(&settings("smtp.example.com", Security::StartTls, false))
+                .is_none()
+        );
+        assert!(
+            plaintext_auth_refusal(&settings("smtp.example.com", Security::Tls, false)).is_none()
+        );
+        for host in [
+            "127.0.0.1",
+            "127.3.4.5",
+            "::1",
+            "[::1]",
+            "localhost",
+            "LocalHost",
+        ] {
+            assert!(
+                plaintext_auth_refusal(&settings(host, Security::None, false)).is_none(),
+                "{host}"
+            );
+        }
+        for host in [
+            "10.0.0.1",
+            "128.0.0.1",
+            "localhost.example.com",
+            "a.localhost",
+            "::2",
+        ] {
+            assert!(
+                plaintext_auth_refusal(&settings(host, Security::None, false)).is_some(),
+                "{host}"
+            );
+        }
+        let mut s = settings("smtp.example.com", Security::None, false);
+        s.credentials = None;
+        assert!(plaintext_auth_refusal(&s).is_none());
+    }
 
     #[test]
     fn dot_stuffing() {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use smtp_proto::request::receiver::{DataReceiver, DummyDataReceiver};
-use smtp_proto::{Error as ParseError, Request};
+use smtp_proto::{Error as ParseError, MAIL_SMTPUTF8, Request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -49,6 +49,7 @@ pub(crate) async fn run(
         refused: false,
         authenticated: false,
         mail_from: None,
+        smtputf8: false,
         rcpts: Vec::new(),
         message: Vec::new(),
     };
@@ -106,6 +107,8 @@ struct Session {
     refused: bool,
     authenticated: bool,
     mail_from: Option<String>,
+    /// The transaction's MAIL carried SMTPUTF8 (RFC 6531 §3.4).
+    smtputf8: bool,
     rcpts: Vec<String>,
     /// The message being received, behind a 2-byte CRLF seed (see `start_data`).
     message: Vec<u8>,
@@ -329,6 +332,7 @@ impl Session {
 
     fn end_transaction(&mut self) {
         self.mail_from = None;
+        self.smtputf8 = false;
         self.rcpts.clear();
     }
 
@@ -359,7 +363,10 @@ impl Session {
                 let text = self.shared.config.hostname.clone();
                 self.send(250, &text);
             }
-            Request::Mail { from } => return self.mail(&from.address, from.size).await,
+            Request::Mail { from } => {
+                let utf8 = from.flags & MAIL_SMTPUTF8 != 0;
+                return self.mail(&from.address, from.size, utf8).await;
+            }
             Request::Rcpt { to } => return self.rcpt(&to.address).await,
             Request::Data => self.start_data(),
             Request::Rset => {
@@ -420,7 +427,7 @@ impl Session {
         }
     }
 
-    async fn mail(&mut self, from: &str, declared_size: usize) -> io::Result<Flow> {
+    async fn mail(&mut self, from: &str, declared_size: usize, utf8: bool) -> io::Result<Flow> {
         if !self.greeted {
             self.send(503, "5.5.1 Send EHLO or HELO first");
         } else if self.shared.config.auth.is_some() && !self.authenticated {
@@ -429,11 +436,20 @@ impl Session {
             self.send(503, "5.5.1 Nested MAIL command");
         } else if over_limit(&self.shared, declared_size) {
             self.send(552, "5.3.4 Message size exceeds fixed maximum message size");
+        } else if utf8 && !self.shared.config.smtputf8 {
+            self.send(555, "5.5.4 Unsupported parameter SMTPUTF8");
+        } else if !utf8 && !from.is_ascii() {
+            // RFC 6531 §3.7.4.1.
+            self.send(
+                553,
+                "5.6.7 Non-ASCII addresses not permitted for that sender",
+            );
         } else {
             if let Some(flow) = self.rule(Stage::Mail, &[from]).await? {
                 return Ok(flow);
             }
             self.mail_from = Some(from.to_owned());
+            self.smtputf8 = utf8;
             self.shared.count_transaction();
             self.send(250, "2.1.0 Ok");
         }
@@ -445,6 +461,12 @@ impl Session {
             self.send(503, "5.5.1 Need MAIL before RCPT");
         } else if self.rcpts.len() >= MAX_RCPTS {
             self.send(452, "4.5.3 Too many recipients");
+        } else if !self.smtputf8 && !to.is_ascii() {
+            // RFC 6531 §3.7.4.1.
+            self.send(
+                553,
+                "5.6.7 Non-ASCII addresses not permitted for that recipient",
+            );
         } else {
             if let Some(flow) = self.rule(Stage::Rcpt, &[to]).await? {
                 return Ok(flow);
@@ -478,6 +500,15 @@ impl Session {
         message.drain(..2); // the CRLF seed of `start_data`
         let mail_from = self.mail_from.take().unwrap_or_default();
         let rcpts = mem::take(&mut self.rcpts);
+        // RFC 6532 §3: UTF-8 in header fields only in an SMTPUTF8 transaction.
+        let header_end = message
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or(message.len());
+        if !mem::take(&mut self.smtputf8) && !message[..header_end].is_ascii() {
+            self.send(554, "5.6.7 Non-ASCII header without SMTPUTF8 (RFC 6532)");
+            return Ok(Flow::Continue);
+        }
 
         let addresses: Vec<&str> = rcpts.iter().map(String::as_str).collect();
         if let Some(flow) = self.rule(Stage::Data, &addresses).await? {

@@ -3,9 +3,11 @@
 //! - `transaction`: a full transaction to memory and to a Maildir.
 //! - `protocol`: pipelining, sequencing errors, SIZE, AUTH, idle timeout, shutdown.
 //! - `rules`: each kind of scripted fault.
+//! - `smtputf8`: SMTPUTF8 offered and honoured, or off and 8-bit refused.
 
 mod protocol;
 mod rules;
+mod smtputf8;
 mod transaction;
 
 use std::time::{Duration, Instant};
