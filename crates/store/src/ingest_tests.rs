@@ -251,6 +251,7 @@ fn ever_attempted_ignores_released_claims_and_sees_sends() {
                     provider_message_id: None,
                 },
                 message_id: "<m@x>".into(),
+                relay: "smtp".into(),
             },
         }])
         .unwrap();

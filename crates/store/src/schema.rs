@@ -12,7 +12,7 @@ use rusqlite::Connection;
 use crate::error::{AtPath, Error, Result};
 
 /// The schema version this build writes.
-pub(crate) const VERSION: i64 = 2;
+pub(crate) const VERSION: i64 = 3;
 
 /// The statuses a claim reads from; the claim index holds only these rows, so
 /// it stays small however many recipients are final. Queries that want the
@@ -139,6 +139,14 @@ ALTER TABLE recipients ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE recipients ADD COLUMN copy_of INTEGER;   -- id of the row this one repeats
 ";
 
+/// Version 3: which relay sent a recipient's message and the id its
+/// provider gave it (issue 12: Amazon SES replaces the Message-ID and
+/// returns its own MessageId, the only handle on bounces and complaints).
+const V3: &str = "
+ALTER TABLE recipients ADD COLUMN relay TEXT;
+ALTER TABLE recipients ADD COLUMN provider_message_id TEXT;
+";
+
 const V2_INDEX: &str = "
 CREATE UNIQUE INDEX recipients_source ON recipients (generation, line)
     WHERE copy_of IS NULL;
@@ -187,7 +195,8 @@ pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<Migrated> {
                 repair_copies(&tx, path)?;
                 tx.execute_batch(V2_INDEX).at(path)?;
             }
-            // Future steps: `2 => tx.execute_batch(V3)?`, ...
+            2 => tx.execute_batch(V3).at(path)?,
+            // Future steps: `3 => tx.execute_batch(V4)?`, ...
             _ => unreachable!("no migration from version {from}"),
         }
         tx.pragma_update(None, "user_version", from + 1).at(path)?;

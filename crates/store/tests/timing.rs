@@ -58,6 +58,7 @@ fn timing_one_million_rows() {
                         provider_message_id: None,
                     },
                     message_id: format!("{}@edm", r.id.0),
+                    relay: String::new(),
                 },
             })
             .collect();
