@@ -72,8 +72,13 @@ pub struct Campaign {
 pub struct Config {
     /// `[campaign]`
     pub campaign: CampaignSection,
-    /// `[smtp]`
+    /// `[smtp]`: the shorthand for one SMTP relay named `smtp`; also filled
+    /// from a `[[relay]]` of kind `smtp` (empty for another kind).
+    #[serde(default)]
     pub smtp: SmtpSection,
+    /// `[[relay]]` tables (docs/transports.md); empty with `[smtp]`.
+    #[serde(default)]
+    pub relay: Vec<RelaySection>,
     /// `[delivery]`
     #[serde(default)]
     pub delivery: DeliverySection,
@@ -194,6 +199,83 @@ pub struct SmtpSection {
     /// Allow AUTH without TLS to a host that is not loopback.
     #[serde(default)]
     pub allow_plaintext_auth: bool,
+}
+
+impl Default for SmtpSection {
+    /// Only for a campaign whose relay is not SMTP: no host, nothing to check.
+    fn default() -> Self {
+        SmtpSection {
+            host: String::new(),
+            port: None,
+            security: SecurityName::None,
+            username: None,
+            password_env: None,
+            password_file: None,
+            helo_name: None,
+            connect_timeout: d10s(),
+            command_timeout: d30s(),
+            data_timeout: d120s(),
+            accept_invalid_certs: false,
+            allow_plaintext_auth: false,
+        }
+    }
+}
+
+/// A `[[relay]]` table: its name, kind and limits, and the kind's own keys
+/// (kept as written, checked by [`Campaign::load`]).
+#[derive(Clone, Debug, Deserialize)]
+pub struct RelaySection {
+    /// Name, in reports (`relay` column) and messages.
+    pub name: String,
+    /// `smtp` or `ses`.
+    pub kind: RelayKind,
+    /// This relay's own rate (messages per second); `[delivery] rate` still
+    /// caps the run.
+    #[serde(default)]
+    pub rate: Option<f64>,
+    /// Connections (or requests in flight) to this relay; default
+    /// `[delivery] concurrency`.
+    #[serde(default)]
+    pub concurrency: Option<usize>,
+    /// The kind's keys: `[smtp]`'s for `smtp`, [`SesSection`]'s for `ses`.
+    #[serde(flatten)]
+    pub settings: toml::Table,
+}
+
+/// Relay kinds.
+#[derive(Copy, Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RelayKind {
+    /// An SMTP relay.
+    Smtp,
+    /// Amazon SES v2 over its HTTP API.
+    Ses,
+}
+
+/// The keys of a `[[relay]]` of kind `ses`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SesSection {
+    /// AWS region (`eu-west-1`).
+    pub region: String,
+    /// Base URL, for tests and SES-compatible services (default
+    /// `https://email.REGION.amazonaws.com`).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// A profile of the shared credentials file (default: the
+    /// `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY` environment variables,
+    /// then the `default` profile).
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// `ConfigurationSetName`, for SES's event publishing.
+    #[serde(default)]
+    pub configuration_set: Option<String>,
+    /// Connect timeout.
+    #[serde(default = "d10s", with = "duration")]
+    pub connect_timeout: Duration,
+    /// Whole-request timeout.
+    #[serde(default = "d30s", with = "duration")]
+    pub request_timeout: Duration,
 }
 
 /// Transport security names.
@@ -478,10 +560,71 @@ impl Campaign {
             file: file.clone(),
             message: format!("cannot read: {e}"),
         })?;
-        let config: Config = toml::from_str(&text).map_err(|e| Error::Config {
+        let mut config: Config = toml::from_str(&text).map_err(|e| Error::Config {
             file: file.clone(),
             message: e.to_string().trim_end().to_string(),
         })?;
+        let has_smtp = toml::from_str::<toml::Table>(&text)
+            .map(|t| t.contains_key("smtp"))
+            .unwrap_or(false);
+        let bad = |message: String| Error::Config {
+            file: file.clone(),
+            message,
+        };
+        match (has_smtp, config.relay.len()) {
+            (true, 0) => {}
+            (false, 0) => {
+                return Err(bad(
+                    "no relay: write an [smtp] table, or [[relay]] tables (docs/transports.md)"
+                        .into(),
+                ));
+            }
+            (true, _) => {
+                return Err(bad(
+                    "[smtp] and [[relay]] together: [smtp] is the shorthand for one relay named \"smtp\"; move its keys into a [[relay]] with kind = \"smtp\", or drop the [[relay]] tables".into(),
+                ));
+            }
+            (false, 1) => {
+                let r = &config.relay[0];
+                let key = format!("[[relay]] {:?}", r.name);
+                if r.name.trim().is_empty() {
+                    return Err(bad("[[relay]] name must not be empty".into()));
+                }
+                if let Some(rate) = r.rate
+                    && let Some(why) = rate_problem(rate)
+                {
+                    return Err(bad(format!("{key} rate = {rate}: {why}")));
+                }
+                if let Some(n) = r.concurrency
+                    && let Some(why) = concurrency_problem(n)
+                {
+                    return Err(bad(format!("{key} concurrency = {n}: {why}")));
+                }
+                match r.kind {
+                    RelayKind::Smtp => {
+                        config.smtp = r.settings.clone().try_into().map_err(|e| {
+                            bad(format!(
+                                "{key} (kind = \"smtp\"): {}",
+                                e.to_string().trim_end()
+                            ))
+                        })?;
+                    }
+                    RelayKind::Ses => {
+                        let _: SesSection = r.settings.clone().try_into().map_err(|e| {
+                            bad(format!(
+                                "{key} (kind = \"ses\"): {}",
+                                e.to_string().trim_end()
+                            ))
+                        })?;
+                    }
+                }
+            }
+            (false, n) => {
+                return Err(bad(format!(
+                    "{n} [[relay]] tables: pools of relays are not supported yet, keep one"
+                )));
+            }
+        }
         let c = Campaign { dir, file, config };
         c.validate()?;
         Ok(c)
@@ -532,6 +675,9 @@ impl Campaign {
             {
                 return Err(self.bad(format!("{key} concurrency = {n}: {why}")));
             }
+        }
+        if self.relay_kind() != RelayKind::Smtp {
+            return Ok(());
         }
         if c.smtp.port == Some(0) {
             return Err(self.bad("[smtp] port = 0: a port is 1 to 65535"));
@@ -598,9 +744,53 @@ impl Campaign {
         }
     }
 
-    /// The configured rate (`None`: unlimited).
+    /// The configured rate (`None`: unlimited): `[delivery] rate`, capped
+    /// by the relay's own `rate`.
     pub fn rate(&self) -> Option<f64> {
-        self.config.delivery.rate.filter(|r| *r > 0.0)
+        let run = self.config.delivery.rate.filter(|r| *r > 0.0);
+        let relay = self
+            .config
+            .relay
+            .first()
+            .and_then(|r| r.rate)
+            .filter(|r| *r > 0.0);
+        match (run, relay) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The relay's name: `[[relay]] name`, or `smtp` for `[smtp]`.
+    pub fn relay_name(&self) -> &str {
+        self.config
+            .relay
+            .first()
+            .map_or("smtp", |r| r.name.as_str())
+    }
+
+    /// The relay's kind.
+    pub fn relay_kind(&self) -> RelayKind {
+        self.config
+            .relay
+            .first()
+            .map_or(RelayKind::Smtp, |r| r.kind)
+    }
+
+    /// The relay's concurrency (`[[relay]] concurrency`, else `[delivery]`'s).
+    pub fn concurrency(&self) -> usize {
+        self.config
+            .relay
+            .first()
+            .and_then(|r| r.concurrency)
+            .unwrap_or(self.config.delivery.concurrency)
+    }
+
+    /// The SES relay's keys, when the relay is SES (checked at load).
+    pub fn ses(&self) -> Option<SesSection> {
+        let r = self.config.relay.first()?;
+        (r.kind == RelayKind::Ses)
+            .then(|| r.settings.clone().try_into().ok())
+            .flatten()
     }
 
     /// The relay port, defaulted by security.
