@@ -677,6 +677,10 @@ impl Campaign {
             }
         }
         if self.relay_kind() != RelayKind::Smtp {
+            // The checks below are about SMTP settings, except this one.
+            if c.delivery.max_attempts == 0 {
+                return Err(self.bad("[delivery] max_attempts must be at least 1"));
+            }
             return Ok(());
         }
         if c.smtp.port == Some(0) {
@@ -850,6 +854,84 @@ recipients = "r.csv"
 host = "127.0.0.1"
 port = 2525
 "#;
+
+    const SES_RELAY: &str = r#"
+[[relay]]
+name = "ses-eu"
+kind = "ses"
+region = "eu-west-1"
+rate = 14
+concurrency = 3
+"#;
+
+    #[test]
+    fn a_relay_table_of_kind_ses_or_smtp() {
+        let d = tempfile::tempdir().unwrap();
+        let no_smtp = MINIMAL.replace("[smtp]\nhost = \"127.0.0.1\"\nport = 2525\n", "");
+        assert!(!no_smtp.contains("[smtp]"), "{no_smtp}");
+        let c = write(d.path(), &format!("{no_smtp}{SES_RELAY}")).unwrap();
+        assert_eq!(c.relay_name(), "ses-eu");
+        assert_eq!(c.relay_kind(), RelayKind::Ses);
+        assert_eq!(c.rate(), Some(14.0));
+        assert_eq!(c.concurrency(), 3);
+        let ses = c.ses().unwrap();
+        assert_eq!((ses.region.as_str(), ses.endpoint), ("eu-west-1", None));
+
+        let smtp = "\n[[relay]]\nname = \"main\"\nkind = \"smtp\"\nhost = \"mx.acme.example\"\nport = 2525\n";
+        let c = write(
+            d.path(),
+            &format!("{no_smtp}\n[delivery]\nrate = 5\n{smtp}"),
+        )
+        .unwrap();
+        assert_eq!(c.relay_name(), "main");
+        assert_eq!(
+            (c.config.smtp.host.as_str(), c.port()),
+            ("mx.acme.example", 2525)
+        );
+        assert!(c.ses().is_none());
+        assert_eq!(c.rate(), Some(5.0));
+
+        // [smtp] alone is the relay named smtp.
+        let c = write(d.path(), MINIMAL).unwrap();
+        assert_eq!((c.relay_name(), c.relay_kind()), ("smtp", RelayKind::Smtp));
+    }
+
+    #[test]
+    fn relay_tables_that_cannot_work_are_refused_naming_the_key() {
+        let d = tempfile::tempdir().unwrap();
+        let no_smtp = MINIMAL.replace("[smtp]\nhost = \"127.0.0.1\"\nport = 2525\n", "");
+        let err = |text: String| write(d.path(), &text).unwrap_err().to_string();
+        let e = err(format!("{MINIMAL}{SES_RELAY}"));
+        assert!(e.contains("[smtp] and [[relay]] together"), "{e}");
+        assert!(e.contains("campaign.toml"), "{e}");
+        let e = err(no_smtp.clone());
+        assert!(e.contains("no relay"), "{e}");
+        let e = err(format!(
+            "{no_smtp}{SES_RELAY}{}",
+            SES_RELAY.replace("ses-eu", "ses-us")
+        ));
+        assert!(e.contains("pools of relays are not supported yet"), "{e}");
+        let e = err(format!("{no_smtp}{SES_RELAY}host = \"x\"\n"));
+        assert!(
+            e.contains("[[relay]] \"ses-eu\" (kind = \"ses\")") && e.contains("host"),
+            "{e}"
+        );
+        let e = err(format!(
+            "{no_smtp}{}",
+            SES_RELAY.replace("region = \"eu-west-1\"\n", "")
+        ));
+        assert!(e.contains("region"), "{e}");
+        let e = err(format!(
+            "{no_smtp}{}",
+            SES_RELAY.replace("rate = 14", "rate = -1")
+        ));
+        assert!(e.contains("[[relay]] \"ses-eu\" rate = -1"), "{e}");
+        let e = err(format!(
+            "{no_smtp}{}",
+            SES_RELAY.replace("kind = \"ses\"", "kind = \"carrier-pigeon\"")
+        ));
+        assert!(e.contains("kind") || e.contains("carrier-pigeon"), "{e}");
+    }
 
     #[test]
     fn minimal_file_gets_documented_defaults() {
