@@ -486,13 +486,13 @@ mod tests {
         .unwrap();
         let f = file.to_string_lossy().to_string();
         let env2 = |k: &str| (k == "AWS_SHARED_CREDENTIALS_FILE").then(|| f.clone());
-        let m = Credentials::load(Some("mail"), &env2).unwrap();
+        let m = Credentials::load(Some("mail"), env2).unwrap();
         assert_eq!(
             (m.access_key_id.as_str(), m.session_token.as_deref()),
             ("M", Some("T"))
         );
-        assert_eq!(Credentials::load(None, &env2).unwrap().access_key_id, "D");
-        let err = Credentials::load(Some("nope"), &env2).unwrap_err();
+        assert_eq!(Credentials::load(None, env2).unwrap().access_key_id, "D");
+        let err = Credentials::load(Some("nope"), env2).unwrap_err();
         assert!(err.contains("profile [nope]"), "{err}");
         std::fs::remove_dir_all(&dir).ok();
     }
