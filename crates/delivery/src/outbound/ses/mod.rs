@@ -497,6 +497,97 @@ mod tests {
         std::fs::remove_dir_all(&dir).ok();
     }
 
+    fn transport_to(endpoint: String) -> SesTransport {
+        SesTransport::new(SesSettings {
+            region: "us-east-1".into(),
+            endpoint: Some(endpoint),
+            credentials: Credentials {
+                access_key_id: "AKIDEXAMPLE".into(),
+                secret_access_key: "secret".into(),
+                session_token: None,
+            },
+            configuration_set: None,
+            campaign: "t".into(),
+            connect_timeout: Duration::from_millis(500),
+            request_timeout: Duration::from_millis(300),
+        })
+        .unwrap()
+    }
+
+    fn envelope() -> Envelope {
+        Envelope {
+            id: edm_model::RecipientId(1),
+            mail_from: "news@acme.example".into(),
+            rcpt_to: "a@example.com".into(),
+            domain: "example.com".into(),
+            message_id: "<m@acme.example>".into(),
+            body: b"Subject: x\r\n\r\nx\r\n".to_vec(),
+        }
+    }
+
+    /// The request went out and no reply came: SES may have accepted the
+    /// message, so the recipient is in doubt, never failed or resent blindly.
+    #[tokio::test]
+    async fn a_timeout_after_the_request_is_in_doubt() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // Accepts, reads, never answers.
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 65536];
+            while tokio::io::AsyncReadExt::read(&mut s, &mut buf)
+                .await
+                .unwrap_or(0)
+                > 0
+            {}
+        });
+        let t = transport_to(format!("http://127.0.0.1:{port}"));
+        let mut conn = t.open().await.unwrap();
+        let env = envelope();
+        let (f, after) = conn
+            .send(&env, Box::pin(async { Ok(()) }))
+            .await
+            .unwrap_err();
+        assert_eq!(after, Afterwards::InDoubt, "{f}");
+        assert_eq!(f.category, Category::ReadTimeout, "{f}");
+        assert!(!f.permanent);
+        server.abort();
+    }
+
+    /// Nothing listening: the request never left, so it is a plain
+    /// transient failure of the relay, not in doubt.
+    #[tokio::test]
+    async fn a_refused_connect_is_not_in_doubt() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let t = transport_to(format!("http://127.0.0.1:{port}"));
+        let mut conn = t.open().await.unwrap();
+        let env = envelope();
+        let (f, after) = conn
+            .send(&env, Box::pin(async { Ok(()) }))
+            .await
+            .unwrap_err();
+        assert_eq!(after, Afterwards::Broken, "{f}");
+        assert_eq!(f.category, Category::ConnectRefused, "{f}");
+        assert!(!f.permanent);
+    }
+
+    /// A failed durable mark: nothing is sent.
+    #[tokio::test]
+    async fn no_request_without_the_durable_mark() {
+        let t = transport_to("http://127.0.0.1:9".into());
+        let mut conn = t.open().await.unwrap();
+        let env = envelope();
+        let (f, after) = conn
+            .send(&env, Box::pin(async { Err("disk full".to_string()) }))
+            .await
+            .unwrap_err();
+        assert_eq!(after, Afterwards::Broken);
+        assert!(f.reply.contains("disk full"), "{f}");
+    }
+
     #[test]
     fn tags_are_sanitised() {
         assert_eq!(sanitise_tag("Spring sale 2026/ü"), "Spring_sale_2026__");
