@@ -588,6 +588,50 @@ mod tests {
         assert!(f.reply.contains("disk full"), "{f}");
     }
 
+    /// Answers one request with `reply` (a whole HTTP response).
+    async fn one_reply(reply: &'static str) -> u16 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 65536];
+            let _ = s.read(&mut buf).await;
+            let _ = s.write_all(reply.as_bytes()).await;
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn get_account_gives_the_quota_and_404_means_not_available() {
+        let body = r#"{"SendQuota":{"Max24HourSend":50000.0,"MaxSendRate":14.0,"SentLast24Hours":49990.0}}"#;
+        let reply: &'static str = Box::leak(
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .into_boxed_str(),
+        );
+        let port = one_reply(reply).await;
+        let q = transport_to(format!("http://127.0.0.1:{port}"))
+            .send_quota()
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (q.max_send_rate, q.max_24_hour_send, q.sent_last_24_hours),
+            (14.0, 50000.0, 49990.0)
+        );
+        let port =
+            one_reply("HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                .await;
+        let q = transport_to(format!("http://127.0.0.1:{port}"))
+            .send_quota()
+            .await
+            .unwrap();
+        assert_eq!(q, None);
+    }
+
     #[test]
     fn tags_are_sanitised() {
         assert_eq!(sanitise_tag("Spring sale 2026/ü"), "Spring_sale_2026__");
