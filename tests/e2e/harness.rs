@@ -299,3 +299,35 @@ pub fn signal(child: &Child, sig: &str) {
 pub fn code(out: &Output) -> i32 {
     out.status.code().unwrap_or(-1)
 }
+
+impl TestCampaign {
+    /// [`TestCampaign::edm`] with extra environment variables (credentials
+    /// for an API relay: never on the command line).
+    pub fn edm_env(&self, sub: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::new(EDM);
+        cmd.arg(sub)
+            .arg(&self.dir)
+            .args(args)
+            .env("EDM_HOME", &self.home)
+            .env("EDM_LOG", "warn")
+            .envs(env.iter().copied());
+        let out = cmd.output().expect("running edm");
+        eprintln!(
+            "--- edm {sub} {args:?} -> {:?}\n{}\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// Replaces the `[smtp]` table of the campaign file with `relay`.
+    pub fn replace_smtp(&self, relay: &str) {
+        let file = self.dir.join("campaign.toml");
+        let text = std::fs::read_to_string(&file).unwrap();
+        let start = text.find("[smtp]").expect("[smtp]");
+        let end = text[start..].find("[delivery]").expect("[delivery]") + start;
+        let text = format!("{}{relay}\n\n{}", &text[..start], &text[end..]);
+        std::fs::write(file, text).unwrap();
+    }
+}

@@ -301,6 +301,8 @@ fn as_older_build_with_copies(db: &Path, copies: u32) {
     let conn = rusqlite::Connection::open(db).unwrap();
     conn.execute_batch(&format!(
         "DROP INDEX recipients_source;
+         ALTER TABLE recipients DROP COLUMN provider_message_id;
+         ALTER TABLE recipients DROP COLUMN relay;
          ALTER TABLE recipients DROP COLUMN copy_of;
          ALTER TABLE recipients DROP COLUMN generation;
          DELETE FROM meta WHERE key LIKE 'ingest.%';

@@ -19,6 +19,7 @@
 //! - `wire`: what goes on the wire: IDN addresses and SMTPUTF8, no bare
 //!   CR/LF (SMTP smuggling), no password in clear (issue 9).
 //! - `promises`: fail fast, stop on refusals that hit every message, in doubt.
+//! - `ses`: Amazon SES v2 through moto's server (issue 12).
 
 mod harness;
 
@@ -30,6 +31,7 @@ mod postfix;
 mod preflight;
 mod promises;
 mod send;
+mod ses;
 mod suppress;
 mod tui;
 mod wire;

@@ -77,8 +77,13 @@ pub struct Campaign {
 pub struct Config {
     /// `[campaign]`
     pub campaign: CampaignSection,
-    /// `[smtp]`
+    /// `[smtp]`: the shorthand for one SMTP relay named `smtp`; also filled
+    /// from a `[[relay]]` of kind `smtp` (empty for another kind).
+    #[serde(default)]
     pub smtp: SmtpSection,
+    /// `[[relay]]` tables (docs/transports.md); empty with `[smtp]`.
+    #[serde(default)]
+    pub relay: Vec<RelaySection>,
     /// `[delivery]`
     #[serde(default)]
     pub delivery: DeliverySection,
@@ -199,6 +204,83 @@ pub struct SmtpSection {
     /// Allow AUTH without TLS to a host that is not loopback.
     #[serde(default)]
     pub allow_plaintext_auth: bool,
+}
+
+impl Default for SmtpSection {
+    /// Only for a campaign whose relay is not SMTP: no host, nothing to check.
+    fn default() -> Self {
+        SmtpSection {
+            host: String::new(),
+            port: None,
+            security: SecurityName::None,
+            username: None,
+            password_env: None,
+            password_file: None,
+            helo_name: None,
+            connect_timeout: connect_timeout(),
+            command_timeout: command_timeout(),
+            data_timeout: data_timeout(),
+            accept_invalid_certs: false,
+            allow_plaintext_auth: false,
+        }
+    }
+}
+
+/// A `[[relay]]` table: its name, kind and limits, and the kind's own keys
+/// (kept as written, checked by [`Campaign::load`]).
+#[derive(Clone, Debug, Deserialize)]
+pub struct RelaySection {
+    /// Name, in reports (`relay` column) and messages.
+    pub name: String,
+    /// `smtp` or `ses`.
+    pub kind: RelayKind,
+    /// This relay's own rate (messages per second); `[delivery] rate` still
+    /// caps the run.
+    #[serde(default)]
+    pub rate: Option<f64>,
+    /// Connections (or requests in flight) to this relay; default
+    /// `[delivery] concurrency`.
+    #[serde(default)]
+    pub concurrency: Option<usize>,
+    /// The kind's keys: `[smtp]`'s for `smtp`, [`SesSection`]'s for `ses`.
+    #[serde(flatten)]
+    pub settings: toml::Table,
+}
+
+/// Relay kinds.
+#[derive(Copy, Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RelayKind {
+    /// An SMTP relay.
+    Smtp,
+    /// Amazon SES v2 over its HTTP API.
+    Ses,
+}
+
+/// The keys of a `[[relay]]` of kind `ses`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SesSection {
+    /// AWS region (`eu-west-1`).
+    pub region: String,
+    /// Base URL, for tests and SES-compatible services (default
+    /// `https://email.REGION.amazonaws.com`).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// A profile of the shared credentials file (default: the
+    /// `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY` environment variables,
+    /// then the `default` profile).
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// `ConfigurationSetName`, for SES's event publishing.
+    #[serde(default)]
+    pub configuration_set: Option<String>,
+    /// Connect timeout.
+    #[serde(default = "connect_timeout", with = "duration")]
+    pub connect_timeout: Duration,
+    /// Whole-request timeout.
+    #[serde(default = "command_timeout", with = "duration")]
+    pub request_timeout: Duration,
 }
 
 /// Transport security names.
@@ -488,10 +570,71 @@ impl Campaign {
             file: file.clone(),
             message: format!("cannot read: {e}"),
         })?;
-        let config: Config = toml::from_str(&text).map_err(|e| Error::Config {
+        let mut config: Config = toml::from_str(&text).map_err(|e| Error::Config {
             file: file.clone(),
             message: e.to_string().trim_end().to_string(),
         })?;
+        let has_smtp = toml::from_str::<toml::Table>(&text)
+            .map(|t| t.contains_key("smtp"))
+            .unwrap_or(false);
+        let bad = |message: String| Error::Config {
+            file: file.clone(),
+            message,
+        };
+        match (has_smtp, config.relay.len()) {
+            (true, 0) => {}
+            (false, 0) => {
+                return Err(bad(
+                    "no relay: write an [smtp] table, or [[relay]] tables (docs/transports.md)"
+                        .into(),
+                ));
+            }
+            (true, _) => {
+                return Err(bad(
+                    "[smtp] and [[relay]] together: [smtp] is the shorthand for one relay named \"smtp\"; move its keys into a [[relay]] with kind = \"smtp\", or drop the [[relay]] tables".into(),
+                ));
+            }
+            (false, 1) => {
+                let r = &config.relay[0];
+                let key = format!("[[relay]] {:?}", r.name);
+                if r.name.trim().is_empty() {
+                    return Err(bad("[[relay]] name must not be empty".into()));
+                }
+                if let Some(rate) = r.rate
+                    && let Some(why) = rate_problem(rate)
+                {
+                    return Err(bad(format!("{key} rate = {rate}: {why}")));
+                }
+                if let Some(n) = r.concurrency
+                    && let Some(why) = concurrency_problem(n)
+                {
+                    return Err(bad(format!("{key} concurrency = {n}: {why}")));
+                }
+                match r.kind {
+                    RelayKind::Smtp => {
+                        config.smtp = r.settings.clone().try_into().map_err(|e| {
+                            bad(format!(
+                                "{key} (kind = \"smtp\"): {}",
+                                e.to_string().trim_end()
+                            ))
+                        })?;
+                    }
+                    RelayKind::Ses => {
+                        let _: SesSection = r.settings.clone().try_into().map_err(|e| {
+                            bad(format!(
+                                "{key} (kind = \"ses\"): {}",
+                                e.to_string().trim_end()
+                            ))
+                        })?;
+                    }
+                }
+            }
+            (false, n) => {
+                return Err(bad(format!(
+                    "{n} [[relay]] tables: pools of relays are not supported yet, keep one"
+                )));
+            }
+        }
         let c = Campaign { dir, file, config };
         c.validate()?;
         Ok(c)
@@ -542,6 +685,13 @@ impl Campaign {
             {
                 return Err(self.bad(format!("{key} concurrency = {n}: {why}")));
             }
+        }
+        if self.relay_kind() != RelayKind::Smtp {
+            // The checks below are about SMTP settings, except this one.
+            if c.delivery.max_attempts == 0 {
+                return Err(self.bad("[delivery] max_attempts must be at least 1"));
+            }
+            return Ok(());
         }
         if c.smtp.port == Some(0) {
             return Err(self.bad("[smtp] port = 0: a port is 1 to 65535"));
@@ -608,9 +758,53 @@ impl Campaign {
         }
     }
 
-    /// The configured rate (`None`: unlimited).
+    /// The configured rate (`None`: unlimited): `[delivery] rate`, capped
+    /// by the relay's own `rate`.
     pub fn rate(&self) -> Option<f64> {
-        self.config.delivery.rate.filter(|r| *r > 0.0)
+        let run = self.config.delivery.rate.filter(|r| *r > 0.0);
+        let relay = self
+            .config
+            .relay
+            .first()
+            .and_then(|r| r.rate)
+            .filter(|r| *r > 0.0);
+        match (run, relay) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The relay's name: `[[relay]] name`, or `smtp` for `[smtp]`.
+    pub fn relay_name(&self) -> &str {
+        self.config
+            .relay
+            .first()
+            .map_or("smtp", |r| r.name.as_str())
+    }
+
+    /// The relay's kind.
+    pub fn relay_kind(&self) -> RelayKind {
+        self.config
+            .relay
+            .first()
+            .map_or(RelayKind::Smtp, |r| r.kind)
+    }
+
+    /// The relay's concurrency (`[[relay]] concurrency`, else `[delivery]`'s).
+    pub fn concurrency(&self) -> usize {
+        self.config
+            .relay
+            .first()
+            .and_then(|r| r.concurrency)
+            .unwrap_or(self.config.delivery.concurrency)
+    }
+
+    /// The SES relay's keys, when the relay is SES (checked at load).
+    pub fn ses(&self) -> Option<SesSection> {
+        let r = self.config.relay.first()?;
+        (r.kind == RelayKind::Ses)
+            .then(|| r.settings.clone().try_into().ok())
+            .flatten()
     }
 
     /// The lower-cased domain of `[campaign] from`, read by edm's one From
@@ -679,6 +873,84 @@ recipients = "r.csv"
 host = "127.0.0.1"
 port = 2525
 "#;
+
+    const SES_RELAY: &str = r#"
+[[relay]]
+name = "ses-eu"
+kind = "ses"
+region = "eu-west-1"
+rate = 14
+concurrency = 3
+"#;
+
+    #[test]
+    fn a_relay_table_of_kind_ses_or_smtp() {
+        let d = tempfile::tempdir().unwrap();
+        let no_smtp = MINIMAL.replace("[smtp]\nhost = \"127.0.0.1\"\nport = 2525\n", "");
+        assert!(!no_smtp.contains("[smtp]"), "{no_smtp}");
+        let c = write(d.path(), &format!("{no_smtp}{SES_RELAY}")).unwrap();
+        assert_eq!(c.relay_name(), "ses-eu");
+        assert_eq!(c.relay_kind(), RelayKind::Ses);
+        assert_eq!(c.rate(), Some(14.0));
+        assert_eq!(c.concurrency(), 3);
+        let ses = c.ses().unwrap();
+        assert_eq!((ses.region.as_str(), ses.endpoint), ("eu-west-1", None));
+
+        let smtp = "\n[[relay]]\nname = \"main\"\nkind = \"smtp\"\nhost = \"mx.acme.example\"\nport = 2525\n";
+        let c = write(
+            d.path(),
+            &format!("{no_smtp}\n[delivery]\nrate = 5\n{smtp}"),
+        )
+        .unwrap();
+        assert_eq!(c.relay_name(), "main");
+        assert_eq!(
+            (c.config.smtp.host.as_str(), c.port()),
+            ("mx.acme.example", 2525)
+        );
+        assert!(c.ses().is_none());
+        assert_eq!(c.rate(), Some(5.0));
+
+        // [smtp] alone is the relay named smtp.
+        let c = write(d.path(), MINIMAL).unwrap();
+        assert_eq!((c.relay_name(), c.relay_kind()), ("smtp", RelayKind::Smtp));
+    }
+
+    #[test]
+    fn relay_tables_that_cannot_work_are_refused_naming_the_key() {
+        let d = tempfile::tempdir().unwrap();
+        let no_smtp = MINIMAL.replace("[smtp]\nhost = \"127.0.0.1\"\nport = 2525\n", "");
+        let err = |text: String| write(d.path(), &text).unwrap_err().to_string();
+        let e = err(format!("{MINIMAL}{SES_RELAY}"));
+        assert!(e.contains("[smtp] and [[relay]] together"), "{e}");
+        assert!(e.contains("campaign.toml"), "{e}");
+        let e = err(no_smtp.clone());
+        assert!(e.contains("no relay"), "{e}");
+        let e = err(format!(
+            "{no_smtp}{SES_RELAY}{}",
+            SES_RELAY.replace("ses-eu", "ses-us")
+        ));
+        assert!(e.contains("pools of relays are not supported yet"), "{e}");
+        let e = err(format!("{no_smtp}{SES_RELAY}host = \"x\"\n"));
+        assert!(
+            e.contains("[[relay]] \"ses-eu\" (kind = \"ses\")") && e.contains("host"),
+            "{e}"
+        );
+        let e = err(format!(
+            "{no_smtp}{}",
+            SES_RELAY.replace("region = \"eu-west-1\"\n", "")
+        ));
+        assert!(e.contains("region"), "{e}");
+        let e = err(format!(
+            "{no_smtp}{}",
+            SES_RELAY.replace("rate = 14", "rate = -1")
+        ));
+        assert!(e.contains("[[relay]] \"ses-eu\" rate = -1"), "{e}");
+        let e = err(format!(
+            "{no_smtp}{}",
+            SES_RELAY.replace("kind = \"ses\"", "kind = \"carrier-pigeon\"")
+        ));
+        assert!(e.contains("kind") || e.contains("carrier-pigeon"), "{e}");
+    }
 
     #[test]
     fn minimal_file_gets_documented_defaults() {

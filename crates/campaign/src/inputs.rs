@@ -93,12 +93,22 @@ pub fn dkim_signer(c: &Campaign) -> Result<Option<Dkim>, Error> {
     let key_path = c.path(&section.key_file);
     let key_pem = std::fs::read_to_string(&key_path)
         .map_err(|e| bad(format!("[dkim] key_file {}: {e}", key_path.display())))?;
-    let dkim = Dkim::new(DkimConfig {
-        selector: section.selector,
-        domain: section.domain,
-        key_pem,
-        algorithm,
-    })
+    // SES replaces the Message-ID: a signature over it would break
+    // (docs/transports.md).
+    let headers: &[&str] = if c.relay_kind() == crate::config::RelayKind::Ses {
+        &edm_template::SIGNED_HEADERS_WITHOUT_ID_AND_DATE
+    } else {
+        &edm_template::SIGNED_HEADERS
+    };
+    let dkim = Dkim::with_headers(
+        DkimConfig {
+            selector: section.selector,
+            domain: section.domain,
+            key_pem,
+            algorithm,
+        },
+        headers,
+    )
     .map_err(|e| bad(format!("[dkim] key_file {}: {e}", key_path.display())))?;
     Ok(Some(dkim))
 }

@@ -153,8 +153,18 @@ pub fn export(
     };
     // An outcome column that clashes with an original one gets an `edm_` prefix,
     // so the original columns stay exactly as they were (the file feeds back in).
+    // `--all` also says which relay sent each message and the provider's id
+    // for it, after the others; `--failures` keeps exactly its columns,
+    // since it feeds back in as input.
+    let with_relay = kind == ReportKind::All;
+    let relay_columns: &[&str] = if with_relay {
+        &["relay", "provider_message_id"]
+    } else {
+        &[]
+    };
     let extra: Vec<String> = OUTCOME_COLUMNS
         .iter()
+        .chain(relay_columns)
         .map(|n| {
             if columns.iter().any(|c| c.eq_ignore_ascii_case(n)) {
                 format!("edm_{n}")
@@ -180,6 +190,10 @@ pub fn export(
                     let mut rec: Vec<String> = row.values.clone();
                     rec.resize(columns.len(), String::new());
                     rec.extend(outcome_fields(row));
+                    if with_relay {
+                        rec.push(row.relay.clone().unwrap_or_default());
+                        rec.push(row.provider_message_id.clone().unwrap_or_default());
+                    }
                     w.write_record(&rec)
                 })
                 .map_err(|e| export_error(e, &path))?;
@@ -208,6 +222,8 @@ pub fn export(
                         "last_attempt_at": row.last_attempt_at,
                         "in_doubt": row.in_doubt,
                         "message_id": row.message_id,
+                        "relay": row.relay,
+                        "provider_message_id": row.provider_message_id,
                     });
                     writeln!(out, "{obj}")
                 })

@@ -16,7 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use edm_delivery::{
-    DeliveryConfig, DomainLimit, EngineEnd, RetryPolicy, Security, SmtpSettings, Verdict,
+    Credentials, DeliveryConfig, DomainLimit, EngineEnd, RetryPolicy, Security, SesSettings,
+    SesTransport, SmtpSettings, SmtpTransport, Transport, Verdict,
 };
 use edm_model::{
     Control, DeliveryEvent, DomainCounts, EventLine, Failure, Notice, Progress, RecipientId,
@@ -25,7 +26,7 @@ use edm_model::{
 use edm_store::{InDoubtPolicy, Outcome, OutcomeKind, Summary};
 use tokio::sync::{Notify, mpsc, watch};
 
-use crate::config::{Campaign, SecurityName};
+use crate::config::{Campaign, RelayKind, SecurityName};
 use crate::prepare::{Prepared, prepare_with_stop};
 use crate::writer::{StoreView, Writer, WriterMarker, record};
 use crate::{Error, Task};
@@ -228,6 +229,8 @@ struct Shared {
     waiting: AtomicBool,
     /// Recipients deferred during this run: their next claim is a retry.
     deferred: Mutex<std::collections::HashSet<RecipientId>>,
+    /// The relay's name, kept with each sent recipient.
+    relay: String,
 }
 
 impl Shared {
@@ -295,7 +298,7 @@ pub(crate) fn delivery_config(
     };
     let d = &c.config.delivery;
     let mut cfg = DeliveryConfig::new(smtp);
-    cfg.concurrency = opts.concurrency.unwrap_or(d.concurrency).max(1);
+    cfg.concurrency = opts.concurrency.unwrap_or(c.concurrency()).max(1);
     cfg.rate = match opts.rate {
         Some(r) => r.filter(|r| *r > 0.0),
         None => c.rate(),
@@ -320,6 +323,84 @@ pub(crate) fn delivery_config(
         })
         .collect();
     cfg
+}
+
+/// The campaign's relay as a [`Transport`]: `[smtp]` or a `[[relay]]` of
+/// kind `smtp` over SMTP, a `[[relay]]` of kind `ses` over Amazon SES v2.
+pub(crate) fn transport(c: &Campaign, cfg: &DeliveryConfig) -> Result<Arc<dyn Transport>, Error> {
+    let bad = |message: String| Error::Config {
+        file: c.file.clone(),
+        message,
+    };
+    match (c.relay_kind(), c.ses()) {
+        (RelayKind::Ses, Some(s)) => {
+            let key = format!("[[relay]] {:?}", c.relay_name());
+            let credentials = Credentials::load(s.profile.as_deref(), |k| std::env::var(k).ok())
+                .map_err(|e| bad(format!("{key}: {e}")))?;
+            let t = SesTransport::new(SesSettings {
+                region: s.region,
+                endpoint: s.endpoint,
+                credentials,
+                configuration_set: s.configuration_set,
+                campaign: c.config.campaign.name.clone(),
+                connect_timeout: s.connect_timeout,
+                request_timeout: s.request_timeout,
+            })
+            .map_err(|e| bad(format!("{key}: {e}")))?;
+            Ok(Arc::new(t))
+        }
+        _ => {
+            let t = SmtpTransport::new(cfg.smtp.clone()).map_err(edm_delivery::Error::Tls)?;
+            Ok(Arc::new(t))
+        }
+    }
+}
+
+/// At start, for an SES relay whose endpoint offers GetAccount: the
+/// account's `MaxSendRate` as the rate when none is set, and a warning when
+/// the unsent recipients exceed what is left of the 24-hour quota.
+async fn ses_quota(c: &Campaign, cfg: &mut DeliveryConfig, unsent: u64, rate_given: bool) {
+    let Some(s) = c.ses() else {
+        return;
+    };
+    let Ok(credentials) = Credentials::load(s.profile.as_deref(), |k| std::env::var(k).ok()) else {
+        return;
+    };
+    let Ok(t) = SesTransport::new(SesSettings {
+        region: s.region,
+        endpoint: s.endpoint,
+        credentials,
+        configuration_set: None,
+        campaign: String::new(),
+        connect_timeout: s.connect_timeout,
+        request_timeout: s.request_timeout,
+    }) else {
+        return;
+    };
+    match t.send_quota().await {
+        Ok(Some(q)) => {
+            if !rate_given && cfg.rate.is_none() && q.max_send_rate > 0.0 {
+                tracing::info!(
+                    rate = q.max_send_rate,
+                    "rate from the SES account's MaxSendRate"
+                );
+                cfg.rate = Some(q.max_send_rate);
+            }
+            let left = (q.max_24_hour_send - q.sent_last_24_hours).max(0.0);
+            // SES says -1 for an unlimited 24-hour quota.
+            if q.max_24_hour_send >= 0.0 && unsent as f64 > left {
+                tracing::warn!(
+                    "{unsent} recipients to send, but the SES account has {left:.0} of its 24-hour quota left ({:.0} sent of {:.0}): the run will pause when SES says the quota is used up",
+                    q.sent_last_24_hours,
+                    q.max_24_hour_send
+                );
+            }
+        }
+        Ok(None) => {}
+        // The sends will say what is wrong (and stop the run if it is the
+        // credentials); the quota is a courtesy.
+        Err(f) => tracing::warn!("cannot read the SES account's quota: {f}"),
+    }
 }
 
 fn retry_policy(c: &Campaign) -> RetryPolicy {
@@ -363,7 +444,26 @@ pub async fn start_send(campaign: Campaign, opts: SendOptions) -> Result<Run, Er
                 task: Task::Preparing,
                 reason: e.to_string(),
             })??;
-    let dcfg = delivery_config(&campaign, &opts, password);
+    let mut dcfg = delivery_config(&campaign, &opts, password);
+    let transport = transport(&campaign, &dcfg)?;
+    if campaign.relay_kind() == RelayKind::Ses {
+        let unsent = prepared
+            .store
+            .summary()
+            .map(|s| {
+                [
+                    Status::Pending,
+                    Status::Sending,
+                    Status::Deferred,
+                    Status::InDoubt,
+                ]
+                .iter()
+                .map(|st| s.count(*st))
+                .sum()
+            })
+            .unwrap_or(0);
+        ses_quota(&campaign, &mut dcfg, unsent, opts.rate.is_some()).await;
+    }
     let mut progress = Progress {
         campaign: campaign.config.campaign.name.clone(),
         started_at: now_ms(),
@@ -382,7 +482,7 @@ pub async fn start_send(campaign: Campaign, opts: SendOptions) -> Result<Run, Er
         campaign,
         opts,
         prepared,
-        dcfg,
+        (dcfg, transport),
         state.clone(),
         progress_tx,
         control_rx,
@@ -404,7 +504,7 @@ async fn run(
     campaign: Campaign,
     opts: SendOptions,
     prepared: Prepared,
-    mut dcfg: DeliveryConfig,
+    (mut dcfg, transport): (DeliveryConfig, Arc<dyn Transport>),
     state: PathBuf,
     progress_tx: watch::Sender<Progress>,
     mut control_rx: mpsc::UnboundedReceiver<Control>,
@@ -436,7 +536,7 @@ async fn run(
     }
     let (jobs_tx, jobs_rx) = mpsc::channel(concurrency);
     let (ev_tx, mut ev_rx) = mpsc::channel(1024);
-    let engine = edm_delivery::start(dcfg, jobs_rx, ev_tx)?;
+    let engine = edm_delivery::start_with(transport, dcfg, jobs_rx, ev_tx);
     let engine_status = engine.status();
     let engine_control = engine.controller();
     let shared = Arc::new(Shared {
@@ -451,6 +551,7 @@ async fn run(
         domains: Mutex::new(HashMap::new()),
         waiting: AtomicBool::new(false),
         deferred: Mutex::new(std::collections::HashSet::new()),
+        relay: campaign.relay_name().to_string(),
     });
     if in_doubt > 0 {
         shared.push_event(format!(
@@ -644,7 +745,11 @@ async fn handle_event(
                 Outcome {
                     id,
                     at: now,
-                    kind: OutcomeKind::Sent { reply, message_id },
+                    kind: OutcomeKind::Sent {
+                        reply,
+                        message_id,
+                        relay: shared.relay.clone(),
+                    },
                 },
             )
             .await;

@@ -230,7 +230,8 @@ async fn deliver(
 
     let (jobs_tx, jobs_rx) = mpsc::channel(envelopes.len());
     let (events_tx, mut events_rx) = mpsc::channel(64);
-    let engine = edm_delivery::start(cfg, jobs_rx, events_tx)?;
+    let transport = crate::send::transport(c, &cfg)?;
+    let engine = edm_delivery::start_with(transport, cfg, jobs_rx, events_tx);
     for envelope in envelopes {
         // Room for all of them was made above, so this never waits; the
         // engine only drops its receiver once it has ended.

@@ -585,3 +585,43 @@ fn bench_check_one_million_rows() {
         );
     }
 }
+
+/// With an SES relay (which replaces the Message-ID), edm's DKIM signature
+/// leaves Message-ID and Date out; with SMTP it keeps them
+/// (docs/transports.md).
+#[test]
+fn dkim_on_an_ses_relay_leaves_message_id_and_date_unsigned() {
+    let dkim = "\n[dkim]\nselector = \"s1\"\ndomain = \"acme.example\"\nkey_file = \"dkim.pem\"\n";
+    let message = b"From: a@acme.example\r\nMessage-ID: <x@acme.example>\r\nDate: Tue, 1 Dec 2026 00:00:00 +0000\r\nSubject: x\r\n\r\nx\r\n";
+    let signed_headers = |f: &Fixture| {
+        std::fs::copy(key_file("rsa2048.pem"), f.path("dkim.pem")).unwrap();
+        let mut text = std::fs::read_to_string(f.path("campaign.toml")).unwrap();
+        text.push_str(dkim);
+        std::fs::write(f.path("campaign.toml"), text).unwrap();
+        let signer = edm_campaign::dkim_signer(&f.campaign()).unwrap().unwrap();
+        let header = signer
+            .signature_header(message)
+            .unwrap()
+            .to_ascii_lowercase();
+        let h = header
+            .split("h=")
+            .nth(1)
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap();
+        h.split(':')
+            .map(|s| s.trim().to_string())
+            .collect::<Vec<_>>()
+    };
+    let smtp = signed_headers(&Fixture::new());
+    assert!(smtp.contains(&"message-id".to_string()), "{smtp:?}");
+    let ses = Fixture::new().toml(
+        "[smtp]\nhost = \"127.0.0.1\"\nport = 2525\n",
+        "[[relay]]\nname = \"ses\"\nkind = \"ses\"\nregion = \"us-east-1\"\n",
+    );
+    let ses = signed_headers(&ses);
+    assert!(!ses.contains(&"message-id".to_string()), "{ses:?}");
+    assert!(!ses.contains(&"date".to_string()), "{ses:?}");
+    assert!(ses.contains(&"from".to_string()), "{ses:?}");
+}

@@ -99,6 +99,7 @@ impl Connection for StubConn {
                     code: 250,
                     enhanced: None,
                     text: "ok".into(),
+                    provider_message_id: None,
                 }),
                 Send::Refuse(f) => Err((f.clone(), Afterwards::Usable)),
                 Send::Drop => Err((

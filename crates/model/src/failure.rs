@@ -323,6 +323,10 @@ pub struct Reply {
     pub enhanced: Option<String>,
     /// The reply text, every line, without the codes.
     pub text: String,
+    /// The id the provider gave the accepted message, when it is not ours
+    /// (Amazon SES replaces the Message-ID and returns its own MessageId).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider_message_id: Option<String>,
 }
 
 impl fmt::Display for Reply {

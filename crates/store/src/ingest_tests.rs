@@ -248,8 +248,10 @@ fn ever_attempted_ignores_released_claims_and_sees_sends() {
                     code: 250,
                     enhanced: None,
                     text: "ok".into(),
+                    provider_message_id: None,
                 },
                 message_id: "<m@x>".into(),
+                relay: "smtp".into(),
             },
         }])
         .unwrap();

@@ -43,6 +43,8 @@ struct Row {
     enhanced_code: Option<String>,
     reply: Option<String>,
     message_id: Option<String>,
+    relay: Option<String>,
+    provider_message_id: Option<String>,
     in_doubt: bool,
     duplicate_of: Option<u64>,
     generation: i64,
@@ -252,6 +254,8 @@ impl CampaignStore for MemoryStore {
                     enhanced_code: None,
                     reply: row.reason.clone(),
                     message_id: None,
+                    relay: None,
+                    provider_message_id: None,
                     in_doubt: false,
                     duplicate_of: row.duplicate_of,
                     generation,
@@ -440,7 +444,11 @@ impl CampaignStore for MemoryStore {
                 continue;
             };
             match &o.kind {
-                OutcomeKind::Sent { reply, message_id } => {
+                OutcomeKind::Sent {
+                    reply,
+                    message_id,
+                    relay,
+                } => {
                     r.status = Status::Sent;
                     r.attempts = r.attempts.saturating_add(1);
                     r.next_attempt_at = None;
@@ -450,6 +458,8 @@ impl CampaignStore for MemoryStore {
                     r.enhanced_code = reply.enhanced.clone();
                     r.reply = Some(reply.text.clone());
                     r.message_id = Some(message_id.clone());
+                    r.relay = (!relay.is_empty()).then(|| relay.clone());
+                    r.provider_message_id = reply.provider_message_id.clone();
                     r.last_attempt_at = Some(o.at);
                     r.updated_at = o.at;
                 }
@@ -648,6 +658,8 @@ impl CampaignStore for MemoryStore {
                 in_doubt: r.in_doubt,
                 message_id: r.message_id.clone(),
                 duplicate_of: r.duplicate_of,
+                relay: r.relay.clone(),
+                provider_message_id: r.provider_message_id.clone(),
             });
         }
         Ok(())

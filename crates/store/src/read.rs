@@ -85,7 +85,8 @@ impl Store {
         let path = &self.path;
         let mut sql = String::from(
             "SELECT line, email, fields, status, category, stage, smtp_code, enhanced_code,
-                    reply, attempts, last_attempt_at, in_doubt, message_id, duplicate_of
+                    reply, attempts, last_attempt_at, in_doubt, message_id, duplicate_of,
+                    relay, provider_message_id
              FROM recipients WHERE 1",
         );
         let mut args: Vec<Value> = Vec::new();
@@ -133,6 +134,8 @@ impl Store {
                 in_doubt: r.get(11).at(path)?,
                 message_id: r.get(12).at(path)?,
                 duplicate_of: r.get::<_, Option<i64>>(13).at(path)?.map(from_i64),
+                relay: r.get(14).at(path)?,
+                provider_message_id: r.get(15).at(path)?,
             };
             f(&row).map_err(ExportError::Sink)?;
         }

@@ -12,7 +12,7 @@ use rusqlite::Connection;
 use crate::error::{AtPath, Error, Result};
 
 /// The schema version this build writes.
-pub(crate) const VERSION: i64 = 3;
+pub(crate) const VERSION: i64 = 4;
 
 /// The statuses a claim reads from; the claim index holds only these rows, so
 /// it stays small however many recipients are final. Queries that want the
@@ -152,14 +152,20 @@ CREATE UNIQUE INDEX recipients_source ON recipients (generation, line)
 /// (and any marks a crash left in it, which the next run must still see).
 pub(crate) const V3: &str = "CREATE TABLE IF NOT EXISTS dot_marks (id INTEGER PRIMARY KEY);";
 
+/// Version 4: which relay sent a recipient's message and the id its
+/// provider gave it (issue 12: Amazon SES replaces the Message-ID and
+/// returns its own MessageId, the only handle on bounces and complaints).
+const V4: &str = "
+ALTER TABLE recipients ADD COLUMN relay TEXT;
+ALTER TABLE recipients ADD COLUMN provider_message_id TEXT;
+";
+
 /// Reads `PRAGMA user_version`.
 pub(crate) fn version(conn: &Connection, path: &Path) -> Result<i64> {
     conn.query_row("PRAGMA user_version", [], |r| r.get(0))
         .at(path)
 }
 
-/// Brings the schema up to [`VERSION`], one step per transaction.
-///
 /// What [`migrate`] found and did.
 #[derive(Debug, Default)]
 pub(crate) struct Migrated {
@@ -196,7 +202,8 @@ pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<Migrated> {
                 tx.execute_batch(V2_INDEX).at(path)?;
             }
             2 => tx.execute_batch(V3).at(path)?,
-            // Future steps: `3 => tx.execute_batch(V4)?`, ...
+            3 => tx.execute_batch(V4).at(path)?,
+            // Future steps: `4 => tx.execute_batch(V5)?`, ...
             _ => unreachable!("no migration from version {from}"),
         }
         tx.pragma_update(None, "user_version", from + 1).at(path)?;

@@ -62,8 +62,10 @@ fn sent(r: &Recipient, at: UnixMillis) -> Outcome {
                 code: 250,
                 enhanced: Some("2.0.0".into()),
                 text: "queued".into(),
+                provider_message_id: Some(format!("provider-{}", r.id.0)),
             },
             message_id: format!("<{}@edm>", r.id.0),
+            relay: "smtp".into(),
         },
     )
 }
@@ -317,6 +319,19 @@ pub(crate) fn outcomes_and_tallies<S: CampaignStore>(store: &mut S) {
     assert_eq!(
         rows[0].message_id.as_deref(),
         Some(&*format!("<{}@edm>", c[0].id.0))
+    );
+    // Which relay sent it and the provider's own id (issue 12).
+    assert_eq!(rows[0].relay.as_deref(), Some("smtp"));
+    assert_eq!(
+        rows[0].provider_message_id.as_deref(),
+        Some(&*format!("provider-{}", c[0].id.0))
+    );
+    assert_eq!(
+        (
+            rows[2].relay.as_deref(),
+            rows[2].provider_message_id.as_deref()
+        ),
+        (None, None)
     );
     assert_eq!((rows[4].in_doubt, rows[4].attempts), (true, 1));
     assert_eq!(rows[5].status, Status::Pending, "released");

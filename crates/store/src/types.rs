@@ -63,6 +63,8 @@ pub enum OutcomeKind {
         reply: Reply,
         /// The Message-ID header value.
         message_id: String,
+        /// The relay that sent it (`[[relay]] name`, `smtp` for `[smtp]`).
+        relay: String,
     },
     /// Transient failure: status `deferred` until `next_attempt_at`.
     Deferred {
@@ -170,4 +172,8 @@ pub struct ExportRow {
     pub message_id: Option<String>,
     /// For a duplicate: the line of the first occurrence.
     pub duplicate_of: Option<u64>,
+    /// The relay that sent it.
+    pub relay: Option<String>,
+    /// The id the provider gave the message (Amazon SES's MessageId).
+    pub provider_message_id: Option<String>,
 }

@@ -232,7 +232,8 @@ fn record_in(
                     "UPDATE recipients
                      SET status = 'sent', attempts = attempts + 1, next_attempt_at = NULL,
                          category = NULL, stage = NULL, smtp_code = ?2, enhanced_code = ?3,
-                         reply = ?4, message_id = ?5, last_attempt_at = ?6, updated_at = ?6
+                         reply = ?4, message_id = ?5, last_attempt_at = ?6, updated_at = ?6,
+                         relay = ?7, provider_message_id = ?8
                      WHERE id = ?1",
                 )
                 .at(&path)?;
@@ -286,14 +287,20 @@ fn record_in(
                 .at(&path)?;
             for o in outcomes {
                 let changed = match &o.kind {
-                    OutcomeKind::Sent { reply, message_id } => sent
+                    OutcomeKind::Sent {
+                        reply,
+                        message_id,
+                        relay,
+                    } => sent
                         .execute(params![
                             o.id.0,
                             reply.code,
                             reply.enhanced,
                             reply.text,
                             message_id,
-                            o.at
+                            o.at,
+                            (!relay.is_empty()).then_some(relay.as_str()),
+                            reply.provider_message_id
                         ])
                         .at(&path)?,
                     OutcomeKind::Deferred {

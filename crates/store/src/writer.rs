@@ -432,8 +432,10 @@ mod tests {
                     code: 250,
                     enhanced: None,
                     text: "ok".into(),
+                    provider_message_id: None,
                 },
                 message_id: "<m@edm>".into(),
+                relay: "smtp".into(),
             },
         }
     }

@@ -94,8 +94,10 @@ fn sent() -> OutcomeKind {
             code: 250,
             enhanced: Some("2.0.0".into()),
             text: "queued as X".into(),
+            provider_message_id: None,
         },
         message_id: "mid@example.com".into(),
+        relay: "smtp".into(),
     }
 }
 
@@ -277,6 +279,26 @@ fn record_sent_counts_attempt_and_clears_category() {
     assert_eq!(r.last_attempt_at, Some(40));
     assert_eq!(f.store.sent_since(40).unwrap(), 1);
     assert_eq!(f.store.sent_since(41).unwrap(), 0);
+}
+
+#[test]
+fn record_sent_keeps_the_relay_and_the_providers_message_id() {
+    let mut f = fixture(2);
+    f.store.claim(2, 10).unwrap();
+    let mut ses = sent();
+    if let OutcomeKind::Sent { reply, relay, .. } = &mut ses {
+        reply.provider_message_id = Some("0100019a-ses-id".into());
+        *relay = "ses-eu".into();
+    }
+    f.store
+        .record(&[outcome(1, 20, ses), outcome(2, 20, sent())])
+        .unwrap();
+    let r = row(&f.store, 2);
+    assert_eq!(r.relay.as_deref(), Some("ses-eu"));
+    assert_eq!(r.provider_message_id.as_deref(), Some("0100019a-ses-id"));
+    let r = row(&f.store, 3);
+    assert_eq!(r.relay.as_deref(), Some("smtp"));
+    assert_eq!(r.provider_message_id, None, "SMTP gives no provider id");
 }
 
 #[test]

@@ -55,8 +55,10 @@ fn timing_one_million_rows() {
                         code: 250,
                         enhanced: Some("2.0.0".into()),
                         text: "ok".into(),
+                        provider_message_id: None,
                     },
                     message_id: format!("{}@edm", r.id.0),
+                    relay: String::new(),
                 },
             })
             .collect();

@@ -34,6 +34,21 @@ pub const SIGNED_HEADERS: [&str; 11] = [
     "List-Unsubscribe-Post",
 ];
 
+/// [`SIGNED_HEADERS`] without `Date` and `Message-ID`, for a relay that
+/// replaces them: Amazon SES sets its own Message-ID (and may rewrite Date),
+/// which would break a signature covering them (docs/transports.md).
+pub const SIGNED_HEADERS_WITHOUT_ID_AND_DATE: [&str; 9] = [
+    "From",
+    "Reply-To",
+    "To",
+    "Subject",
+    "MIME-Version",
+    "Content-Type",
+    "Content-Transfer-Encoding",
+    "List-Unsubscribe",
+    "List-Unsubscribe-Post",
+];
+
 /// The signature algorithm, which must match the key.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub enum DkimAlgorithm {
@@ -117,6 +132,12 @@ impl Dkim {
     /// on: not PEM, the wrong kind of key for the algorithm, an RSA key of an
     /// unsupported size, an empty selector or domain.
     pub fn new(cfg: DkimConfig) -> Result<Dkim, Error> {
+        Dkim::with_headers(cfg, &SIGNED_HEADERS)
+    }
+
+    /// [`Dkim::new`], signing `headers` (when present) instead of
+    /// [`SIGNED_HEADERS`].
+    pub fn with_headers(cfg: DkimConfig, headers: &[&str]) -> Result<Dkim, Error> {
         let bad = |reason: String| Error::Dkim { reason };
         let selector = cfg.selector.trim().to_owned();
         let domain = cfg.domain.trim().trim_end_matches('.').to_ascii_lowercase();
@@ -171,7 +192,7 @@ impl Dkim {
         let signer = DkimSigner::from_key(key)
             .domain(domain.clone())
             .selector(selector.clone())
-            .headers(SIGNED_HEADERS)
+            .headers(headers.iter().copied())
             .header_canonicalization(Canonicalization::Relaxed)
             .body_canonicalization(Canonicalization::Relaxed);
         let dkim = Dkim {

@@ -84,7 +84,9 @@ pub use attachment::{
     AttachmentEncoding, AttachmentFile, AttachmentLimits, Attachments, PathRefusal, content_type,
     resolve_inside,
 };
-pub use dkim::{Dkim, DkimAlgorithm, DkimConfig, SIGNED_HEADERS};
+pub use dkim::{
+    Dkim, DkimAlgorithm, DkimConfig, SIGNED_HEADERS, SIGNED_HEADERS_WITHOUT_ID_AND_DATE,
+};
 pub use error::Error;
 pub use lint::has_unsubscribe_link;
 pub use problem::{AttachmentProblem, Position, RenderError, RenderProblem, TemplateName};

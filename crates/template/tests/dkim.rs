@@ -144,6 +144,31 @@ fn signature_covers_the_headers_bulk_senders_need() {
     }
 }
 
+/// For a relay that replaces the Message-ID (Amazon SES), the signature
+/// leaves Message-ID and Date out, and keeps everything else.
+#[test]
+fn without_id_and_date_for_a_relay_that_replaces_them() {
+    let dkim = Dkim::with_headers(
+        config("rsa2048.pem", DkimAlgorithm::Rsa),
+        &edm_template::SIGNED_HEADERS_WITHOUT_ID_AND_DATE,
+    )
+    .unwrap();
+    let message = signed(dkim);
+    let tags = signature_tags(&message);
+    let h = tag(&tags, "h").to_ascii_lowercase();
+    let signed: Vec<&str> = h.split(':').collect();
+    assert!(!signed.contains(&"message-id"), "h={h}");
+    assert!(!signed.contains(&"date"), "h={h}");
+    for needed in [
+        "from",
+        "subject",
+        "list-unsubscribe",
+        "list-unsubscribe-post",
+    ] {
+        assert!(signed.contains(&needed), "{needed} not in h={h}");
+    }
+}
+
 #[test]
 fn dns_records_carry_the_public_key() {
     let dkim = rsa();

@@ -1,5 +1,6 @@
 //! The SMTP side: sessions driven step by step, and the one classifier.
 
 pub mod classify;
+pub mod ses;
 pub mod session;
 pub mod smtp;
