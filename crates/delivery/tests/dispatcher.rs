@@ -254,7 +254,9 @@ async fn a_domain_rate_wakes_exactly_when_due() {
 }
 
 /// Pause stops new work (nothing starts while paused, even with workers
-/// idle and envelopes queued); resume restarts it at once.
+/// idle and waiting for work when envelopes are queued); resume restarts it
+/// at once. (Before the dispatcher, a worker already waiting on the queue
+/// took the next envelope and sent it while paused.)
 #[tokio::test(start_paused = true)]
 async fn pause_stops_new_work_and_resume_restarts_it() {
     let stub = Arc::new(Stub::new());
@@ -263,6 +265,8 @@ async fn pause_stops_new_work_and_resume_restarts_it() {
     let (ev_tx, mut ev_rx) = mpsc::channel(1024);
     let engine =
         edm_delivery::start_with(Arc::new(Shared(stub.clone())), config(2), jobs_rx, ev_tx);
+    // The workers are up and waiting for work when the pause comes.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     engine.control(Control::Pause);
     match ev_rx.recv().await {
         Some(DeliveryEvent::Notice(Notice::Paused { .. })) => {}
@@ -290,11 +294,13 @@ async fn pause_stops_new_work_and_resume_restarts_it() {
     ));
     assert_eq!(accepted(&events), 6);
     let first = stub.log.lock().unwrap().started[0].1;
-    assert_eq!(first, Duration::from_secs(10), "restarted at once");
+    assert_eq!(first, Duration::from_secs(11), "restarted at once");
 }
 
 /// A quota pause with the provider's "try again in 60 s": nothing starts
 /// meanwhile, and the next transaction starts exactly when it is due.
+/// (Before the dispatcher, workers spun on a pause that had come due until a
+/// 250 ms tick cleared it: on the paused clock, time never moved again.)
 #[tokio::test(start_paused = true)]
 async fn a_quota_pause_ends_exactly_when_due() {
     let stub = Arc::new(Stub::new());
