@@ -775,8 +775,11 @@ async fn run(
         if ending {
             continue;
         }
-        if !queue_open && disp.parked_is_empty() {
-            // Everything was handed out.
+        // A worker may have stopped the run (fail fast, a refusal of
+        // everything) since the stop branch was last polled: hand out nothing
+        // more.
+        if shared.stopping() || (!queue_open && disp.parked_is_empty()) {
+            // Stopping, or everything was handed out.
             ending = true;
             disp.release_waiters();
             continue;
