@@ -174,9 +174,7 @@ pub(crate) fn with_attachments(c: &Campaign, templates: Templates) -> Result<Tem
         });
     }
     match attachments(c).map_err(|p| p.into_error(c))? {
-        Some(a) => templates
-            .with_attachments(a)
-            .map_err(|e| Error::Template(e.to_string())),
+        Some(a) => Ok(templates.with_attachments(a)?),
         None => Ok(templates),
     }
 }

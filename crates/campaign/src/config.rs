@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use edm_delivery::defaults;
 use edm_template::AttachmentEncoding;
 use serde::Deserialize;
 
@@ -16,6 +17,10 @@ pub const MIN_RATE: f64 = 0.001;
 
 /// The most SMTP connections (or transactions to one domain) edm opens.
 pub const MAX_CONCURRENCY: usize = 1000;
+
+/// `edm send --max-retry-wait`'s default: retries due within this long are
+/// waited for in the run; later ones end it (`SendOptions::max_retry_wait`).
+pub const MAX_RETRY_WAIT: Duration = Duration::from_secs(120);
 
 /// The shortest SMTP timeout edm takes.
 pub const MIN_TIMEOUT: Duration = Duration::from_millis(100);
@@ -180,13 +185,13 @@ pub struct SmtpSection {
     /// Name sent in EHLO (default: the From domain).
     pub helo_name: Option<String>,
     /// TCP connect and greeting timeout.
-    #[serde(default = "d10s", with = "duration")]
+    #[serde(default = "connect_timeout", with = "duration")]
     pub connect_timeout: Duration,
     /// Timeout for each command's reply.
-    #[serde(default = "d30s", with = "duration")]
+    #[serde(default = "command_timeout", with = "duration")]
     pub command_timeout: Duration,
     /// Timeout for sending the message and reading the final reply.
-    #[serde(default = "d120s", with = "duration")]
+    #[serde(default = "data_timeout", with = "duration")]
     pub data_timeout: Duration,
     /// Accept invalid certificates (self-signed test relays only).
     #[serde(default)]
@@ -216,37 +221,37 @@ pub struct DeliverySection {
     /// Messages per second, global (0 or absent: unlimited).
     pub rate: Option<f64>,
     /// Messages allowed back to back after an idle moment.
-    #[serde(default = "one")]
+    #[serde(default = "burst")]
     pub burst: u32,
     /// SMTP connections.
-    #[serde(default = "eight")]
+    #[serde(default = "concurrency")]
     pub concurrency: usize,
     /// Attempts per recipient, the first included (throttling does not count).
-    #[serde(default = "five")]
+    #[serde(default = "max_attempts")]
     pub max_attempts: u32,
     /// Give up on a recipient this long after its first attempt.
-    #[serde(default = "d2h", with = "duration")]
+    #[serde(default = "retry_for", with = "duration")]
     pub retry_for: Duration,
     /// First step of the computed backoff.
-    #[serde(default = "d10s", with = "duration")]
+    #[serde(default = "retry_base", with = "duration")]
     pub retry_base: Duration,
     /// Explicit retry schedule, overriding the computed one.
     #[serde(default, with = "durations")]
     pub retry: Vec<Duration>,
     /// How long the server may be unreachable before the run gives up.
-    #[serde(default = "d5m", with = "duration")]
+    #[serde(default = "max_outage", with = "duration")]
     pub max_outage: Duration,
     /// Messages per rolling 24 hours, counted from the store (exact across restarts).
     pub daily_quota: Option<u64>,
     /// How long to pause when the provider says a quota is used up without saying for how long.
-    #[serde(default = "d15m", with = "duration")]
+    #[serde(default = "quota_pause", with = "duration")]
     pub quota_pause: Duration,
     /// Per-domain limits: `[delivery.domains."gmail.com"]`.
     #[serde(default)]
     pub domains: BTreeMap<String, DomainSection>,
     /// Stop the run when this many different recipients in a row get the
     /// same permanent refusal (0: never); see docs/failures.md.
-    #[serde(default = "ten")]
+    #[serde(default = "stop_after_identical_refusals")]
     pub stop_after_identical_refusals: u32,
 }
 
@@ -254,17 +259,17 @@ impl Default for DeliverySection {
     fn default() -> Self {
         DeliverySection {
             rate: None,
-            burst: 1,
-            concurrency: 8,
-            max_attempts: 5,
-            retry_for: d2h(),
-            retry_base: d10s(),
+            burst: burst(),
+            concurrency: concurrency(),
+            max_attempts: max_attempts(),
+            retry_for: retry_for(),
+            retry_base: retry_base(),
             retry: Vec::new(),
-            max_outage: d5m(),
+            max_outage: max_outage(),
             daily_quota: None,
-            quota_pause: d15m(),
+            quota_pause: quota_pause(),
             domains: BTreeMap::new(),
-            stop_after_identical_refusals: ten(),
+            stop_after_identical_refusals: stop_after_identical_refusals(),
         }
     }
 }
@@ -338,7 +343,7 @@ impl LimitsSection {
         const MB: usize = 1_000_000;
         let profile = match self.provider {
             None => ResolvedLimits {
-                max_line_len: 998,
+                max_line_len: edm_template::MAX_LINE_LEN,
                 ..ResolvedLimits::default()
             },
             // Past about 9 MB of encoded message Tencent's SMTP endpoint
@@ -356,7 +361,7 @@ impl LimitsSection {
             },
             Some(ProviderName::Ses) => ResolvedLimits {
                 max_message_bytes: Some(10 * MB),
-                max_line_len: 998,
+                max_line_len: edm_template::MAX_LINE_LEN,
                 ..ResolvedLimits::default()
             },
         };
@@ -398,35 +403,40 @@ pub enum DurabilityName {
     Full,
 }
 
-fn one() -> u32 {
-    1
+// serde needs functions for its defaults; the values are edm-delivery's,
+// defined once there (`edm_delivery::defaults`) for the engine too.
+fn burst() -> u32 {
+    defaults::BURST
 }
-fn five() -> u32 {
-    5
+fn concurrency() -> usize {
+    defaults::CONCURRENCY
 }
-fn eight() -> usize {
-    8
+fn max_attempts() -> u32 {
+    defaults::MAX_ATTEMPTS
 }
-fn ten() -> u32 {
-    10
+fn stop_after_identical_refusals() -> u32 {
+    defaults::STOP_AFTER_IDENTICAL_REFUSALS
 }
-fn d10s() -> Duration {
-    Duration::from_secs(10)
+fn retry_for() -> Duration {
+    defaults::RETRY_FOR
 }
-fn d30s() -> Duration {
-    Duration::from_secs(30)
+fn retry_base() -> Duration {
+    defaults::RETRY_BASE
 }
-fn d120s() -> Duration {
-    Duration::from_secs(120)
+fn max_outage() -> Duration {
+    defaults::MAX_OUTAGE
 }
-fn d5m() -> Duration {
-    Duration::from_secs(300)
+fn quota_pause() -> Duration {
+    defaults::QUOTA_PAUSE
 }
-fn d15m() -> Duration {
-    Duration::from_secs(900)
+fn connect_timeout() -> Duration {
+    defaults::CONNECT_TIMEOUT
 }
-fn d2h() -> Duration {
-    Duration::from_secs(7200)
+fn command_timeout() -> Duration {
+    defaults::COMMAND_TIMEOUT
+}
+fn data_timeout() -> Duration {
+    defaults::DATA_TIMEOUT
 }
 
 mod duration {
@@ -603,6 +613,15 @@ impl Campaign {
         self.config.delivery.rate.filter(|r| *r > 0.0)
     }
 
+    /// The lower-cased domain of `[campaign] from`, read by edm's one From
+    /// parser ([`edm_template::Mailbox::parse`]); `None` when From does not
+    /// parse (compiling the templates says why).
+    pub fn from_domain(&self) -> Option<String> {
+        edm_template::Mailbox::parse(&self.config.campaign.from)
+            .ok()
+            .map(|m| edm_model::domain_of(m.address()))
+    }
+
     /// The relay port, defaulted by security.
     pub fn port(&self) -> u16 {
         self.config
@@ -671,6 +690,54 @@ port = 2525
         assert_eq!(c.config.smtp.command_timeout, Duration::from_secs(30));
         assert_eq!(c.rate(), None);
         assert_eq!(c.state_path(), d.path().join(".edm/state.db"));
+    }
+
+    #[test]
+    fn the_from_domain_comes_from_the_one_from_parser() {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = write(d.path(), MINIMAL).unwrap();
+        for (from, domain) in [
+            ("Acme News <News@Acme.Example>", Some("acme.example")),
+            ("news@acme.example", Some("acme.example")),
+            // A display name holding an address and a `>` is still only a name.
+            (
+                "\"x@other.example >\" <news@acme.example>",
+                Some("acme.example"),
+            ),
+            ("Acme <news@acme.example", None),
+        ] {
+            c.config.campaign.from = from.into();
+            assert_eq!(c.from_domain().as_deref(), domain, "{from}");
+        }
+    }
+
+    #[test]
+    fn keys_left_out_take_the_engines_defaults() {
+        let d = tempfile::tempdir().unwrap();
+        let c = write(d.path(), MINIMAL).unwrap();
+        let (read, default) = (&c.config.delivery, DeliverySection::default());
+        let engine = edm_delivery::RetryPolicy::default();
+        for section in [read, &default] {
+            assert_eq!(section.concurrency, defaults::CONCURRENCY);
+            assert_eq!(section.burst, defaults::BURST);
+            assert_eq!(section.max_attempts, engine.max_attempts);
+            assert_eq!(section.retry_base, engine.base);
+            assert_eq!(section.retry_for, engine.retry_for);
+            assert_eq!(section.max_outage, defaults::MAX_OUTAGE);
+            assert_eq!(section.quota_pause, defaults::QUOTA_PAUSE);
+            assert_eq!(
+                section.stop_after_identical_refusals,
+                defaults::STOP_AFTER_IDENTICAL_REFUSALS
+            );
+        }
+        let smtp = &c.config.smtp;
+        assert_eq!(smtp.connect_timeout, defaults::CONNECT_TIMEOUT);
+        assert_eq!(smtp.command_timeout, defaults::COMMAND_TIMEOUT);
+        assert_eq!(smtp.data_timeout, defaults::DATA_TIMEOUT);
+        assert_eq!(
+            c.config.limits.resolved().max_line_len,
+            edm_template::Limits::default().max_line_len
+        );
     }
 
     #[test]

@@ -3,16 +3,25 @@
 //!
 //! # Layout
 //! - `config.rs`: `campaign.toml` ([`Campaign`], [`Config`]).
-//! - `prepare.rs`: opening the state, ingesting the CSV once, the input
-//!   fingerprint, recovering in-doubt recipients ([`prepare`]).
+//! - `prepare.rs`: opening the state, ingesting the CSV once, checking the
+//!   input fingerprint, recovering in-doubt recipients ([`prepare`]).
+//! - `fingerprint.rs`: the hash of each part of the inputs ([`Input`]): a
+//!   change since the campaign started is named by part ([`ChangedInputs`]).
 //! - `send.rs`: the run itself ([`start_send`]): a feeder claims recipients
 //!   from the store, renders them and queues them for delivery; an outcome
 //!   loop turns delivery events into store outcomes (lossless, through the
 //!   one writer thread) and into a [`Progress`] snapshot (lossy, `watch`).
 //! - `writer.rs`: the single store writer thread, batching outcomes.
 //! - `report.rs`: `edm status` and `edm report` ([`status`], [`export`]).
-//! - `check.rs`, `preview.rs`: `edm check` (every row rendered, nothing sent)
-//!   and `edm preview` (.eml files); `[dkim]` signing is set up there too.
+//! - `inputs.rs`: what send, check, preview and test sends read from the
+//!   campaign alike: the message spec and template files, the compiled
+//!   templates with attachments and `[dkim]` signing ([`dkim_signer`]), the
+//!   CSV reading options. The send path imports nothing from `check/`.
+//! - `check/`: `edm check` (every row rendered, nothing sent): `mod.rs`
+//!   runs it, `classify.rs` turns each typed problem into a [`ProblemKind`]
+//!   by its variant, `report.rs` is what it reports ([`CheckReport`],
+//!   [`Finding`]).
+//! - `preview.rs`: `edm preview` (.eml files).
 //! - `suppress.rs`: the shared suppression list ([`SharedSuppression`],
 //!   `edm suppress`), merged into ingest and fed by `recipient_unknown`
 //!   bounces at the end of each run.
@@ -28,6 +37,8 @@
 mod attach;
 mod check;
 mod config;
+mod fingerprint;
+mod inputs;
 mod prepare;
 mod preview;
 mod report;
@@ -40,16 +51,17 @@ use std::path::PathBuf;
 
 pub use check::{
     CheckOptions, CheckReport, DkimInfo, Finding, ProblemGroup, ProblemKind, Severity, check,
-    dkim_signer,
 };
 pub use config::{
-    Campaign, Config, DurabilityName, LimitsSection, MAX_CONCURRENCY, MIN_RATE, MIN_TIMEOUT,
-    ProviderName, ResolvedLimits, SecurityName, concurrency_problem, rate_problem,
+    Campaign, Config, DurabilityName, LimitsSection, MAX_CONCURRENCY, MAX_RETRY_WAIT, MIN_RATE,
+    MIN_TIMEOUT, ProviderName, ResolvedLimits, SecurityName, concurrency_problem, rate_problem,
 };
 pub use edm_recipients::validate as validate_address;
 pub use edm_store::{InDoubtPolicy, Summary};
 /// Private state files and folders (0600, 0700), for the log next to the state.
 pub use edm_store::{create_private_dir, private_options};
+pub use fingerprint::{ChangedInputs, Input};
+pub use inputs::dkim_signer;
 pub use prepare::{Prepared, prepare, prepare_with_stop};
 pub use preview::{PreviewFile, PreviewOptions, PreviewReport, preview, preview_path};
 pub use report::{ReportFormat, ReportKind, StatusReport, export, retry, status, watch_progress};
@@ -63,30 +75,37 @@ pub use test_send::{
 
 /// Everything that can stop a campaign from running (as opposed to a
 /// recipient failing, which is data in the store).
+///
+/// Each variant is one kind of cause with its fields; there is no
+/// catch-all. `Config` is `campaign.toml` itself: a value that does not
+/// parse or does not work, said with the key.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// `campaign.toml` is missing, unreadable or wrong.
+    /// `campaign.toml` is missing, unreadable or wrong (a key, a value, a
+    /// section that does not work).
     #[error("{}: {message}", file.display())]
     Config {
         /// The file.
         file: PathBuf,
-        /// What is wrong and where.
+        /// What is wrong and where: the key and why.
         message: String,
     },
     /// The recipients file cannot be read.
     #[error(transparent)]
     Recipients(#[from] edm_recipients::Error),
-    /// A template does not compile.
-    #[error("{0}")]
-    Template(String),
+    /// The message cannot be compiled: a template does not parse, the From
+    /// or Reply-To is not usable, the DKIM key does not work, a shared
+    /// attachment is over a limit.
+    #[error(transparent)]
+    Template(#[from] edm_template::Error),
     /// The state database.
     #[error("state database: {0}")]
     Store(#[from] edm_store::Error),
-    /// The inputs changed since the campaign started.
+    /// The inputs changed since the campaign started: which parts.
     #[error(
         "the campaign's inputs changed since it started: {0}. Run with --accept-changes to go on with the new inputs (unsent recipients get the new version)"
     )]
-    InputsChanged(String),
+    InputsChanged(ChangedInputs),
     /// The delivery engine could not start.
     #[error(transparent)]
     Delivery(#[from] edm_delivery::Error),
@@ -110,4 +129,80 @@ pub enum Error {
         /// Rows the ingest pass has stored.
         stored: u64,
     },
+    /// A template file named in `campaign.toml` cannot be read.
+    #[error("{}: cannot read the template: {source}", path.display())]
+    TemplateFile {
+        /// The template file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The shared suppression list has a record that does not parse, or
+    /// cannot be written back.
+    #[error("{}: {}{source}", path.display(), record.map_or(String::new(), |r| format!("record {r}: ")))]
+    SuppressionList {
+        /// The list.
+        path: PathBuf,
+        /// The 1-based record, when reading.
+        record: Option<usize>,
+        /// The error.
+        source: csv::Error,
+    },
+    /// `edm send --test-to` was given an address that cannot be used.
+    #[error("{}: --test-to {address:?} is not a usable address: {reason}", file.display())]
+    TestAddress {
+        /// `campaign.toml`.
+        file: PathBuf,
+        /// The address given.
+        address: String,
+        /// Why it cannot be used.
+        reason: edm_recipients::AddressProblem,
+    },
+    /// `edm send --test-to` found no valid row to use as a sample.
+    #[error("{}: no valid row to use as a test sample", recipients.display())]
+    NoTestSample {
+        /// The recipients file.
+        recipients: PathBuf,
+    },
+    /// A task of edm itself panicked or could not be joined: a bug in edm,
+    /// not a problem with the campaign. What was recorded stays recorded.
+    #[error("{}: {task} crashed: {reason}", file.display())]
+    Crashed {
+        /// The file the task was working on (`campaign.toml`, the state).
+        file: PathBuf,
+        /// Which task.
+        task: Task,
+        /// The panic or join error.
+        reason: String,
+    },
+    /// The store writer thread ended with an error: the outcomes queued
+    /// before it are committed, the rest are not.
+    #[error("{}: {reason}", state.display())]
+    StoreWriter {
+        /// The state file.
+        state: PathBuf,
+        /// The store's error, or the writer's panic.
+        reason: String,
+    },
+}
+
+/// The tasks of a run that [`Error::Crashed`] names.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Task {
+    /// Compiling, opening the state and ingesting before the first message.
+    Preparing,
+    /// The run as a whole (feeder, engine, outcome loop).
+    Run,
+    /// The single store writer thread.
+    StoreWriter,
+}
+
+impl std::fmt::Display for Task {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Task::Preparing => "preparing",
+            Task::Run => "the run",
+            Task::StoreWriter => "the store writer",
+        })
+    }
 }

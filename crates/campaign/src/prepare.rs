@@ -2,7 +2,6 @@
 //! ingest the CSV once, check the input fingerprint, recover in-doubt rows.
 
 use std::collections::{HashMap, HashSet};
-use std::io::Read;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -10,10 +9,11 @@ use edm_model::{RecipientId, Status};
 use edm_recipients::{Suppression, Verdict};
 use edm_store::{Durability, InDoubtPolicy, IngestPass, NewRow, Store};
 use edm_template::Templates;
-use sha2::{Digest, Sha256};
 
 use crate::Error;
 use crate::config::{Campaign, DurabilityName};
+use crate::fingerprint::{Input, fingerprint};
+use crate::inputs::compile_templates;
 
 /// A campaign ready to send.
 pub struct Prepared {
@@ -42,74 +42,9 @@ pub struct Prepared {
 
 const INGEST_BATCH: usize = 2000;
 
-/// Compiles the campaign's templates (no state touched).
-pub fn compile_templates(c: &Campaign) -> Result<Templates, Error> {
-    // One description of the message, shared with `edm check` and `edm preview`.
-    let spec = crate::check::message_spec(c).map_err(|f| Error::Template(f.to_string()))?;
-    let templates = Templates::compile(spec).map_err(|e| Error::Template(e.to_string()))?;
-    let templates = crate::attach::with_attachments(c, templates)?;
-    Ok(match crate::dkim_signer(c)? {
-        Some(dkim) => templates.with_dkim(dkim),
-        None => templates,
-    })
-}
-
 /// The campaign's suppression file and the shared list (`suppress.rs`), merged.
 fn suppression(c: &Campaign) -> Result<Option<Suppression>, Error> {
     crate::suppress::campaign_suppression(c)
-}
-
-/// Hashes of what changes the messages: the CSV, the templates, the sender.
-fn fingerprint(c: &Campaign) -> Result<[(&'static str, String); 3], Error> {
-    let cfg = &c.config.campaign;
-    let csv_path = c.path(&cfg.recipients);
-    let mut h = Sha256::new();
-    let mut f = std::fs::File::open(&csv_path).map_err(|e| Error::Io {
-        path: csv_path.clone(),
-        source: e,
-    })?;
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = f.read(&mut buf).map_err(|e| Error::Io {
-            path: csv_path.clone(),
-            source: e,
-        })?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    let csv = hex(&h.finalize());
-    let mut t = Sha256::new();
-    t.update(cfg.subject.as_bytes());
-    for p in [&cfg.html, &cfg.text].into_iter().flatten() {
-        t.update([0]);
-        t.update(std::fs::read(c.path(p)).unwrap_or_default());
-    }
-    t.update([0]);
-    t.update(
-        cfg.list_unsubscribe
-            .as_deref()
-            .unwrap_or_default()
-            .as_bytes(),
-    );
-    let templates = hex(&t.finalize());
-    let mut s = Sha256::new();
-    s.update(cfg.from.as_bytes());
-    s.update([0]);
-    s.update(cfg.reply_to.as_deref().unwrap_or_default().as_bytes());
-    s.update([0]);
-    s.update(cfg.name.as_bytes());
-    let settings = hex(&s.finalize());
-    Ok([
-        ("fingerprint.recipients", csv),
-        ("fingerprint.templates", templates),
-        ("fingerprint.sender", settings),
-    ])
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Opens the state for a run: everything `edm send` does before sending.
@@ -149,12 +84,8 @@ pub fn prepare_with_stop(
     let prints = fingerprint(c)?;
     // An ingest pass is tied to the file it reads: resumed only while the
     // file is the same.
-    let csv_print = prints
-        .iter()
-        .find(|(k, _)| *k == "fingerprint.recipients")
-        .map(|(_, v)| v.as_str())
-        .unwrap_or_default();
-    let meta: Vec<(&str, &str)> = prints.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let csv_print = prints.hash(Input::Recipients);
+    let meta: Vec<(&str, &str)> = prints.meta().collect();
     let mut ingested = 0;
     let mut added = 0;
     let mut skipped = 0;
@@ -176,16 +107,8 @@ pub fn prepare_with_stop(
         meta.push(("campaign", &c.config.campaign.name));
         store.finish_ingest(Some(&columns), &meta)?;
     } else {
-        let changed: Vec<&str> = prints
-            .iter()
-            .filter(|(k, v)| store.meta(k).ok().flatten().as_deref() != Some(v.as_str()))
-            .map(|(k, _)| match *k {
-                "fingerprint.recipients" => "the recipients CSV",
-                "fingerprint.templates" => "the templates or subject",
-                _ => "the sender or campaign name",
-            })
-            .collect();
-        let csv_changed = changed.contains(&"the recipients CSV");
+        let changed = prints.changed(|key| store.meta(key).ok().flatten());
+        let csv_changed = changed.contains(Input::Recipients);
         if !changed.is_empty() && !store.ever_attempted()? {
             // Nothing was ever sent or attempted: the new inputs are simply
             // the campaign's inputs. A corrected CSV replaces the list.
@@ -201,8 +124,7 @@ pub fn prepare_with_stop(
                 edm_model::now_ms(),
                 "inputs_changed",
                 &format!(
-                    "{} changed before anything was sent: {}",
-                    changed.join(", "),
+                    "{changed} changed before anything was sent: {}",
                     if csv_changed {
                         format!("the list was read again ({ingested} recipients)")
                     } else {
@@ -212,7 +134,7 @@ pub fn prepare_with_stop(
             )?;
         } else if !changed.is_empty() {
             if !accept_changes {
-                return Err(Error::InputsChanged(changed.join(", ")));
+                return Err(Error::InputsChanged(changed));
             }
             if csv_changed {
                 // A pass of this very file that a run left unfinished goes on
@@ -240,8 +162,7 @@ pub fn prepare_with_stop(
                 edm_model::now_ms(),
                 "inputs_changed",
                 &format!(
-                    "accepted changes to {}; {added} new recipients, {skipped} removed ones skipped",
-                    changed.join(", ")
+                    "accepted changes to {changed}; {added} new recipients, {skipped} removed ones skipped"
                 ),
             )?;
         }
@@ -299,7 +220,7 @@ fn ingest(
 ) -> Result<(u64, Vec<String>), Error> {
     let supp = suppression(c)?;
     let path = c.path(&c.config.campaign.recipients);
-    let rows = edm_recipients::open(&path, &crate::check::read_options(c), supp.as_ref())?;
+    let rows = edm_recipients::open(&path, &crate::inputs::read_options(c), supp.as_ref())?;
     let columns = rows.columns().to_vec();
     let mut batch = Vec::with_capacity(INGEST_BATCH);
     let mut n = pass.rows;
@@ -324,9 +245,12 @@ fn ingest(
         }
         let (status, category, reason, duplicate_of) = match row.verdict {
             Verdict::Valid => (Status::Pending, None, None, None),
-            Verdict::Invalid { category, reason } => {
-                (Status::Invalid, Some(category), Some(reason), None)
-            }
+            Verdict::Invalid { category, reason } => (
+                Status::Invalid,
+                Some(category),
+                Some(reason.to_string()),
+                None,
+            ),
             Verdict::Duplicate { first_line } => (
                 Status::Skipped,
                 None,

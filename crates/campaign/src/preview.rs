@@ -10,8 +10,9 @@ use edm_recipients::Verdict;
 use edm_template::Templates;
 
 use crate::Error;
-use crate::check::{Finding, dkim_signer, message_spec, read_options};
+use crate::check::Finding;
 use crate::config::Campaign;
+use crate::inputs::{dkim_signer, message_spec, read_options};
 
 /// Which rows to preview and where to put them.
 #[derive(Clone, Debug, Default)]
@@ -53,8 +54,8 @@ pub struct PreviewReport {
 
 /// Renders the chosen rows into `opts.out`.
 pub fn preview(c: &Campaign, opts: &PreviewOptions) -> Result<PreviewReport, Error> {
-    let spec = message_spec(c).map_err(|f| Error::Template(f.to_string()))?;
-    let templates = Templates::compile(spec).map_err(|e| Error::Template(e.to_string()))?;
+    let spec = message_spec(c)?;
+    let templates = Templates::compile(spec)?;
     let mut templates = crate::attach::with_attachments(c, templates)?;
     if let Some(dkim) = dkim_signer(c)? {
         templates = templates.with_dkim(dkim);
@@ -82,7 +83,7 @@ pub fn preview(c: &Campaign, opts: &PreviewOptions) -> Result<PreviewReport, Err
         };
         let asked = wanted.remove(&row.line);
         let valid = note.is_none();
-        let recipient = crate::check::unsent(row);
+        let recipient = crate::inputs::unsent(row);
         if asked {
             chosen.push((recipient, note));
         } else if valid {
@@ -116,12 +117,12 @@ pub fn preview(c: &Campaign, opts: &PreviewOptions) -> Result<PreviewReport, Err
                     note,
                 });
             }
-            Err(failure) => report.failed.push(Finding {
+            Err(e) => report.failed.push(Finding {
                 file: csv.clone(),
                 line: Some(recipient.line),
                 column: None,
                 field: None,
-                message: failure.reply,
+                message: e.to_string(),
             }),
         }
     }

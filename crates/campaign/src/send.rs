@@ -25,10 +25,10 @@ use edm_model::{
 use edm_store::{InDoubtPolicy, Outcome, OutcomeKind, Summary};
 use tokio::sync::{Notify, mpsc, watch};
 
-use crate::Error;
 use crate::config::{Campaign, SecurityName};
 use crate::prepare::{Prepared, prepare_with_stop};
 use crate::writer::{StoreView, Writer};
+use crate::{Error, Task};
 
 /// Options of one `edm send`.
 #[derive(Clone, Debug)]
@@ -66,7 +66,7 @@ impl Default for SendOptions {
             in_doubt: InDoubtPolicy::Resend,
             accept_changes: false,
             relay: None,
-            max_retry_wait: Duration::from_secs(120),
+            max_retry_wait: crate::config::MAX_RETRY_WAIT,
             stop_ingest: None,
         }
     }
@@ -194,9 +194,10 @@ impl Run {
     pub async fn wait(self) -> Result<RunReport, Error> {
         match self.join.await {
             Ok(r) => r,
-            Err(e) => Err(Error::Config {
+            Err(e) => Err(Error::Crashed {
                 file: self.state,
-                message: format!("the run crashed: {e}"),
+                task: Task::Run,
+                reason: e.to_string(),
             }),
         }
     }
@@ -269,7 +270,7 @@ pub(crate) fn delivery_config(
         .relay
         .clone()
         .unwrap_or_else(|| (s.host.clone(), c.port()));
-    let from_domain = edm_model::domain_of(&c.config.campaign.from.replace('>', ""));
+    let from_domain = c.from_domain().unwrap_or_default();
     let smtp = SmtpSettings {
         host,
         port,
@@ -326,7 +327,7 @@ fn retry_policy(c: &Campaign) -> RetryPolicy {
     RetryPolicy {
         max_attempts: d.max_attempts,
         base: d.retry_base,
-        cap: Duration::from_secs(15 * 60).max(d.retry_base),
+        cap: edm_delivery::defaults::RETRY_CAP.max(d.retry_base),
         schedule: d.retry.clone(),
         retry_for: d.retry_for,
     }
@@ -357,9 +358,10 @@ pub async fn start_send(campaign: Campaign, opts: SendOptions) -> Result<Run, Er
     let prepared =
         tokio::task::spawn_blocking(move || prepare_with_stop(&c2, &s2, policy, accept, &stop))
             .await
-            .map_err(|e| Error::Config {
+            .map_err(|e| Error::Crashed {
                 file: campaign.file.clone(),
-                message: format!("preparing crashed: {e}"),
+                task: Task::Preparing,
+                reason: e.to_string(),
             })??;
     let dcfg = delivery_config(&campaign, &opts, password);
     let mut progress = Progress {
@@ -527,13 +529,14 @@ async fn run(
     // Wait for the aborted task to drop its handle on the writer.
     let _ = progress_task.await;
     let store_failed = writer.failed.lock().ok().and_then(|f| f.clone());
-    let writer = Arc::try_unwrap(writer).map_err(|_| Error::Config {
-        file: campaign.file.clone(),
-        message: "internal: the store writer is still shared at the end of the run".into(),
-    })?;
-    let store = writer.finish().map_err(|e| Error::Config {
+    let writer = Arc::try_unwrap(writer).map_err(|_| Error::Crashed {
         file: state.clone(),
-        message: e,
+        task: Task::StoreWriter,
+        reason: "it is still shared at the end of the run".into(),
+    })?;
+    let store = writer.finish().map_err(|reason| Error::StoreWriter {
+        state: state.clone(),
+        reason,
     })?;
     let summary = store.summary()?;
     crate::suppress::after_run(&campaign, &store, progress_tx.borrow().started_at);

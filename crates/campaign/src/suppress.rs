@@ -121,7 +121,7 @@ impl SharedSuppression {
             .from_reader(std::io::BufReader::new(file));
         let mut out = Vec::new();
         for (i, entry) in reader.deserialize::<SuppressedAddress>().enumerate() {
-            let entry = entry.map_err(|e| self.bad(format!("record {}: {e}", i + 1)))?;
+            let entry = entry.map_err(|e| self.bad(Some(i + 1), e))?;
             if !entry.email.trim().is_empty() {
                 out.push(entry);
             }
@@ -136,7 +136,7 @@ impl SharedSuppression {
         let mut writer = csv::WriterBuilder::new()
             .has_headers(false)
             .from_writer(out);
-        let fail = |e: csv::Error| self.bad(e.to_string());
+        let fail = |e: csv::Error| self.bad(None, e);
         writer
             .write_record(["email", "reason", "added_at", "campaign"])
             .map_err(fail)?;
@@ -196,11 +196,9 @@ impl SharedSuppression {
             .terminator(csv::Terminator::CRLF)
             .from_writer(bytes);
         for entry in &new {
-            writer
-                .serialize(entry)
-                .map_err(|e| self.bad(e.to_string()))?;
+            writer.serialize(entry).map_err(|e| self.bad(None, e))?;
         }
-        let bytes = writer.into_inner().map_err(|e| self.bad(e.to_string()))?;
+        let bytes = writer.into_inner().map_err(|e| self.io(e.into_error()))?;
         self.replace(&bytes)?;
         result.added = new.len() as u64;
         Ok(result)
@@ -227,13 +225,11 @@ impl SharedSuppression {
             .from_writer(Vec::new());
         writer
             .write_record(["email", "reason", "added_at", "campaign"])
-            .map_err(|e| self.bad(e.to_string()))?;
+            .map_err(|e| self.bad(None, e))?;
         for entry in &kept {
-            writer
-                .serialize(entry)
-                .map_err(|e| self.bad(e.to_string()))?;
+            writer.serialize(entry).map_err(|e| self.bad(None, e))?;
         }
-        let bytes = writer.into_inner().map_err(|e| self.bad(e.to_string()))?;
+        let bytes = writer.into_inner().map_err(|e| self.io(e.into_error()))?;
         self.replace(&bytes)?;
         Ok(removed)
     }
@@ -304,10 +300,11 @@ impl SharedSuppression {
         }
     }
 
-    fn bad(&self, message: String) -> Error {
-        Error::Config {
-            file: self.path.clone(),
-            message,
+    fn bad(&self, record: Option<usize>, source: csv::Error) -> Error {
+        Error::SuppressionList {
+            path: self.path.clone(),
+            record,
+            source,
         }
     }
 }
@@ -422,6 +419,28 @@ fn auto_suppress(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bad_record_is_named_with_the_list_and_its_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("suppression.csv");
+        // Not UTF-8: the record cannot be read as text.
+        std::fs::write(
+            &path,
+            b"email,reason,added_at,campaign\r\na@example.com,man\xffual,,\r\n",
+        )
+        .unwrap();
+        let e = SharedSuppression::at(&path).entries().unwrap_err();
+        assert!(
+            matches!(&e, Error::SuppressionList { path: p, record: Some(1), .. } if *p == path),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string()
+                .starts_with(&format!("{}: record 1: ", path.display())),
+            "{e}"
+        );
+    }
 
     #[test]
     fn add_list_remove_round_trip_in_the_documented_format() {

@@ -122,9 +122,10 @@ impl TestSendReport {
 /// address, an unreadable CSV, templates that do not compile, no valid row).
 pub async fn test_send(c: &Campaign, opts: &TestSendOptions) -> Result<TestSendReport, Error> {
     let to = opts.to.trim().to_owned();
-    edm_recipients::validate(&to).map_err(|reason| Error::Config {
+    edm_recipients::validate(&to).map_err(|reason| Error::TestAddress {
         file: c.file.clone(),
-        message: format!("--test-to {to:?} is not a usable address: {reason}"),
+        address: to.clone(),
+        reason,
     })?;
     if let Some(message) = crate::send::plaintext_auth_refusal(c, &c.config.smtp.host) {
         return Err(Error::Config {
@@ -135,12 +136,11 @@ pub async fn test_send(c: &Campaign, opts: &TestSendOptions) -> Result<TestSendR
     let password = c.password()?;
     let (columns, samples) = samples(c, opts.sample.max(1))?;
     if samples.is_empty() {
-        return Err(Error::Config {
-            file: c.path(&c.config.campaign.recipients),
-            message: "no valid row to use as a test sample".into(),
+        return Err(Error::NoTestSample {
+            recipients: c.path(&c.config.campaign.recipients),
         });
     }
-    let templates = crate::prepare::compile_templates(c)?;
+    let templates = crate::inputs::compile_templates(c)?;
     let prefix = if opts.prefix { TEST_PREFIX } else { "" };
 
     let mut messages = Vec::with_capacity(samples.len());
@@ -189,7 +189,7 @@ pub async fn test_send(c: &Campaign, opts: &TestSendOptions) -> Result<TestSendR
 /// The first `n` valid rows, as recipients, and the CSV header.
 fn samples(c: &Campaign, n: usize) -> Result<(Vec<String>, Vec<Recipient>), Error> {
     let path = c.path(&c.config.campaign.recipients);
-    let ingest = edm_recipients::open(&path, &crate::check::read_options(c), None)?;
+    let ingest = edm_recipients::open(&path, &crate::inputs::read_options(c), None)?;
     let columns = ingest.columns().to_vec();
     let mut out = Vec::with_capacity(n);
     for row in ingest {
@@ -197,7 +197,7 @@ fn samples(c: &Campaign, n: usize) -> Result<(Vec<String>, Vec<Recipient>), Erro
         if row.verdict != Verdict::Valid {
             continue;
         }
-        out.push(crate::check::unsent(row));
+        out.push(crate::inputs::unsent(row));
         if out.len() >= n {
             break;
         }

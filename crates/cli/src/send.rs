@@ -48,7 +48,7 @@ pub struct SendArgs {
     #[arg(long)]
     pub accept_changes: bool,
     /// Wait within this run for retries due at most this many seconds ahead.
-    #[arg(long, default_value_t = 120)]
+    #[arg(long, default_value_t = edm_campaign::MAX_RETRY_WAIT.as_secs())]
     pub max_retry_wait: u64,
     /// Test send: render sample recipients and send them all to ADDR
     /// (the campaign's state is not touched).

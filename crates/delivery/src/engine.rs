@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::defaults;
 use crate::dispatcher::{Ask, Dispatcher, DomainGate, Job};
 use crate::outbound::session::{Afterwards, SmtpSettings};
 use crate::outbound::smtp::SmtpTransport;
@@ -88,17 +89,17 @@ impl DeliveryConfig {
     pub fn new(smtp: SmtpSettings) -> DeliveryConfig {
         DeliveryConfig {
             smtp,
-            concurrency: 8,
+            concurrency: defaults::CONCURRENCY,
             rate: None,
-            burst: 1,
+            burst: defaults::BURST,
             domains: HashMap::new(),
             aimd: AimdSettings::default(),
-            breaker_threshold: 3,
-            max_outage: Duration::from_secs(300),
-            quota_pause: Duration::from_secs(15 * 60),
-            stop_after_identical_refusals: 10,
-            fail_fast_attempts: 3,
-            fail_fast_within: Duration::from_secs(30),
+            breaker_threshold: defaults::BREAKER_THRESHOLD,
+            max_outage: defaults::MAX_OUTAGE,
+            quota_pause: defaults::QUOTA_PAUSE,
+            stop_after_identical_refusals: defaults::STOP_AFTER_IDENTICAL_REFUSALS,
+            fail_fast_attempts: defaults::FAIL_FAST_ATTEMPTS,
+            fail_fast_within: defaults::FAIL_FAST_WITHIN,
             panic_on_rcpt: None,
             marker: None,
         }

@@ -15,6 +15,8 @@
 //! - `queue/`: the policies, as plain state: [`RateGate`] (governor, exact,
 //!   changeable at run time), [`Aimd`] (adaptive slow-down), [`Breaker`],
 //!   [`RetryPolicy`] (backoff with full jitter).
+//! - [`defaults`]: the defaults of `[delivery]` and `[smtp]`, defined once
+//!   for the engine and for `campaign.toml`.
 //!
 //! This crate knows nothing of SQLite, CSV, templates or terminals. A refused
 //! recipient is data (a [`DeliveryEvent::Rejected`]), never an `Err`.
@@ -24,6 +26,7 @@
 //! [`Failure`]: edm_model::Failure
 #![deny(missing_docs)]
 
+pub mod defaults;
 mod dispatcher;
 pub mod engine;
 mod outbound;

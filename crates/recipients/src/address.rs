@@ -24,34 +24,35 @@ pub fn normalize(email: &str) -> String {
 /// a local part of at most 64. Internationalised local parts and domains are
 /// accepted. Surrounding whitespace is ignored.
 ///
-/// On error, returns a short reason a person can act on.
-pub fn validate(email: &str) -> Result<(), String> {
+/// On error, says why ([`AddressProblem`]; its text is a short reason a
+/// person can act on).
+pub fn validate(email: &str) -> Result<(), AddressProblem> {
     let email = email.trim();
     if email.is_empty() {
-        return Err("empty address".to_owned());
+        return Err(AddressProblem::Empty);
     }
     if email.chars().any(char::is_control) {
-        return Err("address contains a control character".to_owned());
+        return Err(AddressProblem::ControlCharacter);
     }
     let Some((local, domain)) = email.rsplit_once('@') else {
-        return Err("missing @".to_owned());
+        return Err(AddressProblem::Syntax("missing @"));
     };
     // The domain goes on the wire as A-labels (RFC 5890): one that has no
     // A-label form cannot be sent to.
     if !domain.is_ascii() {
-        edm_model::ascii_domain(domain)?;
+        edm_model::ascii_domain(domain).map_err(AddressProblem::NoAsciiDomain)?;
     }
     if email.len() > MAX_ADDRESS {
-        return Err(format!(
-            "address longer than {MAX_ADDRESS} bytes ({})",
-            email.len()
-        ));
+        return Err(AddressProblem::TooLong {
+            len: email.len(),
+            max: MAX_ADDRESS,
+        });
     }
     if local.len() > MAX_LOCAL_PART {
-        return Err(format!(
-            "local part longer than {MAX_LOCAL_PART} bytes ({})",
-            local.len()
-        ));
+        return Err(AddressProblem::LocalPartTooLong {
+            len: local.len(),
+            max: MAX_LOCAL_PART,
+        });
     }
     let options = Options::default()
         .with_required_tld()
@@ -59,14 +60,50 @@ pub fn validate(email: &str) -> Result<(), String> {
         .without_display_text();
     EmailAddress::parse_with_options(email, options)
         .map(|_| ())
-        .map_err(|e| reason(&e, local))
+        .map_err(|e| AddressProblem::Syntax(reason(&e, local)))
+}
+
+/// Why an address cannot be used ([`validate`]).
+///
+/// Not `#[non_exhaustive]` on purpose: a new problem forces a decision
+/// wherever it is matched.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AddressProblem {
+    /// Nothing but whitespace.
+    #[error("empty address")]
+    Empty,
+    /// A CR, LF or another control character.
+    #[error("address contains a control character")]
+    ControlCharacter,
+    /// Over 254 bytes (RFC 5321 §4.5.3.1.3).
+    #[error("address longer than {max} bytes ({len})")]
+    TooLong {
+        /// Its length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A local part over 64 bytes (RFC 5321 §4.5.3.1.1).
+    #[error("local part longer than {max} bytes ({len})")]
+    LocalPartTooLong {
+        /// Its length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// An internationalised domain with no A-label form (RFC 5890).
+    #[error("{0}")]
+    NoAsciiDomain(String),
+    /// Not the shape of an address: the parser's reason, for people.
+    #[error("{0}")]
+    Syntax(&'static str),
 }
 
 /// Turns the parser's error into a reason for an operator. Exhaustive on
 /// purpose: a new upstream variant must be given words.
-fn reason(error: &email_address::Error, local: &str) -> String {
+fn reason(error: &email_address::Error, local: &str) -> &'static str {
     use email_address::Error as E;
-    let text = match error {
+    match error {
         E::InvalidCharacter if !EmailAddress::is_valid_local_part(local) => {
             "invalid character in the local part"
         }
@@ -87,8 +124,7 @@ fn reason(error: &email_address::Error, local: &str) -> String {
         E::UnsupportedDisplayName => "display names are not accepted: put the bare address",
         E::MissingDisplayName => "angle brackets are not accepted: put the bare address",
         E::MissingEndBracket => "missing closing >",
-    };
-    text.to_owned()
+    }
 }
 
 #[cfg(test)]
@@ -129,7 +165,7 @@ mod tests {
             ("us\r\ner@example.com", "control character"),
         ];
         for (input, want) in cases {
-            let got = validate(input).expect_err(input);
+            let got = validate(input).expect_err(input).to_string();
             assert!(got.contains(want), "{input:?}: {got:?} lacks {want:?}");
         }
     }
@@ -138,7 +174,8 @@ mod tests {
     fn length_limits() {
         let local = "a".repeat(65);
         let got = validate(&format!("{local}@example.com")).unwrap_err();
-        assert_eq!(got, "local part longer than 64 bytes (65)");
+        assert_eq!(got, AddressProblem::LocalPartTooLong { len: 65, max: 64 });
+        assert_eq!(got.to_string(), "local part longer than 64 bytes (65)");
         assert_eq!(validate(&format!("{}@example.com", "a".repeat(64))), Ok(()));
 
         let label = "d".repeat(60);
@@ -147,6 +184,7 @@ mod tests {
         assert!(
             validate(&long)
                 .unwrap_err()
+                .to_string()
                 .starts_with("address longer than 254")
         );
     }
@@ -173,7 +211,7 @@ mod tests {
 
     #[test]
     fn a_domain_without_an_a_label_form_is_invalid() {
-        let got = validate("ann@bü_cher.example").unwrap_err();
+        let got = validate("ann@bü_cher.example").unwrap_err().to_string();
         assert!(got.contains("internationalised domain"), "{got}");
     }
 }

@@ -108,6 +108,39 @@ impl Error {
         }
     }
 
+    /// What is wrong, without the file and line that [`Error::path`] and
+    /// [`Error::line`] give: for reports that show those in their own
+    /// columns (`edm check`). The error's text is `path[: line N]: ` and this
+    /// (`path: line N, column ...` for [`Error::InvalidUtf8`]).
+    pub fn reason(&self) -> String {
+        match self {
+            Error::Open { source, .. } => format!("cannot open: {source}"),
+            Error::UnknownEncoding { label, .. } => format!(
+                "unknown encoding {label:?}; use a WHATWG label such as \
+                 \"windows-1252\", \"iso-8859-1\", \"utf-16le\", \"gbk\" or \"shift_jis\""
+            ),
+            Error::Empty { .. } => "the file is empty".to_owned(),
+            Error::NoHeader { .. } => "no header line (the file holds only blank lines)".to_owned(),
+            Error::MissingColumn {
+                wanted, columns, ..
+            } => format!(
+                "no `{wanted}` column in the header; the columns are: {}",
+                list_columns(columns)
+            ),
+            Error::Read { source, .. } => format!("read error: {source}"),
+            Error::InvalidUtf8 {
+                column,
+                field,
+                valid_up_to,
+                ..
+            } => format!(
+                "column {column} (`{field}`): not valid UTF-8 \
+                 (byte {valid_up_to} of the field); save the file as UTF-8 or \
+                 configure its encoding"
+            ),
+        }
+    }
+
     /// The 1-based line the error is about, when it is about one.
     pub fn line(&self) -> Option<u64> {
         match self {
@@ -128,4 +161,52 @@ fn list_columns(columns: &[String]) -> String {
     }
     let quoted: Vec<String> = columns.iter().map(|c| format!("`{c}`")).collect();
     quoted.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reason_is_the_text_after_file_and_line() {
+        let path = PathBuf::from("r.csv");
+        let errors = [
+            Error::Open {
+                path: path.clone(),
+                source: io::Error::from(io::ErrorKind::NotFound),
+            },
+            Error::UnknownEncoding {
+                path: path.clone(),
+                label: "klingon".into(),
+            },
+            Error::Empty { path: path.clone() },
+            Error::NoHeader { path: path.clone() },
+            Error::MissingColumn {
+                path: path.clone(),
+                line: 1,
+                wanted: "email".into(),
+                columns: vec!["mail".into()],
+            },
+            Error::Read {
+                path: path.clone(),
+                line: 4,
+                source: io::Error::other("disk"),
+            },
+            Error::InvalidUtf8 {
+                path: path.clone(),
+                line: 3,
+                column: 2,
+                field: "name".into(),
+                valid_up_to: 1,
+            },
+        ];
+        for e in errors {
+            let head = match (&e, e.line()) {
+                (Error::InvalidUtf8 { .. }, Some(line)) => format!("r.csv: line {line}, "),
+                (_, Some(line)) => format!("r.csv: line {line}: "),
+                (_, None) => "r.csv: ".to_owned(),
+            };
+            assert_eq!(e.to_string(), format!("{head}{}", e.reason()), "{e:?}");
+        }
+    }
 }

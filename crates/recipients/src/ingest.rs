@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use edm_model::Category;
 
-use crate::address::{normalize, validate};
+use crate::address::{AddressProblem, normalize, validate};
 use crate::decode::{Decoded, encoding_for, lone_utf16_bom};
 use crate::lines::LineCounter;
 use crate::sniff::{Start, read_start, sniff_delimiter};
@@ -82,8 +82,9 @@ pub enum Verdict {
     Invalid {
         /// Always [`Category::InvalidAddress`].
         category: Category,
-        /// Why, for a person: "missing @", "row has 3 fields, header has 4".
-        reason: String,
+        /// Why: a ragged row, or an invalid address. Its text is for a
+        /// person: "missing @", "row has 3 fields, header has 4".
+        reason: RowProblem,
     },
     /// The address already appeared on a valid row.
     Duplicate {
@@ -95,12 +96,32 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    fn invalid(reason: String) -> Verdict {
+    fn invalid(reason: RowProblem) -> Verdict {
         Verdict::Invalid {
             category: Category::InvalidAddress,
             reason,
         }
     }
+}
+
+/// Why a row is [`Verdict::Invalid`].
+///
+/// Not `#[non_exhaustive]` on purpose: `edm check` matches it without a
+/// wildcard, so a new problem forces a decision there.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RowProblem {
+    /// The row has more or fewer fields than the header: usually an
+    /// unquoted delimiter inside a value, so its values cannot be trusted.
+    #[error("row has {found} fields, header has {expected}")]
+    FieldCount {
+        /// Fields in the row.
+        found: usize,
+        /// Fields in the header.
+        expected: usize,
+    },
+    /// The address is not usable ([`validate`](crate::validate)).
+    #[error("{0}")]
+    Address(AddressProblem),
 }
 
 /// A recipients file being read, record by record. Created by [`open`].
@@ -306,13 +327,13 @@ impl Ingest {
     fn judge(&mut self, line: u64, email: &str) -> Verdict {
         let fields = self.record.len();
         if fields != self.columns.len() {
-            return Verdict::invalid(format!(
-                "row has {fields} fields, header has {}",
-                self.columns.len()
-            ));
+            return Verdict::invalid(RowProblem::FieldCount {
+                found: fields,
+                expected: self.columns.len(),
+            });
         }
         if let Err(reason) = validate(email) {
-            return Verdict::invalid(reason);
+            return Verdict::invalid(RowProblem::Address(reason));
         }
         let key = normalize(email);
         let suppressed = self

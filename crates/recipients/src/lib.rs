@@ -10,18 +10,22 @@
 //! - Each [`Row`] carries a [`Verdict`]: [`Verdict::Valid`], or why not
 //!   (invalid row or address, duplicate of an earlier line, suppressed). Bad
 //!   rows are data, not errors; see [`Verdict`] for the order of the checks.
+//!   An invalid row says why as a [`RowProblem`] (a ragged row with its
+//!   found and expected field counts, or the address's reason), so callers
+//!   decide by variant.
 //! - [`Suppression`] is the do-not-send list, loaded from a file or built in
 //!   memory.
 //! - [`validate`] and [`normalize`] are the address rules used throughout.
 //! - [`Error`] is for problems with the file itself; it always names the file
-//!   and, where one applies, the line and column.
+//!   and, where one applies, the line and column ([`Error::reason`] is the
+//!   rest, for reports that show those apart).
 //!
 //! # Layout
 //! - `decode.rs`: decoding to UTF-8 as the file is read, below everything else.
 //! - `sniff.rs`: the start of a file (empty? which delimiter?).
-//! - `ingest.rs`: [`open`], [`Ingest`], [`Row`], [`Verdict`].
+//! - `ingest.rs`: [`open`], [`Ingest`], [`Row`], [`Verdict`], [`RowProblem`].
 //! - `lines.rs`: line numbers of records (csv's own are off after CRLF).
-//! - `address.rs`: [`validate`], [`normalize`].
+//! - `address.rs`: [`validate`] ([`AddressProblem`]), [`normalize`].
 //! - `suppression.rs`: [`Suppression`].
 //! - `error.rs`: [`Error`].
 //!
@@ -49,7 +53,7 @@ mod lines;
 mod sniff;
 mod suppression;
 
-pub use address::{normalize, validate};
+pub use address::{AddressProblem, normalize, validate};
 pub use error::Error;
-pub use ingest::{Ingest, ReadOptions, Row, Verdict, open};
+pub use ingest::{Ingest, ReadOptions, Row, RowProblem, Verdict, open};
 pub use suppression::Suppression;

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use edm_model::Category;
-use edm_recipients::{Error, Ingest, ReadOptions, Row, Suppression, Verdict, open};
+use edm_recipients::{Error, Ingest, ReadOptions, Row, RowProblem, Suppression, Verdict, open};
 use tempfile::TempDir;
 
 /// A file holding `bytes` in its own temporary directory.
@@ -35,11 +35,11 @@ fn rows(path: &Path) -> Vec<Row> {
         .unwrap()
 }
 
-fn invalid_reason(row: &Row) -> &str {
+fn invalid_reason(row: &Row) -> String {
     match &row.verdict {
         Verdict::Invalid { category, reason } => {
             assert_eq!(*category, Category::InvalidAddress);
-            reason
+            reason.to_string()
         }
         other => panic!("line {}: expected Invalid, got {other:?}", row.line),
     }
@@ -184,6 +184,17 @@ mod rows {
         );
         let rows = rows(&f.path);
         assert_eq!(invalid_reason(&rows[0]), "row has 3 fields, header has 4");
+        // Typed, so `edm check` tells a ragged row from a bad address by variant.
+        assert!(matches!(
+            rows[0].verdict,
+            Verdict::Invalid {
+                reason: RowProblem::FieldCount {
+                    found: 3,
+                    expected: 4
+                },
+                ..
+            }
+        ));
         assert_eq!(rows[0].values, ["a@example.com", "A", "B", ""]);
         assert_eq!(invalid_reason(&rows[1]), "row has 5 fields, header has 4");
         assert_eq!(rows[1].values, ["b@example.com", "A", "B", "C"]);

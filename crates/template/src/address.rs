@@ -1,13 +1,37 @@
 //! Sender addresses (From, Reply-To) parsed once, and the check made on each
 //! recipient address before it goes into a header.
+//!
+//! [`Mailbox::parse`] is edm's one parser of `[campaign] from` and
+//! `reply_to`: templates, `edm check` (DKIM alignment) and the EHLO name
+//! all take the address from it.
 
 use email_address::{EmailAddress, Options};
 
 /// A mailbox: an optional display name and a bare address.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Mailbox {
+pub struct Mailbox {
     pub(crate) name: Option<String>,
     pub(crate) address: String,
+}
+
+impl Mailbox {
+    /// Parses `Display Name <local@domain>` or a bare `local@domain`; on
+    /// error, a reason a person can act on. The name may be quoted and holds
+    /// no control character; the address needs a TLD, no domain literal,
+    /// and at most 254 bytes.
+    pub fn parse(value: &str) -> Result<Mailbox, MailboxProblem> {
+        parse_mailbox(value)
+    }
+
+    /// The display name, if any (unquoted).
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    /// The bare address.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
 }
 
 /// Parses `Display Name <local@domain>` or a bare `local@domain`.
@@ -15,15 +39,15 @@ pub(crate) struct Mailbox {
 /// The name may be quoted; it may not hold control characters (a CR or LF
 /// there is a configuration mistake, not something to paper over). The
 /// address must have a TLD, no domain literal, and be at most 254 bytes.
-pub(crate) fn parse_mailbox(value: &str) -> Result<Mailbox, String> {
+pub(crate) fn parse_mailbox(value: &str) -> Result<Mailbox, MailboxProblem> {
     let value = value.trim();
     if value.chars().any(char::is_control) {
-        return Err("contains a control character".to_owned());
+        return Err(MailboxProblem::ControlCharacter);
     }
     let (name, address) = match value.rfind('<') {
         Some(open) => {
             let Some(address) = value[open + 1..].strip_suffix('>') else {
-                return Err("missing closing >".to_owned());
+                return Err(MailboxProblem::MissingClosingBracket);
             };
             let name = value[..open].trim();
             let name = name
@@ -42,13 +66,13 @@ pub(crate) fn parse_mailbox(value: &str) -> Result<Mailbox, String> {
     })
 }
 
-fn check_address(address: &str) -> Result<(), String> {
+fn check_address(address: &str) -> Result<(), MailboxProblem> {
     if address.is_empty() {
-        return Err("no address".to_owned());
+        return Err(MailboxProblem::NoAddress);
     }
     // RFC 5321 §4.5.3.1.3.
     if address.len() > 254 {
-        return Err("address longer than 254 bytes".to_owned());
+        return Err(MailboxProblem::TooLong);
     }
     let options = Options::default()
         .with_required_tld()
@@ -56,7 +80,31 @@ fn check_address(address: &str) -> Result<(), String> {
         .without_display_text();
     EmailAddress::parse_with_options(address, options)
         .map(|_| ())
-        .map_err(|e| e.to_string())
+        .map_err(MailboxProblem::Address)
+}
+
+/// Why a From or Reply-To value is not a usable mailbox ([`Mailbox::parse`]).
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum MailboxProblem {
+    /// A CR, LF or another control character: a configuration mistake (it
+    /// could inject a header), not something to paper over.
+    #[error("contains a control character")]
+    ControlCharacter,
+    /// `Name <address` without the closing bracket.
+    #[error("missing closing >")]
+    MissingClosingBracket,
+    /// Nothing where the address should be.
+    #[error("no address")]
+    NoAddress,
+    /// Over 254 bytes (RFC 5321 §4.5.3.1.3).
+    #[error("address longer than 254 bytes")]
+    TooLong,
+    /// Not an address with a TLD, or a domain literal.
+    #[error("{0}")]
+    Address(email_address::Error),
+    /// An internationalised domain with no A-label form (RFC 5890).
+    #[error("{0}")]
+    NoAsciiDomain(String),
 }
 
 /// Why a recipient address cannot go into a To header as is, if it cannot.
@@ -89,6 +137,29 @@ pub(crate) fn unsafe_recipient(address: &str) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_public_parser_is_the_same_parser() {
+        let m = Mailbox::parse("\"Acme, Inc.\" <news@acme.example>").unwrap();
+        assert_eq!(m.name(), Some("Acme, Inc."));
+        assert_eq!(m.address(), "news@acme.example");
+        assert_eq!(
+            Mailbox::parse("Acme <news@localhost>"),
+            parse_mailbox("Acme <news@localhost>")
+        );
+        assert_eq!(
+            Mailbox::parse("Acme <news@acme.example"),
+            Err(MailboxProblem::MissingClosingBracket)
+        );
+        assert_eq!(
+            Mailbox::parse("Acme\r\nBcc: x@evil.example <news@acme.example>"),
+            Err(MailboxProblem::ControlCharacter)
+        );
+        assert!(matches!(
+            Mailbox::parse("Acme <news@localhost>"),
+            Err(MailboxProblem::Address(_))
+        ));
+    }
 
     #[test]
     fn mailboxes() {

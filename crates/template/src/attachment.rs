@@ -4,9 +4,9 @@
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
-use edm_model::{Category, Failure, Recipient, Stage};
+use edm_model::Recipient;
 
-use crate::Error;
+use crate::{AttachmentProblem, Error, RenderProblem};
 
 /// A file attached to messages.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -196,7 +196,7 @@ impl Attachments {
     /// campaign folder (where per-row attachments used to be looked up),
     /// what moved and what to do. Never for a protected file or one outside
     /// the folder.
-    fn moved_hint(&self, value: &str) -> Option<String> {
+    fn moved_hint(&self, value: &str) -> Option<AttachmentProblem> {
         let old = self.moved_from.as_deref()?;
         let found = resolve_inside(old, value, &self.protected).ok()?;
         let dir = self.base_dir.canonicalize().ok();
@@ -204,23 +204,24 @@ impl Attachments {
             Some(rest) => format!("write {:?}", rest.display().to_string()),
             None => "move the file there, or set [campaign] attachment_dir".to_owned(),
         };
-        Some(format!(
-            "not found in attachment_dir ({}): per-row attachments are now looked up in \
-             [campaign] attachment_dir, relative to it, no longer relative to the campaign \
-             folder, where this value names a file; {suggestion}",
-            self.base_dir.display()
-        ))
+        Some(AttachmentProblem::Moved {
+            attachment_dir: self.base_dir.clone(),
+            suggestion,
+        })
     }
 
     /// The files of one recipient: everyone's, then its own (if its column
     /// names one). A file that cannot be read is a [`Category::Template`]
-    /// failure, one over a limit a [`Category::Preflight`] one.
+    /// problem, one over a limit a [`Category::Preflight`] one
+    /// ([`RenderProblem::category`]).
+    ///
+    /// [`Category::Template`]: edm_model::Category::Template
+    /// [`Category::Preflight`]: edm_model::Category::Preflight
     pub(crate) fn for_recipient(
         &self,
         columns: &[String],
         recipient: &Recipient,
-    ) -> Result<Vec<AttachmentFile>, Failure> {
-        let line = recipient.line;
+    ) -> Result<Vec<AttachmentFile>, RenderProblem> {
         let mut files = self.files.clone();
         let own = self.column.as_deref().and_then(|column| {
             let i = columns
@@ -230,53 +231,49 @@ impl Attachments {
             (!value.is_empty()).then_some((column, value))
         });
         if let Some((column, value)) = own {
-            let fail = |category, reason: String| {
-                Failure::local(
-                    Stage::Render,
-                    category,
-                    format!("line {line}: attachment {value:?} (column `{column}`): {reason}"),
-                )
+            let fail = |problem| RenderProblem::Attachment {
+                value: value.to_owned(),
+                column: column.to_owned(),
+                problem,
+            };
+            let unreadable = |path: &Path, e: std::io::Error| {
+                fail(AttachmentProblem::Unreadable {
+                    path: path.to_owned(),
+                    error: e.to_string(),
+                })
             };
             let path = match resolve_inside(&self.base_dir, value, &self.protected) {
                 Ok(path) => path,
                 Err(refusal @ (PathRefusal::Missing(_) | PathRefusal::DirUnavailable(_))) => {
-                    let reason = match self.moved_hint(value) {
-                        Some(hint) => hint,
-                        None => refusal.to_string(),
-                    };
-                    return Err(fail(Category::Template, reason));
+                    let problem = self
+                        .moved_hint(value)
+                        .unwrap_or(AttachmentProblem::Path(refusal));
+                    return Err(fail(problem));
                 }
-                Err(refusal) => return Err(fail(Category::Template, refusal.to_string())),
+                Err(refusal) => return Err(fail(AttachmentProblem::Path(refusal))),
             };
             let size = std::fs::metadata(&path)
-                .map_err(|e| {
-                    fail(
-                        Category::Template,
-                        format!("cannot read {}: {e}", path.display()),
-                    )
-                })?
+                .map_err(|e| unreadable(&path, e))?
                 .len();
             // Refused before reading it whole.
-            if let Some(reason) = over_one(size as usize, &self.limits) {
-                return Err(fail(Category::Preflight, reason));
+            if let Some(max) = self.limits.max_attachment_bytes
+                && size as usize > max
+            {
+                return Err(fail(AttachmentProblem::TooLarge {
+                    size: size as usize,
+                    max,
+                }));
             }
-            let mut file = AttachmentFile::read(&path).map_err(|e| {
-                fail(
-                    Category::Template,
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?;
+            let mut file = AttachmentFile::read(&path).map_err(|e| unreadable(&path, e))?;
             // The name the CSV gave, not a symlink's target.
             file.name = file_name(Path::new(value));
             files.push(file);
         }
         let total = files.iter().map(|f| f.bytes.len()).sum();
-        if let Some(reason) = over_total(total, &self.limits) {
-            return Err(Failure::local(
-                Stage::Render,
-                Category::Preflight,
-                format!("line {line}: attachments: {reason}"),
-            ));
+        if let Some(max) = self.limits.max_attachments_bytes
+            && total > max
+        {
+            return Err(RenderProblem::AttachmentsTooLarge { total, max });
         }
         Ok(files)
     }
@@ -284,9 +281,7 @@ impl Attachments {
 
 fn over_one(size: usize, limits: &AttachmentLimits) -> Option<String> {
     let max = limits.max_attachment_bytes?;
-    (size > max).then(|| {
-        format!("attachment is {size} bytes, over the max_attachment_bytes limit of {max}")
-    })
+    (size > max).then(|| AttachmentProblem::TooLarge { size, max }.to_string())
 }
 
 fn over_total(total: usize, limits: &AttachmentLimits) -> Option<String> {

@@ -8,8 +8,8 @@ pub enum Error {
     /// A template does not parse.
     #[error("{template}{}: {reason}", position(*line, *column))]
     Template {
-        /// Which template: its file name, or `subject` / `list_unsubscribe`.
-        template: String,
+        /// Which template.
+        template: crate::TemplateName,
         /// 1-based line in the template, when known.
         line: Option<usize>,
         /// Column in that line, when known.
@@ -23,7 +23,7 @@ pub enum Error {
         /// The value given.
         value: String,
         /// What is wrong.
-        reason: String,
+        reason: crate::MailboxProblem,
     },
     /// The Reply-To address is not usable.
     #[error("invalid Reply-To {value:?}: {reason}")]
@@ -31,7 +31,7 @@ pub enum Error {
         /// The value given.
         value: String,
         /// What is wrong.
-        reason: String,
+        reason: crate::MailboxProblem,
     },
     /// The DKIM key or settings are not usable.
     #[error("DKIM: {reason}")]

@@ -13,6 +13,11 @@
 //!   deterministic Message-ID, adds List-Unsubscribe (RFC 2369) and one-click
 //!   (RFC 8058) headers, and checks it against [`Limits`]. A problem with one
 //!   recipient is an [`edm_model::Failure`], not an error.
+//! - [`Templates::render_parts`] returns that problem typed: a
+//!   [`RenderError`] (the CSV line and a [`RenderProblem`]: a missing field
+//!   with its template and position, a line or a message over a limit, an
+//!   attachment refused...), so `edm check` decides by variant, never by
+//!   reading text back.
 //! - [`Templates::with_dkim`] makes `render` sign every message with a
 //!   [`Dkim`] signer (RSA-SHA256 or Ed25519-SHA256, relaxed/relaxed, covering
 //!   [`SIGNED_HEADERS`], List-Unsubscribe and List-Unsubscribe-Post included
@@ -33,7 +38,8 @@
 //! # Layout
 //! - `spec.rs`: [`MessageSpec`], [`Source`], [`Limits`].
 //! - `templates.rs`: [`Templates`]: compile and render.
-//! - `address.rs`: From / Reply-To parsing, the recipient address guard.
+//! - `address.rs`: From / Reply-To parsing ([`Mailbox::parse`], the one
+//!   parser of the sender), the recipient address guard.
 //! - `message_id.rs`: deterministic Message-IDs.
 //! - `preflight.rs`: size and line-length checks.
 //! - `attachment.rs`: [`Attachments`]: files for everyone and per recipient,
@@ -41,6 +47,8 @@
 //! - `dkim.rs`: [`Dkim`], the DKIM signer ([`DkimConfig`]).
 //! - `lint.rs`: content checks for `edm check` ([`has_unsubscribe_link`]).
 //! - `error.rs`: [`Error`].
+//! - `problem.rs`: [`RenderError`], [`RenderProblem`], [`AttachmentProblem`]:
+//!   why one recipient's message cannot be made.
 //!
 //! # Example
 //! ```no_run
@@ -67,9 +75,11 @@ mod error;
 mod lint;
 mod message_id;
 mod preflight;
+mod problem;
 mod spec;
 mod templates;
 
+pub use address::{Mailbox, MailboxProblem};
 pub use attachment::{
     AttachmentEncoding, AttachmentFile, AttachmentLimits, Attachments, PathRefusal, content_type,
     resolve_inside,
@@ -77,5 +87,6 @@ pub use attachment::{
 pub use dkim::{Dkim, DkimAlgorithm, DkimConfig, SIGNED_HEADERS};
 pub use error::Error;
 pub use lint::has_unsubscribe_link;
-pub use spec::{Limits, MessageSpec, Source};
+pub use problem::{AttachmentProblem, Position, RenderError, RenderProblem, TemplateName};
+pub use spec::{Limits, MAX_LINE_LEN, MessageSpec, Source};
 pub use templates::{Rendered, Templates};

@@ -1,18 +1,18 @@
 //! Checks on a finished message against the relay's limits.
 
-use crate::Limits;
+use crate::{Limits, RenderProblem};
 
 /// Why `message` breaks `limits`, if it does: the size first, then the
 /// longest line. mail-builder encodes long body lines, so a long line is
 /// nearly always a header (a long unbreakable URL, say).
-pub(crate) fn check(message: &[u8], limits: &Limits) -> Result<(), String> {
+pub(crate) fn check(message: &[u8], limits: &Limits) -> Result<(), RenderProblem> {
     if let Some(max) = limits.max_message_bytes
         && message.len() > max
     {
-        return Err(format!(
-            "message is {} bytes, over the max_message_bytes limit of {max}",
-            message.len()
-        ));
+        return Err(RenderProblem::MessageTooLarge {
+            size: message.len(),
+            max,
+        });
     }
     let mut start = 0;
     let ends = memchr::memchr_iter(b'\n', message).chain(std::iter::once(message.len()));
@@ -20,13 +20,12 @@ pub(crate) fn check(message: &[u8], limits: &Limits) -> Result<(), String> {
         let line = &message[start..end];
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.len() > limits.max_line_len {
-            let head = String::from_utf8_lossy(&line[..line.len().min(40)]);
-            return Err(format!(
-                "line {number} of the message is {} bytes, over the max_line_len limit of {} \
-                 (it starts {head:?})",
-                line.len(),
-                limits.max_line_len
-            ));
+            return Err(RenderProblem::LineTooLong {
+                number,
+                len: line.len(),
+                max: limits.max_line_len,
+                head: String::from_utf8_lossy(&line[..line.len().min(40)]).into_owned(),
+            });
         }
         start = end + 1;
     }
@@ -45,11 +44,23 @@ mod tests {
         };
         assert_eq!(check(b"abc\r\nde\r\n", &limits), Ok(()));
         let err = check(&[b'a'; 21], &limits).unwrap_err();
+        assert_eq!(err, RenderProblem::MessageTooLarge { size: 21, max: 20 });
+        let err = err.to_string();
         assert!(err.contains("21 bytes"), "{err}");
         assert!(err.contains("max_message_bytes limit of 20"), "{err}");
         let err = check(b"abc\r\nabcdef\r\nab", &limits).unwrap_err();
+        assert!(matches!(
+            err,
+            RenderProblem::LineTooLong {
+                number: 2,
+                len: 6,
+                max: 5,
+                ..
+            }
+        ));
+        let err = err.to_string();
         assert!(err.starts_with("line 2 of the message is 6 bytes"), "{err}");
-        let err = check(b"abc\r\nabcdef", &limits).unwrap_err();
+        let err = check(b"abc\r\nabcdef", &limits).unwrap_err().to_string();
         assert!(err.starts_with("line 2 "), "{err}");
         assert_eq!(check(b"abcde", &limits), Ok(()));
     }

@@ -32,6 +32,10 @@ pub struct Source {
     pub body: String,
 }
 
+/// The longest line RFC 5322 §2.1.1 allows, CRLF excluded: the default of
+/// [`Limits::max_line_len`] and of `[limits] max_line_len`.
+pub const MAX_LINE_LEN: usize = 998;
+
 /// Limits a rendered message must keep (the relay's, usually).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
@@ -45,7 +49,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_message_bytes: None,
-            max_line_len: 998,
+            max_line_len: MAX_LINE_LEN,
         }
     }
 }

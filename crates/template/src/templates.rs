@@ -1,7 +1,8 @@
 //! Compiling a [`MessageSpec`] once, and rendering it per recipient.
 
 use handlebars::{
-    Context, Handlebars, RenderError, RenderErrorReason, TemplateError, TemplateErrorReason,
+    Context, Handlebars, RenderError as HbsRenderError, RenderErrorReason, TemplateError,
+    TemplateErrorReason,
 };
 use mail_builder::MessageBuilder;
 use mail_builder::headers::address::Address;
@@ -9,11 +10,14 @@ use mail_builder::headers::raw::Raw;
 use mail_builder::headers::url::URL;
 use serde_json::{Map, Value};
 
-use edm_model::{Category, Envelope, Failure, Recipient, Stage, ascii_address, domain_of};
+use edm_model::{Envelope, Failure, Recipient, ascii_address, domain_of};
 
-use crate::address::{Mailbox, parse_mailbox, unsafe_recipient};
+use crate::address::{Mailbox, MailboxProblem, parse_mailbox, unsafe_recipient};
 use crate::message_id::MessageIds;
-use crate::{AttachmentEncoding, Attachments, Dkim, Error, Limits, MessageSpec};
+use crate::{
+    AttachmentEncoding, Attachments, Dkim, Error, Limits, MessageSpec, Position, RenderError,
+    RenderProblem, TemplateName,
+};
 
 // Names in the registries. Never shown: errors use `Part::label`.
 const SUBJECT: &str = "subject";
@@ -92,15 +96,17 @@ impl Templates {
         plain.register_escape_fn(handlebars::no_escape);
         let mut html = registry();
 
-        register(&mut plain, SUBJECT, "subject", &spec.subject)?;
+        register(&mut plain, SUBJECT, TemplateName::Subject, &spec.subject)?;
         if let Some(text) = &spec.text {
-            register(&mut plain, TEXT, &text.name, &text.body)?;
+            let name = TemplateName::File(text.name.clone());
+            register(&mut plain, TEXT, name, &text.body)?;
         }
         if let Some(source) = &spec.html {
-            register(&mut html, HTML, &source.name, &source.body)?;
+            let name = TemplateName::File(source.name.clone());
+            register(&mut html, HTML, name, &source.body)?;
         }
         if let Some(url) = &spec.list_unsubscribe {
-            register(&mut plain, UNSUBSCRIBE, "list_unsubscribe", url)?;
+            register(&mut plain, UNSUBSCRIBE, TemplateName::ListUnsubscribe, url)?;
         }
 
         let message_ids = MessageIds::new(&spec.campaign, &domain_of(&from.address));
@@ -159,23 +165,32 @@ impl Templates {
     /// templates see them by name, plus `email` (the recipient's address,
     /// which wins over a column of that name).
     ///
-    /// A failure is data about this recipient, at [`Stage::Render`]:
-    /// [`Category::Template`] for a missing field or a bad rendered value,
-    /// [`Category::Preflight`] when the message breaks [`Limits`], and
-    /// [`Category::InvalidAddress`] when the address could break the To header.
+    /// A failure is data about this recipient, at
+    /// [`Stage::Render`](edm_model::Stage::Render), made from a
+    /// [`RenderError`] (its [`RenderError::category`]:
+    /// `template` for a missing field or a bad rendered value, `preflight`
+    /// when the message breaks [`Limits`], `invalid_address` when the
+    /// address could break the To header).
     pub fn render(&self, columns: &[String], recipient: &Recipient) -> Result<Envelope, Failure> {
-        self.render_parts(columns, recipient).map(|r| r.envelope)
+        self.render_parts(columns, recipient)
+            .map(|r| r.envelope)
+            .map_err(Failure::from)
     }
 
     /// Like [`Templates::render`], and also returns the rendered parts
     /// (subject, bodies, unsubscribe URL) before MIME encoding, for checks
-    /// and previews that look at the content.
+    /// and previews that look at the content; a problem is returned typed
+    /// ([`RenderProblem`]) for them to decide on.
     pub fn render_parts(
         &self,
         columns: &[String],
         recipient: &Recipient,
-    ) -> Result<Rendered, Failure> {
+    ) -> Result<Rendered, RenderError> {
         self.render_with(columns, recipient, None)
+            .map_err(|problem| RenderError {
+                line: recipient.line,
+                problem,
+            })
     }
 
     /// Renders a test copy of one recipient's message for another address
@@ -199,6 +214,12 @@ impl Templates {
                 subject_prefix,
             }),
         )
+        .map_err(|problem| {
+            Failure::from(RenderError {
+                line: recipient.line,
+                problem,
+            })
+        })
     }
 
     fn render_with(
@@ -206,28 +227,23 @@ impl Templates {
         columns: &[String],
         recipient: &Recipient,
         test: Option<TestCopy<'_>>,
-    ) -> Result<Rendered, Failure> {
-        let line = recipient.line;
+    ) -> Result<Rendered, RenderProblem> {
         let email = recipient.email.trim();
         let to = test.as_ref().map_or(email, |t| t.to);
         for address in [email, to] {
             if let Some(reason) = unsafe_recipient(address) {
-                return Err(Failure::local(
-                    Stage::Render,
-                    Category::InvalidAddress,
-                    format!("line {line}: {reason}: {address:?}"),
-                ));
+                return Err(RenderProblem::UnsafeAddress {
+                    address: address.to_owned(),
+                    reason,
+                });
             }
         }
         // On the wire and in the To header an internationalised domain is
         // its A-labels (RFC 5890): no 8-bit byte unless the local part itself
         // needs SMTPUTF8 (RFC 6531/6532), which the session decides on.
-        let to = ascii_address(to).map_err(|reason| {
-            Failure::local(
-                Stage::Render,
-                Category::InvalidAddress,
-                format!("line {line}: {reason}: {to:?}"),
-            )
+        let to = ascii_address(to).map_err(|reason| RenderProblem::NoAsciiDomain {
+            address: to.to_owned(),
+            reason,
         })?;
         let to = to.as_ref();
 
@@ -235,7 +251,7 @@ impl Templates {
         let render = |registry: &Handlebars<'static>, name: &str| {
             registry
                 .render_with_context(name, &ctx)
-                .map_err(|e| self.render_failure(line, name, &e))
+                .map_err(|e| self.render_problem(name, &e))
         };
         let mut subject = one_line(render(&self.plain, SUBJECT)?);
         if let Some(t) = &test {
@@ -254,7 +270,7 @@ impl Templates {
             None => None,
         };
         let unsubscribe = match self.has_unsubscribe {
-            true => Some(unsubscribe_url(render(&self.plain, UNSUBSCRIBE)?, line)?),
+            true => Some(unsubscribe_url(render(&self.plain, UNSUBSCRIBE)?)?),
             false => None,
         };
 
@@ -266,15 +282,7 @@ impl Templates {
             .attachments
             .as_ref()
             .and_then(|a| a.limits.max_body_bytes);
-        let over_body = |size: usize, max: usize| {
-            Failure::local(
-                Stage::Render,
-                Category::Preflight,
-                format!(
-                    "line {line}: message without attachments is {size} bytes, over the max_body_bytes limit of {max}"
-                ),
-            )
-        };
+        let over_body = |size: usize, max: usize| RenderProblem::BodyTooLarge { size, max };
 
         let mut message_id = self.message_ids.for_recipient(email);
         if test.is_some()
@@ -345,22 +353,10 @@ impl Templates {
         if let Some(dkim) = &self.dkim {
             // Sign the finished bytes (docs/DEPENDENCIES.md): nothing may
             // change the message after this.
-            body = dkim.sign(&body).map_err(|reason| {
-                Failure::local(
-                    Stage::Render,
-                    Category::Preflight,
-                    format!("line {line}: DKIM signing failed: {reason}"),
-                )
-            })?;
+            body = dkim.sign(&body).map_err(RenderProblem::Dkim)?;
         }
 
-        crate::preflight::check(&body, &self.limits).map_err(|reason| {
-            Failure::local(
-                Stage::Render,
-                Category::Preflight,
-                format!("line {line}: {reason}"),
-            )
-        })?;
+        crate::preflight::check(&body, &self.limits)?;
 
         let envelope = Envelope {
             id: recipient.id,
@@ -379,28 +375,35 @@ impl Templates {
         })
     }
 
-    /// Turns a handlebars error into a failure naming the field, the template
-    /// and the recipient's CSV line.
-    fn render_failure(&self, line: u64, name: &str, error: &RenderError) -> Failure {
-        let label = self.label(name);
-        let at = match (error.line_no, error.column_no) {
-            (Some(l), Some(c)) => format!(" (template line {l}, column {c})"),
-            _ => String::new(),
+    /// Turns a handlebars error into a problem naming the field and the
+    /// template.
+    fn render_problem(&self, name: &str, error: &HbsRenderError) -> RenderProblem {
+        let template = self.label(name);
+        let position = match (error.line_no, error.column_no) {
+            (Some(line), Some(column)) => Some(Position { line, column }),
+            _ => None,
         };
-        let reason = match error.reason() {
-            RenderErrorReason::MissingVariable(Some(field)) => {
-                format!("line {line}: missing field `{field}` in {label}{at}")
-            }
-            other => format!("line {line}: cannot render {label}{at}: {other}"),
-        };
-        Failure::local(Stage::Render, Category::Template, reason)
+        match error.reason() {
+            RenderErrorReason::MissingVariable(Some(field)) => RenderProblem::MissingField {
+                field: field.clone(),
+                template,
+                position,
+            },
+            other => RenderProblem::Render {
+                template,
+                position,
+                reason: other.to_string(),
+            },
+        }
     }
 
-    fn label<'a>(&'a self, name: &'a str) -> &'a str {
+    fn label(&self, name: &str) -> TemplateName {
+        let file = |label: &Option<String>| TemplateName::File(label.clone().unwrap_or_default());
         match name {
-            HTML => self.html_label.as_deref().unwrap_or(name),
-            TEXT => self.text_label.as_deref().unwrap_or(name),
-            _ => name,
+            HTML => file(&self.html_label),
+            TEXT => file(&self.text_label),
+            UNSUBSCRIBE => TemplateName::ListUnsubscribe,
+            _ => TemplateName::Subject,
         }
     }
 }
@@ -420,7 +423,7 @@ fn registry() -> Handlebars<'static> {
 fn register(
     registry: &mut Handlebars<'static>,
     name: &str,
-    label: &str,
+    label: TemplateName,
     source: &str,
 ) -> Result<(), Error> {
     registry
@@ -428,7 +431,7 @@ fn register(
         .map_err(|e| template_error(label, source, &e))
 }
 
-fn template_error(label: &str, source: &str, error: &TemplateError) -> Error {
+fn template_error(label: TemplateName, source: &str, error: &TemplateError) -> Error {
     let (line, column) = error.pos().unzip();
     let mut reason = error.reason().to_string();
     // The grammar reports an unclosed `{{#if}}` as a syntax error at the very
@@ -441,7 +444,7 @@ fn template_error(label: &str, source: &str, error: &TemplateError) -> Error {
         );
     }
     Error::Template {
-        template: label.to_owned(),
+        template: label,
         line,
         column,
         reason,
@@ -468,8 +471,10 @@ fn context(columns: &[String], recipient: &Recipient, email: &str) -> Context {
 
 /// The mailbox with its domain in A-label form (RFC 5890), as it goes in
 /// MAIL FROM, From and Reply-To.
-fn a_labels(m: Mailbox) -> Result<Mailbox, String> {
-    let address = ascii_address(&m.address)?.into_owned();
+fn a_labels(m: Mailbox) -> Result<Mailbox, MailboxProblem> {
+    let address = ascii_address(&m.address)
+        .map_err(MailboxProblem::NoAsciiDomain)?
+        .into_owned();
     Ok(Mailbox { address, ..m })
 }
 
@@ -541,7 +546,7 @@ fn one_line(subject: String) -> String {
 /// Checks a rendered unsubscribe URL. It goes between angle brackets in the
 /// header as is (RFC 2369 §2), so it must not hold anything that could end
 /// the bracket or the header.
-fn unsubscribe_url(url: String, line: u64) -> Result<String, Failure> {
+fn unsubscribe_url(url: String) -> Result<String, RenderProblem> {
     let url = url.trim();
     let problem = if url.is_empty() {
         Some("is empty")
@@ -558,11 +563,10 @@ fn unsubscribe_url(url: String, line: u64) -> Result<String, Failure> {
         None
     };
     match problem {
-        Some(problem) => Err(Failure::local(
-            Stage::Render,
-            Category::Template,
-            format!("line {line}: list_unsubscribe URL {problem}: {url:?}"),
-        )),
+        Some(reason) => Err(RenderProblem::UnsubscribeUrl {
+            url: url.to_owned(),
+            reason,
+        }),
         None => Ok(percent_encode_non_ascii(url)),
     }
 }
@@ -602,8 +606,8 @@ mod tests {
 
     #[test]
     fn unsubscribe_urls() {
-        assert!(unsubscribe_url("https://x.example/u?a=1&b=2".into(), 1).is_ok());
-        assert!(unsubscribe_url("mailto:u@x.example".into(), 1).is_ok());
+        assert!(unsubscribe_url("https://x.example/u?a=1&b=2".into()).is_ok());
+        assert!(unsubscribe_url("mailto:u@x.example".into()).is_ok());
         for bad in [
             "",
             "ftp://x",
@@ -611,8 +615,10 @@ mod tests {
             "https://x>, <https://y",
             "https://a b",
         ] {
-            let f = unsubscribe_url(bad.into(), 7).unwrap_err();
-            assert_eq!(f.category, Category::Template);
+            let problem = unsubscribe_url(bad.into()).unwrap_err();
+            assert!(matches!(problem, RenderProblem::UnsubscribeUrl { .. }));
+            let f = Failure::from(RenderError { line: 7, problem });
+            assert_eq!(f.category, edm_model::Category::Template);
             assert!(
                 f.reply.starts_with("line 7: list_unsubscribe URL"),
                 "{}",
@@ -632,7 +638,7 @@ mod tests {
 
     #[test]
     fn non_ascii_urls_are_percent_encoded() {
-        let url = unsubscribe_url("https://x.example/u/josé@bücher.example".into(), 1).unwrap();
+        let url = unsubscribe_url("https://x.example/u/josé@bücher.example".into()).unwrap();
         assert_eq!(url, "https://x.example/u/jos%C3%A9@b%C3%BCcher.example");
     }
 

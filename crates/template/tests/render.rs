@@ -8,7 +8,7 @@
 //! - `bench`: an ignored throughput run.
 
 use edm_model::{Category, Envelope, Failure, Recipient, RecipientId, Stage};
-use edm_template::{Error, Limits, MessageSpec, Source, Templates};
+use edm_template::{Error, Limits, MessageSpec, Source, TemplateName, Templates};
 use mail_parser::{Message, MessageParser};
 
 fn columns() -> Vec<String> {
@@ -526,7 +526,7 @@ mod compile {
         else {
             panic!("{err:?}");
         };
-        assert_eq!(template, "body.html");
+        assert_eq!(*template, TemplateName::File("body.html".into()));
         assert_eq!((*line, *column), (Some(4), Some(1)), "{err:?}");
         let text = err.to_string();
         assert!(text.starts_with("body.html:4:1: "), "{text}");

@@ -6,6 +6,8 @@ use std::time::Duration;
 use edm_model::{Category, Failure};
 use rand::Rng;
 
+use crate::defaults;
+
 /// The retry policy of a campaign.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RetryPolicy {
@@ -24,11 +26,11 @@ pub struct RetryPolicy {
 impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
-            max_attempts: 5,
-            base: Duration::from_secs(10),
-            cap: Duration::from_secs(15 * 60),
+            max_attempts: defaults::MAX_ATTEMPTS,
+            base: defaults::RETRY_BASE,
+            cap: defaults::RETRY_CAP,
             schedule: Vec::new(),
-            retry_for: Duration::from_secs(2 * 3600),
+            retry_for: defaults::RETRY_FOR,
         }
     }
 }

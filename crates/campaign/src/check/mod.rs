@@ -15,23 +15,30 @@
 //! Memory stays bounded: rows stream from the CSV to rendering workers in
 //! small chunks through a bounded channel, and only counts and the first
 //! examples of each kind are kept.
+//!
+//! This module runs the check; `classify.rs` turns each typed problem into
+//! the kind it is reported as, by its variant; `report.rs` is what it
+//! reports. What it reads from the campaign it shares with `edm send`
+//! through `inputs.rs`.
+
+mod classify;
+mod report;
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, mpsc};
 use std::time::Instant;
 
-use edm_model::{Category, Failure, Recipient, RecipientId, domain_of};
-use edm_recipients::{ReadOptions, Verdict};
-use edm_template::{
-    Dkim, DkimAlgorithm, DkimConfig, Limits, MessageSpec, SIGNED_HEADERS, Source, Templates,
-    has_unsubscribe_link,
-};
-use serde::Serialize;
+use edm_model::Recipient;
+use edm_recipients::Verdict;
+use edm_template::{Dkim, Limits, MessageSpec, SIGNED_HEADERS, Templates, has_unsubscribe_link};
+
+pub use report::{CheckReport, DkimInfo, Finding, ProblemGroup, ProblemKind, Severity};
 
 use crate::Error;
 use crate::config::Campaign;
+use crate::inputs::{dkim_signer, message_spec, read_options, unsent};
+use classify::{compile_finding, invalid_row_finding, recipients_finding, render_finding};
 
 /// Rows handed to a rendering worker at a time.
 const CHUNK: usize = 256;
@@ -51,271 +58,6 @@ impl Default for CheckOptions {
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             examples: 10,
         }
-    }
-}
-
-/// Whether a problem stops a clean send.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Severity {
-    /// Fix before sending: `edm check` exits 1.
-    Error,
-    /// Worth knowing; edm handles it safely.
-    Warning,
-}
-
-/// What kind of problem a [`Finding`] is.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ProblemKind {
-    /// `campaign.toml` values that do not work: From, Reply-To, a template
-    /// file that cannot be read.
-    Config,
-    /// A template does not parse (file, line, column).
-    TemplateSyntax,
-    /// The recipients file cannot be read, or has no address column.
-    RecipientsFile,
-    /// The suppression file cannot be read.
-    SuppressionFile,
-    /// A row has more or fewer fields than the header (usually an unquoted
-    /// delimiter inside a value): the row is not sent.
-    RaggedRow,
-    /// A field is not valid UTF-8.
-    InvalidUtf8,
-    /// No row would be sent.
-    NoRecipients,
-    /// A template uses a field the row does not have.
-    MissingField,
-    /// A row cannot be rendered for another reason (bad unsubscribe URL...).
-    RenderFailed,
-    /// A message is over `[limits] max_message_bytes` (DKIM signature included).
-    MessageTooLarge,
-    /// A message line is over `[limits] max_line_len`.
-    LineTooLong,
-    /// The `[dkim]` settings or key do not work.
-    DkimInvalid,
-    /// An attachment cannot be read (a shared file, or a row's own).
-    AttachmentMissing,
-    /// An attachment, or all of a message's, is over a `[limits]` key.
-    AttachmentTooLarge,
-    /// A row's address is not valid: recorded as `invalid`, not sent.
-    InvalidAddress,
-    /// A row repeats an earlier address: recorded as `skipped`, not sent.
-    Duplicate,
-    /// A row's address is on the suppression list: recorded, not sent.
-    Suppressed,
-    /// No `[campaign] list_unsubscribe`: no List-Unsubscribe header (RFC 2369).
-    NoListUnsubscribe,
-    /// The unsubscribe URL is not https: no one-click unsubscribe (RFC 8058).
-    NoOneClick,
-    /// The HTML has no visible unsubscribe link.
-    NoUnsubscribeLink,
-    /// No text part: HTML-only mail scores worse with spam filters.
-    NoTextPart,
-    /// No `[dkim]`: messages are not signed by edm.
-    DkimNotConfigured,
-    /// The DKIM domain does not align with the From domain (DMARC).
-    DkimNotAligned,
-    /// A row's attachment is refused: an absolute path, `..`, a symlink
-    /// out of `attachment_dir`, or a file edm protects (state, keys...);
-    /// or `attachment_dir` itself is the campaign folder.
-    AttachmentRefused,
-    /// A message is close to the provider's size cap (over 8 MB for
-    /// Tencent Cloud SES, whose cap is 9 MB).
-    MessageNearLimit,
-    /// AUTH would go without TLS to a host that is not loopback, and
-    /// `allow_plaintext_auth` is not set: `edm send` refuses to start.
-    PlaintextAuthRefused,
-    /// AUTH goes without TLS to a host that is not loopback, as
-    /// `allow_plaintext_auth = true` allows.
-    PlaintextAuth,
-    /// `accept_invalid_certs = true`: the relay's certificate is not checked.
-    InvalidCertsAccepted,
-    /// The address (or the sender's) has a non-ASCII local part: it goes
-    /// out only if the relay offers SMTPUTF8 (RFC 6531).
-    #[serde(rename = "needs_smtputf8")]
-    NeedsSmtpUtf8,
-}
-
-impl ProblemKind {
-    /// Error or warning.
-    pub fn severity(self) -> Severity {
-        use ProblemKind::*;
-        match self {
-            Config | TemplateSyntax | RecipientsFile | SuppressionFile | RaggedRow
-            | InvalidUtf8 | NoRecipients | MissingField | RenderFailed | MessageTooLarge
-            | LineTooLong | DkimInvalid | AttachmentMissing | AttachmentTooLarge
-            | AttachmentRefused | PlaintextAuthRefused => Severity::Error,
-            InvalidAddress | Duplicate | Suppressed | NoListUnsubscribe | NoOneClick
-            | NoUnsubscribeLink | NoTextPart | DkimNotConfigured | DkimNotAligned
-            | MessageNearLimit | PlaintextAuth | InvalidCertsAccepted | NeedsSmtpUtf8 => {
-                Severity::Warning
-            }
-        }
-    }
-
-    /// A heading for people.
-    pub fn title(self) -> &'static str {
-        use ProblemKind::*;
-        match self {
-            Config => "campaign settings",
-            TemplateSyntax => "template does not compile",
-            RecipientsFile => "recipients file",
-            SuppressionFile => "suppression file",
-            RaggedRow => "rows with the wrong number of fields",
-            InvalidUtf8 => "fields that are not UTF-8",
-            NoRecipients => "nothing to send",
-            MissingField => "missing template fields",
-            RenderFailed => "rows that cannot be rendered",
-            MessageTooLarge => "messages over max_message_bytes",
-            LineTooLong => "lines over max_line_len",
-            DkimInvalid => "DKIM settings",
-            AttachmentMissing => "attachments that cannot be read",
-            AttachmentTooLarge => "attachments over the limits",
-            InvalidAddress => "invalid addresses (recorded as invalid, not sent)",
-            Duplicate => "duplicate addresses (recorded as skipped, not sent)",
-            Suppressed => "suppressed addresses (recorded, not sent)",
-            NoListUnsubscribe => "no List-Unsubscribe header",
-            NoOneClick => "no one-click unsubscribe",
-            NoUnsubscribeLink => "no visible unsubscribe link in the HTML",
-            NoTextPart => "no text part",
-            DkimNotConfigured => "DKIM: not configured",
-            DkimNotAligned => "DKIM domain not aligned with From",
-            AttachmentRefused => "attachments refused (outside attachment_dir or protected)",
-            MessageNearLimit => "messages close to the provider's size cap",
-            PlaintextAuthRefused => "password would be sent without TLS",
-            PlaintextAuth => "password sent without TLS (allowed)",
-            InvalidCertsAccepted => "TLS certificates not checked",
-            NeedsSmtpUtf8 => "non-ASCII local parts (sent only over SMTPUTF8)",
-        }
-    }
-}
-
-/// One problem, where it is.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Finding {
-    /// The file to open.
-    pub file: PathBuf,
-    /// 1-based line (the CSV row's first line, or the template line).
-    pub line: Option<u64>,
-    /// 1-based column, in a template.
-    pub column: Option<u64>,
-    /// The CSV column, template field or setting concerned.
-    pub field: Option<String>,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl Finding {
-    fn new(file: &Path, message: impl Into<String>) -> Finding {
-        Finding {
-            file: file.to_owned(),
-            line: None,
-            column: None,
-            field: None,
-            message: message.into(),
-        }
-    }
-
-    fn at(mut self, line: u64) -> Finding {
-        self.line = Some(line);
-        self
-    }
-
-    fn field(mut self, field: impl Into<String>) -> Finding {
-        self.field = Some(field.into());
-        self
-    }
-}
-
-impl fmt::Display for Finding {
-    /// `file:line[:column]: field: message`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file.display())?;
-        if let Some(line) = self.line {
-            write!(f, ":{line}")?;
-            if let Some(column) = self.column {
-                write!(f, ":{column}")?;
-            }
-        }
-        if let Some(field) = &self.field {
-            write!(f, ": {field}")?;
-        }
-        write!(f, ": {}", self.message)
-    }
-}
-
-/// Every finding of one kind: how many, and the first few.
-#[derive(Clone, Debug, Serialize)]
-pub struct ProblemGroup {
-    /// The kind.
-    pub kind: ProblemKind,
-    /// Its severity.
-    pub severity: Severity,
-    /// How many findings (rows, usually).
-    pub count: u64,
-    /// The first findings, by file and line.
-    pub examples: Vec<Finding>,
-}
-
-/// The public half of the DKIM setup, to compare with DNS.
-#[derive(Clone, Debug, Serialize)]
-pub struct DkimInfo {
-    /// `d=`.
-    pub domain: String,
-    /// `s=`.
-    pub selector: String,
-    /// `rsa` or `ed25519`.
-    pub algorithm: String,
-    /// Where the TXT record goes.
-    pub dns_name: String,
-    /// The TXT record to publish.
-    pub dns_record: String,
-}
-
-/// What `edm check` found.
-#[derive(Clone, Debug, Serialize)]
-pub struct CheckReport {
-    /// Campaign name.
-    pub campaign: String,
-    /// The recipients file.
-    pub recipients: PathBuf,
-    /// CSV records read (the header excluded).
-    pub rows: u64,
-    /// Rows that would be sent (valid, first of their address, not suppressed).
-    pub sendable: u64,
-    /// Messages rendered without a problem that stops them.
-    pub rendered: u64,
-    /// Rows that could not be rendered.
-    pub render_failed: u64,
-    /// The largest message rendered, in bytes (DKIM signature included).
-    pub largest_message: Option<u64>,
-    /// The DKIM key in use, when configured and valid.
-    pub dkim: Option<DkimInfo>,
-    /// Findings by kind, errors first.
-    pub problems: Vec<ProblemGroup>,
-    /// Findings that are errors.
-    pub errors: u64,
-    /// Findings that are warnings.
-    pub warnings: u64,
-    /// Wall time of the check, in seconds.
-    pub elapsed_secs: f64,
-}
-
-impl CheckReport {
-    /// True when sending would be clean: no errors (warnings allowed).
-    pub fn is_clean(&self) -> bool {
-        self.errors == 0
-    }
-
-    /// The group of a kind, if anything of that kind was found.
-    pub fn group(&self, kind: ProblemKind) -> Option<&ProblemGroup> {
-        self.problems.iter().find(|g| g.kind == kind)
-    }
-
-    /// How many findings of a kind.
-    pub fn count(&self, kind: ProblemKind) -> u64 {
-        self.group(kind).map_or(0, |g| g.count)
     }
 }
 
@@ -385,7 +127,13 @@ pub fn check(c: &Campaign, opts: &CheckOptions) -> Result<CheckReport, Error> {
             };
             (Some(spec), templates)
         }
-        Err(finding) => {
+        Err(e) => {
+            let finding = match &e {
+                Error::TemplateFile { path, source } => {
+                    Finding::new(path, format!("cannot read the template: {source}"))
+                }
+                other => Finding::new(&c.file, other.to_string()),
+            };
             tally.add(ProblemKind::Config, finding);
             (None, None)
         }
@@ -397,8 +145,9 @@ pub fn check(c: &Campaign, opts: &CheckOptions) -> Result<CheckReport, Error> {
 
     let dkim = match dkim_signer(c) {
         Ok(Some(dkim)) => {
-            let from_domain = domain_of(&mailbox_address(&cfg.from));
-            if !aligned(&from_domain, dkim.domain()) {
+            // An unusable From is reported above (Config); nothing to align.
+            let from_domain = c.from_domain().unwrap_or_default();
+            if !from_domain.is_empty() && !aligned(&from_domain, dkim.domain()) {
                 tally.add(
                     ProblemKind::DkimNotAligned,
                     Finding::new(&c.file, format!(
@@ -502,16 +251,7 @@ pub fn check(c: &Campaign, opts: &CheckOptions) -> Result<CheckReport, Error> {
                             }
                         }
                         Verdict::Invalid { reason, .. } => {
-                            // Ingest checks the field count first and says so.
-                            let kind = if reason.starts_with("row has ") {
-                                ProblemKind::RaggedRow
-                            } else {
-                                ProblemKind::InvalidAddress
-                            };
-                            let message = match kind {
-                                ProblemKind::RaggedRow => reason,
-                                _ => format!("{reason}: {:?}", row.email),
-                            };
+                            let (kind, message) = invalid_row_finding(&reason, &row.email);
                             tally.add(kind, Finding { message, ..at });
                         }
                         Verdict::Duplicate { first_line } => tally.add(
@@ -650,9 +390,9 @@ impl Job<'_> {
         let at = Finding::new(self.csv, "").at(r.line);
         let parts = match templates.render_parts(self.columns, r) {
             Ok(parts) => parts,
-            Err(failure) => {
+            Err(e) => {
                 out.failed += 1;
-                let (kind, finding) = render_finding(&failure, at);
+                let (kind, finding) = render_finding(e.problem, at);
                 out.tally.add(kind, finding);
                 return;
             }
@@ -741,45 +481,6 @@ impl Job<'_> {
             );
         }
     }
-}
-
-/// Classifies a render failure. Its text starts `line N: `, which the
-/// finding carries as its line instead.
-fn render_finding(failure: &Failure, at: Finding) -> (ProblemKind, Finding) {
-    let text = failure.reply.as_str();
-    let text = match text.split_once(": ") {
-        Some((head, rest)) if head.starts_with("line ") => rest,
-        _ => text,
-    };
-    let missing = text
-        .strip_prefix("missing field `")
-        .and_then(|rest| rest.split_once('`'));
-    let kind = match failure.category {
-        Category::Template if missing.is_some() => ProblemKind::MissingField,
-        Category::Preflight if text.contains("max_line_len") => ProblemKind::LineTooLong,
-        Category::Preflight if text.contains("max_message_bytes") => ProblemKind::MessageTooLarge,
-        Category::Preflight if text.contains("max_body_bytes") => ProblemKind::MessageTooLarge,
-        Category::Preflight if text.contains("max_attachment") => ProblemKind::AttachmentTooLarge,
-        // edm-template's `PathRefusal`s say "refused: " after the value.
-        Category::Template if text.starts_with("attachment") && text.contains("): refused: ") => {
-            ProblemKind::AttachmentRefused
-        }
-        Category::Template if text.starts_with("attachment") => ProblemKind::AttachmentMissing,
-        Category::InvalidAddress => ProblemKind::InvalidAddress,
-        _ => ProblemKind::RenderFailed,
-    };
-    let finding = match missing {
-        Some((field, rest)) => Finding {
-            field: Some(field.to_owned()),
-            message: format!("missing field{rest}"),
-            ..at
-        },
-        None => Finding {
-            message: text.to_owned(),
-            ..at
-        },
-    };
-    (kind, finding)
 }
 
 /// The campaign-level checklist items that need no rendering.
@@ -880,155 +581,6 @@ fn with_attachments(c: &Campaign, t: Templates, tally: &mut Tally) -> Option<Tem
     }
 }
 
-/// Builds the message spec from `campaign.toml`, reading the template files.
-pub(crate) fn message_spec(c: &Campaign) -> Result<MessageSpec, Finding> {
-    let cfg = &c.config.campaign;
-    let read = |p: &Path| -> Result<Source, Finding> {
-        let path = c.path(p);
-        let body = std::fs::read_to_string(&path)
-            .map_err(|e| Finding::new(&path, format!("cannot read the template: {e}")))?;
-        Ok(Source {
-            name: path.display().to_string(),
-            body,
-        })
-    };
-    Ok(MessageSpec {
-        campaign: cfg.name.clone(),
-        from: cfg.from.clone(),
-        reply_to: cfg.reply_to.clone(),
-        subject: cfg.subject.clone(),
-        html: cfg.html.as_deref().map(read).transpose()?,
-        text: cfg.text.as_deref().map(read).transpose()?,
-        list_unsubscribe: cfg.list_unsubscribe.clone(),
-        limits: {
-            let l = c.config.limits.resolved();
-            Limits {
-                max_message_bytes: l.max_message_bytes,
-                max_line_len: l.max_line_len,
-            }
-        },
-    })
-}
-
-fn compile_finding(c: &Campaign, e: edm_template::Error) -> (ProblemKind, Finding) {
-    use edm_template::Error as E;
-    match e {
-        E::Template {
-            template,
-            line,
-            column,
-            reason,
-        } => {
-            // Inline templates (subject, list_unsubscribe) live in campaign.toml.
-            let (file, field) = match template.as_str() {
-                "subject" | "list_unsubscribe" => {
-                    (c.file.clone(), Some(format!("[campaign] {template}")))
-                }
-                _ => (PathBuf::from(template), None),
-            };
-            (
-                ProblemKind::TemplateSyntax,
-                Finding {
-                    file,
-                    line: line.map(|l| l as u64),
-                    column: column.map(|c| c as u64),
-                    field,
-                    message: reason,
-                },
-            )
-        }
-        E::From { .. } => (
-            ProblemKind::Config,
-            Finding::new(&c.file, e.to_string()).field("[campaign] from"),
-        ),
-        E::ReplyTo { .. } => (
-            ProblemKind::Config,
-            Finding::new(&c.file, e.to_string()).field("[campaign] reply_to"),
-        ),
-        other => (
-            ProblemKind::Config,
-            Finding::new(&c.file, other.to_string()),
-        ),
-    }
-}
-
-fn recipients_finding(e: &edm_recipients::Error) -> Finding {
-    let mut finding = Finding::new(e.path(), e.to_string());
-    finding.line = e.line();
-    // The error's text starts with the path and line: keep only the rest.
-    let prefix = match e.line() {
-        Some(line) => format!("{}: line {line}", e.path().display()),
-        None => e.path().display().to_string(),
-    };
-    if let Some(rest) = finding.message.strip_prefix(&prefix) {
-        finding.message = rest.trim_start_matches([':', ',', ' ']).to_owned();
-    }
-    if let edm_recipients::Error::InvalidUtf8 { column, field, .. } = e {
-        finding.column = Some(*column as u64);
-        finding.field = Some(field.clone());
-    }
-    finding
-}
-
-/// A CSV row as a never-attempted recipient, for rendering outside a run
-/// (check, preview, test sends): the CSV line stands in for the store's id.
-pub(crate) fn unsent(row: edm_recipients::Row) -> Recipient {
-    Recipient {
-        id: RecipientId(row.line as i64),
-        line: row.line,
-        email: row.email,
-        values: row.values,
-        attempts: 0,
-        first_attempt_at: None,
-    }
-}
-
-pub(crate) fn read_options(c: &Campaign) -> ReadOptions {
-    ReadOptions {
-        email_column: c.config.campaign.email_column.clone(),
-        delimiter: c
-            .config
-            .campaign
-            .delimiter
-            .as_ref()
-            .and_then(|d| d.bytes().next()),
-        encoding: c.config.campaign.encoding.clone(),
-    }
-}
-
-/// The campaign's DKIM signer, from the `[dkim]` section of `campaign.toml`
-/// (`selector`, `domain`, `key_file` relative to the campaign directory,
-/// `algorithm` = `rsa` (default) or `ed25519`); `None` without one.
-///
-pub fn dkim_signer(c: &Campaign) -> Result<Option<Dkim>, Error> {
-    let bad = |message: String| Error::Config {
-        file: c.file.clone(),
-        message,
-    };
-    let Some(section) = c.config.dkim.clone() else {
-        return Ok(None);
-    };
-    let algorithm = match section.algorithm.as_deref() {
-        None => DkimAlgorithm::Rsa,
-        Some(name) => DkimAlgorithm::parse(name).ok_or_else(|| {
-            bad(format!(
-                "[dkim] algorithm must be \"rsa\" or \"ed25519\", not {name:?}"
-            ))
-        })?,
-    };
-    let key_path = c.path(&section.key_file);
-    let key_pem = std::fs::read_to_string(&key_path)
-        .map_err(|e| bad(format!("[dkim] key_file {}: {e}", key_path.display())))?;
-    let dkim = Dkim::new(DkimConfig {
-        selector: section.selector,
-        domain: section.domain,
-        key_pem,
-        algorithm,
-    })
-    .map_err(|e| bad(format!("[dkim] key_file {}: {e}", key_path.display())))?;
-    Ok(Some(dkim))
-}
-
 /// An upper bound of the DKIM-Signature header's size: every signable
 /// header present, and room for a longer timestamp.
 fn signature_overhead(dkim: &Dkim) -> usize {
@@ -1040,15 +592,6 @@ fn signature_overhead(dkim: &Dkim) -> usize {
     message.push_str("\r\nbody\r\n");
     dkim.signature_header(message.as_bytes())
         .map_or(0, |h| h.len() + 16)
-}
-
-/// The bare address of `Name <address>` or `address`.
-fn mailbox_address(value: &str) -> String {
-    let value = value.trim();
-    match value.rfind('<') {
-        Some(open) => value[open + 1..].trim_end_matches('>').trim().to_owned(),
-        None => value.to_owned(),
-    }
 }
 
 /// DMARC relaxed alignment: the From domain is the DKIM domain or under it.
@@ -1069,8 +612,6 @@ mod tests {
         assert!(aligned("news.acme.example", "acme.example"));
         assert!(!aligned("acme.example", "news.acme.example"));
         assert!(!aligned("notacme.example", "acme.example"));
-        assert_eq!(mailbox_address("Acme <a@acme.example>"), "a@acme.example");
-        assert_eq!(mailbox_address(" a@acme.example "), "a@acme.example");
     }
 
     #[test]
@@ -1089,28 +630,5 @@ mod tests {
         assert_eq!(*count, 5);
         let lines: Vec<_> = examples.iter().map(|e| e.line.unwrap()).collect();
         assert_eq!(lines, [2, 5]);
-    }
-
-    #[test]
-    fn render_failures_are_classified() {
-        let at = Finding::new(Path::new("r.csv"), "").at(7);
-        let f = Failure::local(
-            edm_model::Stage::Render,
-            Category::Template,
-            "line 7: missing field `last_name` in body.html (template line 3, column 9)",
-        );
-        let (kind, finding) = render_finding(&f, at.clone());
-        assert_eq!(kind, ProblemKind::MissingField);
-        assert_eq!(finding.field.as_deref(), Some("last_name"));
-        assert_eq!(
-            finding.to_string(),
-            "r.csv:7: last_name: missing field in body.html (template line 3, column 9)"
-        );
-        let f = Failure::local(
-            edm_model::Stage::Render,
-            Category::Preflight,
-            "line 7: line 3 of the message is 2000 bytes, over the max_line_len limit of 998",
-        );
-        assert_eq!(render_finding(&f, at).0, ProblemKind::LineTooLong);
     }
 }
