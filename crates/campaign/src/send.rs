@@ -902,6 +902,12 @@ async fn feed(
     let mut claimed_total = 0u64;
     let stopping = || shared.stopping.load(Ordering::SeqCst) || writer.failure().is_some();
     loop {
+        // Registered before anything below is read, so an outcome recorded
+        // after those reads still wakes the waits (`notify_waiters` wakes
+        // only futures that exist): no lost wake-up, so no timeout to poll by.
+        let outcome = shared.outcome.notified();
+        tokio::pin!(outcome);
+        outcome.as_mut().enable();
         if stopping() {
             return FeedEnd::Stopped;
         }
@@ -924,8 +930,7 @@ async fn feed(
             let left = quota.saturating_sub(sent + in_flight);
             if left == 0 {
                 if in_flight > 0 {
-                    let notified = shared.outcome.notified();
-                    let _ = tokio::time::timeout(Duration::from_millis(200), notified).await;
+                    outcome.await;
                     continue;
                 }
                 return FeedEnd::Quota { quota };
@@ -953,8 +958,7 @@ async fn feed(
                 .unwrap_or(false);
             if busy {
                 // Outcomes still to come may schedule retries: wait for one.
-                let notified = shared.outcome.notified();
-                let _ = tokio::time::timeout(Duration::from_millis(200), notified).await;
+                outcome.await;
                 continue;
             }
             let summary = match writer.summary().await {
@@ -972,9 +976,14 @@ async fn feed(
                 return FeedEnd::Waiting { deferred, next_due };
             }
             shared.waiting.store(true, Ordering::Relaxed);
-            let wait = Duration::from_millis((next_due - now).clamp(50, 1000) as u64);
-            let notified = shared.outcome.notified();
-            let _ = tokio::time::timeout(wait, notified).await;
+            // Asleep until the next retry is due (bounded by `max_retry_wait`
+            // above), or an outcome, or a stop. The floor only guards
+            // against spinning on a row due now that the claim did not take.
+            let wait = Duration::from_millis((next_due - now).max(50) as u64);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = outcome => {}
+            }
             continue;
         }
         shared.waiting.store(false, Ordering::Relaxed);

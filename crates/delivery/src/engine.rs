@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::defaults;
+use crate::dispatcher::{Ask, Dispatcher, DomainGate, Job};
 use crate::outbound::session::{Afterwards, SmtpSettings};
 use crate::outbound::smtp::SmtpTransport;
 use crate::queue::adaptive::{Aimd, AimdSettings};
@@ -17,7 +18,7 @@ use crate::queue::rate::RateGate;
 use crate::transport::{BoxFuture, Connection, Marker, Transport};
 use edm_model::{Category, Control, DeliveryEvent, Envelope, Failure, Notice};
 use rand::Rng;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -229,24 +230,14 @@ struct Early {
 /// left to send is not a refusal of everything).
 const STREAK_FLUSH: Duration = Duration::from_secs(2);
 
-struct DomainGate {
-    rate: Option<RateGate>,
-    slots: Option<Arc<Semaphore>>,
-}
-
 struct Shared {
     cfg: DeliveryConfig,
     transport: Arc<dyn Transport>,
     gate: RateGate,
-    domains: HashMap<String, DomainGate>,
     aimd: Mutex<Aimd>,
     breaker: Mutex<Breaker>,
-    jobs: tokio::sync::Mutex<mpsc::Receiver<Envelope>>,
-    /// Envelopes taken from `jobs` whose domain was at its limit: parked here
-    /// so the worker can take another domain's envelope meanwhile (no
-    /// head-of-line blocking). At most `park_cap` of them.
-    parked: Mutex<std::collections::VecDeque<Envelope>>,
-    park_cap: usize,
+    /// Workers ask the dispatcher (the `run` loop) for their next job here.
+    want: mpsc::UnboundedSender<Ask>,
     events: mpsc::Sender<DeliveryEvent>,
     stop: watch::Sender<bool>,
     paused: watch::Sender<bool>,
@@ -270,25 +261,6 @@ struct Shared {
     /// The envelope each worker task holds, so a panicking worker's envelope
     /// goes back to pending.
     holding: Mutex<HashMap<tokio::task::Id, edm_model::RecipientId>>,
-    /// Workers waiting for the next envelope.
-    idle_workers: std::sync::atomic::AtomicUsize,
-}
-
-/// Counts a worker as waiting for work while alive (dropped when the wait
-/// ends, or when the select that holds it is cancelled).
-struct Idle<'a>(&'a std::sync::atomic::AtomicUsize);
-
-impl<'a> Idle<'a> {
-    fn new(n: &'a std::sync::atomic::AtomicUsize) -> Idle<'a> {
-        n.fetch_add(1, Ordering::SeqCst);
-        Idle(n)
-    }
-}
-
-impl Drop for Idle<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
 }
 
 impl Shared {
@@ -454,8 +426,7 @@ impl Shared {
     /// work: the feeder may be waiting for those very outcomes, so they must
     /// not be held for ever (the count toward the limit is kept). While
     /// anything is being sent, the next outcome decides instead.
-    async fn flush_stale_streak(&self, now: Instant) {
-        let all_idle = self.idle_workers.load(Ordering::SeqCst) >= self.cfg.concurrency.max(1);
+    async fn flush_stale_streak(&self, now: Instant, all_idle: bool) {
         if !all_idle {
             return;
         }
@@ -522,42 +493,6 @@ impl Shared {
         if let Ok(mut h) = self.holding.lock() {
             h.remove(&tokio::task::id());
         }
-    }
-
-    /// The domain's slot and rate token, if both are free now. `Err` means
-    /// the domain is at its limit (nothing is taken then).
-    fn try_domain(&self, env: &Envelope) -> Result<Option<OwnedSemaphorePermit>, ()> {
-        let Some(d) = self.domains.get(&env.domain) else {
-            return Ok(None);
-        };
-        let slot = match &d.slots {
-            Some(sem) => Some(sem.clone().try_acquire_owned().map_err(|_| ())?),
-            None => None,
-        };
-        if let Some(g) = &d.rate
-            && !g.try_acquire()
-        {
-            return Err(());
-        }
-        Ok(slot)
-    }
-
-    /// The first parked envelope whose domain has room now.
-    fn take_ready_parked(&self) -> Option<(Envelope, Option<OwnedSemaphorePermit>)> {
-        let mut parked = self.parked.lock().ok()?;
-        let mut found = None;
-        for (i, env) in parked.iter().enumerate() {
-            if let Ok(slot) = self.try_domain(env) {
-                found = Some((i, slot));
-                break;
-            }
-        }
-        let (i, slot) = found?;
-        parked.remove(i).map(|env| (env, slot))
-    }
-
-    fn parked_len(&self) -> usize {
-        self.parked.lock().map(|p| p.len()).unwrap_or(0)
     }
 
     /// A success anywhere closes the breaker; says so if it was open.
@@ -699,15 +634,14 @@ pub fn start_with(
         .collect();
     let (stop, _) = watch::channel(false);
     let (paused, _) = watch::channel(false);
+    let dispatcher = Dispatcher::new(domains, cfg.concurrency.max(1) * 4);
+    let (want_tx, want_rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         transport,
         gate: RateGate::new(cfg.rate, cfg.burst),
-        domains,
         aimd: Mutex::new(Aimd::new(cfg.rate, cfg.aimd.clone())),
         breaker: Mutex::new(Breaker::new(cfg.breaker_threshold, cfg.max_outage)),
-        jobs: tokio::sync::Mutex::new(jobs),
-        parked: Mutex::new(std::collections::VecDeque::new()),
-        park_cap: cfg.concurrency.max(1) * 4,
+        want: want_tx,
         events,
         stop,
         paused,
@@ -723,7 +657,6 @@ pub fn start_with(
         streak: Mutex::new(Streak::default()),
         stopped_by: Mutex::new(None),
         holding: Mutex::new(HashMap::new()),
-        idle_workers: std::sync::atomic::AtomicUsize::new(0),
         cfg,
     });
     let (control_tx, control_rx) = mpsc::unbounded_channel();
@@ -732,7 +665,9 @@ pub fn start_with(
         effective_rate: shared.cfg.rate,
         ..Default::default()
     });
-    let join = tokio::spawn(run(shared, control_rx, status_tx));
+    let join = tokio::spawn(run(
+        shared, dispatcher, jobs, want_rx, control_rx, status_tx,
+    ));
     Engine {
         control: control_tx,
         status: status_rx,
@@ -740,8 +675,18 @@ pub fn start_with(
     }
 }
 
+/// The dispatcher: the one task that owns the queue, the parked envelopes,
+/// the waiting workers and the pause, and reacts to events only: a worker
+/// asking for work, an envelope queued, a domain slot given back, the next
+/// domain-rate token or the end of a quota pause coming due (`sleep_until`
+/// that instant), a control message, a worker ending. The 250 ms tick only
+/// refreshes the status and the time-based bookkeeping (AIMD recovery, the
+/// fail-fast deadline, a stale streak); no work waits for it.
 async fn run(
     shared: Arc<Shared>,
+    mut disp: Dispatcher,
+    mut jobs: mpsc::Receiver<Envelope>,
+    mut want: mpsc::UnboundedReceiver<Ask>,
     mut control: mpsc::UnboundedReceiver<Control>,
     status: watch::Sender<EngineStatus>,
 ) -> EngineEnd {
@@ -749,8 +694,19 @@ async fn run(
     for id in 0..shared.cfg.concurrency.max(1) {
         workers.spawn(worker(id, shared.clone()));
     }
+    let freed = disp.freed();
+    let mut stop = shared.stop.subscribe();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
+    // The queue is closed and empty.
+    let mut queue_open = true;
+    // No more work is handed out (stopping, or everything handed out): the
+    // workers' asks are dropped, so they end after what they hold.
+    let mut ending = false;
     loop {
+        let quota_until = shared.paused_until.lock().ok().and_then(|p| *p);
+        let paused = *shared.paused.borrow() || quota_until.is_some();
+        let take = !ending && !paused && queue_open && disp.wants_more();
+        let rate_due = disp.rate_due().filter(|_| !ending && !paused);
         tokio::select! {
             done = workers.join_next_with_id() => {
                 match done {
@@ -778,42 +734,76 @@ async fn run(
                 }
             }
             Some(c) = control.recv() => handle_control(&shared, c).await,
+            Some(ask) = want.recv() => {
+                if !ending {
+                    disp.want(ask);
+                }
+                // Else dropped: that worker ends.
+            }
+            env = jobs.recv(), if take => match env {
+                Some(env) => disp.offer(env),
+                None => queue_open = false,
+            },
+            _ = freed.notified() => {}
+            _ = tokio::time::sleep_until(rate_due.unwrap_or_else(Instant::now)), if rate_due.is_some() => {}
+            _ = tokio::time::sleep_until(quota_until.unwrap_or_else(Instant::now)), if quota_until.is_some() => {
+                let over = shared
+                    .paused_until
+                    .lock()
+                    .ok()
+                    .and_then(|mut p| p.take_if(|until| *until <= Instant::now()))
+                    .is_some();
+                if over {
+                    shared.emit(DeliveryEvent::Notice(Notice::Resumed)).await;
+                }
+            }
+            _ = stopped(&mut stop), if !ending => {
+                ending = true;
+                disp.release_waiters();
+            }
             _ = tick.tick() => {
                 let now = Instant::now();
                 let change = shared.aimd.lock().ok().and_then(|mut a| a.on_tick(now));
                 if let Some(to) = change {
                     shared.set_effective(to, "recovering after a quiet period").await;
                 }
-                let quota_over = shared
-                    .paused_until
-                    .lock()
-                    .ok()
-                    .and_then(|mut p| p.take_if(|until| *until <= now))
-                    .is_some();
-                if quota_over {
-                    shared.emit(DeliveryEvent::Notice(Notice::Resumed)).await;
-                }
                 shared.early_deadline(now);
-                shared.flush_stale_streak(now).await;
+                let all_idle = disp.idle() >= shared.cfg.concurrency.max(1);
+                shared.flush_stale_streak(now, all_idle).await;
                 let _ = status.send(snapshot(&shared));
             }
+        }
+        if ending {
+            continue;
+        }
+        // A worker may have stopped the run (fail fast, a refusal of
+        // everything) since the stop branch was last polled: hand out nothing
+        // more.
+        if shared.stopping() || (!queue_open && disp.parked_is_empty()) {
+            // Stopping, or everything was handed out.
+            ending = true;
+            disp.release_waiters();
+            continue;
+        }
+        let paused = *shared.paused.borrow()
+            || shared
+                .paused_until
+                .lock()
+                .map(|p| p.is_some())
+                .unwrap_or(false);
+        if !paused {
+            disp.pump();
         }
     }
     let _ = status.send(snapshot(&shared));
     // Refusals still held back did not stop the run: report them.
     shared.break_streak().await;
     // Whatever is still queued was never attempted: hand it back.
-    let mut jobs = shared.jobs.lock().await;
     jobs.close();
     while let Ok(env) = jobs.try_recv() {
         shared.emit(DeliveryEvent::Returned { id: env.id }).await;
     }
-    let parked: Vec<Envelope> = shared
-        .parked
-        .lock()
-        .map(|mut p| p.drain(..).collect())
-        .unwrap_or_default();
-    for env in parked {
+    for env in disp.drain_parked() {
         shared.emit(DeliveryEvent::Returned { id: env.id }).await;
     }
     let end = shared.end.lock().ok().and_then(|mut e| e.take());
@@ -887,81 +877,12 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
     }
 }
 
-/// Waits while paused. Returns false when stopping.
-async fn wait_while_paused(shared: &Shared) -> bool {
-    let mut stop = shared.stop.subscribe();
-    let mut paused = shared.paused.subscribe();
-    loop {
-        if *stop.borrow() {
-            return false;
-        }
-        let until = shared.paused_until.lock().ok().and_then(|p| *p);
-        if let Some(until) = until {
-            tokio::select! {
-                _ = tokio::time::sleep_until(until) => {}
-                _ = stop.changed() => {}
-            }
-            continue;
-        }
-        if !*paused.borrow_and_update() {
-            return true;
-        }
-        tokio::select! {
-            _ = paused.changed() => {}
-            _ = stop.changed() => {}
-        }
-    }
-}
-
-/// The next envelope this worker may send, with its domain slot: a parked one
-/// whose domain has room, else one from the queue (parked if its domain is at
-/// its limit). `None` when stopping, or when the queue is closed and empty and
-/// nothing is parked.
-async fn next_job(
-    shared: &Shared,
-    stop: &mut watch::Receiver<bool>,
-) -> Option<(Envelope, Option<OwnedSemaphorePermit>)> {
-    const POLL: Duration = Duration::from_millis(5);
-    loop {
-        if *stop.borrow() {
-            return None;
-        }
-        if let Some(job) = shared.take_ready_parked() {
-            return Some(job);
-        }
-        let parked = shared.parked_len();
-        if parked >= shared.park_cap {
-            // Enough waiting already: do not claim more from the queue.
-            tokio::select! {
-                _ = tokio::time::sleep(POLL) => continue,
-                _ = stopped(stop) => return None,
-            }
-        }
-        let env = tokio::select! {
-            biased;
-            _ = stopped(stop) => return None,
-            env = async {
-                let _idle = Idle::new(&shared.idle_workers);
-                shared.jobs.lock().await.recv().await
-            } => env,
-            _ = tokio::time::sleep(POLL), if parked > 0 => continue,
-        };
-        let Some(env) = env else {
-            if parked == 0 {
-                return None;
-            }
-            tokio::time::sleep(POLL).await;
-            continue;
-        };
-        match shared.try_domain(&env) {
-            Ok(slot) => return Some((env, slot)),
-            Err(()) => {
-                if let Ok(mut p) = shared.parked.lock() {
-                    p.push_back(env);
-                }
-            }
-        }
-    }
+/// The next job from the dispatcher; `None` when there is no more work for
+/// this worker (the queue is drained or the run stops).
+async fn next_job(shared: &Shared) -> Option<Job> {
+    let (ask, answer) = oneshot::channel();
+    shared.want.send(ask).ok()?;
+    answer.await.ok()
 }
 
 async fn worker(id: usize, shared: Arc<Shared>) {
@@ -969,10 +890,7 @@ async fn worker(id: usize, shared: Arc<Shared>) {
     let mut stop = shared.stop.subscribe();
     let mut reconnects = 0u32;
     'jobs: loop {
-        if !wait_while_paused(&shared).await {
-            break;
-        }
-        let Some((env, _slot)) = next_job(&shared, &mut stop).await else {
+        let Some((env, _slot)) = next_job(&shared).await else {
             break;
         };
         shared.hold(env.id);

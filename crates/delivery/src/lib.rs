@@ -3,6 +3,10 @@
 //! # Layout
 //! - [`engine`]: workers with long-lived SMTP sessions, pause/stop, the
 //!   shared rate gate and breaker. Start with [`start`].
+//! - `dispatcher`: the state of the one task that hands out work: envelopes
+//!   parked while their domain is at its limit, workers waiting for a job.
+//!   It is woken by events (a worker asking, a domain slot given back, a
+//!   rate token or a quota pause coming due), never by a polling sleep.
 //! - [`transport`]: the seam: a [`Transport`] opens [`Connection`]s that
 //!   send one envelope at a time. SMTP ([`SmtpTransport`]) is the first.
 //! - `outbound/`: one SMTP session driven step by step ([`Session`]) and the
@@ -23,6 +27,7 @@
 #![deny(missing_docs)]
 
 pub mod defaults;
+mod dispatcher;
 pub mod engine;
 mod outbound;
 mod queue;

@@ -93,6 +93,21 @@ impl RateGate {
         limiter.is_none_or(|l| l.check().is_ok())
     }
 
+    /// Takes a slot if one is free right now; otherwise says how long until
+    /// the next one is (the dispatcher sleeps exactly that long, no polling).
+    pub fn try_acquire_or_wait(&self) -> Result<(), Duration> {
+        let limiter = match self.current.read() {
+            Ok(g) => g.1.clone(),
+            Err(_) => None,
+        };
+        match limiter {
+            None => Ok(()),
+            Some(l) => l
+                .check()
+                .map_err(|not_until| not_until.wait_time_from(self.clock.now())),
+        }
+    }
+
     /// Waits until one message may start.
     pub async fn acquire(&self) {
         loop {
