@@ -107,6 +107,7 @@ impl Connection for StubConn {
                     code: 250,
                     enhanced: None,
                     text: "ok".into(),
+                    provider_message_id: None,
                 }),
             }
         })
