@@ -42,6 +42,29 @@ pub struct IngestPass {
     pub complete: bool,
 }
 
+/// The generation of a new ingest pass: 0 for the first, then one past the
+/// highest seen in the rows or recorded in the metadata (a pass may have
+/// stored nothing before it was interrupted). Shared by every implementation
+/// of [`crate::CampaignStore`] so that they number passes alike.
+pub(crate) fn next_generation(max_row: Option<i64>, max_meta: Option<i64>) -> i64 {
+    match (max_row, max_meta) {
+        (None, None) => 0,
+        (a, b) => a.max(b).unwrap_or(0) + 1,
+    }
+}
+
+/// The metadata a new pass starts with: its generation and source, an empty
+/// checkpoint, and the pass marked open until [`Store::finish_ingest`].
+pub(crate) fn pass_meta(generation: i64, source: &str) -> [(&'static str, String); 5] {
+    [
+        ("ingest.generation", generation.to_string()),
+        ("ingest.source", source.to_string()),
+        ("ingest.after", "0".into()),
+        ("ingest.rows", "0".into()),
+        ("ingest.open", "1".into()),
+    ]
+}
+
 impl Store {
     /// The latest ingest pass, open or complete; `None` when none was begun
     /// (a new store, or one written by a build without passes).
@@ -82,17 +105,8 @@ impl Store {
             .optional()
             .at(&path)?
             .and_then(|v| v.parse().ok());
-        let generation = match (max_row, max_meta) {
-            (None, None) => 0,
-            (a, b) => a.max(b).unwrap_or(0) + 1,
-        };
-        for (key, value) in [
-            ("ingest.generation", generation.to_string()),
-            ("ingest.source", source.to_string()),
-            ("ingest.after", "0".into()),
-            ("ingest.rows", "0".into()),
-            ("ingest.open", "1".into()),
-        ] {
+        let generation = next_generation(max_row, max_meta);
+        for (key, value) in pass_meta(generation, source) {
             set_meta(&tx, &path, key, &value)?;
         }
         tx.commit().at(&path)?;

@@ -178,17 +178,8 @@ impl CampaignStore for MemoryStore {
             .meta
             .get("ingest.generation")
             .and_then(|v| v.parse().ok());
-        let generation = match (max_row, max_meta) {
-            (None, None) => 0,
-            (a, b) => a.max(b).unwrap_or(0) + 1,
-        };
-        for (key, value) in [
-            ("ingest.generation", generation.to_string()),
-            ("ingest.source", source.to_string()),
-            ("ingest.after", "0".into()),
-            ("ingest.rows", "0".into()),
-            ("ingest.open", "1".into()),
-        ] {
+        let generation = crate::ingest::next_generation(max_row, max_meta);
+        for (key, value) in crate::ingest::pass_meta(generation, source) {
             self.meta.insert(key.to_string(), value);
         }
         Ok(IngestPass {
