@@ -173,10 +173,16 @@ fn sender_refused_stops_with_its_category() {
     let out = c.send(&[]);
     assert_eq!(code(&out), 2);
     let rows = c.rows();
-    let r = &rows["s0@example.com"];
-    assert_eq!(r["status"], "pending");
-    assert_eq!(r["category"], "sender_refused");
-    assert_eq!(r["stage"], "mail_from");
+    // The run stops at the first identical refusals, so which recipients were
+    // tried before it stopped depends on the workers' timing: every row is
+    // pending, and every one that was tried keeps the category and stage.
+    assert!(rows.values().all(|r| r["status"] == "pending"), "{rows:?}");
+    let tried: Vec<_> = rows.values().filter(|r| !r["category"].is_null()).collect();
+    assert!(!tried.is_empty(), "{rows:?}");
+    for r in tried {
+        assert_eq!(r["category"], "sender_refused");
+        assert_eq!(r["stage"], "mail_from");
+    }
 }
 
 /// Authentication refused: the run stops at once, exit 2, nobody failed.
