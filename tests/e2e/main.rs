@@ -20,6 +20,7 @@
 //!   CR/LF (SMTP smuggling), no password in clear (issue 9).
 //! - `promises`: fail fast, stop on refusals that hit every message, in doubt.
 //! - `ses`: Amazon SES v2 through moto's server (issue 12).
+//! - `resend`: Resend through tests/servers/resend_server.py (issue 12).
 
 mod harness;
 
@@ -30,6 +31,7 @@ mod ingest;
 mod postfix;
 mod preflight;
 mod promises;
+mod resend;
 mod send;
 mod ses;
 mod suppress;

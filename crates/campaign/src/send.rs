@@ -16,8 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use edm_delivery::{
-    Credentials, DeliveryConfig, DomainLimit, EngineEnd, RetryPolicy, Security, SesSettings,
-    SesTransport, SmtpSettings, SmtpTransport, Transport, Verdict,
+    ApiKey, Credentials, DeliveryConfig, DomainLimit, EngineEnd, ResendSettings, ResendTransport,
+    RetryPolicy, Security, SesSettings, SesTransport, SmtpSettings, SmtpTransport, Transport,
+    Verdict,
 };
 use edm_model::{
     Control, DeliveryEvent, DomainCounts, EventLine, Failure, Notice, Progress, RecipientId,
@@ -349,6 +350,22 @@ pub(crate) fn transport(c: &Campaign, cfg: &DeliveryConfig) -> Result<Arc<dyn Tr
             .map_err(|e| bad(format!("{key}: {e}")))?;
             Ok(Arc::new(t))
         }
+        (RelayKind::Resend, _) => {
+            let key = format!("[[relay]] {:?}", c.relay_name());
+            let s = c
+                .resend()
+                .ok_or_else(|| bad(format!("{key}: the relay's keys do not read")))?;
+            let api_key = c.resend_api_key(&s)?;
+            let t = ResendTransport::new(ResendSettings {
+                endpoint: s.endpoint,
+                api_key: ApiKey::new(api_key),
+                campaign: c.config.campaign.name.clone(),
+                connect_timeout: s.connect_timeout,
+                request_timeout: s.request_timeout,
+            })
+            .map_err(|e| bad(format!("{key}: {e}")))?;
+            Ok(Arc::new(t))
+        }
         _ => {
             let t = SmtpTransport::new(cfg.smtp.clone()).map_err(edm_delivery::Error::Tls)?;
             Ok(Arc::new(t))
@@ -463,6 +480,16 @@ pub async fn start_send(campaign: Campaign, opts: SendOptions) -> Result<Run, Er
             })
             .unwrap_or(0);
         ses_quota(&campaign, &mut dcfg, unsent, opts.rate.is_some()).await;
+    }
+    if campaign.relay_kind() == RelayKind::Resend && opts.rate.is_none() && dcfg.rate.is_none() {
+        // Resend's provider profile: its documented default of 2 requests
+        // per second per team (resend.com/changelog/api-rate-limit); write
+        // a `rate` when Resend raised yours.
+        tracing::info!(
+            rate = edm_delivery::RESEND_DEFAULT_RATE,
+            "rate: Resend's default request rate"
+        );
+        dcfg.rate = Some(edm_delivery::RESEND_DEFAULT_RATE);
     }
     let mut progress = Progress {
         campaign: campaign.config.campaign.name.clone(),
