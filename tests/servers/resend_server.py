@@ -102,8 +102,12 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("content-length", str(len(data)))
         for k, v in (extra or {}).items():
             self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(data)
+        try:
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            # The client died (the crash tests kill edm mid-request).
+            self.close_connection = True
 
     def ratelimit(self):
         """The window's headers, and whether this request is over the rate."""
