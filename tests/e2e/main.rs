@@ -21,6 +21,7 @@
 //! - `promises`: fail fast, stop on refusals that hit every message, in doubt.
 //! - `ses`: Amazon SES v2 through moto's server (issue 12).
 //! - `resend`: Resend through tests/servers/resend_server.py (issue 12).
+//! - `new`: `edm new` skeletons pass `edm check` (issue 12).
 
 mod harness;
 
@@ -28,6 +29,7 @@ mod crash;
 mod failures;
 mod files;
 mod ingest;
+mod new;
 mod postfix;
 mod preflight;
 mod promises;
