@@ -22,9 +22,12 @@
 //! - `ses`: Amazon SES v2 through moto's server (issue 12).
 //! - `resend`: Resend through tests/servers/resend_server.py (issue 12).
 //! - `new`: `edm new` skeletons pass `edm check` (issue 12).
+//! - `check_online`: `edm check --online` against the sink, moto and the
+//!   Resend test server (issue 12).
 
 mod harness;
 
+mod check_online;
 mod crash;
 mod failures;
 mod files;

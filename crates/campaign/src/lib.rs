@@ -51,7 +51,8 @@ mod writer;
 use std::path::PathBuf;
 
 pub use check::{
-    CheckOptions, CheckReport, DkimInfo, Finding, ProblemGroup, ProblemKind, Severity, check,
+    CheckOptions, CheckReport, DkimInfo, Finding, ProblemGroup, ProblemKind, RelayCheck, Severity,
+    check, check_online, online_human,
 };
 pub use config::{
     Campaign, Config, DurabilityName, LimitsSection, MAX_CONCURRENCY, MAX_RETRY_WAIT, MIN_RATE,
