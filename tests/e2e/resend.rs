@@ -404,3 +404,30 @@ fn sigkill_mid_run_then_resume_delivers_everyone_once() {
     let rows = c.rows();
     assert!(rows.values().all(|r| r["status"] == "sent"), "{rows:?}");
 }
+
+#[test]
+fn test_to_goes_through_resend_and_names_the_relay() {
+    let server = ResendServer::start(
+        &["--domain", "acme.example=verified"],
+        serde_json::json!([]),
+    );
+    let c = resend_campaign(&server, addresses("s", 3));
+    let out = c.edm_env("send", &["--test-to", "me@acme.example"], ENV);
+    assert_eq!(code(&out), 0);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("via relay \"resend-test\""), "{stdout}");
+    let got = server.deliveries();
+    assert_eq!(got.get("me@acme.example"), Some(&3), "{got:?}");
+    for d in server.kind("delivery") {
+        let key = d["key"].as_str().unwrap();
+        // A test copy's Message-ID (and so its key) is not the recipient's:
+        // the real send later is not taken for a replay of the test.
+        assert!(key.contains(".test@"), "{key}");
+        assert!(
+            d["email"]["subject"]
+                .as_str()
+                .unwrap()
+                .starts_with("[TEST]")
+        );
+    }
+}
