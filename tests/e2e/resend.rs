@@ -431,3 +431,30 @@ fn test_to_goes_through_resend_and_names_the_relay() {
         );
     }
 }
+
+/// Same key, another body "should never happen"; if Resend says so, a first
+/// request went through: sent, flagged in doubt in the reply, never failed.
+#[test]
+fn invalid_idempotent_request_is_recorded_sent_never_failed() {
+    let emails = addresses("i", 3);
+    let server = ResendServer::start(
+        &["--domain", "acme.example=verified"],
+        serde_json::json!([{"to": emails[1], "status": 409, "name": "invalid_idempotent_request",
+                            "message": "Same idempotency key used with a different request payload."}]),
+    );
+    let c = resend_campaign(&server, emails.clone());
+    let out = c.edm_env("send", &["--no-tui"], ENV);
+    assert_eq!(code(&out), 0);
+    let rows = c.rows();
+    let r = &rows[&emails[1]];
+    assert_eq!(r["status"], "sent", "{r}");
+    assert!(
+        r["reply"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("in doubt:"),
+        "{r}"
+    );
+    assert_eq!(server.requests_for(&emails[1]).len(), 1, "never resent");
+    assert_eq!(c.status()["failed"], 0);
+}
