@@ -420,6 +420,15 @@ async fn ses_quota(c: &Campaign, cfg: &mut DeliveryConfig, unsent: u64, rate_giv
     }
 }
 
+/// The provider profile's rate when none is written (`[delivery]`, the
+/// relay's, `--rate`): Resend's documented default of 2 requests per second
+/// per team (resend.com/changelog/api-rate-limit). SES reads its own from
+/// the account (`ses_quota`).
+fn provider_default_rate(kind: RelayKind, rate_given: bool, rate: Option<f64>) -> Option<f64> {
+    (kind == RelayKind::Resend && !rate_given && rate.is_none())
+        .then_some(edm_delivery::RESEND_DEFAULT_RATE)
+}
+
 fn retry_policy(c: &Campaign) -> RetryPolicy {
     let d = &c.config.delivery;
     RetryPolicy {
@@ -481,15 +490,10 @@ pub async fn start_send(campaign: Campaign, opts: SendOptions) -> Result<Run, Er
             .unwrap_or(0);
         ses_quota(&campaign, &mut dcfg, unsent, opts.rate.is_some()).await;
     }
-    if campaign.relay_kind() == RelayKind::Resend && opts.rate.is_none() && dcfg.rate.is_none() {
-        // Resend's provider profile: its documented default of 2 requests
-        // per second per team (resend.com/changelog/api-rate-limit); write
-        // a `rate` when Resend raised yours.
-        tracing::info!(
-            rate = edm_delivery::RESEND_DEFAULT_RATE,
-            "rate: Resend's default request rate"
-        );
-        dcfg.rate = Some(edm_delivery::RESEND_DEFAULT_RATE);
+    if let Some(rate) = provider_default_rate(campaign.relay_kind(), opts.rate.is_some(), dcfg.rate)
+    {
+        tracing::info!(rate, "rate: Resend's default request rate");
+        dcfg.rate = Some(rate);
     }
     let mut progress = Progress {
         campaign: campaign.config.campaign.name.clone(),
@@ -1164,6 +1168,22 @@ mod tests {
             retried: 0,
             state: PathBuf::new(),
         }
+    }
+
+    #[test]
+    fn resend_runs_at_its_documented_default_unless_a_rate_is_written() {
+        assert_eq!(
+            provider_default_rate(RelayKind::Resend, false, None),
+            Some(2.0)
+        );
+        assert_eq!(
+            provider_default_rate(RelayKind::Resend, false, Some(5.0)),
+            None
+        );
+        // `--rate 0` (unlimited) is a rate written.
+        assert_eq!(provider_default_rate(RelayKind::Resend, true, None), None);
+        assert_eq!(provider_default_rate(RelayKind::Smtp, false, None), None);
+        assert_eq!(provider_default_rate(RelayKind::Ses, false, None), None);
     }
 
     #[test]
