@@ -463,3 +463,41 @@ fn invalid_idempotent_request_is_recorded_sent_never_failed() {
     assert_eq!(server.requests_for(&emails[1]).len(), 1, "never resent");
     assert_eq!(c.status()["failed"], 0);
 }
+
+/// A request that times out after it was sent is in doubt, and resent in
+/// the same run (`--in-doubt resend`): the resend carries the same key and
+/// body, so Resend answers 409 concurrent_idempotent_requests while the
+/// first is still in progress (retried), then replays the first response.
+/// One delivery.
+#[test]
+fn a_timeout_in_doubt_is_resent_and_replayed_not_delivered_twice() {
+    let emails = addresses("w", 3);
+    let server = ResendServer::start(
+        &["--domain", "acme.example=verified"],
+        serde_json::json!([{"to": emails[0], "delay_ms": 1500, "times": 1}]),
+    );
+    let c = TestCampaign::new(Spec {
+        delivery: "rate = 100",
+        ..Spec::new(emails.clone(), 1)
+    });
+    c.replace_smtp(&relay(&server).replace("request_timeout = \"5s\"", "request_timeout = \"1s\""));
+    let out = c.edm_env("send", &["--no-tui"], ENV);
+    assert_eq!(code(&out), 0);
+    let rows = c.rows();
+    assert_eq!(rows[&emails[0]]["status"], "sent", "{}", rows[&emails[0]]);
+    assert_eq!(rows[&emails[0]]["in_doubt"], true, "{}", rows[&emails[0]]);
+    assert_eq!(server.deliveries()[&emails[0]], 1, "delivered once");
+    let reqs = server.requests_for(&emails[0]);
+    assert!(reqs.len() >= 2, "{reqs:?}");
+    assert!(
+        reqs.iter().any(|r| r["replayed"] == true),
+        "the resend got the first response back: {reqs:?}"
+    );
+    // The id edm kept is the one of the only delivery.
+    let delivery = server
+        .kind("delivery")
+        .into_iter()
+        .find(|d| d["to"] == emails[0].as_str())
+        .unwrap();
+    assert_eq!(rows[&emails[0]]["provider_message_id"], delivery["id"]);
+}
