@@ -501,3 +501,41 @@ fn a_timeout_in_doubt_is_resent_and_replayed_not_delivered_twice() {
         .unwrap();
     assert_eq!(rows[&emails[0]]["provider_message_id"], delivery["id"]);
 }
+
+#[test]
+fn attachments_go_as_base64_content_with_their_filename() {
+    let server = ResendServer::start(
+        &["--domain", "acme.example=verified"],
+        serde_json::json!([]),
+    );
+    let c = resend_campaign(&server, addresses("a", 2));
+    std::fs::create_dir_all(c.path().join("files")).unwrap();
+    let pdf: Vec<u8> = (0..=255u8).cycle().take(5000).collect();
+    std::fs::write(c.path().join("files/terms.pdf"), &pdf).unwrap();
+    let file = c.path().join("campaign.toml");
+    let toml = std::fs::read_to_string(&file).unwrap().replace(
+        "recipients = \"recipients.csv\"",
+        "recipients = \"recipients.csv\"\nattachments = [\"files/terms.pdf\"]",
+    );
+    std::fs::write(&file, toml).unwrap();
+    let out = c.edm_env("send", &["--no-tui"], ENV);
+    assert_eq!(code(&out), 0);
+    let deliveries = server.kind("delivery");
+    assert_eq!(deliveries.len(), 2);
+    for d in deliveries {
+        let a = &d["email"]["attachments"];
+        assert_eq!(a.as_array().map(Vec::len), Some(1), "{a}");
+        assert_eq!(a[0]["filename"], "terms.pdf");
+        assert_eq!(a[0]["content_type"], "application/pdf");
+        let decoded = Command::new("python3")
+            .args([
+                "-c",
+                "import sys, base64; sys.stdout.buffer.write(base64.b64decode(sys.argv[1]))",
+                a[0]["content"].as_str().unwrap(),
+            ])
+            .output()
+            .unwrap()
+            .stdout;
+        assert_eq!(decoded, pdf, "the file's bytes, whole");
+    }
+}
