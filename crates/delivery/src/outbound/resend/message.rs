@@ -201,6 +201,7 @@ mod tests {
         format!(
             "From: \"Acme, Inc.\" <news@acme.example>\r\n\
 To: a@example.com\r\n\
+Reply-To: Help Desk <help@acme.example>\r\n\
 Subject: =?utf-8?q?Hello_J=C3=B6rg?=\r\n\
 Date: {date}\r\n\
 Message-ID: <m1@acme.example>\r\n\
@@ -255,6 +256,7 @@ JVBERi0=\r\n\
         assert_eq!(m.from, "\"Acme, Inc.\" <news@acme.example>");
         assert_eq!(m.to, vec!["a@example.com".to_string()]);
         assert_eq!(m.subject, "Hello Jörg");
+        assert_eq!(m.reply_to.as_deref(), Some("Help Desk <help@acme.example>"));
         assert_eq!(m.text.as_deref().map(str::trim_end), Some("Hi Jörg"));
         assert_eq!(m.html.as_deref().map(str::trim_end), Some("<p>Hi Jörg</p>"));
         let names: Vec<&str> = m.headers.keys().map(String::as_str).collect();
