@@ -6,6 +6,10 @@
 //! or deleted when `delete` is set, and the others are left where they are
 //! (one mailbox may serve several campaigns).
 
+mod imap;
+mod net;
+mod pop3;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -23,6 +27,10 @@ pub enum Security {
     Tls,
     /// STARTTLS (IMAP) or STLS (POP3) before authenticating.
     Starttls,
+    /// No TLS at all (`security = "none"`): the password crosses the network
+    /// in clear, so it is refused unless the host is loopback or
+    /// `allow_plaintext_auth` is set, the rule `[smtp]` follows.
+    Plain,
 }
 
 /// Where the mailbox is and how to log in. The password is the secret itself
@@ -45,6 +53,8 @@ pub struct MailboxConfig {
     pub ca_file: Option<PathBuf>,
     /// Timeout of every network step.
     pub timeout: Duration,
+    /// Allow [`Security::Plain`] to a host that is not loopback.
+    pub allow_plaintext_auth: bool,
 }
 
 impl std::fmt::Debug for MailboxConfig {
@@ -61,6 +71,7 @@ impl std::fmt::Debug for MailboxConfig {
             .field("delete", &self.delete)
             .field("ca_file", &self.ca_file)
             .field("timeout", &self.timeout)
+            .field("allow_plaintext_auth", &self.allow_plaintext_auth)
             .finish()
     }
 }
@@ -93,19 +104,88 @@ pub enum MailboxError {
     },
     #[error("{0}")]
     Other(String),
+    /// The server did not answer one step in time.
+    #[error("{server}: no answer within {secs}s while {step}")]
+    Timeout {
+        server: String,
+        step: String,
+        secs: u64,
+    },
+    /// The TLS handshake failed (for example a certificate no trusted CA
+    /// signed: set `ca_file`).
+    #[error("{server}: TLS failed: {reason}")]
+    Tls { server: String, reason: String },
+    /// The server refused the username or password.
+    #[error("{server}: login refused for {username}: {reason}")]
+    Auth {
+        server: String,
+        username: String,
+        reason: String,
+    },
+    /// The server answered something unexpected, or refused a command.
+    #[error("{server}: {reason}")]
+    Protocol { server: String, reason: String },
+    /// The configuration cannot be used as it is.
+    #[error("{0}")]
+    Config(String),
 }
 
 /// Reads every message of the folder, hands each to `handle`, and disposes
 /// of it as answered.
 ///
-/// Scaffold: the IMAP and POP3 clients are being written.
+/// IMAP reads with `BODY.PEEK[]`, so a message left alone is not even marked
+/// `\Seen`; POP3 deletes only with `delete` and otherwise leaves everything
+/// (re-reading must then apply nothing twice: that is the caller's job, by
+/// message identity). Every network step is bounded by `cfg.timeout`; no
+/// error or log line carries the password.
 pub async fn process<F>(cfg: &MailboxConfig, handle: F) -> Result<Summary, MailboxError>
 where
     F: FnMut(&[u8]) -> Disposition + Send,
 {
-    let _ = handle;
-    Err(MailboxError::Other(format!(
-        "reading a {:?} mailbox is not built yet",
-        cfg.kind
-    )))
+    check(cfg)?;
+    let r = match cfg.kind {
+        Kind::Imap => imap::process(cfg, handle).await,
+        Kind::Pop3 => pop3::process(cfg, handle).await,
+    };
+    // Belt and braces: a server that echoes what it was sent must not put
+    // the password into an error the caller prints.
+    r.map_err(|e| net::redact(e, &cfg.password))
+}
+
+/// Refuses what would leak the password or cannot be said to the server.
+fn check(cfg: &MailboxConfig) -> Result<(), MailboxError> {
+    if cfg.security == Security::Plain && !cfg.allow_plaintext_auth && !net::is_loopback(&cfg.host)
+    {
+        return Err(MailboxError::Config(format!(
+            "refusing to send the mailbox password to {} without TLS: set security = \"tls\" or \"starttls\", or allow_plaintext_auth = true in [bounces]",
+            cfg.host
+        )));
+    }
+    // A CR or LF would end the command early and let the rest be read as
+    // another command (RFC 9051 §4.3 strings, RFC 1939 §3 lines).
+    for (field, value) in [
+        ("username", &cfg.username),
+        ("password", &cfg.password),
+        ("folder", &cfg.folder),
+        ("processed_folder", &cfg.processed_folder),
+    ] {
+        if value.contains(['\r', '\n', '\0']) {
+            return Err(MailboxError::Config(format!(
+                "[bounces] {field} contains a line break or NUL"
+            )));
+        }
+    }
+    // Non-ASCII folder names need modified UTF-7 (RFC 3501 §5.1.3), which
+    // this client does not encode: refuse rather than open the wrong one.
+    for (field, value) in [
+        ("folder", &cfg.folder),
+        ("processed_folder", &cfg.processed_folder),
+    ] {
+        if cfg.kind == Kind::Imap && !value.is_ascii() {
+            return Err(MailboxError::Config(format!(
+                "[bounces] {field} = {value:?}: only ASCII folder names are supported"
+            )));
+        }
+    }
+    Ok(())
 }
