@@ -33,6 +33,49 @@ pub enum Security {
     Plain,
 }
 
+impl std::str::FromStr for Kind {
+    type Err = String;
+    /// `[bounces] kind`: `imap` or `pop3`.
+    fn from_str(s: &str) -> Result<Kind, String> {
+        match s {
+            "imap" => Ok(Kind::Imap),
+            "pop3" => Ok(Kind::Pop3),
+            _ => Err(format!(
+                "{s:?} is not a mailbox kind: use \"imap\" or \"pop3\""
+            )),
+        }
+    }
+}
+
+impl std::str::FromStr for Security {
+    type Err = String;
+    /// `[bounces] security`: `tls`, `starttls` or `none`.
+    fn from_str(s: &str) -> Result<Security, String> {
+        match s {
+            "tls" => Ok(Security::Tls),
+            "starttls" => Ok(Security::Starttls),
+            "none" => Ok(Security::Plain),
+            _ => Err(format!(
+                "{s:?} is not a security: use \"tls\", \"starttls\" or \"none\""
+            )),
+        }
+    }
+}
+
+/// The port when `[bounces] port` is not given: IMAPS 993 and POP3S 995
+/// for TLS (RFC 8314 §7.3), 143 and 110 for STARTTLS/STLS and none.
+pub fn default_port(kind: Kind, security: Security) -> u16 {
+    match (kind, security) {
+        (Kind::Imap, Security::Tls) => 993,
+        (Kind::Imap, _) => 143,
+        (Kind::Pop3, Security::Tls) => 995,
+        (Kind::Pop3, _) => 110,
+    }
+}
+
+/// `[bounces] timeout` when not given: each network step, not the pass.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Where the mailbox is and how to log in. The password is the secret itself
 /// (read by the caller from `password_env`); it is never logged.
 #[derive(Clone)]
@@ -188,4 +231,61 @@ fn check(cfg: &MailboxConfig) -> Result<(), MailboxError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> MailboxConfig {
+        MailboxConfig {
+            kind: Kind::Imap,
+            host: "imap.example.com".into(),
+            port: 993,
+            security: Security::Tls,
+            username: "u".into(),
+            password: "p".into(),
+            folder: "INBOX".into(),
+            processed_folder: "processed".into(),
+            delete: false,
+            ca_file: None,
+            timeout: DEFAULT_TIMEOUT,
+            allow_plaintext_auth: false,
+        }
+    }
+
+    #[test]
+    fn config_words_parse() {
+        assert_eq!("pop3".parse::<Kind>(), Ok(Kind::Pop3));
+        assert_eq!("none".parse::<Security>(), Ok(Security::Plain));
+        assert!("imaps".parse::<Kind>().unwrap_err().contains("\"imap\""));
+        assert!("ssl".parse::<Security>().is_err());
+        assert_eq!(default_port(Kind::Imap, Security::Tls), 993);
+        assert_eq!(default_port(Kind::Pop3, Security::Starttls), 110);
+    }
+
+    #[test]
+    fn what_cannot_be_said_safely_is_refused_before_connecting() {
+        let mut c = cfg();
+        c.username = "u\r\nA1 DELETE INBOX".into();
+        assert!(check(&c).unwrap_err().to_string().contains("username"));
+        let mut c = cfg();
+        c.processed_folder = "traité".into();
+        assert!(check(&c).unwrap_err().to_string().contains("ASCII"));
+        let mut c = cfg();
+        c.security = Security::Plain;
+        assert!(check(&c).is_err());
+        c.allow_plaintext_auth = true;
+        assert!(check(&c).is_ok());
+        c.allow_plaintext_auth = false;
+        c.host = "127.0.0.1".into();
+        assert!(check(&c).is_ok());
+    }
+
+    #[test]
+    fn debug_hides_the_password() {
+        let mut c = cfg();
+        c.password = "hunter2".into();
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
 }

@@ -112,12 +112,31 @@ impl Dovecot {
             run(Command::new("openssl").args(args).current_dir(&d));
         };
         ssl(&[
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
-            "ca.pem", "-days", "2", "-subj", "/CN=edm test CA",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=edm test CA",
         ]);
         ssl(&[
-            "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "key.pem", "-out", "req.pem",
-            "-subj", "/CN=localhost",
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "req.pem",
+            "-subj",
+            "/CN=localhost",
         ]);
         std::fs::write(
             d.join("ext.cnf"),
@@ -125,8 +144,21 @@ impl Dovecot {
         )
         .expect("ext.cnf");
         ssl(&[
-            "x509", "-req", "-in", "req.pem", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", "cert.pem", "-days", "2", "-extfile", "ext.cnf",
+            "x509",
+            "-req",
+            "-in",
+            "req.pem",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "cert.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
         ]);
         set_mode(&d.join("key.pem"), 0o644);
 
@@ -155,6 +187,8 @@ ssl_cert = <{p}/cert.pem
 ssl_key = <{p}/key.pem
 disable_plaintext_auth = no
 auth_mechanisms = plain login
+# Dovecot waits 2 s before answering a failed login; tests need not.
+auth_failure_delay = 0
 mail_location = maildir:~/Maildir
 default_internal_user = {internal}
 default_login_user = {login}
