@@ -224,6 +224,11 @@ service pop3-login {{
 }}
 service anvil {{
   chroot =
+  # Dovecot also slows repeated failed logins from one address by up to
+  # 15 s (anvil's auth penalty); a socket nobody may open turns it off.
+  unix_listener anvil-auth-penalty {{
+    mode = 0
+  }}
 }}
 {extra}
 "#
