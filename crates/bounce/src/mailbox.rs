@@ -148,11 +148,11 @@ pub enum MailboxError {
     #[error("{0}")]
     Other(String),
     /// The server did not answer one step in time.
-    #[error("{server}: no answer within {secs}s while {step}")]
+    #[error("{server}: no answer within {after:?} ({step})")]
     Timeout {
         server: String,
         step: String,
-        secs: u64,
+        after: Duration,
     },
     /// The TLS handshake failed (for example a certificate no trusted CA
     /// signed: set `ca_file`).

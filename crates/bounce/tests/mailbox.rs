@@ -279,6 +279,7 @@ async fn wrong_password_names_the_server_and_hides_the_password() {
         let mut cfg = config(kind, security, port, &dc);
         cfg.password = wrong.into();
         let e = pass(&cfg).await.0.expect_err("wrong password");
+        eprintln!("{e}");
         let text = e.to_string();
         let debug = format!("{e:?}");
         assert!(matches!(e, MailboxError::Auth { .. }), "{kind:?}: {debug}");
@@ -308,6 +309,7 @@ async fn nothing_listening_is_a_connect_error_in_seconds() {
         };
         let started = Instant::now();
         let e = pass(&cfg).await.0.expect_err("nothing listens");
+        eprintln!("{e}");
         assert!(started.elapsed() < Duration::from_secs(5), "{e}");
         assert!(matches!(e, MailboxError::Connect { .. }), "{e:?}");
         assert!(e.to_string().contains(&format!("127.0.0.1:{port}")), "{e}");
@@ -340,6 +342,7 @@ async fn a_server_that_never_answers_times_out() {
             allow_plaintext_auth: false,
         };
         let e = pass(&cfg).await.0.expect_err("silent server");
+        eprintln!("{e}");
         assert!(matches!(e, MailboxError::Timeout { .. }), "{e:?}");
         assert!(e.to_string().contains(&format!("127.0.0.1:{port}")), "{e}");
     }
@@ -360,6 +363,7 @@ async fn a_certificate_no_trusted_ca_signed_is_a_tls_error() {
         let mut cfg = config(kind, security, port, &dc);
         cfg.ca_file = None;
         let e = pass(&cfg).await.0.expect_err("untrusted certificate");
+        eprintln!("{e}");
         assert!(matches!(e, MailboxError::Tls { .. }), "{kind:?}: {e:?}");
         assert!(e.to_string().contains("certificate"), "{e}");
     }

@@ -106,7 +106,7 @@ async fn login(cfg: &MailboxConfig) -> Result<Session<Stream>, MailboxError> {
             MailboxError::Auth {
                 server: server(cfg),
                 username: cfg.username.clone(),
-                reason,
+                reason: server_words(&reason),
             }
         }
         e => protocol(cfg, format!("while logging in: {e}")),
@@ -399,7 +399,35 @@ async fn dispose(
     Ok(())
 }
 
+/// The server's own words from async-imap's `code: .., info: Some("..")`.
+fn server_words(s: &str) -> String {
+    s.split_once("info: Some(\"")
+        .and_then(|(_, rest)| rest.strip_suffix("\")"))
+        .map_or_else(|| s.to_string(), |w| w.replace("\\\"", "\""))
+}
+
 /// An IMAP quoted string (RFC 3501 §4.3).
 fn quote(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_words_are_taken_from_async_imap_errors() {
+        assert_eq!(
+            server_words(
+                r#"code: None, info: Some("[AUTHENTICATIONFAILED] Authentication failed.")"#
+            ),
+            "[AUTHENTICATIONFAILED] Authentication failed."
+        );
+        assert_eq!(server_words("something else"), "something else");
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote(r#"a"b\c"#), r#""a\"b\\c""#);
+    }
 }

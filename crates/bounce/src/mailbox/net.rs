@@ -43,7 +43,7 @@ where
         Err(_) => Err(MailboxError::Timeout {
             server: server(cfg),
             step: step.to_string(),
-            secs: cfg.timeout.as_secs().max(1),
+            after: cfg.timeout,
         }),
     }
 }
@@ -131,7 +131,7 @@ where
     let name = ServerName::try_from(cfg.host.trim_start_matches('[').trim_end_matches(']'))
         .map_err(|e| MailboxError::Config(format!("[bounces] host {:?}: {e}", cfg.host)))?
         .to_owned();
-    let s = step(cfg, "TLS handshake", tls.connect(name, io), |e| {
+    let s = step(cfg, "the TLS handshake", tls.connect(name, io), |e| {
         MailboxError::Tls {
             server: server(cfg),
             reason: e.to_string(),
@@ -164,10 +164,14 @@ pub(super) fn redact(e: MailboxError, password: &str) -> MailboxError {
             reason: clean(reason),
         },
         MailboxError::Other(s) => MailboxError::Other(clean(s)),
-        MailboxError::Timeout { server, step, secs } => MailboxError::Timeout {
+        MailboxError::Timeout {
+            server,
+            step,
+            after,
+        } => MailboxError::Timeout {
             server,
             step: clean(step),
-            secs,
+            after,
         },
         MailboxError::Tls { server, reason } => MailboxError::Tls {
             server,
