@@ -283,6 +283,16 @@ mod tests {
     }
 
     #[test]
+    fn a_pass_can_run_on_a_spawned_task() {
+        // `[bounces] poll` runs passes in the background of `edm send`:
+        // tokio::spawn needs the future to be Send.
+        fn send<T: Send>(_: &T) {}
+        let c = cfg();
+        let fut = process(&c, |_: &[u8]| Disposition::Leave);
+        send(&fut);
+    }
+
+    #[test]
     fn debug_hides_the_password() {
         let mut c = cfg();
         c.password = "hunter2".into();

@@ -167,6 +167,47 @@ async fn imap_without_move_falls_back_to_copy_and_expunge() {
 }
 
 #[tokio::test]
+async fn imap_without_move_or_uidplus_flags_and_never_expunges_others() {
+    // Neither MOVE nor UIDPLUS: a bare EXPUNGE would also remove what
+    // someone else flagged \Deleted, so the copied message stays flagged.
+    let Some(dc) = Dovecot::start_with("imap_capability = IMAP4rev1 LITERAL+") else {
+        return;
+    };
+    let cfg = config(Kind::Imap, Security::Tls, dc.imaps, &dc);
+    let msgs = deliver(&dc, 4);
+    // Someone else's message, flagged \Deleted but not expunged: edm must
+    // neither read it nor expunge it.
+    let theirs = message(99, true);
+    dc.deliver("99.M99P1.test:2,T", &theirs);
+
+    let (r, got) = pass(&cfg).await;
+    let summary = r.unwrap_or_else(|e| panic!("{e}\n{}", dc.log()));
+    assert_eq!((summary.seen, summary.processed), (4, 2));
+    assert_eq!(sorted(got), bodies(&msgs, None));
+    let processed = dc.messages(Some("processed"));
+    assert_eq!(
+        sorted(processed.into_iter().map(|(_, b)| b).collect()),
+        bodies(&msgs, Some(true))
+    );
+    let inbox = dc.messages(None);
+    let flagged: Vec<Vec<u8>> = sorted(
+        inbox
+            .iter()
+            .filter(|(n, _)| flags(n).contains('T'))
+            .map(|(_, b)| b.clone())
+            .collect(),
+    );
+    let mut want = bodies(&msgs, Some(true));
+    want.push(theirs.clone());
+    assert_eq!(flagged, sorted(want), "flagged \\Deleted, not expunged");
+    assert_eq!(inbox.len(), 5, "nothing expunged");
+
+    let (r, got) = pass(&cfg).await;
+    r.unwrap_or_else(|e| panic!("{e}\n{}", dc.log()));
+    assert_eq!(sorted(got), bodies(&msgs, Some(false)));
+}
+
+#[tokio::test]
 async fn imap_delete_removes_processed_without_a_processed_folder() {
     let Some(dc) = Dovecot::start() else {
         return;

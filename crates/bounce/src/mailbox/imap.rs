@@ -91,8 +91,10 @@ async fn login(cfg: &MailboxConfig) -> Result<Session<Stream>, MailboxError> {
                 |e| protocol(cfg, format!("STARTTLS refused: {e}")),
             )
             .await?;
-            // RFC 3501 §6.2.1: no greeting after STARTTLS; whatever the
-            // server said before it is forgotten.
+            // RFC 3501 §6.2.1: no greeting after STARTTLS. into_inner()
+            // drops async-imap's read buffer, so bytes injected in clear
+            // after the OK are never read as if they came over TLS
+            // (CVE-2011-0411), and the capabilities are asked again.
             net::handshake(cfg, &tls, client.into_inner()).await?
         }
     };

@@ -180,8 +180,10 @@ async fn login(cfg: &MailboxConfig) -> Result<Conn<'_>, MailboxError> {
                 format!("STLS refused ({e}): use security = \"tls\" (port 995)"),
             )
         })?;
-        // RFC 2595 §4: the client must discard what it knew before TLS;
-        // the buffer is empty here since the server waits for the handshake.
+        // Whatever was buffered after the STLS answer is dropped with the
+        // reader: bytes injected in clear before the handshake must not be
+        // read as if they came over TLS (CVE-2011-0411; RFC 2595 §4 also
+        // has the client forget what it learned before TLS).
         let io = conn.into_inner();
         conn = Conn::new(cfg, net::handshake(cfg, &tls, io).await?);
     }
