@@ -100,6 +100,28 @@ pub struct MailboxConfig {
     pub allow_plaintext_auth: bool,
 }
 
+impl MailboxConfig {
+    /// A configuration with the documented defaults (docs/bounces.md): TLS
+    /// on the kind's port, `INBOX`, `processed`, no delete, the system's
+    /// CAs, [`DEFAULT_TIMEOUT`], no plaintext password to remote hosts.
+    pub fn new(kind: Kind, host: &str, username: &str, password: &str) -> MailboxConfig {
+        MailboxConfig {
+            kind,
+            host: host.to_string(),
+            port: default_port(kind, Security::Tls),
+            security: Security::Tls,
+            username: username.to_string(),
+            password: password.to_string(),
+            folder: "INBOX".to_string(),
+            processed_folder: "processed".to_string(),
+            delete: false,
+            ca_file: None,
+            timeout: DEFAULT_TIMEOUT,
+            allow_plaintext_auth: false,
+        }
+    }
+}
+
 impl std::fmt::Debug for MailboxConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MailboxConfig")
@@ -238,20 +260,7 @@ mod tests {
     use super::*;
 
     fn cfg() -> MailboxConfig {
-        MailboxConfig {
-            kind: Kind::Imap,
-            host: "imap.example.com".into(),
-            port: 993,
-            security: Security::Tls,
-            username: "u".into(),
-            password: "p".into(),
-            folder: "INBOX".into(),
-            processed_folder: "processed".into(),
-            delete: false,
-            ca_file: None,
-            timeout: DEFAULT_TIMEOUT,
-            allow_plaintext_auth: false,
-        }
+        MailboxConfig::new(Kind::Imap, "imap.example.com", "u", "p")
     }
 
     #[test]
@@ -262,6 +271,9 @@ mod tests {
         assert!("ssl".parse::<Security>().is_err());
         assert_eq!(default_port(Kind::Imap, Security::Tls), 993);
         assert_eq!(default_port(Kind::Pop3, Security::Starttls), 110);
+        let c = MailboxConfig::new(Kind::Pop3, "h", "u", "p");
+        assert_eq!((c.port, c.security), (995, Security::Tls));
+        assert_eq!((c.folder.as_str(), c.delete), ("INBOX", false));
     }
 
     #[test]
