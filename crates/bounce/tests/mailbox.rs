@@ -208,6 +208,37 @@ async fn imap_without_move_or_uidplus_flags_and_never_expunges_others() {
 }
 
 #[tokio::test]
+async fn imap_moves_more_than_one_batch() {
+    // 120 applied: moved in batches of 100, the last one partial.
+    for no_move in [false, true] {
+        let extra = if no_move {
+            "imap_capability = IMAP4rev1 LITERAL+ UIDPLUS"
+        } else {
+            ""
+        };
+        let Some(dc) = Dovecot::start_with(extra) else {
+            return;
+        };
+        let cfg = config(Kind::Imap, Security::Tls, dc.imaps, &dc);
+        let msgs = deliver(&dc, 240);
+        let (r, got) = pass(&cfg).await;
+        let summary = r.unwrap_or_else(|e| panic!("{e}\n{}", dc.log()));
+        assert_eq!((summary.seen, summary.processed), (240, 120));
+        assert_eq!(got.len(), 240);
+        let processed = dc.messages(Some("processed"));
+        assert_eq!(
+            sorted(processed.into_iter().map(|(_, b)| b).collect()),
+            bodies(&msgs, Some(true))
+        );
+        let inbox = dc.messages(None);
+        assert_eq!(
+            sorted(inbox.into_iter().map(|(_, b)| b).collect()),
+            bodies(&msgs, Some(false))
+        );
+    }
+}
+
+#[tokio::test]
 async fn imap_delete_removes_processed_without_a_processed_folder() {
     let Some(dc) = Dovecot::start() else {
         return;
@@ -450,6 +481,31 @@ async fn the_password_never_reaches_the_log_even_at_trace() {
         assert!(
             !line.contains(PASSWORD) && !line.contains(&plain),
             "the password was logged: {line}"
+        );
+    }
+}
+
+/// A measurement, not a check (run by hand, see docs/bounces.md): one pass
+/// over 1,000 messages, half applied, IMAP (MOVE) and POP3 (delete).
+#[tokio::test]
+#[ignore = "measurement: cargo test -p edm-bounce --test mailbox -- --ignored --nocapture"]
+async fn measure_a_pass_over_1000_messages() {
+    for (kind, port) in [(Kind::Imap, 0), (Kind::Pop3, 1)] {
+        let Some(dc) = Dovecot::start() else {
+            return;
+        };
+        let port = if port == 0 { dc.imaps } else { dc.pop3s };
+        let mut cfg = config(kind, Security::Tls, port, &dc);
+        cfg.delete = kind == Kind::Pop3;
+        deliver(&dc, 1000);
+        let started = Instant::now();
+        let (r, got) = pass(&cfg).await;
+        let took = started.elapsed();
+        r.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(got.len(), 1000);
+        eprintln!(
+            "{kind:?}: 1000 messages (500 applied) in {took:.2?}, {:.0} msg/s",
+            1000.0 / took.as_secs_f64()
         );
     }
 }
