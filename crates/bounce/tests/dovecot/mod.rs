@@ -92,14 +92,19 @@ impl Dovecot {
         // users are the ones the package creates. As anyone else: that
         // user for everything (Dovecot then cannot switch users anyway).
         let me = run(Command::new("id").arg("-u"));
-        let (internal, login, uid, gid) = if me == "0" {
+        let (internal, group, login, uid, gid) = if me == "0" {
             let (uid, gid) = passwd_ids("mail").expect("the mail user");
-            ("dovecot".to_string(), "dovenull".to_string(), uid, gid)
+            let dovecot = "dovecot".to_string();
+            (dovecot.clone(), dovecot, "dovenull".to_string(), uid, gid)
         } else {
+            // The internal group owns Dovecot's own sockets (stats, dict):
+            // one this user is in.
             let name = run(Command::new("id").arg("-un"));
+            let group = run(Command::new("id").arg("-gn"));
             let gid = run(Command::new("id").arg("-g"));
             (
                 name.clone(),
+                group,
                 name,
                 me.parse().expect("uid"),
                 gid.parse().expect("gid"),
@@ -191,6 +196,7 @@ auth_mechanisms = plain login
 auth_failure_delay = 0
 mail_location = maildir:~/Maildir
 default_internal_user = {internal}
+default_internal_group = {group}
 default_login_user = {login}
 first_valid_uid = 1
 first_valid_gid = 1
@@ -344,6 +350,9 @@ fn chown_tree(p: &Path, uid: u32, gid: u32) {
 
 impl Drop for Dovecot {
     fn drop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
         // SIGTERM lets the master stop its children (login, auth, imap);
         // SIGKILL would leave them to notice on their own.
         let _ = Command::new("kill")
