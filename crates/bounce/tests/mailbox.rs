@@ -239,6 +239,23 @@ async fn imap_moves_more_than_one_batch() {
 }
 
 #[tokio::test]
+async fn imap_without_auth_plain_or_login_is_a_clear_error() {
+    // Only AUTH=LOGIN (the SASL mechanism): Dovecot then also advertises
+    // LOGINDISABLED, since its LOGIN command rides on PLAIN.
+    let Some(dc) = Dovecot::start_with("auth_mechanisms = login") else {
+        return;
+    };
+    let cfg = config(Kind::Imap, Security::Tls, dc.imaps, &dc);
+    let e = pass(&cfg).await.0.expect_err("no usable mechanism");
+    assert!(matches!(e, MailboxError::Protocol { .. }), "{e:?}");
+    assert!(
+        e.to_string()
+            .contains("neither LOGIN nor AUTHENTICATE PLAIN"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
 async fn imap_delete_removes_processed_without_a_processed_folder() {
     let Some(dc) = Dovecot::start() else {
         return;

@@ -62,8 +62,11 @@ where
 {
     let mut session = login(cfg).await?;
     let r = pass(cfg, &mut session, &mut handle).await;
-    // LOGOUT is a courtesy: what was moved is moved already.
-    let _ = tokio::time::timeout(cfg.timeout, session.logout()).await;
+    // LOGOUT is a courtesy: what was moved is moved already. After a
+    // timeout the server is not answering: do not wait for it twice.
+    if !matches!(r, Err(MailboxError::Timeout { .. })) {
+        let _ = tokio::time::timeout(cfg.timeout, session.logout()).await;
+    }
     r
 }
 
