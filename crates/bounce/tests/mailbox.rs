@@ -438,6 +438,51 @@ async fn a_server_that_never_answers_times_out() {
     drop(listener);
 }
 
+/// A server that follows `script` (for each line received, the answer to
+/// send) and then goes silent, connection open, until the test ends.
+fn stalling_server(greeting: &'static str, script: &'static [&'static str]) -> u16 {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        let Ok((mut conn, _)) = listener.accept() else {
+            return;
+        };
+        let _ = conn.write_all(greeting.as_bytes());
+        let mut lines = BufReader::new(conn.try_clone().expect("clone"));
+        for answer in script {
+            let mut line = String::new();
+            if lines.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            let _ = conn.write_all(answer.as_bytes());
+        }
+        std::thread::sleep(Duration::from_secs(10));
+    });
+    port
+}
+
+#[tokio::test]
+async fn a_server_that_stops_answering_mid_session_times_out() {
+    let imap = stalling_server(
+        "* OK ready\r\n",
+        &["* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\nC0 OK done\r\n"],
+    );
+    let pop3 = stalling_server("+OK ready\r\n", &["+OK\r\n"]);
+    for (kind, port, step) in [(Kind::Imap, imap, "logging in"), (Kind::Pop3, pop3, "PASS")] {
+        let mut cfg = MailboxConfig::new(kind, "127.0.0.1", USER, PASSWORD);
+        cfg.port = port;
+        cfg.security = Security::Plain;
+        cfg.timeout = Duration::from_millis(500);
+        let e = pass(&cfg).await.0.expect_err("stalled server");
+        eprintln!("{e}");
+        assert!(
+            matches!(&e, MailboxError::Timeout { step: s, .. } if s == step),
+            "{kind:?}: {e:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_certificate_no_trusted_ca_signed_is_a_tls_error() {
     let Some(dc) = Dovecot::start() else {
