@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use dovecot::{Dovecot, PASSWORD, USER, free_port};
+use dovecot::{Cert, Dovecot, PASSWORD, USER, free_port};
 use edm_bounce::mailbox::{
     Disposition, Kind, MailboxConfig, MailboxError, Security, Summary, process,
 };
@@ -499,8 +499,35 @@ async fn a_certificate_no_trusted_ca_signed_is_a_tls_error() {
         let e = pass(&cfg).await.0.expect_err("untrusted certificate");
         eprintln!("{e}");
         assert!(matches!(e, MailboxError::Tls { .. }), "{kind:?}: {e:?}");
-        assert!(e.to_string().contains("certificate"), "{e}");
+        assert!(e.to_string().contains("ca_file"), "{e}");
     }
+}
+
+#[tokio::test]
+async fn a_self_signed_server_certificate_can_be_the_ca_file() {
+    // Not marked as a CA: trusted through ca_file.
+    let Some(dc) = Dovecot::start_full("", Cert::SelfSigned { marked_ca: false }) else {
+        return;
+    };
+    for (kind, port) in [(Kind::Imap, dc.imaps), (Kind::Pop3, dc.pop3s)] {
+        let cfg = config(kind, Security::Tls, port, &dc);
+        pass(&cfg)
+            .await
+            .0
+            .unwrap_or_else(|e| panic!("{kind:?}: {e}"));
+    }
+    drop(dc);
+    // openssl's default (CA:TRUE): refused, and the error says what to do.
+    let Some(dc) = Dovecot::start_full("", Cert::SelfSigned { marked_ca: true }) else {
+        return;
+    };
+    let cfg = config(Kind::Imap, Security::Tls, dc.imaps, &dc);
+    let e = pass(&cfg)
+        .await
+        .0
+        .expect_err("a CA certificate as the server's");
+    assert!(matches!(e, MailboxError::Tls { .. }), "{e:?}");
+    assert!(e.to_string().contains("CA:FALSE"), "{e}");
 }
 
 /// Every `log` record, at every level, from every crate.

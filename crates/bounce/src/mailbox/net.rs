@@ -132,13 +132,31 @@ where
         .map_err(|e| MailboxError::Config(format!("[bounces] host {:?}: {e}", cfg.host)))?
         .to_owned();
     let s = step(cfg, "the TLS handshake", tls.connect(name, io), |e| {
+        let reason = e.to_string();
+        let hint = tls_hint(&reason, &cfg.host);
         MailboxError::Tls {
             server: server(cfg),
-            reason: e.to_string(),
+            reason: format!("{reason}{hint}"),
         }
     })
     .await?;
     Ok(Box::new(s))
+}
+
+/// What to do about the certificate errors people meet with their own
+/// servers.
+fn tls_hint(reason: &str, host: &str) -> String {
+    if reason.contains("UnknownIssuer") {
+        " (no CA the system trusts signed the server's certificate: set [bounces] ca_file to the CA's certificate, PEM)".into()
+    } else if reason.contains("CaUsedAsEndEntity") {
+        // webpki refuses a certificate marked CA:TRUE as the server's own,
+        // and `openssl req -x509` marks it so by default.
+        " (the server's self-signed certificate is marked as a CA, which is refused as a server's certificate: make it with -addext basicConstraints=critical,CA:FALSE, or sign it with a separate CA and set ca_file to that CA)".into()
+    } else if reason.contains("NotValidForName") {
+        format!(" (the certificate does not name {host})")
+    } else {
+        String::new()
+    }
 }
 
 /// 127.0.0.0/8, ::1 and `localhost` (RFC 6761 §6.3): nothing leaves the

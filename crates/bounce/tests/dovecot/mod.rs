@@ -30,6 +30,15 @@ pub struct Dovecot {
 
 const BIN: &str = "/usr/sbin/dovecot";
 
+/// The server's certificate.
+#[derive(Clone, Copy)]
+pub enum Cert {
+    /// Signed by a test CA (`ca`), as a real server's is.
+    CaSigned,
+    /// Self-signed, with or without the CA mark (`basicConstraints`).
+    SelfSigned { marked_ca: bool },
+}
+
 /// A port nothing listens on (bound then released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -68,6 +77,12 @@ impl Dovecot {
 
     /// Same, with extra lines appended to the configuration.
     pub fn start_with(extra: &str) -> Option<Dovecot> {
+        Self::start_full(extra, Cert::CaSigned)
+    }
+
+    /// Same, with this kind of certificate; `ca` is then the certificate
+    /// to give as `ca_file` (for a self-signed one, the server's own).
+    pub fn start_full(extra: &str, cert: Cert) -> Option<Dovecot> {
         if !Path::new(BIN).exists() {
             assert!(
                 std::env::var_os("CI").is_none(),
@@ -111,60 +126,93 @@ impl Dovecot {
             )
         };
 
-        // A CA and a server certificate it signs: rustls refuses a
-        // self-signed certificate that is its own CA as the server's.
         let ssl = |args: &[&str]| {
             run(Command::new("openssl").args(args).current_dir(&d));
         };
-        ssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=edm test CA",
-        ]);
-        ssl(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "key.pem",
-            "-out",
-            "req.pem",
-            "-subj",
-            "/CN=localhost",
-        ]);
-        std::fs::write(
-            d.join("ext.cnf"),
-            "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
-        )
-        .expect("ext.cnf");
-        ssl(&[
-            "x509",
-            "-req",
-            "-in",
-            "req.pem",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "cert.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-        ]);
+        let san = "subjectAltName=IP:127.0.0.1,DNS:localhost";
+        match cert {
+            Cert::SelfSigned { marked_ca } => {
+                // `openssl req -x509` marks the certificate as a CA unless
+                // told otherwise: what a user gets by default.
+                let bc = if marked_ca {
+                    "basicConstraints=critical,CA:TRUE"
+                } else {
+                    "basicConstraints=critical,CA:FALSE"
+                };
+                ssl(&[
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-keyout",
+                    "key.pem",
+                    "-out",
+                    "cert.pem",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=localhost",
+                    "-addext",
+                    san,
+                    "-addext",
+                    bc,
+                ]);
+                std::fs::copy(d.join("cert.pem"), d.join("ca.pem")).expect("ca.pem");
+            }
+            Cert::CaSigned => {
+                // A CA and a server certificate it signs, as a real server has.
+                ssl(&[
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.pem",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=edm test CA",
+                ]);
+                ssl(&[
+                    "req",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-keyout",
+                    "key.pem",
+                    "-out",
+                    "req.pem",
+                    "-subj",
+                    "/CN=localhost",
+                ]);
+                std::fs::write(
+                    d.join("ext.cnf"),
+                    "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
+                )
+                .expect("ext.cnf");
+                ssl(&[
+                    "x509",
+                    "-req",
+                    "-in",
+                    "req.pem",
+                    "-CA",
+                    "ca.pem",
+                    "-CAkey",
+                    "ca.key",
+                    "-CAcreateserial",
+                    "-out",
+                    "cert.pem",
+                    "-days",
+                    "2",
+                    "-extfile",
+                    "ext.cnf",
+                ]);
+            }
+        }
         set_mode(&d.join("key.pem"), 0o644);
 
         let hash = run(Command::new("doveadm").args(["pw", "-s", "SHA512-CRYPT", "-p", PASSWORD]));
