@@ -240,6 +240,14 @@ fn check(cfg: &MailboxConfig) -> Result<(), MailboxError> {
             )));
         }
     }
+    // Moving a message to the folder it is in would leave it to be read
+    // and applied again on every pass.
+    if cfg.kind == Kind::Imap && !cfg.delete && same_folder(&cfg.folder, &cfg.processed_folder) {
+        return Err(MailboxError::Config(format!(
+            "[bounces] processed_folder {:?} is the folder being read: choose another, or set delete = true",
+            cfg.processed_folder
+        )));
+    }
     // Non-ASCII folder names need modified UTF-7 (RFC 3501 §5.1.3), which
     // this client does not encode: refuse rather than open the wrong one.
     for (field, value) in [
@@ -253,6 +261,12 @@ fn check(cfg: &MailboxConfig) -> Result<(), MailboxError> {
         }
     }
     Ok(())
+}
+
+/// Folder names compare exactly, except INBOX, which is case-insensitive
+/// (RFC 3501 §5.1).
+fn same_folder(a: &str, b: &str) -> bool {
+    a == b || (a.eq_ignore_ascii_case("INBOX") && b.eq_ignore_ascii_case("INBOX"))
 }
 
 #[cfg(test)]
@@ -284,6 +298,11 @@ mod tests {
         let mut c = cfg();
         c.processed_folder = "traité".into();
         assert!(check(&c).unwrap_err().to_string().contains("ASCII"));
+        let mut c = cfg();
+        c.processed_folder = "inbox".into();
+        assert!(check(&c).unwrap_err().to_string().contains("delete = true"));
+        c.delete = true;
+        assert!(check(&c).is_ok());
         let mut c = cfg();
         c.security = Security::Plain;
         assert!(check(&c).is_err());
