@@ -746,9 +746,10 @@ async fn handle_event(
                     id,
                     at: now,
                     kind: OutcomeKind::Sent {
+                        // A pool says which member sent it.
+                        relay: reply.relay.clone().unwrap_or_else(|| shared.relay.clone()),
                         reply,
                         message_id,
-                        relay: shared.relay.clone(),
                     },
                 },
             )
@@ -856,6 +857,8 @@ async fn handle_event(
                 Notice::BreakerOpen { .. } | Notice::BreakerClosed => "breaker",
                 Notice::Paused { .. } | Notice::Resumed => "pause",
                 Notice::Stopping { .. } => "stop",
+                Notice::RelayDown { .. } => "relay_down",
+                Notice::RelayUp { .. } => "relay_up",
             };
             let text = n.to_string();
             tracing::info!(kind, "{text}");

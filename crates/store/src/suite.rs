@@ -63,6 +63,7 @@ fn sent(r: &Recipient, at: UnixMillis) -> Outcome {
                 enhanced: Some("2.0.0".into()),
                 text: "queued".into(),
                 provider_message_id: Some(format!("provider-{}", r.id.0)),
+                relay: None,
             },
             message_id: format!("<{}@edm>", r.id.0),
             relay: "smtp".into(),

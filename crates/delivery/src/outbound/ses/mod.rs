@@ -451,6 +451,7 @@ impl Connection for SesConnection {
                     None => "OK".into(),
                 },
                 provider_message_id: id,
+                relay: None,
             })
         })
     }
