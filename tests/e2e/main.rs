@@ -20,6 +20,7 @@
 //!   CR/LF (SMTP smuggling), no password in clear (issue 9).
 //! - `promises`: fail fast, stop on refusals that hit every message, in doubt.
 //! - `ses`: Amazon SES v2 through moto's server (issue 12).
+//! - `pool`: relay pools: weights, per-relay rates, failover (issue 12).
 
 mod harness;
 
@@ -31,6 +32,7 @@ mod postfix;
 mod preflight;
 mod promises;
 mod send;
+mod pool;
 mod ses;
 mod suppress;
 mod tui;
