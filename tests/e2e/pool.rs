@@ -230,3 +230,31 @@ fn all_relays_refusing_stop_the_run_and_nobody_fails() {
     assert_eq!(s["by_relay"]["refuser"]["state"], "down", "{s}");
     assert_eq!(s["by_relay"]["postfix"]["state"], "down", "{s}");
 }
+
+#[test]
+fn a_relay_at_its_own_rate_overflows_to_the_others() {
+    let Some(postfix) = PostfixSink::start(&[]) else {
+        return;
+    };
+    let sink = Sink::start(&[], None);
+    let n = 600;
+    let c = pool_campaign(
+        addresses("o", n),
+        "rate = 300\nburst = 1",
+        &[
+            // By weight it would take 10 of 11; its own rate keeps it at 50/s.
+            smtp_relay("edm", sink.port(), "weight = 10\nrate = 50"),
+            smtp_relay("postfix", postfix.port, ""),
+        ],
+    );
+    let out = c.send(&[]);
+    assert_eq!(code(&out), 0);
+    let counts = per_relay(&c.rows());
+    assert_eq!(counts.values().sum::<usize>(), n, "{counts:?}");
+    let busiest = busiest_second(sink.handle().received().iter().map(|r| r.at_ms).collect());
+    assert!(busiest <= 50 + 1 + 5, "edm relay: {busiest} in 1 s");
+    assert!(
+        counts["postfix"] > n / 2,
+        "the excess went to postfix: {counts:?}"
+    );
+}
