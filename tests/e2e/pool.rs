@@ -101,7 +101,10 @@ fn weights_and_rates_are_kept_over_2000_messages() {
     // No 1 s window above a relay's rate + burst (at the sink: edm's own
     // arrival times), nor the run's (edm's recorded times), generously.
     let edm_busiest = busiest_second(sink.handle().received().iter().map(|r| r.at_ms).collect());
-    assert!(edm_busiest <= 260 + 5 + 10, "edm relay: {edm_busiest} in 1 s");
+    assert!(
+        edm_busiest <= 260 + 5 + 10,
+        "edm relay: {edm_busiest} in 1 s"
+    );
     let run_busiest = busiest_second(
         rows.values()
             .filter_map(|r| r["last_attempt_at"].as_i64())
@@ -155,11 +158,16 @@ fn a_relay_killed_mid_run_is_taken_out_and_everyone_is_delivered_once() {
     assert_eq!(s["by_relay"]["edm"]["state"], "up", "{s}");
     let rows = c.rows();
     let counts = per_relay(&rows);
-    assert!(counts["postfix"] > 0, "postfix worked before it died: {counts:?}");
+    assert!(
+        counts["postfix"] > 0,
+        "postfix worked before it died: {counts:?}"
+    );
     // Delivered once: at most what edm reports in doubt went twice.
     let mut delivered: BTreeMap<String, usize> = sink.deliveries();
     for m in moto.messages() {
-        *delivered.entry(m["to"].as_str().unwrap().to_string()).or_insert(0) += 1;
+        *delivered
+            .entry(m["to"].as_str().unwrap().to_string())
+            .or_insert(0) += 1;
     }
     let twice = delivered.values().filter(|n| **n > 1).count() as u64;
     assert!(
@@ -188,7 +196,11 @@ fn a_relay_refusing_the_sender_is_taken_out_and_the_others_send_everyone() {
     let out = c.send(&[]);
     assert_eq!(code(&out), 0);
     let s = c.status();
-    assert_eq!((s["sent"].as_u64(), s["failed"].as_u64()), (Some(40), Some(0)), "{s}");
+    assert_eq!(
+        (s["sent"].as_u64(), s["failed"].as_u64()),
+        (Some(40), Some(0)),
+        "{s}"
+    );
     assert_eq!(s["by_relay"]["refuser"]["state"], "down", "{s}");
     assert_eq!(s["by_relay"]["refuser"]["sent"], 0, "{s}");
     assert_eq!(s["by_relay"]["postfix"]["sent"], 40, "{s}");

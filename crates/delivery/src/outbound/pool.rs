@@ -165,7 +165,14 @@ impl PoolTransport {
                 idle: Mutex::new(Vec::new()),
                 quota: m.daily_quota,
                 accepted: AtomicU64::new(m.sent_today),
-                health: Mutex::new(Health::default()),
+                // Used up in the last 24 hours already: out from the start.
+                health: Mutex::new(Health {
+                    down: m
+                        .daily_quota
+                        .filter(|q| m.sent_today >= *q)
+                        .map(quota_used_up),
+                    ..Health::default()
+                }),
                 name: m.name,
                 transport: m.transport,
                 weight: if m.weight.is_finite() && m.weight > 0.0 {
@@ -459,13 +466,29 @@ impl Transport for PoolTransport {
         for m in &self.inner.members {
             // Said at the start of each run, so that `edm status` can tell
             // the last run's states from the recorded events.
-            let _ = events.try_send(DeliveryEvent::Notice(Notice::RelayUp {
-                relay: m.name.clone(),
+            let down = m.health.lock().ok().and_then(|h| h.down.clone());
+            let _ = events.try_send(DeliveryEvent::Notice(match down {
+                Some(failure) => Notice::RelayDown {
+                    relay: m.name.clone(),
+                    failure,
+                },
+                None => Notice::RelayUp {
+                    relay: m.name.clone(),
+                },
             }));
             m.transport.attach(events.clone());
         }
         let _ = self.inner.events.set(events);
     }
+}
+
+/// Why a member whose `daily_quota` is used up is out.
+fn quota_used_up(quota: u64) -> Failure {
+    Failure::local(
+        Stage::MailFrom,
+        Category::QuotaExceeded,
+        format!("its daily_quota of {quota} messages is used up"),
+    )
 }
 
 /// One engine worker's handle on the pool.
@@ -543,12 +566,7 @@ impl PoolConnection {
                     if let Some(q) = m.quota
                         && accepted >= q
                     {
-                        let f = Failure::local(
-                            Stage::MailFrom,
-                            Category::QuotaExceeded,
-                            format!("its daily_quota of {q} messages is used up"),
-                        );
-                        inner.take_out(i, f).await;
+                        inner.take_out(i, quota_used_up(q)).await;
                     }
                     return Ok(reply);
                 }

@@ -396,3 +396,28 @@ async fn the_mark_is_awaited_once_whichever_member_sends() {
     assert_eq!(r.map(|r| r.relay), Ok(Some("b".to_string())));
     assert_eq!(marks.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_quota_used_up_before_the_run_is_out_from_the_start_and_never_hangs() {
+    let (a, b) = (
+        Stub::new(Act::Accept),
+        Stub::new(Act::Refuse(refused_sender())),
+    );
+    let mut ma = member("a", &a, 1.0);
+    ma.daily_quota = Some(10);
+    ma.sent_today = 10;
+    let pool = PoolTransport::new(vec![ma, member("b", &b, 1.0)], Duration::from_secs(60));
+    let (tx, mut rx) = mpsc::channel(64);
+    pool.attach(tx);
+    assert!(matches!(
+        rx.try_recv(),
+        Ok(DeliveryEvent::Notice(Notice::RelayDown { relay, .. })) if relay == "a"
+    ));
+    // b refuses the sender: nobody is left, and the pool says so at once.
+    let results = send_all(&pool, 2).await;
+    assert!(
+        results.iter().all(|r| matches!(r, Err(f) if f.stops_run())),
+        "{results:?}"
+    );
+    assert_eq!(a.opens.load(Ordering::SeqCst), 0);
+}
