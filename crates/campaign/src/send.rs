@@ -446,7 +446,10 @@ pub(crate) fn pool_transport(
         m.sent_today = sent_today.get(&r.name).copied().unwrap_or(0);
         members.push(m);
     }
-    Ok(Arc::new(PoolTransport::new(members, cfg.quota_pause)))
+    Ok(Arc::new(
+        PoolTransport::new(members, cfg.quota_pause)
+            .with_refusal_limit(cfg.stop_after_identical_refusals),
+    ))
 }
 
 /// At start, for an SES relay whose endpoint offers GetAccount: the

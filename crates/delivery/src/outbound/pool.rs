@@ -83,6 +83,10 @@ struct Health {
     failures: u32,
     /// Not picked before this instant (backoff after a failure, a quota pause).
     not_before: Option<Instant>,
+    /// The last permanent refusal not about a recipient ([`Failure::refusal_key`])
+    /// and how many times in a row it came.
+    refusal_key: String,
+    refusals: u32,
 }
 
 struct Member {
@@ -128,6 +132,8 @@ struct Inner {
     quota_pause: Duration,
     /// Pool connections open (the engine's workers).
     handles: AtomicUsize,
+    /// The same refusal this many times in a row takes a member out (0: never).
+    refusal_limit: u32,
 }
 
 /// A member's connection slot, held for one transaction; giving it back
@@ -191,8 +197,19 @@ impl PoolTransport {
                 events: OnceLock::new(),
                 quota_pause,
                 handles: AtomicUsize::new(0),
+                refusal_limit: crate::defaults::STOP_AFTER_IDENTICAL_REFUSALS,
             }),
         }
+    }
+
+    /// The same permanent refusal (not about a recipient) for this many
+    /// different recipients in a row takes a member out (0: never);
+    /// `[delivery] stop_after_identical_refusals`, per member.
+    pub fn with_refusal_limit(mut self, limit: u32) -> PoolTransport {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.refusal_limit = limit;
+        }
+        self
     }
 
     /// The sum of the members' concurrency: the engine's worker count, so
@@ -224,7 +241,8 @@ impl Inner {
 
     /// The next member for one message (see [`Pick`]). Takes the member's
     /// slot and a token of its rate gate when it answers a member.
-    fn pick(self: &Arc<Self>) -> Pick {
+    /// Members marked in `skip` (they refused this message) are not picked.
+    fn pick(self: &Arc<Self>, skip: &[bool]) -> Pick {
         let now = Instant::now();
         let n = self.members.len();
         let mut out = vec![false; n];
@@ -235,7 +253,7 @@ impl Inner {
                 out[i] = true;
                 continue;
             };
-            if h.down.is_some() {
+            if h.down.is_some() || skip.get(i).copied().unwrap_or(false) {
                 out[i] = true;
                 continue;
             }
@@ -300,13 +318,13 @@ impl Inner {
     }
 
     /// Waits for a member with room; `None` when every member is out.
-    async fn next_member(self: &Arc<Self>) -> Option<(usize, Slot)> {
+    async fn next_member(self: &Arc<Self>, skip: &[bool]) -> Option<(usize, Slot)> {
         loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);
             // Registered before looking, so a slot given back meanwhile wakes us.
             changed.as_mut().enable();
-            match self.pick() {
+            match self.pick(skip) {
                 Pick::Member(i, slot) => return Some((i, slot)),
                 Pick::NoneLeft => return None,
                 Pick::Wait(Some(at)) => {
@@ -382,6 +400,32 @@ impl Inner {
         if let Ok(mut h) = self.members[i].health.lock() {
             h.failures = 0;
         }
+    }
+
+    /// Member `i` accepted a message: a row of identical refusals is broken.
+    fn accepted(&self, i: usize) {
+        if let Ok(mut h) = self.members[i].health.lock() {
+            h.failures = 0;
+            h.refusals = 0;
+            h.refusal_key.clear();
+        }
+    }
+
+    /// Member `i` refused a message with a permanent refusal that is not
+    /// about the recipient: true when it is the same refusal for
+    /// `refusal_limit` different recipients in a row, the member's own
+    /// `stop_after_identical_refusals` (docs/failures.md).
+    fn refused(&self, i: usize, key: String) -> bool {
+        let Ok(mut h) = self.members[i].health.lock() else {
+            return false;
+        };
+        if h.refusal_key == key {
+            h.refusals = h.refusals.saturating_add(1);
+        } else {
+            h.refusal_key = key;
+            h.refusals = 1;
+        }
+        self.refusal_limit > 0 && h.refusals >= self.refusal_limit
     }
 
     /// The refusal that stops the run once no member is left: permanent and
@@ -520,9 +564,17 @@ impl PoolConnection {
             fut: Some(before_dot),
             done: None,
         });
+        // Members that refused this message (permanently, not about the
+        // recipient): it is offered to each other member once before it is
+        // the recipient's failure.
+        let mut refused_by = vec![false; inner.members.len()];
+        let mut refusal: Option<Failure> = None;
         loop {
-            let Some((i, slot)) = inner.next_member().await else {
-                return Err((inner.none_left(), Afterwards::Usable));
+            let Some((i, slot)) = inner.next_member(&refused_by).await else {
+                return Err(match refusal {
+                    Some(f) => (f, Afterwards::Usable),
+                    None => (inner.none_left(), Afterwards::Usable),
+                });
             };
             let m = &inner.members[i];
             let idle = m.idle.lock().ok().and_then(|mut v| v.pop());
@@ -556,7 +608,7 @@ impl PoolConnection {
             let result = conn.send(env, this_try).await;
             match result {
                 Ok(mut reply) => {
-                    inner.answered(i);
+                    inner.accepted(i);
                     if let Ok(mut v) = m.idle.lock() {
                         v.push(conn);
                     }
@@ -608,6 +660,18 @@ impl PoolConnection {
                         continue;
                     }
                     inner.answered(i);
+                    if f.permanent && f.counts_as_identical_refusal() {
+                        // Maybe this relay's problem (its reputation, its
+                        // policy), not the message's: another relay tries
+                        // it at once, and a relay refusing everyone this
+                        // way leaves the pool (issue 10 point 8, per relay).
+                        if inner.refused(i, f.refusal_key(&env.rcpt_to, &env.mail_from)) {
+                            inner.take_out(i, f.clone()).await;
+                        }
+                        refused_by[i] = true;
+                        refusal = Some(f);
+                        continue;
+                    }
                     // About this recipient: the engine decides (retry,
                     // failed). The pool connection itself stays usable.
                     return Err((f, Afterwards::Usable));

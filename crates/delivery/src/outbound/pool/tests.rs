@@ -196,7 +196,7 @@ async fn a_member_at_its_concurrency_limit_overflows_to_the_others() {
     ma.concurrency = 1;
     let pool = PoolTransport::new(vec![ma, member("b", &b, 1.0)], Duration::from_secs(60));
     // Hold a's only slot, as a transaction in flight would.
-    let (i, held) = match pool.inner.pick() {
+    let (i, held) = match pool.inner.pick(&[]) {
         Pick::Member(i, slot) => (i, slot),
         _ => panic!("a member should be free"),
     };
@@ -420,4 +420,62 @@ async fn a_quota_used_up_before_the_run_is_out_from_the_start_and_never_hangs() 
         "{results:?}"
     );
     assert_eq!(a.opens.load(Ordering::SeqCst), 0);
+}
+
+fn policy_refusal() -> Failure {
+    Failure {
+        stage: Stage::Data,
+        category: Category::Policy,
+        smtp_code: Some(554),
+        enhanced_code: Some("5.7.1".into()),
+        reply: "Message rejected: IP on a blocklist".into(),
+        permanent: true,
+        retry_after: None,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_member_refusing_everyone_the_same_way_is_taken_out_and_nobody_fails() {
+    let (a, b) = (
+        Stub::new(Act::Refuse(policy_refusal())),
+        Stub::new(Act::Accept),
+    );
+    let pool = PoolTransport::new(
+        vec![member("a", &a, 1.0), member("b", &b, 1.0)],
+        Duration::from_secs(60),
+    )
+    .with_refusal_limit(5);
+    let results = send_all(&pool, 40).await;
+    // Each message a refused went to b at once.
+    assert!(
+        results.iter().all(|r| r.as_deref() == Ok("b")),
+        "{results:?}"
+    );
+    let down = pool.down();
+    assert_eq!(down.len(), 1);
+    assert_eq!(
+        (down[0].0.as_str(), down[0].1.category),
+        ("a", Category::Policy)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refusal_every_member_gives_is_the_recipients() {
+    let (a, b) = (
+        Stub::new(Act::Refuse(policy_refusal())),
+        Stub::new(Act::Refuse(policy_refusal())),
+    );
+    let pool = PoolTransport::new(
+        vec![member("a", &a, 1.0), member("b", &b, 1.0)],
+        Duration::from_secs(60),
+    )
+    .with_refusal_limit(0);
+    let results = send_all(&pool, 4).await;
+    assert!(
+        results
+            .iter()
+            .all(|r| matches!(r, Err(f) if f.category == Category::Policy && !f.stops_run())),
+        "{results:?}"
+    );
+    assert!(pool.down().is_empty(), "limit 0: never taken out");
 }
