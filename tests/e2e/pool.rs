@@ -308,3 +308,32 @@ fn a_relay_refusing_everyone_the_same_way_leaves_the_pool_and_nobody_fails() {
     assert_eq!(s["by_relay"]["blocked"]["state"], "down", "{s}");
     assert_eq!(s["by_relay"]["postfix"]["sent"], 40, "{s}");
 }
+
+#[test]
+fn no_relay_reachable_stops_the_run_fast_and_nobody_fails() {
+    let c = pool_campaign(
+        addresses("d", 10),
+        "",
+        &[
+            smtp_relay("one", dead_port(), ""),
+            smtp_relay("two", dead_port(), ""),
+        ],
+    );
+    let started = std::time::Instant::now();
+    let out = c.send(&[]);
+    assert_eq!(code(&out), 2);
+    // Three tries each, resting 0.5 s then 1 s: far from `max_outage`.
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("no relay left in the pool") && text.contains("connect_refused"),
+        "{text}"
+    );
+    let s = c.status();
+    assert_eq!((s["failed"].as_u64(), s["pending"].as_u64()), (Some(0), Some(10)), "{s}");
+    assert_eq!(s["by_relay"]["one"]["state"], "down", "{s}");
+}

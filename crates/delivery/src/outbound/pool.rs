@@ -379,10 +379,17 @@ impl Inner {
             .health
             .lock()
             .map(|mut h| {
+                let now = Instant::now();
+                if h.not_before.is_some_and(|t| now < t) {
+                    // Tried at the same moment as the failure that started
+                    // this rest (another worker's): the same failure, not
+                    // another one in a row, so a blip is not an outage.
+                    return false;
+                }
                 h.failures = h.failures.saturating_add(1);
                 let rest = Duration::from_millis(500)
                     .saturating_mul(1u32 << h.failures.saturating_sub(1).min(6));
-                h.not_before = Some(Instant::now() + rest);
+                h.not_before = Some(now + rest);
                 h.failures >= DOWN_AFTER
             })
             .unwrap_or(true);

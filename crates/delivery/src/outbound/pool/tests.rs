@@ -52,6 +52,8 @@ impl Transport for StubTransport {
         let stub = self.0.clone();
         Box::pin(async move {
             stub.opens.fetch_add(1, Ordering::SeqCst);
+            // Connecting takes a moment: other workers run meanwhile.
+            tokio::time::sleep(Duration::from_millis(1)).await;
             match stub.act() {
                 Act::OpenFails(f) => Err(f),
                 _ => Ok(Box::new(StubConn(stub)) as Box<dyn Connection>),
@@ -478,4 +480,31 @@ async fn a_refusal_every_member_gives_is_the_recipients() {
         "{results:?}"
     );
     assert!(pool.down().is_empty(), "limit 0: never taken out");
+}
+
+#[tokio::test(start_paused = true)]
+async fn failures_at_the_same_moment_count_once() {
+    let (a, b) = (
+        Stub::new(Act::OpenFails(refused_connection())),
+        Stub::new(Act::Slow),
+    );
+    let pool = Arc::new(PoolTransport::new(
+        vec![member("a", &a, 1.0), member("b", &b, 1.0)],
+        Duration::from_secs(60),
+    ));
+    // Eight workers at once: a's four slots fail together, once.
+    let mut tasks = Vec::new();
+    for w in 0..8u64 {
+        let pool = pool.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = pool.open().await.expect("a pool connection");
+            let e = env(w);
+            conn.send(&e, no_mark()).await.map(|r| r.relay).map_err(|(f, _)| f)
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.expect("task"), Ok(Some("b".to_string())));
+    }
+    assert!(a.opens.load(Ordering::SeqCst) >= 2, "tried concurrently");
+    assert!(pool.down().is_empty(), "one moment's failures are one failure");
 }
