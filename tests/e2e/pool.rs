@@ -334,6 +334,10 @@ fn no_relay_reachable_stops_the_run_fast_and_nobody_fails() {
         "{text}"
     );
     let s = c.status();
-    assert_eq!((s["failed"].as_u64(), s["pending"].as_u64()), (Some(0), Some(10)), "{s}");
+    assert_eq!(
+        (s["failed"].as_u64(), s["pending"].as_u64()),
+        (Some(0), Some(10)),
+        "{s}"
+    );
     assert_eq!(s["by_relay"]["one"]["state"], "down", "{s}");
 }

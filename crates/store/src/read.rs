@@ -72,6 +72,11 @@ impl Store {
     ) -> Result<std::collections::BTreeMap<String, crate::RelayCounts>> {
         let path = &self.path;
         let mut out: std::collections::BTreeMap<String, crate::RelayCounts> = Default::default();
+        // A state an older edm wrote, read as it is (`edm status` does not
+        // migrate): no `relay` column before version 4, so no relay to count.
+        if crate::schema::version(&self.conn, path)? < 4 {
+            return Ok(out);
+        }
         let mut st = self
             .conn
             .prepare_cached(

@@ -499,12 +499,18 @@ async fn failures_at_the_same_moment_count_once() {
         tasks.push(tokio::spawn(async move {
             let mut conn = pool.open().await.expect("a pool connection");
             let e = env(w);
-            conn.send(&e, no_mark()).await.map(|r| r.relay).map_err(|(f, _)| f)
+            conn.send(&e, no_mark())
+                .await
+                .map(|r| r.relay)
+                .map_err(|(f, _)| f)
         }));
     }
     for t in tasks {
         assert_eq!(t.await.expect("task"), Ok(Some("b".to_string())));
     }
     assert!(a.opens.load(Ordering::SeqCst) >= 2, "tried concurrently");
-    assert!(pool.down().is_empty(), "one moment's failures are one failure");
+    assert!(
+        pool.down().is_empty(),
+        "one moment's failures are one failure"
+    );
 }
