@@ -402,6 +402,16 @@ impl Inner {
         }
     }
 
+    /// Keeps a usable connection of member `i` for the next message, unless
+    /// the member was taken out meanwhile (then it is dropped).
+    fn give_back(&self, i: usize, conn: Box<dyn Connection>) {
+        let m = &self.members[i];
+        let down = m.health.lock().map(|h| h.down.is_some()).unwrap_or(true);
+        if !down && let Ok(mut v) = m.idle.lock() {
+            v.push(conn);
+        }
+    }
+
     /// Member `i` answered: it is reachable.
     fn answered(&self, i: usize) {
         if let Ok(mut h) = self.members[i].health.lock() {
@@ -616,9 +626,7 @@ impl PoolConnection {
             match result {
                 Ok(mut reply) => {
                     inner.accepted(i);
-                    if let Ok(mut v) = m.idle.lock() {
-                        v.push(conn);
-                    }
+                    inner.give_back(i, conn);
                     let accepted = m.accepted.fetch_add(1, Ordering::SeqCst) + 1;
                     drop(slot);
                     reply.relay = Some(m.name.clone());
@@ -631,9 +639,7 @@ impl PoolConnection {
                 }
                 Err((f, after)) => {
                     if after == Afterwards::Usable {
-                        if let Ok(mut v) = m.idle.lock() {
-                            v.push(conn);
-                        }
+                        inner.give_back(i, conn);
                     } else {
                         drop(conn);
                     }
