@@ -24,6 +24,7 @@
 //! - `new`: `edm new` skeletons pass `edm check` (issue 12).
 //! - `check_online`: `edm check --online` against the sink, moto and the
 //!   Resend test server (issue 12).
+//! - `pool`: relay pools: weights, per-relay rates, failover (issue 12).
 
 mod harness;
 
@@ -33,6 +34,7 @@ mod failures;
 mod files;
 mod ingest;
 mod new;
+mod pool;
 mod postfix;
 mod preflight;
 mod promises;

@@ -16,9 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use edm_delivery::{
-    ApiKey, Credentials, DeliveryConfig, DomainLimit, EngineEnd, ResendSettings, ResendTransport,
-    RetryPolicy, Security, SesSettings, SesTransport, SmtpSettings, SmtpTransport, Transport,
-    Verdict,
+    ApiKey, Credentials, DeliveryConfig, DomainLimit, EngineEnd, PoolMember, PoolTransport,
+    ResendSettings, ResendTransport, RetryPolicy, Security, SesSettings, SesTransport,
+    SmtpSettings, SmtpTransport, Transport, Verdict,
 };
 use edm_model::{
     Control, DeliveryEvent, DomainCounts, EventLine, Failure, Notice, Progress, RecipientId,
@@ -329,6 +329,9 @@ pub(crate) fn delivery_config(
 /// The campaign's relay as a [`Transport`]: `[smtp]` or a `[[relay]]` of
 /// kind `smtp` over SMTP, a `[[relay]]` of kind `ses` over Amazon SES v2.
 pub(crate) fn transport(c: &Campaign, cfg: &DeliveryConfig) -> Result<Arc<dyn Transport>, Error> {
+    if c.is_pool() {
+        return pool_transport(c, cfg, &Default::default());
+    }
     let bad = |message: String| Error::Config {
         file: c.file.clone(),
         message,
@@ -371,6 +374,117 @@ pub(crate) fn transport(c: &Campaign, cfg: &DeliveryConfig) -> Result<Arc<dyn Tr
             Ok(Arc::new(t))
         }
     }
+}
+
+/// A pool of relays (several `[[relay]]` tables) as one [`Transport`]: each
+/// member with its own connection settings, weight, rate, concurrency and
+/// daily quota (`sent_today`: what each accepted in the last 24 hours, from
+/// the state). docs/transports.md, "Pools and failover".
+pub(crate) fn pool_transport(
+    c: &Campaign,
+    cfg: &DeliveryConfig,
+    sent_today: &std::collections::BTreeMap<String, u64>,
+) -> Result<Arc<dyn Transport>, Error> {
+    let bad = |message: String| Error::Config {
+        file: c.file.clone(),
+        message,
+    };
+    let mut members = Vec::new();
+    for r in &c.config.relay {
+        let key = format!("[[relay]] {:?}", r.name);
+        let t: Arc<dyn Transport> = match r.kind {
+            RelayKind::Smtp => {
+                let s = c
+                    .relay_smtp(r)
+                    .ok_or_else(|| bad(format!("{key}: not SMTP settings")))?;
+                if s.username.is_some()
+                    && s.security == SecurityName::None
+                    && !s.allow_plaintext_auth
+                    && !edm_delivery::is_loopback(&s.host)
+                {
+                    return Err(bad(format!(
+                        "{key} security = \"none\" would send the password to {} in clear: set security = \"starttls\" or \"tls\", or allow_plaintext_auth = true if the network is yours",
+                        s.host
+                    )));
+                }
+                let password = c.password_of(&s, &key)?;
+                let port = s.port.unwrap_or(match s.security {
+                    SecurityName::None => 25,
+                    SecurityName::Starttls => 587,
+                    SecurityName::Tls => 465,
+                });
+                let mut settings = cfg.smtp.clone();
+                settings.host = s.host.clone();
+                settings.port = port;
+                settings.security = match s.security {
+                    SecurityName::None => Security::None,
+                    SecurityName::Starttls => Security::StartTls,
+                    SecurityName::Tls => Security::Tls,
+                };
+                settings.credentials = s.username.clone().zip(password);
+                if let Some(h) = &s.helo_name {
+                    settings.helo_name = h.clone();
+                }
+                settings.connect_timeout = s.connect_timeout;
+                settings.command_timeout = s.command_timeout;
+                settings.data_timeout = s.data_timeout;
+                settings.accept_invalid_certs = s.accept_invalid_certs;
+                settings.allow_plaintext_auth = s.allow_plaintext_auth;
+                let t = SmtpTransport::new(settings)
+                    .map_err(|e| bad(format!("{key}: cannot set up TLS: {e}")))?;
+                Arc::new(t)
+            }
+            RelayKind::Ses => {
+                let s = c
+                    .relay_ses(r)
+                    .ok_or_else(|| bad(format!("{key}: not SES settings")))?;
+                let credentials =
+                    Credentials::load(s.profile.as_deref(), |k| std::env::var(k).ok())
+                        .map_err(|e| bad(format!("{key}: {e}")))?;
+                let t = SesTransport::new(SesSettings {
+                    region: s.region,
+                    endpoint: s.endpoint,
+                    credentials,
+                    configuration_set: s.configuration_set,
+                    campaign: c.config.campaign.name.clone(),
+                    connect_timeout: s.connect_timeout,
+                    request_timeout: s.request_timeout,
+                })
+                .map_err(|e| bad(format!("{key}: {e}")))?;
+                Arc::new(t)
+            }
+            RelayKind::Resend => {
+                let s = c
+                    .relay_resend(r)
+                    .ok_or_else(|| bad(format!("{key}: not Resend settings")))?;
+                let api_key = c.resend_api_key_of(&r.name, &s)?;
+                let t = ResendTransport::new(ResendSettings {
+                    endpoint: s.endpoint,
+                    api_key: ApiKey::new(api_key),
+                    campaign: c.config.campaign.name.clone(),
+                    connect_timeout: s.connect_timeout,
+                    request_timeout: s.request_timeout,
+                })
+                .map_err(|e| bad(format!("{key}: {e}")))?;
+                Arc::new(t)
+            }
+        };
+        let mut m = PoolMember::new(r.name.clone(), t);
+        m.weight = r.weight.unwrap_or(1.0);
+        m.rate = r.rate.filter(|r| *r > 0.0).or(
+            // Resend's documented default request rate, unless one is written.
+            (r.kind == RelayKind::Resend).then_some(edm_delivery::RESEND_DEFAULT_RATE),
+        );
+        m.burst = cfg.burst;
+        m.concurrency = c.relay_concurrency(r);
+        m.daily_quota = r.daily_quota;
+        m.sent_today = sent_today.get(&r.name).copied().unwrap_or(0);
+        members.push(m);
+    }
+    Ok(Arc::new(
+        PoolTransport::new(members, cfg.quota_pause)
+            .with_refusal_limit(cfg.stop_after_identical_refusals),
+    ))
 }
 
 /// At start, for an SES relay whose endpoint offers GetAccount: the
@@ -471,8 +585,21 @@ pub async fn start_send(campaign: Campaign, opts: SendOptions) -> Result<Run, Er
                 reason: e.to_string(),
             })??;
     let mut dcfg = delivery_config(&campaign, &opts, password);
-    let transport = transport(&campaign, &dcfg)?;
-    if campaign.relay_kind() == RelayKind::Ses {
+    let transport = if campaign.is_pool() {
+        // Each member's daily quota counts what it accepted in the last 24 h.
+        let since = now_ms() - 24 * 3600 * 1000;
+        let sent_today = prepared
+            .store
+            .relay_counts(since)
+            .map(|m| m.into_iter().map(|(k, v)| (k, v.sent_since)).collect())
+            .unwrap_or_default();
+        // The engine's workers: every member's connections at once.
+        dcfg.concurrency = campaign.concurrency();
+        pool_transport(&campaign, &dcfg, &sent_today)?
+    } else {
+        transport(&campaign, &dcfg)?
+    };
+    if campaign.relay_kind() == RelayKind::Ses && !campaign.is_pool() {
         let unsent = prepared
             .store
             .summary()
@@ -777,9 +904,10 @@ async fn handle_event(
                     id,
                     at: now,
                     kind: OutcomeKind::Sent {
+                        // A pool says which member sent it.
+                        relay: reply.relay.clone().unwrap_or_else(|| shared.relay.clone()),
                         reply,
                         message_id,
-                        relay: shared.relay.clone(),
                     },
                 },
             )
@@ -887,6 +1015,8 @@ async fn handle_event(
                 Notice::BreakerOpen { .. } | Notice::BreakerClosed => "breaker",
                 Notice::Paused { .. } | Notice::Resumed => "pause",
                 Notice::Stopping { .. } => "stop",
+                Notice::RelayDown { .. } => "relay_down",
+                Notice::RelayUp { .. } => "relay_up",
             };
             let text = n.to_string();
             tracing::info!(kind, "{text}");

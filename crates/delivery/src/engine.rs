@@ -632,6 +632,8 @@ pub fn start_with(
             )
         })
         .collect();
+    // A transport with notices of its own (a pool) reports on the same channel.
+    transport.attach(events.clone());
     let (stop, _) = watch::channel(false);
     let (paused, _) = watch::channel(false);
     let dispatcher = Dispatcher::new(domains, cfg.concurrency.max(1) * 4);

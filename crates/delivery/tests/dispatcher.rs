@@ -108,6 +108,7 @@ impl Connection for StubConn {
                     enhanced: None,
                     text: "ok".into(),
                     provider_message_id: None,
+                    relay: None,
                 }),
             }
         })

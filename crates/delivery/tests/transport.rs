@@ -100,6 +100,7 @@ impl Connection for StubConn {
                     enhanced: None,
                     text: "ok".into(),
                     provider_message_id: None,
+                    relay: None,
                 }),
                 Send::Refuse(f) => Err((f.clone(), Afterwards::Usable)),
                 Send::Drop => Err((

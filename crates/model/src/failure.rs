@@ -327,6 +327,10 @@ pub struct Reply {
     /// (Amazon SES replaces the Message-ID and returns its own MessageId).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub provider_message_id: Option<String>,
+    /// The pool member that sent it (`[[relay]] name`), set by a relay pool;
+    /// `None` from a single transport (the run knows its one relay's name).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay: Option<String>,
 }
 
 impl fmt::Display for Reply {

@@ -243,6 +243,20 @@ pub enum Notice {
         /// Why, with the relay's reply when there is one.
         reason: String,
     },
+    /// A relay of a pool was taken out (unreachable, credentials or sender
+    /// refused): its traffic moves to the others for the rest of the run.
+    RelayDown {
+        /// `[[relay]] name`.
+        relay: String,
+        /// Why.
+        failure: Failure,
+    },
+    /// A relay of a pool is in service (said once per member at the start of
+    /// a run, so the last run's states can be read back from the events).
+    RelayUp {
+        /// `[[relay]] name`.
+        relay: String,
+    },
 }
 
 impl fmt::Display for Notice {
@@ -263,6 +277,12 @@ impl fmt::Display for Notice {
             Notice::Paused { reason } => write!(f, "paused: {reason}"),
             Notice::Resumed => f.write_str("resumed"),
             Notice::Stopping { reason } => write!(f, "run stopped: {reason}"),
+            Notice::RelayDown { relay, failure } => write!(
+                f,
+                "relay {relay:?} down, its traffic moves to the others: {} at {}: {}",
+                failure.category, failure.stage, failure.reply
+            ),
+            Notice::RelayUp { relay } => write!(f, "relay {relay:?} up"),
         }
     }
 }

@@ -433,6 +433,7 @@ mod tests {
                     enhanced: None,
                     text: "ok".into(),
                     provider_message_id: None,
+                    relay: None,
                 },
                 message_id: "<m@edm>".into(),
                 relay: "smtp".into(),

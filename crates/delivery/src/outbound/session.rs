@@ -129,6 +129,7 @@ fn to_reply(r: Response<String>) -> Reply {
         enhanced: (r.esc != [0, 0, 0]).then(|| format!("{}.{}.{}", r.esc[0], r.esc[1], r.esc[2])),
         text: r.message.trim().to_string(),
         provider_message_id: None,
+        relay: None,
     }
 }
 

@@ -492,6 +492,7 @@ impl Connection for SesConnection {
                     None => "OK".into(),
                 },
                 provider_message_id: id,
+                relay: None,
             })
         })
     }
