@@ -8,6 +8,9 @@
 //! a verdict to a recipient and applying it is the campaign crate's job.
 
 pub mod mailbox;
+mod parse;
+
+pub use parse::parse;
 
 use serde::Serialize;
 
@@ -77,13 +80,4 @@ impl Verdict {
             feedback_type: None,
         }
     }
-}
-
-/// Reads one raw message (RFC 5322 bytes, CRLF or LF).
-///
-/// Scaffold: the parser (RFC 3464, RFC 5965 and the common non-standard
-/// notices) is being written; until then every message is `not_bounce`.
-pub fn parse(raw: &[u8]) -> Verdict {
-    let _ = raw;
-    Verdict::not_bounce()
 }
