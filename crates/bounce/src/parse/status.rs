@@ -129,6 +129,8 @@ const WORDS: &[(&[&str], &str)] = &[
             "user not found",
             "no longer available",
             "is not a valid",
+            // Yahoo: "dd This user doesn't have a yahoo.com account".
+            "user doesn't have a",
         ],
         "1.1",
     ),
@@ -286,6 +288,7 @@ mod tests {
         assert_eq!(infer("mailbox full", '5'), "5.2.2");
         assert_eq!(infer("message delayed", '5'), "4.4.7");
         assert_eq!(infer("550", '4'), "5.0.0");
+        assert_eq!(infer("554 delivery error: dd This user doesn't have a yahoo.com account", '5'), "5.1.1");
         assert_eq!(infer("", '5'), "5.0.0");
         assert_eq!(infer("smtp; 250 2.0.0 ok", '5'), "5.0.0");
     }

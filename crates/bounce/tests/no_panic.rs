@@ -1,0 +1,74 @@
+//! The parser never panics: random bytes, every corpus message cut short at
+//! many points, and corpus messages with bytes flipped.
+
+use std::path::Path;
+
+use proptest::prelude::*;
+
+fn corpus() -> Vec<Vec<u8>> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/bounces/corpus");
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "eml"))
+        .collect();
+    v.sort();
+    v.iter().map(|p| std::fs::read(p).unwrap()).collect()
+}
+
+#[test]
+fn every_truncation_of_the_corpus_parses() {
+    for raw in corpus() {
+        // Every byte for short messages; a few hundred cuts for long ones,
+        // including every cut near the start (headers) and the end.
+        let step = (raw.len() / 400).max(1);
+        let cuts = (0..raw.len()).step_by(step).chain(0..raw.len().min(300));
+        for cut in cuts {
+            let _ = edm_bounce::parse(&raw[..cut]);
+        }
+    }
+}
+
+#[test]
+fn edge_inputs_parse() {
+    for raw in [
+        &b""[..],
+        b"\n",
+        b"\r\n\r\n",
+        b":",
+        b"Content-Type: multipart/report; boundary=x\n\n--x\nContent-Type: message/delivery-status\n\n",
+        b"Content-Type: message/delivery-status\n\nFinal-Recipient: rfc822;\nAction:\nStatus: 5.\n",
+        b"Subject: \xff\xfe\n\n<\xc3@\xa9>: 5.5.5.5.5 550 550",
+        b"From: MAILER-DAEMON\nSubject: undeliverable\n\n<a@b.c>:",
+        b"From: MAILER-DAEMON\nSubject: undeliverable\n\nMessage-ID:",
+        b"From: MAILER-DAEMON\nSubject: undeliverable\n\nDelivery has failed to these recipients or groups:",
+        b"From: MAILER-DAEMON\nSubject: undeliverable\n\nThe following address(es) failed:\n  \xc3\xa9@\xc3\xa9.fr\n    x",
+    ] {
+        let _ = edm_bounce::parse(raw);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_bytes_parse(raw in proptest::collection::vec(any::<u8>(), 0..4096)) {
+        let _ = edm_bounce::parse(&raw);
+    }
+
+    #[test]
+    fn mutated_corpus_messages_parse(
+        which in 0usize..1000,
+        flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..32),
+    ) {
+        let all = corpus();
+        let mut raw = all[which % all.len()].clone();
+        for (at, byte) in flips {
+            if !raw.is_empty() {
+                let i = at % raw.len();
+                raw[i] = byte;
+            }
+        }
+        let _ = edm_bounce::parse(&raw);
+    }
+}
