@@ -20,9 +20,11 @@
 //!   CR/LF (SMTP smuggling), no password in clear (issue 9).
 //! - `promises`: fail fast, stop on refusals that hit every message, in doubt.
 //! - `ses`: Amazon SES v2 through moto's server (issue 12).
+//! - `bounce_parse`: `edm bounces parse`, the parser's verdicts (issue 13).
 
 mod harness;
 
+mod bounce_parse;
 mod crash;
 mod failures;
 mod files;

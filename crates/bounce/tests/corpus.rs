@@ -36,10 +36,17 @@ fn check(eml: &Path) -> Vec<String> {
     if expected["verdict"] != got["verdict"] {
         differ("verdict", &expected["verdict"], &got["verdict"]);
     }
-    let want_r = expected["recipients"].as_array().cloned().unwrap_or_default();
+    let want_r = expected["recipients"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let have_r = got["recipients"].as_array().cloned().unwrap_or_default();
     if want_r.len() != have_r.len() {
-        differ("recipients", &Value::from(want_r.clone()), &Value::from(have_r.clone()));
+        differ(
+            "recipients",
+            &Value::from(want_r.clone()),
+            &Value::from(have_r.clone()),
+        );
     } else {
         for (w, h) in want_r.iter().zip(&have_r) {
             let addr_eq = w["address"]
@@ -57,12 +64,21 @@ fn check(eml: &Path) -> Vec<String> {
             if let Some(part) = w["diagnostic_contains"].as_str() {
                 let ok = h["diagnostic"].as_str().is_some_and(|d| d.contains(part));
                 if !ok {
-                    differ(&format!("{} diagnostic", w["address"]), &w["diagnostic_contains"], &h["diagnostic"]);
+                    differ(
+                        &format!("{} diagnostic", w["address"]),
+                        &w["diagnostic_contains"],
+                        &h["diagnostic"],
+                    );
                 }
             }
         }
     }
-    for key in ["envelope_id", "original_message_id", "feedback_type", "delivered_to"] {
+    for key in [
+        "envelope_id",
+        "original_message_id",
+        "feedback_type",
+        "delivered_to",
+    ] {
         if let Some(w) = expected.get(key)
             && *w != got[key]
         {
@@ -75,9 +91,18 @@ fn check(eml: &Path) -> Vec<String> {
 #[test]
 fn every_message_gets_its_expected_verdict() {
     let all = messages();
-    assert!(all.len() >= 30, "the corpus has {} messages, wants 30 or more", all.len());
+    assert!(
+        all.len() >= 30,
+        "the corpus has {} messages, wants 30 or more",
+        all.len()
+    );
     let errors: Vec<String> = all.iter().flat_map(|p| check(p)).collect();
-    assert!(errors.is_empty(), "{} mismatches:\n{}", errors.len(), errors.join("\n"));
+    assert!(
+        errors.is_empty(),
+        "{} mismatches:\n{}",
+        errors.len(),
+        errors.join("\n")
+    );
 }
 
 #[test]
@@ -96,7 +121,13 @@ fn the_corpus_covers_every_verdict_and_both_line_endings() {
     }
     assert_eq!(
         kinds.into_iter().collect::<Vec<_>>(),
-        ["auto_reply", "bounce", "complaint", "delivery_report", "not_bounce"]
+        [
+            "auto_reply",
+            "bounce",
+            "complaint",
+            "delivery_report",
+            "not_bounce"
+        ]
     );
     assert!(crlf >= 5 && lf >= 5, "crlf {crlf}, lf {lf}");
 }

@@ -69,7 +69,9 @@ mod tests {
     #[test]
     fn finds_addresses_in_prose() {
         assert_eq!(
-            find_all("<a.b@x.example>: host mx[192.0.2.1] said: 550 <c@y.example>... gone. A.B@X.example"),
+            find_all(
+                "<a.b@x.example>: host mx[192.0.2.1] said: 550 <c@y.example>... gone. A.B@X.example"
+            ),
             vec!["a.b@x.example", "c@y.example"]
         );
         assert_eq!(
@@ -81,8 +83,14 @@ mod tests {
 
     #[test]
     fn first_strips_the_address_type() {
-        assert_eq!(first("rfc822; kijitora@example.jp").as_deref(), Some("kijitora@example.jp"));
-        assert_eq!(first("rfc822;<neko@example.jp>").as_deref(), Some("neko@example.jp"));
+        assert_eq!(
+            first("rfc822; kijitora@example.jp").as_deref(),
+            Some("kijitora@example.jp")
+        );
+        assert_eq!(
+            first("rfc822;<neko@example.jp>").as_deref(),
+            Some("neko@example.jp")
+        );
         assert_eq!(first("rfc822;"), None);
     }
 }

@@ -51,17 +51,31 @@ pub(crate) fn read_forwarded(top: &[Field], returned: &[Field]) -> Option<Compla
         return None;
     }
     let from = fields::get(top, "From").unwrap_or("").to_ascii_lowercase();
-    let subject = fields::get(top, "Subject").unwrap_or("").to_ascii_lowercase();
+    let subject = fields::get(top, "Subject")
+        .unwrap_or("")
+        .to_ascii_lowercase();
     let from_loop = from.contains("email-abuse.amazonses.com")
         || address::find_all(&from).iter().any(|a| {
             let local = a.split('@').next().unwrap_or("");
-            ["complaints", "abuse", "fbl", "feedbackloop", "feedback-loop", "spam-report"]
-                .iter()
-                .any(|p| local.starts_with(p))
+            [
+                "complaints",
+                "abuse",
+                "fbl",
+                "feedbackloop",
+                "feedback-loop",
+                "spam-report",
+            ]
+            .iter()
+            .any(|p| local.starts_with(p))
         });
-    let says_complaint = ["complaint", "abuse report", "spam report", "feedback report"]
-        .iter()
-        .any(|w| subject.contains(w));
+    let says_complaint = [
+        "complaint",
+        "abuse report",
+        "spam report",
+        "feedback report",
+    ]
+    .iter()
+    .any(|w| subject.contains(w));
     if !(from_loop || says_complaint) {
         return None;
     }

@@ -46,8 +46,8 @@ pub(crate) fn is_auto_reply(top: &[Field]) -> bool {
     let x_autoreply = ["X-Autoreply", "X-Autorespond", "X-Autoresponder"]
         .iter()
         .any(|h| fields::get(top, h).is_some());
-    let precedence = fields::get(top, "Precedence")
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("auto_reply"));
+    let precedence =
+        fields::get(top, "Precedence").is_some_and(|v| v.trim().eq_ignore_ascii_case("auto_reply"));
     let subject = fields::get(top, "Subject").unwrap_or("").to_lowercase();
     let subject_says = SUBJECTS.iter().any(|s| subject.contains(s));
     auto_submitted || x_autoreply || precedence || subject_says

@@ -145,7 +145,8 @@ mod tests {
 
     #[test]
     fn failed_with_a_4_status_stays_soft() {
-        let d = read("Final-Recipient: rfc822; x@y.example\nAction: failed\nStatus: 4.4.1\n").unwrap();
+        let d =
+            read("Final-Recipient: rfc822; x@y.example\nAction: failed\nStatus: 4.4.1\n").unwrap();
         assert_eq!(d.recipients[0].status.as_deref(), Some("4.4.1"));
         assert!(!d.recipients[0].hard);
     }

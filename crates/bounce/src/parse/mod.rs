@@ -39,7 +39,10 @@ pub fn parse(raw: &[u8]) -> Verdict {
     let mut top = fields::header_block(&all);
     // The decoded subject (RFC 2047 words: "=?UTF-8?Q?Abwesenheitsnotiz?=").
     if let Some(subject) = msg.subject() {
-        match top.iter_mut().find(|f| f.name.eq_ignore_ascii_case("Subject")) {
+        match top
+            .iter_mut()
+            .find(|f| f.name.eq_ignore_ascii_case("Subject"))
+        {
             Some(f) => f.value = subject.to_string(),
             None => top.push(Field {
                 name: "Subject".into(),

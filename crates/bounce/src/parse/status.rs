@@ -157,7 +157,11 @@ const WORDS: &[(&[&str], &str)] = &[
         "3.4",
     ),
     (
-        &["relay access denied", "relaying denied", "relay not permitted"],
+        &[
+            "relay access denied",
+            "relaying denied",
+            "relay not permitted",
+        ],
         "7.1",
     ),
     (
@@ -236,12 +240,21 @@ pub(crate) fn infer(text: &str, class_hint: char) -> String {
 
 /// The status of one recipient: the message's own `Status` unless it is
 /// missing, malformed or `0.0.0` (which some MTAs write for "unknown"), in
-/// which case it is inferred from the diagnostic.
+/// which case it is inferred from the diagnostic. A bare `5.0.0` or `4.0.0`
+/// (Exim writes `5.0.0` for every failure) is refined from the diagnostic
+/// (`552 5.2.2 ... over quota` → `5.2.2`), keeping the Status's class.
 pub(crate) fn resolve(status: Option<&str>, diagnostic: Option<&str>, class_hint: char) -> String {
+    let diagnostic = diagnostic.unwrap_or("");
     if let Some(code) = status.and_then(find_enhanced) {
+        if code.ends_with(".0.0") && !code.starts_with('2') {
+            let refined = infer(diagnostic, code.chars().next().unwrap_or(class_hint));
+            if !refined.ends_with(".0.0") {
+                return with_class(&refined, code.chars().next().unwrap_or(class_hint));
+            }
+        }
         return code;
     }
-    infer(diagnostic.unwrap_or(""), class_hint)
+    infer(diagnostic, class_hint)
 }
 
 /// The same status with another class (`5.2.2` → `4.2.2`).
@@ -263,8 +276,14 @@ mod tests {
 
     #[test]
     fn enhanced_codes_are_found_and_ip_addresses_are_not() {
-        assert_eq!(find_enhanced("smtp; 550 5.1.1 <a@b>... gone").as_deref(), Some("5.1.1"));
-        assert_eq!(find_enhanced("host [192.0.2.25] said 5.7.26 x").as_deref(), Some("5.7.26"));
+        assert_eq!(
+            find_enhanced("smtp; 550 5.1.1 <a@b>... gone").as_deref(),
+            Some("5.1.1")
+        );
+        assert_eq!(
+            find_enhanced("host [192.0.2.25] said 5.7.26 x").as_deref(),
+            Some("5.7.26")
+        );
         assert_eq!(find_enhanced("[192.0.2.25]"), None);
         assert_eq!(find_enhanced("Exim 4.77 and 5.1"), None);
         assert_eq!(find_enhanced("4.4.7."), Some("4.4.7".into()));
@@ -288,7 +307,13 @@ mod tests {
         assert_eq!(infer("mailbox full", '5'), "5.2.2");
         assert_eq!(infer("message delayed", '5'), "4.4.7");
         assert_eq!(infer("550", '4'), "5.0.0");
-        assert_eq!(infer("554 delivery error: dd This user doesn't have a yahoo.com account", '5'), "5.1.1");
+        assert_eq!(
+            infer(
+                "554 delivery error: dd This user doesn't have a yahoo.com account",
+                '5'
+            ),
+            "5.1.1"
+        );
         assert_eq!(infer("", '5'), "5.0.0");
         assert_eq!(infer("smtp; 250 2.0.0 ok", '5'), "5.0.0");
     }
@@ -298,6 +323,15 @@ mod tests {
         assert_eq!(resolve(Some("5.2.1"), Some("550 5.1.1"), '5'), "5.2.1");
         assert_eq!(resolve(Some("0.0.0"), Some("550 5.1.1 x"), '5'), "5.1.1");
         assert_eq!(resolve(None, Some("550 no such user"), '5'), "5.1.1");
+        assert_eq!(
+            resolve(Some("5.0.0"), Some("552 5.2.2 over quota"), '5'),
+            "5.2.2"
+        );
+        assert_eq!(
+            resolve(Some("5.0.0"), Some("452 4.2.2 over quota"), '5'),
+            "5.2.2"
+        );
+        assert_eq!(resolve(Some("5.0.0"), Some("550 go away"), '5'), "5.0.0");
         assert_eq!(with_class("5.2.2", '4'), "4.2.2");
         assert!(is_hard("5.0.0") && !is_hard("4.2.2"));
     }

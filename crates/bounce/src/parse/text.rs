@@ -87,11 +87,18 @@ const COPY: &[&str] = &[
 /// to a recipient).
 pub(crate) fn read(top: &[Field], body: &str) -> Option<Vec<Recipient>> {
     let lower = body.to_ascii_lowercase();
-    let subject = fields::get(top, "Subject").unwrap_or("").to_ascii_lowercase();
+    let subject = fields::get(top, "Subject")
+        .unwrap_or("")
+        .to_ascii_lowercase();
     let from = fields::get(top, "From").unwrap_or("").to_ascii_lowercase();
-    let daemon = ["mailer-daemon", "postmaster", "mail delivery", "mail.delivery"]
-        .iter()
-        .any(|w| from.contains(w));
+    let daemon = [
+        "mailer-daemon",
+        "postmaster",
+        "mail delivery",
+        "mail.delivery",
+    ]
+    .iter()
+    .any(|w| from.contains(w));
     let marked = MARKERS.iter().any(|m| lower.contains(m));
     let subject_says = SUBJECTS.iter().any(|s| subject.contains(s));
     if !(marked || (daemon && subject_says)) {
@@ -293,7 +300,10 @@ fn gmail(notice: &str, lower: &str) -> Found {
         let line_end = notice[start..]
             .find('\n')
             .map_or(notice.len(), |e| start + e);
-        if let Some(a) = address::find_all(&notice[start..line_end]).into_iter().next() {
+        if let Some(a) = address::find_all(&notice[start..line_end])
+            .into_iter()
+            .next()
+        {
             add(&mut found, a, response.clone());
         }
         from = start;
@@ -320,8 +330,7 @@ fn sendmail(notice: &str, lower: &str) -> Found {
         "the following addresses had transient non-fatal errors",
     ]
     .iter()
-    .find_map(|h| lower.find(h).map(|i| i + h.len()))
-    else {
+    .find_map(|h| lower.find(h).map(|i| i + h.len())) else {
         return found;
     };
     let rest = &notice[at..];
@@ -387,8 +396,7 @@ fn exim(notice: &str, lower: &str) -> Found {
         "has not yet been delivered are:",
     ]
     .iter()
-    .find_map(|h| lower.find(h).map(|i| i + h.len()))
-    else {
+    .find_map(|h| lower.find(h).map(|i| i + h.len())) else {
         return found;
     };
     let lines: Vec<&str> = notice[at..].lines().collect();
@@ -436,7 +444,9 @@ pub(crate) fn quoted_message_id(body: &str) -> Option<String> {
     let mut lines = body[from..].lines();
     while let Some(line) = lines.next() {
         let t = line.trim_start_matches(['>', ' ', '\t']);
-        if t.get(..11).is_some_and(|h| h.eq_ignore_ascii_case("message-id:")) {
+        if t.get(..11)
+            .is_some_and(|h| h.eq_ignore_ascii_case("message-id:"))
+        {
             let v = t.get(11..).unwrap_or("").trim();
             let v = if v.is_empty() {
                 lines.next().unwrap_or("").trim()
