@@ -61,21 +61,20 @@ pub fn parse(raw: &[u8]) -> Verdict {
         let kind = ct.ctype().to_ascii_lowercase();
         let sub = ct.subtype().unwrap_or("").to_ascii_lowercase();
         match (kind.as_str(), sub.as_str()) {
-            ("message", "delivery-status" | "global-delivery-status") => {
-                if delivery_status.is_none() {
-                    delivery_status = Some(fields::text(part.contents()));
-                }
+            // The first of each kind counts.
+            ("message", "delivery-status" | "global-delivery-status")
+                if delivery_status.is_none() =>
+            {
+                delivery_status = Some(fields::text(part.contents()));
             }
-            ("message", "feedback-report") => {
-                if feedback.is_none() {
-                    feedback = Some(fields::text(part.contents()));
-                }
+            ("message", "feedback-report") if feedback.is_none() => {
+                feedback = Some(fields::text(part.contents()));
             }
             ("message", "rfc822" | "global" | "rfc822-headers")
-            | ("text", "rfc822-headers" | "rfc822") => {
-                if returned.is_empty() {
-                    returned = fields::header_block(&fields::text(part.contents()));
-                }
+            | ("text", "rfc822-headers" | "rfc822")
+                if returned.is_empty() =>
+            {
+                returned = fields::header_block(&fields::text(part.contents()));
             }
             _ => {}
         }

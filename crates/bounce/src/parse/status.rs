@@ -13,10 +13,11 @@ pub(crate) fn find_enhanced(s: &str) -> Option<String> {
     while i < b.len() {
         let c = b[i];
         let boundary_before = i == 0 || !(b[i - 1].is_ascii_digit() || b[i - 1] == b'.');
-        if matches!(c, b'2' | b'4' | b'5') && boundary_before {
-            if let Some(end) = code_end(b, i) {
-                return Some(s[i..end].to_string());
-            }
+        if matches!(c, b'2' | b'4' | b'5')
+            && boundary_before
+            && let Some(end) = code_end(b, i)
+        {
+            return Some(s[i..end].to_string());
         }
         i += 1;
     }
