@@ -9,16 +9,13 @@ use super::fields::{self, Field};
 use super::{address, status};
 use crate::Recipient;
 
-/// Phrases that only a delivery failure or delay notice writes.
+/// Boilerplate that only mail delivery software writes: enough on its own.
 const MARKERS: &[&str] = &[
     // Exchange 2007+ and Office 365 NDRs.
     "delivery has failed to these recipients or groups",
-    "remote server returned '",
-    // Gmail.
-    "wasn't delivered to",
+    // Gmail (older notices).
     "delivery to the following recipient failed permanently",
     "delivery to the following recipients failed permanently",
-    "delivery to the following recipient has been delayed",
     // Yahoo.
     "sorry, we were unable to deliver your message",
     // qmail.
@@ -26,14 +23,22 @@ const MARKERS: &[&str] = &[
     "i'm afraid i wasn't able to deliver your message",
     // Exim.
     "this message was created automatically by mail delivery software",
-    "a message that you sent could not be delivered",
-    "a message that you sent has not yet been delivered",
     // Postfix.
     "this is the mail system at host",
     // Sendmail.
     "the following addresses had permanent fatal errors",
     "the following addresses had transient non-fatal errors",
-    // Generic.
+];
+
+/// Phrases a person could write too ("your message wasn't delivered to my
+/// colleague"): they count only from a mailer daemon or under a failure
+/// notice's subject.
+const WEAK_MARKERS: &[&str] = &[
+    "wasn't delivered to",
+    "remote server returned '",
+    "delivery to the following recipient has been delayed",
+    "a message that you sent could not be delivered",
+    "a message that you sent has not yet been delivered",
     "could not be delivered to one or more recipients",
     "the following message to <",
 ];
@@ -100,8 +105,9 @@ pub(crate) fn read(top: &[Field], body: &str) -> Option<Vec<Recipient>> {
     .iter()
     .any(|w| from.contains(w));
     let marked = MARKERS.iter().any(|m| lower.contains(m));
+    let weakly_marked = WEAK_MARKERS.iter().any(|m| lower.contains(m));
     let subject_says = SUBJECTS.iter().any(|s| subject.contains(s));
-    if !(marked || (daemon && subject_says)) {
+    if !(marked || ((daemon || subject_says) && weakly_marked) || (daemon && subject_says)) {
         return None;
     }
     let delay = DELAY
