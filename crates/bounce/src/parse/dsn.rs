@@ -10,6 +10,8 @@ pub(crate) struct Dsn {
     pub kind: VerdictKind,
     pub recipients: Vec<Recipient>,
     pub envelope_id: Option<String>,
+    /// Gmail's per-message `X-Original-Message-ID`.
+    pub original_message_id: Option<String>,
 }
 
 /// Reads the body of a `message/delivery-status` part. `None` when it names
@@ -17,6 +19,7 @@ pub(crate) struct Dsn {
 pub(crate) fn read(report: &str) -> Option<Dsn> {
     let groups = fields::groups(report);
     let mut envelope_id = None;
+    let mut original_message_id = None;
     let mut failed = Vec::new();
     let mut delivered = Vec::new();
     for group in &groups {
@@ -29,6 +32,10 @@ pub(crate) fn read(report: &str) -> Option<Dsn> {
             if !id.is_empty() {
                 envelope_id = Some(id.to_string());
             }
+        }
+        if original_message_id.is_none() {
+            original_message_id =
+                fields::get(group, "X-Original-Message-ID").and_then(fields::message_id);
         }
         let Some(r) = recipient(group) else { continue };
         match r {
@@ -48,6 +55,7 @@ pub(crate) fn read(report: &str) -> Option<Dsn> {
         kind,
         recipients,
         envelope_id,
+        original_message_id,
     })
 }
 

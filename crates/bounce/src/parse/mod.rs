@@ -94,6 +94,9 @@ pub fn parse(raw: &[u8]) -> Verdict {
         verdict.verdict = report.kind;
         verdict.recipients = report.recipients;
         verdict.envelope_id = report.envelope_id;
+        if verdict.original_message_id.is_none() {
+            verdict.original_message_id = report.original_message_id;
+        }
         return verdict;
     }
     if let Some(report) = feedback.as_deref() {
