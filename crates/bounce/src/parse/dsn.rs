@@ -2,6 +2,7 @@
 //! part of a `multipart/report; report-type=delivery-status`.
 
 use super::fields::{self, Field};
+use super::text::Found;
 use super::{address, status};
 use crate::{Recipient, VerdictKind};
 
@@ -14,9 +15,11 @@ pub(crate) struct Dsn {
     pub original_message_id: Option<String>,
 }
 
-/// Reads the body of a `message/delivery-status` part. `None` when it names
-/// no recipient (then the notice's text is all there is).
-pub(crate) fn read(report: &str) -> Option<Dsn> {
+/// Reads the body of a `message/delivery-status` part. `notes` are the
+/// notice's own words per recipient, for a group without a Diagnostic-Code.
+/// `None` when it names no recipient (then the notice's text is all there
+/// is).
+pub(crate) fn read(report: &str, notes: &Found) -> Option<Dsn> {
     let groups = fields::groups(report);
     let mut envelope_id = None;
     let mut original_message_id = None;
@@ -37,7 +40,9 @@ pub(crate) fn read(report: &str) -> Option<Dsn> {
             original_message_id =
                 fields::get(group, "X-Original-Message-ID").and_then(fields::message_id);
         }
-        let Some(r) = recipient(group) else { continue };
+        let Some(r) = recipient(group, notes) else {
+            continue;
+        };
         match r {
             (Outcome::Failed, r) => failed.push(r),
             (Outcome::Delivered, r) => delivered.push(r),
@@ -68,7 +73,7 @@ enum Outcome {
 
 /// One per-recipient group (RFC 3464 §2.3), or `None` for a group that names
 /// no recipient (the per-message group).
-fn recipient(group: &[Field]) -> Option<(Outcome, Recipient)> {
+fn recipient(group: &[Field], notes: &Found) -> Option<(Outcome, Recipient)> {
     let address = fields::get(group, "Final-Recipient")
         .and_then(address::first)
         .or_else(|| fields::get(group, "Original-Recipient").and_then(address::first))?;
@@ -82,7 +87,13 @@ fn recipient(group: &[Field]) -> Option<(Outcome, Recipient)> {
         .unwrap_or_default();
     let diagnostic = fields::get(group, "Diagnostic-Code")
         .map(strip_type)
-        .filter(|d| !d.is_empty());
+        .filter(|d| !d.is_empty())
+        .or_else(|| {
+            notes
+                .iter()
+                .find(|(a, _)| a.eq_ignore_ascii_case(&address))
+                .and_then(|(_, d)| d.clone())
+        });
     let raw_status = fields::get(group, "Status");
     let hint = match action.as_str() {
         "failed" => '5',
@@ -145,7 +156,7 @@ mod tests {
 
     #[test]
     fn delayed_is_soft_even_when_the_mta_says_5() {
-        let d = read("Reporting-MTA: dns; a\n\nFinal-Recipient: rfc822; x@y.example\nAction: delayed\nStatus: 5.2.2\n").unwrap();
+        let d = read("Reporting-MTA: dns; a\n\nFinal-Recipient: rfc822; x@y.example\nAction: delayed\nStatus: 5.2.2\n", &Found::new()).unwrap();
         assert_eq!(d.kind, VerdictKind::Bounce);
         assert_eq!(d.recipients[0].status.as_deref(), Some("4.2.2"));
         assert!(!d.recipients[0].hard);
@@ -153,16 +164,19 @@ mod tests {
 
     #[test]
     fn failed_with_a_4_status_stays_soft() {
-        let d =
-            read("Final-Recipient: rfc822; x@y.example\nAction: failed\nStatus: 4.4.1\n").unwrap();
+        let d = read(
+            "Final-Recipient: rfc822; x@y.example\nAction: failed\nStatus: 4.4.1\n",
+            &Found::new(),
+        )
+        .unwrap();
         assert_eq!(d.recipients[0].status.as_deref(), Some("4.4.1"));
         assert!(!d.recipients[0].hard);
     }
 
     #[test]
     fn no_recipient_no_dsn() {
-        assert!(read("Reporting-MTA: dns; a\n").is_none());
-        assert!(read("").is_none());
+        assert!(read("Reporting-MTA: dns; a\n", &Found::new()).is_none());
+        assert!(read("", &Found::new()).is_none());
     }
 
     #[test]

@@ -90,7 +90,10 @@ pub fn parse(raw: &[u8]) -> Verdict {
         .and_then(fields::message_id)
         .or_else(|| text::quoted_message_id(&body));
 
-    if let Some(report) = delivery_status.as_deref().and_then(dsn::read) {
+    if let Some(report) = delivery_status
+        .as_deref()
+        .and_then(|r| dsn::read(r, &text::notes(&body)))
+    {
         verdict.verdict = report.kind;
         verdict.recipients = report.recipients;
         verdict.envelope_id = report.envelope_id;

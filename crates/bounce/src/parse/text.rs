@@ -123,19 +123,7 @@ pub(crate) fn read(top: &[Field], body: &str) -> Option<Vec<Recipient>> {
     let notice = &body[..end];
     let notice_lower = &lower[..end];
 
-    let mut found = exchange(notice, notice_lower);
-    if found.is_empty() {
-        found = gmail(notice, notice_lower);
-    }
-    if found.is_empty() {
-        found = sendmail(notice, notice_lower);
-    }
-    if found.is_empty() {
-        found = angle_paragraphs(notice);
-    }
-    if found.is_empty() {
-        found = exim(notice, notice_lower);
-    }
+    let mut found = per_recipient(notice, notice_lower);
     if found.is_empty() {
         // Exim's own header (and some others copy it).
         for v in fields::get_all(top, "X-Failed-Recipients") {
@@ -171,7 +159,39 @@ pub(crate) fn read(top: &[Field], body: &str) -> Option<Vec<Recipient>> {
     Some(recipients)
 }
 
-type Found = Vec<(String, Option<String>)>;
+/// Recipients and their servers' words, as the notice's layout gives them.
+pub(crate) type Found = Vec<(String, Option<String>)>;
+
+/// The recipients a notice's text names, by the first layout that finds
+/// any. `lower` is `notice` ASCII-lowercased.
+fn per_recipient(notice: &str, lower: &str) -> Found {
+    let mut found = exchange(notice, lower);
+    if found.is_empty() {
+        found = gmail(notice, lower);
+    }
+    if found.is_empty() {
+        found = sendmail(notice, lower);
+    }
+    if found.is_empty() {
+        found = angle_paragraphs(notice);
+    }
+    if found.is_empty() {
+        found = exim(notice, lower);
+    }
+    found
+}
+
+/// What the human-readable part of a DSN says per recipient: the
+/// diagnostic for a delivery-status group that has none.
+pub(crate) fn notes(body: &str) -> Found {
+    let lower = body.to_ascii_lowercase();
+    let end = COPY
+        .iter()
+        .filter_map(|m| lower.find(m))
+        .min()
+        .unwrap_or(body.len());
+    per_recipient(&body[..end], &lower[..end])
+}
 
 /// Whitespace collapsed, capped: a diagnostic is a line, not a transcript.
 fn one_line(s: &str) -> Option<String> {
