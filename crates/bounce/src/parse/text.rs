@@ -159,6 +159,9 @@ pub(crate) fn read(top: &[Field], body: &str) -> Option<Vec<Recipient>> {
     Some(recipients)
 }
 
+/// More recipients than any real notice lists.
+const MAX_RECIPIENTS: usize = 1000;
+
 /// Recipients and their servers' words, as the notice's layout gives them.
 pub(crate) type Found = Vec<(String, Option<String>)>;
 
@@ -365,6 +368,11 @@ fn sendmail(notice: &str, lower: &str) -> Found {
     let block = paragraphs(rest).first().copied().unwrap_or("");
     let lines: Vec<&str> = block.lines().map(str::trim).collect();
     for (i, line) in lines.iter().enumerate() {
+        // Each address may scan the transcript: a bound keeps a hostile
+        // notice with thousands of addresses linear in practice.
+        if found.len() >= MAX_RECIPIENTS {
+            break;
+        }
         if line.starts_with("(reason:") || line.starts_with("(expanded from") {
             continue;
         }
