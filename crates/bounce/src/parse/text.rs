@@ -11,8 +11,9 @@ use crate::Recipient;
 
 /// Boilerplate that only mail delivery software writes: enough on its own.
 const MARKERS: &[&str] = &[
-    // Exchange 2007+ and Office 365 NDRs.
-    "delivery has failed to these recipients or groups",
+    // Exchange 2007+ and Office 365 NDRs ("... or groups", "... or
+    // distribution lists").
+    "delivery has failed to these recipients",
     // Gmail (older notices).
     "delivery to the following recipient failed permanently",
     "delivery to the following recipients failed permanently",
@@ -253,12 +254,16 @@ fn add(found: &mut Found, address: String, diagnostic: Option<String>) {
 /// address (`Remote Server returned '550 5.1.10 ...'` or `#550 5.1.1 ... ##`).
 fn exchange(notice: &str, lower: &str) -> Found {
     let mut found = Found::new();
-    let head = "delivery has failed to these recipients or groups";
+    // "... or groups:" (2010+), "... or distribution lists:" (2007).
+    let head = "delivery has failed to these recipients";
     let Some(start) = lower.find(head) else {
         return found;
     };
-    let rest = &notice[start + head.len()..];
-    let rest_lower = &lower[start + head.len()..];
+    // The list starts on the line after the heading.
+    let after = start + head.len();
+    let after = lower[after..].find('\n').map_or(lower.len(), |e| after + e);
+    let rest = &notice[after..];
+    let rest_lower = &lower[after..];
     let split = rest_lower
         .find("diagnostic information for administrators")
         .unwrap_or(rest.len());
