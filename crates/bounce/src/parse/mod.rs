@@ -104,10 +104,20 @@ pub fn parse(raw: &[u8]) -> Verdict {
     }
     if let Some(report) = feedback.as_deref() {
         let c = arf::read(report, &returned);
+        verdict.envelope_id = c.envelope_id;
+        // RFC 6591 `auth-failure` reports are about the sending domain's
+        // DKIM/SPF/DMARC, and `not-spam` says the person rescued the
+        // message from their spam folder: neither is anyone complaining.
+        if c.feedback_type
+            .as_deref()
+            .is_some_and(|t| t == "auth-failure" || t == "not-spam")
+        {
+            verdict.feedback_type = c.feedback_type;
+            return verdict;
+        }
         verdict.verdict = VerdictKind::Complaint;
         verdict.recipients = c.recipients;
         verdict.feedback_type = c.feedback_type;
-        verdict.envelope_id = c.envelope_id;
         return verdict;
     }
     if let Some(recipients) = text::read(&top, &body) {
