@@ -149,3 +149,140 @@ fn parse_needs_at_least_one_file() {
     let out = bounces_parse(&[], true);
     assert_eq!(code(&out), 2);
 }
+
+/// The header `name` of a raw message (first occurrence, unfolded).
+fn header(raw: &str, name: &str) -> Option<String> {
+    let head = raw.split("\r\n\r\n").next()?.split("\n\n").next()?;
+    let mut value: Option<String> = None;
+    for line in head.lines() {
+        let line = line.trim_end_matches('\r');
+        if let Some(v) = value.as_mut() {
+            if line.starts_with([' ', '\t']) {
+                v.push(' ');
+                v.push_str(line.trim());
+                continue;
+            }
+            break;
+        }
+        if let Some((n, v)) = line.split_once(':')
+            && n.eq_ignore_ascii_case(name)
+        {
+            value = Some(v.trim().to_string());
+        }
+    }
+    value
+}
+
+/// Messages edm really sent (through its sink, into a Maildir), returned
+/// inside a Postfix-style DSN and an ARF report without Original-Rcpt-To:
+/// the parser names the recipient and finds edm's own Message-ID, the third
+/// way back to a recipient (issue 13 point 1).
+#[test]
+fn bounces_and_complaints_about_messages_edm_sent_name_their_message_id() {
+    let tmp = tempfile::tempdir().unwrap();
+    let maildir = tmp.path().join("maildir");
+    let sink = Sink::start(&[], Some(maildir.clone()));
+    let c = TestCampaign::new(Spec::new(addresses("reader", 2), sink.port()));
+    let out = c.send(&[]);
+    assert_eq!(code(&out), 0);
+
+    let mut sent: Vec<(String, String, String)> = Vec::new(); // (rcpt, message-id, raw)
+    for e in std::fs::read_dir(maildir.join("new")).unwrap().flatten() {
+        let raw = std::fs::read_to_string(e.path()).unwrap();
+        let rcpt = header(&raw, "Delivered-To")
+            .unwrap()
+            .trim_matches(['<', '>'])
+            .to_string();
+        let id = header(&raw, "Message-ID").expect("edm sets a Message-ID");
+        let id = id
+            .trim()
+            .trim_start_matches('<')
+            .trim_end_matches('>')
+            .to_string();
+        sent.push((rcpt, id, raw));
+    }
+    sent.sort();
+    assert_eq!(sent.len(), 2);
+
+    let mut files = Vec::new();
+    for (i, (rcpt, _, raw)) in sent.iter().enumerate() {
+        let dsn = format!(
+            "From: MAILER-DAEMON@mx.example.org (Mail Delivery System)\r\n\
+             To: news@example.com\r\n\
+             Subject: Undelivered Mail Returned to Sender\r\n\
+             Auto-Submitted: auto-replied\r\n\
+             MIME-Version: 1.0\r\n\
+             Content-Type: multipart/report; report-type=delivery-status; boundary=\"b{i}\"\r\n\
+             \r\n\
+             --b{i}\r\n\
+             Content-Type: text/plain\r\n\
+             \r\n\
+             This is the mail system at host mx.example.org.\r\n\
+             \r\n\
+             --b{i}\r\n\
+             Content-Type: message/delivery-status\r\n\
+             \r\n\
+             Reporting-MTA: dns; mx.example.org\r\n\
+             \r\n\
+             Final-Recipient: rfc822; {rcpt}\r\n\
+             Action: failed\r\n\
+             Status: 5.1.1\r\n\
+             Diagnostic-Code: smtp; 550 5.1.1 <{rcpt}>: User unknown\r\n\
+             \r\n\
+             --b{i}\r\n\
+             Content-Type: message/rfc822\r\n\
+             \r\n\
+             {raw}\r\n\
+             --b{i}--\r\n"
+        );
+        let arf = format!(
+            "From: fbl@isp.example\r\n\
+             To: fbl@example.com\r\n\
+             Subject: Abuse Report\r\n\
+             MIME-Version: 1.0\r\n\
+             Content-Type: multipart/report; report-type=feedback-report; boundary=\"a{i}\"\r\n\
+             \r\n\
+             --a{i}\r\n\
+             Content-Type: message/feedback-report\r\n\
+             \r\n\
+             Feedback-Type: abuse\r\n\
+             Version: 1\r\n\
+             \r\n\
+             --a{i}\r\n\
+             Content-Type: message/rfc822\r\n\
+             \r\n\
+             {raw}\r\n\
+             --a{i}--\r\n"
+        );
+        for (kind, text) in [("dsn", dsn), ("arf", arf)] {
+            let p = tmp.path().join(format!("{kind}-{i}.eml"));
+            std::fs::write(&p, text).unwrap();
+            files.push(p);
+        }
+    }
+    let args: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+    let out = bounces_parse(&args, true);
+    assert_eq!(code(&out), 0);
+    let lines: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4);
+    for (i, (rcpt, id, _)) in sent.iter().enumerate() {
+        let (dsn, arf) = (&lines[2 * i], &lines[2 * i + 1]);
+        assert_eq!(dsn["verdict"], "bounce");
+        assert_eq!(dsn["recipients"][0]["address"], rcpt.as_str());
+        assert_eq!(dsn["recipients"][0]["status"], "5.1.1");
+        assert_eq!(dsn["original_message_id"], id.as_str());
+        assert_eq!(arf["verdict"], "complaint");
+        // No Original-Rcpt-To: the returned message's To names the person.
+        assert_eq!(
+            arf["recipients"][0]["address"]
+                .as_str()
+                .map(str::to_ascii_lowercase),
+            Some(rcpt.to_ascii_lowercase())
+        );
+        assert_eq!(arf["original_message_id"], id.as_str());
+    }
+}
