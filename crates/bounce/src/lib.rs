@@ -33,8 +33,9 @@ pub enum VerdictKind {
 /// One recipient a bounce or complaint is about.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Recipient {
-    /// The recipient's address as the message gives it (Final-Recipient,
-    /// Original-Rcpt-To, or the address in the text), without `rfc822;`.
+    /// The recipient's address as the message gives it (a DSN's
+    /// Original-Recipient, else its Final-Recipient; Original-Rcpt-To; or
+    /// the address in the text), without `rfc822;`.
     pub address: String,
     /// RFC 3463 status (`5.1.1`), inferred from the text when the message has
     /// none; `None` for a complaint.

@@ -74,8 +74,19 @@ enum Outcome {
 /// One per-recipient group (RFC 3464 §2.3), or `None` for a group that names
 /// no recipient (the per-message group).
 fn recipient(group: &[Field], notes: &Found) -> Option<(Outcome, Recipient)> {
-    let address = fields::get(group, "Final-Recipient")
-        .and_then(address::first)
+    // RFC 3464 §2.3.1: Original-Recipient is the address "as specified by
+    // the sender" (what edm gave in RCPT TO, before any alias or forward
+    // rewrote it into the Final-Recipient), so it is the one that matches a
+    // recipient of the campaign. Only an rfc822 one: a utf-8 or x400 type
+    // would not be what edm sent.
+    let original = fields::get(group, "Original-Recipient")
+        .filter(|v| {
+            v.split_once(';')
+                .is_some_and(|(t, _)| t.trim().eq_ignore_ascii_case("rfc822"))
+        })
+        .and_then(address::first);
+    let address = original
+        .or_else(|| fields::get(group, "Final-Recipient").and_then(address::first))
         .or_else(|| fields::get(group, "Original-Recipient").and_then(address::first))?;
     let action = fields::get(group, "Action")
         .map(|a| {
