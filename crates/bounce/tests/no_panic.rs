@@ -48,6 +48,41 @@ fn edge_inputs_parse() {
     }
 }
 
+/// Deep MIME nesting (multipart in multipart, message in message) and a
+/// large notice: no stack overflow, no quadratic blow-up worth a timeout.
+#[test]
+fn deep_and_large_inputs_parse() {
+    let mut deep = String::new();
+    for i in 0..3000 {
+        deep.push_str(&format!(
+            "Content-Type: multipart/mixed; boundary=\"b{i}\"\n\n--b{i}\n"
+        ));
+    }
+    deep.push_str("Content-Type: message/delivery-status\n\nFinal-Recipient: rfc822; a@b.example\nAction: failed\n");
+    let _ = edm_bounce::parse(deep.as_bytes());
+
+    let mut nested = String::new();
+    for _ in 0..3000 {
+        nested.push_str("Content-Type: message/rfc822\n\n");
+    }
+    nested.push_str("Subject: x\n\nbody\n");
+    let _ = edm_bounce::parse(nested.as_bytes());
+
+    let mut big = String::from(
+        "From: MAILER-DAEMON@x.example\nSubject: Returned mail\n\n----- The following addresses had permanent fatal errors -----\n",
+    );
+    for i in 0..20_000 {
+        big.push_str(&format!("<u{i}@example.com>\n"));
+    }
+    big.push_str("\n   ----- Transcript of session follows -----\n");
+    for i in 0..20_000 {
+        big.push_str(&format!("... <u{i}@example.com>... deferred\n"));
+    }
+    let v = edm_bounce::parse(big.as_bytes());
+    assert_eq!(v.verdict, edm_bounce::VerdictKind::Bounce);
+    assert!(!v.recipients.is_empty() && v.recipients.len() <= 1000);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 

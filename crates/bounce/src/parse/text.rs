@@ -372,9 +372,8 @@ fn sendmail(notice: &str, lower: &str) -> Found {
     let rest = rest.split_once('\n').map_or("", |(_, r)| r);
     let block = paragraphs(rest).first().copied().unwrap_or("");
     let lines: Vec<&str> = block.lines().map(str::trim).collect();
+    let transcript = transcript(notice);
     for (i, line) in lines.iter().enumerate() {
-        // Each address may scan the transcript: a bound keeps a hostile
-        // notice with thousands of addresses linear in practice.
         if found.len() >= MAX_RECIPIENTS {
             break;
         }
@@ -386,23 +385,30 @@ fn sendmail(notice: &str, lower: &str) -> Found {
                 .get(i + 1)
                 .filter(|l| l.starts_with("(reason:"))
                 .and_then(|l| one_line(l.trim_start_matches("(reason:").trim_end_matches(')')))
-                .or_else(|| transcript_line(notice, &a));
+                .or_else(|| transcript.get(&a.to_ascii_lowercase()).cloned());
             add(&mut found, a, reason);
         }
     }
     found
 }
 
-/// The transcript line with `address` and a reply code (`<<< 550 5.1.1
-/// <a@b>... User unknown`, `... User unknown`).
-fn transcript_line(notice: &str, address: &str) -> Option<String> {
-    let lower_addr = address.to_ascii_lowercase();
-    notice
-        .lines()
-        .map(str::trim)
-        .filter(|l| l.to_ascii_lowercase().contains(&lower_addr))
-        .find(|l| status::find_reply_code(l.trim_start_matches('<').trim()).is_some())
-        .and_then(|l| one_line(l.trim_start_matches('<')))
+/// The session transcript's lines with a reply code, by the address they
+/// name (`<<< 550 5.1.1 <a@b>... User unknown`): built once, so a notice
+/// with many addresses stays linear.
+fn transcript(notice: &str) -> std::collections::HashMap<String, String> {
+    let mut by_address = std::collections::HashMap::new();
+    for line in notice.lines() {
+        let l = line.trim().trim_start_matches('<').trim();
+        if status::find_reply_code(l).is_none() {
+            continue;
+        }
+        for a in address::find_all(l) {
+            if let Some(d) = one_line(l) {
+                by_address.entry(a.to_ascii_lowercase()).or_insert(d);
+            }
+        }
+    }
+    by_address
 }
 
 /// Postfix, qmail and Yahoo: a paragraph per recipient that starts with
