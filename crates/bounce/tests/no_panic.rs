@@ -81,6 +81,30 @@ fn deep_and_large_inputs_parse() {
     let v = edm_bounce::parse(big.as_bytes());
     assert_eq!(v.verdict, edm_bounce::VerdictKind::Bounce);
     assert!(!v.recipients.is_empty() && v.recipients.len() <= 1000);
+
+    // Many addresses in To, many `<addr>:` paragraphs, many ARF recipients.
+    let mut many = String::from("From: MAILER-DAEMON@x.example\nSubject: failure notice\nTo: ");
+    for i in 0..20_000 {
+        many.push_str(&format!("t{i}@example.com, "));
+    }
+    many.push_str("\n\nHi. This is the qmail-send program at x.example.\n\n");
+    for i in 0..20_000 {
+        many.push_str(&format!("<p{i}@example.com>:\n550 no such user\n\n"));
+    }
+    let v = edm_bounce::parse(many.as_bytes());
+    assert_eq!(v.verdict, edm_bounce::VerdictKind::Bounce);
+    assert!(v.recipients.len() <= 1000 && v.delivered_to.len() <= 1000);
+
+    let mut arf = String::from(
+        "Content-Type: multipart/report; report-type=feedback-report; boundary=\"a\"\n\n--a\nContent-Type: message/feedback-report\n\nFeedback-Type: abuse\n",
+    );
+    for i in 0..20_000 {
+        arf.push_str(&format!("Original-Rcpt-To: r{i}@example.com\n"));
+    }
+    arf.push_str("\n--a--\n");
+    let v = edm_bounce::parse(arf.as_bytes());
+    assert_eq!(v.verdict, edm_bounce::VerdictKind::Complaint);
+    assert!(v.recipients.len() <= 1000);
 }
 
 proptest! {

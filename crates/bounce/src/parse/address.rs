@@ -15,6 +15,7 @@ fn is_domain(c: char) -> bool {
 pub(crate) fn find_all(s: &str) -> Vec<String> {
     let chars: Vec<(usize, char)> = s.char_indices().collect();
     let mut out: Vec<String> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for (i, &(_, c)) in chars.iter().enumerate() {
         if c != '@' {
             continue;
@@ -30,7 +31,7 @@ pub(crate) fn find_all(s: &str) -> Vec<String> {
         let from = chars[start].0;
         let to = chars.get(end).map_or(s.len(), |&(o, _)| o);
         if let Some(a) = tidy(&s[from..to])
-            && !out.iter().any(|o| o.eq_ignore_ascii_case(&a))
+            && seen.insert(a.to_ascii_lowercase())
         {
             out.push(a);
         }

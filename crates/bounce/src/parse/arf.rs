@@ -101,8 +101,11 @@ fn returned_to(returned: &[Field]) -> Vec<String> {
     out
 }
 
+/// Adds `a` unless listed (case-insensitively), up to a bound no real
+/// report reaches (the check is linear in the list).
 fn push_unique(list: &mut Vec<String>, a: String) {
-    if !list.iter().any(|o| o.eq_ignore_ascii_case(&a)) {
+    if list.len() < super::text::MAX_RECIPIENTS && !list.iter().any(|o| o.eq_ignore_ascii_case(&a))
+    {
         list.push(a);
     }
 }

@@ -40,6 +40,9 @@ pub(crate) fn read(report: &str, notes: &Found) -> Option<Dsn> {
             original_message_id =
                 fields::get(group, "X-Original-Message-ID").and_then(fields::message_id);
         }
+        if failed.len() + delivered.len() >= super::text::MAX_RECIPIENTS {
+            break;
+        }
         let Some(r) = recipient(group, notes) else {
             continue;
         };

@@ -129,7 +129,7 @@ pub(crate) fn read(top: &[Field], body: &str) -> Option<Vec<Recipient>> {
         // Exim's own header (and some others copy it).
         for v in fields::get_all(top, "X-Failed-Recipients") {
             for a in address::find_all(v) {
-                found.push((a, None));
+                add(&mut found, a, None);
             }
         }
     }
@@ -161,7 +161,7 @@ pub(crate) fn read(top: &[Field], body: &str) -> Option<Vec<Recipient>> {
 }
 
 /// More recipients than any real notice lists.
-const MAX_RECIPIENTS: usize = 1000;
+pub(crate) const MAX_RECIPIENTS: usize = 1000;
 
 /// Recipients and their servers' words, as the notice's layout gives them.
 pub(crate) type Found = Vec<(String, Option<String>)>;
@@ -236,6 +236,9 @@ fn paragraphs(s: &str) -> Vec<&str> {
 }
 
 fn add(found: &mut Found, address: String, diagnostic: Option<String>) {
+    if found.len() >= MAX_RECIPIENTS {
+        return;
+    }
     if let Some(existing) = found
         .iter_mut()
         .find(|(a, _)| a.eq_ignore_ascii_case(&address))
