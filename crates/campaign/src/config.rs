@@ -255,6 +255,8 @@ pub enum RelayKind {
     Smtp,
     /// Amazon SES v2 over its HTTP API.
     Ses,
+    /// Resend over its HTTP API.
+    Resend,
 }
 
 /// The keys of a `[[relay]]` of kind `ses`.
@@ -281,6 +283,28 @@ pub struct SesSection {
     /// Whole-request timeout.
     #[serde(default = "command_timeout", with = "duration")]
     pub request_timeout: Duration,
+}
+
+/// The keys of a `[[relay]]` of kind `resend`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResendSection {
+    /// Environment variable holding the API key (never the key itself).
+    #[serde(default = "resend_api_key_env")]
+    pub api_key_env: String,
+    /// Base URL, for tests (default `https://api.resend.com`).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Connect timeout.
+    #[serde(default = "connect_timeout", with = "duration")]
+    pub connect_timeout: Duration,
+    /// Whole-request timeout.
+    #[serde(default = "command_timeout", with = "duration")]
+    pub request_timeout: Duration,
+}
+
+fn resend_api_key_env() -> String {
+    "RESEND_API_KEY".into()
 }
 
 /// Transport security names.
@@ -396,6 +420,9 @@ pub enum ProviderName {
     Tencent,
     /// Amazon SES (SMTP interface): messages up to 10 MB.
     Ses,
+    /// Resend: "max 40MB per email, after Base64 encoding of the
+    /// attachments" (resend.com/docs/api-reference/emails/send-email).
+    Resend,
 }
 
 /// `[limits]` with the provider profile applied (explicit keys win).
@@ -443,6 +470,11 @@ impl LimitsSection {
             },
             Some(ProviderName::Ses) => ResolvedLimits {
                 max_message_bytes: Some(10 * MB),
+                max_line_len: edm_template::MAX_LINE_LEN,
+                ..ResolvedLimits::default()
+            },
+            Some(ProviderName::Resend) => ResolvedLimits {
+                max_message_bytes: Some(40 * MB),
                 max_line_len: edm_template::MAX_LINE_LEN,
                 ..ResolvedLimits::default()
             },
@@ -627,6 +659,19 @@ impl Campaign {
                             ))
                         })?;
                     }
+                    RelayKind::Resend => {
+                        let r: ResendSection = r.settings.clone().try_into().map_err(|e| {
+                            bad(format!(
+                                "{key} (kind = \"resend\"): {}",
+                                e.to_string().trim_end()
+                            ))
+                        })?;
+                        if r.api_key_env.trim().is_empty() {
+                            return Err(bad(format!(
+                                "{key} (kind = \"resend\"): api_key_env must name an environment variable"
+                            )));
+                        }
+                    }
                 }
             }
             (false, n) => {
@@ -807,6 +852,28 @@ impl Campaign {
             .flatten()
     }
 
+    /// The Resend relay's keys, when the relay is Resend (checked at load).
+    pub fn resend(&self) -> Option<ResendSection> {
+        let r = self.config.relay.first()?;
+        (r.kind == RelayKind::Resend)
+            .then(|| r.settings.clone().try_into().ok())
+            .flatten()
+    }
+
+    /// The Resend relay's API key, read from its `api_key_env` variable.
+    /// Never logged; the error names the relay and the variable, never a
+    /// value.
+    pub fn resend_api_key(&self, r: &ResendSection) -> Result<String, Error> {
+        match std::env::var(&r.api_key_env) {
+            Ok(v) if !v.trim().is_empty() => Ok(v.trim().to_string()),
+            _ => Err(self.bad(format!(
+                "[[relay]] {:?} (kind = \"resend\"): api_key_env names ${}, which is not set (export the API key before running)",
+                self.relay_name(),
+                r.api_key_env
+            ))),
+        }
+    }
+
     /// The lower-cased domain of `[campaign] from`, read by edm's one From
     /// parser ([`edm_template::Mailbox::parse`]); `None` when From does not
     /// parse (compiling the templates says why).
@@ -882,6 +949,36 @@ region = "eu-west-1"
 rate = 14
 concurrency = 3
 "#;
+
+    #[test]
+    fn a_relay_table_of_kind_resend() {
+        let d = tempfile::tempdir().unwrap();
+        let no_smtp = MINIMAL.replace("[smtp]\nhost = \"127.0.0.1\"\nport = 2525\n", "");
+        let relay =
+            "\n[[relay]]\nname = \"rs\"\nkind = \"resend\"\nendpoint = \"http://127.0.0.1:9\"\n";
+        let c = write(d.path(), &format!("{no_smtp}{relay}")).unwrap();
+        assert_eq!((c.relay_name(), c.relay_kind()), ("rs", RelayKind::Resend));
+        let r = c.resend().unwrap();
+        assert_eq!(r.api_key_env, "RESEND_API_KEY");
+        assert_eq!(r.endpoint.as_deref(), Some("http://127.0.0.1:9"));
+        assert!(c.ses().is_none());
+        let unset = ResendSection {
+            api_key_env: "EDM_TEST_RESEND_KEY_NEVER_SET".into(),
+            ..r
+        };
+        let e = c.resend_api_key(&unset).unwrap_err().to_string();
+        assert!(
+            e.contains("[[relay]] \"rs\"") && e.contains("$EDM_TEST_RESEND_KEY_NEVER_SET"),
+            "{e}"
+        );
+        let e = write(d.path(), &format!("{no_smtp}{relay}region = \"x\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("(kind = \"resend\")") && e.contains("region"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn a_relay_table_of_kind_ses_or_smtp() {
