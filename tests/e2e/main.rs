@@ -25,9 +25,11 @@
 //! - `check_online`: `edm check --online` against the sink, moto and the
 //!   Resend test server (issue 12).
 //! - `pool`: relay pools: weights, per-relay rates, failover (issue 12).
+//! - `bounce_parse`: `edm bounces parse`, the parser's verdicts (issue 13).
 
 mod harness;
 
+mod bounce_parse;
 mod check_online;
 mod crash;
 mod failures;

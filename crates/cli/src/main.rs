@@ -22,6 +22,7 @@ macro_rules! errln {
     }};
 }
 
+mod bounces;
 mod check;
 mod demo;
 mod progress;
@@ -141,6 +142,8 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Provider::Smtp)]
         provider: Provider,
     },
+    /// Bounces and complaints: `edm bounces parse FILE...` shows the parser's verdicts.
+    Bounces(bounces::BouncesArgs),
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -231,6 +234,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             );
             Ok(0)
         }
+        Command::Bounces(args) => bounces::run(args),
         Command::Status { dir, json, state } => {
             progress::init_logging(None, true);
             let c = Campaign::load(&dir)?;
