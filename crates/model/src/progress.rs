@@ -238,9 +238,11 @@ impl ProgressFold {
         &self.p
     }
 
-    /// Sets the live figures only the engine knows: transactions in
-    /// flight, in all and per relay.
-    pub fn engine(&mut self, in_flight: u64, by_relay: &[(String, u64)]) {
+    /// Sets the live figures only the engine knows: the target rate (the
+    /// operator may change it) and the transactions in flight, in all and
+    /// per relay.
+    pub fn engine(&mut self, target_rate: Option<f64>, in_flight: u64, by_relay: &[(String, u64)]) {
+        self.p.target_rate = target_rate;
         self.p.in_flight = in_flight;
         for r in self.p.relays.values_mut() {
             r.in_flight = 0;
@@ -445,6 +447,11 @@ impl ProgressFold {
             Notice::ConnectionProblem { .. } => {}
         }
         self.p.push_event(at, n.to_string(), EVENT_LINES);
+    }
+
+    /// Appends a line to the event log (what the run itself has to say).
+    pub fn log(&mut self, at: UnixMillis, text: String) {
+        self.p.push_event(at, text, EVENT_LINES);
     }
 
     /// The run is stopping (the operator asked, or it cannot go on).
@@ -737,7 +744,7 @@ mod tests {
             7,
         );
         f.apply(&rejected(7, Category::OtherPermanent, 554, "odd", "smtp"), Recorded::Failed, 8);
-        f.engine(2, &[("ses".into(), 2)]);
+        f.engine(None, 2, &[("ses".into(), 2)]);
         let p = f.sample(1000).clone();
         let ses = &p.relays["ses"];
         assert_eq!((ses.sent, ses.failed, ses.deferred, ses.in_flight), (3, 0, 1, 2));
