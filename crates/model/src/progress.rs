@@ -152,6 +152,16 @@ pub struct RelayTally {
     pub top_reply: Option<(String, u64)>,
 }
 
+/// A refusal as a relay's row shows it: the code, the enhanced code and
+/// the text, as the relay said it.
+fn reply_line(f: &Failure) -> String {
+    match (f.smtp_code, &f.enhanced_code) {
+        (Some(c), Some(e)) => format!("{c} {e} {}", f.reply),
+        (Some(c), None) => format!("{c} {}", f.reply),
+        (None, _) => f.reply.clone(),
+    }
+}
+
 /// A reply as the top-replies table groups it: code, enhanced code, text.
 type ReplyKey = (Option<u16>, Option<String>, String);
 
@@ -388,7 +398,7 @@ impl ProgressFold {
                 let status = to.unwrap_or(Status::Failed);
                 let attempts = attempt.before.saturating_add(1);
                 self.failure(rcpt_to, status, failure, attempts, at);
-                self.relay_refused(relay, failure.to_string());
+                self.relay_refused(relay, reply_line(failure));
                 let r = self.relay(relay);
                 r.state = if failure.category == Category::Throttled {
                     RelayState::Throttled
@@ -411,7 +421,7 @@ impl ProgressFold {
             DeliveryEvent::Held {
                 failure, relay, ..
             } => {
-                self.relay_refused(relay, failure.to_string());
+                self.relay_refused(relay, reply_line(failure));
                 self.relay(relay).state = RelayState::Refusing;
             }
             DeliveryEvent::Returned { .. } => {}
