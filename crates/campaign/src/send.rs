@@ -766,9 +766,8 @@ impl Outcomes {
         ev: DeliveryEvent,
     ) {
         let now = now_ms();
-        let age = |a: &Attempt| {
-            Duration::from_millis(a.first_at.map_or(0, |t| (now - t).max(0) as u64))
-        };
+        let age =
+            |a: &Attempt| Duration::from_millis(a.first_at.map_or(0, |t| (now - t).max(0) as u64));
         let (outcome, recorded) = match &ev {
             DeliveryEvent::Accepted {
                 id,
@@ -840,14 +839,16 @@ impl Outcomes {
                 // attempts, or `skip`: left in doubt, never failed (it may have
                 // been delivered).
                 let attempts = attempt.before.saturating_add(1);
-                let next_attempt_at =
-                    match (self.in_doubt, self.policy.decide(failure, attempts, age(attempt))) {
-                        (InDoubtPolicy::Resend, Verdict::Retry { after, .. }) => {
-                            counts.retried += 1;
-                            Some(add_ms(now, after))
-                        }
-                        _ => None,
-                    };
+                let next_attempt_at = match (
+                    self.in_doubt,
+                    self.policy.decide(failure, attempts, age(attempt)),
+                ) {
+                    (InDoubtPolicy::Resend, Verdict::Retry { after, .. }) => {
+                        counts.retried += 1;
+                        Some(add_ms(now, after))
+                    }
+                    _ => None,
+                };
                 let recorded = if next_attempt_at.is_some() {
                     Recorded::Deferred
                 } else {
@@ -859,7 +860,9 @@ impl Outcomes {
                 };
                 (Some((*id, kind)), recorded)
             }
-            DeliveryEvent::Returned { id } => (Some((*id, OutcomeKind::Released)), Recorded::Pending),
+            DeliveryEvent::Returned { id } => {
+                (Some((*id, OutcomeKind::Released)), Recorded::Pending)
+            }
             DeliveryEvent::Notice(n) => {
                 let kind = match n {
                     Notice::RateChanged { .. } => "rate",

@@ -61,12 +61,22 @@ fn a_row_per_relay() {
     let pool = screen_text(&relay_pool(), 120, 40);
     let rows: Vec<&str> = pool
         .lines()
-        .filter(|l| ["ses-eu-west-1", "smtp.acme.exa", "backup-relay"].iter().any(|r| l.contains(r)))
+        .filter(|l| {
+            ["ses-eu-west-1", "smtp.acme.exa", "backup-relay"]
+                .iter()
+                .any(|r| l.contains(r))
+        })
         .collect();
     assert_eq!(rows.len(), 3, "{pool}");
     // Busiest first: the SES member, then the SMTP relay, then the refusing one.
-    assert!(rows[0].contains("ses-eu-west-1") && rows[0].contains("48x"), "{rows:?}");
-    assert!(rows[2].contains("backup-relay") && rows[2].contains("refusing"), "{rows:?}");
+    assert!(
+        rows[0].contains("ses-eu-west-1") && rows[0].contains("48x"),
+        "{rows:?}"
+    );
+    assert!(
+        rows[2].contains("backup-relay") && rows[2].contains("refusing"),
+        "{rows:?}"
+    );
 }
 
 #[test]

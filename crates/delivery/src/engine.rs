@@ -20,7 +20,9 @@ use crate::queue::breaker::{Breaker, Trip};
 use crate::queue::rate::RateGate;
 use crate::transport::{Marker, Transport};
 use crate::worker::worker;
-use edm_model::{Attempt, Category, Control, DeliveryEvent, Envelope, Failure, Notice, RecipientId};
+use edm_model::{
+    Attempt, Category, Control, DeliveryEvent, Envelope, Failure, Notice, RecipientId,
+};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -943,7 +945,11 @@ fn snapshot(shared: &Shared) -> EngineStatus {
                 .unwrap_or(false),
         outage: shared.breaker.lock().map(|b| b.is_open()).unwrap_or(false),
         connections: shared.connections.load(Ordering::Relaxed),
-        in_flight_by_relay: shared.by_relay.lock().map(|v| v.clone()).unwrap_or_default(),
+        in_flight_by_relay: shared
+            .by_relay
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_default(),
     }
 }
 

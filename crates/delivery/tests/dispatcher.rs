@@ -9,8 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use edm_delivery::{
-    Afterwards, BoxFuture, Connection, DeliveryConfig, DomainLimit, EngineEnd,
-    Transport,
+    Afterwards, BoxFuture, Connection, DeliveryConfig, DomainLimit, EngineEnd, Transport,
 };
 use edm_model::{
     Category, Control, DeliveryEvent, Envelope, Failure, Notice, RecipientId, Reply, Stage,

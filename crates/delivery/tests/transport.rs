@@ -6,9 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use edm_delivery::{
-    Afterwards, BoxFuture, Connection, DeliveryConfig, EngineEnd, Transport,
-};
+use edm_delivery::{Afterwards, BoxFuture, Connection, DeliveryConfig, EngineEnd, Transport};
 use edm_model::{Category, DeliveryEvent, Envelope, Failure, RecipientId, Reply, Stage};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -208,7 +206,11 @@ async fn events_carry_domain_attempt_and_relay() {
     }
     let mut cfg = config();
     cfg.relay = "primary".into();
-    let refusal = Failure::local(Stage::RcptTo, Category::RecipientUnknown, "550 no such user");
+    let refusal = Failure::local(
+        Stage::RcptTo,
+        Category::RecipientUnknown,
+        "550 no such user",
+    );
     let stub = Stub::new(Open::Ok, Send::Refuse(refusal));
     let (jobs_tx, jobs_rx) = mpsc::channel(1);
     let (ev_tx, mut ev_rx) = mpsc::channel(8);

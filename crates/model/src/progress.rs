@@ -263,7 +263,11 @@ impl ProgressFold {
     }
 
     /// Starts the fold from the store's counts at the start of the run.
-    pub fn start_from(&mut self, counts: &BTreeMap<Status, u64>, by_category: &BTreeMap<Category, u64>) {
+    pub fn start_from(
+        &mut self,
+        counts: &BTreeMap<Status, u64>,
+        by_category: &BTreeMap<Category, u64>,
+    ) {
         self.p.counts = Status::ALL.iter().map(|s| (*s, 0)).collect();
         self.p.counts.extend(counts.iter().map(|(s, n)| (*s, *n)));
         self.p.by_category = by_category.clone();
@@ -323,7 +327,9 @@ impl ProgressFold {
     fn relay(&mut self, relay: &str) -> &mut RelayTally {
         // No allocation for a relay already known (every event but the first).
         if !self.p.relays.contains_key(relay) {
-            self.p.relays.insert(relay.to_string(), RelayTally::default());
+            self.p
+                .relays
+                .insert(relay.to_string(), RelayTally::default());
         }
         self.p.relays.entry(relay.to_string()).or_default()
     }
@@ -418,9 +424,7 @@ impl ProgressFold {
                     _ => {}
                 }
             }
-            DeliveryEvent::Held {
-                failure, relay, ..
-            } => {
+            DeliveryEvent::Held { failure, relay, .. } => {
                 self.relay_refused(relay, reply_line(failure));
                 self.relay(relay).state = RelayState::Refusing;
             }
@@ -497,7 +501,8 @@ impl ProgressFold {
             None => self.sampled = Some((now, self.sent)),
             Some((at, sent)) if now - at >= 1000 => {
                 let secs = (now - at) as f64 / 1000.0;
-                self.p.rate_history
+                self.p
+                    .rate_history
                     .push_back(self.sent.saturating_sub(sent) as f64 / secs);
                 while self.p.rate_history.len() > RATE_SAMPLES {
                     self.p.rate_history.pop_front();
@@ -636,7 +641,7 @@ mod tests {
         assert_eq!(p.eta_secs(), Some(10));
     }
 
-    use crate::{Reply, RecipientId, Stage};
+    use crate::{RecipientId, Reply, Stage};
 
     fn attempt(retry: bool) -> Attempt {
         Attempt {
@@ -692,7 +697,11 @@ mod tests {
         f.claimed(&attempt(true));
         let p = f.progress();
         assert_eq!(
-            (p.count(Status::Pending), p.count(Status::Deferred), p.count(Status::Sending)),
+            (
+                p.count(Status::Pending),
+                p.count(Status::Deferred),
+                p.count(Status::Sending)
+            ),
             (1, 0, 5)
         );
         f.apply(&accepted(1, "a.example", "main"), Recorded::Sent, 10);
@@ -707,7 +716,11 @@ mod tests {
             Recorded::Failed,
             13,
         );
-        f.apply(&DeliveryEvent::Returned { id: RecipientId(5) }, Recorded::Pending, 14);
+        f.apply(
+            &DeliveryEvent::Returned { id: RecipientId(5) },
+            Recorded::Pending,
+            14,
+        );
         let p = f.sample(2000).clone();
         assert_eq!(p.count(Status::Sent), 2);
         assert_eq!(p.count(Status::Failed), 1);
@@ -720,7 +733,10 @@ mod tests {
         assert_eq!(p.by_category.get(&Category::RecipientUnknown), Some(&1));
         assert_eq!(p.domains["a.example"].sent, 2);
         assert_eq!(
-            (p.domains["b.example"].deferred, p.domains["b.example"].failed),
+            (
+                p.domains["b.example"].deferred,
+                p.domains["b.example"].failed
+            ),
             (1, 1)
         );
         assert_eq!(p.recent_failures.len(), 2);
@@ -753,15 +769,25 @@ mod tests {
             Recorded::Deferred,
             7,
         );
-        f.apply(&rejected(7, Category::OtherPermanent, 554, "odd", "smtp"), Recorded::Failed, 8);
+        f.apply(
+            &rejected(7, Category::OtherPermanent, 554, "odd", "smtp"),
+            Recorded::Failed,
+            8,
+        );
         f.engine(None, 2, &[("ses".into(), 2)]);
         let p = f.sample(1000).clone();
         let ses = &p.relays["ses"];
-        assert_eq!((ses.sent, ses.failed, ses.deferred, ses.in_flight), (3, 0, 1, 2));
+        assert_eq!(
+            (ses.sent, ses.failed, ses.deferred, ses.in_flight),
+            (3, 0, 1, 2)
+        );
         assert_eq!(ses.state, RelayState::Throttled);
         assert!((ses.rate - 3.0).abs() < 1e-9, "{}", ses.rate);
         let smtp = &p.relays["smtp"];
-        assert_eq!((smtp.sent, smtp.failed, smtp.deferred, smtp.in_flight), (1, 3, 0, 0));
+        assert_eq!(
+            (smtp.sent, smtp.failed, smtp.deferred, smtp.in_flight),
+            (1, 3, 0, 0)
+        );
         assert_eq!(smtp.state, RelayState::Sending);
         let (top, n) = smtp.top_reply.clone().unwrap();
         assert!(top.contains("blocked"), "{top}");
@@ -780,7 +806,12 @@ mod tests {
             Recorded::Pending,
             9,
         );
-        f.notice(&Notice::BreakerOpen { reason: "down".into() }, 10);
+        f.notice(
+            &Notice::BreakerOpen {
+                reason: "down".into(),
+            },
+            10,
+        );
         let p = f.sample(1500);
         assert_eq!(p.relays["smtp"].state, RelayState::Refusing);
         assert_eq!(p.relays["ses"].state, RelayState::Outage);
@@ -804,7 +835,12 @@ mod tests {
         f.notice(&slower, 1);
         assert_eq!(f.sample(1).state, RunState::Throttled);
         assert_eq!(f.progress().effective_rate, Some(5.0));
-        f.notice(&Notice::Paused { reason: "quota".into() }, 2);
+        f.notice(
+            &Notice::Paused {
+                reason: "quota".into(),
+            },
+            2,
+        );
         assert_eq!(f.sample(2).state, RunState::Paused);
         f.notice(&Notice::Resumed, 3);
         f.set_waiting(true);

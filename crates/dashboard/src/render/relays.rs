@@ -73,7 +73,10 @@ pub(super) fn render(frame: &mut Frame, area: Rect, theme: &Theme, p: &Progress)
                     format!("{:>7}", format::count(r.failed)),
                     theme.bad,
                 )),
-                Cell::from(Span::styled(format::truncate(&reply, reply_width), theme.dim)),
+                Cell::from(Span::styled(
+                    format::truncate(&reply, reply_width),
+                    theme.dim,
+                )),
             ])
         })
         .collect();

@@ -279,10 +279,7 @@ pub fn one_relay() -> Progress {
             state: RelayState::Sending,
             rate: 49.5,
             last_reply: Some("250 2.0.0 Ok: queued as 4F2A1".into()),
-            top_reply: Some((
-                "550 5.1.1 User unknown".into(),
-                41,
-            )),
+            top_reply: Some(("550 5.1.1 User unknown".into(), 41)),
         },
     );
     p
@@ -312,10 +309,7 @@ pub fn relay_pool() -> Progress {
         RelayTally {
             failed: 0,
             state: RelayState::Refusing,
-            top_reply: Some((
-                "553 5.7.1 Sender address rejected".into(),
-                10,
-            )),
+            top_reply: Some(("553 5.7.1 Sender address rejected".into(), 10)),
             ..RelayTally::default()
         },
     );
