@@ -398,6 +398,27 @@ mod tests {
     }
 
     #[test]
+    fn an_attempt_is_a_retry_when_the_recipient_was_tried_before() {
+        let r = |attempts, first_attempt_at| Recipient {
+            id: RecipientId(1),
+            line: 2,
+            email: "a@x".into(),
+            values: vec![],
+            attempts,
+            first_attempt_at,
+        };
+        // The claim at 100 set the first attempt: a first attempt.
+        let first = Attempt::of(&r(0, Some(100)), 100);
+        assert_eq!(
+            (first.before, first.first_at, first.retry),
+            (0, Some(100), false)
+        );
+        // Tried in an earlier claim (a throttled deferral counts no attempt).
+        assert!(Attempt::of(&r(0, Some(40)), 100).retry);
+        assert!(Attempt::of(&r(2, Some(100)), 100).retry);
+    }
+
+    #[test]
     fn domain_is_lower_cased_after_last_at() {
         assert_eq!(domain_of("A@B@Example.COM"), "example.com");
         assert_eq!(domain_of("nodomain"), "");
