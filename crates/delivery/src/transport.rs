@@ -51,6 +51,14 @@ pub trait Connection: Send {
 
     /// Closes the connection politely, without waiting long.
     fn close(self: Box<Self>) -> BoxFuture<'static, ()>;
+
+    /// The name of the relay this connection sends through, when a transport
+    /// has several (a pool's member); `None`: the engine's relay name
+    /// ([`DeliveryConfig::relay`](crate::DeliveryConfig::relay)). Every event
+    /// about an envelope sent on it carries this name.
+    fn relay(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// Records, durably, that a recipient's message may now be accepted (the

@@ -519,6 +519,7 @@ impl Transport for PoolTransport {
         self.inner.handles.fetch_add(1, Ordering::SeqCst);
         let c = PoolConnection {
             inner: self.inner.clone(),
+            last: None,
         };
         Box::pin(async move { Ok(Box::new(c) as Box<dyn Connection>) })
     }
@@ -555,6 +556,8 @@ fn quota_used_up(quota: u64) -> Failure {
 /// One engine worker's handle on the pool.
 struct PoolConnection {
     inner: Arc<Inner>,
+    /// The member the last message went to (events name it).
+    last: Option<String>,
 }
 
 impl Drop for PoolConnection {
@@ -594,6 +597,7 @@ impl PoolConnection {
                 });
             };
             let m = &inner.members[i];
+            self.last = Some(m.name.clone());
             let idle = m.idle.lock().ok().and_then(|mut v| v.pop());
             let mut conn = match idle {
                 Some(c) => c,
@@ -695,6 +699,10 @@ impl PoolConnection {
 }
 
 impl Connection for PoolConnection {
+    fn relay(&self) -> Option<&str> {
+        self.last.as_deref()
+    }
+
     fn send<'a>(
         &'a mut self,
         env: &'a Envelope,

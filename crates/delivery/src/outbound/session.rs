@@ -650,6 +650,7 @@ mod tests {
 
     fn envelope(mail_from: &str, rcpt_to: &str, body: &[u8]) -> Envelope {
         Envelope {
+            attempt: Default::default(),
             id: edm_model::RecipientId(1),
             mail_from: mail_from.into(),
             rcpt_to: rcpt_to.into(),

@@ -110,6 +110,7 @@ fn member(name: &str, stub: &Arc<Stub>, weight: f64) -> PoolMember {
 
 fn env(n: u64) -> Envelope {
     Envelope {
+        attempt: Default::default(),
         id: RecipientId(n as i64),
         mail_from: "news@acme.example".into(),
         rcpt_to: format!("r{n}@example.com"),
