@@ -86,7 +86,8 @@ impl Store {
         let mut sql = String::from(
             "SELECT line, email, fields, status, category, stage, smtp_code, enhanced_code,
                     reply, attempts, last_attempt_at, in_doubt, message_id, duplicate_of,
-                    relay, provider_message_id
+                    relay, provider_message_id,
+                    late, late_at, late_status, late_diagnostic, soft_bounces
              FROM recipients WHERE 1",
         );
         let mut args: Vec<Value> = Vec::new();
@@ -136,6 +137,13 @@ impl Store {
                 duplicate_of: r.get::<_, Option<i64>>(13).at(path)?.map(from_i64),
                 relay: r.get(14).at(path)?,
                 provider_message_id: r.get(15).at(path)?,
+                late: crate::late::late_state(
+                    r.get(16).at(path)?,
+                    r.get(17).at(path)?,
+                    r.get(18).at(path)?,
+                    r.get(19).at(path)?,
+                    r.get(20).at(path)?,
+                ),
             };
             f(&row).map_err(ExportError::Sink)?;
         }
