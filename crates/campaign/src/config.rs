@@ -60,6 +60,35 @@ pub fn concurrency_problem(n: usize) -> Option<String> {
     }
 }
 
+/// Why a `[campaign] feedback_id` is not one Gmail's Feedback Loop reads:
+/// `campaign:customer:mailtype:senderid`, up to four colon-separated
+/// fields, the last (the sender id, required) identifying the sender; the
+/// others may be empty. Each field is letters, digits, `.`, `_`, `-`.
+pub fn feedback_id_problem(f: &str) -> Option<String> {
+    let fields: Vec<&str> = f.split(':').collect();
+    if fields.len() > 4 {
+        return Some(format!(
+            "{} fields; Gmail reads at most four: campaign:customer:mailtype:senderid",
+            fields.len()
+        ));
+    }
+    if fields.last().is_none_or(|s| s.is_empty()) {
+        return Some("the last field (the sender id) must not be empty".into());
+    }
+    if let Some(bad) = f
+        .chars()
+        .find(|ch| !(ch.is_ascii_alphanumeric() || ".-_:".contains(*ch)))
+    {
+        return Some(format!(
+            "{bad:?} is not allowed: letters, digits, '.', '_', '-', fields separated by ':'"
+        ));
+    }
+    if f.len() > 200 {
+        return Some("longer than 200 characters".into());
+    }
+    None
+}
+
 /// A loaded campaign: the parsed file and the directory it lives in.
 #[derive(Clone, Debug)]
 pub struct Campaign {
@@ -96,6 +125,128 @@ pub struct Config {
     /// `[dkim]`: sign every message (see docs/preflight.md).
     #[serde(default)]
     pub dkim: Option<DkimSection>,
+    /// `[bounces]`: VERP return path, the bounce mailbox, the reputation
+    /// breaker (docs/bounces.md).
+    #[serde(default)]
+    pub bounces: BouncesSection,
+}
+
+/// `[bounces]`: how bounces and complaints come back and what they do.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BouncesSection {
+    /// VERP envelope sender, e.g. `bounces+{token}@acme.example`: each
+    /// recipient's MAIL FROM, `{token}` an authenticated recipient token.
+    pub return_path: Option<String>,
+    /// `imap` or `pop3`.
+    pub kind: Option<MailboxKindName>,
+    /// Mailbox server.
+    pub host: Option<String>,
+    /// Port (default 993 IMAP, 995 POP3 with TLS; 143 / 110 with STARTTLS).
+    pub port: Option<u16>,
+    /// `tls` (default) or `starttls`.
+    #[serde(default)]
+    pub security: MailboxSecurityName,
+    /// Login.
+    pub username: Option<String>,
+    /// Environment variable holding the password (never in the file).
+    pub password_env: Option<String>,
+    /// IMAP folder to read.
+    #[serde(default = "default_folder")]
+    pub folder: String,
+    /// IMAP folder applied messages are moved to.
+    #[serde(default = "default_processed_folder")]
+    pub processed_folder: String,
+    /// Delete applied messages instead of moving them.
+    #[serde(default)]
+    pub delete: bool,
+    /// Extra CA certificate (PEM), relative to the campaign directory.
+    pub ca_file: Option<PathBuf>,
+    /// Read the mailbox this often during `edm send` (e.g. "5m").
+    #[serde(default, with = "opt_duration")]
+    pub poll: Option<Duration>,
+    /// Soft bounces in a row that make a hard one.
+    #[serde(default = "soft_bounce_limit")]
+    pub soft_bounce_limit: u32,
+    /// Hard bounce rate over the window that stops a send.
+    #[serde(default = "max_bounce_rate")]
+    pub max_bounce_rate: f64,
+    /// Complaint rate over the window that stops a send.
+    #[serde(default = "max_complaint_rate")]
+    pub max_complaint_rate: f64,
+}
+
+impl Default for BouncesSection {
+    fn default() -> Self {
+        BouncesSection {
+            return_path: None,
+            kind: None,
+            host: None,
+            port: None,
+            security: MailboxSecurityName::default(),
+            username: None,
+            password_env: None,
+            folder: default_folder(),
+            processed_folder: default_processed_folder(),
+            delete: false,
+            ca_file: None,
+            poll: None,
+            soft_bounce_limit: soft_bounce_limit(),
+            max_bounce_rate: max_bounce_rate(),
+            max_complaint_rate: max_complaint_rate(),
+        }
+    }
+}
+
+/// `[bounces] kind`.
+#[derive(Copy, Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MailboxKindName {
+    /// IMAP4rev1 (RFC 3501).
+    Imap,
+    /// POP3 (RFC 1939).
+    Pop3,
+}
+
+/// `[bounces] security`.
+#[derive(Copy, Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MailboxSecurityName {
+    /// TLS from the first byte.
+    #[default]
+    Tls,
+    /// STARTTLS / STLS before the login.
+    Starttls,
+}
+
+fn default_folder() -> String {
+    "INBOX".into()
+}
+fn default_processed_folder() -> String {
+    "processed".into()
+}
+/// Three soft bounces in a row make a hard one (issue 13; listmonk and
+/// Mailchimp use similar counts).
+fn soft_bounce_limit() -> u32 {
+    3
+}
+/// Amazon SES puts an account under review at a 5% bounce rate.
+fn max_bounce_rate() -> f64 {
+    0.05
+}
+/// 0.1%: Gmail's bulk-sender guidelines want spam complaints under 0.1%
+/// and never at 0.3%.
+fn max_complaint_rate() -> f64 {
+    0.001
+}
+
+mod opt_duration {
+    use serde::Deserializer;
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        super::duration::deserialize(d).map(Some)
+    }
 }
 
 /// `[dkim]`: DKIM signing by edm (RFC 6376).
@@ -156,6 +307,9 @@ pub struct CampaignSection {
     /// the campaign directory); `attachment_column` values are relative to it.
     #[serde(default = "default_attachment_dir")]
     pub attachment_dir: PathBuf,
+    /// `Feedback-ID` header for Gmail's Feedback Loop
+    /// (`campaign:customer:mailtype:senderid`), signed by DKIM.
+    pub feedback_id: Option<String>,
 }
 
 fn default_attachment_dir() -> PathBuf {
@@ -686,6 +840,12 @@ impl Campaign {
                 return Err(self.bad(format!("{key} concurrency = {n}: {why}")));
             }
         }
+        if let Some(f) = &c.campaign.feedback_id
+            && let Some(why) = feedback_id_problem(f)
+        {
+            return Err(self.bad(format!("[campaign] feedback_id = {f:?}: {why}")));
+        }
+        self.validate_bounces()?;
         if self.relay_kind() != RelayKind::Smtp {
             // The checks below are about SMTP settings, except this one.
             if c.delivery.max_attempts == 0 {
@@ -739,6 +899,127 @@ impl Campaign {
             ));
         }
         Ok(())
+    }
+
+    fn validate_bounces(&self) -> Result<(), Error> {
+        let b = &self.config.bounces;
+        if let Some(rp) = &b.return_path {
+            let why = if rp.matches("{token}").count() != 1 {
+                Some("needs {token} exactly once, e.g. \"bounces+{token}@acme.example\"")
+            } else if rp
+                .chars()
+                .any(|ch| ch.is_whitespace() || ch.is_control() || "<>\"".contains(ch))
+            {
+                Some("contains a space, a quote, an angle bracket or a control character")
+            } else {
+                match rp.rsplit_once('@') {
+                    Some((local, domain))
+                        if local.contains("{token}")
+                            && !domain.is_empty()
+                            && !domain.contains('{') =>
+                    {
+                        None
+                    }
+                    _ => Some(
+                        "must be an address whose local part holds {token}, e.g. \"bounces+{token}@acme.example\"",
+                    ),
+                }
+            };
+            if let Some(why) = why {
+                return Err(self.bad(format!("[bounces] return_path = {rp:?}: {why}")));
+            }
+        }
+        if b.soft_bounce_limit == 0 {
+            return Err(self.bad("[bounces] soft_bounce_limit must be at least 1"));
+        }
+        for (key, v) in [
+            ("max_bounce_rate", b.max_bounce_rate),
+            ("max_complaint_rate", b.max_complaint_rate),
+        ] {
+            if !(v.is_finite() && v > 0.0 && v <= 1.0) {
+                return Err(self.bad(format!(
+                    "[bounces] {key} = {v}: a fraction above 0 and at most 1 (0.05 is 5%)"
+                )));
+            }
+        }
+        if let Some(p) = b.poll
+            && p < Duration::from_secs(10)
+        {
+            return Err(self.bad(format!(
+                "[bounces] poll = {p:?}: at least 10s (a mailbox server limits logins)"
+            )));
+        }
+        if b.kind.is_some() {
+            if b.host.as_deref().is_none_or(|h| h.trim().is_empty()) {
+                return Err(self.bad("[bounces] kind is set but host is missing"));
+            }
+            if b.username.is_none() || b.password_env.is_none() {
+                return Err(self.bad(
+                    "[bounces] a mailbox needs username and password_env (the variable holding its password)",
+                ));
+            }
+            if b.port == Some(0) {
+                return Err(self.bad("[bounces] port = 0: a port is 1 to 65535"));
+            }
+            if b.kind == Some(MailboxKindName::Pop3) && !b.delete {
+                // POP3 has no folders (RFC 1939): applied messages can only be
+                // left or deleted; leaving them is safe (applied once by key).
+                tracing::debug!("[bounces] kind = \"pop3\" without delete: applied messages stay");
+            }
+        } else if b.host.is_some() || b.username.is_some() {
+            return Err(self.bad(
+                "[bounces] host or username without kind: write kind = \"imap\" or \"pop3\"",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The bounce mailbox of `[bounces]`, its password read from
+    /// `password_env` (never logged); `None` without `kind`.
+    pub fn mailbox(&self) -> Result<Option<edm_bounce::mailbox::MailboxConfig>, Error> {
+        use edm_bounce::mailbox::{Kind, MailboxConfig, Security};
+        let b = &self.config.bounces;
+        let Some(kind) = b.kind else {
+            return Ok(None);
+        };
+        let var = b.password_env.clone().unwrap_or_default();
+        let password = match std::env::var(&var) {
+            Ok(v) if !v.is_empty() => v,
+            _ => {
+                return Err(self.bad(format!(
+                    "[bounces] password_env names ${var}, which is not set (export it before running)"
+                )));
+            }
+        };
+        let (kind, security) = (
+            match kind {
+                MailboxKindName::Imap => Kind::Imap,
+                MailboxKindName::Pop3 => Kind::Pop3,
+            },
+            match b.security {
+                MailboxSecurityName::Tls => Security::Tls,
+                MailboxSecurityName::Starttls => Security::Starttls,
+            },
+        );
+        let port = b.port.unwrap_or(match (kind, security) {
+            (Kind::Imap, Security::Tls) => 993,
+            (Kind::Imap, Security::Starttls) => 143,
+            (Kind::Pop3, Security::Tls) => 995,
+            (Kind::Pop3, Security::Starttls) => 110,
+        });
+        Ok(Some(MailboxConfig {
+            kind,
+            host: b.host.clone().unwrap_or_default(),
+            port,
+            security,
+            username: b.username.clone().unwrap_or_default(),
+            password,
+            folder: b.folder.clone(),
+            processed_folder: b.processed_folder.clone(),
+            delete: b.delete,
+            ca_file: b.ca_file.as_deref().map(|p| self.path(p)),
+            timeout: self.config.smtp.command_timeout,
+        }))
     }
 
     /// Resolves a path from the file against the campaign directory.
