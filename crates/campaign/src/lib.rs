@@ -22,6 +22,10 @@
 //!   by its variant, `report.rs` is what it reports ([`CheckReport`],
 //!   [`Finding`]).
 //! - `preview.rs`: `edm preview` (.eml files).
+//! - `bounces.rs`: bounces and complaints applied to the state: the VERP
+//!   return path and its authenticated token ([`bounces::Verp`]), the
+//!   intake that ties a message to a recipient and applies it once
+//!   ([`bounces::Intake`]).
 //! - `suppress.rs`: the shared suppression list ([`SharedSuppression`],
 //!   `edm suppress`), merged into ingest and fed by `recipient_unknown`
 //!   bounces at the end of each run.
@@ -35,6 +39,7 @@
 #![deny(missing_docs)]
 
 mod attach;
+pub mod bounces;
 mod check;
 mod config;
 mod fingerprint;
@@ -53,8 +58,9 @@ pub use check::{
     CheckOptions, CheckReport, DkimInfo, Finding, ProblemGroup, ProblemKind, Severity, check,
 };
 pub use config::{
-    Campaign, Config, DurabilityName, LimitsSection, MAX_CONCURRENCY, MAX_RETRY_WAIT, MIN_RATE,
-    MIN_TIMEOUT, ProviderName, ResolvedLimits, SecurityName, concurrency_problem, rate_problem,
+    BouncesSection, Campaign, Config, DurabilityName, LimitsSection, MAX_CONCURRENCY,
+    MAX_RETRY_WAIT, MIN_RATE, MIN_TIMEOUT, ProviderName, ResolvedLimits, SecurityName,
+    concurrency_problem, rate_problem,
 };
 pub use edm_recipients::validate as validate_address;
 pub use edm_store::{InDoubtPolicy, Summary};

@@ -436,7 +436,7 @@ pub async fn start_send(campaign: Campaign, opts: SendOptions) -> Result<Run, Er
     let s2 = state.clone();
     let (policy, accept) = (opts.in_doubt, opts.accept_changes);
     let stop = opts.stop_ingest.clone().unwrap_or_default();
-    let prepared =
+    let mut prepared =
         tokio::task::spawn_blocking(move || prepare_with_stop(&c2, &s2, policy, accept, &stop))
             .await
             .map_err(|e| Error::Crashed {
@@ -444,6 +444,11 @@ pub async fn start_send(campaign: Campaign, opts: SendOptions) -> Result<Run, Er
                 task: Task::Preparing,
                 reason: e.to_string(),
             })??;
+    // `[bounces] return_path`: each recipient's MAIL FROM carries its
+    // authenticated token (VERP, docs/bounces.md).
+    if let Some(verp) = crate::bounces::Verp::load_or_create(&campaign, prepared.store.as_mut())? {
+        prepared.templates.set_return_path(Some(verp.return_path()));
+    }
     let mut dcfg = delivery_config(&campaign, &opts, password);
     let transport = transport(&campaign, &dcfg)?;
     if campaign.relay_kind() == RelayKind::Ses {

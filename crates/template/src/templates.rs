@@ -67,6 +67,19 @@ pub struct Templates {
     attachments: Option<Attachments>,
     /// The `Feedback-ID` header's value (Gmail's Feedback Loop).
     feedback_id: Option<String>,
+    /// Each recipient's envelope sender (VERP), instead of the From address.
+    return_path: Option<ReturnPath>,
+}
+
+/// A per-recipient envelope sender: `[bounces] return_path`'s VERP address
+/// (the campaign crate makes the authenticated token).
+#[derive(Clone)]
+pub struct ReturnPath(pub std::sync::Arc<dyn Fn(&Recipient) -> String + Send + Sync>);
+
+impl std::fmt::Debug for ReturnPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReturnPath(..)")
+    }
 }
 
 impl Templates {
@@ -125,6 +138,7 @@ impl Templates {
             dkim: None,
             attachments: None,
             feedback_id: None,
+            return_path: None,
         })
     }
 
@@ -155,6 +169,14 @@ impl Templates {
         attachments.check_shared()?;
         self.attachments = Some(attachments);
         Ok(self)
+    }
+
+    /// Sends each recipient's message with its own envelope sender (MAIL
+    /// FROM), a VERP address whose bounces say whose they are. Test copies
+    /// ([`Templates::render_to`]) keep the From address: their bounces are
+    /// nobody's in the campaign.
+    pub fn set_return_path(&mut self, return_path: Option<ReturnPath>) {
+        self.return_path = return_path;
     }
 
     /// The DKIM signer in use, if any.
@@ -374,9 +396,13 @@ impl Templates {
 
         crate::preflight::check(&body, &self.limits)?;
 
+        let mail_from = match (&self.return_path, test) {
+            (Some(rp), None) => (rp.0)(recipient),
+            _ => self.from.address.clone(),
+        };
         let envelope = Envelope {
             id: recipient.id,
-            mail_from: self.from.address.clone(),
+            mail_from,
             rcpt_to: to.to_owned(),
             domain: domain_of(to),
             message_id,
