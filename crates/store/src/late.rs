@@ -140,6 +140,10 @@ impl Store {
 
     /// See [`CampaignStore::late_counts`](crate::CampaignStore::late_counts).
     pub fn late_counts(&self) -> Result<LateCounts> {
+        // A file of an older edm, opened read-only, has no late outcomes.
+        if crate::schema::version(&self.conn, &self.path)? < 5 {
+            return Ok(LateCounts::default());
+        }
         self.conn
             .query_row(
                 "SELECT coalesce(sum(late = 'bounced'), 0), coalesce(sum(late = 'complained'), 0),

@@ -83,11 +83,16 @@ impl Store {
         mut f: impl FnMut(&ExportRow) -> Result<(), E>,
     ) -> Result<(), ExportError<E>> {
         let path = &self.path;
-        let mut sql = String::from(
+        // A file of an older edm, opened read-only, has no late columns yet.
+        let late = if crate::schema::version(&self.conn, path)? >= 5 {
+            "late, late_at, late_status, late_diagnostic, soft_bounces"
+        } else {
+            "NULL, NULL, NULL, NULL, 0"
+        };
+        let mut sql = format!(
             "SELECT line, email, fields, status, category, stage, smtp_code, enhanced_code,
                     reply, attempts, last_attempt_at, in_doubt, message_id, duplicate_of,
-                    relay, provider_message_id,
-                    late, late_at, late_status, late_diagnostic, soft_bounces
+                    relay, provider_message_id, {late}
              FROM recipients WHERE 1",
         );
         let mut args: Vec<Value> = Vec::new();
