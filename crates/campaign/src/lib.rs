@@ -70,7 +70,9 @@ pub use fingerprint::{ChangedInputs, Input};
 pub use inputs::dkim_signer;
 pub use prepare::{Prepared, prepare, prepare_with_stop};
 pub use preview::{PreviewFile, PreviewOptions, PreviewReport, preview, preview_path};
-pub use report::{ReportFormat, ReportKind, StatusReport, export, retry, status, watch_progress};
+pub use report::{
+    ReportFormat, ReportKind, StatusReport, export, retry, rfc3339, status, watch_progress,
+};
 pub use send::{Run, RunEnd, RunReport, SendOptions, start_send};
 pub use suppress::{
     Added, SHARED_SUPPRESSION_FILE, SharedSuppression, SuppressedAddress, edm_home, read_import,

@@ -22,6 +22,7 @@ macro_rules! errln {
     }};
 }
 
+mod bounces;
 mod check;
 mod demo;
 mod progress;
@@ -133,6 +134,8 @@ enum Command {
     /// The suppression list shared by every campaign ($EDM_HOME/suppression.csv).
     #[command(subcommand)]
     Suppress(suppress::SuppressCommand),
+    /// Apply bounces and complaints from the [bounces] mailbox (or --from files) to a campaign.
+    Bounces(bounces::BouncesArgs),
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -195,6 +198,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Check(args) => check::run_check(args),
         Command::Preview(args) => check::run_preview(args),
         Command::Suppress(command) => suppress::run(command),
+        Command::Bounces(args) => bounces::run(args),
         Command::Status { dir, json, state } => {
             progress::init_logging(None, true);
             let c = Campaign::load(&dir)?;
