@@ -47,6 +47,7 @@ mod inputs;
 mod prepare;
 mod preview;
 mod report;
+mod reputation;
 mod send;
 mod suppress;
 mod test_send;
@@ -73,6 +74,7 @@ pub use preview::{PreviewFile, PreviewOptions, PreviewReport, preview, preview_p
 pub use report::{
     ReportFormat, ReportKind, StatusReport, export, retry, rfc3339, status, watch_progress,
 };
+pub use reputation::ReputationTrip;
 pub use send::{Run, RunEnd, RunReport, SendOptions, start_send};
 pub use suppress::{
     Added, SHARED_SUPPRESSION_FILE, SharedSuppression, SuppressedAddress, edm_home, read_import,

@@ -55,6 +55,8 @@ pub struct SendOptions {
     /// boundary ([`Error::Interrupted`]); once sending, stop with
     /// [`Control::Stop`](edm_model::Control::Stop) instead.
     pub stop_ingest: Option<Arc<AtomicBool>>,
+    /// Go on although the reputation breaker trips (`--accept-reputation`).
+    pub accept_reputation: bool,
 }
 
 impl Default for SendOptions {
@@ -69,6 +71,7 @@ impl Default for SendOptions {
             relay: None,
             max_retry_wait: crate::config::MAX_RETRY_WAIT,
             stop_ingest: None,
+            accept_reputation: false,
         }
     }
 }
@@ -121,6 +124,10 @@ pub enum RunEnd {
         /// Recipients in status `in_doubt`.
         count: u64,
     },
+    /// The reputation breaker: too many hard bounces or complaints among
+    /// the latest recipients (`[bounces] max_bounce_rate`,
+    /// `max_complaint_rate`); the rest is pending.
+    Reputation(crate::reputation::ReputationTrip),
 }
 
 /// What a finished run reports.
@@ -160,7 +167,8 @@ impl RunReport {
             | RunEnd::StoreFailed(_)
             | RunEnd::Unreachable { .. }
             | RunEnd::Refused(_)
-            | RunEnd::Crashed(_) => 2,
+            | RunEnd::Crashed(_)
+            | RunEnd::Reputation(_) => 2,
             RunEnd::WaitingForRetries { .. }
             | RunEnd::LimitReached
             | RunEnd::DailyQuota { .. }
@@ -523,6 +531,16 @@ async fn run(
         ..
     } = prepared;
     let concurrency = dcfg.concurrency;
+    // The reputation breaker starts from the latest recipients in the state,
+    // late bounces and complaints applied since the last run included.
+    let mut reputation = crate::reputation::Reputation::new(
+        &campaign.config.bounces,
+        opts.accept_reputation,
+        store
+            .reputation_window(crate::reputation::WINDOW)
+            .unwrap_or_default(),
+    );
+    let mut tripped = reputation.check();
     let writer = Arc::new(Writer::spawn(store).map_err(|e| Error::Io {
         path: state.clone(),
         source: e,
@@ -605,7 +623,31 @@ async fn run(
 
     // The outcome loop: every event becomes a store outcome, in order.
     let policy = retry_policy(&campaign);
+    if let Some(trip) = &tripped {
+        reputation_stop(&shared, &engine_control, trip);
+    }
     while let Some(ev) = ev_rx.recv().await {
+        let seen = match &ev {
+            DeliveryEvent::Accepted { id, .. } => Some((*id, false)),
+            DeliveryEvent::Rejected { id, failure }
+                if failure.category == edm_model::Category::RecipientUnknown =>
+            {
+                Some((*id, true))
+            }
+            _ => None,
+        };
+        if let Some((id, hard)) = seen {
+            let domain = shared
+                .in_flight
+                .lock()
+                .ok()
+                .and_then(|m| m.get(&id).map(|i| i.domain.clone()))
+                .unwrap_or_default();
+            if let Some(trip) = reputation.observe(&domain, hard) {
+                reputation_stop(&shared, &engine_control, &trip);
+                tripped = Some(trip);
+            }
+        }
         handle_event(&writer, &shared, &policy, opts.in_doubt, ev).await;
         shared.outcome.notify_waiters();
     }
@@ -667,7 +709,10 @@ async fn run(
         (_, None, FeedEnd::Waiting { deferred, next_due }) => {
             RunEnd::WaitingForRetries { deferred, next_due }
         }
-        (_, None, FeedEnd::Stopped) => RunEnd::Stopped,
+        (_, None, FeedEnd::Stopped) => match tripped {
+            Some(trip) => RunEnd::Reputation(trip),
+            None => RunEnd::Stopped,
+        },
         (_, None, FeedEnd::Quota { quota }) => RunEnd::DailyQuota { quota },
     };
     // A last snapshot, so displays show the final counts.
@@ -696,6 +741,20 @@ async fn run(
         retried: shared.retried.load(Ordering::Relaxed),
         state,
     })
+}
+
+/// Stops the run the way `q` does (transactions in flight finish, the rest
+/// stays pending), saying why.
+fn reputation_stop(
+    shared: &Shared,
+    engine_control: &mpsc::UnboundedSender<Control>,
+    trip: &crate::reputation::ReputationTrip,
+) {
+    tracing::warn!("reputation breaker: {trip}");
+    shared.push_event(format!("stopping: {trip}"));
+    shared.stopping.store(true, Ordering::SeqCst);
+    shared.outcome.notify_waiters();
+    let _ = engine_control.send(Control::Stop);
 }
 
 async fn handle_event(

@@ -174,6 +174,10 @@ pub fn print_report(dir: &Path, r: &RunReport) {
         RunEnd::DailyQuota { quota } => format!(
             "the daily quota of {quota} messages is used up (rolling 24 hours); run `edm send` again later"
         ),
+        RunEnd::Reputation(trip) => format!(
+            "stopped by the reputation breaker: {trip}. Clean the list (edm report {} --all shows who bounced), or run `edm send --accept-reputation` to go on anyway; the rest is pending.",
+            dir.display()
+        ),
     };
     outln!("Campaign: {head}");
     outln!(
