@@ -20,9 +20,11 @@
 //!   CR/LF (SMTP smuggling), no password in clear (issue 9).
 //! - `promises`: fail fast, stop on refusals that hit every message, in doubt.
 //! - `ses`: Amazon SES v2 through moto's server (issue 12).
+//! - `bounces`: VERP, `edm bounces`, late outcomes, the reputation breaker (issue 13).
 
 mod harness;
 
+mod bounces;
 mod crash;
 mod failures;
 mod files;
