@@ -1518,4 +1518,95 @@ concurrency = 3
         assert_eq!(l.attachment_encoding, AttachmentEncoding::Auto);
         assert_eq!(l.warn_message_bytes, None);
     }
+
+    #[test]
+    fn the_bounces_table_parses_with_defaults_and_builds_the_mailbox() {
+        let d = tempfile::tempdir().unwrap();
+        let c = write(d.path(), MINIMAL).unwrap();
+        let b = &c.config.bounces;
+        assert_eq!(b.return_path, None);
+        assert_eq!(
+            (b.soft_bounce_limit, b.max_bounce_rate, b.max_complaint_rate),
+            (3, 0.05, 0.001)
+        );
+        assert!(c.mailbox().unwrap().is_none());
+
+        let var = "EDM_TEST_BOUNCES_PASSWORD_CFG";
+        let text = format!(
+            "{MINIMAL}\n[bounces]\nreturn_path = \"bounces+{{token}}@acme.example\"\nkind = \"imap\"\nhost = \"imap.acme.example\"\nsecurity = \"starttls\"\nusername = \"b@acme.example\"\npassword_env = \"{var}\"\nca_file = \"ca.pem\"\npoll = \"5m\"\nsoft_bounce_limit = 2\n"
+        );
+        let c = write(d.path(), &text).unwrap();
+        assert_eq!(c.config.bounces.poll, Some(Duration::from_secs(300)));
+        let err = c.mailbox().unwrap_err().to_string();
+        assert!(
+            err.contains(var) && err.contains("[bounces] password_env"),
+            "{err}"
+        );
+        // SAFETY: the variable's name is this test's own.
+        unsafe { std::env::set_var(var, "s3cret") };
+        let m = c.mailbox().unwrap().unwrap();
+        assert_eq!(m.kind, edm_bounce::mailbox::Kind::Imap);
+        assert_eq!((m.host.as_str(), m.port), ("imap.acme.example", 143));
+        assert_eq!(m.password, "s3cret");
+        assert_eq!(m.folder, "INBOX");
+        assert_eq!(m.processed_folder, "processed");
+        assert_eq!(m.ca_file, Some(d.path().join("ca.pem")));
+        assert!(!format!("{m:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn bounces_and_feedback_id_that_cannot_work_are_refused_naming_the_key() {
+        for (with, says) in [
+            (
+                "[bounces]\nreturn_path = \"bounces@acme.example\"\n",
+                "{token}",
+            ),
+            (
+                "[bounces]\nreturn_path = \"b+{token}{token}@acme.example\"\n",
+                "exactly once",
+            ),
+            (
+                "[bounces]\nreturn_path = \"bounces@{token}.example\"\n",
+                "local part",
+            ),
+            (
+                "[bounces]\nreturn_path = \"b+{token} @acme.example\"\n",
+                "space",
+            ),
+            ("[bounces]\nsoft_bounce_limit = 0\n", "soft_bounce_limit"),
+            ("[bounces]\nmax_bounce_rate = 5\n", "max_bounce_rate = 5"),
+            ("[bounces]\nmax_complaint_rate = 0\n", "max_complaint_rate"),
+            ("[bounces]\npoll = \"1s\"\n", "poll"),
+            ("[bounces]\nkind = \"imap\"\n", "host"),
+            ("[bounces]\nkind = \"pop3\"\nhost = \"h\"\n", "password_env"),
+            ("[bounces]\nhost = \"h\"\n", "without kind"),
+            ("[bounces]\nkind = \"smtp\"\n", "kind"),
+            ("[bounces]\nfolders = \"x\"\n", "folders"),
+        ] {
+            let err = refused("", &format!("\n{with}"));
+            assert!(err.contains(says), "{with}: {err}");
+            assert!(err.contains("campaign.toml"), "{err}");
+        }
+        let with_id = |id: &str| {
+            MINIMAL.replace(
+                "recipients = \"r.csv\"",
+                &format!("recipients = \"r.csv\"\nfeedback_id = \"{id}\""),
+            )
+        };
+        let d = tempfile::tempdir().unwrap();
+        for ok in ["a:b:c:sender", "sender", "::news:acme-1.2_x"] {
+            assert!(write(d.path(), &with_id(ok)).is_ok(), "{ok}");
+        }
+        for (bad, says) in [
+            ("a:b:c:d:e", "at most four"),
+            ("a:b:c:", "sender id"),
+            ("a b:c", "' '"),
+        ] {
+            let err = write(d.path(), &with_id(bad)).unwrap_err().to_string();
+            assert!(
+                err.contains("[campaign] feedback_id") && err.contains(says),
+                "{bad}: {err}"
+            );
+        }
+    }
 }
