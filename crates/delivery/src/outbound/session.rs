@@ -792,6 +792,99 @@ mod tests {
         );
     }
 
+    /// A server of a few lines that offers DSN (or not) and records the
+    /// commands it gets, up to DATA.
+    async fn scripted(dsn: bool) -> (u16, tokio::task::JoinHandle<Vec<String>>) {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            let (sock, _) = l.accept().await.unwrap();
+            let (r, mut w) = sock.into_split();
+            let mut r = tokio::io::BufReader::new(r);
+            w.write_all(b"220 test ESMTP\r\n").await.unwrap();
+            let mut seen = Vec::new();
+            let mut line = String::new();
+            loop {
+                line.clear();
+                if r.read_line(&mut line).await.unwrap() == 0 {
+                    break;
+                }
+                let cmd = line.trim_end().to_string();
+                let upper = cmd.to_ascii_uppercase();
+                let reply: &[u8] = if upper.starts_with("EHLO") {
+                    if dsn {
+                        b"250-test\r\n250 DSN\r\n"
+                    } else {
+                        b"250 test\r\n"
+                    }
+                } else if upper == "DATA" {
+                    seen.push(cmd);
+                    w.write_all(b"354 go\r\n").await.unwrap();
+                    // The message, up to the final dot.
+                    loop {
+                        line.clear();
+                        if r.read_line(&mut line).await.unwrap() == 0 || line == ".\r\n" {
+                            break;
+                        }
+                    }
+                    w.write_all(b"250 2.0.0 queued\r\n").await.unwrap();
+                    continue;
+                } else if upper == "QUIT" {
+                    w.write_all(b"221 bye\r\n").await.unwrap();
+                    break;
+                } else {
+                    b"250 ok\r\n"
+                };
+                if !upper.starts_with("EHLO") {
+                    seen.push(cmd);
+                }
+                w.write_all(reply).await.unwrap();
+            }
+            seen
+        });
+        (port, task)
+    }
+
+    /// RFC 3461 on the wire: with DSN offered, MAIL FROM asks for headers
+    /// only and names the message (ENVID, xtext); RCPT TO asks for failures
+    /// and delays. Without it, neither (a server that does not know them
+    /// would refuse the commands, RFC 5321 §4.1.1.11).
+    #[tokio::test]
+    async fn dsn_is_asked_for_only_where_offered() {
+        for dsn in [true, false] {
+            let (port, task) = scripted(dsn).await;
+            let mut s = settings("127.0.0.1", Security::None, false);
+            s.port = port;
+            s.credentials = None;
+            let tls = mail_send::smtp::tls::build_tls_connector(false).unwrap();
+            let mut session = Session::connect(Arc::new(s), &tls).await.unwrap();
+            let mut env = envelope(
+                "bounces+7-abc@acme.example",
+                "r@b.example",
+                b"Subject: x\r\n\r\nhi\r\n",
+            );
+            env.message_id = "ab12+x@acme.example".into();
+            session.send(&env).await.unwrap();
+            session.quit().await;
+            let seen = task.await.unwrap();
+            let want = if dsn {
+                vec![
+                    "MAIL FROM:<bounces+7-abc@acme.example> RET=HDRS ENVID=ab12+2Bx@acme.example",
+                    "RCPT TO:<r@b.example> NOTIFY=FAILURE,DELAY",
+                    "DATA",
+                ]
+            } else {
+                vec![
+                    "MAIL FROM:<bounces+7-abc@acme.example>",
+                    "RCPT TO:<r@b.example>",
+                    "DATA",
+                ]
+            };
+            assert_eq!(seen, want, "dsn offered: {dsn}");
+        }
+    }
+
     #[test]
     fn dot_stuffing() {
         assert_eq!(
