@@ -507,10 +507,9 @@ impl<'a> Intake<'a> {
         if self.by_email.is_none() {
             self.by_email = Some(self.store.rows_by_email()?);
         }
-        let map = self
-            .by_email
-            .as_ref()
-            .map_or_else(HashMap::new, Clone::clone);
+        let Some(map) = &self.by_email else {
+            return Ok(Err("no recipient with that address".into()));
+        };
         for r in &v.recipients {
             if let Some((id, _)) = map.get(&edm_store::normalize(&r.address)) {
                 return Ok(Ok(*id));

@@ -112,6 +112,12 @@ pub fn print_status(s: &StatusReport) {
     if !s.by_category.is_empty() {
         println!("  by category: {}", categories(&s.by_category));
     }
+    if s.bounced + s.complained + s.soft_bounced > 0 {
+        println!(
+            "  later: bounced {}  complained {}  soft bounced {} (edm bounces; still counted as sent)",
+            s.bounced, s.complained, s.soft_bounced
+        );
+    }
     if !s.ingested {
         println!(
             "  the recipients file is not all stored yet (an interrupted ingest): edm send stores the rest"
