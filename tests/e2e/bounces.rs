@@ -184,6 +184,38 @@ fn a_relay_bouncing_one_in_ten_trips_the_reputation_breaker() {
     assert_eq!(st["failed"], 60);
 }
 
+/// `[bounces] poll`: a running send reads the mailbox in the background; a
+/// mailbox that cannot be read is said (without its password) and never
+/// stops the run.
+#[test]
+fn a_mailbox_that_cannot_be_read_does_not_disturb_the_run() {
+    let sink = Sink::start(&[], None);
+    let extra = format!(
+        "{BOUNCES}poll = \"10s\"\nkind = \"imap\"\nhost = \"127.0.0.1\"\nport = {}\nusername = \"b\"\npassword_env = \"EDM_TEST_BOUNCE_PW\"\n",
+        dead_port()
+    );
+    let mut spec = Spec::new(addresses("poll", 5), sink.port());
+    spec.extra = &extra;
+    let c = TestCampaign::new(spec);
+    let out = c.edm_env(
+        "send",
+        // Half a second of sending: the first read happens at the start.
+        &["--no-tui", "--rate", "10"],
+        &[("EDM_TEST_BOUNCE_PW", "pw-never-shown")],
+    );
+    assert_eq!(code(&out), 0);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(stderr.contains("bounce mailbox 127.0.0.1:"), "{stderr}");
+    assert!(!stderr.contains("pw-never-shown"), "{stderr}");
+    assert_eq!(c.status()["sent"], 5);
+    // `edm bounces DIR` on the same mailbox: exit 2, the server named.
+    let out = c.edm_env("bounces", &[], &[("EDM_TEST_BOUNCE_PW", "pw-never-shown")]);
+    assert_eq!(code(&out), 2);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(stderr.contains("cannot be read"), "{stderr}");
+    assert!(!stderr.contains("pw-never-shown"), "{stderr}");
+}
+
 /// An RFC 3464 DSN as Postfix writes it, for a message edm sent to
 /// `rcpt` with `return_path` as its envelope sender.
 fn dsn(return_path: &str, rcpt: &str, message_id: &str, status: &str, n: usize) -> String {

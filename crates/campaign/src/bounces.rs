@@ -548,6 +548,70 @@ pub fn suppression_reason(
     }
 }
 
+/// `[bounces] poll` during `edm send`: reads the mailbox every `poll` on a
+/// connection of its own to the state (SQLite serialises it with the run's
+/// writer), as `edm bounces DIR` does. A mailbox that cannot be read is
+/// said in the log and tried again at the next tick: it never stops a run.
+/// `None` without `poll` or without a usable mailbox (said once).
+pub(crate) fn spawn_poll(c: &Campaign, state: &Path) -> Option<tokio::task::JoinHandle<()>> {
+    let every = c.config.bounces.poll?;
+    let cfg = match c.mailbox() {
+        Ok(Some(cfg)) => cfg,
+        Ok(None) => {
+            tracing::warn!(
+                "[bounces] poll is set without a mailbox (kind, host, ...): bounces are not read during the run"
+            );
+            return None;
+        }
+        Err(e) => {
+            tracing::warn!("{e}: bounces are not read during the run");
+            return None;
+        }
+    };
+    let (c, state) = (c.clone(), state.to_path_buf());
+    Some(tokio::spawn(async move {
+        // Once at the start (what came in since the last run), then every tick.
+        loop {
+            match poll_once(&c, &state, &cfg).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!("bounce mailbox: {n} recipients changed"),
+                Err(e) => tracing::warn!("bounce mailbox {}:{}: {e}", cfg.host, cfg.port),
+            }
+            tokio::time::sleep(every).await;
+        }
+    }))
+}
+
+async fn poll_once(
+    c: &Campaign,
+    state: &Path,
+    cfg: &edm_bounce::mailbox::MailboxConfig,
+) -> Result<u64, String> {
+    use edm_bounce::mailbox::Disposition;
+    let mut store =
+        edm_store::Store::open(state, edm_store::Durability::Normal).map_err(|e| e.to_string())?;
+    let suppression = c
+        .config
+        .campaign
+        .auto_suppress
+        .then(SharedSuppression::open_default);
+    let mut intake = Intake::new(c, &mut store, suppression).map_err(|e| e.to_string())?;
+    let mut changed = 0u64;
+    edm_bounce::mailbox::process(cfg, |raw| match intake.apply(raw) {
+        Ok(a) => {
+            changed += u64::from(a.changed());
+            a.disposition()
+        }
+        Err(e) => {
+            tracing::warn!("applying a bounce: {e}");
+            Disposition::Leave
+        }
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    Ok(changed)
+}
+
 /// Reads every message of a file or Maildir (its `new` and `cur`, or a
 /// folder of `.eml` files), oldest name first, for `edm bounces --from`.
 pub fn read_messages(path: &Path) -> Result<Vec<(std::path::PathBuf, Vec<u8>)>, Error> {

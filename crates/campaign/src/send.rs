@@ -614,6 +614,9 @@ async fn run(
         campaign.config.delivery.daily_quota,
     ));
 
+    // `[bounces] poll`: the bounce mailbox read in the background.
+    let poll_task = crate::bounces::spawn_poll(&campaign, &state);
+
     let progress_task = tokio::spawn(progress_loop(
         writer.clone(),
         shared.clone(),
@@ -679,6 +682,9 @@ async fn run(
     }
     control_task.abort();
     progress_task.abort();
+    if let Some(t) = poll_task {
+        t.abort();
+    }
     // Wait for the aborted task to drop its handle on the writer.
     let _ = progress_task.await;
     let store_failed = writer.failure();
