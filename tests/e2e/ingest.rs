@@ -302,6 +302,7 @@ fn as_older_build_with_copies(db: &Path, copies: u32) {
     conn.execute_batch(&format!(
         "DROP INDEX recipients_source;
          DROP INDEX recipients_message_id;
+         DROP INDEX recipients_provider_message_id;
          DROP INDEX recipients_late;
          DROP TABLE late_applied;
          DROP TABLE late_unmatched;

@@ -498,6 +498,13 @@ impl<'a> Intake<'a> {
             if let Some(id) = self.store.find_by_message_id(mid)? {
                 return Ok(Ok(id));
             }
+            // Amazon SES replaces the Message-ID with `<MessageId@region.amazonses.com>`:
+            // its local part is the id SES returned, kept as provider_message_id.
+            if let Some((local, _)) = mid.split_once('@')
+                && let Some(id) = self.store.find_by_provider_message_id(local)?
+            {
+                return Ok(Ok(id));
+            }
         }
         if self.campaign.config.bounces.return_path.is_some() {
             return Ok(Err(

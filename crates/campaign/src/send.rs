@@ -453,8 +453,13 @@ pub async fn start_send(campaign: Campaign, opts: SendOptions) -> Result<Run, Er
                 reason: e.to_string(),
             })??;
     // `[bounces] return_path`: each recipient's MAIL FROM carries its
-    // authenticated token (VERP, docs/bounces.md).
-    if let Some(verp) = crate::bounces::Verp::load_or_create(&campaign, prepared.store.as_mut())? {
+    // authenticated token (VERP, docs/bounces.md). Not through Amazon SES:
+    // it sets its own MAIL FROM, and its FromEmailAddress must be a
+    // verified identity; bounces come back by Message-ID there.
+    if campaign.relay_kind() != RelayKind::Ses
+        && let Some(verp) =
+            crate::bounces::Verp::load_or_create(&campaign, prepared.store.as_mut())?
+    {
         prepared.templates.set_return_path(Some(verp.return_path()));
     }
     let mut dcfg = delivery_config(&campaign, &opts, password);

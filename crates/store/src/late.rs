@@ -54,6 +54,19 @@ impl Store {
             .at(&self.path)
     }
 
+    /// See [`CampaignStore::find_by_provider_message_id`](crate::CampaignStore::find_by_provider_message_id).
+    pub fn find_by_provider_message_id(&self, id: &str) -> Result<Option<RecipientId>> {
+        self.conn
+            .query_row(
+                "SELECT id FROM recipients WHERE provider_message_id = ?1 ORDER BY id LIMIT 1",
+                [id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map(|id| id.map(RecipientId))
+            .at(&self.path)
+    }
+
     /// See [`CampaignStore::recipient_state`](crate::CampaignStore::recipient_state).
     pub fn recipient_state(&self, id: RecipientId) -> Result<Option<(String, Status)>> {
         let raw: Option<(String, String)> = self

@@ -206,6 +206,9 @@ pub trait CampaignStore: Send {
     /// The recipient that was sent with this Message-ID (without angle
     /// brackets), if any.
     fn find_by_message_id(&self, message_id: &str) -> Result<Option<RecipientId>>;
+    /// The recipient whose message the provider knows by this id (Amazon
+    /// SES's MessageId), if any.
+    fn find_by_provider_message_id(&self, id: &str) -> Result<Option<RecipientId>>;
     /// A recipient's address and status, if the id exists.
     fn recipient_state(&self, id: RecipientId) -> Result<Option<(String, Status)>>;
     /// Applies a bounce or complaint to a recipient already `sent` (its status

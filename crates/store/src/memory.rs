@@ -686,6 +686,14 @@ impl CampaignStore for MemoryStore {
             .map(|r| RecipientId(r.id)))
     }
 
+    fn find_by_provider_message_id(&self, id: &str) -> Result<Option<RecipientId>> {
+        Ok(self
+            .rows
+            .values()
+            .find(|r| r.provider_message_id.as_deref() == Some(id))
+            .map(|r| RecipientId(r.id)))
+    }
+
     fn recipient_state(&self, id: RecipientId) -> Result<Option<(String, Status)>> {
         Ok(self.rows.get(&id.0).map(|r| (r.email.clone(), r.status)))
     }

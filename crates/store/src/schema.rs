@@ -167,7 +167,8 @@ ALTER TABLE recipients ADD COLUMN provider_message_id TEXT;
 /// applied message's identity is kept in `late_applied`, so reading a
 /// mailbox twice applies nothing twice; messages that matched no recipient
 /// are listed in `late_unmatched` (`edm bounces --unmatched`). Bounces are
-/// tied back by Message-ID, hence its index.
+/// tied back by Message-ID, or by the provider's id where the provider
+/// replaced it (Amazon SES), hence their indexes.
 const V5: &str = "
 ALTER TABLE recipients ADD COLUMN late TEXT;              -- 'bounced' | 'complained'
 ALTER TABLE recipients ADD COLUMN late_at INTEGER;
@@ -175,6 +176,8 @@ ALTER TABLE recipients ADD COLUMN late_status TEXT;       -- RFC 3463 status
 ALTER TABLE recipients ADD COLUMN late_diagnostic TEXT;
 ALTER TABLE recipients ADD COLUMN soft_bounces INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX recipients_message_id ON recipients (message_id) WHERE message_id IS NOT NULL;
+CREATE INDEX recipients_provider_message_id ON recipients (provider_message_id)
+    WHERE provider_message_id IS NOT NULL;
 CREATE INDEX recipients_late ON recipients (late, soft_bounces)
     WHERE late IS NOT NULL OR soft_bounces > 0;
 CREATE TABLE late_applied (

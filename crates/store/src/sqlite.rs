@@ -108,6 +108,9 @@ impl CampaignStore for Store {
     fn find_by_message_id(&self, message_id: &str) -> Result<Option<RecipientId>> {
         Store::find_by_message_id(self, message_id)
     }
+    fn find_by_provider_message_id(&self, id: &str) -> Result<Option<RecipientId>> {
+        Store::find_by_provider_message_id(self, id)
+    }
     fn recipient_state(&self, id: RecipientId) -> Result<Option<(String, Status)>> {
         Store::recipient_state(self, id)
     }

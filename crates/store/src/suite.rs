@@ -513,6 +513,16 @@ pub(crate) fn late_outcomes_apply_once<S: CampaignStore>(store: &mut S) {
     );
     assert_eq!(store.find_by_message_id("<nobody@edm>").unwrap(), None);
     assert_eq!(
+        store
+            .find_by_provider_message_id(&format!("provider-{}", id(2).0))
+            .unwrap(),
+        Some(id(2))
+    );
+    assert_eq!(
+        store.find_by_provider_message_id("provider-0").unwrap(),
+        None
+    );
+    assert_eq!(
         store.recipient_state(id(0)).unwrap(),
         Some((rs[0].email.clone(), Status::Sent))
     );

@@ -56,7 +56,7 @@ fn store(n: usize) -> (MemoryStore, Vec<RecipientId>) {
                         code: 250,
                         enhanced: None,
                         text: "ok".into(),
-                        provider_message_id: None,
+                        provider_message_id: Some(format!("0100ses{i}")),
                     },
                     message_id: format!("m{i}@acme.example"),
                     relay: "smtp".into(),
@@ -324,4 +324,25 @@ fn hard_bounces_suppress_only_when_the_mailbox_is_gone() {
     assert!(suppression_reason(&b, None, None).is_none());
     assert!(suppression_reason(&LateApplied::SoftBounce(1), Some("5.1.1"), None).is_none());
     assert!(suppression_reason(&LateApplied::Complained, None, None).is_some());
+}
+
+#[test]
+fn a_complaint_through_amazon_ses_is_tied_by_its_message_id() {
+    // SES replaced the Message-ID with `<MessageId@region.amazonses.com>`;
+    // the MessageId is what the SES transport kept.
+    let d = tempfile::tempdir().unwrap();
+    let c = campaign(d.path(), TOML);
+    let (mut s, ids) = store(3);
+    let mut intake = Intake::new(&c, &mut s, None).unwrap();
+    let mut v = bounce(&["feedback@acme.example".into()], "r1@a.example", "");
+    v.verdict = VerdictKind::Complaint;
+    v.original_message_id = Some("<0100ses1@eu-west-1.amazonses.com>".into());
+    let r = intake.apply_verdict(&v, "k").unwrap();
+    assert!(
+        matches!(&r, Applied::Changed { id, change: LateApplied::Complained, .. } if *id == ids[1]),
+        "{r:?}"
+    );
+    v.original_message_id = Some("<0100ses9@eu-west-1.amazonses.com>".into());
+    let r = intake.apply_verdict(&v, "k2").unwrap();
+    assert!(matches!(r, Applied::Unmatched { .. }), "{r:?}");
 }
