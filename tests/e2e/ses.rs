@@ -253,3 +253,29 @@ fn missing_credentials_are_a_clear_error_before_any_send() {
     );
     assert_eq!(c.status()["sent"], 0);
 }
+
+/// Issue 13: through SES, `[bounces] return_path` is left aside: SES sets
+/// its own MAIL FROM, and a VERP address as `FromEmailAddress` would be
+/// refused as an unverified identity (only the From address is verified).
+#[test]
+fn a_return_path_is_left_aside_through_ses() {
+    let Some(moto) = Moto::start() else {
+        return;
+    };
+    moto.verify("news@acme.example");
+    let c = ses_campaign(&moto, addresses("sesverp", 3));
+    let file = c.dir.join("campaign.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        format!("{text}\n[bounces]\nreturn_path = \"bounces+{{token}}@acme.example\"\n"),
+    )
+    .unwrap();
+    let out = c.edm_env("send", &["--no-tui"], CREDS);
+    assert_eq!(code(&out), 0);
+    let messages = moto.messages();
+    assert_eq!(messages.len(), 3);
+    for m in &messages {
+        assert_eq!(m["source"], "news@acme.example", "{m}");
+    }
+}
