@@ -20,18 +20,25 @@
 //!   CR/LF (SMTP smuggling), no password in clear (issue 9).
 //! - `promises`: fail fast, stop on refusals that hit every message, in doubt.
 //! - `ses`: Amazon SES v2 through moto's server (issue 12).
+//! - `resend`: Resend through tests/servers/resend_server.py (issue 12).
+//! - `new`: `edm new` skeletons pass `edm check` (issue 12).
+//! - `check_online`: `edm check --online` against the sink, moto and the
+//!   Resend test server (issue 12).
 //! - `bounces`: VERP, `edm bounces`, late outcomes, the reputation breaker (issue 13).
 
 mod harness;
 
 mod bounces;
+mod check_online;
 mod crash;
 mod failures;
 mod files;
 mod ingest;
+mod new;
 mod postfix;
 mod preflight;
 mod promises;
+mod resend;
 mod send;
 mod ses;
 mod suppress;

@@ -162,6 +162,13 @@ pub struct BouncesSection {
     pub delete: bool,
     /// Extra CA certificate (PEM), relative to the campaign directory.
     pub ca_file: Option<PathBuf>,
+    /// The limit of every network step.
+    #[serde(default = "mailbox_timeout", with = "duration")]
+    pub timeout: Duration,
+    /// With `security = "none"`, send the password in clear to a host that
+    /// is not loopback.
+    #[serde(default)]
+    pub allow_plaintext_auth: bool,
     /// Read the mailbox this often during `edm send` (e.g. "5m").
     #[serde(default, with = "opt_duration")]
     pub poll: Option<Duration>,
@@ -190,6 +197,8 @@ impl Default for BouncesSection {
             processed_folder: default_processed_folder(),
             delete: false,
             ca_file: None,
+            timeout: mailbox_timeout(),
+            allow_plaintext_auth: false,
             poll: None,
             soft_bounce_limit: soft_bounce_limit(),
             max_bounce_rate: max_bounce_rate(),
@@ -217,6 +226,12 @@ pub enum MailboxSecurityName {
     Tls,
     /// STARTTLS / STLS before the login.
     Starttls,
+    /// No TLS (loopback, or `allow_plaintext_auth`).
+    None,
+}
+
+fn mailbox_timeout() -> Duration {
+    edm_bounce::mailbox::DEFAULT_TIMEOUT
 }
 
 fn default_folder() -> String {
@@ -409,6 +424,8 @@ pub enum RelayKind {
     Smtp,
     /// Amazon SES v2 over its HTTP API.
     Ses,
+    /// Resend over its HTTP API.
+    Resend,
 }
 
 /// The keys of a `[[relay]]` of kind `ses`.
@@ -435,6 +452,28 @@ pub struct SesSection {
     /// Whole-request timeout.
     #[serde(default = "command_timeout", with = "duration")]
     pub request_timeout: Duration,
+}
+
+/// The keys of a `[[relay]]` of kind `resend`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResendSection {
+    /// Environment variable holding the API key (never the key itself).
+    #[serde(default = "resend_api_key_env")]
+    pub api_key_env: String,
+    /// Base URL, for tests (default `https://api.resend.com`).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Connect timeout.
+    #[serde(default = "connect_timeout", with = "duration")]
+    pub connect_timeout: Duration,
+    /// Whole-request timeout.
+    #[serde(default = "command_timeout", with = "duration")]
+    pub request_timeout: Duration,
+}
+
+fn resend_api_key_env() -> String {
+    "RESEND_API_KEY".into()
 }
 
 /// Transport security names.
@@ -550,6 +589,9 @@ pub enum ProviderName {
     Tencent,
     /// Amazon SES (SMTP interface): messages up to 10 MB.
     Ses,
+    /// Resend: "max 40MB per email, after Base64 encoding of the
+    /// attachments" (resend.com/docs/api-reference/emails/send-email).
+    Resend,
 }
 
 /// `[limits]` with the provider profile applied (explicit keys win).
@@ -597,6 +639,11 @@ impl LimitsSection {
             },
             Some(ProviderName::Ses) => ResolvedLimits {
                 max_message_bytes: Some(10 * MB),
+                max_line_len: edm_template::MAX_LINE_LEN,
+                ..ResolvedLimits::default()
+            },
+            Some(ProviderName::Resend) => ResolvedLimits {
+                max_message_bytes: Some(40 * MB),
                 max_line_len: edm_template::MAX_LINE_LEN,
                 ..ResolvedLimits::default()
             },
@@ -781,6 +828,19 @@ impl Campaign {
                             ))
                         })?;
                     }
+                    RelayKind::Resend => {
+                        let r: ResendSection = r.settings.clone().try_into().map_err(|e| {
+                            bad(format!(
+                                "{key} (kind = \"resend\"): {}",
+                                e.to_string().trim_end()
+                            ))
+                        })?;
+                        if r.api_key_env.trim().is_empty() {
+                            return Err(bad(format!(
+                                "{key} (kind = \"resend\"): api_key_env must name an environment variable"
+                            )));
+                        }
+                    }
                 }
             }
             (false, n) => {
@@ -961,6 +1021,22 @@ impl Campaign {
             if b.port == Some(0) {
                 return Err(self.bad("[bounces] port = 0: a port is 1 to 65535"));
             }
+            for (key, f) in [
+                ("folder", &b.folder),
+                ("processed_folder", &b.processed_folder),
+            ] {
+                if f.is_empty() || !f.is_ascii() {
+                    return Err(self.bad(format!(
+                        "[bounces] {key} = {f:?}: an ASCII folder name (IMAP's modified UTF-7 is not written)"
+                    )));
+                }
+            }
+            if b.processed_folder == b.folder && !b.delete {
+                return Err(self.bad(format!(
+                    "[bounces] processed_folder = {:?} is the folder read: applied messages would be read again on every pass (choose another, or delete = true)",
+                    b.processed_folder
+                )));
+            }
             if b.kind == Some(MailboxKindName::Pop3) && !b.delete {
                 // POP3 has no folders (RFC 1939): applied messages can only be
                 // left or deleted; leaving them is safe (applied once by key).
@@ -991,35 +1067,32 @@ impl Campaign {
                 )));
             }
         };
-        let (kind, security) = (
-            match kind {
-                MailboxKindName::Imap => Kind::Imap,
-                MailboxKindName::Pop3 => Kind::Pop3,
-            },
-            match b.security {
-                MailboxSecurityName::Tls => Security::Tls,
-                MailboxSecurityName::Starttls => Security::Starttls,
-            },
-        );
-        let port = b.port.unwrap_or(match (kind, security) {
-            (Kind::Imap, Security::Tls) => 993,
-            (Kind::Imap, Security::Starttls) => 143,
-            (Kind::Pop3, Security::Tls) => 995,
-            (Kind::Pop3, Security::Starttls) => 110,
-        });
-        Ok(Some(MailboxConfig {
+        let kind = match kind {
+            MailboxKindName::Imap => Kind::Imap,
+            MailboxKindName::Pop3 => Kind::Pop3,
+        };
+        let security = match b.security {
+            MailboxSecurityName::Tls => Security::Tls,
+            MailboxSecurityName::Starttls => Security::Starttls,
+            MailboxSecurityName::None => Security::Plain,
+        };
+        let mut m = MailboxConfig::new(
             kind,
-            host: b.host.clone().unwrap_or_default(),
-            port,
-            security,
-            username: b.username.clone().unwrap_or_default(),
-            password,
-            folder: b.folder.clone(),
-            processed_folder: b.processed_folder.clone(),
-            delete: b.delete,
-            ca_file: b.ca_file.as_deref().map(|p| self.path(p)),
-            timeout: self.config.smtp.command_timeout,
-        }))
+            b.host.as_deref().unwrap_or_default(),
+            b.username.as_deref().unwrap_or_default(),
+            &password,
+        );
+        m.port = b
+            .port
+            .unwrap_or_else(|| edm_bounce::mailbox::default_port(kind, security));
+        m.security = security;
+        m.folder = b.folder.clone();
+        m.processed_folder = b.processed_folder.clone();
+        m.delete = b.delete;
+        m.ca_file = b.ca_file.as_deref().map(|p| self.path(p));
+        m.timeout = b.timeout;
+        m.allow_plaintext_auth = b.allow_plaintext_auth;
+        Ok(Some(m))
     }
 
     /// Resolves a path from the file against the campaign directory.
@@ -1086,6 +1159,28 @@ impl Campaign {
         (r.kind == RelayKind::Ses)
             .then(|| r.settings.clone().try_into().ok())
             .flatten()
+    }
+
+    /// The Resend relay's keys, when the relay is Resend (checked at load).
+    pub fn resend(&self) -> Option<ResendSection> {
+        let r = self.config.relay.first()?;
+        (r.kind == RelayKind::Resend)
+            .then(|| r.settings.clone().try_into().ok())
+            .flatten()
+    }
+
+    /// The Resend relay's API key, read from its `api_key_env` variable.
+    /// Never logged; the error names the relay and the variable, never a
+    /// value.
+    pub fn resend_api_key(&self, r: &ResendSection) -> Result<String, Error> {
+        match std::env::var(&r.api_key_env) {
+            Ok(v) if !v.trim().is_empty() => Ok(v.trim().to_string()),
+            _ => Err(self.bad(format!(
+                "[[relay]] {:?} (kind = \"resend\"): api_key_env names ${}, which is not set (export the API key before running)",
+                self.relay_name(),
+                r.api_key_env
+            ))),
+        }
     }
 
     /// The lower-cased domain of `[campaign] from`, read by edm's one From
@@ -1163,6 +1258,36 @@ region = "eu-west-1"
 rate = 14
 concurrency = 3
 "#;
+
+    #[test]
+    fn a_relay_table_of_kind_resend() {
+        let d = tempfile::tempdir().unwrap();
+        let no_smtp = MINIMAL.replace("[smtp]\nhost = \"127.0.0.1\"\nport = 2525\n", "");
+        let relay =
+            "\n[[relay]]\nname = \"rs\"\nkind = \"resend\"\nendpoint = \"http://127.0.0.1:9\"\n";
+        let c = write(d.path(), &format!("{no_smtp}{relay}")).unwrap();
+        assert_eq!((c.relay_name(), c.relay_kind()), ("rs", RelayKind::Resend));
+        let r = c.resend().unwrap();
+        assert_eq!(r.api_key_env, "RESEND_API_KEY");
+        assert_eq!(r.endpoint.as_deref(), Some("http://127.0.0.1:9"));
+        assert!(c.ses().is_none());
+        let unset = ResendSection {
+            api_key_env: "EDM_TEST_RESEND_KEY_NEVER_SET".into(),
+            ..r
+        };
+        let e = c.resend_api_key(&unset).unwrap_err().to_string();
+        assert!(
+            e.contains("[[relay]] \"rs\"") && e.contains("$EDM_TEST_RESEND_KEY_NEVER_SET"),
+            "{e}"
+        );
+        let e = write(d.path(), &format!("{no_smtp}{relay}region = \"x\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("(kind = \"resend\")") && e.contains("region"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn a_relay_table_of_kind_ses_or_smtp() {
@@ -1582,6 +1707,14 @@ concurrency = 3
             ("[bounces]\nhost = \"h\"\n", "without kind"),
             ("[bounces]\nkind = \"smtp\"\n", "kind"),
             ("[bounces]\nfolders = \"x\"\n", "folders"),
+            (
+                "[bounces]\nkind = \"imap\"\nhost = \"h\"\nusername = \"u\"\npassword_env = \"P\"\nprocessed_folder = \"INBOX\"\n",
+                "is the folder read",
+            ),
+            (
+                "[bounces]\nkind = \"imap\"\nhost = \"h\"\nusername = \"u\"\npassword_env = \"P\"\nfolder = \"Boîte\"\n",
+                "ASCII",
+            ),
         ] {
             let err = refused("", &format!("\n{with}"));
             assert!(err.contains(says), "{with}: {err}");

@@ -44,6 +44,7 @@ mod check;
 mod config;
 mod fingerprint;
 mod inputs;
+mod new;
 mod prepare;
 mod preview;
 mod report;
@@ -56,7 +57,8 @@ mod writer;
 use std::path::PathBuf;
 
 pub use check::{
-    CheckOptions, CheckReport, DkimInfo, Finding, ProblemGroup, ProblemKind, Severity, check,
+    CheckOptions, CheckReport, DkimInfo, Finding, ProblemGroup, ProblemKind, RelayCheck, Severity,
+    check, check_online, online_human,
 };
 pub use config::{
     BouncesSection, Campaign, Config, DurabilityName, LimitsSection, MAX_CONCURRENCY,
@@ -69,6 +71,7 @@ pub use edm_store::{InDoubtPolicy, Summary};
 pub use edm_store::{create_private_dir, private_options};
 pub use fingerprint::{ChangedInputs, Input};
 pub use inputs::dkim_signer;
+pub use new::{NewProvider, new_campaign};
 pub use prepare::{Prepared, prepare, prepare_with_stop};
 pub use preview::{PreviewFile, PreviewOptions, PreviewReport, preview, preview_path};
 pub use report::{

@@ -16,8 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use edm_delivery::{
-    Credentials, DeliveryConfig, DomainLimit, EngineEnd, RetryPolicy, Security, SesSettings,
-    SesTransport, SmtpSettings, SmtpTransport, Transport, Verdict,
+    ApiKey, Credentials, DeliveryConfig, DomainLimit, EngineEnd, ResendSettings, ResendTransport,
+    RetryPolicy, Security, SesSettings, SesTransport, SmtpSettings, SmtpTransport, Transport,
+    Verdict,
 };
 use edm_model::{
     Control, DeliveryEvent, DomainCounts, EventLine, Failure, Notice, Progress, RecipientId,
@@ -357,6 +358,22 @@ pub(crate) fn transport(c: &Campaign, cfg: &DeliveryConfig) -> Result<Arc<dyn Tr
             .map_err(|e| bad(format!("{key}: {e}")))?;
             Ok(Arc::new(t))
         }
+        (RelayKind::Resend, _) => {
+            let key = format!("[[relay]] {:?}", c.relay_name());
+            let s = c
+                .resend()
+                .ok_or_else(|| bad(format!("{key}: the relay's keys do not read")))?;
+            let api_key = c.resend_api_key(&s)?;
+            let t = ResendTransport::new(ResendSettings {
+                endpoint: s.endpoint,
+                api_key: ApiKey::new(api_key),
+                campaign: c.config.campaign.name.clone(),
+                connect_timeout: s.connect_timeout,
+                request_timeout: s.request_timeout,
+            })
+            .map_err(|e| bad(format!("{key}: {e}")))?;
+            Ok(Arc::new(t))
+        }
         _ => {
             let t = SmtpTransport::new(cfg.smtp.clone()).map_err(edm_delivery::Error::Tls)?;
             Ok(Arc::new(t))
@@ -409,6 +426,15 @@ async fn ses_quota(c: &Campaign, cfg: &mut DeliveryConfig, unsent: u64, rate_giv
         // credentials); the quota is a courtesy.
         Err(f) => tracing::warn!("cannot read the SES account's quota: {f}"),
     }
+}
+
+/// The provider profile's rate when none is written (`[delivery]`, the
+/// relay's, `--rate`): Resend's documented default of 2 requests per second
+/// per team (resend.com/changelog/api-rate-limit). SES reads its own from
+/// the account (`ses_quota`).
+fn provider_default_rate(kind: RelayKind, rate_given: bool, rate: Option<f64>) -> Option<f64> {
+    (kind == RelayKind::Resend && !rate_given && rate.is_none())
+        .then_some(edm_delivery::RESEND_DEFAULT_RATE)
 }
 
 fn retry_policy(c: &Campaign) -> RetryPolicy {
@@ -481,6 +507,11 @@ pub async fn start_send(campaign: Campaign, opts: SendOptions) -> Result<Run, Er
             })
             .unwrap_or(0);
         ses_quota(&campaign, &mut dcfg, unsent, opts.rate.is_some()).await;
+    }
+    if let Some(rate) = provider_default_rate(campaign.relay_kind(), opts.rate.is_some(), dcfg.rate)
+    {
+        tracing::info!(rate, "rate: Resend's default request rate");
+        dcfg.rate = Some(rate);
     }
     let mut progress = Progress {
         campaign: campaign.config.campaign.name.clone(),
@@ -1212,6 +1243,22 @@ mod tests {
             retried: 0,
             state: PathBuf::new(),
         }
+    }
+
+    #[test]
+    fn resend_runs_at_its_documented_default_unless_a_rate_is_written() {
+        assert_eq!(
+            provider_default_rate(RelayKind::Resend, false, None),
+            Some(2.0)
+        );
+        assert_eq!(
+            provider_default_rate(RelayKind::Resend, false, Some(5.0)),
+            None
+        );
+        // `--rate 0` (unlimited) is a rate written.
+        assert_eq!(provider_default_rate(RelayKind::Resend, true, None), None);
+        assert_eq!(provider_default_rate(RelayKind::Smtp, false, None), None);
+        assert_eq!(provider_default_rate(RelayKind::Ses, false, None), None);
     }
 
     #[test]

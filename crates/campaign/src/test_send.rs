@@ -86,6 +86,9 @@ pub struct TestMessage {
     pub message_id: String,
     /// What happened.
     pub outcome: TestOutcome,
+    /// The relay it went through (or would have): its `[[relay]]` name,
+    /// `smtp` for `[smtp]`.
+    pub relay: String,
 }
 
 /// The result of a test send.
@@ -171,6 +174,7 @@ pub async fn test_send(c: &Campaign, opts: &TestSendOptions) -> Result<TestSendR
             subject,
             message_id,
             outcome,
+            relay: c.relay_name().to_string(),
         });
     }
 

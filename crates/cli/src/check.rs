@@ -19,6 +19,11 @@ pub struct CheckArgs {
     /// Rendering threads (default: the machine's cores).
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Also reach every relay, without sending: SMTP connect, EHLO, STARTTLS
+    /// and AUTH; SES quota and sender identity; Resend key and sender domain.
+    /// Exit 2 when a relay fails.
+    #[arg(long)]
+    pub online: bool,
 }
 
 /// `edm preview DIR [--row N]... [--sample N] --out DIR`.
@@ -49,13 +54,30 @@ pub fn run_check(args: CheckArgs) -> anyhow::Result<u8> {
         opts.workers = workers;
     }
     let report = edm_campaign::check(&campaign, &opts)?;
-    let text = if args.json {
-        serde_json::to_string_pretty(&report)? + "\n"
+    let online = if args.online {
+        Some(crate::runtime()?.block_on(edm_campaign::check_online(&campaign)))
     } else {
-        human(&report)
+        None
+    };
+    let text = if args.json {
+        let mut v = serde_json::to_value(&report)?;
+        if let (Some(o), Some(map)) = (&online, v.as_object_mut()) {
+            map.insert("online".into(), serde_json::to_value(o)?);
+        }
+        serde_json::to_string_pretty(&v)? + "\n"
+    } else {
+        let mut t = human(&report);
+        if let Some(o) = &online {
+            t.push('\n');
+            t.push_str(&edm_campaign::online_human(o));
+        }
+        t
     };
     // A closed pipe (`edm check DIR | head`) is not an error of the check.
     let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes());
+    if online.is_some_and(|o| o.iter().any(|r| !r.ok)) {
+        return Ok(2);
+    }
     Ok(if report.is_clean() { 0 } else { 1 })
 }
 

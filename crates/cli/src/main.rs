@@ -134,8 +134,25 @@ enum Command {
     /// The suppression list shared by every campaign ($EDM_HOME/suppression.csv).
     #[command(subcommand)]
     Suppress(suppress::SuppressCommand),
+    /// Write a working campaign skeleton for a provider into a new directory.
+    New {
+        /// The directory to create (or an empty one).
+        dir: PathBuf,
+        /// The provider whose limits, rate and security to write.
+        #[arg(long, value_enum, default_value_t = Provider::Smtp)]
+        provider: Provider,
+    },
     /// Apply bounces and complaints from the [bounces] mailbox (or --from files) to a campaign.
     Bounces(bounces::BouncesArgs),
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum Provider {
+    Smtp,
+    Ses,
+    Resend,
+    Tencent,
+    Gmail,
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -199,6 +216,25 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Preview(args) => check::run_preview(args),
         Command::Suppress(command) => suppress::run(command),
         Command::Bounces(args) => bounces::run(args),
+        Command::New { dir, provider } => {
+            let provider = match provider {
+                Provider::Smtp => edm_campaign::NewProvider::Smtp,
+                Provider::Ses => edm_campaign::NewProvider::Ses,
+                Provider::Resend => edm_campaign::NewProvider::Resend,
+                Provider::Tencent => edm_campaign::NewProvider::Tencent,
+                Provider::Gmail => edm_campaign::NewProvider::Gmail,
+            };
+            let files = edm_campaign::new_campaign(&dir, provider)?;
+            for f in &files {
+                outln!("wrote {}", f.display());
+            }
+            outln!(
+                "next: edit {} (from, the relay's account), then `edm check {}`",
+                dir.join("campaign.toml").display(),
+                dir.display()
+            );
+            Ok(0)
+        }
         Command::Status { dir, json, state } => {
             progress::init_logging(None, true);
             let c = Campaign::load(&dir)?;

@@ -136,8 +136,8 @@ fn test_send(campaign: &Campaign, to: &str, args: &SendArgs) -> anyhow::Result<u
             TestOutcome::NotSent { reason } => format!("NOT SENT: {reason}"),
         };
         println!(
-            "line {} ({}) -> {}: {:?}: {what}",
-            m.line, m.recipient, report.to, m.subject
+            "line {} ({}) -> {} via relay {:?}: {:?}: {what}",
+            m.line, m.recipient, report.to, m.relay, m.subject
         );
     }
     let accepted = report

@@ -37,6 +37,10 @@ pub use engine::{
     DeliveryConfig, DomainLimit, Engine, EngineEnd, EngineStatus, Error, start, start_with,
 };
 pub use outbound::classify::{DIALECTS, Dialect, ReplyRef, classify_error, classify_reply};
+pub use outbound::resend::{
+    ApiKey, DEFAULT_RATE as RESEND_DEFAULT_RATE, DomainCheck, ResendSettings, ResendTransport,
+    idempotency_key,
+};
 pub use outbound::ses::{Credentials, SendQuota, SesSettings, SesTransport};
 pub use outbound::session::{Afterwards, Security, Session, SmtpSettings, is_loopback};
 pub use outbound::smtp::SmtpTransport;

@@ -22,6 +22,7 @@
 //! through `inputs.rs`.
 
 mod classify;
+mod online;
 mod report;
 
 use std::collections::BTreeMap;
@@ -33,6 +34,7 @@ use edm_model::Recipient;
 use edm_recipients::Verdict;
 use edm_template::{Dkim, Limits, MessageSpec, SIGNED_HEADERS, Templates, has_unsubscribe_link};
 
+pub use online::{RelayCheck, check_online, human as online_human};
 pub use report::{CheckReport, DkimInfo, Finding, ProblemGroup, ProblemKind, Severity};
 
 use crate::Error;

@@ -253,6 +253,44 @@ impl SesTransport {
     }
 }
 
+impl SesTransport {
+    /// Whether `identity` (a domain or an address) is verified for sending
+    /// (SES v2 GetEmailIdentity), or `None` when the account has no such
+    /// identity (404 NotFoundException). Used by `edm check --online`.
+    /// moto says `VerifiedForSendingStatus: false` with `VerificationStatus:
+    /// SUCCESS` for an identity it created: either counts.
+    pub async fn identity_verified(&self, identity: &str) -> Result<Option<bool>, Failure> {
+        // The path segment percent-encoded as SigV4's canonical URI wants it.
+        let segment: String = identity
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        let (status, body) = self
+            .inner
+            .request(
+                "GET",
+                &format!("/v2/email/identities/{segment}"),
+                Vec::new(),
+            )
+            .await
+            .map_err(|(f, _)| f)?;
+        if status.as_u16() == 404 {
+            return Ok(None);
+        }
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        Ok(Some(
+            v["VerifiedForSendingStatus"].as_bool() == Some(true)
+                || v["VerificationStatus"].as_str() == Some("SUCCESS"),
+        ))
+    }
+}
+
 impl Inner {
     /// Signs and sends one request; the error says whether it may have
     /// reached SES.
@@ -327,7 +365,10 @@ impl Inner {
                 Afterwards::Usable,
             ));
         }
-        if status.as_u16() == 404 && path != "/v2/email/account" {
+        if status.as_u16() == 404
+            && path != "/v2/email/account"
+            && !path.starts_with("/v2/email/identities/")
+        {
             return Err((
                 self.error(404, error_type.as_deref(), &bytes),
                 Afterwards::Usable,
