@@ -26,10 +26,12 @@
 //!   Resend test server (issue 12).
 //! - `pool`: relay pools: weights, per-relay rates, failover (issue 12).
 //! - `bounce_parse`: `edm bounces parse`, the parser's verdicts (issue 13).
+//! - `bounces`: VERP, `edm bounces`, late outcomes, the reputation breaker (issue 13).
 
 mod harness;
 
 mod bounce_parse;
+mod bounces;
 mod check_online;
 mod crash;
 mod failures;

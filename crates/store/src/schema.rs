@@ -12,7 +12,7 @@ use rusqlite::Connection;
 use crate::error::{AtPath, Error, Result};
 
 /// The schema version this build writes.
-pub(crate) const VERSION: i64 = 4;
+pub(crate) const VERSION: i64 = 5;
 
 /// The statuses a claim reads from; the claim index holds only these rows, so
 /// it stays small however many recipients are final. Queries that want the
@@ -160,6 +160,38 @@ ALTER TABLE recipients ADD COLUMN relay TEXT;
 ALTER TABLE recipients ADD COLUMN provider_message_id TEXT;
 ";
 
+/// Version 5: late outcomes (issue 13): what bounces and complaints said
+/// after a recipient was `sent`. The status stays `sent` (the daily quota
+/// counts what was sent, and a bounce does not unsend it); `late` is
+/// `bounced` or `complained`, `soft_bounces` counts delays in a row. Each
+/// applied message's identity is kept in `late_applied`, so reading a
+/// mailbox twice applies nothing twice; messages that matched no recipient
+/// are listed in `late_unmatched` (`edm bounces --unmatched`). Bounces are
+/// tied back by Message-ID, or by the provider's id where the provider
+/// replaced it (Amazon SES), hence their indexes.
+const V5: &str = "
+ALTER TABLE recipients ADD COLUMN late TEXT;              -- 'bounced' | 'complained'
+ALTER TABLE recipients ADD COLUMN late_at INTEGER;
+ALTER TABLE recipients ADD COLUMN late_status TEXT;       -- RFC 3463 status
+ALTER TABLE recipients ADD COLUMN late_diagnostic TEXT;
+ALTER TABLE recipients ADD COLUMN soft_bounces INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX recipients_message_id ON recipients (message_id) WHERE message_id IS NOT NULL;
+CREATE INDEX recipients_provider_message_id ON recipients (provider_message_id)
+    WHERE provider_message_id IS NOT NULL;
+CREATE INDEX recipients_late ON recipients (late, soft_bounces)
+    WHERE late IS NOT NULL OR soft_bounces > 0;
+CREATE TABLE late_applied (
+    key       TEXT PRIMARY KEY,
+    recipient INTEGER NOT NULL,
+    at        INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE late_unmatched (
+    key     TEXT PRIMARY KEY,
+    at      INTEGER NOT NULL,
+    summary TEXT NOT NULL
+) WITHOUT ROWID;
+";
+
 /// Reads `PRAGMA user_version`.
 pub(crate) fn version(conn: &Connection, path: &Path) -> Result<i64> {
     conn.query_row("PRAGMA user_version", [], |r| r.get(0))
@@ -203,7 +235,8 @@ pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<Migrated> {
             }
             2 => tx.execute_batch(V3).at(path)?,
             3 => tx.execute_batch(V4).at(path)?,
-            // Future steps: `4 => tx.execute_batch(V5)?`, ...
+            4 => tx.execute_batch(V5).at(path)?,
+            // Future steps: `5 => tx.execute_batch(V6)?`, ...
             _ => unreachable!("no migration from version {from}"),
         }
         tx.pragma_update(None, "user_version", from + 1).at(path)?;

@@ -7,8 +7,8 @@
 use edm_model::{Category, Failure, Recipient, RecipientId, Reply, Stage, Status, UnixMillis};
 
 use crate::{
-    CampaignStore, Error, ExportFilter, InDoubtPolicy, MemoryStore, NewRow, Outcome, OutcomeKind,
-    Store,
+    CampaignStore, Error, ExportFilter, InDoubtPolicy, LateApplied, LateKind, LateOutcome,
+    MemoryStore, NewRow, Outcome, OutcomeKind, Store, Unmatched,
 };
 
 fn new_row(line: u64, email: &str) -> NewRow {
@@ -530,6 +530,186 @@ pub(crate) fn reset_for_retry_by_status_and_category<S: CampaignStore>(store: &m
 }
 
 /// Instantiates every test of the suite for one implementation.
+fn late(r: RecipientId, key: &str, kind: LateKind, status: &str) -> LateOutcome {
+    LateOutcome {
+        id: r,
+        at: 5_000,
+        key: key.to_string(),
+        kind,
+        status: Some(status.to_string()),
+        diagnostic: Some(format!("diag {key}")),
+        soft_bounce_limit: 3,
+    }
+}
+
+fn late_of<S: CampaignStore>(store: &S, line: u64) -> Option<crate::LateState> {
+    let mut found = None;
+    store
+        .export_rows(&ExportFilter::default(), &mut |row| {
+            if row.line == line {
+                found = Some(row.late.clone());
+            }
+        })
+        .unwrap();
+    found.flatten()
+}
+
+/// Schema V5: bounces and complaints on `sent` recipients, idempotent by
+/// message key; soft bounces counted to the limit; the status, the daily
+/// quota count and the tallies of statuses unchanged.
+pub(crate) fn late_outcomes_apply_once<S: CampaignStore>(store: &mut S) {
+    with_rows(store, 6);
+    let rs = store.claim_with_budget(6, 6, 1_000).unwrap();
+    let mut outs: Vec<Outcome> = rs[..5].iter().map(|r| sent(r, 2_000)).collect();
+    outs.push(outcome(
+        &rs[5],
+        2_000,
+        OutcomeKind::Failed {
+            failure: refusal(Category::RecipientUnknown, 550, "no such user"),
+        },
+    ));
+    store.record(&outs).unwrap();
+    let before = store.summary().unwrap();
+    let quota_before = store.sent_since(0).unwrap();
+    let id = |i: usize| rs[i].id;
+
+    assert_eq!(
+        store
+            .find_by_message_id(&format!("<{}@edm>", id(1).0))
+            .unwrap(),
+        Some(id(1))
+    );
+    assert_eq!(store.find_by_message_id("<nobody@edm>").unwrap(), None);
+    assert_eq!(
+        store
+            .find_by_provider_message_id(&format!("provider-{}", id(2).0))
+            .unwrap(),
+        Some(id(2))
+    );
+    assert_eq!(
+        store.find_by_provider_message_id("provider-0").unwrap(),
+        None
+    );
+    assert_eq!(
+        store.recipient_state(id(0)).unwrap(),
+        Some((rs[0].email.clone(), Status::Sent))
+    );
+    assert_eq!(store.recipient_state(RecipientId(999)).unwrap(), None);
+
+    use LateKind::*;
+    assert_eq!(
+        store
+            .apply_late(&late(id(0), "m1", HardBounce, "5.1.1"))
+            .unwrap(),
+        LateApplied::Bounced
+    );
+    // The same message again: nothing changes.
+    assert_eq!(
+        store
+            .apply_late(&late(id(0), "m1", HardBounce, "5.1.1"))
+            .unwrap(),
+        LateApplied::AlreadyApplied
+    );
+    assert_eq!(
+        store.apply_late(&late(id(1), "m2", Complaint, "")).unwrap(),
+        LateApplied::Complained
+    );
+    // Soft bounces: counted, the third in a row is a hard one.
+    assert_eq!(
+        store
+            .apply_late(&late(id(2), "s1", SoftBounce, "4.2.2"))
+            .unwrap(),
+        LateApplied::SoftBounce(1)
+    );
+    assert_eq!(
+        store
+            .apply_late(&late(id(2), "s1", SoftBounce, "4.2.2"))
+            .unwrap(),
+        LateApplied::AlreadyApplied
+    );
+    assert_eq!(
+        store
+            .apply_late(&late(id(3), "s2", SoftBounce, "4.4.7"))
+            .unwrap(),
+        LateApplied::SoftBounce(1)
+    );
+    assert_eq!(
+        store
+            .apply_late(&late(id(3), "s3", SoftBounce, "4.4.7"))
+            .unwrap(),
+        LateApplied::SoftBounce(2)
+    );
+    assert_eq!(
+        store
+            .apply_late(&late(id(3), "s4", SoftBounce, "4.4.7"))
+            .unwrap(),
+        LateApplied::Bounced
+    );
+    // A bounce after a complaint does not undo it; a complaint after a
+    // bounce outranks it.
+    assert_eq!(
+        store
+            .apply_late(&late(id(1), "m3", HardBounce, "5.1.1"))
+            .unwrap(),
+        LateApplied::Unchanged
+    );
+    assert_eq!(
+        store.apply_late(&late(id(0), "m4", Complaint, "")).unwrap(),
+        LateApplied::Complained
+    );
+    // Never sent: nothing changes.
+    assert_eq!(
+        store
+            .apply_late(&late(id(5), "m5", HardBounce, "5.1.1"))
+            .unwrap(),
+        LateApplied::NotSent(Status::Failed)
+    );
+    assert_eq!(
+        store
+            .apply_late(&late(RecipientId(999), "m6", HardBounce, "5.1.1"))
+            .unwrap(),
+        LateApplied::NoSuchRecipient
+    );
+
+    assert_eq!(
+        store.late_counts().unwrap(),
+        crate::LateCounts {
+            bounced: 1,
+            complained: 2,
+            soft_bounced: 1,
+        }
+    );
+    let l = late_of(store, rs[3].line).unwrap();
+    assert_eq!(l.outcome.as_deref(), Some("bounced"));
+    assert_eq!(l.soft_bounces, 3);
+    assert_eq!(l.status.as_deref(), Some("4.4.7"));
+    assert_eq!(l.diagnostic.as_deref(), Some("diag s4"));
+    assert_eq!(l.at, Some(5_000));
+    let l = late_of(store, rs[2].line).unwrap();
+    assert_eq!((l.outcome, l.soft_bounces), (None, 1));
+    assert_eq!(late_of(store, rs[4].line), None);
+    // What counted stays counted: statuses, tallies, the daily quota.
+    assert_eq!(store.summary().unwrap(), before);
+    assert_eq!(store.sent_since(0).unwrap(), quota_before);
+
+    // The reputation window: latest first, hard bounces late or refused.
+    let w = store.reputation_window(10).unwrap();
+    assert_eq!(w.len(), 6);
+    assert_eq!(w.iter().filter(|e| e.hard_bounce).count(), 2, "{w:?}");
+    assert_eq!(w.iter().filter(|e| e.complaint).count(), 2, "{w:?}");
+    assert_eq!(store.reputation_window(2).unwrap().len(), 2);
+
+    // Unmatched messages are listed once.
+    let u = Unmatched {
+        key: "x1".into(),
+        at: 7,
+        summary: "bounce for who@else.example".into(),
+    };
+    assert!(store.record_unmatched(&u).unwrap());
+    assert!(!store.record_unmatched(&u).unwrap());
+    assert_eq!(store.unmatched().unwrap(), vec![u]);
+}
+
 macro_rules! suite {
     ($module:ident, $make:expr) => {
         mod $module {
@@ -568,6 +748,11 @@ macro_rules! suite {
             fn events_lock_and_meta() {
                 let (mut store, _keep) = $make;
                 super::events_lock_and_meta(&mut store);
+            }
+            #[test]
+            fn late_outcomes_apply_once() {
+                let (mut store, _keep) = $make;
+                super::late_outcomes_apply_once(&mut store);
             }
         }
     };
