@@ -40,26 +40,36 @@ SENT=$(status_field "$BENCH_TMP/c" sent)
 MSGS=$((SENT - 1))
 echo "== sent $SENT of $N (profiled run: $MSGS messages)"
 
+# ann FILE: "Ir<TAB>function" lines, inclusive, paths shortened.
+ann() {
+    callgrind_annotate --inclusive=yes --threshold=100 "$1" 2>/dev/null |
+        sed -n '/file:function/,$p' | tail -n +3 |
+        sed -E 's/ \[[^]]*\] *$//; s#/root/.cargo/registry/src/[^/]*/##; s#/rustc/[0-9a-f]*/library/##; s#^ *([0-9,]+) \([ 0-9.]+%\) +#\1\t#' |
+        awk -F'\t' 'NF == 2 {gsub(",", "", $1); print $1 "\t" $2}' |
+        # one line per function (an inlined frame shows up once per file it
+        # was inlined from): the largest count
+        awk -F'\t' '{f = $2; sub(/^[^:]*:/, "", f); if ($1 > m[f]) m[f] = $1} END {for (f in m) print m[f] "\t" f}' |
+        sort -t$'\t' -k1,1nr
+}
 TOTAL=0
-echo "== instructions per thread"
-for f in "$BENCH_TMP"/callgrind.out*; do
-    ir=$(awk '/^summary:/ {print $2}' "$f")
-    [ -n "$ir" ] || ir=$(awk '/^totals:/ {print $2}' "$f")
+echo "== instructions per thread (Ir = instructions executed)"
+for f in "$BENCH_TMP"/callgrind.out-*; do
+    ann "$f" >"$f.txt"
+    ir=$(head -1 "$f.txt" | cut -f1)
     [ -n "$ir" ] || continue
     TOTAL=$((TOTAL + ir))
-    # The thread's name: the first function called in it that is edm's or tokio's.
-    printf '%-40s %14d Ir  %8.0f Ir/msg\n' "$(basename "$f")" "$ir" "$(echo "$ir / $MSGS" | bc -l)"
+    name=other
+    grep -q 'edm_store::writer::run' "$f.txt" && name="store writer (edm-store-writer)"
+    grep -q 'multi_thread::worker::run' "$f.txt" && name="tokio worker"
+    grep -q -- '(below main)' "$f.txt" && name="main thread"
+    printf '%-34s %14d Ir  %8.0f Ir/msg\n' "$(basename "$f"): $name" "$ir" "$(echo "$ir / $MSGS" | bc -l)"
 done
-printf '%-40s %14d Ir  %8.0f Ir/msg\n' total "$TOTAL" "$(echo "$TOTAL / $MSGS" | bc -l)"
+printf '%-34s %14d Ir  %8.0f Ir/msg\n' total "$TOTAL" "$(echo "$TOTAL / $MSGS" | bc -l)"
 
-echo "== top $TOP functions, inclusive, all threads (Ir/msg)"
-callgrind_annotate --inclusive=yes --threshold=100 "$BENCH_TMP"/callgrind.out* 2>/dev/null |
-    awk -v m="$MSGS" -v top="$TOP" '
-        /^-+$/ {sep++; next}
-        sep >= 3 && $1 ~ /^[0-9,]+$/ && n < top {
-            ir = $1; gsub(",", "", ir);
-            $1 = ""; $2 = $2;
-            printf "%9.0f  %s\n", ir / m, substr($0, 1, 150); n++
-        }'
+echo "== top $TOP functions, inclusive, summed over threads (Ir/msg, % of all)"
+cat "$BENCH_TMP"/callgrind.out-*.txt |
+    grep -Ev $'\t(=>|events annotated|\(below main\)$)|\([0-9,]+x\)$|backtrace|clone|start_thread|thread_start|call_once|tokio::runtime::(blocking|context|scheduler|task)' |
+    awk -F'\t' '{s[$2] += $1} END {for (k in s) print s[k] "\t" k}' | sort -t$'\t' -k1,1nr |
+    awk -F'\t' -v m="$MSGS" -v t="$TOTAL" -v top="$TOP" 'NR <= top {printf "%9.0f %5.1f%%  %s\n", $1 / m, 100 * $1 / t, substr($2, 1, 150)}'
 echo "== result"
 echo "profile: $MSGS messages, $(echo "$TOTAL / $MSGS" | bc -l | xargs printf '%.0f') instructions per message (all threads)"
