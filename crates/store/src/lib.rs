@@ -49,7 +49,8 @@
 //!   `writer.rs`: [`Writer`]; `suite.rs`: the tests of the trait.
 //! - `schema.rs`: the DDL, migrations (`PRAGMA user_version`; version 3
 //!   adds the durable marks' table; version 5 the late outcomes of
-//!   bounces and complaints), and the
+//!   bounces and complaints; version 6 rebuilds the claim index without an
+//!   `IN` list), and the
 //!   trigger-kept tallies that make summaries free of table scans.
 //! - `store.rs`: opening, pragmas, the run lock, metadata, the event log.
 //! - `ingest.rs`: ingest passes, their checkpoints, discarding a list.
