@@ -848,8 +848,8 @@ async fn run(
     }
     let engine_end = engine.join().await;
     stop_tx.send_replace(true);
-    if let Some(t) = poll_task {
-        t.abort();
+    if let Some(p) = poll_task {
+        p.stop().await;
     }
     let feed_end = match feeder.await {
         Ok(end) => end,
