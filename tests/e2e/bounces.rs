@@ -215,7 +215,13 @@ fn a_mailbox_that_cannot_be_read_does_not_disturb_the_run() {
 
 /// An RFC 3464 DSN as Postfix writes it, for a message edm sent to
 /// `rcpt` with `return_path` as its envelope sender.
-fn dsn(return_path: &str, rcpt: &str, message_id: &str, status: &str, n: usize) -> String {
+pub(crate) fn dsn(
+    return_path: &str,
+    rcpt: &str,
+    message_id: &str,
+    status: &str,
+    n: usize,
+) -> String {
     let action = if status.starts_with('4') {
         "delayed"
     } else {
@@ -266,7 +272,7 @@ Message-ID: <{message_id}>\r\n\
 
 /// An RFC 5965 ARF report as a feedback loop sends it (no VERP: the
 /// returned message's Message-ID ties it).
-fn arf(rcpt: &str, message_id: &str) -> String {
+pub(crate) fn arf(rcpt: &str, message_id: &str) -> String {
     format!(
         "From: fbl@isp.example\r\n\
 To: abuse@acme.example\r\n\
@@ -394,7 +400,7 @@ fn dsns_and_arf_reports_change_exactly_their_recipients_once() {
 
 impl TestCampaign {
     /// `edm ARGS` without a campaign directory, with this campaign's EDM_HOME.
-    fn edm_env_home(&self, sub: &str, args: &[&str]) -> std::process::Output {
+    pub(crate) fn edm_env_home(&self, sub: &str, args: &[&str]) -> std::process::Output {
         std::process::Command::new(EDM)
             .arg(sub)
             .args(args)

@@ -27,11 +27,13 @@
 //! - `pool`: relay pools: weights, per-relay rates, failover (issue 12).
 //! - `bounce_parse`: `edm bounces parse`, the parser's verdicts (issue 13).
 //! - `bounces`: VERP, `edm bounces`, late outcomes, the reputation breaker (issue 13).
+//! - `bounces_mailbox`: the loop through Dovecot (IMAP, POP3), `[bounces] poll` (issue 13).
 
 mod harness;
 
 mod bounce_parse;
 mod bounces;
+mod bounces_mailbox;
 mod check_online;
 mod crash;
 mod failures;

@@ -560,7 +560,7 @@ pub fn suppression_reason(
 /// writer), as `edm bounces DIR` does. A mailbox that cannot be read is
 /// said in the log and tried again at the next tick: it never stops a run.
 /// `None` without `poll` or without a usable mailbox (said once).
-pub(crate) fn spawn_poll(c: &Campaign, state: &Path) -> Option<tokio::task::JoinHandle<()>> {
+pub(crate) fn spawn_poll(c: &Campaign, state: &Path) -> Option<Poller> {
     let every = c.config.bounces.poll?;
     let cfg = match c.mailbox() {
         Ok(Some(cfg)) => cfg,
@@ -576,7 +576,11 @@ pub(crate) fn spawn_poll(c: &Campaign, state: &Path) -> Option<tokio::task::Join
         }
     };
     let (c, state) = (c.clone(), state.to_path_buf());
-    Some(tokio::spawn(async move {
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    // A pass under way when the run ends is let finish (each of its
+    // operations is bounded by the mailbox timeout), then the task ends.
+    let finish = cfg.timeout.saturating_mul(2);
+    let task = tokio::spawn(async move {
         // Once at the start (what came in since the last run), then every tick.
         loop {
             match poll_once(&c, &state, &cfg).await {
@@ -584,9 +588,35 @@ pub(crate) fn spawn_poll(c: &Campaign, state: &Path) -> Option<tokio::task::Join
                 Ok(n) => tracing::info!("bounce mailbox: {n} recipients changed"),
                 Err(e) => tracing::warn!("bounce mailbox {}:{}: {e}", cfg.host, cfg.port),
             }
-            tokio::time::sleep(every).await;
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = &mut stopped => break,
+            }
         }
-    }))
+    });
+    Some(Poller { task, stop, finish })
+}
+
+/// The background reader of `[bounces] poll`.
+pub(crate) struct Poller {
+    task: tokio::task::JoinHandle<()>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    finish: std::time::Duration,
+}
+
+impl Poller {
+    /// Ends the reader at the end of the run: a pass already under way
+    /// finishes (aborting it would drop what a short run had just read: the
+    /// first pass starts with the run), within twice the mailbox timeout;
+    /// past that it is aborted, and what it had not moved yet is read again
+    /// next time (applying a message twice changes nothing).
+    pub(crate) async fn stop(self) {
+        let _ = self.stop.send(());
+        let mut task = self.task;
+        if tokio::time::timeout(self.finish, &mut task).await.is_err() {
+            task.abort();
+        }
+    }
 }
 
 async fn poll_once(

@@ -65,8 +65,8 @@ pub struct StatusReport {
 }
 
 /// One relay in `edm status --json` (`by_relay`), from the recipients'
-/// `relay` column (written when a relay accepts a message) and the last
-/// run's relay events.
+/// `relay` column (written with each outcome a relay gave: accepted,
+/// refused, deferred, in doubt) and the last run's relay events.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct RelayStatus {
     /// Recipients this relay accepted.

@@ -848,8 +848,8 @@ async fn run(
     }
     let engine_end = engine.join().await;
     stop_tx.send_replace(true);
-    if let Some(t) = poll_task {
-        t.abort();
+    if let Some(p) = poll_task {
+        p.stop().await;
     }
     let feed_end = match feeder.await {
         Ok(end) => end,
@@ -1025,8 +1025,12 @@ impl Outcomes {
                 id,
                 failure,
                 attempt,
+                relay,
                 ..
             } => {
+                // Recorded with every outcome, not only `sent`: `status
+                // --json` `by_relay` counts failed and deferred per relay.
+                let relay = if relay.is_empty() { &self.relay } else { relay };
                 let attempts = attempt.before.saturating_add(1);
                 match self.policy.decide(failure, attempts, age(attempt)) {
                     Verdict::Retry { after, counts: c } => {
@@ -1035,6 +1039,7 @@ impl Outcomes {
                             next_attempt_at: add_ms(now, after),
                             failure: failure.clone(),
                             count_attempt: c,
+                            relay: relay.clone(),
                         };
                         (Some((*id, kind)), Recorded::Deferred)
                     }
@@ -1042,6 +1047,7 @@ impl Outcomes {
                         counts.failed += 1;
                         let kind = OutcomeKind::Failed {
                             failure: failure.clone(),
+                            relay: relay.clone(),
                         };
                         (Some((*id, kind)), Recorded::Failed)
                     }
@@ -1057,8 +1063,10 @@ impl Outcomes {
                 id,
                 failure,
                 attempt,
+                relay,
                 ..
             } => {
+                let relay = if relay.is_empty() { &self.relay } else { relay };
                 counts.in_doubt += 1;
                 fold.log(
                     now,
@@ -1093,6 +1101,7 @@ impl Outcomes {
                 let kind = OutcomeKind::InDoubt {
                     failure: failure.clone(),
                     next_attempt_at,
+                    relay: relay.clone(),
                 };
                 (Some((*id, kind)), recorded)
             }
@@ -1273,6 +1282,8 @@ impl Feeder {
                                 at: now_ms(),
                                 kind: OutcomeKind::Failed {
                                     failure: failure.clone(),
+                                    // Never reached a relay.
+                                    relay: String::new(),
                                 },
                             },
                         )

@@ -126,6 +126,14 @@ fn unclaim(r: &mut Row, at: UnixMillis) {
 }
 
 /// Sets the failure columns of a row from a classified failure.
+/// The relay of a failed, deferred or in-doubt outcome: written when known,
+/// else the row keeps the one it had (the SQLite store's `COALESCE`).
+fn set_relay(r: &mut Row, relay: &str) {
+    if !relay.is_empty() {
+        r.relay = Some(relay.to_string());
+    }
+}
+
 fn set_failure(r: &mut Row, f: &edm_model::Failure, at: UnixMillis) {
     r.category = Some(f.category);
     r.stage = Some(f.stage);
@@ -469,13 +477,16 @@ impl CampaignStore for MemoryStore {
                     failure,
                     next_attempt_at,
                     count_attempt,
+                    relay,
                 } => {
+                    set_relay(r, relay);
                     r.status = Status::Deferred;
                     r.attempts = r.attempts.saturating_add(u32::from(*count_attempt));
                     r.next_attempt_at = Some(*next_attempt_at);
                     set_failure(r, failure, o.at);
                 }
-                OutcomeKind::Failed { failure } => {
+                OutcomeKind::Failed { failure, relay } => {
+                    set_relay(r, relay);
                     // A failure before SMTP never reached a server: no attempt used.
                     let counts = !matches!(failure.stage, Stage::Ingest | Stage::Render);
                     r.status = Status::Failed;
@@ -495,7 +506,9 @@ impl CampaignStore for MemoryStore {
                 OutcomeKind::InDoubt {
                     failure,
                     next_attempt_at,
+                    relay,
                 } => {
+                    set_relay(r, relay);
                     r.status = if next_attempt_at.is_some() {
                         Status::Deferred
                     } else {

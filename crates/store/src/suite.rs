@@ -184,6 +184,7 @@ pub(crate) fn claim_order_and_retry_budget<S: CampaignStore>(store: &mut S) {
             r,
             now,
             OutcomeKind::Deferred {
+                relay: String::new(),
                 failure: refusal(Category::Throttled, 451, "slow down"),
                 next_attempt_at: due,
                 count_attempt: true,
@@ -240,6 +241,7 @@ pub(crate) fn outcomes_and_tallies<S: CampaignStore>(store: &mut S) {
             &c[2],
             now + 3,
             OutcomeKind::Failed {
+                relay: String::new(),
                 failure: unknown.clone(),
             },
         ),
@@ -254,6 +256,7 @@ pub(crate) fn outcomes_and_tallies<S: CampaignStore>(store: &mut S) {
             &c[4],
             now + 5,
             OutcomeKind::InDoubt {
+                relay: String::new(),
                 failure: Failure::local(
                     Stage::Data,
                     Category::ReadTimeout,
@@ -399,6 +402,7 @@ pub(crate) fn durable_mark_bounds_in_doubt<S: CampaignStore>(store: &mut S) {
             &c[2],
             now + 2,
             OutcomeKind::Failed {
+                relay: String::new(),
                 failure: refusal(Category::RecipientUnknown, 550, "no"),
             },
         )])
@@ -476,8 +480,16 @@ pub(crate) fn reset_for_retry_by_status_and_category<S: CampaignStore>(store: &m
     let c = store.claim_with_budget(5, 5, 1).unwrap();
     let unknown = refusal(Category::RecipientUnknown, 550, "no such user");
     let policy = refusal(Category::Policy, 554, "blocked");
-    let failed =
-        |r: &Recipient, f: &Failure| outcome(r, 2, OutcomeKind::Failed { failure: f.clone() });
+    let failed = |r: &Recipient, f: &Failure| {
+        outcome(
+            r,
+            2,
+            OutcomeKind::Failed {
+                relay: String::new(),
+                failure: f.clone(),
+            },
+        )
+    };
     store
         .record(&[
             sent(&c[0], 2),
@@ -488,6 +500,7 @@ pub(crate) fn reset_for_retry_by_status_and_category<S: CampaignStore>(store: &m
                 &c[4],
                 2,
                 OutcomeKind::Deferred {
+                    relay: String::new(),
                     failure: Failure {
                         permanent: false,
                         ..refusal(Category::Greylisted, 451, "later")
@@ -565,6 +578,7 @@ pub(crate) fn late_outcomes_apply_once<S: CampaignStore>(store: &mut S) {
         &rs[5],
         2_000,
         OutcomeKind::Failed {
+            relay: String::new(),
             failure: refusal(Category::RecipientUnknown, 550, "no such user"),
         },
     ));
@@ -710,6 +724,97 @@ pub(crate) fn late_outcomes_apply_once<S: CampaignStore>(store: &mut S) {
     assert_eq!(store.unmatched().unwrap(), vec![u]);
 }
 
+/// Failed, deferred and in-doubt outcomes name their relay too (`status
+/// --json` `by_relay` counted only `sent` before); an outcome with no relay
+/// (a render failure) keeps the one the row had; a retry through another
+/// relay moves the row to it.
+pub(crate) fn every_outcome_names_its_relay<S: CampaignStore>(store: &mut S) {
+    with_rows(store, 5);
+    let now = 3_000_000;
+    let c = store.claim_with_budget(5, 5, now).unwrap();
+    let unknown = refusal(Category::RecipientUnknown, 550, "no such user");
+    let busy = refusal(Category::Throttled, 451, "slow down");
+    let failed = |relay: &str, f: &Failure| OutcomeKind::Failed {
+        failure: f.clone(),
+        relay: relay.into(),
+    };
+    let deferred = |relay: &str| OutcomeKind::Deferred {
+        failure: busy.clone(),
+        next_attempt_at: now,
+        count_attempt: true,
+        relay: relay.into(),
+    };
+    store
+        .record(&[
+            outcome(&c[0], now, failed("a", &unknown)),
+            outcome(&c[1], now, deferred("b")),
+            outcome(
+                &c[2],
+                now,
+                OutcomeKind::InDoubt {
+                    failure: Failure::local(Stage::Data, Category::ReadTimeout, "no reply"),
+                    next_attempt_at: None,
+                    relay: "a".into(),
+                },
+            ),
+            outcome(&c[3], now, deferred("b")),
+            outcome(
+                &c[4],
+                now,
+                failed(
+                    "",
+                    &Failure::local(Stage::Render, Category::Template, "bad"),
+                ),
+            ),
+        ])
+        .unwrap();
+    let count = |store: &S, relay: &str, st: Status| {
+        store
+            .relay_counts(0)
+            .unwrap()
+            .get(relay)
+            .and_then(|r| r.by_status.get(&st).copied())
+            .unwrap_or(0)
+    };
+    assert_eq!(count(store, "a", Status::Failed), 1);
+    assert_eq!(count(store, "a", Status::InDoubt), 1);
+    assert_eq!(count(store, "b", Status::Deferred), 2);
+    assert_eq!(
+        store.relay_counts(0).unwrap().len(),
+        2,
+        "a render failure names no relay"
+    );
+    // c[1] retried and sent through "a"; c[3] fails to render on retry:
+    // it keeps "b", the relay that last had it.
+    let again = store.claim_with_budget(5, 5, now + 1).unwrap();
+    assert_eq!(again.len(), 2);
+    let (r1, r3) = if again[0].id == c[1].id {
+        (&again[0], &again[1])
+    } else {
+        (&again[1], &again[0])
+    };
+    let mut to_a = sent(r1, now + 2);
+    if let OutcomeKind::Sent { relay, .. } = &mut to_a.kind {
+        *relay = "a".into();
+    }
+    store
+        .record(&[
+            to_a,
+            outcome(
+                r3,
+                now + 2,
+                failed(
+                    "",
+                    &Failure::local(Stage::Render, Category::Template, "bad"),
+                ),
+            ),
+        ])
+        .unwrap();
+    assert_eq!(count(store, "a", Status::Sent), 1);
+    assert_eq!(count(store, "b", Status::Deferred), 0);
+    assert_eq!(count(store, "b", Status::Failed), 1);
+}
+
 macro_rules! suite {
     ($module:ident, $make:expr) => {
         mod $module {
@@ -753,6 +858,11 @@ macro_rules! suite {
             fn late_outcomes_apply_once() {
                 let (mut store, _keep) = $make;
                 super::late_outcomes_apply_once(&mut store);
+            }
+            #[test]
+            fn every_outcome_names_its_relay() {
+                let (mut store, _keep) = $make;
+                super::every_outcome_names_its_relay(&mut store);
             }
         }
     };

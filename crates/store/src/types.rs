@@ -74,12 +74,17 @@ pub enum OutcomeKind {
         next_attempt_at: UnixMillis,
         /// False for throttling: being asked to slow down does not use up an attempt.
         count_attempt: bool,
+        /// The relay that refused it (empty: none, kept as it was), so
+        /// `status --json` `by_relay` counts it.
+        relay: String,
     },
     /// Permanent failure: status `failed`. Counts an attempt unless the
     /// failure happened before SMTP (stage `Ingest` or `Render`).
     Failed {
         /// The classified failure.
         failure: Failure,
+        /// The relay that refused it (empty: none, as for a render failure).
+        relay: String,
     },
     /// Never attempted (the engine stopped): back to `pending`, or to
     /// `deferred` with its `next_attempt_at`, as before the claim.
@@ -99,6 +104,8 @@ pub enum OutcomeKind {
         failure: Failure,
         /// When to resend it, if at all.
         next_attempt_at: Option<UnixMillis>,
+        /// The relay that went silent (empty: none).
+        relay: String,
     },
 }
 

@@ -64,6 +64,7 @@ fn store(n: usize) -> (MemoryStore, Vec<RecipientId>) {
                 }
             } else {
                 OutcomeKind::Failed {
+                    relay: String::new(),
                     failure: edm_model::Failure::local(
                         edm_model::Stage::RcptTo,
                         edm_model::Category::MailboxFull,
