@@ -14,6 +14,15 @@
 //! displays. An outcome it cannot take is an error and the run's failure
 //! ([`Writer::failure`]), never dropped silently.
 //!
+//! ```
+//! use edm_store::{CampaignStore, MemoryStore};
+//! // Any implementation behind the seam: the in-memory one needs no file.
+//! let mut store: Box<dyn CampaignStore> = Box::new(MemoryStore::new());
+//! store.set_meta("campaign.name", "welcome").unwrap();
+//! assert_eq!(store.meta("campaign.name").unwrap().as_deref(), Some("welcome"));
+//! assert!(!store.is_ingested().unwrap());
+//! ```
+//!
 //! Operator commands on a file (`edm status`, `edm report`'s export,
 //! `edm retry`, `edm watch`) go through the same trait
 //! ([`CampaignStore::export_rows`], [`CampaignStore::reset_for_retry`]).
