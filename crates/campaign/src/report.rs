@@ -439,6 +439,7 @@ pub fn watch_progress(
     let store = open_ro(c, state)?;
     let view = StoreView::read(store.as_ref())?;
     let events = store.recent_events(20)?;
+    let late = crate::send::late_tally(store.as_ref());
     let mut p = Progress {
         campaign: c.config.campaign.name.clone(),
         started_at,
@@ -450,6 +451,7 @@ pub fn watch_progress(
         recent_failures: view.recent_failures.into_iter().rev().collect(),
         target_rate: c.rate(),
         effective_rate: c.rate(),
+        late,
         ..Default::default()
     };
     for (at, _kind, text) in events.into_iter().rev() {

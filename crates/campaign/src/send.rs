@@ -28,7 +28,7 @@ use edm_model::{
     Attempt, Control, DeliveryEvent, Failure, Notice, Progress, ProgressFold, RecipientId,
     Recorded, Status, UnixMillis, add_ms, now_ms,
 };
-use edm_store::{InDoubtPolicy, Outcome, OutcomeKind, Summary};
+use edm_store::{CampaignStore, InDoubtPolicy, Outcome, OutcomeKind, Summary};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{Campaign, RelayKind, SecurityName};
@@ -713,6 +713,7 @@ async fn run(
     let start = store.summary()?;
     let mut fold = ProgressFold::new(progress_tx.borrow().clone());
     fold.start_from(&start.counts, &start.by_category);
+    fold.set_late(late_tally(store.as_ref()));
     // The reputation breaker starts from the latest recipients in the state,
     // late bounces and complaints applied since the last run included.
     let mut reputation = crate::reputation::Reputation::new(
@@ -912,6 +913,7 @@ async fn run(
     fold.finish();
     let mut last = fold.sample(now_ms()).clone();
     last.counts = summary.counts.clone();
+    last.late = late_tally(store.as_ref());
     if let Ok(view) = StoreView::read(store.as_ref()) {
         last.by_category = view.summary.by_category;
         last.top_replies = view.top_replies;
@@ -931,6 +933,19 @@ async fn run(
         retried: counts.retried,
         state,
     })
+}
+
+/// The store's late outcomes for the progress display (none when it cannot
+/// say: a display is never worth failing a run).
+pub(crate) fn late_tally(store: &dyn CampaignStore) -> edm_model::LateTally {
+    store
+        .late_counts()
+        .map(|l| edm_model::LateTally {
+            bounced: l.bounced,
+            complained: l.complained,
+            soft_bounced: l.soft_bounced,
+        })
+        .unwrap_or_default()
 }
 
 /// Stops the run the way `q` does (transactions in flight finish, the rest

@@ -179,3 +179,25 @@ fn tiny_terminals_do_not_panic() {
         }
     }
 }
+
+/// Issue 13 point 4: bounces and complaints read back after `sent` take the
+/// counters' free cell, once there are any.
+#[test]
+fn bounces_and_complaints_show_once_there_are_any() {
+    let screen_text = |p: &Progress| format!("{}", screen(&app(), p, 80, 24).backend());
+    let none = screen_text(&mid_run());
+    assert!(!none.contains("bounces"), "{none}");
+    let mut p = mid_run();
+    p.late = edm_model::LateTally {
+        bounced: 1_204,
+        complained: 3,
+        soft_bounced: 9,
+    };
+    let some = screen_text(&p);
+    let row = some
+        .lines()
+        .find(|l| l.contains("suppressed"))
+        .expect("the third counters row");
+    assert!(row.contains("bounces"), "{row:?}");
+    assert!(row.contains("1,204/3"), "{row:?}");
+}

@@ -23,8 +23,8 @@ mod progress;
 pub use address::{ascii_address, ascii_domain, normalize_address};
 pub use failure::{Category, Failure, Reply, Retry, Stage};
 pub use progress::{
-    DomainCounts, EventLine, FailureRow, Progress, ProgressFold, Recorded, RelayState, RelayTally,
-    RunState,
+    DomainCounts, EventLine, FailureRow, LateTally, Progress, ProgressFold, Recorded, RelayState,
+    RelayTally, RunState,
 };
 
 use std::fmt;

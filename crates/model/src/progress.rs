@@ -204,6 +204,28 @@ pub struct Progress {
     pub recent_failures: VecDeque<FailureRow>,
     /// Per relay (by name): a row each in the dashboard; one with one relay.
     pub relays: BTreeMap<String, RelayTally>,
+    /// Bounces and complaints read back after `sent` (`edm bounces`,
+    /// `[bounces] poll`), as the store had them at the start of the run and,
+    /// in the last snapshot, at its end.
+    pub late: LateTally,
+}
+
+/// Late outcomes of sent recipients (docs/bounces.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LateTally {
+    /// Hard bounces (and soft ones past `soft_bounce_limit`).
+    pub bounced: u64,
+    /// Spam complaints.
+    pub complained: u64,
+    /// Delays reported, no hard outcome yet.
+    pub soft_bounced: u64,
+}
+
+impl LateTally {
+    /// Nothing came back yet.
+    pub fn is_empty(&self) -> bool {
+        *self == LateTally::default()
+    }
 }
 
 /// The fold that builds a [`Progress`] from a run's events: the run's one
@@ -264,6 +286,11 @@ impl ProgressFold {
         for (name, n) in by_relay {
             self.relay(name).in_flight = *n;
         }
+    }
+
+    /// Sets the late outcomes (read from the store; events do not carry them).
+    pub fn set_late(&mut self, late: LateTally) {
+        self.p.late = late;
     }
 
     /// Starts the fold from the store's counts at the start of the run.

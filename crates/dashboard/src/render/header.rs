@@ -115,16 +115,37 @@ pub(super) fn counters(frame: &mut Frame, area: Rect, theme: &Theme, p: &Progres
             ("", 0, Style::new()),
         ],
     ];
+    // Bounces and complaints read back after `sent` (docs/bounces.md): the
+    // free cell, shown once there are any, as `bounces BOUNCED/COMPLAINED`.
+    let late = (!p.late.is_empty()).then(|| {
+        let style = if p.late.complained > 0 || p.late.bounced > 0 {
+            theme.bad
+        } else {
+            theme.warn
+        };
+        (
+            "bounces",
+            format!(
+                "{}/{}",
+                format::count(p.late.bounced),
+                format::count(p.late.complained)
+            ),
+            style,
+        )
+    });
     let rows = Layout::vertical([Constraint::Length(1); 3]).split(area);
-    for (row, cells) in rows.iter().zip(cells) {
+    for (r, (row, cells)) in rows.iter().zip(cells).enumerate() {
         let cols = Layout::horizontal([Constraint::Fill(1); 4])
             .spacing(2)
             .split(*row);
-        for (col, (label, value, style)) in cols.iter().zip(cells) {
+        for (c, (col, (label, value, style))) in cols.iter().zip(cells).enumerate() {
+            let (label, value, style) = match (&late, r, c) {
+                (Some((l, v, s)), 2, 3) => (*l, v.clone(), *s),
+                _ => (label, format::count(value), style),
+            };
             if label.is_empty() {
                 continue;
             }
-            let value = format::count(value);
             let gap = (col.width as usize).saturating_sub(1 + label.len() + value.len());
             let line = Line::from(vec![
                 Span::styled(format!(" {label}"), theme.dim),
