@@ -321,43 +321,66 @@ pub(crate) fn transport(
         message,
     };
     match (c.relay_kind(), c.ses()) {
-        (RelayKind::Ses, Some(s)) => {
-            let key = format!("[[relay]] {:?}", c.relay_name());
-            let credentials = Credentials::load(s.profile.as_deref(), |k| std::env::var(k).ok())
-                .map_err(|e| bad(format!("{key}: {e}")))?;
-            let t = SesTransport::new(SesSettings {
-                region: s.region,
-                endpoint: s.endpoint,
-                credentials,
-                configuration_set: s.configuration_set,
-                campaign: c.config.campaign.name.clone(),
-                connect_timeout: s.connect_timeout,
-                request_timeout: s.request_timeout,
-            })
-            .map_err(|e| bad(format!("{key}: {e}")))?;
-            Ok(Arc::new(t))
-        }
+        (RelayKind::Ses, Some(s)) => ses_transport(c, s, c.relay_name()),
         (RelayKind::Resend, _) => {
             let key = format!("[[relay]] {:?}", c.relay_name());
             let s = c
                 .resend()
                 .ok_or_else(|| bad(format!("{key}: the relay's keys do not read")))?;
-            let api_key = c.resend_api_key(&s)?;
-            let t = ResendTransport::new(ResendSettings {
-                endpoint: s.endpoint,
-                api_key: ApiKey::new(api_key),
-                campaign: c.config.campaign.name.clone(),
-                connect_timeout: s.connect_timeout,
-                request_timeout: s.request_timeout,
-            })
-            .map_err(|e| bad(format!("{key}: {e}")))?;
-            Ok(Arc::new(t))
+            resend_transport(c, s, c.relay_name())
         }
         _ => {
             let t = SmtpTransport::new(smtp).map_err(edm_delivery::Error::Tls)?;
             Ok(Arc::new(t))
         }
     }
+}
+
+/// The Amazon SES v2 transport of the relay named `name`.
+fn ses_transport(
+    c: &Campaign,
+    s: crate::config::SesSection,
+    name: &str,
+) -> Result<Arc<dyn Transport>, Error> {
+    let bad = |message: String| Error::Config {
+        file: c.file.clone(),
+        message: format!("[[relay]] {name:?}: {message}"),
+    };
+    let credentials = Credentials::load(s.profile.as_deref(), |k| std::env::var(k).ok())
+        .map_err(|e| bad(e.to_string()))?;
+    let t = SesTransport::new(SesSettings {
+        region: s.region,
+        endpoint: s.endpoint,
+        credentials,
+        configuration_set: s.configuration_set,
+        campaign: c.config.campaign.name.clone(),
+        connect_timeout: s.connect_timeout,
+        request_timeout: s.request_timeout,
+    })
+    .map_err(|e| bad(e.to_string()))?;
+    Ok(Arc::new(t))
+}
+
+/// The Resend transport of the relay named `name` (its API key read from
+/// the environment, never logged).
+fn resend_transport(
+    c: &Campaign,
+    s: crate::config::ResendSection,
+    name: &str,
+) -> Result<Arc<dyn Transport>, Error> {
+    let api_key = c.resend_api_key_of(name, &s)?;
+    let t = ResendTransport::new(ResendSettings {
+        endpoint: s.endpoint,
+        api_key: ApiKey::new(api_key),
+        campaign: c.config.campaign.name.clone(),
+        connect_timeout: s.connect_timeout,
+        request_timeout: s.request_timeout,
+    })
+    .map_err(|e| Error::Config {
+        file: c.file.clone(),
+        message: format!("[[relay]] {name:?}: {e}"),
+    })?;
+    Ok(Arc::new(t))
 }
 
 /// A pool of relays (several `[[relay]]` tables) as one [`Transport`]: each
@@ -423,35 +446,13 @@ pub(crate) fn pool_transport(
                 let s = c
                     .relay_ses(r)
                     .ok_or_else(|| bad(format!("{key}: not SES settings")))?;
-                let credentials =
-                    Credentials::load(s.profile.as_deref(), |k| std::env::var(k).ok())
-                        .map_err(|e| bad(format!("{key}: {e}")))?;
-                let t = SesTransport::new(SesSettings {
-                    region: s.region,
-                    endpoint: s.endpoint,
-                    credentials,
-                    configuration_set: s.configuration_set,
-                    campaign: c.config.campaign.name.clone(),
-                    connect_timeout: s.connect_timeout,
-                    request_timeout: s.request_timeout,
-                })
-                .map_err(|e| bad(format!("{key}: {e}")))?;
-                Arc::new(t)
+                ses_transport(c, s, &r.name)?
             }
             RelayKind::Resend => {
                 let s = c
                     .relay_resend(r)
                     .ok_or_else(|| bad(format!("{key}: not Resend settings")))?;
-                let api_key = c.resend_api_key_of(&r.name, &s)?;
-                let t = ResendTransport::new(ResendSettings {
-                    endpoint: s.endpoint,
-                    api_key: ApiKey::new(api_key),
-                    campaign: c.config.campaign.name.clone(),
-                    connect_timeout: s.connect_timeout,
-                    request_timeout: s.request_timeout,
-                })
-                .map_err(|e| bad(format!("{key}: {e}")))?;
-                Arc::new(t)
+                resend_transport(c, s, &r.name)?
             }
         };
         let mut m = PoolMember::new(r.name.clone(), t);
