@@ -1,12 +1,14 @@
 //! `edm status`, `edm report`, `edm retry` and `edm watch`'s snapshots: all
 //! read the state (read-only, except `retry`), so they work while a run goes on.
+//! They see the state only through the [`CampaignStore`] seam; which
+//! implementation holds it is decided in `open_ro` / `open_rw` (SQLite today).
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use edm_model::{Category, Progress, RunState, Status, UnixMillis};
-use edm_store::{Durability, ExportFilter, ExportRow, Store};
+use edm_store::{CampaignStore, Durability, ExportFilter, ExportRow, Store};
 
 use crate::Error;
 use crate::config::Campaign;
@@ -58,12 +60,22 @@ fn state_of(c: &Campaign, state: Option<&Path>) -> PathBuf {
         .unwrap_or_else(|| c.state_path())
 }
 
-fn open_ro(c: &Campaign, state: Option<&Path>) -> Result<Store, Error> {
+/// The campaign's state, read-only (a run may be writing it meanwhile).
+fn open_ro(c: &Campaign, state: Option<&Path>) -> Result<Box<dyn CampaignStore>, Error> {
     let path = state_of(c, state);
     if !path.exists() {
         return Err(Error::NoState(path));
     }
-    Ok(Store::open_read_only(&path)?)
+    Ok(Box::new(Store::open_read_only(&path)?))
+}
+
+/// The campaign's state, to change it (no run may hold it: see `retry`).
+fn open_rw(c: &Campaign, state: Option<&Path>) -> Result<Box<dyn CampaignStore>, Error> {
+    let path = state_of(c, state);
+    if !path.exists() {
+        return Err(Error::NoState(path));
+    }
+    Ok(Box::new(Store::open(&path, Durability::Normal)?))
 }
 
 /// Counts for `edm status`.
@@ -184,25 +196,38 @@ pub fn export(
             let mut w = csv::Writer::from_writer(out);
             w.write_record(columns.iter().chain(extra.iter()))
                 .map_err(|e| io(e.into()))?;
-            store
-                .export(&filter, |row: &ExportRow| {
-                    n += 1;
-                    let mut rec: Vec<String> = row.values.clone();
-                    rec.resize(columns.len(), String::new());
-                    rec.extend(outcome_fields(row));
-                    if with_relay {
-                        rec.push(row.relay.clone().unwrap_or_default());
-                        rec.push(row.provider_message_id.clone().unwrap_or_default());
-                    }
-                    w.write_record(&rec)
-                })
-                .map_err(|e| export_error(e, &path))?;
+            // The first write error stops the writing; the store's walk
+            // finishes (it cannot be told to stop) and the error is returned.
+            let mut failed: Option<csv::Error> = None;
+            store.export_rows(&filter, &mut |row: &ExportRow| {
+                if failed.is_some() {
+                    return;
+                }
+                n += 1;
+                let mut rec: Vec<String> = row.values.clone();
+                rec.resize(columns.len(), String::new());
+                rec.extend(outcome_fields(row));
+                if with_relay {
+                    rec.push(row.relay.clone().unwrap_or_default());
+                    rec.push(row.provider_message_id.clone().unwrap_or_default());
+                }
+                if let Err(e) = w.write_record(&rec) {
+                    failed = Some(e);
+                }
+            })?;
+            if let Some(e) = failed {
+                return Err(io(e.into()));
+            }
             w.flush().map_err(io)?;
         }
         ReportFormat::Json => {
-            store
-                .export(&filter, |row: &ExportRow| -> Result<(), std::io::Error> {
-                    n += 1;
+            let mut failed: Option<std::io::Error> = None;
+            store.export_rows(&filter, &mut |row: &ExportRow| {
+                if failed.is_some() {
+                    return;
+                }
+                n += 1;
+                let write = |out: &mut dyn Write| -> Result<(), std::io::Error> {
                     let fields: serde_json::Map<String, serde_json::Value> = columns
                         .iter()
                         .zip(row.values.iter())
@@ -226,21 +251,17 @@ pub fn export(
                         "provider_message_id": row.provider_message_id,
                     });
                     writeln!(out, "{obj}")
-                })
-                .map_err(|e| export_error(e, &path))?;
+                };
+                if let Err(e) = write(&mut *out) {
+                    failed = Some(e);
+                }
+            })?;
+            if let Some(e) = failed {
+                return Err(io(e));
+            }
         }
     }
     Ok(n)
-}
-
-fn export_error<E: std::fmt::Display>(e: edm_store::ExportError<E>, path: &Path) -> Error {
-    match e {
-        edm_store::ExportError::Store(s) => Error::Store(s),
-        other => Error::Io {
-            path: path.to_path_buf(),
-            source: std::io::Error::other(other.to_string()),
-        },
-    }
 }
 
 fn outcome_fields(row: &ExportRow) -> [String; 7] {
@@ -288,11 +309,7 @@ pub fn retry(
     statuses: &[Status],
     categories: &[Category],
 ) -> Result<u64, Error> {
-    let path = state_of(c, state);
-    if !path.exists() {
-        return Err(Error::NoState(path));
-    }
-    let mut store = Store::open(&path, Durability::Normal)?;
+    let mut store = open_rw(c, state)?;
     // Not while a run is sending: the run lock says so.
     store.lock_for_run(std::process::id())?;
     let statuses = if statuses.is_empty() {
@@ -316,7 +333,7 @@ pub fn watch_progress(
     started_at: UnixMillis,
 ) -> Result<Progress, Error> {
     let store = open_ro(c, state)?;
-    let view = StoreView::read(&store)?;
+    let view = StoreView::read(store.as_ref())?;
     let events = store.recent_events(20)?;
     let mut p = Progress {
         campaign: c.config.campaign.name.clone(),

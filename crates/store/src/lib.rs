@@ -14,8 +14,9 @@
 //! displays. An outcome it cannot take is an error and the run's failure
 //! ([`Writer::failure`]), never dropped silently.
 //!
-//! Operator commands on a file (`edm report`'s export, `edm retry`) use the
-//! SQLite [`Store`] directly.
+//! Operator commands on a file (`edm status`, `edm report`'s export,
+//! `edm retry`, `edm watch`) go through the same trait
+//! ([`CampaignStore::export_rows`], [`CampaignStore::reset_for_retry`]).
 //!
 //! # Overview (SQLite)
 //! - [`Store`]: one campaign file. [`Store::open`] (writer) creates and
@@ -98,7 +99,7 @@ pub use writer::{StoreView, Writer};
 
 use std::collections::HashMap;
 
-use edm_model::{DomainCounts, FailureRow, Recipient, RecipientId, Status, UnixMillis};
+use edm_model::{Category, DomainCounts, FailureRow, Recipient, RecipientId, Status, UnixMillis};
 
 /// What a run needs from a campaign store: the seam between the campaign
 /// and where its state lives.
@@ -180,6 +181,12 @@ pub trait CampaignStore: Send {
     fn record(&mut self, outcomes: &[Outcome]) -> Result<()> {
         self.record_and_mark(outcomes, &[])
     }
+    /// The operator's "try again" (`edm retry`): recipients in `statuses`
+    /// (every non-pending status but `sent` and `sending` when empty), of
+    /// `categories` if any are given, go back to `pending` with their
+    /// attempts reset; their last reply and in-doubt flag are kept. Returns
+    /// how many (see [`Store::reset_for_retry`]).
+    fn reset_for_retry(&mut self, statuses: &[Status], categories: &[Category]) -> Result<u64>;
 
     // Tallies and views.
 

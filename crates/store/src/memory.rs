@@ -513,6 +513,36 @@ impl CampaignStore for MemoryStore {
         Ok(())
     }
 
+    fn reset_for_retry(&mut self, statuses: &[Status], categories: &[Category]) -> Result<u64> {
+        // The SQLite store's default set (`Store::reset_for_retry`).
+        let statuses: &[Status] = if statuses.is_empty() {
+            &[
+                Status::Deferred,
+                Status::Failed,
+                Status::Invalid,
+                Status::Skipped,
+                Status::Suppressed,
+                Status::InDoubt,
+            ]
+        } else {
+            statuses
+        };
+        let now = edm_model::now_ms();
+        let mut n = 0;
+        for r in self.rows.values_mut() {
+            let category_ok =
+                categories.is_empty() || r.category.is_some_and(|c| categories.contains(&c));
+            if statuses.contains(&r.status) && category_ok {
+                r.status = Status::Pending;
+                r.attempts = 0;
+                r.next_attempt_at = None;
+                r.updated_at = now;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     fn summary(&self) -> Result<Summary> {
         let mut s = Summary {
             counts: Status::ALL.iter().map(|s| (*s, 0)).collect(),

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use edm_model::{DomainCounts, FailureRow, Recipient, RecipientId, Status, UnixMillis};
+use edm_model::{Category, DomainCounts, FailureRow, Recipient, RecipientId, Status, UnixMillis};
 
 use crate::error::{ExportError, Result};
 use crate::store::Store;
@@ -70,6 +70,9 @@ impl CampaignStore for Store {
     }
     fn record_and_mark(&mut self, outcomes: &[Outcome], marks: &[RecipientId]) -> Result<()> {
         Store::record_and_mark(self, outcomes, marks)
+    }
+    fn reset_for_retry(&mut self, statuses: &[Status], categories: &[Category]) -> Result<u64> {
+        Store::reset_for_retry(self, statuses, categories)
     }
     fn summary(&self) -> Result<Summary> {
         Store::summary(self)

@@ -461,6 +461,66 @@ pub(crate) fn events_lock_and_meta<S: CampaignStore>(store: &mut S) {
     assert!(store.columns().unwrap().is_empty());
 }
 
+/// `edm retry`: chosen statuses and categories go back to pending with
+/// their attempts reset; others stay; the tallies follow.
+pub(crate) fn reset_for_retry_by_status_and_category<S: CampaignStore>(store: &mut S) {
+    with_rows(store, 5);
+    let c = store.claim_with_budget(5, 5, 1).unwrap();
+    let unknown = refusal(Category::RecipientUnknown, 550, "no such user");
+    let policy = refusal(Category::Policy, 554, "blocked");
+    let failed =
+        |r: &Recipient, f: &Failure| outcome(r, 2, OutcomeKind::Failed { failure: f.clone() });
+    store
+        .record(&[
+            sent(&c[0], 2),
+            failed(&c[1], &unknown),
+            failed(&c[2], &policy),
+            failed(&c[3], &policy),
+            outcome(
+                &c[4],
+                2,
+                OutcomeKind::Deferred {
+                    failure: Failure {
+                        permanent: false,
+                        ..refusal(Category::Greylisted, 451, "later")
+                    },
+                    next_attempt_at: 100,
+                    count_attempt: true,
+                },
+            ),
+        ])
+        .unwrap();
+    // Failed and of category policy only: two.
+    assert_eq!(
+        store
+            .reset_for_retry(&[Status::Failed], &[Category::Policy])
+            .unwrap(),
+        2
+    );
+    assert_eq!(status_of(store, 4), Status::Pending);
+    assert_eq!(status_of(store, 5), Status::Pending);
+    assert_eq!(status_of(store, 3), Status::Failed, "another category");
+    assert_eq!(status_of(store, 6), Status::Deferred, "another status");
+    assert_eq!(
+        counts(store, &[Status::Pending, Status::Failed, Status::Sent]),
+        [2, 1, 1]
+    );
+    let mut attempts = Vec::new();
+    store
+        .export_rows(&ExportFilter::default(), &mut |r| {
+            if r.status == Status::Pending {
+                attempts.push(r.attempts);
+            }
+        })
+        .unwrap();
+    assert_eq!(attempts, [0, 0], "attempts start again");
+    // Every status by default (never sent ones): the rest but the sent one.
+    assert_eq!(store.reset_for_retry(&[], &[]).unwrap(), 2);
+    assert_eq!(counts(store, &[Status::Pending, Status::Sent]), [4, 1]);
+    let again = store.claim_with_budget(10, 10, 3).unwrap();
+    assert_eq!(again.len(), 4, "claimable again");
+}
+
 /// Instantiates every test of the suite for one implementation.
 macro_rules! suite {
     ($module:ident, $make:expr) => {
@@ -490,6 +550,11 @@ macro_rules! suite {
             fn without_marks_every_sending_row_is_in_doubt() {
                 let (mut store, _keep) = $make;
                 super::without_marks_every_sending_row_is_in_doubt(&mut store);
+            }
+            #[test]
+            fn reset_for_retry_by_status_and_category() {
+                let (mut store, _keep) = $make;
+                super::reset_for_retry_by_status_and_category(&mut store);
             }
             #[test]
             fn events_lock_and_meta() {
