@@ -589,7 +589,10 @@ fn postgres() -> Option<(crate::PgStore, ())> {
     Some((crate::PgStore::open(&options).unwrap(), ()))
 }
 
-suite!(on_postgres, match postgres() {
-    Some(s) => s,
-    None => return,
-});
+suite!(
+    on_postgres,
+    match postgres() {
+        Some(s) => s,
+        None => return,
+    }
+);

@@ -66,11 +66,8 @@ impl PgServer {
             return Ok(None);
         };
         let as_postgres = is_root();
-        let base = std::env::temp_dir().join(format!(
-            "edm-pg-{}-{}",
-            std::process::id(),
-            edm_model::now_ms() % 1_000_000_000 + u64_rand()
-        ));
+        let base =
+            std::env::temp_dir().join(format!("edm-pg-{}-{}", std::process::id(), u64_rand()));
         std::fs::create_dir_all(&base).map_err(|e| format!("{}: {e}", base.display()))?;
         let server = PgServer {
             dir: base,
@@ -256,7 +253,7 @@ fn u64_rand() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(0);
-    h.finish() % 1_000_000
+    h.finish()
 }
 
 /// One server for the whole test process (its watchdog stops it when the

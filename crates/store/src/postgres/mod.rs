@@ -26,6 +26,9 @@ mod schema;
 #[cfg(any(test, feature = "pg-fixture"))]
 pub mod fixture;
 
+#[cfg(test)]
+mod tests;
+
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -202,8 +205,11 @@ impl PgStore {
             let mut tx = client.transaction().at(path)?;
             // Two `edm send` creating the same campaign at once: the second
             // waits here, then finds the row.
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&schema::MIGRATION_LOCK])
-                .at(path)?;
+            tx.execute(
+                "SELECT pg_advisory_xact_lock($1)",
+                &[&schema::MIGRATION_LOCK],
+            )
+            .at(path)?;
             let found = tx
                 .query_opt(
                     "SELECT id FROM edm.campaigns WHERE name = $1 AND fingerprint = $2",
@@ -216,7 +222,10 @@ impl PgStore {
                 return Ok(id);
             }
             let others: i64 = tx
-                .query_one("SELECT count(*) FROM edm.campaigns WHERE name = $1", &[&name])
+                .query_one(
+                    "SELECT count(*) FROM edm.campaigns WHERE name = $1",
+                    &[&name],
+                )
                 .at(path)?
                 .get(0);
             if others > 0 {
@@ -266,5 +275,24 @@ impl PgStore {
     /// The store's location (`postgres://user@host:port/db campaign NAME`).
     pub fn location(&self) -> &Path {
         self.conn.location()
+    }
+}
+
+impl Drop for PgStore {
+    /// Releases the run lock before the session closes: the server would
+    /// release it when the session ends anyway (also when the process is
+    /// killed), but a closing session ends a moment after the client has
+    /// gone, and the next run should not find it held.
+    fn drop(&mut self) {
+        if self.locked {
+            let key = i32::try_from(self.campaign_id).unwrap_or(i32::MAX);
+            let _ = self.conn.call(move |c, _| {
+                let _ = c.execute(
+                    "SELECT pg_advisory_unlock($1, $2)",
+                    &[&schema::RUN_LOCK_CLASS, &key],
+                );
+                Ok(())
+            });
+        }
     }
 }

@@ -67,7 +67,13 @@ fn get_meta(c: &mut impl GenericClient, path: &Path, id: i64, key: &str) -> Resu
     .map(|r| r.get(0)))
 }
 
-fn put_meta(c: &mut impl GenericClient, path: &Path, id: i64, key: &str, value: &str) -> Result<()> {
+fn put_meta(
+    c: &mut impl GenericClient,
+    path: &Path,
+    id: i64,
+    key: &str,
+    value: &str,
+) -> Result<()> {
     c.execute(
         "INSERT INTO edm.meta (campaign_id, key, value) VALUES ($1, $2, $3)
          ON CONFLICT (campaign_id, key) DO UPDATE SET value = excluded.value",
@@ -84,7 +90,8 @@ fn meta_int(c: &mut impl GenericClient, path: &Path, id: i64, key: &str) -> Resu
 }
 
 /// Puts a claimed row back as before its claim (`SET` clause).
-const UNCLAIM: &str = "status = CASE WHEN next_attempt_at IS NULL THEN 'pending' ELSE 'deferred' END,
+const UNCLAIM: &str =
+    "status = CASE WHEN next_attempt_at IS NULL THEN 'pending' ELSE 'deferred' END,
      first_attempt_at = CASE WHEN prev_attempt_at IS NULL THEN NULL ELSE first_attempt_at END,
      last_attempt_at = prev_attempt_at, prev_attempt_at = NULL,
      claimed_by = NULL, lease_until = NULL";
@@ -100,7 +107,7 @@ impl PgStore {
 
     /// The operator's "try again" (`edm retry`), with the SQLite store's
     /// semantics (see [`crate::Store::reset_for_retry`]).
-    pub fn reset_for_retry(&mut self, statuses: &[Status], categories: &[Category]) -> Result<u64> {
+    fn reset(&mut self, statuses: &[Status], categories: &[Category]) -> Result<u64> {
         let statuses: Vec<String> = if statuses.is_empty() {
             [
                 Status::Deferred,
@@ -149,7 +156,10 @@ impl CampaignStore for PgStore {
         let key = i32::try_from(self.campaign_id).unwrap_or(i32::MAX);
         let taken = self.call(move |c, path, id| {
             let taken: bool = c
-                .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&RUN_LOCK_CLASS, &key])
+                .query_one(
+                    "SELECT pg_try_advisory_lock($1, $2)",
+                    &[&RUN_LOCK_CLASS, &key],
+                )
                 .at(path)?
                 .get(0);
             if taken {
@@ -201,7 +211,7 @@ impl CampaignStore for PgStore {
             let Some(generation) = get_meta(c, path, id, "ingest.generation")? else {
                 return Ok(None);
             };
-            let mut int = |key: &'static str, v: Option<String>| -> Result<i64> {
+            let int = |key: &'static str, v: Option<String>| -> Result<i64> {
                 let v = v.unwrap_or_else(|| "0".into());
                 v.parse().map_err(|_| corrupt(path, key, v))
             };
@@ -229,8 +239,8 @@ impl CampaignStore for PgStore {
                 )
                 .at(path)?
                 .get(0);
-            let max_meta = get_meta(&mut tx, path, id, "ingest.generation")?
-                .and_then(|v| v.parse().ok());
+            let max_meta =
+                get_meta(&mut tx, path, id, "ingest.generation")?.and_then(|v| v.parse().ok());
             let generation = next_generation(max_row, max_meta);
             for (key, value) in pass_meta(generation, &source) {
                 put_meta(&mut tx, path, id, key, &value)?;
@@ -360,9 +370,8 @@ impl CampaignStore for PgStore {
     }
 
     fn finish_ingest(&mut self, columns: Option<&[String]>, meta: &[(&str, &str)]) -> Result<()> {
-        let columns = columns.map(|c| {
-            serde_json::to_string(c).expect("a list of strings always serialises")
-        });
+        let columns =
+            columns.map(|c| serde_json::to_string(c).expect("a list of strings always serialises"));
         let meta: Vec<(String, String)> = meta
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -554,7 +563,9 @@ impl CampaignStore for PgStore {
             rows.sort_by_key(|r| r.get::<_, i64>(0));
             let left = limit_n.saturating_sub(rows.len()).min(max_due);
             if left > 0 {
-                let mut due = tx.query(&due, &[&id, &now, &worker, &limit(left)]).at(path)?;
+                let mut due = tx
+                    .query(&due, &[&id, &now, &worker, &limit(left)])
+                    .at(path)?;
                 due.sort_by_key(|r| (r.get::<_, i64>(6), r.get::<_, i64>(0)));
                 rows.extend(due);
             }
@@ -604,6 +615,10 @@ impl CampaignStore for PgStore {
         })
     }
 
+    fn reset_for_retry(&mut self, statuses: &[Status], categories: &[Category]) -> Result<u64> {
+        self.reset(statuses, categories)
+    }
+
     fn summary(&self) -> Result<Summary> {
         self.call(|c, path, id| {
             // One snapshot for the tally and the due times.
@@ -636,9 +651,13 @@ impl CampaignStore for PgStore {
                 if in_doubt {
                     summary.in_doubt += n;
                 }
-                if !cat.is_empty() && matches!(st, Status::Failed | Status::Deferred | Status::Invalid)
+                if !cat.is_empty()
+                    && matches!(st, Status::Failed | Status::Deferred | Status::Invalid)
                 {
-                    *summary.by_category.entry(category(path, &cat)?).or_default() += n;
+                    *summary
+                        .by_category
+                        .entry(category(path, &cat)?)
+                        .or_default() += n;
                 }
             }
             let due = tx
@@ -846,7 +865,10 @@ impl CampaignStore for PgStore {
                     &[&id, &limit(limit_n)],
                 )
                 .at(path)?;
-            Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+            Ok(rows
+                .iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2)))
+                .collect())
         })
     }
 }

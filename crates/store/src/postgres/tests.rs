@@ -1,0 +1,254 @@
+//! What only the PostgreSQL store has: the URL rules, many campaigns in one
+//! schema, the migration lock, the advisory run lock, the connection thread
+//! (callable from inside tokio). The shared behaviour is in `suite.rs`.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use super::fixture;
+use super::{OpenMode, PgOptions, PgStore};
+use crate::{CampaignStore, Error, NewRow};
+use edm_model::Status;
+
+fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn options(url: &str, name: &str, fingerprint: &str) -> PgOptions {
+    PgOptions::parse(url, None, name, fingerprint).unwrap()
+}
+
+fn row(line: u64) -> NewRow {
+    NewRow {
+        line,
+        email: format!("r{line}@x.example"),
+        values: vec![format!("r{line}@x.example")],
+        status: Status::Pending,
+        category: None,
+        reason: None,
+        duplicate_of: None,
+    }
+}
+
+#[test]
+fn a_url_holding_a_password_is_refused_without_repeating_it() {
+    for url in [
+        "postgres://edm:s3cret-pw@db.example:5432/edm",
+        "host=db.example user=edm password=s3cret-pw",
+    ] {
+        let err = PgOptions::parse(url, None, "c", "f").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("holds a password"), "{text}");
+        assert!(text.contains("PGPASSWORD"), "{text}");
+        assert!(!text.contains("s3cret-pw"), "{text}");
+    }
+    let err = PgOptions::parse("postgres://[oops", None, "c", "f").unwrap_err();
+    assert!(matches!(err, Error::StoreConfig { .. }), "{err}");
+    // The password given apart is never shown either.
+    let o = PgOptions::parse(
+        "postgres://edm@db.example/edm",
+        Some("s3cret-pw".into()),
+        "c",
+        "f",
+    )
+    .unwrap();
+    assert!(!format!("{o:?}").contains("s3cret-pw"));
+    assert_eq!(
+        o.location().display().to_string(),
+        "postgres://edm@db.example:5432/edm campaign c"
+    );
+}
+
+#[test]
+fn campaigns_share_the_schema_and_stay_apart() {
+    let Some(server) = fixture::shared() else {
+        return;
+    };
+    let (a, b) = (unique("apart-a"), unique("apart-b"));
+    let mut one = PgStore::open(&options(&server.url(), &a, "f1")).unwrap();
+    let mut two = PgStore::open(&options(&server.url(), &b, "f1")).unwrap();
+    assert_ne!(one.campaign_id(), two.campaign_id());
+    one.begin_ingest("csv").unwrap();
+    one.insert_rows(&[row(2), row(3)]).unwrap();
+    two.begin_ingest("csv").unwrap();
+    two.insert_rows(&[row(2)]).unwrap();
+    assert_eq!(one.summary().unwrap().total, 2);
+    assert_eq!(two.summary().unwrap().total, 1);
+    // A claim in one never takes the other's rows, nor records them.
+    let claimed = two.claim_with_budget(10, 10, 1).unwrap();
+    assert_eq!(claimed.len(), 1);
+    let err = one
+        .record(&[crate::Outcome {
+            id: claimed[0].id,
+            at: 2,
+            kind: crate::OutcomeKind::Released,
+        }])
+        .unwrap_err();
+    assert!(matches!(err, Error::UnknownRecipient { .. }), "{err}");
+    one.set_meta("k", "one").unwrap();
+    assert_eq!(two.meta("k").unwrap(), None);
+
+    // The same campaign opened again (another process, say) sees its rows.
+    let again = PgStore::open(&options(&server.url(), &a, "f1")).unwrap();
+    assert_eq!(again.campaign_id(), one.campaign_id());
+    assert_eq!(again.summary().unwrap().total, 2);
+    // Same name, other fingerprint: refused, never a silent second campaign.
+    let err = PgStore::open(&options(&server.url(), &a, "f2")).unwrap_err();
+    assert!(
+        err.to_string().contains("already in this database"),
+        "{err}"
+    );
+    // A reader never creates a campaign.
+    let err = PgStore::open_with(
+        &options(&server.url(), &unique("missing"), "f1"),
+        OpenMode::Existing,
+    )
+    .unwrap_err();
+    assert!(matches!(err, Error::NotFound { .. }), "{err}");
+}
+
+#[test]
+fn the_run_lock_is_exclusive_and_dies_with_its_session() {
+    let Some(server) = fixture::shared() else {
+        return;
+    };
+    let name = unique("lock");
+    let mut first = PgStore::open(&options(&server.url(), &name, "f")).unwrap();
+    first.lock_for_run(4242).unwrap();
+    let mut second = PgStore::open(&options(&server.url(), &name, "f")).unwrap();
+    let err = second.lock_for_run(1).unwrap_err();
+    assert!(err.is_locked(), "{err}");
+    assert!(err.to_string().contains("process 4242"), "{err}");
+    // Another campaign's lock is another lock.
+    let mut other = PgStore::open(&options(&server.url(), &unique("lock"), "f")).unwrap();
+    other.lock_for_run(1).unwrap();
+    // The session ends (a process killed ends it too): the lock is free.
+    drop(first);
+    second.lock_for_run(1).unwrap();
+}
+
+#[test]
+fn migrations_run_once_under_the_lock() {
+    let Some(server) = fixture::shared() else {
+        return;
+    };
+    // Several processes starting at once: every open succeeds.
+    let url = server.url();
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let o = options(&url, &unique("migrate"), "f");
+            std::thread::spawn(move || PgStore::open(&o).map(|_| ()))
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap().unwrap();
+    }
+    let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let versions: Vec<i32> = client
+        .query(
+            "SELECT version FROM edm.schema_migrations ORDER BY version",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions, (1..=super::PG_SCHEMA_VERSION).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_schema_from_a_newer_edm_is_refused() {
+    // A server of its own: the shared one must keep its schema.
+    let Some(server) = fixture::start_or_skip() else {
+        return;
+    };
+    PgStore::open(&options(&server.url(), "c", "f")).unwrap();
+    let mut client = postgres::Client::connect(&server.url(), postgres::NoTls).unwrap();
+    client
+        .execute(
+            "INSERT INTO edm.schema_migrations (version, applied_at) VALUES ($1, 0)",
+            &[&(super::PG_SCHEMA_VERSION + 1)],
+        )
+        .unwrap();
+    let err = PgStore::open(&options(&server.url(), "c", "f")).unwrap_err();
+    assert!(matches!(err, Error::SchemaTooNew { .. }), "{err}");
+}
+
+/// The `postgres` crate panics when its calls run on a thread driving a
+/// tokio runtime; the store's connection thread keeps it off those threads.
+#[test]
+fn usable_inside_a_tokio_runtime() {
+    let Some(server) = fixture::shared() else {
+        return;
+    };
+    for rt in [
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap(),
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap(),
+    ] {
+        let url = server.url();
+        let total = rt.block_on(async move {
+            let mut store = PgStore::open(&options(&url, &unique("tokio"), "f")).unwrap();
+            store.begin_ingest("csv").unwrap();
+            store.insert_rows(&[row(2), row(3), row(4)]).unwrap();
+            let claimed = store.claim_with_budget(2, 2, 1).unwrap();
+            tokio::task::yield_now().await;
+            let mut n = 0;
+            store
+                .export_rows(&crate::ExportFilter::default(), &mut |_| n += 1)
+                .unwrap();
+            (claimed.len(), n, store.summary().unwrap().total)
+        });
+        assert_eq!(total, (2, 3, 3));
+    }
+}
+
+/// Claims skip rows another transaction holds (`FOR UPDATE SKIP LOCKED`):
+/// two stores on one campaign never claim the same recipient.
+#[test]
+fn two_claimers_never_take_the_same_row() {
+    let Some(server) = fixture::shared() else {
+        return;
+    };
+    let name = unique("claimers");
+    let mut a = PgStore::open(&options(&server.url(), &name, "f")).unwrap();
+    a.begin_ingest("csv").unwrap();
+    let rows: Vec<NewRow> = (2..402).map(row).collect();
+    a.insert_rows(&rows).unwrap();
+    let url = server.url();
+    let handles: Vec<_> = (0..3)
+        .map(|_| {
+            let o = options(&url, &name, "f");
+            std::thread::spawn(move || {
+                let mut s = PgStore::open(&o).unwrap();
+                let mut ids = Vec::new();
+                loop {
+                    let got = s.claim_with_budget(7, 0, 1).unwrap();
+                    if got.is_empty() {
+                        break ids;
+                    }
+                    ids.extend(got.iter().map(|r| r.id.0));
+                }
+            })
+        })
+        .collect();
+    let mut all: Vec<i64> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    let n = all.len();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!((n, all.len()), (400, 400), "each row claimed exactly once");
+    assert_eq!(a.summary().unwrap().count(Status::Sending), 400);
+}
