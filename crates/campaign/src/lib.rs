@@ -44,6 +44,7 @@ mod prepare;
 mod preview;
 mod report;
 mod send;
+mod state;
 mod suppress;
 mod test_send;
 mod writer;
@@ -69,6 +70,7 @@ pub use prepare::{Prepared, prepare, prepare_with_stop};
 pub use preview::{PreviewFile, PreviewOptions, PreviewReport, preview, preview_path};
 pub use report::{ReportFormat, ReportKind, StatusReport, export, retry, status, watch_progress};
 pub use send::{Run, RunEnd, RunReport, SendOptions, start_send};
+pub use state::STORE_URL_ENV;
 pub use suppress::{
     Added, SHARED_SUPPRESSION_FILE, SharedSuppression, SuppressedAddress, edm_home, read_import,
 };

@@ -62,6 +62,9 @@ fn state_of(c: &Campaign, state: Option<&Path>) -> PathBuf {
 
 /// The campaign's state, read-only (a run may be writing it meanwhile).
 fn open_ro(c: &Campaign, state: Option<&Path>) -> Result<Box<dyn CampaignStore>, Error> {
+    if let Some(pg) = crate::state::open_existing_pg(c)? {
+        return Ok(pg);
+    }
     let path = state_of(c, state);
     if !path.exists() {
         return Err(Error::NoState(path));
@@ -71,6 +74,9 @@ fn open_ro(c: &Campaign, state: Option<&Path>) -> Result<Box<dyn CampaignStore>,
 
 /// The campaign's state, to change it (no run may hold it: see `retry`).
 fn open_rw(c: &Campaign, state: Option<&Path>) -> Result<Box<dyn CampaignStore>, Error> {
+    if let Some(pg) = crate::state::open_existing_pg(c)? {
+        return Ok(pg);
+    }
     let path = state_of(c, state);
     if !path.exists() {
         return Err(Error::NoState(path));
@@ -85,7 +91,7 @@ pub fn status(c: &Campaign, state: Option<&Path>) -> Result<StatusReport, Error>
     let ingested = store.is_ingested()?;
     Ok(StatusReport {
         campaign: c.config.campaign.name.clone(),
-        state: state_of(c, state),
+        state: crate::state::location(c, state),
         total: s.total,
         sent: s.count(Status::Sent),
         failed: s.count(Status::Failed),

@@ -60,6 +60,9 @@ enum Command {
         /// State file (default DIR/.edm/state.db).
         #[arg(long)]
         state: Option<PathBuf>,
+        /// The state in PostgreSQL (postgres://user@host:port/db; also EDM_STORE_URL).
+        #[arg(long, value_name = "URL")]
+        store: Option<String>,
     },
     /// Export recipients with their outcome (CSV that feeds back in as recipients).
     Report {
@@ -83,6 +86,9 @@ enum Command {
         /// State file.
         #[arg(long)]
         state: Option<PathBuf>,
+        /// The state in PostgreSQL (postgres://user@host:port/db; also EDM_STORE_URL).
+        #[arg(long, value_name = "URL")]
+        store: Option<String>,
     },
     /// Put failed (or deferred, in-doubt) recipients back to pending for the next send.
     Retry {
@@ -97,6 +103,9 @@ enum Command {
         /// State file.
         #[arg(long)]
         state: Option<PathBuf>,
+        /// The state in PostgreSQL (postgres://user@host:port/db; also EDM_STORE_URL).
+        #[arg(long, value_name = "URL")]
+        store: Option<String>,
     },
     /// Watch a campaign another `edm send` is running, read-only.
     Watch {
@@ -105,6 +114,9 @@ enum Command {
         /// State file.
         #[arg(long)]
         state: Option<PathBuf>,
+        /// The state in PostgreSQL (postgres://user@host:port/db; also EDM_STORE_URL).
+        #[arg(long, value_name = "URL")]
+        store: Option<String>,
     },
     /// Run edm's own SMTP server (for demos and tests; loopback only by default).
     Sink {
@@ -231,9 +243,15 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             );
             Ok(0)
         }
-        Command::Status { dir, json, state } => {
+        Command::Status {
+            dir,
+            json,
+            state,
+            store,
+        } => {
             progress::init_logging(None, true);
-            let c = Campaign::load(&dir)?;
+            let mut c = Campaign::load(&dir)?;
+            c.choose_store(store, state.as_deref())?;
             let s = edm_campaign::status(&c, state.as_deref())?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&s)?);
@@ -250,9 +268,11 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             format,
             output,
             state,
+            store,
         } => {
             progress::init_logging(None, true);
-            let c = Campaign::load(&dir)?;
+            let mut c = Campaign::load(&dir)?;
+            c.choose_store(store, state.as_deref())?;
             let kind = match (failures, in_doubt, all) {
                 (_, true, _) => ReportKind::InDoubt,
                 (_, _, true) => ReportKind::All,
@@ -288,9 +308,11 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             categories,
             statuses,
             state,
+            store,
         } => {
             progress::init_logging(None, true);
-            let c = Campaign::load(&dir)?;
+            let mut c = Campaign::load(&dir)?;
+            c.choose_store(store, state.as_deref())?;
             let categories = categories
                 .iter()
                 .map(|s| {
@@ -321,8 +343,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             );
             Ok(0)
         }
-        Command::Watch { dir, state } => {
-            let c = Campaign::load(&dir)?;
+        Command::Watch { dir, state, store } => {
+            let mut c = Campaign::load(&dir)?;
+            c.choose_store(store, state.as_deref())?;
             progress::watch(c, state)
         }
         Command::Sink {
