@@ -24,6 +24,8 @@
 //! - `new`: `edm new` skeletons pass `edm check` (issue 12).
 //! - `check_online`: `edm check --online` against the sink, moto and the
 //!   Resend test server (issue 12).
+//! - `postgres`: the campaign state in PostgreSQL, a throwaway server per
+//!   test (issue 14).
 
 mod harness;
 
@@ -34,6 +36,7 @@ mod files;
 mod ingest;
 mod new;
 mod postfix;
+mod postgres;
 mod preflight;
 mod promises;
 mod resend;
