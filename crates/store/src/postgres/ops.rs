@@ -27,6 +27,10 @@ use crate::{CampaignStore, IngestPass};
 /// The meta key set once marks were used (the SQLite store's, too).
 const MARKS_META: &str = "dot_marks";
 
+/// How long a refused run lock is tried again, and in how many tries.
+const LOCK_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+const LOCK_TRIES: u32 = 10;
+
 /// Rows an export sends across from the connection thread at once.
 const EXPORT_CHUNK: i32 = 1000;
 
@@ -155,13 +159,25 @@ impl CampaignStore for PgStore {
         let worker = self.worker.clone();
         let key = i32::try_from(self.campaign_id).unwrap_or(i32::MAX);
         let taken = self.call(move |c, path, id| {
-            let taken: bool = c
-                .query_one(
-                    "SELECT pg_try_advisory_lock($1, $2)",
-                    &[&RUN_LOCK_CLASS, &key],
-                )
-                .at(path)?
-                .get(0);
+            // A process killed a moment ago: its session ends when the
+            // server reads the closed socket, which takes a moment; a few
+            // tries over LOCK_GRACE keep a resumed run from being refused
+            // by its own dead predecessor.
+            let mut tries = 0;
+            let taken = loop {
+                let taken: bool = c
+                    .query_one(
+                        "SELECT pg_try_advisory_lock($1, $2)",
+                        &[&RUN_LOCK_CLASS, &key],
+                    )
+                    .at(path)?
+                    .get(0);
+                tries += 1;
+                if taken || tries >= LOCK_TRIES {
+                    break taken;
+                }
+                std::thread::sleep(LOCK_GRACE / LOCK_TRIES);
+            };
             if taken {
                 put_meta(c, path, id, "run.pid", &pid.to_string())?;
                 put_meta(c, path, id, "run.worker", &worker)?;
