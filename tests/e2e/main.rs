@@ -24,17 +24,21 @@
 //! - `new`: `edm new` skeletons pass `edm check` (issue 12).
 //! - `check_online`: `edm check --online` against the sink, moto and the
 //!   Resend test server (issue 12).
+//! - `pool`: relay pools: weights, per-relay rates, failover (issue 12).
+//! - `bounce_parse`: `edm bounces parse`, the parser's verdicts (issue 13).
 //! - `postgres`: the campaign state in PostgreSQL, a throwaway server per
 //!   test (issue 14).
 
 mod harness;
 
+mod bounce_parse;
 mod check_online;
 mod crash;
 mod failures;
 mod files;
 mod ingest;
 mod new;
+mod pool;
 mod postfix;
 mod postgres;
 mod preflight;

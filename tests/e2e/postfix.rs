@@ -46,6 +46,14 @@ impl PostfixSink {
     }
 }
 
+impl PostfixSink {
+    /// Kills the server now (a relay dying mid-run).
+    pub(crate) fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for PostfixSink {
     fn drop(&mut self) {
         let _ = self.child.kill();

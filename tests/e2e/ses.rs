@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::harness::*;
 
-const CREDS: &[(&str, &str)] = &[
+pub(crate) const CREDS: &[(&str, &str)] = &[
     ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
     (
         "AWS_SECRET_ACCESS_KEY",
@@ -18,7 +18,7 @@ const CREDS: &[(&str, &str)] = &[
 ];
 
 /// A running `moto_server` on a free loopback port; killed on drop.
-struct Moto {
+pub(crate) struct Moto {
     child: Child,
     port: u16,
 }
@@ -26,7 +26,7 @@ struct Moto {
 impl Moto {
     /// `None` (test skipped) when moto is not installed, except under CI,
     /// which installs it (.ci/run).
-    fn start() -> Option<Moto> {
+    pub(crate) fn start() -> Option<Moto> {
         let port = dead_port();
         let child = match Command::new("moto_server")
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
@@ -57,7 +57,7 @@ impl Moto {
         panic!("moto_server did not listen on {port}");
     }
 
-    fn endpoint(&self) -> String {
+    pub(crate) fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
@@ -78,7 +78,7 @@ impl Moto {
 
     /// Verifies an identity (a domain or an address) with SES v2
     /// CreateEmailIdentity, through boto3 (moto's own dependency).
-    fn verify(&self, identity: &str) {
+    pub(crate) fn verify(&self, identity: &str) {
         self.python(&format!(
             r#"
 import os, boto3
@@ -91,7 +91,7 @@ c.create_email_identity(EmailIdentity="{identity}")
 
     /// What moto recorded (`GET /moto-api/data.json`, `ses.RawMessage`),
     /// each message parsed with Python's `email` package.
-    fn messages(&self) -> Vec<serde_json::Value> {
+    pub(crate) fn messages(&self) -> Vec<serde_json::Value> {
         let out = self.python(
             r#"
 import os, json, email, urllib.request

@@ -8,6 +8,9 @@
 //! a verdict to a recipient and applying it is the campaign crate's job.
 
 pub mod mailbox;
+mod parse;
+
+pub use parse::parse;
 
 use serde::Serialize;
 
@@ -30,8 +33,9 @@ pub enum VerdictKind {
 /// One recipient a bounce or complaint is about.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Recipient {
-    /// The recipient's address as the message gives it (Final-Recipient,
-    /// Original-Rcpt-To, or the address in the text), without `rfc822;`.
+    /// The recipient's address as the message gives it (a DSN's
+    /// Original-Recipient, else its Final-Recipient; Original-Rcpt-To; or
+    /// the address in the text), without `rfc822;`.
     pub address: String,
     /// RFC 3463 status (`5.1.1`), inferred from the text when the message has
     /// none; `None` for a complaint.
@@ -77,13 +81,4 @@ impl Verdict {
             feedback_type: None,
         }
     }
-}
-
-/// Reads one raw message (RFC 5322 bytes, CRLF or LF).
-///
-/// Scaffold: the parser (RFC 3464, RFC 5965 and the common non-standard
-/// notices) is being written; until then every message is `not_bounce`.
-pub fn parse(raw: &[u8]) -> Verdict {
-    let _ = raw;
-    Verdict::not_bounce()
 }

@@ -25,6 +25,21 @@ pub const MAX_RETRY_WAIT: Duration = Duration::from_secs(120);
 /// The shortest SMTP timeout edm takes.
 pub const MIN_TIMEOUT: Duration = Duration::from_millis(100);
 
+/// What makes an SMTP relay of a pool unusable, checked for each one (the
+/// single relay's `[smtp]` checks run in `validate`).
+fn pool_smtp_problem(s: &SmtpSection) -> Option<String> {
+    if s.port == Some(0) {
+        return Some("port = 0: a port is 1 to 65535".into());
+    }
+    if s.username.is_some() && s.password_env.is_none() && s.password_file.is_none() {
+        return Some(
+            "username is set but neither password_env nor password_file says where the password is"
+                .into(),
+        );
+    }
+    None
+}
+
 /// Why a messages-per-second value cannot work, if it cannot: NaN,
 /// infinite, negative, or positive but under [`MIN_RATE`]. `0` is fine: it
 /// means unlimited. Shared by `[delivery] rate`, the per-domain rates and
@@ -256,6 +271,14 @@ pub struct RelaySection {
     /// `[delivery] concurrency`.
     #[serde(default)]
     pub concurrency: Option<usize>,
+    /// In a pool, this relay's share of the traffic relative to the others'
+    /// (default 1), until it reaches its own `rate` or `concurrency`.
+    #[serde(default)]
+    pub weight: Option<f64>,
+    /// Messages this relay may accept in 24 hours (counted from the state,
+    /// across runs); once used up it leaves the pool for the run.
+    #[serde(default)]
+    pub daily_quota: Option<u64>,
     /// The kind's keys: `[smtp]`'s for `smtp`, [`SesSection`]'s for `ses`.
     #[serde(flatten)]
     pub settings: toml::Table,
@@ -640,58 +663,84 @@ impl Campaign {
                     "[smtp] and [[relay]] together: [smtp] is the shorthand for one relay named \"smtp\"; move its keys into a [[relay]] with kind = \"smtp\", or drop the [[relay]] tables".into(),
                 ));
             }
-            (false, 1) => {
-                let r = &config.relay[0];
-                let key = format!("[[relay]] {:?}", r.name);
-                if r.name.trim().is_empty() {
-                    return Err(bad("[[relay]] name must not be empty".into()));
-                }
-                if let Some(rate) = r.rate
-                    && let Some(why) = rate_problem(rate)
-                {
-                    return Err(bad(format!("{key} rate = {rate}: {why}")));
-                }
-                if let Some(n) = r.concurrency
-                    && let Some(why) = concurrency_problem(n)
-                {
-                    return Err(bad(format!("{key} concurrency = {n}: {why}")));
-                }
-                match r.kind {
-                    RelayKind::Smtp => {
-                        config.smtp = r.settings.clone().try_into().map_err(|e| {
-                            bad(format!(
-                                "{key} (kind = \"smtp\"): {}",
-                                e.to_string().trim_end()
-                            ))
-                        })?;
+            (false, n) => {
+                let mut names = std::collections::HashSet::new();
+                let mut smtp_filled = false;
+                for r in &config.relay {
+                    let key = format!("[[relay]] {:?}", r.name);
+                    if r.name.trim().is_empty() {
+                        return Err(bad("[[relay]] name must not be empty".into()));
                     }
-                    RelayKind::Ses => {
-                        let _: SesSection = r.settings.clone().try_into().map_err(|e| {
-                            bad(format!(
-                                "{key} (kind = \"ses\"): {}",
-                                e.to_string().trim_end()
-                            ))
-                        })?;
+                    if !names.insert(r.name.as_str()) {
+                        return Err(bad(format!(
+                            "{key}: two [[relay]] tables have this name; names must be unique (each recipient's record says which relay sent it)"
+                        )));
                     }
-                    RelayKind::Resend => {
-                        let r: ResendSection = r.settings.clone().try_into().map_err(|e| {
-                            bad(format!(
-                                "{key} (kind = \"resend\"): {}",
-                                e.to_string().trim_end()
-                            ))
-                        })?;
-                        if r.api_key_env.trim().is_empty() {
-                            return Err(bad(format!(
-                                "{key} (kind = \"resend\"): api_key_env must name an environment variable"
-                            )));
+                    if let Some(rate) = r.rate
+                        && let Some(why) = rate_problem(rate)
+                    {
+                        return Err(bad(format!("{key} rate = {rate}: {why}")));
+                    }
+                    if let Some(c) = r.concurrency
+                        && let Some(why) = concurrency_problem(c)
+                    {
+                        return Err(bad(format!("{key} concurrency = {c}: {why}")));
+                    }
+                    if let Some(w) = r.weight
+                        && !(w.is_finite() && w > 0.0)
+                    {
+                        return Err(bad(format!(
+                            "{key} weight = {w}: a weight is a number above 0 (its share relative to the other relays')"
+                        )));
+                    }
+                    if r.daily_quota == Some(0) {
+                        return Err(bad(format!(
+                            "{key} daily_quota = 0: nothing could be sent through it; remove the relay or the key"
+                        )));
+                    }
+                    match r.kind {
+                        RelayKind::Smtp => {
+                            let smtp: SmtpSection = r.settings.clone().try_into().map_err(|e| {
+                                bad(format!(
+                                    "{key} (kind = \"smtp\"): {}",
+                                    e.to_string().trim_end()
+                                ))
+                            })?;
+                            if n > 1
+                                && let Some(why) = pool_smtp_problem(&smtp)
+                            {
+                                return Err(bad(format!("{key} (kind = \"smtp\"): {why}")));
+                            }
+                            // The first SMTP relay also stands as `[smtp]`
+                            // (checks, `edm send --test-to`).
+                            if !smtp_filled {
+                                config.smtp = smtp;
+                                smtp_filled = true;
+                            }
+                        }
+                        RelayKind::Ses => {
+                            let _: SesSection = r.settings.clone().try_into().map_err(|e| {
+                                bad(format!(
+                                    "{key} (kind = \"ses\"): {}",
+                                    e.to_string().trim_end()
+                                ))
+                            })?;
+                        }
+                        RelayKind::Resend => {
+                            let r: ResendSection = r.settings.clone().try_into().map_err(|e| {
+                                bad(format!(
+                                    "{key} (kind = \"resend\"): {}",
+                                    e.to_string().trim_end()
+                                ))
+                            })?;
+                            if r.api_key_env.trim().is_empty() {
+                                return Err(bad(format!(
+                                    "{key} (kind = \"resend\"): api_key_env must name an environment variable"
+                                )));
+                            }
                         }
                     }
                 }
-            }
-            (false, n) => {
-                return Err(bad(format!(
-                    "{n} [[relay]] tables: pools of relays are not supported yet, keep one"
-                )));
             }
         }
         let c = Campaign { dir, file, config };
@@ -837,10 +886,9 @@ impl Campaign {
     /// by the relay's own `rate`.
     pub fn rate(&self) -> Option<f64> {
         let run = self.config.delivery.rate.filter(|r| *r > 0.0);
+        // In a pool each relay's own rate is kept by the pool, not the run.
         let relay = self
-            .config
-            .relay
-            .first()
+            .single_relay()
             .and_then(|r| r.rate)
             .filter(|r| *r > 0.0);
         match (run, relay) {
@@ -865,13 +913,63 @@ impl Campaign {
             .map_or(RelayKind::Smtp, |r| r.kind)
     }
 
-    /// The relay's concurrency (`[[relay]] concurrency`, else `[delivery]`'s).
+    /// The relay's concurrency (`[[relay]] concurrency`, else `[delivery]`'s);
+    /// for a pool, the sum of its relays' (the engine's worker count, so
+    /// every relay can be kept busy at once).
     pub fn concurrency(&self) -> usize {
+        if self.is_pool() {
+            return self
+                .config
+                .relay
+                .iter()
+                .map(|r| self.relay_concurrency(r))
+                .sum();
+        }
         self.config
             .relay
             .first()
             .and_then(|r| r.concurrency)
             .unwrap_or(self.config.delivery.concurrency)
+    }
+
+    /// More than one `[[relay]]`: a pool (docs/transports.md, "Pools and
+    /// failover").
+    pub fn is_pool(&self) -> bool {
+        self.config.relay.len() > 1
+    }
+
+    /// The one `[[relay]]`, when there is exactly one.
+    fn single_relay(&self) -> Option<&RelaySection> {
+        match self.config.relay.as_slice() {
+            [r] => Some(r),
+            _ => None,
+        }
+    }
+
+    /// A relay's concurrency in a pool: its own, else `[delivery]`'s.
+    pub fn relay_concurrency(&self, r: &RelaySection) -> usize {
+        r.concurrency.unwrap_or(self.config.delivery.concurrency)
+    }
+
+    /// The SMTP keys of a `[[relay]]` of kind `smtp` (checked at load).
+    pub fn relay_smtp(&self, r: &RelaySection) -> Option<SmtpSection> {
+        (r.kind == RelayKind::Smtp)
+            .then(|| r.settings.clone().try_into().ok())
+            .flatten()
+    }
+
+    /// The SES keys of a `[[relay]]` of kind `ses` (checked at load).
+    pub fn relay_ses(&self, r: &RelaySection) -> Option<SesSection> {
+        (r.kind == RelayKind::Ses)
+            .then(|| r.settings.clone().try_into().ok())
+            .flatten()
+    }
+
+    /// The Resend keys of a `[[relay]]` of kind `resend` (checked at load).
+    pub fn relay_resend(&self, r: &RelaySection) -> Option<ResendSection> {
+        (r.kind == RelayKind::Resend)
+            .then(|| r.settings.clone().try_into().ok())
+            .flatten()
     }
 
     /// The SES relay's keys, when the relay is SES (checked at load).
@@ -894,11 +992,16 @@ impl Campaign {
     /// Never logged; the error names the relay and the variable, never a
     /// value.
     pub fn resend_api_key(&self, r: &ResendSection) -> Result<String, Error> {
+        self.resend_api_key_of(self.relay_name(), r)
+    }
+
+    /// [`Campaign::resend_api_key`] for the relay named `name` (a pool member).
+    pub fn resend_api_key_of(&self, name: &str, r: &ResendSection) -> Result<String, Error> {
         match std::env::var(&r.api_key_env) {
             Ok(v) if !v.trim().is_empty() => Ok(v.trim().to_string()),
             _ => Err(self.bad(format!(
                 "[[relay]] {:?} (kind = \"resend\"): api_key_env names ${}, which is not set (export the API key before running)",
-                self.relay_name(),
+                name,
                 r.api_key_env
             ))),
         }
@@ -927,7 +1030,12 @@ impl Campaign {
 
     /// Reads the SMTP password from the environment or a file. Never logged.
     pub fn password(&self) -> Result<Option<String>, Error> {
-        let s = &self.config.smtp;
+        self.password_of(&self.config.smtp, "[smtp]")
+    }
+
+    /// Reads the password of the SMTP settings under `key` (`[smtp]`, or a
+    /// `[[relay]]` of a pool). Never logged.
+    pub fn password_of(&self, s: &SmtpSection, key: &str) -> Result<Option<String>, Error> {
         if s.username.is_none() {
             return Ok(None);
         }
@@ -935,14 +1043,14 @@ impl Campaign {
             return match std::env::var(var) {
                 Ok(v) if !v.is_empty() => Ok(Some(v)),
                 _ => Err(self.bad(format!(
-                    "[smtp] password_env names ${var}, which is not set (export it before running)"
+                    "{key} password_env names ${var}, which is not set (export it before running)"
                 ))),
             };
         }
         if let Some(file) = &s.password_file {
             let path = self.path(file);
             let text = std::fs::read_to_string(&path)
-                .map_err(|e| self.bad(format!("[smtp] password_file {}: {e}", path.display())))?;
+                .map_err(|e| self.bad(format!("{key} password_file {}: {e}", path.display())))?;
             return Ok(Some(text.lines().next().unwrap_or_default().to_string()));
         }
         Ok(None)
@@ -1043,6 +1151,34 @@ concurrency = 3
     }
 
     #[test]
+    fn several_relay_tables_are_a_pool() {
+        let d = tempfile::tempdir().unwrap();
+        let no_smtp = MINIMAL.replace("[smtp]\nhost = \"127.0.0.1\"\nport = 2525\n", "");
+        let text = format!(
+            "{no_smtp}\n[delivery]\nrate = 50\nconcurrency = 4\n\n[[relay]]\nname = \"mx1\"\nkind = \"smtp\"\nhost = \"mx1.example\"\nport = 2525\nweight = 3\ndaily_quota = 1000\n{SES_RELAY}weight = 0.5\n"
+        );
+        let c = write(d.path(), &text).unwrap();
+        assert!(c.is_pool());
+        // Each relay's own rate is the pool's business; the run keeps its own.
+        assert_eq!(c.rate(), Some(50.0));
+        // Workers: mx1 takes [delivery]'s 4, ses-eu its own 3.
+        assert_eq!(c.concurrency(), 7);
+        let r = &c.config.relay;
+        assert_eq!((r[0].weight, r[0].daily_quota), (Some(3.0), Some(1000)));
+        assert_eq!(
+            c.relay_smtp(&r[0]).map(|s| s.host),
+            Some("mx1.example".into())
+        );
+        assert_eq!(
+            c.relay_ses(&r[1]).map(|s| s.region),
+            Some("eu-west-1".into())
+        );
+        assert!(c.relay_ses(&r[0]).is_none());
+        // The first SMTP relay stands as [smtp] for the checks.
+        assert_eq!(c.config.smtp.host, "mx1.example");
+    }
+
+    #[test]
     fn relay_tables_that_cannot_work_are_refused_naming_the_key() {
         let d = tempfile::tempdir().unwrap();
         let no_smtp = MINIMAL.replace("[smtp]\nhost = \"127.0.0.1\"\nport = 2525\n", "");
@@ -1052,11 +1188,29 @@ concurrency = 3
         assert!(e.contains("campaign.toml"), "{e}");
         let e = err(no_smtp.clone());
         assert!(e.contains("no relay"), "{e}");
+        // A pool: names unique, weights above 0, a daily quota above 0.
+        let e = err(format!("{no_smtp}{SES_RELAY}{SES_RELAY}"));
+        assert!(
+            e.contains("[[relay]] \"ses-eu\": two [[relay]] tables have this name"),
+            "{e}"
+        );
         let e = err(format!(
-            "{no_smtp}{SES_RELAY}{}",
+            "{no_smtp}{SES_RELAY}{}weight = 0\n",
             SES_RELAY.replace("ses-eu", "ses-us")
         ));
-        assert!(e.contains("pools of relays are not supported yet"), "{e}");
+        assert!(e.contains("[[relay]] \"ses-us\" weight = 0"), "{e}");
+        let e = err(format!(
+            "{no_smtp}{SES_RELAY}{}daily_quota = 0\n",
+            SES_RELAY.replace("ses-eu", "ses-us")
+        ));
+        assert!(e.contains("[[relay]] \"ses-us\" daily_quota = 0"), "{e}");
+        let e = err(format!(
+            "{no_smtp}{SES_RELAY}\n[[relay]]\nname = \"mx\"\nkind = \"smtp\"\nhost = \"h\"\nport = 0\n"
+        ));
+        assert!(
+            e.contains("[[relay]] \"mx\" (kind = \"smtp\"): port = 0"),
+            "{e}"
+        );
         let e = err(format!("{no_smtp}{SES_RELAY}host = \"x\"\n"));
         assert!(
             e.contains("[[relay]] \"ses-eu\" (kind = \"ses\")") && e.contains("host"),

@@ -95,7 +95,13 @@ pub fn dkim_signer(c: &Campaign) -> Result<Option<Dkim>, Error> {
         .map_err(|e| bad(format!("[dkim] key_file {}: {e}", key_path.display())))?;
     // SES replaces the Message-ID: a signature over it would break
     // (docs/transports.md).
-    let headers: &[&str] = if c.relay_kind() == crate::config::RelayKind::Ses {
+    // In a pool, the same message may go to an SES member.
+    let headers: &[&str] = if c
+        .config
+        .relay
+        .iter()
+        .any(|r| r.kind == crate::config::RelayKind::Ses)
+    {
         &edm_template::SIGNED_HEADERS_WITHOUT_ID_AND_DATE
     } else {
         &edm_template::SIGNED_HEADERS

@@ -68,7 +68,9 @@ pub use inputs::dkim_signer;
 pub use new::{NewProvider, new_campaign};
 pub use prepare::{Prepared, prepare, prepare_with_stop};
 pub use preview::{PreviewFile, PreviewOptions, PreviewReport, preview, preview_path};
-pub use report::{ReportFormat, ReportKind, StatusReport, export, retry, status, watch_progress};
+pub use report::{
+    RelayStatus, ReportFormat, ReportKind, StatusReport, export, retry, status, watch_progress,
+};
 pub use send::{Run, RunEnd, RunReport, SendOptions, start_send};
 pub use state::STORE_URL_ENV;
 pub use suppress::{

@@ -52,6 +52,77 @@ pub struct StatusReport {
     /// False while an interrupted ingest has stored only part of the
     /// recipients file: the next `edm send` stores the rest, once each.
     pub ingested: bool,
+    /// By relay (`[[relay]] name`, `smtp` for `[smtp]`): see [`RelayStatus`].
+    pub by_relay: BTreeMap<String, RelayStatus>,
+}
+
+/// One relay in `edm status --json` (`by_relay`), from the recipients'
+/// `relay` column (written when a relay accepts a message) and the last
+/// run's relay events.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RelayStatus {
+    /// Recipients this relay accepted.
+    pub sent: u64,
+    /// Recipients failed whose record names this relay.
+    pub failed: u64,
+    /// Recipients deferred whose record names this relay.
+    pub deferred: u64,
+    /// Recipients being sent whose record names this relay.
+    pub in_flight: u64,
+    /// `down` when the last run took it out of the pool (its last relay
+    /// event), `unused` when no recipient names it, else `up`.
+    pub state: String,
+}
+
+/// The relays' counts and states (see [`RelayStatus`]).
+fn by_relay(
+    c: &Campaign,
+    store: &dyn CampaignStore,
+) -> Result<BTreeMap<String, RelayStatus>, Error> {
+    let counts = store.relay_counts(0)?;
+    let mut names: Vec<String> = if c.config.relay.is_empty() {
+        vec![c.relay_name().to_string()]
+    } else {
+        c.config.relay.iter().map(|r| r.name.clone()).collect()
+    };
+    let more: Vec<String> = counts
+        .keys()
+        .filter(|k| !names.contains(k))
+        .cloned()
+        .collect();
+    names.extend(more);
+    // The newest events last; a pool says each member's state at the start
+    // of a run (`relay_up`) and when it takes one out (`relay_down`).
+    let events = store.recent_events(10_000)?;
+    let mut out = BTreeMap::new();
+    for name in names {
+        let prefix = format!("relay {name:?} ");
+        let last = events
+            .iter()
+            .rev()
+            .find(|(_, kind, text)| {
+                (kind == "relay_down" || kind == "relay_up") && text.starts_with(&prefix)
+            })
+            .map(|(_, kind, _)| kind.as_str());
+        let n = counts.get(&name).cloned().unwrap_or_default();
+        let count = |st: Status| n.by_status.get(&st).copied().unwrap_or(0);
+        let state = match last {
+            Some("relay_down") => "down",
+            _ if n.by_status.values().sum::<u64>() == 0 => "unused",
+            _ => "up",
+        };
+        out.insert(
+            name,
+            RelayStatus {
+                sent: count(Status::Sent),
+                failed: count(Status::Failed),
+                deferred: count(Status::Deferred),
+                in_flight: count(Status::Sending),
+                state: state.into(),
+            },
+        );
+    }
+    Ok(out)
 }
 
 fn state_of(c: &Campaign, state: Option<&Path>) -> PathBuf {
@@ -115,6 +186,7 @@ pub fn status(c: &Campaign, state: Option<&Path>) -> Result<StatusReport, Error>
                 .filter(|st| !st.is_final())
                 .all(|st| s.count(*st) == 0),
         ingested,
+        by_relay: by_relay(c, store.as_ref())?,
     })
 }
 

@@ -1,31 +1,35 @@
 //! `edm send`: claim → render → deliver → record, with progress on the side.
 //!
-//! Three tasks and a thread:
+//! Two tasks and a thread, each the one owner of its state:
 //! - the **feeder** claims recipients from the store (durably `sending`
 //!   before they are queued), renders them and queues them for delivery;
-//!   it waits for due retries and decides when the run is complete;
+//!   it waits for due retries and decides when the run is complete. It
+//!   counts what it handed out; what settled it reads from a watch.
 //! - the **outcome loop** turns delivery events into store outcomes (retry
-//!   decisions happen here, with the campaign's [`RetryPolicy`]);
-//! - the **progress loop** folds everything into a [`Progress`] snapshot;
+//!   decisions happen here, with the campaign's [`RetryPolicy`]), folds
+//!   them and the feeder's claims into the [`Progress`] snapshot
+//!   ([`ProgressFold`]) published four times a second, and forwards the
+//!   operator's controls. Events carry what it needs (domain, attempts,
+//!   first attempt, relay), so there is no side table.
 //! - the **writer thread** is the store's only writer (`writer.rs`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use edm_delivery::{
-    ApiKey, Credentials, DeliveryConfig, DomainLimit, EngineEnd, ResendSettings, ResendTransport,
-    RetryPolicy, Security, SesSettings, SesTransport, SmtpSettings, SmtpTransport, Transport,
-    Verdict,
+    ApiKey, Credentials, DeliveryConfig, DomainLimit, EngineEnd, PoolMember, PoolTransport,
+    ResendSettings, ResendTransport, RetryPolicy, Security, SesSettings, SesTransport,
+    SmtpSettings, SmtpTransport, Transport, Verdict,
 };
 use edm_model::{
-    Control, DeliveryEvent, DomainCounts, EventLine, Failure, Notice, Progress, RecipientId,
-    RunState, Status, UnixMillis, add_ms, now_ms,
+    Attempt, Control, DeliveryEvent, Failure, Notice, Progress, ProgressFold, RecipientId,
+    Recorded, Status, UnixMillis, add_ms, now_ms,
 };
 use edm_store::{InDoubtPolicy, Outcome, OutcomeKind, Summary};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 
 use crate::config::{Campaign, RelayKind, SecurityName};
 use crate::prepare::{Prepared, prepare_with_stop};
@@ -205,46 +209,6 @@ impl Run {
     }
 }
 
-/// What the outcome loop needs to know about a claimed recipient.
-struct InFlight {
-    /// A retry (counts against the retry budget).
-    retry: bool,
-    attempts: u32,
-    /// The first attempt ever (any run): `retry_for` counts from here.
-    first_attempt_at: UnixMillis,
-    message_id: String,
-    domain: String,
-}
-
-/// State shared by the run's tasks.
-struct Shared {
-    in_flight: Mutex<HashMap<RecipientId, InFlight>>,
-    stopping: AtomicBool,
-    sent: AtomicU64,
-    failed: AtomicU64,
-    retried: AtomicU64,
-    in_doubt: AtomicU64,
-    outcome: Notify,
-    events: Mutex<VecDeque<EventLine>>,
-    domains: Mutex<HashMap<String, DomainCounts>>,
-    waiting: AtomicBool,
-    /// Recipients deferred during this run: their next claim is a retry.
-    deferred: Mutex<std::collections::HashSet<RecipientId>>,
-    /// The relay's name, kept with each sent recipient.
-    relay: String,
-}
-
-impl Shared {
-    fn push_event(&self, text: String) {
-        if let Ok(mut e) = self.events.lock() {
-            e.push_back(EventLine { at: now_ms(), text });
-            while e.len() > 50 {
-                e.pop_front();
-            }
-        }
-    }
-}
-
 /// Said at every run with `accept_invalid_certs = true`, and by `edm check`.
 pub(crate) const INVALID_CERTS_WARNING: &str = "[smtp] accept_invalid_certs = true: the relay's certificate is not checked, so whoever sits on the path can read the password and every message; use it only with a self-signed test relay";
 
@@ -264,18 +228,20 @@ pub(crate) fn plaintext_auth_refusal(c: &Campaign, host: &str) -> Option<String>
     })
 }
 
-pub(crate) fn delivery_config(
+/// The SMTP transport's settings (`[smtp]`, or `edm demo`'s own sink):
+/// they live with the transport, not in the engine's [`DeliveryConfig`].
+pub(crate) fn smtp_settings(
     c: &Campaign,
     opts: &SendOptions,
     password: Option<String>,
-) -> DeliveryConfig {
+) -> SmtpSettings {
     let s = &c.config.smtp;
     let (host, port) = opts
         .relay
         .clone()
         .unwrap_or_else(|| (s.host.clone(), c.port()));
     let from_domain = c.from_domain().unwrap_or_default();
-    let smtp = SmtpSettings {
+    SmtpSettings {
         host,
         port,
         security: match s.security {
@@ -296,9 +262,15 @@ pub(crate) fn delivery_config(
         data_timeout: s.data_timeout,
         accept_invalid_certs: s.accept_invalid_certs,
         allow_plaintext_auth: s.allow_plaintext_auth,
-    };
+    }
+}
+
+/// The engine's settings (`[delivery]` and the command line), whatever the
+/// transport.
+pub(crate) fn delivery_config(c: &Campaign, opts: &SendOptions) -> DeliveryConfig {
     let d = &c.config.delivery;
-    let mut cfg = DeliveryConfig::new(smtp);
+    let mut cfg = DeliveryConfig::new();
+    cfg.relay = c.relay_name().to_string();
     cfg.concurrency = opts.concurrency.unwrap_or(c.concurrency()).max(1);
     cfg.rate = match opts.rate {
         Some(r) => r.filter(|r| *r > 0.0),
@@ -328,7 +300,14 @@ pub(crate) fn delivery_config(
 
 /// The campaign's relay as a [`Transport`]: `[smtp]` or a `[[relay]]` of
 /// kind `smtp` over SMTP, a `[[relay]]` of kind `ses` over Amazon SES v2.
-pub(crate) fn transport(c: &Campaign, cfg: &DeliveryConfig) -> Result<Arc<dyn Transport>, Error> {
+pub(crate) fn transport(
+    c: &Campaign,
+    cfg: &DeliveryConfig,
+    smtp: SmtpSettings,
+) -> Result<Arc<dyn Transport>, Error> {
+    if c.is_pool() {
+        return pool_transport(c, cfg, &smtp, &Default::default());
+    }
     let bad = |message: String| Error::Config {
         file: c.file.clone(),
         message,
@@ -367,10 +346,122 @@ pub(crate) fn transport(c: &Campaign, cfg: &DeliveryConfig) -> Result<Arc<dyn Tr
             Ok(Arc::new(t))
         }
         _ => {
-            let t = SmtpTransport::new(cfg.smtp.clone()).map_err(edm_delivery::Error::Tls)?;
+            let t = SmtpTransport::new(smtp).map_err(edm_delivery::Error::Tls)?;
             Ok(Arc::new(t))
         }
     }
+}
+
+/// A pool of relays (several `[[relay]]` tables) as one [`Transport`]: each
+/// member with its own connection settings, weight, rate, concurrency and
+/// daily quota (`sent_today`: what each accepted in the last 24 hours, from
+/// the state). docs/transports.md, "Pools and failover".
+pub(crate) fn pool_transport(
+    c: &Campaign,
+    cfg: &DeliveryConfig,
+    smtp: &SmtpSettings,
+    sent_today: &std::collections::BTreeMap<String, u64>,
+) -> Result<Arc<dyn Transport>, Error> {
+    let bad = |message: String| Error::Config {
+        file: c.file.clone(),
+        message,
+    };
+    let mut members = Vec::new();
+    for r in &c.config.relay {
+        let key = format!("[[relay]] {:?}", r.name);
+        let t: Arc<dyn Transport> = match r.kind {
+            RelayKind::Smtp => {
+                let s = c
+                    .relay_smtp(r)
+                    .ok_or_else(|| bad(format!("{key}: not SMTP settings")))?;
+                if s.username.is_some()
+                    && s.security == SecurityName::None
+                    && !s.allow_plaintext_auth
+                    && !edm_delivery::is_loopback(&s.host)
+                {
+                    return Err(bad(format!(
+                        "{key} security = \"none\" would send the password to {} in clear: set security = \"starttls\" or \"tls\", or allow_plaintext_auth = true if the network is yours",
+                        s.host
+                    )));
+                }
+                let password = c.password_of(&s, &key)?;
+                let port = s.port.unwrap_or(match s.security {
+                    SecurityName::None => 25,
+                    SecurityName::Starttls => 587,
+                    SecurityName::Tls => 465,
+                });
+                let mut settings = smtp.clone();
+                settings.host = s.host.clone();
+                settings.port = port;
+                settings.security = match s.security {
+                    SecurityName::None => Security::None,
+                    SecurityName::Starttls => Security::StartTls,
+                    SecurityName::Tls => Security::Tls,
+                };
+                settings.credentials = s.username.clone().zip(password);
+                if let Some(h) = &s.helo_name {
+                    settings.helo_name = h.clone();
+                }
+                settings.connect_timeout = s.connect_timeout;
+                settings.command_timeout = s.command_timeout;
+                settings.data_timeout = s.data_timeout;
+                settings.accept_invalid_certs = s.accept_invalid_certs;
+                settings.allow_plaintext_auth = s.allow_plaintext_auth;
+                let t = SmtpTransport::new(settings)
+                    .map_err(|e| bad(format!("{key}: cannot set up TLS: {e}")))?;
+                Arc::new(t)
+            }
+            RelayKind::Ses => {
+                let s = c
+                    .relay_ses(r)
+                    .ok_or_else(|| bad(format!("{key}: not SES settings")))?;
+                let credentials =
+                    Credentials::load(s.profile.as_deref(), |k| std::env::var(k).ok())
+                        .map_err(|e| bad(format!("{key}: {e}")))?;
+                let t = SesTransport::new(SesSettings {
+                    region: s.region,
+                    endpoint: s.endpoint,
+                    credentials,
+                    configuration_set: s.configuration_set,
+                    campaign: c.config.campaign.name.clone(),
+                    connect_timeout: s.connect_timeout,
+                    request_timeout: s.request_timeout,
+                })
+                .map_err(|e| bad(format!("{key}: {e}")))?;
+                Arc::new(t)
+            }
+            RelayKind::Resend => {
+                let s = c
+                    .relay_resend(r)
+                    .ok_or_else(|| bad(format!("{key}: not Resend settings")))?;
+                let api_key = c.resend_api_key_of(&r.name, &s)?;
+                let t = ResendTransport::new(ResendSettings {
+                    endpoint: s.endpoint,
+                    api_key: ApiKey::new(api_key),
+                    campaign: c.config.campaign.name.clone(),
+                    connect_timeout: s.connect_timeout,
+                    request_timeout: s.request_timeout,
+                })
+                .map_err(|e| bad(format!("{key}: {e}")))?;
+                Arc::new(t)
+            }
+        };
+        let mut m = PoolMember::new(r.name.clone(), t);
+        m.weight = r.weight.unwrap_or(1.0);
+        m.rate = r.rate.filter(|r| *r > 0.0).or(
+            // Resend's documented default request rate, unless one is written.
+            (r.kind == RelayKind::Resend).then_some(edm_delivery::RESEND_DEFAULT_RATE),
+        );
+        m.burst = cfg.burst;
+        m.concurrency = c.relay_concurrency(r);
+        m.daily_quota = r.daily_quota;
+        m.sent_today = sent_today.get(&r.name).copied().unwrap_or(0);
+        members.push(m);
+    }
+    Ok(Arc::new(
+        PoolTransport::new(members, cfg.quota_pause)
+            .with_refusal_limit(cfg.stop_after_identical_refusals),
+    ))
 }
 
 /// At start, for an SES relay whose endpoint offers GetAccount: the
@@ -472,9 +563,23 @@ pub async fn start_send(campaign: Campaign, opts: SendOptions) -> Result<Run, Er
                 task: Task::Preparing,
                 reason: e.to_string(),
             })??;
-    let mut dcfg = delivery_config(&campaign, &opts, password);
-    let transport = transport(&campaign, &dcfg)?;
-    if campaign.relay_kind() == RelayKind::Ses {
+    let mut dcfg = delivery_config(&campaign, &opts);
+    let smtp = smtp_settings(&campaign, &opts, password);
+    let transport = if campaign.is_pool() {
+        // Each member's daily quota counts what it accepted in the last 24 h.
+        let since = now_ms() - 24 * 3600 * 1000;
+        let sent_today = prepared
+            .store
+            .relay_counts(since)
+            .map(|m| m.into_iter().map(|(k, v)| (k, v.sent_since)).collect())
+            .unwrap_or_default();
+        // The engine's workers: every member's connections at once.
+        dcfg.concurrency = campaign.concurrency();
+        pool_transport(&campaign, &dcfg, &smtp, &sent_today)?
+    } else {
+        transport(&campaign, &dcfg, smtp)?
+    };
+    if campaign.relay_kind() == RelayKind::Ses && !campaign.is_pool() {
         let unsent = prepared
             .store
             .summary()
@@ -517,8 +622,7 @@ pub async fn start_send(campaign: Campaign, opts: SendOptions) -> Result<Run, Er
         prepared,
         (dcfg, transport),
         shown.clone(),
-        progress_tx,
-        control_rx,
+        (progress_tx, control_rx),
     ));
     Ok(Run {
         progress: progress_rx,
@@ -532,15 +636,53 @@ pub async fn start_send(campaign: Campaign, opts: SendOptions) -> Result<Run, Er
     })
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The run's one owner of its progress and in-flight bookkeeping: the
+/// outcome loop. Everything below talks to it by message or watch.
+///
+/// What the feeder tells it.
+enum Fed {
+    /// A recipient claimed and queued for delivery (its envelope carries
+    /// the same attempt).
+    Claimed(RecipientId, Attempt),
+    /// A claimed recipient that could not be rendered (recorded failed).
+    RenderFailed {
+        attempt: Attempt,
+        email: String,
+        failure: Failure,
+    },
+    /// Nothing to claim now: waiting for deferred recipients (or not).
+    Waiting(bool),
+}
+
+/// Envelopes settled (any outcome recorded, or returned), in all and of
+/// them retries: the feeder's in-flight count is what it handed out minus
+/// these. Published by the outcome loop after the outcome is queued to the
+/// writer, so the daily quota never undercounts.
+#[derive(Clone, Copy, Debug, Default)]
+struct Settled {
+    all: u64,
+    retries: u64,
+}
+
+/// This run's counts for its report, kept by the outcome loop.
+#[derive(Default)]
+struct RunCounts {
+    sent: u64,
+    failed: u64,
+    retried: u64,
+    in_doubt: u64,
+}
+
+/// How often the progress snapshot is published (four frames a second).
+const PUBLISH_EVERY: Duration = Duration::from_millis(250);
+
 async fn run(
     campaign: Campaign,
     opts: SendOptions,
     prepared: Prepared,
     (mut dcfg, transport): (DeliveryConfig, Arc<dyn Transport>),
     state: PathBuf,
-    progress_tx: watch::Sender<Progress>,
-    mut control_rx: mpsc::UnboundedReceiver<Control>,
+    (progress_tx, mut control_rx): (watch::Sender<Progress>, mpsc::UnboundedReceiver<Control>),
 ) -> Result<RunReport, Error> {
     let Prepared {
         store,
@@ -551,6 +693,10 @@ async fn run(
         ..
     } = prepared;
     let concurrency = dcfg.concurrency;
+    // The fold starts from the store's counts; from here on only events move them.
+    let start = store.summary()?;
+    let mut fold = ProgressFold::new(progress_tx.borrow().clone());
+    fold.start_from(&start.counts, &start.by_category);
     let writer = Arc::new(Writer::spawn(store).map_err(|e| Error::Io {
         path: state.clone(),
         source: e,
@@ -566,93 +712,105 @@ async fn run(
             in_doubt,
             "recipients were being sent when the last run died; {what}"
         );
+        fold.log(
+            now_ms(),
+            format!(
+                "{in_doubt} recipients were in doubt after the last run ({})",
+                match opts.in_doubt {
+                    InDoubtPolicy::Resend => "resending",
+                    InDoubtPolicy::Skip => "skipped",
+                }
+            ),
+        );
     }
     let (jobs_tx, jobs_rx) = mpsc::channel(concurrency);
     let (ev_tx, mut ev_rx) = mpsc::channel(1024);
     let engine = edm_delivery::start_with(transport, dcfg, jobs_rx, ev_tx);
     let engine_status = engine.status();
     let engine_control = engine.controller();
-    let shared = Arc::new(Shared {
-        in_flight: Mutex::new(HashMap::new()),
-        stopping: AtomicBool::new(false),
-        sent: AtomicU64::new(0),
-        failed: AtomicU64::new(0),
-        retried: AtomicU64::new(0),
-        in_doubt: AtomicU64::new(0),
-        outcome: Notify::new(),
-        events: Mutex::new(VecDeque::new()),
-        domains: Mutex::new(HashMap::new()),
-        waiting: AtomicBool::new(false),
-        deferred: Mutex::new(std::collections::HashSet::new()),
-        relay: campaign.relay_name().to_string(),
-    });
-    if in_doubt > 0 {
-        shared.push_event(format!(
-            "{in_doubt} recipients were in doubt after the last run ({})",
-            match opts.in_doubt {
-                InDoubtPolicy::Resend => "resending",
-                InDoubtPolicy::Skip => "skipped",
-            }
-        ));
-    }
+    let (fed_tx, mut fed_rx) = mpsc::unbounded_channel();
+    let (settled_tx, settled_rx) = watch::channel(Settled::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
 
-    // Controls: Stop also stops the feeder; the rest go to the engine.
-    let control_task = {
-        let shared = shared.clone();
-        let engine_control = engine_control.clone();
-        tokio::spawn(async move {
-            while let Some(c) = control_rx.recv().await {
+    let feeder = tokio::spawn(
+        Feeder {
+            writer: writer.clone(),
+            templates,
+            columns,
+            jobs: jobs_tx,
+            fed: fed_tx,
+            settled: settled_rx,
+            stop: stop_rx,
+            concurrency,
+            limit: opts.limit,
+            max_retry_wait: opts.max_retry_wait,
+            daily_quota: campaign.config.delivery.daily_quota,
+        }
+        .run(),
+    );
+
+    // The outcome loop: every event becomes a store outcome, in order, and
+    // a step of the progress fold; the feeder's claims and the operator's
+    // controls come here too. Biased: a claim is always folded before the
+    // event about it (the feeder says so before it queues the envelope).
+    let outcomes = Outcomes {
+        policy: retry_policy(&campaign),
+        in_doubt: opts.in_doubt,
+        relay: campaign.relay_name().to_string(),
+    };
+    let mut counts = RunCounts::default();
+    let mut settled = Settled::default();
+    let mut claimed: HashSet<RecipientId> = HashSet::new();
+    let mut publish = tokio::time::interval(PUBLISH_EVERY);
+    publish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = publish.tick() => {
+                let es = engine_status.borrow().clone();
+                fold.engine(es.target_rate, es.in_flight, &es.in_flight_by_relay);
+                progress_tx.send_replace(fold.sample(now_ms()).clone());
+            }
+            Some(c) = control_rx.recv() => {
                 if c == Control::Stop {
-                    shared.stopping.store(true, Ordering::SeqCst);
-                    shared.outcome.notify_waiters();
-                    shared.push_event("stopping: finishing transactions in flight".into());
+                    // Stop also stops the feeder; the rest go to the engine.
+                    stop_tx.send_replace(true);
+                    fold.stop();
+                    fold.log(now_ms(), "stopping: finishing transactions in flight".into());
                 }
                 let _ = engine_control.send(c);
             }
-        })
-    };
-
-    let feeder = tokio::spawn(feed(
-        writer.clone(),
-        shared.clone(),
-        templates,
-        columns,
-        jobs_tx,
-        concurrency,
-        opts.limit,
-        opts.max_retry_wait,
-        campaign.config.delivery.daily_quota,
-    ));
-
-    let progress_task = tokio::spawn(progress_loop(
-        writer.clone(),
-        shared.clone(),
-        engine_status,
-        progress_tx.clone(),
-    ));
-
-    // The outcome loop: every event becomes a store outcome, in order.
-    let policy = retry_policy(&campaign);
-    while let Some(ev) = ev_rx.recv().await {
-        handle_event(&writer, &shared, &policy, opts.in_doubt, ev).await;
-        shared.outcome.notify_waiters();
+            Some(f) = fed_rx.recv() => fed(&mut fold, &mut claimed, &mut counts, f),
+            ev = ev_rx.recv() => {
+                let Some(ev) = ev else { break };
+                if let Some(id) = ev.id() {
+                    claimed.remove(&id);
+                }
+                let retry = event_attempt(&ev).is_some_and(|a| a.retry);
+                let is_envelope = ev.id().is_some();
+                outcomes.handle(&writer, &mut fold, &mut counts, ev).await;
+                if is_envelope {
+                    settled.all += 1;
+                    settled.retries += u64::from(retry);
+                    settled_tx.send_replace(settled);
+                }
+            }
+        }
     }
     let engine_end = engine.join().await;
-    shared.stopping.store(true, Ordering::SeqCst);
-    shared.outcome.notify_waiters();
+    stop_tx.send_replace(true);
     let feed_end = match feeder.await {
         Ok(end) => end,
         // A panic in the feeder is a bug: the run ends with exit 2, never 130.
         Err(e) => FeedEnd::Crashed(format!("the feeder crashed: {e}")),
     };
+    // What the feeder said after the engine ended (a claim it could not queue).
+    while let Ok(f) = fed_rx.try_recv() {
+        fed(&mut fold, &mut claimed, &mut counts, f);
+    }
     // Anything the engine never answered for (it crashed) goes back to
     // pending: nothing is left `sending` by a run that ends.
-    let orphans: Vec<RecipientId> = shared
-        .in_flight
-        .lock()
-        .map(|mut m| m.drain().map(|(id, _)| id).collect())
-        .unwrap_or_default();
-    for id in orphans {
+    for id in claimed.drain() {
         record(
             &writer,
             Outcome {
@@ -663,10 +821,6 @@ async fn run(
         )
         .await;
     }
-    control_task.abort();
-    progress_task.abort();
-    // Wait for the aborted task to drop its handle on the writer.
-    let _ = progress_task.await;
     let store_failed = writer.failure();
     let writer = Arc::try_unwrap(writer).map_err(|_| Error::Crashed {
         file: state.clone(),
@@ -698,8 +852,10 @@ async fn run(
         (_, None, FeedEnd::Stopped) => RunEnd::Stopped,
         (_, None, FeedEnd::Quota { quota }) => RunEnd::DailyQuota { quota },
     };
-    // A last snapshot, so displays show the final counts.
-    let mut last = progress_tx.borrow().clone();
+    // A last snapshot with the store's own tallies (the fold guesses where
+    // an in-doubt resend came from; the store knows), read once.
+    fold.finish();
+    let mut last = fold.sample(now_ms()).clone();
     last.counts = summary.counts.clone();
     if let Ok(view) = StoreView::read(store.as_ref()) {
         last.by_category = view.summary.by_category;
@@ -707,10 +863,6 @@ async fn run(
         last.recent_failures = view.recent_failures.into_iter().rev().collect();
         last.domains = view.domains.into_iter().collect();
     }
-    last.events = shared.events.lock().map(|e| e.clone()).unwrap_or_default();
-    last.state = RunState::Done;
-    last.in_flight = 0;
-    last.now = now_ms();
     progress_tx.send_replace(last);
     Ok(RunReport {
         end,
@@ -718,188 +870,185 @@ async fn run(
         ingested,
         in_doubt_found: in_doubt,
         in_doubt_policy: opts.in_doubt,
-        sent: shared.sent.load(Ordering::Relaxed),
-        failed: shared.failed.load(Ordering::Relaxed),
-        in_doubt: shared.in_doubt.load(Ordering::Relaxed),
-        retried: shared.retried.load(Ordering::Relaxed),
+        sent: counts.sent,
+        failed: counts.failed,
+        in_doubt: counts.in_doubt,
+        retried: counts.retried,
         state,
     })
 }
 
-async fn handle_event(
-    writer: &Writer,
-    shared: &Shared,
-    policy: &RetryPolicy,
-    in_doubt: InDoubtPolicy,
-    ev: DeliveryEvent,
-) {
-    let now = now_ms();
-    // Read, not remove: a recipient leaves `in_flight` only once its outcome is
-    // queued to the writer, so the daily quota never undercounts.
-    let take = |id: RecipientId| {
-        // The strings are moved out (no copy per message); the entry stays
-        // until the outcome is queued.
-        shared.in_flight.lock().ok().and_then(|mut m| {
-            m.get_mut(&id).map(|i| InFlight {
-                retry: i.retry,
-                attempts: i.attempts,
-                first_attempt_at: i.first_attempt_at,
-                message_id: std::mem::take(&mut i.message_id),
-                domain: std::mem::take(&mut i.domain),
-            })
-        })
-    };
-    let id = match &ev {
-        DeliveryEvent::Accepted { id, .. }
-        | DeliveryEvent::Rejected { id, .. }
-        | DeliveryEvent::Returned { id }
-        | DeliveryEvent::Held { id, .. }
-        | DeliveryEvent::InDoubt { id, .. } => Some(*id),
-        DeliveryEvent::Notice(_) => None,
-    };
-    let bump = |domain: &str, f: fn(&mut DomainCounts)| {
-        if let Ok(mut d) = shared.domains.lock() {
-            f(d.entry(domain.to_string()).or_default());
-        }
-    };
+/// The attempt an event hands back (`None` for a notice or a return).
+fn event_attempt(ev: &DeliveryEvent) -> Option<&Attempt> {
     match ev {
-        DeliveryEvent::Accepted { id, reply } => {
-            let info = take(id);
-            shared.sent.fetch_add(1, Ordering::Relaxed);
-            let message_id = info
-                .as_ref()
-                .map(|i| i.message_id.clone())
-                .unwrap_or_default();
-            if let Some(i) = &info {
-                bump(&i.domain, |c| c.sent += 1);
-            }
-            record(
-                writer,
-                Outcome {
-                    id,
-                    at: now,
-                    kind: OutcomeKind::Sent {
-                        reply,
-                        message_id,
-                        relay: shared.relay.clone(),
-                    },
-                },
-            )
-            .await;
+        DeliveryEvent::Accepted { attempt, .. }
+        | DeliveryEvent::Rejected { attempt, .. }
+        | DeliveryEvent::Held { attempt, .. }
+        | DeliveryEvent::InDoubt { attempt, .. } => Some(attempt),
+        DeliveryEvent::Returned { .. } | DeliveryEvent::Notice(_) => None,
+    }
+}
+
+/// Folds what the feeder says.
+fn fed(
+    fold: &mut ProgressFold,
+    claimed: &mut HashSet<RecipientId>,
+    counts: &mut RunCounts,
+    f: Fed,
+) {
+    match f {
+        Fed::Claimed(id, attempt) => {
+            claimed.insert(id);
+            fold.claimed(&attempt);
         }
-        DeliveryEvent::Rejected { id, failure } => {
-            let info = take(id);
-            let attempts = info.as_ref().map(|i| i.attempts).unwrap_or(0) + 1;
-            let age = info
-                .as_ref()
-                .map(|i| Duration::from_millis((now - i.first_attempt_at).max(0) as u64))
-                .unwrap_or_default();
-            let domain = info.map(|i| i.domain).unwrap_or_default();
-            let kind = match policy.decide(&failure, attempts, age) {
-                Verdict::Retry { after, counts } => {
-                    shared.retried.fetch_add(1, Ordering::Relaxed);
-                    if let Ok(mut d) = shared.deferred.lock() {
-                        d.insert(id);
+        Fed::RenderFailed {
+            attempt,
+            email,
+            failure,
+        } => {
+            counts.failed += 1;
+            fold.claimed(&attempt);
+            fold.failed_locally(&email, &failure, now_ms());
+        }
+        Fed::Waiting(w) => fold.set_waiting(w),
+    }
+}
+
+/// Turns delivery events into store outcomes: the retry decisions happen
+/// here, with the campaign's [`RetryPolicy`].
+struct Outcomes {
+    policy: RetryPolicy,
+    in_doubt: InDoubtPolicy,
+    /// The relay's name kept with a sent recipient when the event has none.
+    relay: String,
+}
+
+impl Outcomes {
+    async fn handle(
+        &self,
+        writer: &Writer,
+        fold: &mut ProgressFold,
+        counts: &mut RunCounts,
+        ev: DeliveryEvent,
+    ) {
+        let now = now_ms();
+        let age =
+            |a: &Attempt| Duration::from_millis(a.first_at.map_or(0, |t| (now - t).max(0) as u64));
+        let (outcome, recorded) = match &ev {
+            DeliveryEvent::Accepted {
+                id,
+                reply,
+                message_id,
+                relay,
+                ..
+            } => {
+                counts.sent += 1;
+                let relay = if relay.is_empty() { &self.relay } else { relay };
+                let kind = OutcomeKind::Sent {
+                    reply: reply.clone(),
+                    message_id: message_id.clone(),
+                    relay: relay.clone(),
+                };
+                (Some((*id, kind)), Recorded::Sent)
+            }
+            DeliveryEvent::Rejected {
+                id,
+                failure,
+                attempt,
+                ..
+            } => {
+                let attempts = attempt.before.saturating_add(1);
+                match self.policy.decide(failure, attempts, age(attempt)) {
+                    Verdict::Retry { after, counts: c } => {
+                        counts.retried += 1;
+                        let kind = OutcomeKind::Deferred {
+                            next_attempt_at: add_ms(now, after),
+                            failure: failure.clone(),
+                            count_attempt: c,
+                        };
+                        (Some((*id, kind)), Recorded::Deferred)
                     }
-                    bump(&domain, |c| c.deferred += 1);
-                    OutcomeKind::Deferred {
-                        next_attempt_at: add_ms(now, after),
-                        failure,
-                        count_attempt: counts,
+                    Verdict::GiveUp => {
+                        counts.failed += 1;
+                        let kind = OutcomeKind::Failed {
+                            failure: failure.clone(),
+                        };
+                        (Some((*id, kind)), Recorded::Failed)
                     }
                 }
-                Verdict::GiveUp => {
-                    shared.failed.fetch_add(1, Ordering::Relaxed);
-                    bump(&domain, |c| c.failed += 1);
-                    OutcomeKind::Failed { failure }
-                }
-            };
+            }
+            DeliveryEvent::Held { id, failure, .. } => {
+                let kind = OutcomeKind::Held {
+                    failure: failure.clone(),
+                };
+                (Some((*id, kind)), Recorded::Pending)
+            }
+            DeliveryEvent::InDoubt {
+                id,
+                failure,
+                attempt,
+                ..
+            } => {
+                counts.in_doubt += 1;
+                fold.log(
+                    now,
+                    format!(
+                        "in doubt: no reply to the final dot ({}); {}",
+                        failure.reply,
+                        match self.in_doubt {
+                            InDoubtPolicy::Resend => "resent later, still flagged",
+                            InDoubtPolicy::Skip => "left in doubt (--in-doubt skip)",
+                        }
+                    ),
+                );
+                // Resend: deferred like a transient failure and flagged; out of
+                // attempts, or `skip`: left in doubt, never failed (it may have
+                // been delivered).
+                let attempts = attempt.before.saturating_add(1);
+                let next_attempt_at = match (
+                    self.in_doubt,
+                    self.policy.decide(failure, attempts, age(attempt)),
+                ) {
+                    (InDoubtPolicy::Resend, Verdict::Retry { after, .. }) => {
+                        counts.retried += 1;
+                        Some(add_ms(now, after))
+                    }
+                    _ => None,
+                };
+                let recorded = if next_attempt_at.is_some() {
+                    Recorded::Deferred
+                } else {
+                    Recorded::InDoubt
+                };
+                let kind = OutcomeKind::InDoubt {
+                    failure: failure.clone(),
+                    next_attempt_at,
+                };
+                (Some((*id, kind)), recorded)
+            }
+            DeliveryEvent::Returned { id } => {
+                (Some((*id, OutcomeKind::Released)), Recorded::Pending)
+            }
+            DeliveryEvent::Notice(n) => {
+                let kind = match n {
+                    Notice::RateChanged { .. } => "rate",
+                    Notice::ConnectionProblem { .. } => "connection",
+                    Notice::BreakerOpen { .. } | Notice::BreakerClosed => "breaker",
+                    Notice::Paused { .. } | Notice::Resumed => "pause",
+                    Notice::Stopping { .. } => "stop",
+                    Notice::RelayDown { .. } => "relay_down",
+                    Notice::RelayUp { .. } => "relay_up",
+                };
+                let text = n.to_string();
+                tracing::info!(kind, "{text}");
+                writer.event(kind, text).await;
+                (None, Recorded::Nothing)
+            }
+        };
+        if let Some((id, kind)) = outcome {
             record(writer, Outcome { id, at: now, kind }).await;
         }
-        DeliveryEvent::Held { id, failure } => {
-            take(id);
-            record(
-                writer,
-                Outcome {
-                    id,
-                    at: now,
-                    kind: OutcomeKind::Held { failure },
-                },
-            )
-            .await;
-        }
-        DeliveryEvent::InDoubt { id, failure } => {
-            let info = take(id);
-            let attempts = info.as_ref().map(|i| i.attempts).unwrap_or(0) + 1;
-            let age = info
-                .as_ref()
-                .map(|i| Duration::from_millis((now - i.first_attempt_at).max(0) as u64))
-                .unwrap_or_default();
-            shared.in_doubt.fetch_add(1, Ordering::Relaxed);
-            shared.push_event(format!(
-                "in doubt: no reply to the final dot ({}); {}",
-                failure.reply,
-                match in_doubt {
-                    InDoubtPolicy::Resend => "resent later, still flagged",
-                    InDoubtPolicy::Skip => "left in doubt (--in-doubt skip)",
-                }
-            ));
-            // Resend: deferred like a transient failure and flagged; out of
-            // attempts, or `skip`: left in doubt, never failed (it may have
-            // been delivered).
-            let next_attempt_at = match (in_doubt, policy.decide(&failure, attempts, age)) {
-                (InDoubtPolicy::Resend, Verdict::Retry { after, .. }) => {
-                    shared.retried.fetch_add(1, Ordering::Relaxed);
-                    if let Ok(mut d) = shared.deferred.lock() {
-                        d.insert(id);
-                    }
-                    Some(add_ms(now, after))
-                }
-                _ => None,
-            };
-            record(
-                writer,
-                Outcome {
-                    id,
-                    at: now,
-                    kind: OutcomeKind::InDoubt {
-                        failure,
-                        next_attempt_at,
-                    },
-                },
-            )
-            .await;
-        }
-        DeliveryEvent::Returned { id } => {
-            take(id);
-            record(
-                writer,
-                Outcome {
-                    id,
-                    at: now,
-                    kind: OutcomeKind::Released,
-                },
-            )
-            .await;
-        }
-        DeliveryEvent::Notice(n) => {
-            let kind = match &n {
-                Notice::RateChanged { .. } => "rate",
-                Notice::ConnectionProblem { .. } => "connection",
-                Notice::BreakerOpen { .. } | Notice::BreakerClosed => "breaker",
-                Notice::Paused { .. } | Notice::Resumed => "pause",
-                Notice::Stopping { .. } => "stop",
-            };
-            let text = n.to_string();
-            tracing::info!(kind, "{text}");
-            shared.push_event(text.clone());
-            writer.event(kind, text).await;
-        }
-    }
-    if let Some(id) = id
-        && let Ok(mut m) = shared.in_flight.lock()
-    {
-        m.remove(&id);
+        fold.apply(&ev, recorded, now);
     }
 }
 
@@ -912,120 +1061,165 @@ enum FeedEnd {
     Waiting { deferred: u64, next_due: UnixMillis },
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn feed(
+/// The feeder: claims recipients (durably `sending` before they are
+/// queued), renders them, queues them for the engine, waits for due
+/// retries and decides when the run is complete. It owns its count of what
+/// it handed out; what settled comes from the outcome loop's watch.
+struct Feeder {
     writer: Arc<Writer>,
-    shared: Arc<Shared>,
     templates: edm_template::Templates,
     columns: Vec<String>,
     jobs: mpsc::Sender<edm_model::Envelope>,
+    fed: mpsc::UnboundedSender<Fed>,
+    settled: watch::Receiver<Settled>,
+    stop: watch::Receiver<bool>,
     concurrency: usize,
     limit: Option<u64>,
     max_retry_wait: Duration,
     daily_quota: Option<u64>,
-) -> FeedEnd {
-    // Retries in flight at most: a wave of transient errors cannot crowd out
-    // first attempts or multiply the load (the rate gate bounds the rest).
-    let retry_budget = concurrency.max(2);
-    // Claim little at a time: claimed rows are `sending`, so after a crash
-    // they are in doubt. Two connections' worth keeps the senders fed while
-    // the next claim waits behind the writer; with the queue and the
-    // transactions in flight, about four times `concurrency` at most.
-    let batch = (concurrency * 2).clamp(2, 256);
-    let mut claimed_total = 0u64;
-    let stopping = || shared.stopping.load(Ordering::SeqCst) || writer.failure().is_some();
-    loop {
-        // Registered before anything below is read, so an outcome recorded
-        // after those reads still wakes the waits (`notify_waiters` wakes
-        // only futures that exist): no lost wake-up, so no timeout to poll by.
-        let outcome = shared.outcome.notified();
-        tokio::pin!(outcome);
-        outcome.as_mut().enable();
-        if stopping() {
-            return FeedEnd::Stopped;
-        }
-        let mut want = match limit {
-            Some(l) if claimed_total >= l => return FeedEnd::Limit,
-            Some(l) => batch.min((l - claimed_total) as usize),
-            None => batch,
-        };
-        if let Some(quota) = daily_quota {
-            // Exact across restarts: counted from the store, in flight included.
-            // In flight first: a recipient leaves `in_flight` only after its
-            // outcome is queued, so it is then counted by `sent_since` (queued
-            // after it). The other order could count it in neither.
-            let in_flight = shared.in_flight.lock().map(|m| m.len() as u64).unwrap_or(0);
-            let since = now_ms() - 24 * 3600 * 1000;
-            let sent = match writer.sent_since(since).await {
-                Ok(n) => n,
-                Err(_) => return FeedEnd::Stopped,
-            };
-            let left = quota.saturating_sub(sent + in_flight);
-            if left == 0 {
-                if in_flight > 0 {
-                    outcome.await;
-                    continue;
-                }
-                return FeedEnd::Quota { quota };
-            }
-            want = want.min(left as usize);
-        }
-        let retries_in_flight = shared
-            .in_flight
-            .lock()
-            .map(|m| m.values().filter(|i| i.retry).count())
-            .unwrap_or(0);
-        let max_due = retry_budget.saturating_sub(retries_in_flight);
-        let claimed = match writer.claim(want, max_due, now_ms()).await {
-            Ok(c) => c,
-            Err(e) => {
-                writer.fail(e.to_string());
+}
+
+impl Feeder {
+    async fn run(mut self) -> FeedEnd {
+        // Retries in flight at most: a wave of transient errors cannot crowd out
+        // first attempts or multiply the load (the rate gate bounds the rest).
+        let retry_budget = self.concurrency.max(2);
+        // Claim little at a time: claimed rows are `sending`, so after a crash
+        // they are in doubt. Two connections' worth keeps the senders fed while
+        // the next claim waits behind the writer; with the queue and the
+        // transactions in flight, about four times `concurrency` at most.
+        let batch = (self.concurrency * 2).clamp(2, 256);
+        let mut claimed_total = 0u64;
+        // Handed to the engine (all, retries); minus what settled: in flight.
+        let (mut handed, mut handed_retries) = (0u64, 0u64);
+        let mut waiting = false;
+        loop {
+            // Read (and marked seen) before anything below, so an outcome
+            // settled after these reads still wakes the waits (`changed`
+            // resolves for any newer version): no lost wake-up, no polling.
+            let settled = *self.settled.borrow_and_update();
+            if *self.stop.borrow_and_update() || self.writer.failure().is_some() {
                 return FeedEnd::Stopped;
             }
-        };
-        if claimed.is_empty() {
-            let busy = shared
-                .in_flight
-                .lock()
-                .map(|m| !m.is_empty())
-                .unwrap_or(false);
-            if busy {
-                // Outcomes still to come may schedule retries: wait for one.
-                outcome.await;
+            let in_flight = handed.saturating_sub(settled.all);
+            let mut want = match self.limit {
+                Some(l) if claimed_total >= l => return FeedEnd::Limit,
+                Some(l) => batch.min((l - claimed_total) as usize),
+                None => batch,
+            };
+            if let Some(quota) = self.daily_quota {
+                // Exact across restarts: counted from the store, in flight
+                // included. In flight first: an envelope settles only after
+                // its outcome is queued, so it is then counted by
+                // `sent_since` (queued after it). The other order could count
+                // it in neither.
+                let since = now_ms() - 24 * 3600 * 1000;
+                let sent = match self.writer.sent_since(since).await {
+                    Ok(n) => n,
+                    Err(_) => return FeedEnd::Stopped,
+                };
+                let left = quota.saturating_sub(sent + in_flight);
+                if left == 0 {
+                    if in_flight > 0 {
+                        self.wait(None).await;
+                        continue;
+                    }
+                    return FeedEnd::Quota { quota };
+                }
+                want = want.min(left as usize);
+            }
+            let retries_in_flight = handed_retries.saturating_sub(settled.retries) as usize;
+            let max_due = retry_budget.saturating_sub(retries_in_flight);
+            let claim_at = now_ms();
+            let claimed = match self.writer.claim(want, max_due, claim_at).await {
+                Ok(c) => c,
+                Err(e) => {
+                    self.writer.fail(e.to_string());
+                    return FeedEnd::Stopped;
+                }
+            };
+            if claimed.is_empty() {
+                if in_flight > 0 {
+                    // Outcomes still to come may schedule retries: wait for one.
+                    self.wait(None).await;
+                    continue;
+                }
+                let summary = match self.writer.summary().await {
+                    Ok(s) => s,
+                    Err(_) => return FeedEnd::Stopped,
+                };
+                let deferred = summary.count(Status::Deferred);
+                let pending = summary.count(Status::Pending);
+                if deferred == 0 && pending == 0 {
+                    return FeedEnd::Complete;
+                }
+                let now = now_ms();
+                let next_due = summary.next_due.unwrap_or(now);
+                if deferred > 0
+                    && pending == 0
+                    && next_due - now > self.max_retry_wait.as_millis() as i64
+                {
+                    return FeedEnd::Waiting { deferred, next_due };
+                }
+                if !waiting {
+                    waiting = true;
+                    let _ = self.fed.send(Fed::Waiting(true));
+                }
+                // Asleep until the next retry is due (bounded by
+                // `max_retry_wait` above), or an outcome, or a stop. The floor
+                // only guards against spinning on a row due now that the claim
+                // did not take.
+                self.wait(Some(Duration::from_millis((next_due - now).max(50) as u64)))
+                    .await;
                 continue;
             }
-            let summary = match writer.summary().await {
-                Ok(s) => s,
-                Err(_) => return FeedEnd::Stopped,
-            };
-            let deferred = summary.count(Status::Deferred);
-            let pending = summary.count(Status::Pending);
-            if deferred == 0 && pending == 0 {
-                return FeedEnd::Complete;
+            if waiting {
+                waiting = false;
+                let _ = self.fed.send(Fed::Waiting(false));
             }
-            let now = now_ms();
-            let next_due = summary.next_due.unwrap_or(now);
-            if deferred > 0 && pending == 0 && next_due - now > max_retry_wait.as_millis() as i64 {
-                return FeedEnd::Waiting { deferred, next_due };
+            claimed_total += claimed.len() as u64;
+            let mut claimed = claimed.into_iter();
+            for r in claimed.by_ref() {
+                let attempt = Attempt::of(&r, claim_at);
+                match self.templates.render(&self.columns, &r) {
+                    Ok(mut env) => {
+                        env.attempt = attempt;
+                        // Said before the envelope is queued, so the outcome
+                        // loop knows the claim before any event about it.
+                        let _ = self.fed.send(Fed::Claimed(r.id, attempt));
+                        if self.jobs.send(env).await.is_err() {
+                            // The engine is gone: the outcome loop releases
+                            // this one (it knows the claim), the rest here.
+                            break;
+                        }
+                        handed += 1;
+                        handed_retries += u64::from(attempt.retry);
+                    }
+                    Err(failure) => {
+                        record(
+                            &self.writer,
+                            Outcome {
+                                id: r.id,
+                                at: now_ms(),
+                                kind: OutcomeKind::Failed {
+                                    failure: failure.clone(),
+                                },
+                            },
+                        )
+                        .await;
+                        let _ = self.fed.send(Fed::RenderFailed {
+                            attempt,
+                            email: r.email,
+                            failure,
+                        });
+                    }
+                }
             }
-            shared.waiting.store(true, Ordering::Relaxed);
-            // Asleep until the next retry is due (bounded by `max_retry_wait`
-            // above), or an outcome, or a stop. The floor only guards
-            // against spinning on a row due now that the claim did not take.
-            let wait = Duration::from_millis((next_due - now).max(50) as u64);
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = outcome => {}
-            }
-            continue;
-        }
-        shared.waiting.store(false, Ordering::Relaxed);
-        claimed_total += claimed.len() as u64;
-        let mut engine_gone = false;
-        for r in claimed {
-            if engine_gone {
+            let mut engine_gone = false;
+            for r in claimed {
+                engine_gone = true;
                 record(
-                    &writer,
+                    &self.writer,
                     Outcome {
                         id: r.id,
                         at: now_ms(),
@@ -1033,122 +1227,25 @@ async fn feed(
                     },
                 )
                 .await;
-                continue;
             }
-            match templates.render(&columns, &r) {
-                Ok(env) => {
-                    if let Ok(mut m) = shared.in_flight.lock() {
-                        let retry = r.attempts > 0
-                            || shared
-                                .deferred
-                                .lock()
-                                .map(|d| d.contains(&r.id))
-                                .unwrap_or(false);
-                        m.insert(
-                            r.id,
-                            InFlight {
-                                retry,
-                                attempts: r.attempts,
-                                first_attempt_at: r.first_attempt_at.unwrap_or_else(now_ms),
-                                message_id: env.message_id.clone(),
-                                domain: env.domain.clone(),
-                            },
-                        );
-                    }
-                    if let Err(mpsc::error::SendError(env)) = jobs.send(env).await {
-                        engine_gone = true;
-                        if let Ok(mut m) = shared.in_flight.lock() {
-                            m.remove(&env.id);
-                        }
-                        record(
-                            &writer,
-                            Outcome {
-                                id: env.id,
-                                at: now_ms(),
-                                kind: OutcomeKind::Released,
-                            },
-                        )
-                        .await;
-                    }
-                }
-                Err(failure) => {
-                    shared.failed.fetch_add(1, Ordering::Relaxed);
-                    record(
-                        &writer,
-                        Outcome {
-                            id: r.id,
-                            at: now_ms(),
-                            kind: OutcomeKind::Failed { failure },
-                        },
-                    )
-                    .await;
-                }
+            if engine_gone || self.jobs.is_closed() {
+                return FeedEnd::Stopped;
             }
-        }
-        if engine_gone {
-            return FeedEnd::Stopped;
         }
     }
-}
 
-async fn progress_loop(
-    writer: Arc<Writer>,
-    shared: Arc<Shared>,
-    engine: watch::Receiver<edm_delivery::EngineStatus>,
-    tx: watch::Sender<Progress>,
-) {
-    let mut view_rx = writer.view();
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    let mut last_sent = 0u64;
-    let mut last_sample = tokio::time::Instant::now();
-    let mut history: VecDeque<f64> = VecDeque::new();
-    let mut ticks = 0u64;
-    loop {
-        tick.tick().await;
-        ticks += 1;
-        let now = tokio::time::Instant::now();
-        let sent = shared.sent.load(Ordering::Relaxed);
-        if now.duration_since(last_sample) >= Duration::from_secs(1) {
-            let secs = now.duration_since(last_sample).as_secs_f64();
-            history.push_back((sent - last_sent) as f64 / secs);
-            while history.len() > 600 {
-                history.pop_front();
+    /// Waits for an envelope to settle, a stop, or `timeout`.
+    async fn wait(&mut self, timeout: Option<Duration>) {
+        let sleep = async {
+            match timeout {
+                Some(t) => tokio::time::sleep(t).await,
+                None => std::future::pending().await,
             }
-            last_sent = sent;
-            last_sample = now;
-        }
-        let view: StoreView = view_rx.borrow_and_update().clone();
-        let es = engine.borrow().clone();
-        let mut p = tx.borrow().clone();
-        p.now = now_ms();
-        p.counts = view.summary.counts.clone();
-        p.by_category = view.summary.by_category.clone();
-        p.top_replies = view.top_replies.clone();
-        p.recent_failures = view.recent_failures.iter().rev().cloned().collect();
-        p.domains = view.domains.iter().cloned().collect();
-        p.in_flight = es.in_flight;
-        p.target_rate = es.target_rate;
-        p.effective_rate = es.effective_rate;
-        p.rate_history = history.clone();
-        p.retries = shared.retried.load(Ordering::Relaxed);
-        p.events = shared.events.lock().map(|e| e.clone()).unwrap_or_default();
-        p.state = if shared.stopping.load(Ordering::Relaxed) {
-            RunState::Stopping
-        } else if es.paused {
-            RunState::Paused
-        } else if es.outage {
-            RunState::Outage
-        } else if es.effective_rate != es.target_rate {
-            RunState::Throttled
-        } else if shared.waiting.load(Ordering::Relaxed) {
-            RunState::WaitingForRetries
-        } else {
-            RunState::Running
         };
-        tx.send_replace(p);
-        if ticks.is_multiple_of(2) {
-            // Ask the writer for a fresh view for the next frames.
-            writer.refresh();
+        tokio::select! {
+            _ = self.settled.changed() => {}
+            _ = self.stop.changed() => {}
+            _ = sleep => {}
         }
     }
 }

@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 
 use crate::Error;
 use crate::config::Campaign;
-use crate::send::{SendOptions, delivery_config};
+use crate::send::{SendOptions, delivery_config, smtp_settings};
 
 /// The subject prefix of test messages unless `--no-prefix`.
 pub const TEST_PREFIX: &str = "[TEST] ";
@@ -222,7 +222,7 @@ async fn deliver(
         relay: opts.relay.clone(),
         ..SendOptions::default()
     };
-    let mut cfg = delivery_config(c, &send_opts, password);
+    let mut cfg = delivery_config(c, &send_opts);
     cfg.concurrency = 1;
     cfg.rate = None;
     cfg.domains.clear();
@@ -234,7 +234,7 @@ async fn deliver(
 
     let (jobs_tx, jobs_rx) = mpsc::channel(envelopes.len());
     let (events_tx, mut events_rx) = mpsc::channel(64);
-    let transport = crate::send::transport(c, &cfg)?;
+    let transport = crate::send::transport(c, &cfg, smtp_settings(c, &send_opts, password))?;
     let engine = edm_delivery::start_with(transport, cfg, jobs_rx, events_tx);
     for envelope in envelopes {
         // Room for all of them was made above, so this never waits; the
@@ -247,10 +247,10 @@ async fn deliver(
     let mut connection: Option<Failure> = None;
     while let Some(event) = events_rx.recv().await {
         let (id, outcome) = match event {
-            DeliveryEvent::Accepted { id, reply } => (id, TestOutcome::Accepted { reply }),
-            DeliveryEvent::Rejected { id, failure }
-            | DeliveryEvent::Held { id, failure }
-            | DeliveryEvent::InDoubt { id, failure } => (id, TestOutcome::Failed { failure }),
+            DeliveryEvent::Accepted { id, reply, .. } => (id, TestOutcome::Accepted { reply }),
+            DeliveryEvent::Rejected { id, failure, .. }
+            | DeliveryEvent::Held { id, failure, .. }
+            | DeliveryEvent::InDoubt { id, failure, .. } => (id, TestOutcome::Failed { failure }),
             DeliveryEvent::Returned { .. } => continue,
             DeliveryEvent::Notice(edm_model::Notice::ConnectionProblem { failure }) => {
                 connection = Some(failure);

@@ -22,6 +22,7 @@ macro_rules! errln {
     }};
 }
 
+mod bounces;
 mod check;
 mod demo;
 mod progress;
@@ -153,6 +154,8 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Provider::Smtp)]
         provider: Provider,
     },
+    /// Bounces and complaints: `edm bounces parse FILE...` shows the parser's verdicts.
+    Bounces(bounces::BouncesArgs),
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -243,6 +246,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             );
             Ok(0)
         }
+        Command::Bounces(args) => bounces::run(args),
         Command::Status {
             dir,
             json,

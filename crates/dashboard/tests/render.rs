@@ -39,6 +39,44 @@ screens! {
     main_throttled => throttled();
     main_paused => paused();
     main_done => done();
+    main_one_relay => one_relay();
+    main_relay_pool => relay_pool();
+}
+
+/// Issue 12 point 4: a row per relay, with its state, rate, counts and top
+/// reply; none without relays (a run that has sent nothing yet).
+#[test]
+fn a_row_per_relay() {
+    let screen_text = |p: &Progress, w, h| format!("{}", screen(&app(), p, w, h).backend());
+    assert!(!screen_text(&mid_run(), 80, 24).contains("Relays"));
+    let one = screen_text(&one_relay(), 80, 24);
+    assert!(one.contains("Relays"), "{one}");
+    let row = one
+        .lines()
+        .find(|l| l.contains("smtp.acme.exa"))
+        .expect("the relay's row");
+    for part in ["sending", "49.5/s", "1,834", "57", "41x 550 5.1.1"] {
+        assert!(row.contains(part), "{part:?} missing in {row:?}");
+    }
+    let pool = screen_text(&relay_pool(), 120, 40);
+    let rows: Vec<&str> = pool
+        .lines()
+        .filter(|l| {
+            ["ses-eu-west-1", "smtp.acme.exa", "backup-relay"]
+                .iter()
+                .any(|r| l.contains(r))
+        })
+        .collect();
+    assert_eq!(rows.len(), 3, "{pool}");
+    // Busiest first: the SES member, then the SMTP relay, then the refusing one.
+    assert!(
+        rows[0].contains("ses-eu-west-1") && rows[0].contains("48x"),
+        "{rows:?}"
+    );
+    assert!(
+        rows[2].contains("backup-relay") && rows[2].contains("refusing"),
+        "{rows:?}"
+    );
 }
 
 #[test]

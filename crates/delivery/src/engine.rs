@@ -1,7 +1,10 @@
-//! The engine: `concurrency` workers, each holding one long-lived SMTP
-//! session, take envelopes from one queue and report every outcome as a
-//! [`DeliveryEvent`]. Shared by all workers: the global rate gate (exact,
-//! adaptive), per-domain gates, the circuit breaker, pause and stop.
+//! The engine: `concurrency` workers (`worker.rs`), each holding one
+//! long-lived connection of the [`Transport`], take envelopes from the one
+//! dispatcher (the `run` loop here, its state in `dispatcher.rs`) and report
+//! every outcome as a [`DeliveryEvent`]. Shared by all workers: the global
+//! rate gate (exact, adaptive), per-domain gates, the circuit breaker, pause
+//! and stop. The engine's configuration ([`DeliveryConfig`]) is
+//! transport-neutral: the relay's own settings live with its transport.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,16 +12,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::defaults;
-use crate::dispatcher::{Ask, Dispatcher, DomainGate, Job};
-use crate::outbound::session::{Afterwards, SmtpSettings};
+use crate::dispatcher::{Ask, Dispatcher, DomainGate};
+use crate::outbound::session::SmtpSettings;
 use crate::outbound::smtp::SmtpTransport;
 use crate::queue::adaptive::{Aimd, AimdSettings};
 use crate::queue::breaker::{Breaker, Trip};
 use crate::queue::rate::RateGate;
-use crate::transport::{BoxFuture, Connection, Marker, Transport};
-use edm_model::{Category, Control, DeliveryEvent, Envelope, Failure, Notice};
-use rand::Rng;
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use crate::transport::{Marker, Transport};
+use crate::worker::worker;
+use edm_model::{
+    Attempt, Category, Control, DeliveryEvent, Envelope, Failure, Notice, RecipientId,
+};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -31,7 +36,7 @@ fn in_window(times: &std::collections::VecDeque<Instant>, now: Instant) -> usize
 }
 
 /// The share of recent transactions throttled that makes the rate go down.
-const THROTTLE_SHARE: f64 = 0.1;
+pub(crate) const THROTTLE_SHARE: f64 = 0.1;
 
 /// The window over which the observed rate is measured.
 const OBSERVE_WINDOW: Duration = Duration::from_secs(2);
@@ -45,12 +50,17 @@ pub struct DomainLimit {
     pub concurrency: Option<usize>,
 }
 
-/// Everything the engine needs.
+/// Everything the engine needs, whatever the transport: where messages go
+/// is the [`Transport`]'s business (SMTP's settings are [`SmtpSettings`],
+/// given to [`start`] or to [`SmtpTransport::new`]).
 #[derive(Clone, Debug)]
 pub struct DeliveryConfig {
-    /// The relay.
-    pub smtp: SmtpSettings,
-    /// SMTP connections (workers).
+    /// The relay's name as the operator knows it (`[[relay]] name`), put in
+    /// every event and kept with each sent recipient. Empty: the transport's
+    /// [`Transport::describe`]. A pool's connections name their member
+    /// ([`Connection::relay`](crate::Connection::relay)).
+    pub relay: String,
+    /// Connections (workers).
     pub concurrency: usize,
     /// Global messages per second (`None`: unlimited).
     pub rate: Option<f64>,
@@ -84,11 +94,17 @@ pub struct DeliveryConfig {
     pub marker: Option<Arc<dyn Marker>>,
 }
 
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig::new()
+    }
+}
+
 impl DeliveryConfig {
-    /// Defaults around a relay.
-    pub fn new(smtp: SmtpSettings) -> DeliveryConfig {
+    /// The defaults (`defaults.rs`, shared with `campaign.toml`).
+    pub fn new() -> DeliveryConfig {
         DeliveryConfig {
-            smtp,
+            relay: String::new(),
             concurrency: defaults::CONCURRENCY,
             rate: None,
             burst: defaults::BURST,
@@ -151,6 +167,8 @@ pub struct EngineStatus {
     pub outage: bool,
     /// Connections currently open.
     pub connections: u64,
+    /// Transactions in progress per relay (by name), for a row per relay.
+    pub in_flight_by_relay: Vec<(String, u64)>,
 }
 
 /// Errors starting the engine.
@@ -210,17 +228,85 @@ fn panic_text(e: tokio::task::JoinError) -> String {
 /// envelopes are held back (not reported) until the streak breaks or stops
 /// the run, so none is recorded failed for a refusal that stops the run.
 #[derive(Default)]
-struct Streak {
+pub(crate) struct Streak {
     key: String,
     rcpts: std::collections::HashSet<String>,
-    held: Vec<(edm_model::RecipientId, Failure)>,
+    held: Vec<(About, Failure)>,
     updated: Option<Instant>,
+}
+
+/// What every event about an envelope carries besides its outcome, taken
+/// from the envelope once it has been sent (moved, not copied).
+pub(crate) struct About {
+    pub(crate) id: RecipientId,
+    pub(crate) domain: String,
+    pub(crate) attempt: Attempt,
+    pub(crate) relay: String,
+    pub(crate) rcpt_to: String,
+}
+
+impl About {
+    /// Takes the envelope apart: `About` and its Message-ID.
+    pub(crate) fn of(env: Envelope, relay: String) -> (About, String) {
+        let about = About {
+            id: env.id,
+            domain: env.domain,
+            attempt: env.attempt,
+            relay,
+            rcpt_to: env.rcpt_to,
+        };
+        (about, env.message_id)
+    }
+
+    pub(crate) fn accepted(self, reply: edm_model::Reply, message_id: String) -> DeliveryEvent {
+        DeliveryEvent::Accepted {
+            id: self.id,
+            reply,
+            domain: self.domain,
+            message_id,
+            attempt: self.attempt,
+            relay: self.relay,
+        }
+    }
+
+    pub(crate) fn rejected(self, failure: Failure) -> DeliveryEvent {
+        DeliveryEvent::Rejected {
+            id: self.id,
+            failure,
+            domain: self.domain,
+            attempt: self.attempt,
+            relay: self.relay,
+            rcpt_to: self.rcpt_to,
+        }
+    }
+
+    pub(crate) fn held(self, failure: Failure) -> DeliveryEvent {
+        DeliveryEvent::Held {
+            id: self.id,
+            failure,
+            domain: self.domain,
+            attempt: self.attempt,
+            relay: self.relay,
+            rcpt_to: self.rcpt_to,
+        }
+    }
+
+    pub(crate) fn in_doubt(self, failure: Failure) -> DeliveryEvent {
+        DeliveryEvent::InDoubt {
+            id: self.id,
+            failure,
+            domain: self.domain,
+            attempt: self.attempt,
+            relay: self.relay,
+            rcpt_to: self.rcpt_to,
+        }
+    }
 }
 
 /// Connection failures before any session worked in this run.
 #[derive(Default)]
-struct Early {
-    first_attempt: Option<Instant>,
+pub(crate) struct Early {
+    pub(crate) first_attempt: Option<Instant>,
     failures: u32,
     last: Option<Failure>,
 }
@@ -230,46 +316,50 @@ struct Early {
 /// left to send is not a refusal of everything).
 const STREAK_FLUSH: Duration = Duration::from_secs(2);
 
-struct Shared {
-    cfg: DeliveryConfig,
-    transport: Arc<dyn Transport>,
-    gate: RateGate,
-    aimd: Mutex<Aimd>,
-    breaker: Mutex<Breaker>,
+pub(crate) struct Shared {
+    /// The relay's name for events: `cfg.relay`, or the transport's description.
+    pub(crate) relay_name: String,
+    /// Transactions in progress per relay name (few relays: a short list).
+    pub(crate) by_relay: Mutex<Vec<(String, u64)>>,
+    pub(crate) cfg: DeliveryConfig,
+    pub(crate) transport: Arc<dyn Transport>,
+    pub(crate) gate: RateGate,
+    pub(crate) aimd: Mutex<Aimd>,
+    pub(crate) breaker: Mutex<Breaker>,
     /// Workers ask the dispatcher (the `run` loop) for their next job here.
-    want: mpsc::UnboundedSender<Ask>,
-    events: mpsc::Sender<DeliveryEvent>,
-    stop: watch::Sender<bool>,
-    paused: watch::Sender<bool>,
-    paused_until: Mutex<Option<Instant>>,
-    end: Mutex<Option<EngineEnd>>,
-    in_flight: AtomicU64,
-    connections: AtomicU64,
+    pub(crate) want: mpsc::UnboundedSender<Ask>,
+    pub(crate) events: mpsc::Sender<DeliveryEvent>,
+    pub(crate) stop: watch::Sender<bool>,
+    pub(crate) paused: watch::Sender<bool>,
+    pub(crate) paused_until: Mutex<Option<Instant>>,
+    pub(crate) end: Mutex<Option<EngineEnd>>,
+    pub(crate) in_flight: AtomicU64,
+    pub(crate) connections: AtomicU64,
     /// When recent transactions finished (any outcome), for the observed rate.
-    completions: Mutex<std::collections::VecDeque<Instant>>,
+    pub(crate) completions: Mutex<std::collections::VecDeque<Instant>>,
     /// When recent throttling replies came, over the same window.
-    throttles: Mutex<std::collections::VecDeque<Instant>>,
-    started: Instant,
+    pub(crate) throttles: Mutex<std::collections::VecDeque<Instant>>,
+    pub(crate) started: Instant,
     /// A session has worked in this run: from now on an outage is waited
     /// out (`max_outage`) instead of ending the run fast.
-    worked: std::sync::atomic::AtomicBool,
-    early: Mutex<Early>,
-    streak: Mutex<Streak>,
+    pub(crate) worked: std::sync::atomic::AtomicBool,
+    pub(crate) early: Mutex<Early>,
+    pub(crate) streak: Mutex<Streak>,
     /// The refusal that stopped the run: in-flight transactions refused the
     /// same way are held too.
-    stopped_by: Mutex<Option<String>>,
+    pub(crate) stopped_by: Mutex<Option<String>>,
     /// The envelope each worker task holds, so a panicking worker's envelope
     /// goes back to pending.
-    holding: Mutex<HashMap<tokio::task::Id, edm_model::RecipientId>>,
+    pub(crate) holding: Mutex<HashMap<tokio::task::Id, edm_model::RecipientId>>,
 }
 
 impl Shared {
-    async fn emit(&self, ev: DeliveryEvent) {
+    pub(crate) async fn emit(&self, ev: DeliveryEvent) {
         // The receiver lives as long as the run; if it is gone the run is over.
         let _ = self.events.send(ev).await;
     }
 
-    fn stop_with(&self, end: EngineEnd) {
+    pub(crate) fn stop_with(&self, end: EngineEnd) {
         if let Ok(mut e) = self.end.lock()
             && e.is_none()
         {
@@ -278,13 +368,30 @@ impl Shared {
         let _ = self.stop.send(true);
     }
 
-    fn relay(&self) -> String {
+    pub(crate) fn relay(&self) -> String {
         self.transport.describe()
+    }
+
+    /// The relay a connection sends through, by name.
+    pub(crate) fn relay_of<'a>(&'a self, conn: &'a dyn crate::Connection) -> &'a str {
+        conn.relay().unwrap_or(&self.relay_name)
+    }
+
+    /// Counts a transaction starting (`up`) or ending on `relay`.
+    pub(crate) fn relay_in_flight(&self, relay: &str, up: bool) {
+        if let Ok(mut v) = self.by_relay.lock() {
+            match v.iter_mut().find(|(r, _)| r == relay) {
+                Some((_, n)) if up => *n += 1,
+                Some((_, n)) => *n = n.saturating_sub(1),
+                None if up => v.push((relay.to_string(), 1)),
+                None => {}
+            }
+        }
     }
 
     /// A failure to open a session. Before any session worked, enough of them
     /// end the run (exit 2) instead of waiting out `max_outage`.
-    fn early_failure(&self, f: &Failure) -> bool {
+    pub(crate) fn early_failure(&self, f: &Failure) -> bool {
         if self.worked.load(Ordering::SeqCst) {
             return false;
         }
@@ -315,7 +422,7 @@ impl Shared {
 
     /// Called on every tick: no session within `fail_fast_within` of the
     /// first attempt (connects that hang included) ends the run.
-    fn early_deadline(&self, now: Instant) {
+    pub(crate) fn early_deadline(&self, now: Instant) {
         if self.worked.load(Ordering::SeqCst) || self.stopping() {
             return;
         }
@@ -343,9 +450,9 @@ impl Shared {
     }
 
     /// Reports a permanent refusal, or holds it back while it may be part of
-    /// a streak of identical refusals that stops the run.
-    async fn refused(&self, env: &Envelope, failure: Failure) {
-        let key = failure.refusal_key(&env.rcpt_to, &env.mail_from);
+    /// a streak of identical refusals that stops the run. `key` is the
+    /// refusal without the envelope's addresses ([`Failure::refusal_key`]).
+    pub(crate) async fn refused(&self, key: String, about: About, failure: Failure) {
         let same_as_stop = self
             .stopped_by
             .lock()
@@ -353,24 +460,16 @@ impl Shared {
             .unwrap_or(false);
         if same_as_stop {
             // In flight when the run stopped, refused the same way.
-            self.emit(DeliveryEvent::Held {
-                id: env.id,
-                failure,
-            })
-            .await;
+            self.emit(about.held(failure)).await;
             return;
         }
         if failure.stops_run() {
-            self.stop_refused(&key, vec![(env.id, failure)]).await;
+            self.stop_refused(&key, vec![(about, failure)]).await;
             return;
         }
         let limit = self.cfg.stop_after_identical_refusals as usize;
         if limit == 0 || !failure.counts_as_identical_refusal() {
-            self.emit(DeliveryEvent::Rejected {
-                id: env.id,
-                failure,
-            })
-            .await;
+            self.emit(about.rejected(failure)).await;
             return;
         }
         let (flush, stop) = match self.streak.lock() {
@@ -383,8 +482,8 @@ impl Shared {
                 } else {
                     Vec::new()
                 };
-                st.rcpts.insert(env.rcpt_to.to_ascii_lowercase());
-                st.held.push((env.id, failure));
+                st.rcpts.insert(about.rcpt_to.to_ascii_lowercase());
+                st.held.push((about, failure));
                 st.updated = Some(Instant::now());
                 let stop = (st.rcpts.len() >= limit).then(|| {
                     st.rcpts.clear();
@@ -402,14 +501,14 @@ impl Shared {
     }
 
     /// Reports held-back refusals as ordinary rejections.
-    async fn report_rejected(&self, held: Vec<(edm_model::RecipientId, Failure)>) {
-        for (id, failure) in held {
-            self.emit(DeliveryEvent::Rejected { id, failure }).await;
+    pub(crate) async fn report_rejected(&self, held: Vec<(About, Failure)>) {
+        for (about, failure) in held {
+            self.emit(about.rejected(failure)).await;
         }
     }
 
     /// An acceptance breaks a streak of identical refusals.
-    async fn break_streak(&self) {
+    pub(crate) async fn break_streak(&self) {
         let flush = self
             .streak
             .lock()
@@ -426,7 +525,7 @@ impl Shared {
     /// work: the feeder may be waiting for those very outcomes, so they must
     /// not be held for ever (the count toward the limit is kept). While
     /// anything is being sent, the next outcome decides instead.
-    async fn flush_stale_streak(&self, now: Instant, all_idle: bool) {
+    pub(crate) async fn flush_stale_streak(&self, now: Instant, all_idle: bool) {
         if !all_idle {
             return;
         }
@@ -449,7 +548,7 @@ impl Shared {
 
     /// Stops the run on a refusal that would hit every message: the
     /// recipients refused that way go back to pending, the reply kept.
-    async fn stop_refused(&self, key: &str, held: Vec<(edm_model::RecipientId, Failure)>) {
+    pub(crate) async fn stop_refused(&self, key: &str, held: Vec<(About, Failure)>) {
         let Some(failure) = held.last().map(|(_, f)| f.clone()) else {
             return;
         };
@@ -478,25 +577,25 @@ impl Shared {
             .await;
         }
         self.stop_with(EngineEnd::Refused(failure));
-        for (id, failure) in held {
-            self.emit(DeliveryEvent::Held { id, failure }).await;
+        for (about, failure) in held {
+            self.emit(about.held(failure)).await;
         }
     }
 
-    fn hold(&self, id: edm_model::RecipientId) {
+    pub(crate) fn hold(&self, id: edm_model::RecipientId) {
         if let Ok(mut h) = self.holding.lock() {
             h.insert(tokio::task::id(), id);
         }
     }
 
-    fn release_hold(&self) {
+    pub(crate) fn release_hold(&self) {
         if let Ok(mut h) = self.holding.lock() {
             h.remove(&tokio::task::id());
         }
     }
 
     /// A success anywhere closes the breaker; says so if it was open.
-    async fn breaker_success(&self) {
+    pub(crate) async fn breaker_success(&self) {
         let was_open = self
             .breaker
             .lock()
@@ -509,7 +608,7 @@ impl Shared {
     }
 
     /// A failure about the server; says so when it opens the breaker.
-    async fn breaker_failure(&self, failure: &Failure) -> Trip {
+    pub(crate) async fn breaker_failure(&self, failure: &Failure) -> Trip {
         let trip = self
             .breaker
             .lock()
@@ -525,7 +624,7 @@ impl Shared {
     }
 
     /// Notes a finished transaction.
-    fn completed(&self, now: Instant) {
+    pub(crate) fn completed(&self, now: Instant) {
         if let Ok(mut c) = self.completions.lock() {
             c.push_back(now);
             while c
@@ -539,7 +638,7 @@ impl Shared {
 
     /// Notes a throttling reply; returns the share of recent transactions
     /// that were throttled (the reply itself included).
-    fn throttled_share(&self, now: Instant) -> f64 {
+    pub(crate) fn throttled_share(&self, now: Instant) -> f64 {
         let throttled = self
             .throttles
             .lock()
@@ -565,7 +664,7 @@ impl Shared {
 
     /// Transactions per second over the last two seconds (or since the start):
     /// what "the rate" was when a throttling reply came, even when unlimited.
-    fn observed_rate(&self, now: Instant) -> f64 {
+    pub(crate) fn observed_rate(&self, now: Instant) -> f64 {
         let n = self
             .completions
             .lock()
@@ -577,11 +676,11 @@ impl Shared {
         n as f64 / window.as_secs_f64()
     }
 
-    fn stopping(&self) -> bool {
+    pub(crate) fn stopping(&self) -> bool {
         *self.stop.borrow()
     }
 
-    async fn set_effective(&self, to: Option<f64>, cause: &str) {
+    pub(crate) async fn set_effective(&self, to: Option<f64>, cause: &str) {
         let from = self.gate.rate();
         if from == to {
             return;
@@ -598,21 +697,22 @@ impl Shared {
 }
 
 /// Starts the engine on the current tokio runtime, sending through the SMTP
-/// relay of `cfg.smtp`.
+/// relay `smtp`.
 ///
 /// It reads envelopes from `jobs` until the sender is dropped and the queue
 /// is empty (or until stopped), and reports on `events` (never dropped: the
 /// channel is bounded and the engine waits for room).
 pub fn start(
+    smtp: SmtpSettings,
     cfg: DeliveryConfig,
     jobs: mpsc::Receiver<Envelope>,
     events: mpsc::Sender<DeliveryEvent>,
 ) -> Result<Engine, Error> {
-    let transport = SmtpTransport::new(cfg.smtp.clone()).map_err(Error::Tls)?;
+    let transport = SmtpTransport::new(smtp).map_err(Error::Tls)?;
     Ok(start_with(Arc::new(transport), cfg, jobs, events))
 }
 
-/// Starts the engine with any [`Transport`] (`cfg.smtp` is then unused).
+/// Starts the engine with any [`Transport`].
 pub fn start_with(
     transport: Arc<dyn Transport>,
     cfg: DeliveryConfig,
@@ -632,11 +732,20 @@ pub fn start_with(
             )
         })
         .collect();
+    // A transport with notices of its own (a pool) reports on the same channel.
+    transport.attach(events.clone());
     let (stop, _) = watch::channel(false);
     let (paused, _) = watch::channel(false);
     let dispatcher = Dispatcher::new(domains, cfg.concurrency.max(1) * 4);
     let (want_tx, want_rx) = mpsc::unbounded_channel();
+    let relay_name = if cfg.relay.is_empty() {
+        transport.describe()
+    } else {
+        cfg.relay.clone()
+    };
     let shared = Arc::new(Shared {
+        relay_name,
+        by_relay: Mutex::new(Vec::new()),
         transport,
         gate: RateGate::new(cfg.rate, cfg.burst),
         aimd: Mutex::new(Aimd::new(cfg.rate, cfg.aimd.clone())),
@@ -838,6 +947,11 @@ fn snapshot(shared: &Shared) -> EngineStatus {
                 .unwrap_or(false),
         outage: shared.breaker.lock().map(|b| b.is_open()).unwrap_or(false),
         connections: shared.connections.load(Ordering::Relaxed),
+        in_flight_by_relay: shared
+            .by_relay
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_default(),
     }
 }
 
@@ -868,263 +982,11 @@ async fn handle_control(shared: &Shared, c: Control) {
 }
 
 /// Resolves once the engine is stopping.
-async fn stopped(rx: &mut watch::Receiver<bool>) {
+pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
     // The guard `wait_for` returns is not Send: drop it here, not in a select.
     let ok = rx.wait_for(|s| *s).await.is_ok();
     if !ok {
         // The sender is gone: the engine is over.
         std::future::pending::<()>().await;
     }
-}
-
-/// The next job from the dispatcher; `None` when there is no more work for
-/// this worker (the queue is drained or the run stops).
-async fn next_job(shared: &Shared) -> Option<Job> {
-    let (ask, answer) = oneshot::channel();
-    shared.want.send(ask).ok()?;
-    answer.await.ok()
-}
-
-async fn worker(id: usize, shared: Arc<Shared>) {
-    let mut session: Option<Box<dyn Connection>> = None;
-    let mut stop = shared.stop.subscribe();
-    let mut reconnects = 0u32;
-    'jobs: loop {
-        let Some((env, _slot)) = next_job(&shared).await else {
-            break;
-        };
-        shared.hold(env.id);
-        if shared
-            .cfg
-            .panic_on_rcpt
-            .as_deref()
-            .is_some_and(|r| r == env.rcpt_to)
-        {
-            panic!("test hook: panic on {}", env.rcpt_to);
-        }
-
-        // A session first: connection failures are about the server, never
-        // about this recipient, so the envelope waits (or goes back) meanwhile.
-        while session.is_none() {
-            if let Ok(mut e) = shared.early.lock() {
-                e.first_attempt.get_or_insert_with(Instant::now);
-            }
-            // Watch for a stop meanwhile: a connect that hangs must not hold
-            // up the end of the run (fail fast, a stop by the operator).
-            let connected = tokio::select! {
-                c = shared.transport.open() => c,
-                _ = stopped(&mut stop) => {
-                    shared.emit(DeliveryEvent::Returned { id: env.id }).await;
-                    shared.release_hold();
-                    break 'jobs;
-                }
-            };
-            match connected {
-                Ok(s) => {
-                    session = Some(s);
-                    reconnects = 0;
-                    shared.worked.store(true, Ordering::SeqCst);
-                    shared.connections.fetch_add(1, Ordering::Relaxed);
-                    shared.breaker_success().await;
-                    tracing::debug!(worker = id, "connected");
-                }
-                Err(f) => {
-                    tracing::warn!(worker = id, failure = %f, "cannot open an SMTP session");
-                    shared
-                        .emit(DeliveryEvent::Notice(Notice::ConnectionProblem {
-                            failure: f.clone(),
-                        }))
-                        .await;
-                    if f.category == Category::Auth && f.permanent {
-                        shared.stop_with(EngineEnd::AuthRefused(f));
-                        shared.emit(DeliveryEvent::Returned { id: env.id }).await;
-                        shared.release_hold();
-                        break 'jobs;
-                    }
-                    if shared.early_failure(&f) {
-                        shared.emit(DeliveryEvent::Returned { id: env.id }).await;
-                        shared.release_hold();
-                        break 'jobs;
-                    }
-                    if shared.breaker_failure(&f).await == Trip::GiveUp {
-                        shared.stop_with(EngineEnd::Outage(f));
-                        shared.emit(DeliveryEvent::Returned { id: env.id }).await;
-                        shared.release_hold();
-                        break 'jobs;
-                    }
-                    reconnects += 1;
-                    let wait = reconnect_delay(reconnects);
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = stopped(&mut stop) => {
-                            shared.emit(DeliveryEvent::Returned { id: env.id }).await;
-                            shared.release_hold();
-                            break 'jobs;
-                        }
-                    }
-                }
-            }
-        }
-        let Some(sess) = session.as_mut() else {
-            continue;
-        };
-
-        // The domain's limits were taken with the job; now the global rate.
-        tokio::select! {
-            _ = shared.gate.acquire() => {}
-            _ = stopped(&mut stop) => {
-                shared.emit(DeliveryEvent::Returned { id: env.id }).await;
-                shared.release_hold();
-                break;
-            }
-        }
-
-        // The mark is asked for now and committed while the envelope
-        // commands go out; the final dot waits for it.
-        let mark_failed = Arc::new(std::sync::Mutex::new(None::<String>));
-        let before_dot: BoxFuture<'_, Result<(), String>> = match &shared.cfg.marker {
-            Some(m) => {
-                let fut = m.mark(env.id);
-                let failed = mark_failed.clone();
-                Box::pin(async move {
-                    let r = fut.await;
-                    if let (Err(e), Ok(mut f)) = (&r, failed.lock()) {
-                        *f = Some(e.clone());
-                    }
-                    r
-                })
-            }
-            None => Box::pin(async { Ok(()) }),
-        };
-        shared.in_flight.fetch_add(1, Ordering::Relaxed);
-        let result = sess.send(&env, before_dot).await;
-        shared.in_flight.fetch_sub(1, Ordering::Relaxed);
-        let mark_error = mark_failed.lock().ok().and_then(|mut f| f.take());
-        if let Some(e) = mark_error {
-            // Not sent (no final dot): back to pending, and the run stops.
-            tracing::error!(error = %e, "cannot mark a transaction before its final dot");
-            if let Some(s) = session.take() {
-                shared.connections.fetch_sub(1, Ordering::Relaxed);
-                drop(s);
-            }
-            shared.stop_with(EngineEnd::MarkFailed(e));
-            shared.emit(DeliveryEvent::Returned { id: env.id }).await;
-            shared.release_hold();
-            break;
-        }
-        shared.completed(Instant::now());
-        match result {
-            Ok(reply) => {
-                shared.breaker_success().await;
-                shared.break_streak().await;
-                shared
-                    .emit(DeliveryEvent::Accepted { id: env.id, reply })
-                    .await;
-            }
-            Err((failure, after)) => {
-                if after != Afterwards::Usable
-                    && let Some(s) = session.take()
-                {
-                    shared.connections.fetch_sub(1, Ordering::Relaxed);
-                    drop(s);
-                }
-                react(&shared, &failure).await;
-                if after == Afterwards::InDoubt {
-                    // The final dot went out and no reply came: never
-                    // reported as a plain failure, so never resent silently.
-                    shared
-                        .emit(DeliveryEvent::InDoubt {
-                            id: env.id,
-                            failure,
-                        })
-                        .await;
-                } else if failure.permanent {
-                    shared.refused(&env, failure).await;
-                } else {
-                    shared
-                        .emit(DeliveryEvent::Rejected {
-                            id: env.id,
-                            failure,
-                        })
-                        .await;
-                }
-            }
-        }
-        shared.release_hold();
-    }
-    if let Some(s) = session {
-        shared.connections.fetch_sub(1, Ordering::Relaxed);
-        s.close().await;
-    }
-}
-
-/// What a failed transaction changes for everyone: the rate, a quota pause,
-/// the breaker.
-async fn react(shared: &Shared, failure: &Failure) {
-    let now = Instant::now();
-    match failure.category {
-        Category::Throttled => {
-            // Slow down when throttling is what the server answers now, not
-            // when an odd message among many is: providers throttle because
-            // a rate is exceeded, and then refuse most of what goes over it.
-            let share = shared.throttled_share(now);
-            let observed = shared.observed_rate(now);
-            let change = if share >= THROTTLE_SHARE {
-                shared
-                    .aimd
-                    .lock()
-                    .ok()
-                    .and_then(|mut a| a.on_throttle(now, observed))
-            } else {
-                None
-            };
-            if let Some(to) = change {
-                let cause = format!(
-                    "throttled: {} {}",
-                    failure.smtp_code.map(|c| c.to_string()).unwrap_or_default(),
-                    failure.reply.chars().take(80).collect::<String>()
-                );
-                shared.set_effective(Some(to), &cause).await;
-            }
-        }
-        Category::QuotaExceeded => {
-            let wait = failure.retry_after.unwrap_or(shared.cfg.quota_pause);
-            let newly = shared
-                .paused_until
-                .lock()
-                .map(|mut p| {
-                    let fresh = p.is_none();
-                    *p = Some(now + wait);
-                    fresh
-                })
-                .unwrap_or(false);
-            if newly {
-                shared
-                    .emit(DeliveryEvent::Notice(Notice::Paused {
-                        reason: format!(
-                            "sending quota exceeded; resuming in {}s: {}",
-                            wait.as_secs(),
-                            failure.reply
-                        ),
-                    }))
-                    .await;
-            }
-        }
-        c if c.trips_breaker() => {
-            if shared.breaker_failure(failure).await == Trip::GiveUp {
-                shared.stop_with(EngineEnd::Outage(failure.clone()));
-            }
-        }
-        // The server answered about one recipient: it works.
-        _ => shared.breaker_success().await,
-    }
-}
-
-/// Reconnect backoff: 0.5 s doubling to 30 s, with full jitter above 0.25 s.
-fn reconnect_delay(n: u32) -> Duration {
-    let exp = Duration::from_millis(500)
-        .saturating_mul(1u32 << n.saturating_sub(1).min(6))
-        .min(Duration::from_secs(30));
-    let ms = rand::rng().random_range(250..=exp.as_millis().max(250) as u64);
-    Duration::from_millis(ms)
 }

@@ -1,8 +1,12 @@
 //! The delivery engine of edm: envelopes in, [`DeliveryEvent`]s out.
 //!
 //! # Layout
-//! - [`engine`]: workers with long-lived SMTP sessions, pause/stop, the
-//!   shared rate gate and breaker. Start with [`start`].
+//! - [`engine`]: the dispatcher loop, pause/stop, the shared rate gate and
+//!   breaker, the stop rules (fail fast, refusals of everything). Start with
+//!   [`start`] (SMTP) or [`start_with`] (any transport).
+//! - `worker`: one per connection: takes a job, opens its connection,
+//!   sends, reports the outcome as an event carrying what the store and
+//!   the progress views need (domain, attempt history, relay).
 //! - `dispatcher`: the state of the one task that hands out work: envelopes
 //!   parked while their domain is at its limit, workers waiting for a job.
 //!   It is woken by events (a worker asking, a domain slot given back, a
@@ -32,11 +36,13 @@ pub mod engine;
 mod outbound;
 mod queue;
 pub mod transport;
+mod worker;
 
 pub use engine::{
     DeliveryConfig, DomainLimit, Engine, EngineEnd, EngineStatus, Error, start, start_with,
 };
 pub use outbound::classify::{DIALECTS, Dialect, ReplyRef, classify_error, classify_reply};
+pub use outbound::pool::{PoolMember, PoolTransport};
 pub use outbound::resend::{
     ApiKey, DEFAULT_RATE as RESEND_DEFAULT_RATE, DomainCheck, ResendSettings, ResendTransport,
     idempotency_key,

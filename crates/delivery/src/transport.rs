@@ -13,7 +13,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use edm_model::{Envelope, Failure, RecipientId, Reply};
+use edm_model::{DeliveryEvent, Envelope, Failure, RecipientId, Reply};
 
 pub use crate::outbound::session::Afterwards;
 
@@ -28,6 +28,12 @@ pub trait Transport: Send + Sync + 'static {
     /// Opens a connection (or client) ready for transactions. A failure here
     /// is about the provider, never about a recipient.
     fn open(&self) -> BoxFuture<'_, Result<Box<dyn Connection>, Failure>>;
+
+    /// Called once by the engine before the first [`Transport::open`], with
+    /// the run's event channel: a transport with something of its own to
+    /// report (a relay pool taking a member out) sends notices there. Most
+    /// transports have nothing to say.
+    fn attach(&self, _events: tokio::sync::mpsc::Sender<DeliveryEvent>) {}
 }
 
 /// One open connection: many transactions, one at a time.
@@ -45,6 +51,14 @@ pub trait Connection: Send {
 
     /// Closes the connection politely, without waiting long.
     fn close(self: Box<Self>) -> BoxFuture<'static, ()>;
+
+    /// The name of the relay this connection sends through, when a transport
+    /// has several (a pool's member); `None`: the engine's relay name
+    /// ([`DeliveryConfig::relay`](crate::DeliveryConfig::relay)). Every event
+    /// about an envelope sent on it carries this name.
+    fn relay(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// Records, durably, that a recipient's message may now be accepted (the

@@ -9,8 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use edm_delivery::{
-    Afterwards, BoxFuture, Connection, DeliveryConfig, DomainLimit, EngineEnd, Security,
-    SmtpSettings, Transport,
+    Afterwards, BoxFuture, Connection, DeliveryConfig, DomainLimit, EngineEnd, Transport,
 };
 use edm_model::{
     Category, Control, DeliveryEvent, Envelope, Failure, Notice, RecipientId, Reply, Stage,
@@ -108,6 +107,7 @@ impl Connection for StubConn {
                     enhanced: None,
                     text: "ok".into(),
                     provider_message_id: None,
+                    relay: None,
                 }),
             }
         })
@@ -119,24 +119,14 @@ impl Connection for StubConn {
 }
 
 fn config(concurrency: usize) -> DeliveryConfig {
-    let mut cfg = DeliveryConfig::new(SmtpSettings {
-        host: "unused".into(),
-        port: 0,
-        security: Security::None,
-        credentials: None,
-        helo_name: "edm.test".into(),
-        connect_timeout: Duration::from_secs(10),
-        command_timeout: Duration::from_secs(10),
-        data_timeout: Duration::from_secs(10),
-        accept_invalid_certs: false,
-        allow_plaintext_auth: false,
-    });
+    let mut cfg = DeliveryConfig::new();
     cfg.concurrency = concurrency;
     cfg
 }
 
 fn envelope(i: i64, domain: &str) -> Envelope {
     Envelope {
+        attempt: Default::default(),
         id: RecipientId(i),
         mail_from: "news@acme.example".into(),
         rcpt_to: format!("r{i}@{domain}"),

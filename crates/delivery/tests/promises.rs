@@ -28,17 +28,41 @@ fn settings(host: &str, port: u16) -> SmtpSettings {
     }
 }
 
-fn config(host: &str, port: u16) -> DeliveryConfig {
-    let mut cfg = DeliveryConfig::new(settings(host, port));
+/// The engine's settings and the SMTP transport's, which live apart
+/// (`DeliveryConfig` is transport-neutral); derefs to the engine's.
+struct Config {
+    smtp: SmtpSettings,
+    engine: DeliveryConfig,
+}
+
+impl std::ops::Deref for Config {
+    type Target = DeliveryConfig;
+    fn deref(&self) -> &DeliveryConfig {
+        &self.engine
+    }
+}
+
+impl std::ops::DerefMut for Config {
+    fn deref_mut(&mut self) -> &mut DeliveryConfig {
+        &mut self.engine
+    }
+}
+
+fn config(host: &str, port: u16) -> Config {
+    let mut cfg = DeliveryConfig::new();
     cfg.concurrency = 2;
     // Long: a test that waited it out would time out instead.
     cfg.max_outage = Duration::from_secs(300);
-    cfg
+    Config {
+        smtp: settings(host, port),
+        engine: cfg,
+    }
 }
 
 fn envelope(i: i64, rcpt: &str) -> Envelope {
     let domain = edm_model::domain_of(rcpt);
     Envelope {
+        attempt: Default::default(),
         id: RecipientId(i),
         mail_from: "news@acme.example".into(),
         rcpt_to: rcpt.into(),
@@ -65,10 +89,10 @@ fn dead_port() -> u16 {
 
 /// Runs the engine over `rcpts` to its end (bounded: a hang fails the test)
 /// and returns the events and how it ended.
-async fn run(cfg: DeliveryConfig, rcpts: &[String]) -> (Vec<DeliveryEvent>, EngineEnd) {
+async fn run(cfg: Config, rcpts: &[String]) -> (Vec<DeliveryEvent>, EngineEnd) {
     let (jobs_tx, jobs_rx) = mpsc::channel(rcpts.len().max(1));
     let (ev_tx, mut ev_rx) = mpsc::channel(1024);
-    let engine = edm_delivery::start(cfg, jobs_rx, ev_tx).unwrap();
+    let engine = edm_delivery::start(cfg.smtp, cfg.engine, jobs_rx, ev_tx).unwrap();
     for (i, r) in rcpts.iter().enumerate() {
         jobs_tx.send(envelope(i as i64, r)).await.unwrap();
     }
@@ -193,7 +217,7 @@ async fn after_a_working_session_an_outage_uses_the_breaker() {
     cfg.max_outage = Duration::from_millis(800);
     let (jobs_tx, jobs_rx) = mpsc::channel(8);
     let (ev_tx, mut ev_rx) = mpsc::channel(1024);
-    let engine = edm_delivery::start(cfg, jobs_rx, ev_tx).unwrap();
+    let engine = edm_delivery::start(cfg.smtp, cfg.engine, jobs_rx, ev_tx).unwrap();
     jobs_tx.send(envelope(0, "a@example.com")).await.unwrap();
     loop {
         match ev_rx.recv().await.unwrap() {
@@ -282,7 +306,7 @@ async fn no_reply_to_the_final_dot_is_in_doubt_never_rejected() {
     assert_eq!(end, EngineEnd::Drained);
     assert_eq!(tally(&events), (3, 0, 0, 0, 3), "{events:#?}");
     for e in &events {
-        if let DeliveryEvent::InDoubt { id, failure } = e {
+        if let DeliveryEvent::InDoubt { id, failure, .. } = e {
             assert!(id.0 < 3, "only the stalled ones: {id}");
             assert_eq!(failure.category, Category::ReadTimeout);
         }

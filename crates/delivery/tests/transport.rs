@@ -6,9 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use edm_delivery::{
-    Afterwards, BoxFuture, Connection, DeliveryConfig, EngineEnd, Security, SmtpSettings, Transport,
-};
+use edm_delivery::{Afterwards, BoxFuture, Connection, DeliveryConfig, EngineEnd, Transport};
 use edm_model::{Category, DeliveryEvent, Envelope, Failure, RecipientId, Reply, Stage};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -41,6 +39,8 @@ struct Stub {
     open: Open,
     send: Send,
     opens: AtomicU32,
+    /// The relay its connections name (as a pool's members do).
+    member: Option<&'static str>,
 }
 
 impl Stub {
@@ -49,12 +49,14 @@ impl Stub {
             open,
             send,
             opens: AtomicU32::new(0),
+            member: None,
         })
     }
 }
 
 struct StubConn {
     send: Send,
+    member: Option<&'static str>,
 }
 
 impl Transport for Stub {
@@ -66,11 +68,12 @@ impl Transport for Stub {
         let n = self.opens.fetch_add(1, Ordering::SeqCst);
         let open = self.open;
         let send = self.send.clone();
+        let member = self.member;
         Box::pin(async move {
             let fail = |c| Err(Failure::local(Stage::Connect, c, "stub"));
             match open {
-                Open::Ok => Ok(Box::new(StubConn { send }) as Box<dyn Connection>),
-                Open::OkThenRefused(k) if n < k => Ok(Box::new(StubConn { send }) as _),
+                Open::Ok => Ok(Box::new(StubConn { send, member }) as Box<dyn Connection>),
+                Open::OkThenRefused(k) if n < k => Ok(Box::new(StubConn { send, member }) as _),
                 Open::OkThenRefused(_) => fail(Category::ConnectRefused),
                 Open::Fail(c) => fail(c),
                 Open::Hang => std::future::pending().await,
@@ -100,6 +103,7 @@ impl Connection for StubConn {
                     enhanced: None,
                     text: "ok".into(),
                     provider_message_id: None,
+                    relay: None,
                 }),
                 Send::Refuse(f) => Err((f.clone(), Afterwards::Usable)),
                 Send::Drop => Err((
@@ -118,27 +122,21 @@ impl Connection for StubConn {
     fn close(self: Box<Self>) -> BoxFuture<'static, ()> {
         Box::pin(async {})
     }
+
+    fn relay(&self) -> Option<&str> {
+        self.member
+    }
 }
 
 fn config() -> DeliveryConfig {
-    let mut cfg = DeliveryConfig::new(SmtpSettings {
-        host: "unused".into(),
-        port: 0,
-        security: Security::None,
-        credentials: None,
-        helo_name: "edm.test".into(),
-        connect_timeout: Duration::from_secs(10),
-        command_timeout: Duration::from_secs(10),
-        data_timeout: Duration::from_secs(10),
-        accept_invalid_certs: false,
-        allow_plaintext_auth: false,
-    });
+    let mut cfg = DeliveryConfig::new();
     cfg.concurrency = 2;
     cfg
 }
 
 fn envelope(i: i64) -> Envelope {
     Envelope {
+        attempt: Default::default(),
         id: RecipientId(i),
         mail_from: "news@acme.example".into(),
         rcpt_to: format!("r{i}@example.com"),
@@ -183,6 +181,74 @@ async fn the_engine_runs_over_another_transport() {
         20
     );
     assert_eq!(stub.opens.load(Ordering::SeqCst), 2, "one per worker");
+}
+
+/// Every event about an envelope carries what the store and the progress
+/// views need (issue 10 point 2): its domain, Message-ID, attempt history
+/// and the relay, named by the config, or by the connection (a pool member).
+#[tokio::test(start_paused = true)]
+async fn events_carry_domain_attempt_and_relay() {
+    let (events, _, _) = run(Stub::new(Open::Ok, Send::Accept), config(), 2).await;
+    for e in &events {
+        match e {
+            DeliveryEvent::Accepted {
+                id,
+                domain,
+                message_id,
+                relay,
+                ..
+            } => {
+                assert_eq!(domain, "example.com");
+                assert_eq!(*message_id, format!("m{}@acme.example", id.0));
+                assert_eq!(relay, "stub:0", "the transport's description by default");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let mut cfg = config();
+    cfg.relay = "primary".into();
+    let refusal = Failure::local(
+        Stage::RcptTo,
+        Category::RecipientUnknown,
+        "550 no such user",
+    );
+    let stub = Stub::new(Open::Ok, Send::Refuse(refusal));
+    let (jobs_tx, jobs_rx) = mpsc::channel(1);
+    let (ev_tx, mut ev_rx) = mpsc::channel(8);
+    let engine = edm_delivery::start_with(stub, cfg, jobs_rx, ev_tx);
+    let mut env = envelope(7);
+    env.attempt = edm_model::Attempt {
+        before: 2,
+        first_at: Some(1_000),
+        retry: true,
+    };
+    jobs_tx.send(env.clone()).await.unwrap();
+    drop(jobs_tx);
+    match ev_rx.recv().await.unwrap() {
+        DeliveryEvent::Rejected {
+            id,
+            domain,
+            attempt,
+            relay,
+            rcpt_to,
+            ..
+        } => {
+            assert_eq!(id, RecipientId(7));
+            assert_eq!(domain, env.domain);
+            assert_eq!(attempt, env.attempt, "handed back as it was handed in");
+            assert_eq!(relay, "primary");
+            assert_eq!(rcpt_to, env.rcpt_to);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(engine.join().await, EngineEnd::Drained);
+    let stub = Arc::new(Stub {
+        member: Some("member-a"),
+        ..Arc::into_inner(Stub::new(Open::Ok, Send::Accept)).unwrap()
+    });
+    let (events, _, _) = run(stub, config(), 3).await;
+    assert!(events.iter().all(|e| matches!(e,
+        DeliveryEvent::Accepted { relay, .. } if relay == "member-a")));
 }
 
 /// Three failed opens end the run, whatever `max_outage` says.

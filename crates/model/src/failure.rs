@@ -317,7 +317,8 @@ impl fmt::Display for Category {
 /// A server's reply: the basic code, the enhanced status code when sent, the text whole.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Reply {
-    /// Basic status code (RFC 5321 §4.2).
+    /// Basic status code (RFC 5321 §4.2), or the HTTP status of an API
+    /// transport (the same column as [`Failure::smtp_code`]).
     pub code: u16,
     /// Enhanced status code (RFC 3463), like `5.1.1`, when the server sent one.
     pub enhanced: Option<String>,
@@ -327,6 +328,10 @@ pub struct Reply {
     /// (Amazon SES replaces the Message-ID and returns its own MessageId).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub provider_message_id: Option<String>,
+    /// The pool member that sent it (`[[relay]] name`), set by a relay pool;
+    /// `None` from a single transport (the run knows its one relay's name).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay: Option<String>,
 }
 
 impl fmt::Display for Reply {
@@ -345,7 +350,11 @@ pub struct Failure {
     pub stage: Stage,
     /// What kind of failure it is.
     pub category: Category,
-    /// Basic SMTP code, when a server replied.
+    /// The provider's status code, when it answered: the basic SMTP reply
+    /// code (RFC 5321 §4.2) for SMTP, the HTTP status for an API transport
+    /// ([`Failure::stage`] says which conversation it came from). Kept under
+    /// this name because it is the store's and the reports' `smtp_code`
+    /// column; one field for both, so no transport fills two.
     pub smtp_code: Option<u16>,
     /// Enhanced status code, when a server sent one.
     pub enhanced_code: Option<String>,

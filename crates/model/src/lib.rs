@@ -10,7 +10,8 @@
 //! - [`Failure`], [`Category`], [`Stage`]: what went wrong, classified once.
 //! - [`DeliveryEvent`], [`Notice`]: what the delivery engine reports.
 //! - [`Control`]: what an operator asks of a running campaign.
-//! - [`Progress`]: a fold of events, the snapshot dashboards and progress lines render.
+//! - [`Progress`]: the snapshot dashboards and progress lines render, built by
+//!   [`ProgressFold`] from the run's events (per relay too: [`RelayTally`]).
 //! - [`normalize_address`], [`ascii_address`], [`ascii_domain`]: internationalised
 //!   addresses, their wire form and their dedupe key (`address.rs`).
 #![deny(missing_docs)]
@@ -21,7 +22,10 @@ mod progress;
 
 pub use address::{ascii_address, ascii_domain, normalize_address};
 pub use failure::{Category, Failure, Reply, Retry, Stage};
-pub use progress::{DomainCounts, EventLine, FailureRow, Progress, RunState};
+pub use progress::{
+    DomainCounts, EventLine, FailureRow, Progress, ProgressFold, Recorded, RelayState, RelayTally,
+    RunState,
+};
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -87,6 +91,40 @@ pub struct Envelope {
     pub message_id: String,
     /// The whole message, headers and body, CRLF line endings.
     pub body: Vec<u8>,
+    /// The recipient's history of attempts, handed back with the outcome
+    /// so the run needs no side table to decide a retry.
+    pub attempt: Attempt,
+}
+
+/// Where an envelope stands in its recipient's history of attempts. It
+/// travels with the envelope through delivery and comes back in every
+/// [`DeliveryEvent`] about it: the retry policy (`retry_for` counts from
+/// the first attempt, `max_attempts` counts attempts) and the retry budget
+/// need nothing else.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Attempt {
+    /// Attempts already made before this one (any run).
+    pub before: u32,
+    /// When the first attempt was made, in any run (this one when it is the
+    /// first; `None`: not known, as in test sends).
+    pub first_at: Option<UnixMillis>,
+    /// Attempted before (a deferral, an in-doubt resend): counts against
+    /// the run's retry budget.
+    pub retry: bool,
+}
+
+impl Attempt {
+    /// The attempt a claimed recipient is about to get. `claimed_at` is the
+    /// time the claim was made: a first attempt time before it means the
+    /// recipient was attempted before (the store sets it at the first claim
+    /// and keeps it).
+    pub fn of(r: &Recipient, claimed_at: UnixMillis) -> Attempt {
+        Attempt {
+            before: r.attempts,
+            first_at: r.first_attempt_at,
+            retry: r.attempts > 0 || r.first_attempt_at.is_some_and(|t| t < claimed_at),
+        }
+    }
 }
 
 /// Where a recipient stands. Persisted by its [`Status::as_str`] name.
@@ -171,6 +209,14 @@ pub enum DeliveryEvent {
         id: RecipientId,
         /// The server's final reply.
         reply: Reply,
+        /// The recipient's domain (A-label form, as in [`Envelope::domain`]).
+        domain: String,
+        /// The Message-ID the message was sent with.
+        message_id: String,
+        /// The envelope's history of attempts, as it was handed in.
+        attempt: Attempt,
+        /// The relay that accepted it (a pool member's name, or the one relay).
+        relay: String,
     },
     /// The transaction failed; the failure says whether it is transient.
     Rejected {
@@ -178,6 +224,14 @@ pub enum DeliveryEvent {
         id: RecipientId,
         /// The classified failure.
         failure: Failure,
+        /// The recipient's domain.
+        domain: String,
+        /// The envelope's history of attempts.
+        attempt: Attempt,
+        /// The relay that refused it.
+        relay: String,
+        /// The recipient's address (`RCPT TO`), for the failures view.
+        rcpt_to: String,
     },
     /// The envelope was never attempted (the engine stopped): it goes back to pending.
     Returned {
@@ -195,6 +249,14 @@ pub enum DeliveryEvent {
         id: RecipientId,
         /// The refusal.
         failure: Failure,
+        /// The recipient's domain.
+        domain: String,
+        /// The envelope's history of attempts.
+        attempt: Attempt,
+        /// The relay that refused it.
+        relay: String,
+        /// The recipient's address (`RCPT TO`).
+        rcpt_to: String,
     },
     /// The final dot was sent and no reply came (a timeout, a lost
     /// connection): the server may have accepted the message.
@@ -203,7 +265,29 @@ pub enum DeliveryEvent {
         id: RecipientId,
         /// What happened instead of a reply.
         failure: Failure,
+        /// The recipient's domain.
+        domain: String,
+        /// The envelope's history of attempts.
+        attempt: Attempt,
+        /// The relay the message went to.
+        relay: String,
+        /// The recipient's address (`RCPT TO`), for the failures view.
+        rcpt_to: String,
     },
+}
+
+impl DeliveryEvent {
+    /// The recipient the event is about (`None` for a [`Notice`]).
+    pub fn id(&self) -> Option<RecipientId> {
+        match self {
+            DeliveryEvent::Accepted { id, .. }
+            | DeliveryEvent::Rejected { id, .. }
+            | DeliveryEvent::Returned { id }
+            | DeliveryEvent::Held { id, .. }
+            | DeliveryEvent::InDoubt { id, .. } => Some(*id),
+            DeliveryEvent::Notice(_) => None,
+        }
+    }
 }
 
 /// Engine-level happenings: rate changes, connections, the circuit breaker.
@@ -243,6 +327,20 @@ pub enum Notice {
         /// Why, with the relay's reply when there is one.
         reason: String,
     },
+    /// A relay of a pool was taken out (unreachable, credentials or sender
+    /// refused): its traffic moves to the others for the rest of the run.
+    RelayDown {
+        /// `[[relay]] name`.
+        relay: String,
+        /// Why.
+        failure: Failure,
+    },
+    /// A relay of a pool is in service (said once per member at the start of
+    /// a run, so the last run's states can be read back from the events).
+    RelayUp {
+        /// `[[relay]] name`.
+        relay: String,
+    },
 }
 
 impl fmt::Display for Notice {
@@ -263,6 +361,12 @@ impl fmt::Display for Notice {
             Notice::Paused { reason } => write!(f, "paused: {reason}"),
             Notice::Resumed => f.write_str("resumed"),
             Notice::Stopping { reason } => write!(f, "run stopped: {reason}"),
+            Notice::RelayDown { relay, failure } => write!(
+                f,
+                "relay {relay:?} down, its traffic moves to the others: {} at {}: {}",
+                failure.category, failure.stage, failure.reply
+            ),
+            Notice::RelayUp { relay } => write!(f, "relay {relay:?} up"),
         }
     }
 }
@@ -311,6 +415,27 @@ mod tests {
         assert!(!Status::Deferred.is_final());
         assert!(!Status::InDoubt.is_final());
         assert!(!Status::Pending.is_final());
+    }
+
+    #[test]
+    fn an_attempt_is_a_retry_when_the_recipient_was_tried_before() {
+        let r = |attempts, first_attempt_at| Recipient {
+            id: RecipientId(1),
+            line: 2,
+            email: "a@x".into(),
+            values: vec![],
+            attempts,
+            first_attempt_at,
+        };
+        // The claim at 100 set the first attempt: a first attempt.
+        let first = Attempt::of(&r(0, Some(100)), 100);
+        assert_eq!(
+            (first.before, first.first_at, first.retry),
+            (0, Some(100), false)
+        );
+        // Tried in an earlier claim (a throttled deferral counts no attempt).
+        assert!(Attempt::of(&r(0, Some(40)), 100).retry);
+        assert!(Attempt::of(&r(2, Some(100)), 100).retry);
     }
 
     #[test]

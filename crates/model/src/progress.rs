@@ -1,8 +1,28 @@
-//! A snapshot of a campaign run: what dashboards and progress lines render.
+//! A snapshot of a campaign run ([`Progress`]), what dashboards and progress
+//! lines render, and the fold that builds it from the run's events
+//! ([`Progress::claimed`], [`Progress::apply`], [`Progress::sample`]).
+//!
+//! The fold starts from the store's counts when the run starts and moves
+//! recipients between statuses as events say, so a display never reads the
+//! store while a run goes on (the run's end takes the store's tallies once).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use crate::{Category, Status, UnixMillis};
+use crate::{Attempt, Category, DeliveryEvent, Failure, Notice, Status, UnixMillis};
+
+/// Distinct replies the fold counts at most: a relay that quotes each
+/// address in its refusal would otherwise grow the map by one per message.
+const REPLY_KEYS: usize = 1024;
+/// Replies shown as "top replies".
+const TOP_REPLIES: usize = 8;
+/// Recent failures kept for the failures view.
+const RECENT_FAILURES: usize = 200;
+/// Event lines kept.
+const EVENT_LINES: usize = 50;
+/// Rate samples kept (ten minutes at one a second).
+const RATE_SAMPLES: usize = 600;
+/// Busiest domains shown (the store's view shows as many).
+const DOMAINS_SHOWN: usize = 12;
 
 /// What a run is doing right now.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Default, serde::Serialize)]
@@ -80,6 +100,75 @@ pub struct FailureRow {
     pub at: UnixMillis,
 }
 
+/// What one relay is doing, as its latest outcomes and the engine's notices say.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RelayState {
+    /// Nothing sent through it yet.
+    #[default]
+    Idle,
+    /// Its latest reply was an acceptance or a refusal about one recipient.
+    Sending,
+    /// Its latest reply asked to slow down.
+    Throttled,
+    /// Every connection fails: the engine probes it.
+    Outage,
+    /// It refused in a way that would hit every message: the run stops (or,
+    /// in a pool, it leaves the pool).
+    Refusing,
+    /// Taken out of its pool for the rest of the run (`Notice::RelayDown`):
+    /// its traffic went to the others.
+    Down,
+}
+
+impl RelayState {
+    /// The label shown to an operator.
+    pub fn label(self) -> &'static str {
+        match self {
+            RelayState::Idle => "idle",
+            RelayState::Sending => "sending",
+            RelayState::Throttled => "throttled",
+            RelayState::Outage => "outage",
+            RelayState::Refusing => "refusing",
+            RelayState::Down => "down",
+        }
+    }
+}
+
+/// One relay's counters in this run: a row of the dashboard's relays panel.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct RelayTally {
+    /// Accepted.
+    pub sent: u64,
+    /// Failed permanently.
+    pub failed: u64,
+    /// Deferred (each deferral counted).
+    pub deferred: u64,
+    /// Transactions on it right now (from the engine's live status).
+    pub in_flight: u64,
+    /// What it is doing.
+    pub state: RelayState,
+    /// Messages accepted per second over the last sample.
+    pub rate: f64,
+    /// Its latest reply, one line.
+    pub last_reply: Option<String>,
+    /// Its most frequent refusal in this run, with its count.
+    pub top_reply: Option<(String, u64)>,
+}
+
+/// A refusal as a relay's row shows it: the code, the enhanced code and
+/// the text, as the relay said it.
+fn reply_line(f: &Failure) -> String {
+    match (f.smtp_code, &f.enhanced_code) {
+        (Some(c), Some(e)) => format!("{c} {e} {}", f.reply),
+        (Some(c), None) => format!("{c} {}", f.reply),
+        (None, _) => f.reply.clone(),
+    }
+}
+
+/// A reply as the top-replies table groups it: code, enhanced code, text.
+type ReplyKey = (Option<u16>, Option<String>, String);
+
 /// A snapshot of a run. Cheap to clone at a bounded frame rate.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct Progress {
@@ -113,6 +202,389 @@ pub struct Progress {
     pub retries: u64,
     /// The most recent failures and deferrals, newest last (bounded).
     pub recent_failures: VecDeque<FailureRow>,
+    /// Per relay (by name): a row each in the dashboard; one with one relay.
+    pub relays: BTreeMap<String, RelayTally>,
+}
+
+/// The fold that builds a [`Progress`] from a run's events: the run's one
+/// owner of its progress (the outcome loop) feeds it every claim and event
+/// and publishes [`ProgressFold::sample`] at a bounded rate.
+///
+/// Per event it does a few map updates and no allocation beyond a new
+/// domain, relay or reply; sorting (busiest domains, top replies) happens
+/// per sample, not per event.
+#[derive(Clone, Debug, Default)]
+pub struct ProgressFold {
+    /// The snapshot being built.
+    p: Progress,
+    /// Accepted in this run.
+    sent: u64,
+    /// `sent` and when, at the last rate sample.
+    sampled: Option<(UnixMillis, u64)>,
+    /// Every failure reply of this run with its count (bounded).
+    replies: HashMap<ReplyKey, u64>,
+    /// Every domain of this run with its counters; `domains` shows the busiest.
+    domains: HashMap<String, DomainCounts>,
+    /// Per relay: refusals by reply (bounded), for its `top_reply`.
+    relay_replies: HashMap<String, HashMap<String, u64>>,
+    /// Per relay: `sent` at the last rate sample.
+    relay_sampled: HashMap<String, u64>,
+    /// Flags the run state is computed from.
+    paused: bool,
+    outage: bool,
+    stopping: bool,
+    waiting: bool,
+    done: bool,
+}
+
+impl ProgressFold {
+    /// A fold around the run's first snapshot (campaign, start time,
+    /// configured rate); [`ProgressFold::start_from`] adds the store's counts.
+    pub fn new(p: Progress) -> ProgressFold {
+        ProgressFold {
+            p,
+            ..ProgressFold::default()
+        }
+    }
+
+    /// The snapshot as folded so far (derived fields as of the last sample).
+    pub fn progress(&self) -> &Progress {
+        &self.p
+    }
+
+    /// Sets the live figures only the engine knows: the target rate (the
+    /// operator may change it) and the transactions in flight, in all and
+    /// per relay.
+    pub fn engine(&mut self, target_rate: Option<f64>, in_flight: u64, by_relay: &[(String, u64)]) {
+        self.p.target_rate = target_rate;
+        self.p.in_flight = in_flight;
+        for r in self.p.relays.values_mut() {
+            r.in_flight = 0;
+        }
+        for (name, n) in by_relay {
+            self.relay(name).in_flight = *n;
+        }
+    }
+
+    /// Starts the fold from the store's counts at the start of the run.
+    pub fn start_from(
+        &mut self,
+        counts: &BTreeMap<Status, u64>,
+        by_category: &BTreeMap<Category, u64>,
+    ) {
+        self.p.counts = Status::ALL.iter().map(|s| (*s, 0)).collect();
+        self.p.counts.extend(counts.iter().map(|(s, n)| (*s, *n)));
+        self.p.by_category = by_category.clone();
+    }
+
+    fn shift(&mut self, from: Status, to: Status) {
+        let f = self.p.counts.entry(from).or_default();
+        *f = f.saturating_sub(1);
+        *self.p.counts.entry(to).or_default() += 1;
+    }
+
+    /// A recipient was claimed for sending. A retry comes from `deferred`
+    /// while any are deferred (an in-doubt resend comes from `pending`, the
+    /// one case this guesses; the run's end takes the store's counts).
+    pub fn claimed(&mut self, attempt: &Attempt) {
+        let from = if attempt.retry && self.p.count(Status::Deferred) > 0 {
+            Status::Deferred
+        } else {
+            Status::Pending
+        };
+        self.shift(from, Status::Sending);
+    }
+
+    /// A claimed recipient failed before any transport saw it (its message
+    /// could not be rendered).
+    pub fn failed_locally(&mut self, email: &str, failure: &Failure, at: UnixMillis) {
+        self.shift(Status::Sending, Status::Failed);
+        self.failure(email, Status::Failed, failure, 0, at);
+    }
+
+    fn failure(&mut self, email: &str, status: Status, f: &Failure, attempts: u32, at: UnixMillis) {
+        *self.p.by_category.entry(f.category).or_default() += 1;
+        let key = (f.smtp_code, f.enhanced_code.clone(), f.reply.clone());
+        if self.replies.len() < REPLY_KEYS || self.replies.contains_key(&key) {
+            *self.replies.entry(key).or_default() += 1;
+        }
+        self.p.recent_failures.push_back(FailureRow {
+            email: email.to_string(),
+            status,
+            category: f.category,
+            reply: f.to_string(),
+            attempts,
+            at,
+        });
+        while self.p.recent_failures.len() > RECENT_FAILURES {
+            self.p.recent_failures.pop_front();
+        }
+    }
+
+    fn domain(&mut self, domain: &str, bump: fn(&mut DomainCounts)) {
+        match self.domains.get_mut(domain) {
+            Some(c) => bump(c),
+            None => bump(self.domains.entry(domain.to_string()).or_default()),
+        }
+    }
+
+    fn relay(&mut self, relay: &str) -> &mut RelayTally {
+        // No allocation for a relay already known (every event but the first).
+        if !self.p.relays.contains_key(relay) {
+            self.p
+                .relays
+                .insert(relay.to_string(), RelayTally::default());
+        }
+        self.p.relays.entry(relay.to_string()).or_default()
+    }
+
+    /// A refusal by `relay`: its latest reply and its most frequent one.
+    fn relay_refused(&mut self, relay: &str, reply: String) {
+        let replies = match self.relay_replies.get_mut(relay) {
+            Some(r) => r,
+            None => self.relay_replies.entry(relay.to_string()).or_default(),
+        };
+        let n = if replies.len() < REPLY_KEYS || replies.contains_key(&reply) {
+            let n = replies.entry(reply.clone()).or_default();
+            *n += 1;
+            Some(*n)
+        } else {
+            None
+        };
+        let r = self.relay(relay);
+        if let Some(n) = n {
+            match &mut r.top_reply {
+                Some((text, top)) if *text == reply => *top = n,
+                Some((_, top)) if n <= *top => {}
+                _ => r.top_reply = Some((reply.clone(), n)),
+            }
+        }
+        r.last_reply = Some(reply);
+    }
+
+    /// Folds one delivery event, with what the run recorded for it.
+    pub fn apply(&mut self, ev: &DeliveryEvent, recorded: Recorded, at: UnixMillis) {
+        let to = match recorded {
+            Recorded::Sent => Some(Status::Sent),
+            Recorded::Deferred => Some(Status::Deferred),
+            Recorded::Failed => Some(Status::Failed),
+            Recorded::Pending => Some(Status::Pending),
+            Recorded::InDoubt => Some(Status::InDoubt),
+            Recorded::Nothing => None,
+        };
+        if let Some(to) = to {
+            self.shift(Status::Sending, to);
+        }
+        match ev {
+            DeliveryEvent::Accepted {
+                domain,
+                relay,
+                reply,
+                ..
+            } => {
+                self.sent += 1;
+                self.domain(domain, |c| c.sent += 1);
+                let r = self.relay(relay);
+                r.sent += 1;
+                r.state = RelayState::Sending;
+                r.last_reply = Some(reply.to_string());
+            }
+            DeliveryEvent::Rejected {
+                failure,
+                domain,
+                attempt,
+                relay,
+                rcpt_to,
+                ..
+            }
+            | DeliveryEvent::InDoubt {
+                failure,
+                domain,
+                attempt,
+                relay,
+                rcpt_to,
+                ..
+            } => {
+                let status = to.unwrap_or(Status::Failed);
+                let attempts = attempt.before.saturating_add(1);
+                self.failure(rcpt_to, status, failure, attempts, at);
+                self.relay_refused(relay, reply_line(failure));
+                let r = self.relay(relay);
+                r.state = if failure.category == Category::Throttled {
+                    RelayState::Throttled
+                } else {
+                    RelayState::Sending
+                };
+                match recorded {
+                    Recorded::Deferred => {
+                        r.deferred += 1;
+                        self.p.retries += 1;
+                        self.domain(domain, |c| c.deferred += 1);
+                    }
+                    Recorded::Failed => {
+                        r.failed += 1;
+                        self.domain(domain, |c| c.failed += 1);
+                    }
+                    _ => {}
+                }
+            }
+            DeliveryEvent::Held { failure, relay, .. } => {
+                self.relay_refused(relay, reply_line(failure));
+                self.relay(relay).state = RelayState::Refusing;
+            }
+            DeliveryEvent::Returned { .. } => {}
+            DeliveryEvent::Notice(n) => self.notice(n, at),
+        }
+    }
+
+    /// Folds an engine notice: the event log, the rate, the run state.
+    pub fn notice(&mut self, n: &Notice, at: UnixMillis) {
+        match n {
+            Notice::RateChanged { to, .. } => {
+                self.p.effective_rate = to.is_finite().then_some(*to);
+            }
+            Notice::BreakerOpen { .. } => {
+                self.outage = true;
+                for r in self.p.relays.values_mut() {
+                    if r.state != RelayState::Refusing {
+                        r.state = RelayState::Outage;
+                    }
+                }
+            }
+            Notice::BreakerClosed => {
+                self.outage = false;
+                for r in self.p.relays.values_mut() {
+                    if r.state == RelayState::Outage {
+                        r.state = RelayState::Sending;
+                    }
+                }
+            }
+            Notice::Paused { .. } => self.paused = true,
+            Notice::Resumed => self.paused = false,
+            Notice::Stopping { .. } => self.stopping = true,
+            Notice::ConnectionProblem { .. } => {}
+            Notice::RelayDown { relay, failure } => {
+                self.relay_refused(relay, reply_line(failure));
+                self.relay(relay).state = RelayState::Down;
+            }
+            Notice::RelayUp { relay } => {
+                let r = self.relay(relay);
+                if r.state == RelayState::Down {
+                    r.state = RelayState::Idle;
+                }
+            }
+        }
+        self.p.push_event(at, n.to_string(), EVENT_LINES);
+    }
+
+    /// Appends a line to the event log (what the run itself has to say).
+    pub fn log(&mut self, at: UnixMillis, text: String) {
+        self.p.push_event(at, text, EVENT_LINES);
+    }
+
+    /// The run is stopping (the operator asked, or it cannot go on).
+    pub fn stop(&mut self) {
+        self.stopping = true;
+    }
+
+    /// Nothing to send now, waiting for deferred recipients to come due (or not).
+    pub fn set_waiting(&mut self, waiting: bool) {
+        self.waiting = waiting;
+    }
+
+    /// The run is over.
+    pub fn finish(&mut self) {
+        self.done = true;
+        self.p.in_flight = 0;
+        for r in self.p.relays.values_mut() {
+            r.in_flight = 0;
+        }
+    }
+
+    /// Accepted in this run (what the rate samples count).
+    pub fn sent_in_run(&self) -> u64 {
+        self.sent
+    }
+
+    /// Brings the derived fields up to `now`: one rate sample a second (the
+    /// run's and each relay's), the busiest domains, the top replies and the
+    /// run state. Called before a snapshot is published, not per event.
+    pub fn sample(&mut self, now: UnixMillis) -> &Progress {
+        self.p.now = now;
+        match self.sampled {
+            None => self.sampled = Some((now, self.sent)),
+            Some((at, sent)) if now - at >= 1000 => {
+                let secs = (now - at) as f64 / 1000.0;
+                self.p
+                    .rate_history
+                    .push_back(self.sent.saturating_sub(sent) as f64 / secs);
+                while self.p.rate_history.len() > RATE_SAMPLES {
+                    self.p.rate_history.pop_front();
+                }
+                for (name, r) in self.p.relays.iter_mut() {
+                    let before = self.relay_sampled.insert(name.clone(), r.sent).unwrap_or(0);
+                    r.rate = r.sent.saturating_sub(before) as f64 / secs;
+                }
+                self.sampled = Some((now, self.sent));
+            }
+            Some(_) => {}
+        }
+        if !self.domains.is_empty() {
+            let mut busiest: Vec<(&String, &DomainCounts)> = self.domains.iter().collect();
+            busiest.sort_by(|a, b| {
+                let total = |c: &DomainCounts| c.sent + c.failed + c.deferred;
+                total(b.1).cmp(&total(a.1)).then_with(|| a.0.cmp(b.0))
+            });
+            self.p.domains = busiest
+                .into_iter()
+                .take(DOMAINS_SHOWN)
+                .map(|(d, c)| (d.clone(), c.clone()))
+                .collect();
+        }
+        if !self.replies.is_empty() {
+            let mut top: Vec<(&ReplyKey, &u64)> = self.replies.iter().collect();
+            top.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+            self.p.top_replies = top
+                .into_iter()
+                .take(TOP_REPLIES)
+                .map(|((code, enhanced, text), n)| (*code, enhanced.clone(), text.clone(), *n))
+                .collect();
+        }
+        self.p.state = if self.done {
+            RunState::Done
+        } else if self.stopping {
+            RunState::Stopping
+        } else if self.paused {
+            RunState::Paused
+        } else if self.outage {
+            RunState::Outage
+        } else if self.p.effective_rate != self.p.target_rate {
+            RunState::Throttled
+        } else if self.waiting {
+            RunState::WaitingForRetries
+        } else {
+            RunState::Running
+        };
+        &self.p
+    }
+}
+
+/// What the run recorded for a [`DeliveryEvent`] (the retry policy decides a
+/// rejection's fate, not the event): where the fold moves the recipient.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Recorded {
+    /// Accepted: `sent`.
+    Sent,
+    /// A retry was scheduled: `deferred`.
+    Deferred,
+    /// Failed for good: `failed`.
+    Failed,
+    /// Back to `pending` (a held refusal, an envelope never attempted).
+    Pending,
+    /// Left `in_doubt` (`--in-doubt skip`, or out of attempts).
+    InDoubt,
+    /// Nothing for a recipient (a notice).
+    Nothing,
 }
 
 impl Progress {
@@ -181,6 +653,245 @@ mod tests {
         assert_eq!(p.total(), 150);
         assert_eq!(p.done(), 50);
         assert_eq!(p.eta_secs(), Some(10));
+    }
+
+    use crate::{RecipientId, Reply, Stage};
+
+    fn attempt(retry: bool) -> Attempt {
+        Attempt {
+            before: u32::from(retry),
+            first_at: Some(1),
+            retry,
+        }
+    }
+
+    fn accepted(i: i64, domain: &str, relay: &str) -> DeliveryEvent {
+        DeliveryEvent::Accepted {
+            id: RecipientId(i),
+            reply: Reply {
+                code: 250,
+                enhanced: None,
+                text: "ok".into(),
+                provider_message_id: None,
+                relay: None,
+            },
+            domain: domain.into(),
+            message_id: format!("m{i}@edm"),
+            attempt: attempt(false),
+            relay: relay.into(),
+        }
+    }
+
+    fn rejected(i: i64, category: Category, code: u16, text: &str, relay: &str) -> DeliveryEvent {
+        DeliveryEvent::Rejected {
+            id: RecipientId(i),
+            failure: Failure {
+                smtp_code: Some(code),
+                ..Failure::local(Stage::RcptTo, category, text)
+            },
+            domain: "b.example".into(),
+            attempt: attempt(false),
+            relay: relay.into(),
+            rcpt_to: format!("r{i}@b.example"),
+        }
+    }
+
+    fn started(pending: u64, deferred: u64) -> ProgressFold {
+        let mut f = ProgressFold::new(Progress::default());
+        let counts = BTreeMap::from([(Status::Pending, pending), (Status::Deferred, deferred)]);
+        f.start_from(&counts, &BTreeMap::new());
+        f
+    }
+
+    #[test]
+    fn the_fold_moves_recipients_as_events_say() {
+        let mut f = started(5, 1);
+        for _ in 0..4 {
+            f.claimed(&attempt(false));
+        }
+        f.claimed(&attempt(true));
+        let p = f.progress();
+        assert_eq!(
+            (
+                p.count(Status::Pending),
+                p.count(Status::Deferred),
+                p.count(Status::Sending)
+            ),
+            (1, 0, 5)
+        );
+        f.apply(&accepted(1, "a.example", "main"), Recorded::Sent, 10);
+        f.apply(&accepted(2, "a.example", "main"), Recorded::Sent, 11);
+        f.apply(
+            &rejected(3, Category::Throttled, 421, "slow down", "main"),
+            Recorded::Deferred,
+            12,
+        );
+        f.apply(
+            &rejected(4, Category::RecipientUnknown, 550, "no such user", "main"),
+            Recorded::Failed,
+            13,
+        );
+        f.apply(
+            &DeliveryEvent::Returned { id: RecipientId(5) },
+            Recorded::Pending,
+            14,
+        );
+        let p = f.sample(2000).clone();
+        assert_eq!(p.count(Status::Sent), 2);
+        assert_eq!(p.count(Status::Failed), 1);
+        assert_eq!(p.count(Status::Deferred), 1);
+        assert_eq!(p.count(Status::Pending), 2);
+        assert_eq!(p.count(Status::Sending), 0);
+        assert_eq!(p.total(), 6, "nobody appears or vanishes");
+        assert_eq!(p.retries, 1);
+        assert_eq!(p.by_category.get(&Category::Throttled), Some(&1));
+        assert_eq!(p.by_category.get(&Category::RecipientUnknown), Some(&1));
+        assert_eq!(p.domains["a.example"].sent, 2);
+        assert_eq!(
+            (
+                p.domains["b.example"].deferred,
+                p.domains["b.example"].failed
+            ),
+            (1, 1)
+        );
+        assert_eq!(p.recent_failures.len(), 2);
+        assert_eq!(p.recent_failures[1].email, "r4@b.example");
+        assert_eq!(p.recent_failures[1].status, Status::Failed);
+        assert_eq!(p.top_replies.len(), 2);
+        assert_eq!(f.sent_in_run(), 2);
+    }
+
+    #[test]
+    fn the_fold_keeps_a_tally_per_relay() {
+        let mut f = started(10, 0);
+        for _ in 0..10 {
+            f.claimed(&attempt(false));
+        }
+        f.sample(0);
+        for i in 0..3 {
+            f.apply(&accepted(i, "a.example", "ses"), Recorded::Sent, 5);
+        }
+        f.apply(&accepted(3, "a.example", "smtp"), Recorded::Sent, 5);
+        for i in 4..6 {
+            f.apply(
+                &rejected(i, Category::Policy, 554, "blocked", "smtp"),
+                Recorded::Failed,
+                6,
+            );
+        }
+        f.apply(
+            &rejected(6, Category::Throttled, 454, "Throttling", "ses"),
+            Recorded::Deferred,
+            7,
+        );
+        f.apply(
+            &rejected(7, Category::OtherPermanent, 554, "odd", "smtp"),
+            Recorded::Failed,
+            8,
+        );
+        f.engine(None, 2, &[("ses".into(), 2)]);
+        let p = f.sample(1000).clone();
+        let ses = &p.relays["ses"];
+        assert_eq!(
+            (ses.sent, ses.failed, ses.deferred, ses.in_flight),
+            (3, 0, 1, 2)
+        );
+        assert_eq!(ses.state, RelayState::Throttled);
+        assert!((ses.rate - 3.0).abs() < 1e-9, "{}", ses.rate);
+        let smtp = &p.relays["smtp"];
+        assert_eq!(
+            (smtp.sent, smtp.failed, smtp.deferred, smtp.in_flight),
+            (1, 3, 0, 0)
+        );
+        assert_eq!(smtp.state, RelayState::Sending);
+        let (top, n) = smtp.top_reply.clone().unwrap();
+        assert!(top.contains("blocked"), "{top}");
+        assert_eq!(n, 2);
+        assert!(smtp.last_reply.as_deref().unwrap().contains("odd"));
+        // A held refusal puts its relay out; an outage marks the others.
+        f.apply(
+            &DeliveryEvent::Held {
+                id: RecipientId(8),
+                failure: Failure::local(Stage::MailFrom, Category::SenderRefused, "553 no"),
+                domain: "a.example".into(),
+                attempt: attempt(false),
+                relay: "smtp".into(),
+                rcpt_to: "x@a.example".into(),
+            },
+            Recorded::Pending,
+            9,
+        );
+        f.notice(
+            &Notice::BreakerOpen {
+                reason: "down".into(),
+            },
+            10,
+        );
+        let p = f.sample(1500);
+        assert_eq!(p.relays["smtp"].state, RelayState::Refusing);
+        assert_eq!(p.relays["ses"].state, RelayState::Outage);
+        assert_eq!(p.state, RunState::Outage);
+        assert_eq!(p.count(Status::Pending), 1);
+    }
+
+    #[test]
+    fn notices_drive_the_run_state_and_rate() {
+        let mut f = ProgressFold::new(Progress {
+            target_rate: Some(10.0),
+            effective_rate: Some(10.0),
+            ..Progress::default()
+        });
+        assert_eq!(f.sample(0).state, RunState::Running);
+        let slower = Notice::RateChanged {
+            from: 10.0,
+            to: 5.0,
+            cause: "throttled".into(),
+        };
+        f.notice(&slower, 1);
+        assert_eq!(f.sample(1).state, RunState::Throttled);
+        assert_eq!(f.progress().effective_rate, Some(5.0));
+        f.notice(
+            &Notice::Paused {
+                reason: "quota".into(),
+            },
+            2,
+        );
+        assert_eq!(f.sample(2).state, RunState::Paused);
+        f.notice(&Notice::Resumed, 3);
+        f.set_waiting(true);
+        f.notice(
+            &Notice::RateChanged {
+                from: 5.0,
+                to: 10.0,
+                cause: "recovered".into(),
+            },
+            4,
+        );
+        assert_eq!(f.sample(4).state, RunState::WaitingForRetries);
+        f.stop();
+        assert_eq!(f.sample(5).state, RunState::Stopping);
+        f.finish();
+        assert_eq!(f.sample(6).state, RunState::Done);
+        assert_eq!(f.progress().events.len(), 4);
+    }
+
+    #[test]
+    fn distinct_replies_are_bounded() {
+        let mut f = started(3000, 0);
+        for i in 0..3000 {
+            f.claimed(&attempt(false));
+            let text = format!("550 <r{i}@b.example> unknown");
+            f.apply(
+                &rejected(i, Category::RecipientUnknown, 550, &text, "main"),
+                Recorded::Failed,
+                i,
+            );
+        }
+        let p = f.sample(1);
+        assert_eq!(p.count(Status::Failed), 3000);
+        assert_eq!(p.top_replies.len(), TOP_REPLIES);
+        assert_eq!(p.recent_failures.len(), RECENT_FAILURES);
+        assert_eq!(p.relays["main"].failed, 3000);
     }
 
     #[test]

@@ -249,6 +249,7 @@ fn ever_attempted_ignores_released_claims_and_sees_sends() {
                     enhanced: None,
                     text: "ok".into(),
                     provider_message_id: None,
+                    relay: None,
                 },
                 message_id: "<m@x>".into(),
                 relay: "smtp".into(),

@@ -91,13 +91,13 @@ pub use memory::MemoryStore;
 pub use postgres::{OpenMode, PgOptions, PgStore};
 pub use store::{Store, create_private_dir, private_file, private_options};
 pub use types::{
-    Durability, ExportFilter, ExportRow, InDoubtPolicy, NewRow, Outcome, OutcomeKind, ReplyCount,
-    Summary,
+    Durability, ExportFilter, ExportRow, InDoubtPolicy, NewRow, Outcome, OutcomeKind, RelayCounts,
+    ReplyCount, Summary,
 };
 pub use write::normalize;
 pub use writer::{StoreView, Writer};
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use edm_model::{Category, DomainCounts, FailureRow, Recipient, RecipientId, Status, UnixMillis};
 
@@ -209,6 +209,11 @@ pub trait CampaignStore: Send {
     fn log_event(&mut self, at: UnixMillis, kind: &str, text: &str) -> Result<()>;
     /// The last `limit` events, oldest first.
     fn recent_events(&self, limit: usize) -> Result<Vec<(UnixMillis, String, String)>>;
+
+    // Relays (appended for relay pools, issue 12).
+
+    /// Counts by relay name (see [`Store::relay_counts`]).
+    fn relay_counts(&self, since: UnixMillis) -> Result<BTreeMap<String, RelayCounts>>;
 }
 
 /// The schema version this build writes (`PRAGMA user_version`).

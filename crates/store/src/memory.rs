@@ -570,6 +570,21 @@ impl CampaignStore for MemoryStore {
         Ok(s)
     }
 
+    fn relay_counts(&self, since: UnixMillis) -> Result<BTreeMap<String, crate::RelayCounts>> {
+        let mut out: BTreeMap<String, crate::RelayCounts> = BTreeMap::new();
+        for r in self.rows.values() {
+            let Some(relay) = r.relay.as_ref().filter(|s| !s.is_empty()) else {
+                continue;
+            };
+            let c = out.entry(relay.clone()).or_default();
+            *c.by_status.entry(r.status).or_default() += 1;
+            if r.status == Status::Sent && r.last_attempt_at.is_some_and(|at| at >= since) {
+                c.sent_since += 1;
+            }
+        }
+        Ok(out)
+    }
+
     fn sent_since(&self, since: UnixMillis) -> Result<u64> {
         Ok(self
             .rows

@@ -62,6 +62,46 @@ impl Store {
         Ok(summary)
     }
 
+    /// Counts by relay (the `relay` column, written when a relay accepts a
+    /// message): by status, and those sent at or after `since` (a pool
+    /// member's daily quota). One scan of the rows that name a relay; read
+    /// by `edm status` and once at the start of a run.
+    pub fn relay_counts(
+        &self,
+        since: UnixMillis,
+    ) -> Result<std::collections::BTreeMap<String, crate::RelayCounts>> {
+        let path = &self.path;
+        let mut out: std::collections::BTreeMap<String, crate::RelayCounts> = Default::default();
+        // A state an older edm wrote, read as it is (`edm status` does not
+        // migrate): no `relay` column before version 4, so no relay to count.
+        if crate::schema::version(&self.conn, path)? < 4 {
+            return Ok(out);
+        }
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT relay, status, count(*),
+                        sum(status = 'sent' AND last_attempt_at >= ?1)
+                 FROM recipients WHERE relay IS NOT NULL AND relay != ''
+                 GROUP BY relay, status",
+            )
+            .at(path)?;
+        let mut rows = st.query([since]).at(path)?;
+        while let Some(r) = rows.next().at(path)? {
+            let relay: String = r.get(0).at(path)?;
+            let status: String = r.get(1).at(path)?;
+            let status = self.status("recipients.status", &status)?;
+            let n = u64::try_from(r.get::<_, i64>(2).at(path)?)
+                .map_err(|_| self.corrupt("count", "negative"))?;
+            let recent = u64::try_from(r.get::<_, Option<i64>>(3).at(path)?.unwrap_or(0))
+                .map_err(|_| self.corrupt("sum", "negative"))?;
+            let c = out.entry(relay).or_default();
+            *c.by_status.entry(status).or_default() += n;
+            c.sent_since += recent;
+        }
+        Ok(out)
+    }
+
     /// Recipients sent at or after `since` (for a daily quota).
     pub fn sent_since(&self, since: UnixMillis) -> Result<u64> {
         let n: i64 = self

@@ -84,3 +84,15 @@ fn a_file_already_holding_the_marks_table_migrates_and_keeps_its_marks() {
     let store = Store::open(&path, Durability::Normal).unwrap();
     assert_eq!(version(&store), VERSION);
 }
+
+#[test]
+fn relay_counts_of_a_file_before_version_4_read_as_it_is_are_empty() {
+    // `edm status` reads an older file without migrating it: no `relay`
+    // column yet, so nothing to count, and no error (issue 12's by_relay).
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    drop(v2_store(&path));
+    let store = Store::open_read_only(&path).unwrap();
+    assert_eq!(version(&store), 2);
+    assert!(store.relay_counts(0).unwrap().is_empty());
+}

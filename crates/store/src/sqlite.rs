@@ -99,6 +99,12 @@ impl CampaignStore for Store {
             ExportError::Sink(never) => match never {},
         })
     }
+    fn relay_counts(
+        &self,
+        since: UnixMillis,
+    ) -> Result<std::collections::BTreeMap<String, crate::RelayCounts>> {
+        Store::relay_counts(self, since)
+    }
     fn log_event(&mut self, at: UnixMillis, kind: &str, text: &str) -> Result<()> {
         Store::log_event(self, at, kind, text)
     }

@@ -63,6 +63,7 @@ fn sent(r: &Recipient, at: UnixMillis) -> Outcome {
                 enhanced: Some("2.0.0".into()),
                 text: "queued".into(),
                 provider_message_id: Some(format!("provider-{}", r.id.0)),
+                relay: None,
             },
             message_id: format!("<{}@edm>", r.id.0),
             relay: "smtp".into(),
@@ -303,6 +304,13 @@ pub(crate) fn outcomes_and_tallies<S: CampaignStore>(store: &mut S) {
     );
     assert_eq!(store.sent_since(now + 2).unwrap(), 1);
     assert_eq!(store.sent_since(0).unwrap(), 2);
+    // By relay: only rows a relay accepted name one (issue 12's by_relay).
+    let by_relay = store.relay_counts(now + 2).unwrap();
+    assert_eq!(by_relay.keys().collect::<Vec<_>>(), ["smtp"]);
+    assert_eq!(by_relay["smtp"].by_status.get(&Status::Sent), Some(&2));
+    assert_eq!(by_relay["smtp"].by_status.len(), 1);
+    assert_eq!(by_relay["smtp"].sent_since, 1);
+    assert_eq!(store.relay_counts(0).unwrap()["smtp"].sent_since, 2);
 
     // The held row keeps the reply that stopped the run, and no attempt.
     let mut rows = Vec::new();

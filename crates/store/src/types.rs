@@ -177,3 +177,13 @@ pub struct ExportRow {
     /// The id the provider gave the message (Amazon SES's MessageId).
     pub provider_message_id: Option<String>,
 }
+
+/// What the store knows of one relay: the recipients whose `relay` column
+/// names it (`edm status --json` `by_relay`; a pool member's daily quota).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RelayCounts {
+    /// Those recipients by status.
+    pub by_status: BTreeMap<Status, u64>,
+    /// Of them, sent at or after the instant asked for.
+    pub sent_since: u64,
+}

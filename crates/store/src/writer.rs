@@ -1,7 +1,7 @@
 //! The one store writer of a run: a thread that owns the store (any
 //! [`CampaignStore`]), batches outcomes into few transactions, answers claims
 //! in order with them, commits durable marks in groups, and publishes a read
-//! view for progress displays at most twice a second.
+//! view, when asked ([`Writer::refresh`]), at most twice a second.
 //!
 //! Nothing sent to it is lost silently: every request answers, and one the
 //! writer can no longer carry out (its thread ended) is an
@@ -315,6 +315,10 @@ fn run(
         oneshot::Sender<std::result::Result<(), String>>,
     )> = Vec::new();
     let mut last_view = Instant::now();
+    // The view is read only when a display asked for one since the last
+    // (`Writer::refresh`): a run's own progress is a fold of its events
+    // (`edm_model::ProgressFold`), so a run nobody asks costs no reads.
+    let mut view_asked = false;
     let commit = |store: &mut Box<dyn CampaignStore>, pending: &mut Vec<Outcome>| {
         if pending.is_empty() {
             return;
@@ -361,7 +365,7 @@ fn run(
                     commit(&mut store, &mut pending);
                     let _ = reply.send(store.summary());
                 }
-                Msg::Refresh => {}
+                Msg::Refresh => view_asked = true,
                 Msg::Mark { id, reply } => marks.push((id, reply)),
             }
             // Marks hold up final dots: never keep them behind a long drain.
@@ -400,11 +404,12 @@ fn run(
                 let _ = reply.send(result.clone());
             }
         }
-        if last_view.elapsed() >= VIEW_EVERY {
+        if view_asked && last_view.elapsed() >= VIEW_EVERY {
             if let Ok(v) = StoreView::read(store.as_ref()) {
                 view.send_replace(v);
             }
             last_view = Instant::now();
+            view_asked = false;
         }
     }
     if !pending.is_empty() {
@@ -433,6 +438,7 @@ mod tests {
                     enhanced: None,
                     text: "ok".into(),
                     provider_message_id: None,
+                    relay: None,
                 },
                 message_id: "<m@edm>".into(),
                 relay: "smtp".into(),

@@ -95,6 +95,7 @@ fn sent() -> OutcomeKind {
             enhanced: Some("2.0.0".into()),
             text: "queued as X".into(),
             provider_message_id: None,
+            relay: None,
         },
         message_id: "mid@example.com".into(),
         relay: "smtp".into(),

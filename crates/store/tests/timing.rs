@@ -56,6 +56,7 @@ fn timing_one_million_rows() {
                         enhanced: Some("2.0.0".into()),
                         text: "ok".into(),
                         provider_message_id: None,
+                        relay: None,
                     },
                     message_id: format!("{}@edm", r.id.0),
                     relay: String::new(),

@@ -359,6 +359,7 @@ impl Templates {
         crate::preflight::check(&body, &self.limits)?;
 
         let envelope = Envelope {
+            attempt: Default::default(),
             id: recipient.id,
             mail_from: self.from.address.clone(),
             rcpt_to: to.to_owned(),

@@ -78,8 +78,10 @@ async fn smtp(c: &Campaign, name: &str) -> RelayCheck {
             return r;
         }
     };
-    let cfg = crate::send::delivery_config(c, &SendOptions::default(), password);
-    let transport = match crate::send::transport(c, &cfg) {
+    let opts = SendOptions::default();
+    let cfg = crate::send::delivery_config(c, &opts);
+    let smtp = crate::send::smtp_settings(c, &opts, password);
+    let transport = match crate::send::transport(c, &cfg, smtp) {
         Ok(t) => t,
         Err(e) => {
             r.fail(e.to_string());

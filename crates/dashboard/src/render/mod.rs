@@ -8,6 +8,7 @@ mod footer;
 mod header;
 mod help;
 mod rate;
+mod relays;
 
 use edm_model::Progress;
 use ratatui::Frame;
@@ -43,7 +44,8 @@ pub(crate) fn draw(app: &App, frame: &mut Frame, progress: &Progress) {
     }
 }
 
-/// Gauge, counters, rate and failure panels, replies, events (and domains when wide).
+/// Gauge, counters, rate and failure panels, replies, relays (a row each,
+/// once any sent), events (and domains when wide).
 fn main_view(frame: &mut Frame, area: Rect, app: &App, progress: &Progress) {
     let theme = &app.theme;
     // 80x24 leaves 18 rows below the counters: 8 for the charts, 5 and 5 for
@@ -76,9 +78,16 @@ fn main_view(frame: &mut Frame, area: Rect, app: &App, progress: &Progress) {
     } else {
         (lower, None)
     };
-    let [replies_area, events_area] =
-        Layout::vertical([Constraint::Length(replies), Constraint::Fill(1)]).areas(lower);
+    let [replies_area, relays_area, events_area] = Layout::vertical([
+        Constraint::Length(replies),
+        Constraint::Length(relays::height(progress)),
+        Constraint::Fill(1),
+    ])
+    .areas(lower);
     failures::replies(frame, replies_area, theme, progress);
+    if relays_area.height > 0 {
+        relays::render(frame, relays_area, theme, progress);
+    }
     events::render(frame, events_area, theme, progress);
     if let Some(d) = domains_area {
         domains::top(frame, d, theme, progress);

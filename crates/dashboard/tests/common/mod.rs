@@ -1,7 +1,10 @@
 //! Synthetic `Progress` snapshots with fixed times, so screens are stable.
 #![allow(dead_code)] // each test binary uses a different subset
 
-use edm_model::{Category, DomainCounts, EventLine, FailureRow, Progress, RunState, Status};
+use edm_model::{
+    Category, DomainCounts, EventLine, FailureRow, Progress, RelayState, RelayTally, RunState,
+    Status,
+};
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
 /// 2023-11-14T22:13:20Z: any fixed instant will do.
@@ -260,5 +263,55 @@ pub fn done() -> Progress {
         (Status::Suppressed, 7),
     ]);
     p.push_event(START + 6_000_000, "done: 4,890 sent, 82 failed".into(), 50);
+    p
+}
+
+/// Mid-run through one relay: the relays panel has one row.
+pub fn one_relay() -> Progress {
+    let mut p = mid_run();
+    p.relays.insert(
+        "smtp.acme.example".into(),
+        RelayTally {
+            sent: 1_834,
+            failed: 57,
+            deferred: 23,
+            in_flight: 8,
+            state: RelayState::Sending,
+            rate: 49.5,
+            last_reply: Some("250 2.0.0 Ok: queued as 4F2A1".into()),
+            top_reply: Some(("550 5.1.1 User unknown".into(), 41)),
+        },
+    );
+    p
+}
+
+/// A pool of three relays: one throttled, one refusing every message.
+pub fn relay_pool() -> Progress {
+    let mut p = one_relay();
+    p.relays.insert(
+        "ses-eu-west-1".into(),
+        RelayTally {
+            sent: 2_210,
+            failed: 3,
+            deferred: 48,
+            in_flight: 12,
+            state: RelayState::Throttled,
+            rate: 14.0,
+            last_reply: Some("454 Throttling failure".into()),
+            top_reply: Some((
+                "454 4.7.0 Throttling failure: Maximum sending rate exceeded.".into(),
+                48,
+            )),
+        },
+    );
+    p.relays.insert(
+        "backup-relay".into(),
+        RelayTally {
+            failed: 0,
+            state: RelayState::Refusing,
+            top_reply: Some(("553 5.7.1 Sender address rejected".into(), 10)),
+            ..RelayTally::default()
+        },
+    );
     p
 }

@@ -129,6 +129,7 @@ fn to_reply(r: Response<String>) -> Reply {
         enhanced: (r.esc != [0, 0, 0]).then(|| format!("{}.{}.{}", r.esc[0], r.esc[1], r.esc[2])),
         text: r.message.trim().to_string(),
         provider_message_id: None,
+        relay: None,
     }
 }
 
@@ -649,6 +650,7 @@ mod tests {
 
     fn envelope(mail_from: &str, rcpt_to: &str, body: &[u8]) -> Envelope {
         Envelope {
+            attempt: Default::default(),
             id: edm_model::RecipientId(1),
             mail_from: mail_from.into(),
             rcpt_to: rcpt_to.into(),

@@ -858,6 +858,35 @@ impl CampaignStore for PgStore {
         Ok(())
     }
 
+    /// One scan of the rows that name a relay, as in SQLite.
+    fn relay_counts(
+        &self,
+        since: UnixMillis,
+    ) -> Result<std::collections::BTreeMap<String, crate::RelayCounts>> {
+        self.call(move |c, path, id| {
+            let rows = c
+                .query(
+                    "SELECT relay, status, count(*),
+                            count(*) FILTER (WHERE status = 'sent' AND last_attempt_at >= $2)
+                     FROM edm.recipients
+                     WHERE campaign_id = $1 AND relay IS NOT NULL AND relay != ''
+                     GROUP BY relay, status",
+                    &[&id, &since],
+                )
+                .at(path)?;
+            let mut out: std::collections::BTreeMap<String, crate::RelayCounts> =
+                Default::default();
+            for r in rows {
+                let relay: String = r.get(0);
+                let st: String = r.get(1);
+                let c = out.entry(relay).or_default();
+                *c.by_status.entry(status(path, &st)?).or_default() += from_i64(r.get(2));
+                c.sent_since += from_i64(r.get(3));
+            }
+            Ok(out)
+        })
+    }
+
     fn log_event(&mut self, at: UnixMillis, kind: &str, text: &str) -> Result<()> {
         let (kind, text) = (kind.to_string(), text.to_string());
         self.call(move |c, path, id| {

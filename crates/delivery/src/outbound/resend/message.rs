@@ -237,6 +237,7 @@ JVBERi0=\r\n\
 
     fn env(body: Vec<u8>) -> Envelope {
         Envelope {
+            attempt: Default::default(),
             id: edm_model::RecipientId(1),
             mail_from: "news@acme.example".into(),
             rcpt_to: "a@example.com".into(),

@@ -319,6 +319,7 @@ impl Connection for ResendConnection {
                         None => "OK".into(),
                     },
                     provider_message_id: id,
+                    relay: None,
                 });
             }
             let name = v["name"].as_str().unwrap_or("");
@@ -343,6 +344,7 @@ impl Connection for ResendConnection {
                         "in doubt: sent under idempotency key {key} by an earlier request (HTTP 409 invalid_idempotent_request: {message})"
                     ),
                     provider_message_id: None,
+                    relay: None,
                 });
             }
             Err((inner.error(status, &bytes, wait), Afterwards::Usable))
@@ -371,6 +373,7 @@ mod tests {
 
     fn envelope() -> Envelope {
         Envelope {
+            attempt: Default::default(),
             id: edm_model::RecipientId(1),
             mail_from: "news@acme.example".into(),
             rcpt_to: "a@example.com".into(),

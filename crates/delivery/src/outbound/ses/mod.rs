@@ -492,6 +492,7 @@ impl Connection for SesConnection {
                     None => "OK".into(),
                 },
                 provider_message_id: id,
+                relay: None,
             })
         })
     }
@@ -557,6 +558,7 @@ mod tests {
 
     fn envelope() -> Envelope {
         Envelope {
+            attempt: Default::default(),
             id: edm_model::RecipientId(1),
             mail_from: "news@acme.example".into(),
             rcpt_to: "a@example.com".into(),
