@@ -169,6 +169,8 @@ pub struct PgStore {
     campaign_id: i64,
     worker: String,
     locked: bool,
+    /// True once this store wrote the "marks used" meta key (see `ops.rs`).
+    marks_meta_set: bool,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -264,6 +266,7 @@ impl PgStore {
             campaign_id,
             worker: options.worker.clone(),
             locked: false,
+            marks_meta_set: false,
         })
     }
 

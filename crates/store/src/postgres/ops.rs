@@ -609,6 +609,8 @@ impl CampaignStore for PgStore {
         }
         let outcomes = outcomes.to_vec();
         let marks: Vec<i64> = marks.iter().map(|m| m.0).collect();
+        let marks_meta_set = self.marks_meta_set;
+        let marking = !marks.is_empty();
         self.call(move |c, path, id| {
             let mut tx = c.transaction().at(path)?;
             record_in(&mut tx, path, id, &outcomes)?;
@@ -620,15 +622,22 @@ impl CampaignStore for PgStore {
                     &[&id, &marks],
                 )
                 .at(path)?;
-                tx.execute(
-                    "INSERT INTO edm.meta (campaign_id, key, value) VALUES ($1, $2, '1')
-                     ON CONFLICT (campaign_id, key) DO NOTHING",
-                    &[&id, &MARKS_META],
-                )
-                .at(path)?;
+                // Once set, never again: a round trip saved on every mark.
+                if !marks_meta_set {
+                    tx.execute(
+                        "INSERT INTO edm.meta (campaign_id, key, value) VALUES ($1, $2, '1')
+                         ON CONFLICT (campaign_id, key) DO NOTHING",
+                        &[&id, &MARKS_META],
+                    )
+                    .at(path)?;
+                }
             }
             tx.commit().at(path)
-        })
+        })?;
+        if marking {
+            self.marks_meta_set = true;
+        }
+        Ok(())
     }
 
     fn reset_for_retry(&mut self, statuses: &[Status], categories: &[Category]) -> Result<u64> {
@@ -1092,9 +1101,14 @@ fn record_in(
                 id: o.id,
             });
         }
+    }
+    // The outcomes clear their marks: one statement for the batch, not one
+    // round trip per outcome.
+    let ids: Vec<i64> = outcomes.iter().map(|o| o.id.0).collect();
+    if !ids.is_empty() {
         tx.execute(
-            "DELETE FROM edm.dot_marks WHERE id = $1 AND campaign_id = $2",
-            &[&rid, &id],
+            "DELETE FROM edm.dot_marks WHERE campaign_id = $1 AND id = ANY($2)",
+            &[&id, &ids],
         )
         .at(path)?;
     }
