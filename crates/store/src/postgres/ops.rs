@@ -963,35 +963,24 @@ fn record_in(
     id: i64,
     outcomes: &[Outcome],
 ) -> Result<()> {
+    // Runs of consecutive `Sent` outcomes (the common case) go in one
+    // statement each; the order of outcomes is kept, and a run ends at an
+    // id it already holds, so an id's outcomes apply in sequence.
+    let mut run: Vec<&Outcome> = Vec::new();
     for o in outcomes {
+        let is_sent = matches!(o.kind, OutcomeKind::Sent { .. });
+        if !is_sent || run.iter().any(|r| r.id == o.id) {
+            record_sent(tx, path, id, &run)?;
+            run.clear();
+        }
+        if is_sent {
+            run.push(o);
+            continue;
+        }
         let rid = o.id.0;
         let changed = match &o.kind {
-            OutcomeKind::Sent {
-                reply,
-                message_id,
-                relay,
-            } => tx
-                .execute(
-                    "UPDATE edm.recipients
-                     SET status = 'sent', attempts = attempts + 1, next_attempt_at = NULL,
-                         category = NULL, stage = NULL, smtp_code = $3, enhanced_code = $4,
-                         reply = $5, message_id = $6, last_attempt_at = $7, updated_at = $7,
-                         relay = $8, provider_message_id = $9,
-                         claimed_by = NULL, lease_until = NULL
-                     WHERE campaign_id = $1 AND id = $2",
-                    &[
-                        &id,
-                        &rid,
-                        &i32::from(reply.code),
-                        &reply.enhanced,
-                        &reply.text,
-                        message_id,
-                        &o.at,
-                        &(!relay.is_empty()).then_some(relay.as_str()),
-                        &reply.provider_message_id,
-                    ],
-                )
-                .at(path)?,
+            // Taken into the run above.
+            OutcomeKind::Sent { .. } => continue,
             OutcomeKind::Deferred {
                 failure,
                 next_attempt_at,
@@ -1102,6 +1091,7 @@ fn record_in(
             });
         }
     }
+    record_sent(tx, path, id, &run)?;
     // The outcomes clear their marks: one statement for the batch, not one
     // round trip per outcome.
     let ids: Vec<i64> = outcomes.iter().map(|o| o.id.0).collect();
@@ -1111,6 +1101,80 @@ fn record_in(
             &[&id, &ids],
         )
         .at(path)?;
+    }
+    Ok(())
+}
+
+/// A run of `Sent` outcomes with distinct ids, in one `UPDATE ... FROM
+/// unnest(...)`; an id the campaign does not have fails the batch.
+fn record_sent(
+    tx: &mut postgres::Transaction<'_>,
+    path: &Path,
+    id: i64,
+    run: &[&Outcome],
+) -> Result<()> {
+    if run.is_empty() {
+        return Ok(());
+    }
+    let n = run.len();
+    let (mut ids, mut codes, mut enhanced, mut texts) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut mids, mut ats, mut relays, mut pids) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for o in run {
+        if let OutcomeKind::Sent {
+            reply,
+            message_id,
+            relay,
+        } = &o.kind
+        {
+            ids.push(o.id.0);
+            codes.push(i32::from(reply.code));
+            enhanced.push(reply.enhanced.clone());
+            texts.push(reply.text.clone());
+            mids.push(message_id.clone());
+            ats.push(o.at);
+            relays.push((!relay.is_empty()).then(|| relay.clone()));
+            pids.push(reply.provider_message_id.clone());
+        }
+    }
+    let done = tx
+        .query(
+            "UPDATE edm.recipients r
+             SET status = 'sent', attempts = r.attempts + 1, next_attempt_at = NULL,
+                 category = NULL, stage = NULL, smtp_code = u.code, enhanced_code = u.enhanced,
+                 reply = u.text, message_id = u.mid, last_attempt_at = u.at, updated_at = u.at,
+                 relay = u.relay, provider_message_id = u.pid,
+                 claimed_by = NULL, lease_until = NULL
+             FROM unnest($2::bigint[], $3::int[], $4::text[], $5::text[], $6::text[],
+                         $7::bigint[], $8::text[], $9::text[])
+                  AS u(id, code, enhanced, text, mid, at, relay, pid)
+             WHERE r.campaign_id = $1 AND r.id = u.id
+             RETURNING r.id",
+            &[
+                &id, &ids, &codes, &enhanced, &texts, &mids, &ats, &relays, &pids,
+            ],
+        )
+        .at(path)?;
+    if done.len() < ids.len() {
+        let found: std::collections::HashSet<i64> = done.iter().map(|r| r.get(0)).collect();
+        let missing = ids
+            .iter()
+            .find(|i| !found.contains(i))
+            .copied()
+            .unwrap_or(ids[0]);
+        return Err(Error::UnknownRecipient {
+            path: path.to_path_buf(),
+            id: RecipientId(missing),
+        });
     }
     Ok(())
 }
