@@ -252,3 +252,73 @@ fn two_claimers_never_take_the_same_row() {
     assert_eq!((n, all.len()), (400, 400), "each row claimed exactly once");
     assert_eq!(a.summary().unwrap().count(Status::Sending), 400);
 }
+
+fn sent(id: edm_model::RecipientId, at: i64) -> crate::Outcome {
+    crate::Outcome {
+        id,
+        at,
+        kind: crate::OutcomeKind::Sent {
+            reply: edm_model::Reply {
+                code: 250,
+                enhanced: None,
+                text: "ok".into(),
+                provider_message_id: None,
+                relay: None,
+            },
+            message_id: format!("<{}@t>", id.0),
+            relay: "smtp".into(),
+        },
+    }
+}
+
+/// Runs of `Sent` outcomes go in one statement: an unknown id in a run still
+/// fails the whole batch, and outcomes of one id apply in their order.
+#[test]
+fn batched_sent_outcomes_keep_order_and_refuse_unknown_ids() {
+    let Some(server) = fixture::shared() else {
+        return;
+    };
+    let mut s = PgStore::open(&options(&server.url(), &unique("batch"), "f")).unwrap();
+    s.begin_ingest("csv").unwrap();
+    s.insert_rows(&[row(2), row(3), row(4)]).unwrap();
+    let c = s.claim_with_budget(3, 3, 1).unwrap();
+    let err = s
+        .record(&[sent(c[0].id, 2), sent(edm_model::RecipientId(-5), 2)])
+        .unwrap_err();
+    assert!(matches!(err, Error::UnknownRecipient { .. }), "{err}");
+    assert_eq!(
+        s.summary().unwrap().count(Status::Sending),
+        3,
+        "rolled back"
+    );
+    let deferred = crate::Outcome {
+        id: c[1].id,
+        at: 2,
+        kind: crate::OutcomeKind::Deferred {
+            failure: edm_model::Failure::local(
+                edm_model::Stage::RcptTo,
+                edm_model::Category::Throttled,
+                "slow down",
+            ),
+            next_attempt_at: 5,
+            count_attempt: true,
+        },
+    };
+    // Sent, then deferred then sent again for one id, in one batch.
+    s.record(&[
+        sent(c[0].id, 2),
+        deferred,
+        sent(c[1].id, 3),
+        sent(c[2].id, 3),
+    ])
+    .unwrap();
+    let mut rows = Vec::new();
+    s.export_rows(&crate::ExportFilter::default(), &mut |r| {
+        rows.push((r.status, r.attempts))
+    })
+    .unwrap();
+    assert_eq!(
+        rows,
+        [(Status::Sent, 1), (Status::Sent, 2), (Status::Sent, 1)]
+    );
+}
