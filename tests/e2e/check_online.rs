@@ -211,3 +211,70 @@ fn ses_quota_and_sender_identity() {
     );
     assert!(stdout.contains("GetAccount"), "{stdout}");
 }
+
+/// A pool: every relay is checked, one line each, in the file's order;
+/// one relay refusing the login is exit 2 even though the other is fine
+/// (it used to check the first relay only).
+#[test]
+fn every_relay_of_a_pool_is_checked() {
+    let good = sink_with_auth();
+    let bad = sink_with_auth();
+    let relay = |name: &str, port: u16, env: &str| {
+        format!(
+            "[[relay]]\nname = \"{name}\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {port}\nusername = \"news\"\npassword_env = \"{env}\"\n"
+        )
+    };
+    let c = TestCampaign::new(Spec::new(addresses("p", 2), 1));
+    c.replace_smtp(&format!(
+        "{}\n{}",
+        relay("first", good.port(), "EDM_TEST_PW_FIRST"),
+        relay("second", bad.port(), "EDM_TEST_PW_SECOND")
+    ));
+    let env = [
+        ("EDM_TEST_PW_FIRST", "right-pass"),
+        ("EDM_TEST_PW_SECOND", "wrong-pass"),
+    ];
+    let out = c.edm_env("check", &["--online"], &env);
+    assert_eq!(code(&out), 2, "one relay fails: exit 2");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let first = format!("relay \"first\" (smtp 127.0.0.1:{}): ok", good.port());
+    let second = format!("relay \"second\" (smtp 127.0.0.1:{}): FAILED", bad.port());
+    let (Some(a), Some(b)) = (stdout.find(&first), stdout.find(&second)) else {
+        panic!("one line per relay: {stdout}");
+    };
+    assert!(a < b, "in the file's order: {stdout}");
+    assert!(stdout.contains("535"), "{stdout}");
+    assert!(!stdout.contains("wrong-pass") && !stdout.contains("right-pass"));
+    assert_eq!(good.deliveries().len() + bad.deliveries().len(), 0);
+
+    let v: serde_json::Value =
+        serde_json::from_slice(&c.edm_env("check", &["--online", "--json"], &env).stdout).unwrap();
+    assert_eq!(v["online"].as_array().map(Vec::len), Some(2), "{v}");
+    assert_eq!(
+        (&v["online"][0]["ok"], &v["online"][1]["ok"]),
+        (&true.into(), &false.into()),
+        "{v}"
+    );
+
+    // Both right: exit 0. A missing password names its relay.
+    let out = c.edm_env(
+        "check",
+        &["--online"],
+        &[
+            ("EDM_TEST_PW_FIRST", "right-pass"),
+            ("EDM_TEST_PW_SECOND", "right-pass"),
+        ],
+    );
+    assert_eq!(code(&out), 0);
+    let out = c.edm_env(
+        "check",
+        &["--online"],
+        &[("EDM_TEST_PW_FIRST", "right-pass")],
+    );
+    assert_eq!(code(&out), 2);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        stdout.contains("[[relay]] \"second\" password_env names $EDM_TEST_PW_SECOND"),
+        "{stdout}"
+    );
+}

@@ -301,6 +301,16 @@ fn as_older_build_with_copies(db: &Path, copies: u32) {
     let conn = rusqlite::Connection::open(db).unwrap();
     conn.execute_batch(&format!(
         "DROP INDEX recipients_source;
+         DROP INDEX recipients_message_id;
+         DROP INDEX recipients_provider_message_id;
+         DROP INDEX recipients_late;
+         DROP TABLE late_applied;
+         DROP TABLE late_unmatched;
+         ALTER TABLE recipients DROP COLUMN late;
+         ALTER TABLE recipients DROP COLUMN late_at;
+         ALTER TABLE recipients DROP COLUMN late_status;
+         ALTER TABLE recipients DROP COLUMN late_diagnostic;
+         ALTER TABLE recipients DROP COLUMN soft_bounces;
          ALTER TABLE recipients DROP COLUMN provider_message_id;
          ALTER TABLE recipients DROP COLUMN relay;
          ALTER TABLE recipients DROP COLUMN copy_of;

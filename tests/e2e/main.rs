@@ -28,10 +28,14 @@
 //! - `bounce_parse`: `edm bounces parse`, the parser's verdicts (issue 13).
 //! - `postgres`: the campaign state in PostgreSQL, a throwaway server per
 //!   test (issue 14).
+//! - `bounces`: VERP, `edm bounces`, late outcomes, the reputation breaker (issue 13).
+//! - `bounces_mailbox`: the loop through Dovecot (IMAP, POP3), `[bounces] poll` (issue 13).
 
 mod harness;
 
 mod bounce_parse;
+mod bounces;
+mod bounces_mailbox;
 mod check_online;
 mod crash;
 mod failures;

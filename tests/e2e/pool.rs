@@ -341,3 +341,60 @@ fn no_relay_reachable_stops_the_run_fast_and_nobody_fails() {
     );
     assert_eq!(s["by_relay"]["one"]["state"], "down", "{s}");
 }
+
+/// `status --json` `by_relay` counts the failed and deferred recipients of
+/// each relay (the store used to write the relay with sent outcomes only,
+/// so both were always 0), and agrees with the report's `relay` column.
+#[test]
+fn by_relay_counts_failed_and_deferred_per_relay() {
+    let rules = [
+        "stage=rcpt,match=gone,reply=550 5.1.1 No such user",
+        "stage=rcpt,match=slow,reply=451 4.2.1 Try again later",
+    ];
+    let one = Sink::start(&rules, None);
+    let two = Sink::start(&rules, None);
+    let emails: Vec<String> = (0..30)
+        .map(|i| match i % 3 {
+            0 => format!("gone{i}@example.com"),
+            1 => format!("slow{i}@example.com"),
+            _ => format!("ok{i}@example.com"),
+        })
+        .collect();
+    let c = pool_campaign(
+        emails,
+        "",
+        &[
+            smtp_relay("one", one.port(), ""),
+            smtp_relay("two", two.port(), ""),
+        ],
+    );
+    // Deferred ones stay deferred: no waiting for their retry in this run.
+    let out = c.send(&["--max-retry-wait", "0"]);
+    assert_eq!(code(&out), 3, "deferred ones left for a later run");
+    let rows = c.rows();
+    let mut from_rows: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for r in rows.values() {
+        let relay = r["relay"].as_str().unwrap_or_default().to_string();
+        let status = r["status"].as_str().unwrap_or_default().to_string();
+        assert!(
+            relay == "one" || relay == "two",
+            "every attempted row names its relay: {r}"
+        );
+        *from_rows.entry((relay, status)).or_default() += 1;
+    }
+    let s = c.status();
+    let mut totals = (0, 0, 0);
+    for relay in ["one", "two"] {
+        for status in ["sent", "failed", "deferred"] {
+            let want = from_rows
+                .get(&(relay.to_string(), status.to_string()))
+                .copied()
+                .unwrap_or(0);
+            assert_eq!(s["by_relay"][relay][status], want, "{relay} {status}: {s}");
+        }
+        totals.0 += s["by_relay"][relay]["sent"].as_u64().unwrap();
+        totals.1 += s["by_relay"][relay]["failed"].as_u64().unwrap();
+        totals.2 += s["by_relay"][relay]["deferred"].as_u64().unwrap();
+    }
+    assert_eq!(totals, (10, 10, 10), "{s}");
+}

@@ -115,10 +115,15 @@ fn sender_refused_stops_the_run() {
     let c = TestCampaign::new(Spec::new(addresses("s", 20), sink.port()));
     let out = c.send(&[]);
     assert_stopped_by(&c, &out, "Sender address domain does not exist", 20);
+    // Which recipients were tried before the stop depends on the workers'
+    // timing: every one tried keeps the category and the stage.
     let rows = c.rows();
-    let r = &rows["s0@example.com"];
-    assert_eq!(r["category"], "sender_refused", "{r}");
-    assert_eq!(r["stage"], "mail_from", "{r}");
+    let tried: Vec<_> = rows.values().filter(|r| !r["category"].is_null()).collect();
+    assert!(!tried.is_empty(), "{rows:#?}");
+    for r in tried {
+        assert_eq!(r["category"], "sender_refused", "{r}");
+        assert_eq!(r["stage"], "mail_from", "{r}");
+    }
 }
 
 /// `530 5.7.0 Authentication required` at MAIL FROM: no `[smtp] username`.

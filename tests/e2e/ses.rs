@@ -194,14 +194,15 @@ fn a_campaign_goes_through_ses_v2_and_moto_records_every_message() {
     }
     assert_eq!(seen, emails.into_iter().collect::<BTreeSet<_>>());
 
-    // `--all` gains the two columns after the existing ones.
+    // `--all` gains the relay columns after the existing ones, then the
+    // late outcomes' (issue 13).
     let out = c.edm("report", &["--all"]);
     let csv = String::from_utf8_lossy(&out.stdout);
     assert!(
         csv.lines()
             .next()
             .unwrap()
-            .ends_with(",last_attempt_at,relay,provider_message_id"),
+            .contains(",last_attempt_at,relay,provider_message_id,"),
         "{csv}"
     );
 }
@@ -251,4 +252,30 @@ fn missing_credentials_are_a_clear_error_before_any_send() {
         "{stderr}"
     );
     assert_eq!(c.status()["sent"], 0);
+}
+
+/// Issue 13: through SES, `[bounces] return_path` is left aside: SES sets
+/// its own MAIL FROM, and a VERP address as `FromEmailAddress` would be
+/// refused as an unverified identity (only the From address is verified).
+#[test]
+fn a_return_path_is_left_aside_through_ses() {
+    let Some(moto) = Moto::start() else {
+        return;
+    };
+    moto.verify("news@acme.example");
+    let c = ses_campaign(&moto, addresses("sesverp", 3));
+    let file = c.dir.join("campaign.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        format!("{text}\n[bounces]\nreturn_path = \"bounces+{{token}}@acme.example\"\n"),
+    )
+    .unwrap();
+    let out = c.edm_env("send", &["--no-tui"], CREDS);
+    assert_eq!(code(&out), 0);
+    let messages = moto.messages();
+    assert_eq!(messages.len(), 3);
+    for m in &messages {
+        assert_eq!(m["source"], "news@acme.example", "{m}");
+    }
 }

@@ -75,6 +75,35 @@ pub fn concurrency_problem(n: usize) -> Option<String> {
     }
 }
 
+/// Why a `[campaign] feedback_id` is not one Gmail's Feedback Loop reads:
+/// `campaign:customer:mailtype:senderid`, up to four colon-separated
+/// fields, the last (the sender id, required) identifying the sender; the
+/// others may be empty. Each field is letters, digits, `.`, `_`, `-`.
+pub fn feedback_id_problem(f: &str) -> Option<String> {
+    let fields: Vec<&str> = f.split(':').collect();
+    if fields.len() > 4 {
+        return Some(format!(
+            "{} fields; Gmail reads at most four: campaign:customer:mailtype:senderid",
+            fields.len()
+        ));
+    }
+    if fields.last().is_none_or(|s| s.is_empty()) {
+        return Some("the last field (the sender id) must not be empty".into());
+    }
+    if let Some(bad) = f
+        .chars()
+        .find(|ch| !(ch.is_ascii_alphanumeric() || ".-_:".contains(*ch)))
+    {
+        return Some(format!(
+            "{bad:?} is not allowed: letters, digits, '.', '_', '-', fields separated by ':'"
+        ));
+    }
+    if f.len() > 200 {
+        return Some("longer than 200 characters".into());
+    }
+    None
+}
+
 /// A loaded campaign: the parsed file and the directory it lives in.
 #[derive(Clone, Debug)]
 pub struct Campaign {
@@ -115,6 +144,10 @@ pub struct Config {
     /// (docs/scaling.md); exclusive with `[state] path`.
     #[serde(default)]
     pub store: StoreSection,
+    /// `[bounces]`: VERP return path, the bounce mailbox, the reputation
+    /// breaker (docs/bounces.md).
+    #[serde(default)]
+    pub bounces: BouncesSection,
 }
 
 /// `[store]`: where the campaign state lives when it is not a SQLite file.
@@ -125,6 +158,139 @@ pub struct StoreSection {
     pub url: Option<String>,
     /// The environment variable holding the password (default: `PGPASSWORD`).
     pub password_env: Option<String>,
+}
+
+/// `[bounces]`: how bounces and complaints come back and what they do.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BouncesSection {
+    /// VERP envelope sender, e.g. `bounces+{token}@acme.example`: each
+    /// recipient's MAIL FROM, `{token}` an authenticated recipient token.
+    pub return_path: Option<String>,
+    /// `imap` or `pop3`.
+    pub kind: Option<MailboxKindName>,
+    /// Mailbox server.
+    pub host: Option<String>,
+    /// Port (default 993 IMAP, 995 POP3 with TLS; 143 / 110 with STARTTLS).
+    pub port: Option<u16>,
+    /// `tls` (default) or `starttls`.
+    #[serde(default)]
+    pub security: MailboxSecurityName,
+    /// Login.
+    pub username: Option<String>,
+    /// Environment variable holding the password (never in the file).
+    pub password_env: Option<String>,
+    /// IMAP folder to read.
+    #[serde(default = "default_folder")]
+    pub folder: String,
+    /// IMAP folder applied messages are moved to.
+    #[serde(default = "default_processed_folder")]
+    pub processed_folder: String,
+    /// Delete applied messages instead of moving them.
+    #[serde(default)]
+    pub delete: bool,
+    /// Extra CA certificate (PEM), relative to the campaign directory.
+    pub ca_file: Option<PathBuf>,
+    /// The limit of every network step.
+    #[serde(default = "mailbox_timeout", with = "duration")]
+    pub timeout: Duration,
+    /// With `security = "none"`, send the password in clear to a host that
+    /// is not loopback.
+    #[serde(default)]
+    pub allow_plaintext_auth: bool,
+    /// Read the mailbox this often during `edm send` (e.g. "5m").
+    #[serde(default, with = "opt_duration")]
+    pub poll: Option<Duration>,
+    /// Soft bounces in a row that make a hard one.
+    #[serde(default = "soft_bounce_limit")]
+    pub soft_bounce_limit: u32,
+    /// Hard bounce rate over the window that stops a send.
+    #[serde(default = "max_bounce_rate")]
+    pub max_bounce_rate: f64,
+    /// Complaint rate over the window that stops a send.
+    #[serde(default = "max_complaint_rate")]
+    pub max_complaint_rate: f64,
+}
+
+impl Default for BouncesSection {
+    fn default() -> Self {
+        BouncesSection {
+            return_path: None,
+            kind: None,
+            host: None,
+            port: None,
+            security: MailboxSecurityName::default(),
+            username: None,
+            password_env: None,
+            folder: default_folder(),
+            processed_folder: default_processed_folder(),
+            delete: false,
+            ca_file: None,
+            timeout: mailbox_timeout(),
+            allow_plaintext_auth: false,
+            poll: None,
+            soft_bounce_limit: soft_bounce_limit(),
+            max_bounce_rate: max_bounce_rate(),
+            max_complaint_rate: max_complaint_rate(),
+        }
+    }
+}
+
+/// `[bounces] kind`.
+#[derive(Copy, Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MailboxKindName {
+    /// IMAP4rev1 (RFC 3501).
+    Imap,
+    /// POP3 (RFC 1939).
+    Pop3,
+}
+
+/// `[bounces] security`.
+#[derive(Copy, Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MailboxSecurityName {
+    /// TLS from the first byte.
+    #[default]
+    Tls,
+    /// STARTTLS / STLS before the login.
+    Starttls,
+    /// No TLS (loopback, or `allow_plaintext_auth`).
+    None,
+}
+
+fn mailbox_timeout() -> Duration {
+    edm_bounce::mailbox::DEFAULT_TIMEOUT
+}
+
+fn default_folder() -> String {
+    "INBOX".into()
+}
+fn default_processed_folder() -> String {
+    "processed".into()
+}
+/// Three soft bounces in a row make a hard one (issue 13; listmonk and
+/// Mailchimp use similar counts).
+fn soft_bounce_limit() -> u32 {
+    3
+}
+/// Amazon SES puts an account under review at a 5% bounce rate.
+fn max_bounce_rate() -> f64 {
+    0.05
+}
+/// 0.1%: Gmail's bulk-sender guidelines want spam complaints under 0.1%
+/// and never at 0.3%.
+fn max_complaint_rate() -> f64 {
+    0.001
+}
+
+mod opt_duration {
+    use serde::Deserializer;
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        super::duration::deserialize(d).map(Some)
+    }
 }
 
 /// `[dkim]`: DKIM signing by edm (RFC 6376).
@@ -185,6 +351,9 @@ pub struct CampaignSection {
     /// the campaign directory); `attachment_column` values are relative to it.
     #[serde(default = "default_attachment_dir")]
     pub attachment_dir: PathBuf,
+    /// `Feedback-ID` header for Gmail's Feedback Loop
+    /// (`campaign:customer:mailtype:senderid`), signed by DKIM.
+    pub feedback_id: Option<String>,
 }
 
 fn default_attachment_dir() -> PathBuf {
@@ -810,6 +979,12 @@ impl Campaign {
                 return Err(self.bad(format!("{key} concurrency = {n}: {why}")));
             }
         }
+        if let Some(f) = &c.campaign.feedback_id
+            && let Some(why) = feedback_id_problem(f)
+        {
+            return Err(self.bad(format!("[campaign] feedback_id = {f:?}: {why}")));
+        }
+        self.validate_bounces()?;
         if self.relay_kind() != RelayKind::Smtp {
             // The checks below are about SMTP settings, except this one.
             if c.delivery.max_attempts == 0 {
@@ -863,6 +1038,140 @@ impl Campaign {
             ));
         }
         Ok(())
+    }
+
+    fn validate_bounces(&self) -> Result<(), Error> {
+        let b = &self.config.bounces;
+        if let Some(rp) = &b.return_path {
+            let why = if rp.matches("{token}").count() != 1 {
+                Some("needs {token} exactly once, e.g. \"bounces+{token}@acme.example\"")
+            } else if rp
+                .chars()
+                .any(|ch| ch.is_whitespace() || ch.is_control() || "<>\"".contains(ch))
+            {
+                Some("contains a space, a quote, an angle bracket or a control character")
+            } else {
+                match rp.rsplit_once('@') {
+                    Some((local, domain))
+                        if local.contains("{token}")
+                            && !domain.is_empty()
+                            && !domain.contains('{') =>
+                    {
+                        None
+                    }
+                    _ => Some(
+                        "must be an address whose local part holds {token}, e.g. \"bounces+{token}@acme.example\"",
+                    ),
+                }
+            };
+            if let Some(why) = why {
+                return Err(self.bad(format!("[bounces] return_path = {rp:?}: {why}")));
+            }
+        }
+        if b.soft_bounce_limit == 0 {
+            return Err(self.bad("[bounces] soft_bounce_limit must be at least 1"));
+        }
+        for (key, v) in [
+            ("max_bounce_rate", b.max_bounce_rate),
+            ("max_complaint_rate", b.max_complaint_rate),
+        ] {
+            if !(v.is_finite() && v > 0.0 && v <= 1.0) {
+                return Err(self.bad(format!(
+                    "[bounces] {key} = {v}: a fraction above 0 and at most 1 (0.05 is 5%)"
+                )));
+            }
+        }
+        if let Some(p) = b.poll
+            && p < Duration::from_secs(10)
+        {
+            return Err(self.bad(format!(
+                "[bounces] poll = {p:?}: at least 10s (a mailbox server limits logins)"
+            )));
+        }
+        if b.kind.is_some() {
+            if b.host.as_deref().is_none_or(|h| h.trim().is_empty()) {
+                return Err(self.bad("[bounces] kind is set but host is missing"));
+            }
+            if b.username.is_none() || b.password_env.is_none() {
+                return Err(self.bad(
+                    "[bounces] a mailbox needs username and password_env (the variable holding its password)",
+                ));
+            }
+            if b.port == Some(0) {
+                return Err(self.bad("[bounces] port = 0: a port is 1 to 65535"));
+            }
+            for (key, f) in [
+                ("folder", &b.folder),
+                ("processed_folder", &b.processed_folder),
+            ] {
+                if f.is_empty() || !f.is_ascii() {
+                    return Err(self.bad(format!(
+                        "[bounces] {key} = {f:?}: an ASCII folder name (IMAP's modified UTF-7 is not written)"
+                    )));
+                }
+            }
+            if b.processed_folder == b.folder && !b.delete {
+                return Err(self.bad(format!(
+                    "[bounces] processed_folder = {:?} is the folder read: applied messages would be read again on every pass (choose another, or delete = true)",
+                    b.processed_folder
+                )));
+            }
+            if b.kind == Some(MailboxKindName::Pop3) && !b.delete {
+                // POP3 has no folders (RFC 1939): applied messages can only be
+                // left or deleted; leaving them is safe (applied once by key).
+                tracing::debug!("[bounces] kind = \"pop3\" without delete: applied messages stay");
+            }
+        } else if b.host.is_some() || b.username.is_some() {
+            return Err(self.bad(
+                "[bounces] host or username without kind: write kind = \"imap\" or \"pop3\"",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The bounce mailbox of `[bounces]`, its password read from
+    /// `password_env` (never logged); `None` without `kind`.
+    pub fn mailbox(&self) -> Result<Option<edm_bounce::mailbox::MailboxConfig>, Error> {
+        use edm_bounce::mailbox::{Kind, MailboxConfig, Security};
+        let b = &self.config.bounces;
+        let Some(kind) = b.kind else {
+            return Ok(None);
+        };
+        let var = b.password_env.clone().unwrap_or_default();
+        let password = match std::env::var(&var) {
+            Ok(v) if !v.is_empty() => v,
+            _ => {
+                return Err(self.bad(format!(
+                    "[bounces] password_env names ${var}, which is not set (export it before running)"
+                )));
+            }
+        };
+        let kind = match kind {
+            MailboxKindName::Imap => Kind::Imap,
+            MailboxKindName::Pop3 => Kind::Pop3,
+        };
+        let security = match b.security {
+            MailboxSecurityName::Tls => Security::Tls,
+            MailboxSecurityName::Starttls => Security::Starttls,
+            MailboxSecurityName::None => Security::Plain,
+        };
+        let mut m = MailboxConfig::new(
+            kind,
+            b.host.as_deref().unwrap_or_default(),
+            b.username.as_deref().unwrap_or_default(),
+            &password,
+        );
+        m.port = b
+            .port
+            .unwrap_or_else(|| edm_bounce::mailbox::default_port(kind, security));
+        m.security = security;
+        m.folder = b.folder.clone();
+        m.processed_folder = b.processed_folder.clone();
+        m.delete = b.delete;
+        m.ca_file = b.ca_file.as_deref().map(|p| self.path(p));
+        m.timeout = b.timeout;
+        m.allow_plaintext_auth = b.allow_plaintext_auth;
+        Ok(Some(m))
     }
 
     /// Resolves a path from the file against the campaign directory.
@@ -1517,5 +1826,104 @@ concurrency = 3
         let l = write(d.path(), MINIMAL).unwrap().config.limits.resolved();
         assert_eq!(l.attachment_encoding, AttachmentEncoding::Auto);
         assert_eq!(l.warn_message_bytes, None);
+    }
+
+    #[test]
+    fn the_bounces_table_parses_with_defaults_and_builds_the_mailbox() {
+        let d = tempfile::tempdir().unwrap();
+        let c = write(d.path(), MINIMAL).unwrap();
+        let b = &c.config.bounces;
+        assert_eq!(b.return_path, None);
+        assert_eq!(
+            (b.soft_bounce_limit, b.max_bounce_rate, b.max_complaint_rate),
+            (3, 0.05, 0.001)
+        );
+        assert!(c.mailbox().unwrap().is_none());
+
+        let var = "EDM_TEST_BOUNCES_PASSWORD_CFG";
+        let text = format!(
+            "{MINIMAL}\n[bounces]\nreturn_path = \"bounces+{{token}}@acme.example\"\nkind = \"imap\"\nhost = \"imap.acme.example\"\nsecurity = \"starttls\"\nusername = \"b@acme.example\"\npassword_env = \"{var}\"\nca_file = \"ca.pem\"\npoll = \"5m\"\nsoft_bounce_limit = 2\n"
+        );
+        let c = write(d.path(), &text).unwrap();
+        assert_eq!(c.config.bounces.poll, Some(Duration::from_secs(300)));
+        let err = c.mailbox().unwrap_err().to_string();
+        assert!(
+            err.contains(var) && err.contains("[bounces] password_env"),
+            "{err}"
+        );
+        // SAFETY: the variable's name is this test's own.
+        unsafe { std::env::set_var(var, "s3cret") };
+        let m = c.mailbox().unwrap().unwrap();
+        assert_eq!(m.kind, edm_bounce::mailbox::Kind::Imap);
+        assert_eq!((m.host.as_str(), m.port), ("imap.acme.example", 143));
+        assert_eq!(m.password, "s3cret");
+        assert_eq!(m.folder, "INBOX");
+        assert_eq!(m.processed_folder, "processed");
+        assert_eq!(m.ca_file, Some(d.path().join("ca.pem")));
+        assert!(!format!("{m:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn bounces_and_feedback_id_that_cannot_work_are_refused_naming_the_key() {
+        for (with, says) in [
+            (
+                "[bounces]\nreturn_path = \"bounces@acme.example\"\n",
+                "{token}",
+            ),
+            (
+                "[bounces]\nreturn_path = \"b+{token}{token}@acme.example\"\n",
+                "exactly once",
+            ),
+            (
+                "[bounces]\nreturn_path = \"bounces@{token}.example\"\n",
+                "local part",
+            ),
+            (
+                "[bounces]\nreturn_path = \"b+{token} @acme.example\"\n",
+                "space",
+            ),
+            ("[bounces]\nsoft_bounce_limit = 0\n", "soft_bounce_limit"),
+            ("[bounces]\nmax_bounce_rate = 5\n", "max_bounce_rate = 5"),
+            ("[bounces]\nmax_complaint_rate = 0\n", "max_complaint_rate"),
+            ("[bounces]\npoll = \"1s\"\n", "poll"),
+            ("[bounces]\nkind = \"imap\"\n", "host"),
+            ("[bounces]\nkind = \"pop3\"\nhost = \"h\"\n", "password_env"),
+            ("[bounces]\nhost = \"h\"\n", "without kind"),
+            ("[bounces]\nkind = \"smtp\"\n", "kind"),
+            ("[bounces]\nfolders = \"x\"\n", "folders"),
+            (
+                "[bounces]\nkind = \"imap\"\nhost = \"h\"\nusername = \"u\"\npassword_env = \"P\"\nprocessed_folder = \"INBOX\"\n",
+                "is the folder read",
+            ),
+            (
+                "[bounces]\nkind = \"imap\"\nhost = \"h\"\nusername = \"u\"\npassword_env = \"P\"\nfolder = \"Boîte\"\n",
+                "ASCII",
+            ),
+        ] {
+            let err = refused("", &format!("\n{with}"));
+            assert!(err.contains(says), "{with}: {err}");
+            assert!(err.contains("campaign.toml"), "{err}");
+        }
+        let with_id = |id: &str| {
+            MINIMAL.replace(
+                "recipients = \"r.csv\"",
+                &format!("recipients = \"r.csv\"\nfeedback_id = \"{id}\""),
+            )
+        };
+        let d = tempfile::tempdir().unwrap();
+        for ok in ["a:b:c:sender", "sender", "::news:acme-1.2_x"] {
+            assert!(write(d.path(), &with_id(ok)).is_ok(), "{ok}");
+        }
+        for (bad, says) in [
+            ("a:b:c:d:e", "at most four"),
+            ("a:b:c:", "sender id"),
+            ("a b:c", "' '"),
+        ] {
+            let err = write(d.path(), &with_id(bad)).unwrap_err().to_string();
+            assert!(
+                err.contains("[campaign] feedback_id") && err.contains(says),
+                "{bad}: {err}"
+            );
+        }
     }
 }

@@ -123,7 +123,8 @@ pub fn dkim_signer(c: &Campaign) -> Result<Option<Dkim>, Error> {
 pub(crate) fn compile_templates(c: &Campaign) -> Result<Templates, Error> {
     // One description of the message, shared with `edm check` and `edm preview`.
     let spec = message_spec(c)?;
-    let templates = Templates::compile(spec)?;
+    let templates =
+        Templates::compile(spec)?.with_feedback_id(c.config.campaign.feedback_id.clone());
     let templates = crate::attach::with_attachments(c, templates)?;
     Ok(match dkim_signer(c)? {
         Some(dkim) => templates.with_dkim(dkim),

@@ -22,6 +22,10 @@
 //!   by its variant, `report.rs` is what it reports ([`CheckReport`],
 //!   [`Finding`]).
 //! - `preview.rs`: `edm preview` (.eml files).
+//! - `bounces.rs`: bounces and complaints applied to the state: the VERP
+//!   return path and its authenticated token ([`bounces::Verp`]), the
+//!   intake that ties a message to a recipient and applies it once
+//!   ([`bounces::Intake`]).
 //! - `suppress.rs`: the shared suppression list ([`SharedSuppression`],
 //!   `edm suppress`), merged into ingest and fed by `recipient_unknown`
 //!   bounces at the end of each run.
@@ -35,6 +39,7 @@
 #![deny(missing_docs)]
 
 mod attach;
+pub mod bounces;
 mod check;
 mod config;
 mod fingerprint;
@@ -43,6 +48,7 @@ mod new;
 mod prepare;
 mod preview;
 mod report;
+mod reputation;
 mod send;
 mod state;
 mod suppress;
@@ -56,8 +62,9 @@ pub use check::{
     check, check_online, online_human,
 };
 pub use config::{
-    Campaign, Config, DurabilityName, LimitsSection, MAX_CONCURRENCY, MAX_RETRY_WAIT, MIN_RATE,
-    MIN_TIMEOUT, ProviderName, ResolvedLimits, SecurityName, concurrency_problem, rate_problem,
+    BouncesSection, Campaign, Config, DurabilityName, LimitsSection, MAX_CONCURRENCY,
+    MAX_RETRY_WAIT, MIN_RATE, MIN_TIMEOUT, ProviderName, ResolvedLimits, SecurityName,
+    concurrency_problem, rate_problem,
 };
 pub use edm_recipients::validate as validate_address;
 pub use edm_store::{InDoubtPolicy, Summary};
@@ -69,8 +76,10 @@ pub use new::{NewProvider, new_campaign};
 pub use prepare::{Prepared, prepare, prepare_with_stop};
 pub use preview::{PreviewFile, PreviewOptions, PreviewReport, preview, preview_path};
 pub use report::{
-    RelayStatus, ReportFormat, ReportKind, StatusReport, export, retry, status, watch_progress,
+    RelayStatus, ReportFormat, ReportKind, StatusReport, export, retry, rfc3339, status,
+    watch_progress,
 };
+pub use reputation::ReputationTrip;
 pub use send::{Run, RunEnd, RunReport, SendOptions, start_send};
 pub use state::STORE_URL_ENV;
 pub use suppress::{

@@ -55,7 +55,8 @@ pub struct PreviewReport {
 /// Renders the chosen rows into `opts.out`.
 pub fn preview(c: &Campaign, opts: &PreviewOptions) -> Result<PreviewReport, Error> {
     let spec = message_spec(c)?;
-    let templates = Templates::compile(spec)?;
+    let templates =
+        Templates::compile(spec)?.with_feedback_id(c.config.campaign.feedback_id.clone());
     let mut templates = crate::attach::with_attachments(c, templates)?;
     if let Some(dkim) = dkim_signer(c)? {
         templates = templates.with_dkim(dkim);

@@ -52,13 +52,21 @@ pub struct StatusReport {
     /// False while an interrupted ingest has stored only part of the
     /// recipients file: the next `edm send` stores the rest, once each.
     pub ingested: bool,
+    /// Sent, then bounced (a hard bounce, or `soft_bounce_limit` delays in
+    /// a row) according to the bounce mailbox (`edm bounces`); still counted
+    /// in `sent`.
+    pub bounced: u64,
+    /// Sent, then reported as spam (ARF); still counted in `sent`.
+    pub complained: u64,
+    /// Sent, with delays reported and no hard outcome yet.
+    pub soft_bounced: u64,
     /// By relay (`[[relay]] name`, `smtp` for `[smtp]`): see [`RelayStatus`].
     pub by_relay: BTreeMap<String, RelayStatus>,
 }
 
 /// One relay in `edm status --json` (`by_relay`), from the recipients'
-/// `relay` column (written when a relay accepts a message) and the last
-/// run's relay events.
+/// `relay` column (written with each outcome a relay gave: accepted,
+/// refused, deferred, in doubt) and the last run's relay events.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct RelayStatus {
     /// Recipients this relay accepted.
@@ -160,6 +168,7 @@ pub fn status(c: &Campaign, state: Option<&Path>) -> Result<StatusReport, Error>
     let store = open_ro(c, state)?;
     let s = store.summary()?;
     let ingested = store.is_ingested()?;
+    let late = store.late_counts()?;
     Ok(StatusReport {
         campaign: c.config.campaign.name.clone(),
         state: crate::state::location(c, state),
@@ -187,6 +196,9 @@ pub fn status(c: &Campaign, state: Option<&Path>) -> Result<StatusReport, Error>
                 .all(|st| s.count(*st) == 0),
         ingested,
         by_relay: by_relay(c, store.as_ref())?,
+        bounced: late.bounced,
+        complained: late.complained,
+        soft_bounced: late.soft_bounced,
     })
 }
 
@@ -247,8 +259,17 @@ pub fn export(
     // for it, after the others; `--failures` keeps exactly its columns,
     // since it feeds back in as input.
     let with_relay = kind == ReportKind::All;
+    // Then what bounces and complaints said later (docs/bounces.md).
     let relay_columns: &[&str] = if with_relay {
-        &["relay", "provider_message_id"]
+        &[
+            "relay",
+            "provider_message_id",
+            "late",
+            "late_at",
+            "late_status",
+            "late_diagnostic",
+            "soft_bounces",
+        ]
     } else {
         &[]
     };
@@ -288,6 +309,12 @@ pub fn export(
                 if with_relay {
                     rec.push(row.relay.clone().unwrap_or_default());
                     rec.push(row.provider_message_id.clone().unwrap_or_default());
+                    let late = row.late.clone().unwrap_or_default();
+                    rec.push(late.outcome.unwrap_or_default());
+                    rec.push(late.at.map(rfc3339).unwrap_or_default());
+                    rec.push(late.status.unwrap_or_default());
+                    rec.push(late.diagnostic.unwrap_or_default());
+                    rec.push(late.soft_bounces.to_string());
                 }
                 if let Err(e) = w.write_record(&rec) {
                     failed = Some(e);
@@ -327,6 +354,11 @@ pub fn export(
                         "message_id": row.message_id,
                         "relay": row.relay,
                         "provider_message_id": row.provider_message_id,
+                        "late": row.late.as_ref().and_then(|l| l.outcome.clone()),
+                        "late_at": row.late.as_ref().and_then(|l| l.at),
+                        "late_status": row.late.as_ref().and_then(|l| l.status.clone()),
+                        "late_diagnostic": row.late.as_ref().and_then(|l| l.diagnostic.clone()),
+                        "soft_bounces": row.late.as_ref().map_or(0, |l| l.soft_bounces),
                     });
                     writeln!(out, "{obj}")
                 };

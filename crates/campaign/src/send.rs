@@ -60,6 +60,8 @@ pub struct SendOptions {
     /// boundary ([`Error::Interrupted`]); once sending, stop with
     /// [`Control::Stop`](edm_model::Control::Stop) instead.
     pub stop_ingest: Option<Arc<AtomicBool>>,
+    /// Go on although the reputation breaker trips (`--accept-reputation`).
+    pub accept_reputation: bool,
 }
 
 impl Default for SendOptions {
@@ -74,6 +76,7 @@ impl Default for SendOptions {
             relay: None,
             max_retry_wait: crate::config::MAX_RETRY_WAIT,
             stop_ingest: None,
+            accept_reputation: false,
         }
     }
 }
@@ -126,6 +129,10 @@ pub enum RunEnd {
         /// Recipients in status `in_doubt`.
         count: u64,
     },
+    /// The reputation breaker: too many hard bounces or complaints among
+    /// the latest recipients (`[bounces] max_bounce_rate`,
+    /// `max_complaint_rate`); the rest is pending.
+    Reputation(crate::reputation::ReputationTrip),
 }
 
 /// What a finished run reports.
@@ -165,7 +172,8 @@ impl RunReport {
             | RunEnd::StoreFailed(_)
             | RunEnd::Unreachable { .. }
             | RunEnd::Refused(_)
-            | RunEnd::Crashed(_) => 2,
+            | RunEnd::Crashed(_)
+            | RunEnd::Reputation(_) => 2,
             RunEnd::WaitingForRetries { .. }
             | RunEnd::LimitReached
             | RunEnd::DailyQuota { .. }
@@ -555,7 +563,7 @@ pub async fn start_send(campaign: Campaign, opts: SendOptions) -> Result<Run, Er
     let s2 = state.clone();
     let (policy, accept) = (opts.in_doubt, opts.accept_changes);
     let stop = opts.stop_ingest.clone().unwrap_or_default();
-    let prepared =
+    let mut prepared =
         tokio::task::spawn_blocking(move || prepare_with_stop(&c2, &s2, policy, accept, &stop))
             .await
             .map_err(|e| Error::Crashed {
@@ -563,6 +571,16 @@ pub async fn start_send(campaign: Campaign, opts: SendOptions) -> Result<Run, Er
                 task: Task::Preparing,
                 reason: e.to_string(),
             })??;
+    // `[bounces] return_path`: each recipient's MAIL FROM carries its
+    // authenticated token (VERP, docs/bounces.md). Not through Amazon SES:
+    // it sets its own MAIL FROM, and its FromEmailAddress must be a
+    // verified identity; bounces come back by Message-ID there.
+    if campaign.relay_kind() != RelayKind::Ses
+        && let Some(verp) =
+            crate::bounces::Verp::load_or_create(&campaign, prepared.store.as_mut())?
+    {
+        prepared.templates.set_return_path(Some(verp.return_path()));
+    }
     let mut dcfg = delivery_config(&campaign, &opts);
     let smtp = smtp_settings(&campaign, &opts, password);
     let transport = if campaign.is_pool() {
@@ -697,6 +715,16 @@ async fn run(
     let start = store.summary()?;
     let mut fold = ProgressFold::new(progress_tx.borrow().clone());
     fold.start_from(&start.counts, &start.by_category);
+    // The reputation breaker starts from the latest recipients in the state,
+    // late bounces and complaints applied since the last run included.
+    let mut reputation = crate::reputation::Reputation::new(
+        &campaign.config.bounces,
+        opts.accept_reputation,
+        store
+            .reputation_window(crate::reputation::WINDOW)
+            .unwrap_or_default(),
+    );
+    let mut tripped = reputation.check();
     let writer = Arc::new(Writer::spawn(store).map_err(|e| Error::Io {
         path: state.clone(),
         source: e,
@@ -749,6 +777,9 @@ async fn run(
         .run(),
     );
 
+    // `[bounces] poll`: the bounce mailbox read in the background.
+    let poll_task = crate::bounces::spawn_poll(&campaign, &state);
+
     // The outcome loop: every event becomes a store outcome, in order, and
     // a step of the progress fold; the feeder's claims and the operator's
     // controls come here too. Biased: a claim is always folded before the
@@ -763,6 +794,9 @@ async fn run(
     let mut claimed: HashSet<RecipientId> = HashSet::new();
     let mut publish = tokio::time::interval(PUBLISH_EVERY);
     publish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    if let Some(trip) = &tripped {
+        reputation_stop(&mut fold, &stop_tx, &engine_control, trip);
+    }
     loop {
         tokio::select! {
             biased;
@@ -786,6 +820,23 @@ async fn run(
                 if let Some(id) = ev.id() {
                     claimed.remove(&id);
                 }
+                // The reputation breaker sees every acceptance and every
+                // refusal of an unknown mailbox, by domain.
+                let seen = match &ev {
+                    DeliveryEvent::Accepted { domain, .. } => Some((domain.as_str(), false)),
+                    DeliveryEvent::Rejected { failure, domain, .. }
+                        if failure.category == edm_model::Category::RecipientUnknown =>
+                    {
+                        Some((domain.as_str(), true))
+                    }
+                    _ => None,
+                };
+                if let Some((domain, hard)) = seen
+                    && let Some(trip) = reputation.observe(domain, hard)
+                {
+                    reputation_stop(&mut fold, &stop_tx, &engine_control, &trip);
+                    tripped = Some(trip);
+                }
                 let retry = event_attempt(&ev).is_some_and(|a| a.retry);
                 let is_envelope = ev.id().is_some();
                 outcomes.handle(&writer, &mut fold, &mut counts, ev).await;
@@ -799,6 +850,9 @@ async fn run(
     }
     let engine_end = engine.join().await;
     stop_tx.send_replace(true);
+    if let Some(p) = poll_task {
+        p.stop().await;
+    }
     let feed_end = match feeder.await {
         Ok(end) => end,
         // A panic in the feeder is a bug: the run ends with exit 2, never 130.
@@ -849,7 +903,10 @@ async fn run(
         (_, None, FeedEnd::Waiting { deferred, next_due }) => {
             RunEnd::WaitingForRetries { deferred, next_due }
         }
-        (_, None, FeedEnd::Stopped) => RunEnd::Stopped,
+        (_, None, FeedEnd::Stopped) => match tripped {
+            Some(trip) => RunEnd::Reputation(trip),
+            None => RunEnd::Stopped,
+        },
         (_, None, FeedEnd::Quota { quota }) => RunEnd::DailyQuota { quota },
     };
     // A last snapshot with the store's own tallies (the fold guesses where
@@ -876,6 +933,21 @@ async fn run(
         retried: counts.retried,
         state,
     })
+}
+
+/// Stops the run the way `q` does (transactions in flight finish, the rest
+/// stays pending), saying why.
+fn reputation_stop(
+    fold: &mut ProgressFold,
+    stop_tx: &watch::Sender<bool>,
+    engine_control: &mpsc::UnboundedSender<Control>,
+    trip: &crate::reputation::ReputationTrip,
+) {
+    tracing::warn!("reputation breaker: {trip}");
+    stop_tx.send_replace(true);
+    fold.stop();
+    fold.log(now_ms(), format!("stopping: {trip}"));
+    let _ = engine_control.send(Control::Stop);
 }
 
 /// The attempt an event hands back (`None` for a notice or a return).
@@ -955,8 +1027,12 @@ impl Outcomes {
                 id,
                 failure,
                 attempt,
+                relay,
                 ..
             } => {
+                // Recorded with every outcome, not only `sent`: `status
+                // --json` `by_relay` counts failed and deferred per relay.
+                let relay = if relay.is_empty() { &self.relay } else { relay };
                 let attempts = attempt.before.saturating_add(1);
                 match self.policy.decide(failure, attempts, age(attempt)) {
                     Verdict::Retry { after, counts: c } => {
@@ -965,6 +1041,7 @@ impl Outcomes {
                             next_attempt_at: add_ms(now, after),
                             failure: failure.clone(),
                             count_attempt: c,
+                            relay: relay.clone(),
                         };
                         (Some((*id, kind)), Recorded::Deferred)
                     }
@@ -972,6 +1049,7 @@ impl Outcomes {
                         counts.failed += 1;
                         let kind = OutcomeKind::Failed {
                             failure: failure.clone(),
+                            relay: relay.clone(),
                         };
                         (Some((*id, kind)), Recorded::Failed)
                     }
@@ -987,8 +1065,10 @@ impl Outcomes {
                 id,
                 failure,
                 attempt,
+                relay,
                 ..
             } => {
+                let relay = if relay.is_empty() { &self.relay } else { relay };
                 counts.in_doubt += 1;
                 fold.log(
                     now,
@@ -1023,6 +1103,7 @@ impl Outcomes {
                 let kind = OutcomeKind::InDoubt {
                     failure: failure.clone(),
                     next_attempt_at,
+                    relay: relay.clone(),
                 };
                 (Some((*id, kind)), recorded)
             }
@@ -1203,6 +1284,8 @@ impl Feeder {
                                 at: now_ms(),
                                 kind: OutcomeKind::Failed {
                                     failure: failure.clone(),
+                                    // Never reached a relay.
+                                    relay: String::new(),
                                 },
                             },
                         )

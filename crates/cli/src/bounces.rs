@@ -1,9 +1,11 @@
 //! `edm bounces`: bounces and complaints.
 //!
+//! - `edm bounces DIR [--json] [--unmatched] [--from FILE_OR_MAILDIR...]`:
+//!   reads the campaign's bounce mailbox (or files and Maildirs given with
+//!   `--from`) and applies the bounces and complaints to the campaign's state
+//!   (docs/bounces.md). Exit 0, or 2 when the mailbox cannot be read.
 //! - `edm bounces parse FILE... [--json]`: the parser's verdict on message
 //!   files, touching no campaign.
-//! - `edm bounces DIR [--json] [--unmatched]`: read the campaign's bounce
-//!   mailbox and apply what it says (the mailbox intake).
 //!
 //! One clap command with an optional positional and a subcommand, so both
 //! shapes parse: `args_conflicts_with_subcommands` makes `parse` the
@@ -12,24 +14,36 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::bail;
+use anyhow::Context;
 use clap::{Args, Subcommand};
 use edm_bounce::Verdict;
+use edm_bounce::mailbox::Disposition;
+use edm_campaign::Campaign;
+use edm_campaign::bounces::{Applied, Intake, read_messages};
+use edm_store::{CampaignStore, Durability, LateApplied, Store};
 use serde::Serialize;
 
+/// `edm bounces DIR [--json] [--unmatched] [--from FILE_OR_MAILDIR...]`.
 #[derive(Args, Debug)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct BouncesArgs {
     #[command(subcommand)]
     pub command: Option<BouncesCommand>,
-    /// Campaign directory whose bounce mailbox to read.
+    /// Campaign directory (or its campaign.toml).
     pub dir: Option<PathBuf>,
-    /// Machine-readable output.
+    /// One JSON object a line per message instead of text.
     #[arg(long)]
     pub json: bool,
-    /// List the messages that match no recipient of this campaign.
+    /// List the messages that matched no recipient of this campaign, apply nothing.
     #[arg(long)]
     pub unmatched: bool,
+    /// Apply messages from these files, folders of files or Maildirs instead
+    /// of the `[bounces]` mailbox.
+    #[arg(long = "from", num_args = 1..)]
+    pub from: Vec<PathBuf>,
+    /// State file (default DIR/.edm/state.db).
+    #[arg(long)]
+    pub state: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -45,19 +59,224 @@ pub enum BouncesCommand {
     },
 }
 
-pub fn run(args: BouncesArgs) -> anyhow::Result<u8> {
-    match args.command {
-        Some(BouncesCommand::Parse { files, json }) => Ok(parse_files(&files, json)),
-        None => match args.dir {
-            Some(dir) => bail!(
-                "reading the bounce mailbox of {} is not available in this build",
-                dir.display()
-            ),
-            None => {
-                bail!("give a campaign directory (edm bounces DIR) or `edm bounces parse FILE...`")
-            }
-        },
+/// One applied message, said as text or JSON.
+fn describe(source: Option<&str>, a: &Applied, json: bool) -> String {
+    let (result, email, status, suppressed, why) = match a {
+        Applied::Changed {
+            email,
+            change,
+            status,
+            suppressed,
+            ..
+        } => (
+            match change {
+                LateApplied::Bounced => "bounced".to_string(),
+                LateApplied::Complained => "complained".to_string(),
+                LateApplied::SoftBounce(n) => format!("soft_bounce {n}"),
+                other => format!("{other:?}"),
+            },
+            Some(email.as_str()),
+            status.clone(),
+            suppressed.clone(),
+            None,
+        ),
+        Applied::AlreadyApplied { email, .. } => (
+            "already_applied".to_string(),
+            Some(email.as_str()),
+            None,
+            None,
+            None,
+        ),
+        Applied::Ignored { email, why, .. } => (
+            "ignored".to_string(),
+            Some(email.as_str()),
+            None,
+            None,
+            Some(why.clone()),
+        ),
+        Applied::Unmatched { why } => {
+            ("unmatched".to_string(), None, None, None, Some(why.clone()))
+        }
+        Applied::NotBounce(kind) => (
+            "not_bounce".to_string(),
+            None,
+            None,
+            None,
+            Some(format!("{kind:?}")),
+        ),
+    };
+    if json {
+        let (result, soft) = match result.split_once(' ') {
+            Some((r, n)) => (r.to_string(), n.parse::<u32>().ok()),
+            None => (result, None),
+        };
+        let mut obj = serde_json::json!({
+            "result": result,
+            "email": email,
+            "status": status,
+            "suppressed": suppressed,
+            "why": why,
+        });
+        if let Some(s) = source {
+            obj["file"] = serde_json::Value::String(s.to_string());
+        }
+        if let Some(n) = soft {
+            obj["soft_bounces"] = serde_json::Value::from(n);
+        }
+        obj.to_string()
+    } else {
+        let mut line = String::new();
+        if let Some(s) = source {
+            line.push_str(s);
+            line.push_str(": ");
+        }
+        if let Some(e) = email {
+            line.push_str(e);
+            line.push(' ');
+        }
+        line.push_str(&result.replace('_', " "));
+        if let Some(s) = status {
+            line.push(' ');
+            line.push_str(&s);
+        }
+        if let Some(w) = why {
+            line.push_str(&format!(" ({w})"));
+        }
+        if let Some(r) = suppressed {
+            line.push_str(&format!("; added to the suppression list: {r}"));
+        }
+        line
     }
+}
+
+/// Tallies of one pass.
+#[derive(Default)]
+struct Tally {
+    seen: u64,
+    changed: u64,
+    already: u64,
+    unmatched: u64,
+    other: u64,
+}
+
+impl Tally {
+    fn add(&mut self, a: &Applied) {
+        self.seen += 1;
+        match a {
+            Applied::Changed { .. } => self.changed += 1,
+            Applied::AlreadyApplied { .. } => self.already += 1,
+            Applied::Unmatched { .. } => self.unmatched += 1,
+            Applied::Ignored { .. } | Applied::NotBounce(_) => self.other += 1,
+        }
+    }
+}
+
+pub fn run(args: BouncesArgs) -> anyhow::Result<u8> {
+    if let Some(BouncesCommand::Parse { files, json }) = args.command {
+        return Ok(parse_files(&files, json));
+    }
+    crate::progress::init_logging(None, true);
+    let Some(dir) = args.dir else {
+        anyhow::bail!("which campaign? `edm bounces DIR` (or `edm bounces parse FILE...`)");
+    };
+    let c = Campaign::load(&dir)?;
+    let path = args.state.clone().unwrap_or_else(|| c.state_path());
+    if !path.exists() {
+        return Err(edm_campaign::Error::NoState(path).into());
+    }
+    if args.unmatched {
+        let store = Store::open_read_only(&path)?;
+        for u in store.unmatched()? {
+            if args.json {
+                outln!(
+                    "{}",
+                    serde_json::json!({
+                        "key": u.key,
+                        "at": edm_campaign::rfc3339(u.at),
+                        "summary": u.summary,
+                    })
+                );
+            } else {
+                outln!("{}  {}  {}", edm_campaign::rfc3339(u.at), u.key, u.summary);
+            }
+        }
+        return Ok(0);
+    }
+    // The writer's connection: a running `edm send` may hold the run lock;
+    // SQLite serialises the few transactions of both.
+    let mut store = Store::open(&path, Durability::Normal)?;
+    let suppression = c
+        .config
+        .campaign
+        .auto_suppress
+        .then(edm_campaign::SharedSuppression::open_default);
+    let mut tally = Tally::default();
+    if !args.from.is_empty() {
+        let mut intake = Intake::new(&c, &mut store as &mut dyn CampaignStore, suppression)?;
+        for from in &args.from {
+            for (file, raw) in read_messages(from)? {
+                let a = intake
+                    .apply(&raw)
+                    .with_context(|| format!("applying {}", file.display()))?;
+                tally.add(&a);
+                outln!(
+                    "{}",
+                    describe(Some(&file.display().to_string()), &a, args.json)
+                );
+            }
+        }
+    } else {
+        let Some(cfg) = c.mailbox()? else {
+            errln!(
+                "edm: {}: no bounce mailbox: set [bounces] kind, host, username and password_env (docs/bounces.md), or give messages with --from",
+                c.file.display()
+            );
+            return Ok(2);
+        };
+        let mut intake = Intake::new(&c, &mut store as &mut dyn CampaignStore, suppression)?;
+        let mut failed: Option<edm_campaign::Error> = None;
+        let json = args.json;
+        let rt = crate::runtime()?;
+        let result = rt.block_on(edm_bounce::mailbox::process(&cfg, |raw| {
+            if failed.is_some() {
+                return Disposition::Leave;
+            }
+            match intake.apply(raw) {
+                Ok(a) => {
+                    tally.add(&a);
+                    outln!("{}", describe(None, &a, json));
+                    a.disposition()
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    Disposition::Leave
+                }
+            }
+        }));
+        if let Some(e) = failed {
+            return Err(e.into());
+        }
+        if let Err(e) = result {
+            errln!(
+                "edm: the bounce mailbox {}:{} cannot be read: {e}",
+                cfg.host,
+                cfg.port
+            );
+            return Ok(2);
+        }
+    }
+    if !args.json {
+        outln!(
+            "{} messages: {} changed a recipient, {} applied before, {} matched no recipient (edm bounces {} --unmatched), {} not bounces or nothing to change",
+            tally.seen,
+            tally.changed,
+            tally.already,
+            tally.unmatched,
+            dir.display(),
+            tally.other
+        );
+    }
+    Ok(0)
 }
 
 /// One line of `edm bounces parse --json`.

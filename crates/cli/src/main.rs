@@ -154,7 +154,8 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Provider::Smtp)]
         provider: Provider,
     },
-    /// Bounces and complaints: `edm bounces parse FILE...` shows the parser's verdicts.
+    /// Bounces and complaints: apply them from the [bounces] mailbox (or --from files) to a
+    /// campaign, or show the parser's verdicts (`edm bounces parse FILE...`).
     Bounces(bounces::BouncesArgs),
 }
 
@@ -227,6 +228,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Check(args) => check::run_check(args),
         Command::Preview(args) => check::run_preview(args),
         Command::Suppress(command) => suppress::run(command),
+        Command::Bounces(args) => bounces::run(args),
         Command::New { dir, provider } => {
             let provider = match provider {
                 Provider::Smtp => edm_campaign::NewProvider::Smtp,
@@ -246,7 +248,6 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             );
             Ok(0)
         }
-        Command::Bounces(args) => bounces::run(args),
         Command::Status {
             dir,
             json,

@@ -112,6 +112,12 @@ pub fn print_status(s: &StatusReport) {
     if !s.by_category.is_empty() {
         println!("  by category: {}", categories(&s.by_category));
     }
+    if s.bounced + s.complained + s.soft_bounced > 0 {
+        println!(
+            "  later: bounced {}  complained {}  soft bounced {} (edm bounces; still counted as sent)",
+            s.bounced, s.complained, s.soft_bounced
+        );
+    }
     if !s.ingested {
         println!(
             "  the recipients file is not all stored yet (an interrupted ingest): edm send stores the rest"
@@ -173,6 +179,10 @@ pub fn print_report(dir: &Path, r: &RunReport) {
         ),
         RunEnd::DailyQuota { quota } => format!(
             "the daily quota of {quota} messages is used up (rolling 24 hours); run `edm send` again later"
+        ),
+        RunEnd::Reputation(trip) => format!(
+            "stopped by the reputation breaker: {trip}. Clean the list (edm report {} --all shows who bounced), or run `edm send --accept-reputation` to go on anyway; the rest is pending.",
+            dir.display()
         ),
     };
     outln!("Campaign: {head}");

@@ -64,6 +64,10 @@ pub struct SendArgs {
     /// With --test-to: do not prefix subjects with "[TEST] ".
     #[arg(long, requires = "test_to")]
     pub no_prefix: bool,
+    /// Go on although hard bounces or complaints are above [bounces]
+    /// max_bounce_rate / max_complaint_rate (the reputation breaker).
+    #[arg(long)]
+    pub accept_reputation: bool,
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -89,6 +93,7 @@ impl SendArgs {
             relay: None,
             max_retry_wait: Duration::from_secs(self.max_retry_wait),
             stop_ingest: None,
+            accept_reputation: self.accept_reputation,
         }
     }
 }

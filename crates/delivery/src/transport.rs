@@ -6,6 +6,69 @@
 //! (`outbound::smtp`) is the first implementation; an HTTP API transport would
 //! be another, with a "connection" that is a client.
 //!
+//! A transport is two small impls. This one accepts every message, which is
+//! all a test double needs (the engine's own tests use richer ones):
+//!
+//! ```
+//! use edm_delivery::{Afterwards, BoxFuture, Connection, Transport};
+//! use edm_model::{Category, Envelope, Failure, RecipientId, Reply, Stage};
+//!
+//! struct AcceptAll;
+//! struct Open;
+//!
+//! impl Transport for AcceptAll {
+//!     fn describe(&self) -> String {
+//!         "accept-all".into()
+//!     }
+//!     fn open(&self) -> BoxFuture<'_, Result<Box<dyn Connection>, Failure>> {
+//!         Box::pin(async { Ok(Box::new(Open) as Box<dyn Connection>) })
+//!     }
+//! }
+//!
+//! impl Connection for Open {
+//!     fn send<'a>(
+//!         &'a mut self,
+//!         env: &'a Envelope,
+//!         before_dot: BoxFuture<'a, Result<(), String>>,
+//!     ) -> BoxFuture<'a, Result<Reply, (Failure, Afterwards)>> {
+//!         Box::pin(async move {
+//!             // Nothing may be accepted before the durable mark is committed.
+//!             before_dot.await.map_err(|e| {
+//!                 (Failure::local(Stage::Data, Category::OtherTransient, e), Afterwards::Usable)
+//!             })?;
+//!             Ok(Reply {
+//!                 code: 250,
+//!                 enhanced: None,
+//!                 text: format!("queued {}", env.message_id),
+//!                 provider_message_id: None,
+//!                 relay: None,
+//!             })
+//!         })
+//!     }
+//!     fn close(self: Box<Self>) -> BoxFuture<'static, ()> {
+//!         Box::pin(async {})
+//!     }
+//! }
+//!
+//! let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+//! let reply = rt.block_on(async {
+//!     let mut conn = AcceptAll.open().await.unwrap();
+//!     let env = Envelope {
+//!         id: RecipientId(1),
+//!         mail_from: "news@acme.example".into(),
+//!         rcpt_to: "ann@example.com".into(),
+//!         domain: "example.com".into(),
+//!         message_id: "1.welcome@acme.example".into(),
+//!         body: b"Subject: hi\r\n\r\nHello\r\n".to_vec(),
+//!         attempt: Default::default(),
+//!     };
+//!     let reply = conn.send(&env, Box::pin(async { Ok(()) })).await;
+//!     conn.close().await;
+//!     reply
+//! });
+//! assert_eq!(reply.unwrap().text, "queued 1.welcome@acme.example");
+//! ```
+//!
 //! Dynamic dispatch on purpose: one boxed future per transaction costs
 //! nothing next to a network round trip, and keeps the engine free of a type
 //! parameter on every function.

@@ -50,6 +50,15 @@ pub fn ascii_address(address: &str) -> Result<Cow<'_, str>, String> {
 /// every large mailbox provider does, and sending twice to one person is the
 /// worse mistake. A domain that has no A-label form is lower-cased as is
 /// (ingest refuses such an address anyway).
+///
+/// ```
+/// use edm_model::normalize_address;
+/// assert_eq!(
+///     normalize_address(" Ann@Bücher.Example "),
+///     normalize_address("ann@xn--bcher-kva.example"),
+/// );
+/// assert_eq!(normalize_address("ann@xn--bcher-kva.example"), "ann@xn--bcher-kva.example");
+/// ```
 pub fn normalize_address(email: &str) -> String {
     let email = email.trim();
     match email.rsplit_once('@') {

@@ -147,7 +147,16 @@ pub enum Category {
     TlsCertificate,
 }
 
-/// Whether a category is retried.
+/// Whether a category is retried: one table ([`Category::retry`]) that every
+/// other part of edm asks.
+///
+/// ```
+/// use edm_model::{Category, Retry};
+/// assert_eq!(Category::Throttled.retry(), Retry::Yes);
+/// assert_eq!(Category::RecipientUnknown.retry(), Retry::No);
+/// assert!(Category::SenderRefused.stops_run());
+/// assert!(!Category::RecipientUnknown.stops_run());
+/// ```
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Retry {
     /// Always retried (transient).

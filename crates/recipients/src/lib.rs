@@ -50,6 +50,7 @@ mod decode;
 mod error;
 mod ingest;
 mod lines;
+mod seen;
 mod sniff;
 mod suppression;
 

@@ -14,6 +14,15 @@
 //! displays. An outcome it cannot take is an error and the run's failure
 //! ([`Writer::failure`]), never dropped silently.
 //!
+//! ```
+//! use edm_store::{CampaignStore, MemoryStore};
+//! // Any implementation behind the seam: the in-memory one needs no file.
+//! let mut store: Box<dyn CampaignStore> = Box::new(MemoryStore::new());
+//! store.set_meta("campaign.name", "welcome").unwrap();
+//! assert_eq!(store.meta("campaign.name").unwrap().as_deref(), Some("welcome"));
+//! assert!(!store.is_ingested().unwrap());
+//! ```
+//!
 //! Operator commands on a file (`edm status`, `edm report`'s export,
 //! `edm retry`, `edm watch`) go through the same trait
 //! ([`CampaignStore::export_rows`], [`CampaignStore::reset_for_retry`]).
@@ -51,7 +60,9 @@
 //!   throwaway server of the tests, feature `pg-fixture`);
 //!   `writer.rs`: [`Writer`]; `suite.rs`: the tests of the trait.
 //! - `schema.rs`: the DDL, migrations (`PRAGMA user_version`; version 3
-//!   adds the durable marks' table), and the
+//!   adds the durable marks' table; version 5 the late outcomes of
+//!   bounces and complaints; version 6 rebuilds the claim index without an
+//!   `IN` list), and the
 //!   trigger-kept tallies that make summaries free of table scans.
 //! - `store.rs`: opening, pragmas, the run lock, metadata, the event log.
 //! - `ingest.rs`: ingest passes, their checkpoints, discarding a list.
@@ -75,6 +86,7 @@
 
 mod error;
 mod ingest;
+mod late;
 pub mod memory;
 pub mod postgres;
 mod read;
@@ -91,8 +103,9 @@ pub use memory::MemoryStore;
 pub use postgres::{OpenMode, PgOptions, PgStore};
 pub use store::{Store, create_private_dir, private_file, private_options};
 pub use types::{
-    Durability, ExportFilter, ExportRow, InDoubtPolicy, NewRow, Outcome, OutcomeKind, RelayCounts,
-    ReplyCount, Summary,
+    Durability, ExportFilter, ExportRow, InDoubtPolicy, LateApplied, LateCounts, LateKind,
+    LateOutcome, LateState, NewRow, Outcome, OutcomeKind, RelayCounts, ReplyCount, Summary,
+    Unmatched, WindowEntry,
 };
 pub use write::normalize;
 pub use writer::{StoreView, Writer};
@@ -214,6 +227,32 @@ pub trait CampaignStore: Send {
 
     /// Counts by relay name (see [`Store::relay_counts`]).
     fn relay_counts(&self, since: UnixMillis) -> Result<BTreeMap<String, RelayCounts>>;
+    // Late outcomes: bounces and complaints after `sent` (schema V5).
+
+    /// The recipient that was sent with this Message-ID (without angle
+    /// brackets), if any.
+    fn find_by_message_id(&self, message_id: &str) -> Result<Option<RecipientId>>;
+    /// The recipient whose message the provider knows by this id (Amazon
+    /// SES's MessageId), if any.
+    fn find_by_provider_message_id(&self, id: &str) -> Result<Option<RecipientId>>;
+    /// A recipient's address and status, if the id exists.
+    fn recipient_state(&self, id: RecipientId) -> Result<Option<(String, Status)>>;
+    /// Applies a bounce or complaint to a recipient already `sent` (its status
+    /// stays `sent`: what counted toward the daily quota is unchanged).
+    /// Idempotent by [`LateOutcome::key`]: a key applied before changes
+    /// nothing ([`LateApplied::AlreadyApplied`]). A complaint outranks a
+    /// bounce, which outranks soft bounces; a worse outcome is never undone.
+    fn apply_late(&mut self, late: &LateOutcome) -> Result<LateApplied>;
+    /// Counts of `bounced`, `complained` and soft-bounced recipients.
+    fn late_counts(&self) -> Result<LateCounts>;
+    /// Lists a message that matched no recipient; false when its key was
+    /// listed before.
+    fn record_unmatched(&mut self, unmatched: &Unmatched) -> Result<bool>;
+    /// Every unmatched message, oldest first.
+    fn unmatched(&self) -> Result<Vec<Unmatched>>;
+    /// The last `limit` recipients sent or refused permanently, latest attempt
+    /// first: the reputation breaker's window.
+    fn reputation_window(&self, limit: usize) -> Result<Vec<WindowEntry>>;
 }
 
 /// The schema version this build writes (`PRAGMA user_version`).

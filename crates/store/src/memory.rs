@@ -15,8 +15,10 @@ use edm_model::{
 };
 
 use crate::error::{Error, Result};
+use crate::late::late_transition;
 use crate::types::{
-    ExportFilter, ExportRow, InDoubtPolicy, NewRow, Outcome, OutcomeKind, ReplyCount, Summary,
+    ExportFilter, ExportRow, InDoubtPolicy, LateApplied, LateCounts, LateOutcome, LateState,
+    NewRow, Outcome, OutcomeKind, ReplyCount, Summary, Unmatched, WindowEntry,
 };
 use crate::write::normalize;
 use crate::{CampaignStore, IngestPass};
@@ -49,6 +51,8 @@ struct Row {
     duplicate_of: Option<u64>,
     generation: i64,
     updated_at: UnixMillis,
+    /// Bounces and complaints after `sent` (schema V5's late columns).
+    late: LateState,
 }
 
 /// A campaign store in memory (see the module documentation).
@@ -61,6 +65,10 @@ pub struct MemoryStore {
     marks: BTreeSet<i64>,
     next_id: i64,
     locked: bool,
+    /// Keys of the late outcomes applied (`late_applied`).
+    late_applied: HashMap<String, i64>,
+    /// Messages that matched no recipient (`late_unmatched`).
+    unmatched: BTreeMap<String, Unmatched>,
 }
 
 impl Default for MemoryStore {
@@ -82,6 +90,8 @@ impl MemoryStore {
             marks: BTreeSet::new(),
             next_id: 1,
             locked: false,
+            late_applied: HashMap::new(),
+            unmatched: BTreeMap::new(),
         }
     }
 
@@ -116,6 +126,14 @@ fn unclaim(r: &mut Row, at: UnixMillis) {
 }
 
 /// Sets the failure columns of a row from a classified failure.
+/// The relay of a failed, deferred or in-doubt outcome: written when known,
+/// else the row keeps the one it had (the SQLite store's `COALESCE`).
+fn set_relay(r: &mut Row, relay: &str) {
+    if !relay.is_empty() {
+        r.relay = Some(relay.to_string());
+    }
+}
+
 fn set_failure(r: &mut Row, f: &edm_model::Failure, at: UnixMillis) {
     r.category = Some(f.category);
     r.stage = Some(f.stage);
@@ -251,6 +269,7 @@ impl CampaignStore for MemoryStore {
                     duplicate_of: row.duplicate_of,
                     generation,
                     updated_at: now,
+                    late: LateState::default(),
                 },
             );
             after = after.max(i64::try_from(row.line).unwrap_or(i64::MAX));
@@ -458,13 +477,16 @@ impl CampaignStore for MemoryStore {
                     failure,
                     next_attempt_at,
                     count_attempt,
+                    relay,
                 } => {
+                    set_relay(r, relay);
                     r.status = Status::Deferred;
                     r.attempts = r.attempts.saturating_add(u32::from(*count_attempt));
                     r.next_attempt_at = Some(*next_attempt_at);
                     set_failure(r, failure, o.at);
                 }
-                OutcomeKind::Failed { failure } => {
+                OutcomeKind::Failed { failure, relay } => {
+                    set_relay(r, relay);
                     // A failure before SMTP never reached a server: no attempt used.
                     let counts = !matches!(failure.stage, Stage::Ingest | Stage::Render);
                     r.status = Status::Failed;
@@ -484,7 +506,9 @@ impl CampaignStore for MemoryStore {
                 OutcomeKind::InDoubt {
                     failure,
                     next_attempt_at,
+                    relay,
                 } => {
+                    set_relay(r, relay);
                     r.status = if next_attempt_at.is_some() {
                         Status::Deferred
                     } else {
@@ -696,6 +720,7 @@ impl CampaignStore for MemoryStore {
                 duplicate_of: r.duplicate_of,
                 relay: r.relay.clone(),
                 provider_message_id: r.provider_message_id.clone(),
+                late: (r.late.outcome.is_some() || r.late.soft_bounces > 0).then(|| r.late.clone()),
             });
         }
         Ok(())
@@ -709,5 +734,100 @@ impl CampaignStore for MemoryStore {
     fn recent_events(&self, limit: usize) -> Result<Vec<(UnixMillis, String, String)>> {
         let skip = self.events.len().saturating_sub(limit);
         Ok(self.events[skip..].to_vec())
+    }
+
+    fn find_by_message_id(&self, message_id: &str) -> Result<Option<RecipientId>> {
+        Ok(self
+            .rows
+            .values()
+            .find(|r| r.message_id.as_deref() == Some(message_id))
+            .map(|r| RecipientId(r.id)))
+    }
+
+    fn find_by_provider_message_id(&self, id: &str) -> Result<Option<RecipientId>> {
+        Ok(self
+            .rows
+            .values()
+            .find(|r| r.provider_message_id.as_deref() == Some(id))
+            .map(|r| RecipientId(r.id)))
+    }
+
+    fn recipient_state(&self, id: RecipientId) -> Result<Option<(String, Status)>> {
+        Ok(self.rows.get(&id.0).map(|r| (r.email.clone(), r.status)))
+    }
+
+    fn apply_late(&mut self, late: &LateOutcome) -> Result<LateApplied> {
+        if self.late_applied.contains_key(&late.key) {
+            return Ok(LateApplied::AlreadyApplied);
+        }
+        let Some(r) = self.rows.get_mut(&late.id.0) else {
+            return Ok(LateApplied::NoSuchRecipient);
+        };
+        let applied = if r.status != Status::Sent {
+            LateApplied::NotSent(r.status)
+        } else {
+            let (new_late, soft, applied) =
+                late_transition(r.late.outcome.as_deref(), r.late.soft_bounces, late);
+            if applied != LateApplied::Unchanged {
+                if let Some(l) = new_late {
+                    r.late.outcome = Some(l.to_string());
+                }
+                r.late.soft_bounces = soft;
+                r.late.at = Some(late.at);
+                r.late.status = late.status.clone();
+                r.late.diagnostic = late.diagnostic.clone();
+            }
+            applied
+        };
+        self.late_applied.insert(late.key.clone(), late.id.0);
+        Ok(applied)
+    }
+
+    fn late_counts(&self) -> Result<LateCounts> {
+        let mut c = LateCounts::default();
+        for r in self.rows.values() {
+            match r.late.outcome.as_deref() {
+                Some("bounced") => c.bounced += 1,
+                Some("complained") => c.complained += 1,
+                _ if r.late.soft_bounces > 0 => c.soft_bounced += 1,
+                _ => {}
+            }
+        }
+        Ok(c)
+    }
+
+    fn record_unmatched(&mut self, unmatched: &Unmatched) -> Result<bool> {
+        if self.unmatched.contains_key(&unmatched.key) {
+            return Ok(false);
+        }
+        self.unmatched
+            .insert(unmatched.key.clone(), unmatched.clone());
+        Ok(true)
+    }
+
+    fn unmatched(&self) -> Result<Vec<Unmatched>> {
+        let mut v: Vec<Unmatched> = self.unmatched.values().cloned().collect();
+        v.sort_by(|a, b| (a.at, &a.key).cmp(&(b.at, &b.key)));
+        Ok(v)
+    }
+
+    fn reputation_window(&self, limit: usize) -> Result<Vec<WindowEntry>> {
+        let mut rows: Vec<&Row> = self
+            .rows
+            .values()
+            .filter(|r| matches!(r.status, Status::Sent | Status::Failed))
+            .filter(|r| r.last_attempt_at.is_some())
+            .collect();
+        rows.sort_by_key(|r| std::cmp::Reverse((r.last_attempt_at, r.id)));
+        Ok(rows
+            .into_iter()
+            .take(limit)
+            .map(|r| WindowEntry {
+                domain: edm_model::domain_of(&r.email),
+                hard_bounce: r.late.outcome.as_deref() == Some("bounced")
+                    || r.category == Some(Category::RecipientUnknown),
+                complaint: r.late.outcome.as_deref() == Some("complained"),
+            })
+            .collect())
     }
 }

@@ -123,10 +123,16 @@ impl Store {
         mut f: impl FnMut(&ExportRow) -> Result<(), E>,
     ) -> Result<(), ExportError<E>> {
         let path = &self.path;
-        let mut sql = String::from(
+        // A file of an older edm, opened read-only, has no late columns yet.
+        let late = if crate::schema::version(&self.conn, path)? >= 5 {
+            "late, late_at, late_status, late_diagnostic, soft_bounces"
+        } else {
+            "NULL, NULL, NULL, NULL, 0"
+        };
+        let mut sql = format!(
             "SELECT line, email, fields, status, category, stage, smtp_code, enhanced_code,
                     reply, attempts, last_attempt_at, in_doubt, message_id, duplicate_of,
-                    relay, provider_message_id
+                    relay, provider_message_id, {late}
              FROM recipients WHERE 1",
         );
         let mut args: Vec<Value> = Vec::new();
@@ -176,6 +182,13 @@ impl Store {
                 duplicate_of: r.get::<_, Option<i64>>(13).at(path)?.map(from_i64),
                 relay: r.get(14).at(path)?,
                 provider_message_id: r.get(15).at(path)?,
+                late: crate::late::late_state(
+                    r.get(16).at(path)?,
+                    r.get(17).at(path)?,
+                    r.get(18).at(path)?,
+                    r.get(19).at(path)?,
+                    r.get(20).at(path)?,
+                ),
             };
             f(&row).map_err(ExportError::Sink)?;
         }

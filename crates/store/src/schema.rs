@@ -12,13 +12,21 @@ use rusqlite::Connection;
 use crate::error::{AtPath, Error, Result};
 
 /// The schema version this build writes.
-pub(crate) const VERSION: i64 = 4;
+pub(crate) const VERSION: i64 = 6;
 
 /// The statuses a claim reads from; the claim index holds only these rows, so
 /// it stays small however many recipients are final. Queries that want the
 /// index repeat this exact term (SQLite uses a partial index only when the
 /// query's WHERE contains the index's WHERE terms).
-pub(crate) const ACTIVE: &str = "status IN ('pending','deferred','sending')";
+///
+/// Written with `OR`, not `IN (...)`: SQLite evaluates a partial index's
+/// WHERE for the old and the new row of every UPDATE, and codes an `IN` list
+/// of three or more constants as an ephemeral table built at each execution
+/// (`sqlite3FindInIndex`: only lists of at most two become comparisons).
+/// That was two temporary b-trees per claim and per outcome, about a third
+/// of the writer thread's instructions (issue 11, docs/benchmarks.md).
+/// [`v6_claim_index`] rebuilds the index of older files with this term.
+pub(crate) const ACTIVE: &str = "(status = 'pending' OR status = 'deferred' OR status = 'sending')";
 
 /// The statuses shown in failure views, with their own partial index.
 pub(crate) const FAILING: &str = "status IN ('failed','deferred')";
@@ -160,6 +168,50 @@ ALTER TABLE recipients ADD COLUMN relay TEXT;
 ALTER TABLE recipients ADD COLUMN provider_message_id TEXT;
 ";
 
+/// Version 5: late outcomes (issue 13): what bounces and complaints said
+/// after a recipient was `sent`. The status stays `sent` (the daily quota
+/// counts what was sent, and a bounce does not unsend it); `late` is
+/// `bounced` or `complained`, `soft_bounces` counts delays in a row. Each
+/// applied message's identity is kept in `late_applied`, so reading a
+/// mailbox twice applies nothing twice; messages that matched no recipient
+/// are listed in `late_unmatched` (`edm bounces --unmatched`). Bounces are
+/// tied back by Message-ID, or by the provider's id where the provider
+/// replaced it (Amazon SES), hence their indexes.
+const V5: &str = "
+ALTER TABLE recipients ADD COLUMN late TEXT;              -- 'bounced' | 'complained'
+ALTER TABLE recipients ADD COLUMN late_at INTEGER;
+ALTER TABLE recipients ADD COLUMN late_status TEXT;       -- RFC 3463 status
+ALTER TABLE recipients ADD COLUMN late_diagnostic TEXT;
+ALTER TABLE recipients ADD COLUMN soft_bounces INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX recipients_message_id ON recipients (message_id) WHERE message_id IS NOT NULL;
+CREATE INDEX recipients_provider_message_id ON recipients (provider_message_id)
+    WHERE provider_message_id IS NOT NULL;
+CREATE INDEX recipients_late ON recipients (late, soft_bounces)
+    WHERE late IS NOT NULL OR soft_bounces > 0;
+CREATE TABLE late_applied (
+    key       TEXT PRIMARY KEY,
+    recipient INTEGER NOT NULL,
+    at        INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE late_unmatched (
+    key     TEXT PRIMARY KEY,
+    at      INTEGER NOT NULL,
+    summary TEXT NOT NULL
+) WITHOUT ROWID;
+";
+
+/// Version 6 (issue 11, performance): the claim index with its WHERE term
+/// as [`ACTIVE`] now writes it, without an `IN` list, so updating a row no
+/// longer builds temporary b-trees. Same columns, same rows, same plans.
+/// Index only, no data change.
+fn v6_claim_index() -> String {
+    format!(
+        "DROP INDEX IF EXISTS recipients_claim;
+         CREATE INDEX recipients_claim ON recipients (status, next_attempt_at, id)
+             WHERE {ACTIVE};"
+    )
+}
+
 /// Reads `PRAGMA user_version`.
 pub(crate) fn version(conn: &Connection, path: &Path) -> Result<i64> {
     conn.query_row("PRAGMA user_version", [], |r| r.get(0))
@@ -203,7 +255,9 @@ pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<Migrated> {
             }
             2 => tx.execute_batch(V3).at(path)?,
             3 => tx.execute_batch(V4).at(path)?,
-            // Future steps: `4 => tx.execute_batch(V5)?`, ...
+            4 => tx.execute_batch(V5).at(path)?,
+            5 => tx.execute_batch(&v6_claim_index()).at(path)?,
+            // Future steps: `6 => tx.execute_batch(V7)?`, ...
             _ => unreachable!("no migration from version {from}"),
         }
         tx.pragma_update(None, "user_version", from + 1).at(path)?;

@@ -96,3 +96,57 @@ fn relay_counts_of_a_file_before_version_4_read_as_it_is_are_empty() {
     assert_eq!(version(&store), 2);
     assert!(store.relay_counts(0).unwrap().is_empty());
 }
+
+/// Version 5 (issue 13): a version-4 file with a sent recipient migrates,
+/// the late outcome applies to it, and a version-4 file opened read-only
+/// (`edm status` on a campaign an older edm is running) still reports.
+#[test]
+fn a_version_4_file_migrates_to_late_outcomes_and_reads_before_it() {
+    use crate::{ExportFilter, LateApplied, LateCounts, LateKind, LateOutcome};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    let conn = v2_store(&path);
+    conn.execute_batch(crate::schema::V3).unwrap();
+    conn.execute_batch(
+        "ALTER TABLE recipients ADD COLUMN relay TEXT;
+         ALTER TABLE recipients ADD COLUMN provider_message_id TEXT;
+         UPDATE recipients SET status = 'sent', message_id = 'm' || id || '@acme.example',
+             last_attempt_at = 5;
+         PRAGMA user_version = 4;",
+    )
+    .unwrap();
+    drop(conn);
+    let old = Store::open_read_only(&path).unwrap();
+    assert_eq!(old.late_counts().unwrap(), LateCounts::default());
+    let mut rows = 0;
+    old.export(&ExportFilter::default(), |r| {
+        rows += 1;
+        assert_eq!(r.late, None);
+        Ok::<(), std::convert::Infallible>(())
+    })
+    .unwrap();
+    assert_eq!(rows, 2);
+    drop(old);
+
+    let mut store = Store::open(&path, Durability::Normal).unwrap();
+    assert_eq!(version(&store), VERSION);
+    assert_eq!(
+        store.find_by_message_id("m2@acme.example").unwrap(),
+        Some(RecipientId(2))
+    );
+    let late = LateOutcome {
+        id: RecipientId(2),
+        at: 9,
+        key: "mid:x".into(),
+        kind: LateKind::HardBounce,
+        status: Some("5.1.1".into()),
+        diagnostic: None,
+        soft_bounce_limit: 3,
+    };
+    assert_eq!(store.apply_late(&late).unwrap(), LateApplied::Bounced);
+    assert_eq!(
+        store.apply_late(&late).unwrap(),
+        LateApplied::AlreadyApplied
+    );
+    assert_eq!(store.late_counts().unwrap().bounced, 1);
+}

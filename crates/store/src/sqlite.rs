@@ -8,7 +8,10 @@ use edm_model::{Category, DomainCounts, FailureRow, Recipient, RecipientId, Stat
 
 use crate::error::{ExportError, Result};
 use crate::store::Store;
-use crate::types::{ExportFilter, ExportRow, InDoubtPolicy, NewRow, Outcome, ReplyCount, Summary};
+use crate::types::{
+    ExportFilter, ExportRow, InDoubtPolicy, LateApplied, LateCounts, LateOutcome, NewRow, Outcome,
+    ReplyCount, Summary, Unmatched, WindowEntry,
+};
 use crate::{CampaignStore, IngestPass};
 
 impl CampaignStore for Store {
@@ -110,5 +113,29 @@ impl CampaignStore for Store {
     }
     fn recent_events(&self, limit: usize) -> Result<Vec<(UnixMillis, String, String)>> {
         Store::recent_events(self, limit)
+    }
+    fn find_by_message_id(&self, message_id: &str) -> Result<Option<RecipientId>> {
+        Store::find_by_message_id(self, message_id)
+    }
+    fn find_by_provider_message_id(&self, id: &str) -> Result<Option<RecipientId>> {
+        Store::find_by_provider_message_id(self, id)
+    }
+    fn recipient_state(&self, id: RecipientId) -> Result<Option<(String, Status)>> {
+        Store::recipient_state(self, id)
+    }
+    fn apply_late(&mut self, late: &LateOutcome) -> Result<LateApplied> {
+        Store::apply_late(self, late)
+    }
+    fn late_counts(&self) -> Result<LateCounts> {
+        Store::late_counts(self)
+    }
+    fn record_unmatched(&mut self, unmatched: &Unmatched) -> Result<bool> {
+        Store::record_unmatched(self, unmatched)
+    }
+    fn unmatched(&self) -> Result<Vec<Unmatched>> {
+        Store::unmatched(self)
+    }
+    fn reputation_window(&self, limit: usize) -> Result<Vec<WindowEntry>> {
+        Store::reputation_window(self, limit)
     }
 }

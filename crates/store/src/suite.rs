@@ -7,8 +7,8 @@
 use edm_model::{Category, Failure, Recipient, RecipientId, Reply, Stage, Status, UnixMillis};
 
 use crate::{
-    CampaignStore, Error, ExportFilter, InDoubtPolicy, MemoryStore, NewRow, Outcome, OutcomeKind,
-    Store,
+    CampaignStore, Error, ExportFilter, InDoubtPolicy, LateApplied, LateKind, LateOutcome,
+    MemoryStore, NewRow, Outcome, OutcomeKind, Store, Unmatched,
 };
 
 fn new_row(line: u64, email: &str) -> NewRow {
@@ -184,6 +184,7 @@ pub(crate) fn claim_order_and_retry_budget<S: CampaignStore>(store: &mut S) {
             r,
             now,
             OutcomeKind::Deferred {
+                relay: String::new(),
                 failure: refusal(Category::Throttled, 451, "slow down"),
                 next_attempt_at: due,
                 count_attempt: true,
@@ -240,6 +241,7 @@ pub(crate) fn outcomes_and_tallies<S: CampaignStore>(store: &mut S) {
             &c[2],
             now + 3,
             OutcomeKind::Failed {
+                relay: String::new(),
                 failure: unknown.clone(),
             },
         ),
@@ -254,6 +256,7 @@ pub(crate) fn outcomes_and_tallies<S: CampaignStore>(store: &mut S) {
             &c[4],
             now + 5,
             OutcomeKind::InDoubt {
+                relay: String::new(),
                 failure: Failure::local(
                     Stage::Data,
                     Category::ReadTimeout,
@@ -399,6 +402,7 @@ pub(crate) fn durable_mark_bounds_in_doubt<S: CampaignStore>(store: &mut S) {
             &c[2],
             now + 2,
             OutcomeKind::Failed {
+                relay: String::new(),
                 failure: refusal(Category::RecipientUnknown, 550, "no"),
             },
         )])
@@ -476,8 +480,16 @@ pub(crate) fn reset_for_retry_by_status_and_category<S: CampaignStore>(store: &m
     let c = store.claim_with_budget(5, 5, 1).unwrap();
     let unknown = refusal(Category::RecipientUnknown, 550, "no such user");
     let policy = refusal(Category::Policy, 554, "blocked");
-    let failed =
-        |r: &Recipient, f: &Failure| outcome(r, 2, OutcomeKind::Failed { failure: f.clone() });
+    let failed = |r: &Recipient, f: &Failure| {
+        outcome(
+            r,
+            2,
+            OutcomeKind::Failed {
+                relay: String::new(),
+                failure: f.clone(),
+            },
+        )
+    };
     store
         .record(&[
             sent(&c[0], 2),
@@ -488,6 +500,7 @@ pub(crate) fn reset_for_retry_by_status_and_category<S: CampaignStore>(store: &m
                 &c[4],
                 2,
                 OutcomeKind::Deferred {
+                    relay: String::new(),
                     failure: Failure {
                         permanent: false,
                         ..refusal(Category::Greylisted, 451, "later")
@@ -530,6 +543,278 @@ pub(crate) fn reset_for_retry_by_status_and_category<S: CampaignStore>(store: &m
 }
 
 /// Instantiates every test of the suite for one implementation.
+fn late(r: RecipientId, key: &str, kind: LateKind, status: &str) -> LateOutcome {
+    LateOutcome {
+        id: r,
+        at: 5_000,
+        key: key.to_string(),
+        kind,
+        status: Some(status.to_string()),
+        diagnostic: Some(format!("diag {key}")),
+        soft_bounce_limit: 3,
+    }
+}
+
+fn late_of<S: CampaignStore>(store: &S, line: u64) -> Option<crate::LateState> {
+    let mut found = None;
+    store
+        .export_rows(&ExportFilter::default(), &mut |row| {
+            if row.line == line {
+                found = Some(row.late.clone());
+            }
+        })
+        .unwrap();
+    found.flatten()
+}
+
+/// Schema V5: bounces and complaints on `sent` recipients, idempotent by
+/// message key; soft bounces counted to the limit; the status, the daily
+/// quota count and the tallies of statuses unchanged.
+pub(crate) fn late_outcomes_apply_once<S: CampaignStore>(store: &mut S) {
+    with_rows(store, 6);
+    let rs = store.claim_with_budget(6, 6, 1_000).unwrap();
+    let mut outs: Vec<Outcome> = rs[..5].iter().map(|r| sent(r, 2_000)).collect();
+    outs.push(outcome(
+        &rs[5],
+        2_000,
+        OutcomeKind::Failed {
+            relay: String::new(),
+            failure: refusal(Category::RecipientUnknown, 550, "no such user"),
+        },
+    ));
+    store.record(&outs).unwrap();
+    let before = store.summary().unwrap();
+    let quota_before = store.sent_since(0).unwrap();
+    let id = |i: usize| rs[i].id;
+
+    assert_eq!(
+        store
+            .find_by_message_id(&format!("<{}@edm>", id(1).0))
+            .unwrap(),
+        Some(id(1))
+    );
+    assert_eq!(store.find_by_message_id("<nobody@edm>").unwrap(), None);
+    assert_eq!(
+        store
+            .find_by_provider_message_id(&format!("provider-{}", id(2).0))
+            .unwrap(),
+        Some(id(2))
+    );
+    assert_eq!(
+        store.find_by_provider_message_id("provider-0").unwrap(),
+        None
+    );
+    assert_eq!(
+        store.recipient_state(id(0)).unwrap(),
+        Some((rs[0].email.clone(), Status::Sent))
+    );
+    assert_eq!(store.recipient_state(RecipientId(999)).unwrap(), None);
+
+    use LateKind::*;
+    assert_eq!(
+        store
+            .apply_late(&late(id(0), "m1", HardBounce, "5.1.1"))
+            .unwrap(),
+        LateApplied::Bounced
+    );
+    // The same message again: nothing changes.
+    assert_eq!(
+        store
+            .apply_late(&late(id(0), "m1", HardBounce, "5.1.1"))
+            .unwrap(),
+        LateApplied::AlreadyApplied
+    );
+    assert_eq!(
+        store.apply_late(&late(id(1), "m2", Complaint, "")).unwrap(),
+        LateApplied::Complained
+    );
+    // Soft bounces: counted, the third in a row is a hard one.
+    assert_eq!(
+        store
+            .apply_late(&late(id(2), "s1", SoftBounce, "4.2.2"))
+            .unwrap(),
+        LateApplied::SoftBounce(1)
+    );
+    assert_eq!(
+        store
+            .apply_late(&late(id(2), "s1", SoftBounce, "4.2.2"))
+            .unwrap(),
+        LateApplied::AlreadyApplied
+    );
+    assert_eq!(
+        store
+            .apply_late(&late(id(3), "s2", SoftBounce, "4.4.7"))
+            .unwrap(),
+        LateApplied::SoftBounce(1)
+    );
+    assert_eq!(
+        store
+            .apply_late(&late(id(3), "s3", SoftBounce, "4.4.7"))
+            .unwrap(),
+        LateApplied::SoftBounce(2)
+    );
+    assert_eq!(
+        store
+            .apply_late(&late(id(3), "s4", SoftBounce, "4.4.7"))
+            .unwrap(),
+        LateApplied::Bounced
+    );
+    // A bounce after a complaint does not undo it; a complaint after a
+    // bounce outranks it.
+    assert_eq!(
+        store
+            .apply_late(&late(id(1), "m3", HardBounce, "5.1.1"))
+            .unwrap(),
+        LateApplied::Unchanged
+    );
+    assert_eq!(
+        store.apply_late(&late(id(0), "m4", Complaint, "")).unwrap(),
+        LateApplied::Complained
+    );
+    // Never sent: nothing changes.
+    assert_eq!(
+        store
+            .apply_late(&late(id(5), "m5", HardBounce, "5.1.1"))
+            .unwrap(),
+        LateApplied::NotSent(Status::Failed)
+    );
+    assert_eq!(
+        store
+            .apply_late(&late(RecipientId(999), "m6", HardBounce, "5.1.1"))
+            .unwrap(),
+        LateApplied::NoSuchRecipient
+    );
+
+    assert_eq!(
+        store.late_counts().unwrap(),
+        crate::LateCounts {
+            bounced: 1,
+            complained: 2,
+            soft_bounced: 1,
+        }
+    );
+    let l = late_of(store, rs[3].line).unwrap();
+    assert_eq!(l.outcome.as_deref(), Some("bounced"));
+    assert_eq!(l.soft_bounces, 3);
+    assert_eq!(l.status.as_deref(), Some("4.4.7"));
+    assert_eq!(l.diagnostic.as_deref(), Some("diag s4"));
+    assert_eq!(l.at, Some(5_000));
+    let l = late_of(store, rs[2].line).unwrap();
+    assert_eq!((l.outcome, l.soft_bounces), (None, 1));
+    assert_eq!(late_of(store, rs[4].line), None);
+    // What counted stays counted: statuses, tallies, the daily quota.
+    assert_eq!(store.summary().unwrap(), before);
+    assert_eq!(store.sent_since(0).unwrap(), quota_before);
+
+    // The reputation window: latest first, hard bounces late or refused.
+    let w = store.reputation_window(10).unwrap();
+    assert_eq!(w.len(), 6);
+    assert_eq!(w.iter().filter(|e| e.hard_bounce).count(), 2, "{w:?}");
+    assert_eq!(w.iter().filter(|e| e.complaint).count(), 2, "{w:?}");
+    assert_eq!(store.reputation_window(2).unwrap().len(), 2);
+
+    // Unmatched messages are listed once.
+    let u = Unmatched {
+        key: "x1".into(),
+        at: 7,
+        summary: "bounce for who@else.example".into(),
+    };
+    assert!(store.record_unmatched(&u).unwrap());
+    assert!(!store.record_unmatched(&u).unwrap());
+    assert_eq!(store.unmatched().unwrap(), vec![u]);
+}
+
+/// Failed, deferred and in-doubt outcomes name their relay too (`status
+/// --json` `by_relay` counted only `sent` before); an outcome with no relay
+/// (a render failure) keeps the one the row had; a retry through another
+/// relay moves the row to it.
+pub(crate) fn every_outcome_names_its_relay<S: CampaignStore>(store: &mut S) {
+    with_rows(store, 5);
+    let now = 3_000_000;
+    let c = store.claim_with_budget(5, 5, now).unwrap();
+    let unknown = refusal(Category::RecipientUnknown, 550, "no such user");
+    let busy = refusal(Category::Throttled, 451, "slow down");
+    let failed = |relay: &str, f: &Failure| OutcomeKind::Failed {
+        failure: f.clone(),
+        relay: relay.into(),
+    };
+    let deferred = |relay: &str| OutcomeKind::Deferred {
+        failure: busy.clone(),
+        next_attempt_at: now,
+        count_attempt: true,
+        relay: relay.into(),
+    };
+    store
+        .record(&[
+            outcome(&c[0], now, failed("a", &unknown)),
+            outcome(&c[1], now, deferred("b")),
+            outcome(
+                &c[2],
+                now,
+                OutcomeKind::InDoubt {
+                    failure: Failure::local(Stage::Data, Category::ReadTimeout, "no reply"),
+                    next_attempt_at: None,
+                    relay: "a".into(),
+                },
+            ),
+            outcome(&c[3], now, deferred("b")),
+            outcome(
+                &c[4],
+                now,
+                failed(
+                    "",
+                    &Failure::local(Stage::Render, Category::Template, "bad"),
+                ),
+            ),
+        ])
+        .unwrap();
+    let count = |store: &S, relay: &str, st: Status| {
+        store
+            .relay_counts(0)
+            .unwrap()
+            .get(relay)
+            .and_then(|r| r.by_status.get(&st).copied())
+            .unwrap_or(0)
+    };
+    assert_eq!(count(store, "a", Status::Failed), 1);
+    assert_eq!(count(store, "a", Status::InDoubt), 1);
+    assert_eq!(count(store, "b", Status::Deferred), 2);
+    assert_eq!(
+        store.relay_counts(0).unwrap().len(),
+        2,
+        "a render failure names no relay"
+    );
+    // c[1] retried and sent through "a"; c[3] fails to render on retry:
+    // it keeps "b", the relay that last had it.
+    let again = store.claim_with_budget(5, 5, now + 1).unwrap();
+    assert_eq!(again.len(), 2);
+    let (r1, r3) = if again[0].id == c[1].id {
+        (&again[0], &again[1])
+    } else {
+        (&again[1], &again[0])
+    };
+    let mut to_a = sent(r1, now + 2);
+    if let OutcomeKind::Sent { relay, .. } = &mut to_a.kind {
+        *relay = "a".into();
+    }
+    store
+        .record(&[
+            to_a,
+            outcome(
+                r3,
+                now + 2,
+                failed(
+                    "",
+                    &Failure::local(Stage::Render, Category::Template, "bad"),
+                ),
+            ),
+        ])
+        .unwrap();
+    assert_eq!(count(store, "a", Status::Sent), 1);
+    assert_eq!(count(store, "b", Status::Deferred), 0);
+    assert_eq!(count(store, "b", Status::Failed), 1);
+}
+
 macro_rules! suite {
     ($module:ident, $make:expr) => {
         mod $module {
@@ -568,6 +853,16 @@ macro_rules! suite {
             fn events_lock_and_meta() {
                 let (mut store, _keep) = $make;
                 super::events_lock_and_meta(&mut store);
+            }
+            #[test]
+            fn late_outcomes_apply_once() {
+                let (mut store, _keep) = $make;
+                super::late_outcomes_apply_once(&mut store);
+            }
+            #[test]
+            fn every_outcome_names_its_relay() {
+                let (mut store, _keep) = $make;
+                super::every_outcome_names_its_relay(&mut store);
             }
         }
     };

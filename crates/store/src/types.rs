@@ -74,12 +74,17 @@ pub enum OutcomeKind {
         next_attempt_at: UnixMillis,
         /// False for throttling: being asked to slow down does not use up an attempt.
         count_attempt: bool,
+        /// The relay that refused it (empty: none, kept as it was), so
+        /// `status --json` `by_relay` counts it.
+        relay: String,
     },
     /// Permanent failure: status `failed`. Counts an attempt unless the
     /// failure happened before SMTP (stage `Ingest` or `Render`).
     Failed {
         /// The classified failure.
         failure: Failure,
+        /// The relay that refused it (empty: none, as for a render failure).
+        relay: String,
     },
     /// Never attempted (the engine stopped): back to `pending`, or to
     /// `deferred` with its `next_attempt_at`, as before the claim.
@@ -99,6 +104,8 @@ pub enum OutcomeKind {
         failure: Failure,
         /// When to resend it, if at all.
         next_attempt_at: Option<UnixMillis>,
+        /// The relay that went silent (empty: none).
+        relay: String,
     },
 }
 
@@ -176,6 +183,108 @@ pub struct ExportRow {
     pub relay: Option<String>,
     /// The id the provider gave the message (Amazon SES's MessageId).
     pub provider_message_id: Option<String>,
+    /// What bounces and complaints said after it was sent (schema V5).
+    pub late: Option<LateState>,
+}
+
+/// What a bounce or complaint says about a recipient already sent.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum LateKind {
+    /// A permanent failure (status class 5, RFC 3463): `bounced`.
+    HardBounce,
+    /// A delay or transient failure (class 4): counted; `soft_bounce_limit`
+    /// of them in a row make a hard bounce.
+    SoftBounce,
+    /// A spam complaint (ARF, RFC 5965): `complained`.
+    Complaint,
+}
+
+/// A late outcome to apply to one recipient ([`CampaignStore::apply_late`](crate::CampaignStore::apply_late)).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LateOutcome {
+    /// Whose.
+    pub id: RecipientId,
+    /// When it was applied.
+    pub at: UnixMillis,
+    /// The identity of the message that said it (its Message-ID, or a hash
+    /// of its bytes): applying the same key twice changes nothing.
+    pub key: String,
+    /// What it says.
+    pub kind: LateKind,
+    /// RFC 3463 status (`5.1.1`), when the message gives or implies one.
+    pub status: Option<String>,
+    /// The remote server's words, or the ARF feedback type.
+    pub diagnostic: Option<String>,
+    /// Soft bounces in a row that make a hard one (`[bounces] soft_bounce_limit`).
+    pub soft_bounce_limit: u32,
+}
+
+/// What [`CampaignStore::apply_late`](crate::CampaignStore::apply_late) did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LateApplied {
+    /// The recipient is now `bounced` (a hard bounce, or the soft limit reached).
+    Bounced,
+    /// The recipient is now `complained`.
+    Complained,
+    /// One more soft bounce (the count so far), below the limit.
+    SoftBounce(u32),
+    /// This message was applied before: nothing changed.
+    AlreadyApplied,
+    /// The recipient already has this or a worse late outcome (a bounce after
+    /// a complaint, say): nothing changed but the message is recorded.
+    Unchanged,
+    /// The recipient was never sent (its status): nothing changed.
+    NotSent(Status),
+    /// No recipient has this id.
+    NoSuchRecipient,
+}
+
+/// A recipient's late state (schema V5), as `edm report --all` shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LateState {
+    /// `bounced` or `complained`; `None` while only soft bounces were counted.
+    pub outcome: Option<String>,
+    /// When the last late outcome was applied.
+    pub at: Option<UnixMillis>,
+    /// Its RFC 3463 status.
+    pub status: Option<String>,
+    /// Its diagnostic.
+    pub diagnostic: Option<String>,
+    /// Soft bounces in a row.
+    pub soft_bounces: u32,
+}
+
+/// Counts of late outcomes over the campaign.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct LateCounts {
+    /// Recipients `bounced`.
+    pub bounced: u64,
+    /// Recipients `complained`.
+    pub complained: u64,
+    /// Recipients with soft bounces counted and no hard outcome.
+    pub soft_bounced: u64,
+}
+
+/// One recipient of the reputation window ([`CampaignStore::reputation_window`](crate::CampaignStore::reputation_window)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WindowEntry {
+    /// The recipient's domain.
+    pub domain: String,
+    /// A hard bounce: `bounced` late, or refused as `recipient_unknown`.
+    pub hard_bounce: bool,
+    /// A complaint.
+    pub complaint: bool,
+}
+
+/// A bounce-mailbox message that matched no recipient of the campaign.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unmatched {
+    /// The message's identity (as [`LateOutcome::key`]).
+    pub key: String,
+    /// When it was first seen.
+    pub at: UnixMillis,
+    /// What it is about (verdict, addresses, why it did not match).
+    pub summary: String,
 }
 
 /// What the store knows of one relay: the recipients whose `relay` column

@@ -242,7 +242,8 @@ fn record_in(
                     "UPDATE recipients
                      SET status = ?2, attempts = attempts + ?3, next_attempt_at = ?4,
                          category = ?5, stage = ?6, smtp_code = ?7, enhanced_code = ?8,
-                         reply = ?9, last_attempt_at = ?10, updated_at = ?10
+                         reply = ?9, last_attempt_at = ?10, updated_at = ?10,
+                         relay = COALESCE(?11, relay)
                      WHERE id = ?1",
                 )
                 .at(&path)?;
@@ -281,7 +282,8 @@ fn record_in(
                     "UPDATE recipients
                      SET status = ?2, in_doubt = 1, attempts = attempts + 1,
                          next_attempt_at = ?3, category = ?4, stage = ?5, smtp_code = ?6,
-                         enhanced_code = ?7, reply = ?8, last_attempt_at = ?9, updated_at = ?9
+                         enhanced_code = ?7, reply = ?8, last_attempt_at = ?9, updated_at = ?9,
+                         relay = COALESCE(?10, relay)
                      WHERE id = ?1",
                 )
                 .at(&path)?;
@@ -307,6 +309,7 @@ fn record_in(
                         failure,
                         next_attempt_at,
                         count_attempt,
+                        relay,
                     } => failed
                         .execute(params![
                             o.id.0,
@@ -318,10 +321,11 @@ fn record_in(
                             failure.smtp_code,
                             failure.enhanced_code,
                             failure.reply,
-                            o.at
+                            o.at,
+                            (!relay.is_empty()).then_some(relay.as_str())
                         ])
                         .at(&path)?,
-                    OutcomeKind::Failed { failure } => {
+                    OutcomeKind::Failed { failure, relay } => {
                         // A failure before SMTP never reached a server: no attempt used.
                         let counts = !matches!(failure.stage, Stage::Ingest | Stage::Render);
                         failed
@@ -335,7 +339,8 @@ fn record_in(
                                 failure.smtp_code,
                                 failure.enhanced_code,
                                 failure.reply,
-                                o.at
+                                o.at,
+                                (!relay.is_empty()).then_some(relay.as_str())
                             ])
                             .at(&path)?
                     }
@@ -353,6 +358,7 @@ fn record_in(
                     OutcomeKind::InDoubt {
                         failure,
                         next_attempt_at,
+                        relay,
                     } => in_doubt
                         .execute(params![
                             o.id.0,
@@ -367,7 +373,8 @@ fn record_in(
                             failure.smtp_code,
                             failure.enhanced_code,
                             failure.reply,
-                            o.at
+                            o.at,
+                            (!relay.is_empty()).then_some(relay.as_str())
                         ])
                         .at(&path)?,
                     OutcomeKind::Released => {

@@ -104,6 +104,7 @@ fn sent() -> OutcomeKind {
 
 fn deferred(next: i64, count_attempt: bool) -> OutcomeKind {
     OutcomeKind::Deferred {
+        relay: String::new(),
         failure: transient(Category::Greylisted),
         next_attempt_at: next,
         count_attempt,
@@ -307,6 +308,7 @@ fn record_deferred_counts_attempt_only_when_asked() {
     let mut f = fixture(2);
     f.store.claim(2, 10).unwrap();
     let throttled = OutcomeKind::Deferred {
+        relay: String::new(),
         failure: transient(Category::Throttled),
         next_attempt_at: 500,
         count_attempt: false,
@@ -353,10 +355,18 @@ fn record_failed_counts_attempt_unless_before_smtp() {
                 1,
                 20,
                 OutcomeKind::Failed {
+                    relay: String::new(),
                     failure: permanent(Stage::RcptTo),
                 },
             ),
-            outcome(2, 20, OutcomeKind::Failed { failure: template }),
+            outcome(
+                2,
+                20,
+                OutcomeKind::Failed {
+                    relay: String::new(),
+                    failure: template,
+                },
+            ),
         ])
         .unwrap();
     let (a, b) = (row(&f.store, 2), row(&f.store, 3));
@@ -496,6 +506,7 @@ fn summary_has_every_status_and_categories() {
                 3,
                 20,
                 OutcomeKind::Failed {
+                    relay: String::new(),
                     failure: permanent(Stage::RcptTo),
                 },
             ),
@@ -552,6 +563,7 @@ fn export_filters_and_streams_in_line_order() {
                 1,
                 20,
                 OutcomeKind::Failed {
+                    relay: String::new(),
                     failure: permanent(Stage::RcptTo),
                 },
             ),
@@ -611,6 +623,7 @@ fn reset_for_retry_back_to_pending() {
                 3,
                 20,
                 OutcomeKind::Failed {
+                    relay: String::new(),
                     failure: permanent(Stage::RcptTo),
                 },
             ),
@@ -663,6 +676,7 @@ fn views_failures_replies_domains_events() {
                 2,
                 30,
                 OutcomeKind::Failed {
+                    relay: String::new(),
                     failure: permanent(Stage::RcptTo),
                 },
             ),
@@ -670,6 +684,7 @@ fn views_failures_replies_domains_events() {
                 3,
                 40,
                 OutcomeKind::Failed {
+                    relay: String::new(),
                     failure: permanent(Stage::RcptTo),
                 },
             ),
@@ -832,6 +847,7 @@ fn record_in_doubt_flags_and_defers_or_parks() {
                 1,
                 20,
                 OutcomeKind::InDoubt {
+                    relay: String::new(),
                     failure: timeout.clone(),
                     next_attempt_at: Some(50),
                 },
@@ -840,6 +856,7 @@ fn record_in_doubt_flags_and_defers_or_parks() {
                 2,
                 20,
                 OutcomeKind::InDoubt {
+                    relay: String::new(),
                     failure: timeout,
                     next_attempt_at: None,
                 },

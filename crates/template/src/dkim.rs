@@ -20,7 +20,8 @@ use crate::Error;
 /// RFC 8058 §4 requires both List-Unsubscribe headers to be covered by a
 /// valid DKIM signature for one-click unsubscribe to be honoured; RFC 6376
 /// §5.4.1 lists the rest as the ones worth protecting.
-pub const SIGNED_HEADERS: [&str; 11] = [
+/// `Feedback-ID` (Gmail's Feedback Loop) counts only when signed.
+pub const SIGNED_HEADERS: [&str; 12] = [
     "From",
     "Reply-To",
     "To",
@@ -32,12 +33,13 @@ pub const SIGNED_HEADERS: [&str; 11] = [
     "Content-Transfer-Encoding",
     "List-Unsubscribe",
     "List-Unsubscribe-Post",
+    "Feedback-ID",
 ];
 
 /// [`SIGNED_HEADERS`] without `Date` and `Message-ID`, for a relay that
 /// replaces them: Amazon SES sets its own Message-ID (and may rewrite Date),
 /// which would break a signature covering them (docs/transports.md).
-pub const SIGNED_HEADERS_WITHOUT_ID_AND_DATE: [&str; 9] = [
+pub const SIGNED_HEADERS_WITHOUT_ID_AND_DATE: [&str; 10] = [
     "From",
     "Reply-To",
     "To",
@@ -47,6 +49,7 @@ pub const SIGNED_HEADERS_WITHOUT_ID_AND_DATE: [&str; 9] = [
     "Content-Transfer-Encoding",
     "List-Unsubscribe",
     "List-Unsubscribe-Post",
+    "Feedback-ID",
 ];
 
 /// The signature algorithm, which must match the key.

@@ -91,4 +91,4 @@ pub use error::Error;
 pub use lint::has_unsubscribe_link;
 pub use problem::{AttachmentProblem, Position, RenderError, RenderProblem, TemplateName};
 pub use spec::{Limits, MAX_LINE_LEN, MessageSpec, Source};
-pub use templates::{Rendered, Templates};
+pub use templates::{Rendered, ReturnPath, Templates};

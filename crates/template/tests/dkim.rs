@@ -354,3 +354,38 @@ fn dkimpy_verifies_rsa_and_ed25519_signatures() {
         assert!(!ok, "dkimpy accepted a tampered subject: {output}");
     }
 }
+
+/// `[campaign] feedback_id`: the `Feedback-ID` header is in the message and
+/// in the signature's h= (Gmail's Feedback Loop counts only signed ones);
+/// a changed Feedback-ID fails verification.
+#[test]
+fn feedback_id_is_added_and_signed() {
+    let render = |dkim: Dkim, id: Option<&str>| {
+        Templates::compile(spec())
+            .unwrap()
+            .with_feedback_id(id.map(str::to_string))
+            .with_dkim(dkim)
+            .render(&columns(), &ann())
+            .expect("renders")
+            .body
+    };
+    let message = render(rsa(), Some("nov-news:acme:newsletter:edm"));
+    let text = String::from_utf8_lossy(&message).into_owned();
+    assert!(
+        text.contains("\r\nFeedback-ID: nov-news:acme:newsletter:edm\r\n"),
+        "{text}"
+    );
+    let h = tag(&signature_tags(&message), "h").to_ascii_lowercase();
+    assert!(h.split(':').any(|x| x == "feedback-id"), "h={h}");
+    // Without the setting there is no such header (h= may still name it:
+    // signing an absent header keeps anyone from adding it, RFC 6376 §5.4).
+    let plain = render(rsa(), None);
+    assert!(!String::from_utf8_lossy(&plain).contains("\r\nFeedback-ID:"));
+    let dkim = rsa();
+    if let Some((ok, output)) = dkimpy_verify(&message, &dkim) {
+        assert!(ok, "dkimpy refused: {output}");
+        let tampered = text.replacen("acme:newsletter", "acme:promo", 1);
+        let (ok, output) = dkimpy_verify(tampered.as_bytes(), &dkim).unwrap();
+        assert!(!ok, "dkimpy accepted a changed Feedback-ID: {output}");
+    }
+}

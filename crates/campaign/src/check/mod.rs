@@ -120,7 +120,7 @@ pub fn check(c: &Campaign, opts: &CheckOptions) -> Result<CheckReport, Error> {
                 ..spec.clone()
             };
             let templates = match Templates::compile(check_spec) {
-                Ok(t) => Some(t),
+                Ok(t) => Some(t.with_feedback_id(cfg.feedback_id.clone())),
                 Err(e) => {
                     let (kind, finding) = compile_finding(c, e);
                     tally.add(kind, finding);

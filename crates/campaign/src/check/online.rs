@@ -13,7 +13,7 @@ use edm_delivery::{
 };
 use serde::Serialize;
 
-use crate::config::{Campaign, RelayKind};
+use crate::config::{Campaign, RelayKind, RelaySection};
 use crate::send::SendOptions;
 
 /// What the check found for one relay.
@@ -52,16 +52,39 @@ impl RelayCheck {
     }
 }
 
-/// Checks the campaign's relays, sending nothing. A relay that cannot be
-/// set up (missing credentials) is a failed relay, not an `Err`.
+/// Checks the campaign's relays, sending nothing: every relay of a pool,
+/// one after the other, in the order of the file (issue 12 point 5). A
+/// relay that cannot be set up (missing credentials) is a failed relay, not
+/// an `Err`.
 pub async fn check_online(c: &Campaign) -> Vec<RelayCheck> {
+    if !c.is_pool() {
+        return vec![check_one(c).await];
+    }
+    let mut out = Vec::new();
+    for r in &c.config.relay {
+        out.push(check_one(&single(c, r)).await);
+    }
+    out
+}
+
+/// The campaign as if `r` were its only relay: the checks below read the
+/// one relay's keys (`[smtp]`, [`Campaign::ses`], [`Campaign::resend`]).
+fn single(c: &Campaign, r: &RelaySection) -> Campaign {
+    let mut one = c.clone();
+    one.config.relay = vec![r.clone()];
+    if let Some(s) = c.relay_smtp(r) {
+        one.config.smtp = s;
+    }
+    one
+}
+
+async fn check_one(c: &Campaign) -> RelayCheck {
     let name = c.relay_name().to_string();
-    let check = match c.relay_kind() {
+    match c.relay_kind() {
         RelayKind::Smtp => smtp(c, &name).await,
         RelayKind::Ses => ses(c, &name).await,
         RelayKind::Resend => resend(c, &name).await,
-    };
-    vec![check]
+    }
 }
 
 async fn smtp(c: &Campaign, name: &str) -> RelayCheck {
@@ -71,7 +94,13 @@ async fn smtp(c: &Campaign, name: &str) -> RelayCheck {
         r.fail(why);
         return r;
     }
-    let password = match c.password() {
+    // The error names the table the password belongs to.
+    let key = if c.config.relay.is_empty() {
+        "[smtp]".to_string()
+    } else {
+        format!("[[relay]] {name:?}")
+    };
+    let password = match c.password_of(s, &key) {
         Ok(p) => p,
         Err(e) => {
             r.fail(e.to_string());

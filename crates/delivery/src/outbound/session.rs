@@ -13,7 +13,8 @@ use edm_model::{Category, Envelope, Failure, Reply, Stage};
 use mail_send::smtp::message::Parameters;
 use mail_send::{Credentials, SmtpClient};
 use smtp_proto::{
-    EXT_8BIT_MIME, EXT_PIPELINING, EXT_SIZE, EXT_SMTP_UTF8, EXT_START_TLS, EhloResponse, Response,
+    EXT_8BIT_MIME, EXT_DSN, EXT_PIPELINING, EXT_SIZE, EXT_SMTP_UTF8, EXT_START_TLS, EhloResponse,
+    Response,
 };
 use tokio::io::{AsyncRead, AsyncWrite, BufStream};
 use tokio::net::TcpStream;
@@ -85,6 +86,9 @@ pub struct Session {
     /// The server offers SMTPUTF8 (RFC 6531) and 8BITMIME (RFC 6152).
     smtputf8: bool,
     eight_bit_mime: bool,
+    /// The server offers DSN (RFC 3461): edm asks for bounces that say whose
+    /// they are.
+    dsn: bool,
     settings: Arc<SmtpSettings>,
 }
 
@@ -252,6 +256,7 @@ impl Session {
             max_size,
             smtputf8: caps.has_capability(EXT_SMTP_UTF8),
             eight_bit_mime: caps.has_capability(EXT_8BIT_MIME),
+            dsn: caps.has_capability(EXT_DSN),
             settings,
         })
     }
@@ -318,6 +323,15 @@ impl Session {
             // UTF-8 headers are 8-bit content (RFC 6531 §3.1 item 8).
             if self.eight_bit_mime {
                 params.add(("BODY", "8BITMIME"));
+            }
+        }
+        if self.dsn {
+            // RFC 3461 §4.3: only the headers come back in a bounce; §4.4:
+            // ENVID comes back as Original-Envelope-Id, tying the DSN to
+            // the message (its Message-ID, which names the recipient).
+            params.add(("RET", "HDRS"));
+            if let Some(envid) = envid(&env.message_id) {
+                params.add(("ENVID".to_string(), envid));
             }
         }
         let envelope_result = if self.pipelining {
@@ -394,7 +408,7 @@ impl Session {
     ) -> Result<(), (Failure, Afterwards)> {
         let cmds = [
             format!("MAIL FROM:<{}>{params}\r\n", env.mail_from),
-            format!("RCPT TO:<{}>\r\n", env.rcpt_to),
+            rcpt_line(env, self.dsn),
             "DATA\r\n".to_string(),
         ];
         let (replies, err) =
@@ -456,7 +470,7 @@ impl Session {
     ) -> Result<(), (Failure, Afterwards)> {
         let c = &mut self.client;
         let mail = format!("MAIL FROM:<{}>{params}\r\n", env.mail_from);
-        let rcpt = format!("RCPT TO:<{}>\r\n", env.rcpt_to);
+        let rcpt = rcpt_line(env, self.dsn);
         for (stage, cmd, want) in [
             (Stage::MailFrom, mail.as_str(), None),
             (Stage::RcptTo, rcpt.as_str(), None),
@@ -497,6 +511,32 @@ impl Session {
 /// What in this envelope needs SMTPUTF8, if anything: a non-ASCII address
 /// (only the local part can be: domains are A-labels by now) or a non-ASCII
 /// byte in the header section.
+/// `RCPT TO`, with `NOTIFY=FAILURE,DELAY` when the server offers DSN
+/// (RFC 3461 §4.1): a bounce for a failure and a notice for a delay, never
+/// one for a success.
+fn rcpt_line(env: &Envelope, dsn: bool) -> String {
+    if dsn {
+        format!("RCPT TO:<{}> NOTIFY=FAILURE,DELAY\r\n", env.rcpt_to)
+    } else {
+        format!("RCPT TO:<{}>\r\n", env.rcpt_to)
+    }
+}
+
+/// The ENVID of a message: its Message-ID in xtext (RFC 3461 §4: `+` and
+/// `=`, controls and non-ASCII as `+HH`), left out when longer than the
+/// 100 characters §4.4 allows.
+fn envid(message_id: &str) -> Option<String> {
+    let mut out = String::with_capacity(message_id.len());
+    for b in message_id.bytes() {
+        if (33..=126).contains(&b) && b != b'+' && b != b'=' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("+{b:02X}"));
+        }
+    }
+    (!out.is_empty() && out.len() <= 100).then_some(out)
+}
+
 fn needs_smtputf8(env: &Envelope) -> Option<&'static str> {
     if !env.rcpt_to.is_ascii() {
         Some("the recipient address has a non-ASCII local part and")
@@ -735,6 +775,116 @@ mod tests {
         let mut s = settings("smtp.example.com", Security::None, false);
         s.credentials = None;
         assert!(plaintext_auth_refusal(&s).is_none());
+    }
+
+    #[test]
+    fn dsn_parameters_in_xtext_within_limits() {
+        assert_eq!(
+            envid("ab12.news@acme.example").as_deref(),
+            Some("ab12.news@acme.example")
+        );
+        assert_eq!(envid("a+b=c d").as_deref(), Some("a+2Bb+3Dc+20d"));
+        assert_eq!(envid(&"x".repeat(101)), None);
+        assert_eq!(envid(""), None);
+        let env = envelope("s@a.example", "r@b.example", b"x");
+        assert_eq!(rcpt_line(&env, false), "RCPT TO:<r@b.example>\r\n");
+        assert_eq!(
+            rcpt_line(&env, true),
+            "RCPT TO:<r@b.example> NOTIFY=FAILURE,DELAY\r\n"
+        );
+    }
+
+    /// A server of a few lines that offers DSN (or not) and records the
+    /// commands it gets, up to DATA.
+    async fn scripted(dsn: bool) -> (u16, tokio::task::JoinHandle<Vec<String>>) {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            let (sock, _) = l.accept().await.unwrap();
+            let (r, mut w) = sock.into_split();
+            let mut r = tokio::io::BufReader::new(r);
+            w.write_all(b"220 test ESMTP\r\n").await.unwrap();
+            let mut seen = Vec::new();
+            let mut line = String::new();
+            loop {
+                line.clear();
+                if r.read_line(&mut line).await.unwrap() == 0 {
+                    break;
+                }
+                let cmd = line.trim_end().to_string();
+                let upper = cmd.to_ascii_uppercase();
+                let reply: &[u8] = if upper.starts_with("EHLO") {
+                    if dsn {
+                        b"250-test\r\n250 DSN\r\n"
+                    } else {
+                        b"250 test\r\n"
+                    }
+                } else if upper == "DATA" {
+                    seen.push(cmd);
+                    w.write_all(b"354 go\r\n").await.unwrap();
+                    // The message, up to the final dot.
+                    loop {
+                        line.clear();
+                        if r.read_line(&mut line).await.unwrap() == 0 || line == ".\r\n" {
+                            break;
+                        }
+                    }
+                    w.write_all(b"250 2.0.0 queued\r\n").await.unwrap();
+                    continue;
+                } else if upper == "QUIT" {
+                    w.write_all(b"221 bye\r\n").await.unwrap();
+                    break;
+                } else {
+                    b"250 ok\r\n"
+                };
+                if !upper.starts_with("EHLO") {
+                    seen.push(cmd);
+                }
+                w.write_all(reply).await.unwrap();
+            }
+            seen
+        });
+        (port, task)
+    }
+
+    /// RFC 3461 on the wire: with DSN offered, MAIL FROM asks for headers
+    /// only and names the message (ENVID, xtext); RCPT TO asks for failures
+    /// and delays. Without it, neither (a server that does not know them
+    /// would refuse the commands, RFC 5321 §4.1.1.11).
+    #[tokio::test]
+    async fn dsn_is_asked_for_only_where_offered() {
+        for dsn in [true, false] {
+            let (port, task) = scripted(dsn).await;
+            let mut s = settings("127.0.0.1", Security::None, false);
+            s.port = port;
+            s.credentials = None;
+            let tls = mail_send::smtp::tls::build_tls_connector(false).unwrap();
+            let mut session = Session::connect(Arc::new(s), &tls).await.unwrap();
+            let mut env = envelope(
+                "bounces+7-abc@acme.example",
+                "r@b.example",
+                b"Subject: x\r\n\r\nhi\r\n",
+            );
+            env.message_id = "ab12+x@acme.example".into();
+            session.send(&env).await.unwrap();
+            session.quit().await;
+            let seen = task.await.unwrap();
+            let want = if dsn {
+                vec![
+                    "MAIL FROM:<bounces+7-abc@acme.example> RET=HDRS ENVID=ab12+2Bx@acme.example",
+                    "RCPT TO:<r@b.example> NOTIFY=FAILURE,DELAY",
+                    "DATA",
+                ]
+            } else {
+                vec![
+                    "MAIL FROM:<bounces+7-abc@acme.example>",
+                    "RCPT TO:<r@b.example>",
+                    "DATA",
+                ]
+            };
+            assert_eq!(seen, want, "dsn offered: {dsn}");
+        }
     }
 
     #[test]

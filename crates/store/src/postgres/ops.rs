@@ -17,9 +17,11 @@ use super::conn::AtPg;
 use super::schema::RUN_LOCK_CLASS;
 use crate::error::{Error, Result};
 use crate::ingest::{next_generation, pass_meta};
+use crate::late::late_transition;
 use crate::read::reply_line;
 use crate::types::{
-    ExportFilter, ExportRow, InDoubtPolicy, NewRow, Outcome, OutcomeKind, ReplyCount, Summary,
+    ExportFilter, ExportRow, InDoubtPolicy, LateApplied, LateCounts, LateOutcome, NewRow, Outcome,
+    OutcomeKind, ReplyCount, Summary, Unmatched, WindowEntry,
 };
 use crate::write::{from_i64, normalize, to_i64};
 use crate::{CampaignStore, IngestPass};
@@ -829,7 +831,8 @@ impl CampaignStore for PgStore {
                     .bind(
                         "SELECT line, email, fields, status, category, stage, smtp_code,
                                 enhanced_code, reply, attempts, last_attempt_at, in_doubt,
-                                message_id, duplicate_of, relay, provider_message_id
+                                message_id, duplicate_of, relay, provider_message_id,
+                                late, late_at, late_status, late_diagnostic, soft_bounces
                          FROM edm.recipients
                          WHERE campaign_id = $1
                            AND (cardinality($2::text[]) = 0 OR status = ANY($2))
@@ -925,6 +928,190 @@ impl CampaignStore for PgStore {
                 .collect())
         })
     }
+
+    fn find_by_message_id(&self, message_id: &str) -> Result<Option<RecipientId>> {
+        let mid = message_id.to_string();
+        self.call(move |c, path, id| {
+            Ok(c.query_opt(
+                "SELECT id FROM edm.recipients WHERE campaign_id = $1 AND message_id = $2
+                 ORDER BY id LIMIT 1",
+                &[&id, &mid],
+            )
+            .at(path)?
+            .map(|r| RecipientId(r.get(0))))
+        })
+    }
+
+    fn find_by_provider_message_id(&self, provider_id: &str) -> Result<Option<RecipientId>> {
+        let pid = provider_id.to_string();
+        self.call(move |c, path, id| {
+            Ok(c.query_opt(
+                "SELECT id FROM edm.recipients
+                 WHERE campaign_id = $1 AND provider_message_id = $2
+                 ORDER BY id LIMIT 1",
+                &[&id, &pid],
+            )
+            .at(path)?
+            .map(|r| RecipientId(r.get(0))))
+        })
+    }
+
+    fn recipient_state(&self, rid: RecipientId) -> Result<Option<(String, Status)>> {
+        self.call(move |c, path, id| {
+            let Some(r) = c
+                .query_opt(
+                    "SELECT email, status FROM edm.recipients WHERE campaign_id = $1 AND id = $2",
+                    &[&id, &rid.0],
+                )
+                .at(path)?
+            else {
+                return Ok(None);
+            };
+            let st: String = r.get(1);
+            Ok(Some((r.get(0), status(path, &st)?)))
+        })
+    }
+
+    /// As the SQLite store's (`late.rs`, the same [`late_transition`]), in
+    /// one transaction. The row is locked (`FOR UPDATE`) and the key taken
+    /// with `ON CONFLICT DO NOTHING` before anything changes, so two
+    /// processes reading the same bounce at once apply it once: the second
+    /// waits for the first's commit, then finds the key.
+    fn apply_late(&mut self, late: &LateOutcome) -> Result<LateApplied> {
+        let late = late.clone();
+        self.call(move |c, path, id| {
+            let mut tx = c.transaction().at(path)?;
+            let Some(row) = tx
+                .query_opt(
+                    "SELECT status, late, soft_bounces FROM edm.recipients
+                     WHERE campaign_id = $1 AND id = $2 FOR UPDATE",
+                    &[&id, &late.id.0],
+                )
+                .at(path)?
+            else {
+                return Ok(LateApplied::NoSuchRecipient);
+            };
+            let taken = tx
+                .execute(
+                    "INSERT INTO edm.late_applied (campaign_id, key, recipient, at)
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (campaign_id, key) DO NOTHING",
+                    &[&id, &late.key, &late.id.0, &late.at],
+                )
+                .at(path)?;
+            if taken == 0 {
+                return Ok(LateApplied::AlreadyApplied);
+            }
+            let st: String = row.get(0);
+            let current: Option<String> = row.get(1);
+            let soft = u32::try_from(row.get::<_, i32>(2)).unwrap_or(0);
+            let st = status(path, &st)?;
+            let applied = if st != Status::Sent {
+                LateApplied::NotSent(st)
+            } else {
+                let (new_late, new_soft, applied) =
+                    late_transition(current.as_deref(), soft, &late);
+                if applied != LateApplied::Unchanged {
+                    tx.execute(
+                        "UPDATE edm.recipients
+                         SET late = coalesce($3, late), soft_bounces = $4, late_at = $5,
+                             late_status = $6, late_diagnostic = $7
+                         WHERE campaign_id = $1 AND id = $2",
+                        &[
+                            &id,
+                            &late.id.0,
+                            &new_late,
+                            &i32::try_from(new_soft).unwrap_or(i32::MAX),
+                            &late.at,
+                            &late.status,
+                            &late.diagnostic,
+                        ],
+                    )
+                    .at(path)?;
+                }
+                applied
+            };
+            tx.commit().at(path)?;
+            Ok(applied)
+        })
+    }
+
+    fn late_counts(&self) -> Result<LateCounts> {
+        self.call(|c, path, id| {
+            let r = c
+                .query_one(
+                    "SELECT count(*) FILTER (WHERE late = 'bounced'),
+                            count(*) FILTER (WHERE late = 'complained'),
+                            count(*) FILTER (WHERE late IS NULL AND soft_bounces > 0)
+                     FROM edm.recipients
+                     WHERE campaign_id = $1 AND (late IS NOT NULL OR soft_bounces > 0)",
+                    &[&id],
+                )
+                .at(path)?;
+            Ok(LateCounts {
+                bounced: from_i64(r.get(0)),
+                complained: from_i64(r.get(1)),
+                soft_bounced: from_i64(r.get(2)),
+            })
+        })
+    }
+
+    fn record_unmatched(&mut self, u: &Unmatched) -> Result<bool> {
+        let u = u.clone();
+        self.call(move |c, path, id| {
+            let n = c
+                .execute(
+                    "INSERT INTO edm.late_unmatched (campaign_id, key, at, summary)
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (campaign_id, key) DO NOTHING",
+                    &[&id, &u.key, &u.at, &u.summary],
+                )
+                .at(path)?;
+            Ok(n > 0)
+        })
+    }
+
+    fn unmatched(&self) -> Result<Vec<Unmatched>> {
+        self.call(|c, path, id| {
+            Ok(c.query(
+                "SELECT key, at, summary FROM edm.late_unmatched WHERE campaign_id = $1
+                 ORDER BY at, key",
+                &[&id],
+            )
+            .at(path)?
+            .iter()
+            .map(|r| Unmatched {
+                key: r.get(0),
+                at: r.get(1),
+                summary: r.get(2),
+            })
+            .collect())
+        })
+    }
+
+    /// SQLite's `late = 'bounced' OR category = 'recipient_unknown'` is NULL
+    /// (read as false) when neither column is set; `coalesce` says so here.
+    fn reputation_window(&self, limit_n: usize) -> Result<Vec<WindowEntry>> {
+        self.call(move |c, path, id| {
+            Ok(c.query(
+                "SELECT domain,
+                        coalesce(late = 'bounced', false)
+                            OR coalesce(category = 'recipient_unknown', false),
+                        coalesce(late = 'complained', false)
+                 FROM edm.recipients
+                 WHERE campaign_id = $1 AND status IN ('sent', 'failed')
+                   AND last_attempt_at IS NOT NULL
+                 ORDER BY last_attempt_at DESC, id DESC LIMIT $2",
+                &[&id, &limit(limit_n)],
+            )
+            .at(path)?
+            .iter()
+            .map(|r| WindowEntry {
+                domain: r.get(0),
+                hard_bounce: r.get(1),
+                complaint: r.get(2),
+            })
+            .collect())
+        })
+    }
 }
 
 fn export_row(path: &Path, r: &postgres::Row) -> Result<ExportRow> {
@@ -951,6 +1138,13 @@ fn export_row(path: &Path, r: &postgres::Row) -> Result<ExportRow> {
         duplicate_of: r.get::<_, Option<i64>>(13).map(from_i64),
         relay: r.get(14),
         provider_message_id: r.get(15),
+        late: crate::late::late_state(
+            r.get(16),
+            r.get(17),
+            r.get(18),
+            r.get(19),
+            u32::try_from(r.get::<_, i32>(20)).unwrap_or(0),
+        ),
     })
 }
 
@@ -985,6 +1179,7 @@ fn record_in(
                 failure,
                 next_attempt_at,
                 count_attempt,
+                relay,
             } => failed(
                 tx,
                 path,
@@ -993,8 +1188,9 @@ fn record_in(
                 i32::from(*count_attempt),
                 Some(*next_attempt_at),
                 failure,
+                relay,
             )?,
-            OutcomeKind::Failed { failure } => {
+            OutcomeKind::Failed { failure, relay } => {
                 // A failure before SMTP never reached a server: no attempt used.
                 let counts = !matches!(failure.stage, Stage::Ingest | Stage::Render);
                 failed(
@@ -1005,6 +1201,7 @@ fn record_in(
                     i32::from(counts),
                     None,
                     failure,
+                    relay,
                 )?
             }
             OutcomeKind::Held { failure } => tx
@@ -1033,6 +1230,7 @@ fn record_in(
             OutcomeKind::InDoubt {
                 failure,
                 next_attempt_at,
+                relay,
             } => {
                 let st = if next_attempt_at.is_some() {
                     Status::Deferred
@@ -1044,7 +1242,8 @@ fn record_in(
                      SET status = $3, in_doubt = true, attempts = attempts + 1,
                          next_attempt_at = $4, category = $5, stage = $6, smtp_code = $7,
                          enhanced_code = $8, reply = $9, last_attempt_at = $10,
-                         updated_at = $10, claimed_by = NULL, lease_until = NULL
+                         updated_at = $10, claimed_by = NULL, lease_until = NULL,
+                         relay = coalesce($11, relay)
                      WHERE campaign_id = $1 AND id = $2",
                     &[
                         &id,
@@ -1057,6 +1256,7 @@ fn record_in(
                         &failure.enhanced_code,
                         &failure.reply,
                         &o.at,
+                        &non_empty(relay),
                     ],
                 )
                 .at(path)?
@@ -1179,7 +1379,15 @@ fn record_sent(
     Ok(())
 }
 
-/// A deferred or failed outcome: the failure's columns, the attempt counted or not.
+/// A relay name as the `relay` column takes it: empty is none, and
+/// `coalesce($n, relay)` then keeps the relay recorded before.
+fn non_empty(relay: &str) -> Option<&str> {
+    (!relay.is_empty()).then_some(relay)
+}
+
+/// A deferred or failed outcome: the failure's columns, the attempt counted
+/// or not, the relay that refused it (none given: the previous one kept).
+#[allow(clippy::too_many_arguments)]
 fn failed(
     tx: &mut postgres::Transaction<'_>,
     path: &Path,
@@ -1188,13 +1396,14 @@ fn failed(
     counts: i32,
     next_attempt_at: Option<UnixMillis>,
     failure: &edm_model::Failure,
+    relay: &str,
 ) -> Result<u64> {
     tx.execute(
         "UPDATE edm.recipients
          SET status = $3, attempts = attempts + $4, next_attempt_at = $5,
              category = $6, stage = $7, smtp_code = $8, enhanced_code = $9,
              reply = $10, last_attempt_at = $11, updated_at = $11,
-             claimed_by = NULL, lease_until = NULL
+             claimed_by = NULL, lease_until = NULL, relay = coalesce($12, relay)
          WHERE campaign_id = $1 AND id = $2",
         &[
             &id,
@@ -1208,6 +1417,7 @@ fn failed(
             &failure.enhanced_code,
             &failure.reply,
             &at,
+            &non_empty(relay),
         ],
     )
     .at(path)

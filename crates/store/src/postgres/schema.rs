@@ -21,7 +21,7 @@ use super::conn::AtPg;
 use crate::error::{Error, Result};
 
 /// The schema version this build writes.
-pub(crate) const VERSION: i32 = 1;
+pub(crate) const VERSION: i32 = 2;
 
 /// The advisory lock key of migrations (`pg_advisory_xact_lock(bigint)`):
 /// "edm-mig" in ASCII, so it is recognisable in `pg_locks`.
@@ -164,6 +164,42 @@ CREATE TRIGGER recipients_tally AFTER INSERT OR UPDATE OR DELETE ON edm.recipien
     FOR EACH ROW EXECUTE FUNCTION edm.recipients_tally();
 "#;
 
+/// Version 2: late outcomes (issue 13), as SQLite's schema V5 (`schema.rs`
+/// says why each column is there): bounces and complaints applied to
+/// recipients already `sent`, whose status stays `sent`. `late_applied`
+/// keeps each applied message's key per campaign, so reading a mailbox
+/// twice applies nothing twice; `late_unmatched` lists the messages that
+/// matched no recipient. Bounces are tied back by Message-ID or by the
+/// provider's id, hence their indexes.
+const V2: &str = r#"
+ALTER TABLE edm.recipients
+    ADD COLUMN late            text,       -- 'bounced' | 'complained'
+    ADD COLUMN late_at         bigint,
+    ADD COLUMN late_status     text,       -- RFC 3463 status
+    ADD COLUMN late_diagnostic text,
+    ADD COLUMN soft_bounces    integer NOT NULL DEFAULT 0;
+CREATE INDEX recipients_message_id ON edm.recipients (campaign_id, message_id)
+    WHERE message_id IS NOT NULL;
+CREATE INDEX recipients_provider_message_id ON edm.recipients (campaign_id, provider_message_id)
+    WHERE provider_message_id IS NOT NULL;
+CREATE INDEX recipients_late ON edm.recipients (campaign_id, late, soft_bounces)
+    WHERE late IS NOT NULL OR soft_bounces > 0;
+CREATE TABLE edm.late_applied (
+    campaign_id bigint NOT NULL REFERENCES edm.campaigns ON DELETE CASCADE,
+    key         text NOT NULL,
+    recipient   bigint NOT NULL,
+    at          bigint NOT NULL,
+    PRIMARY KEY (campaign_id, key)
+);
+CREATE TABLE edm.late_unmatched (
+    campaign_id bigint NOT NULL REFERENCES edm.campaigns ON DELETE CASCADE,
+    key         text NOT NULL,
+    at          bigint NOT NULL,
+    summary     text NOT NULL,
+    PRIMARY KEY (campaign_id, key)
+);
+"#;
+
 /// Brings the `edm` schema up to [`VERSION`]: one transaction, under the
 /// migration lock. Refuses a schema written by a newer edm.
 pub(crate) fn migrate(client: &mut Client, path: &Path) -> Result<()> {
@@ -195,7 +231,8 @@ pub(crate) fn migrate(client: &mut Client, path: &Path) -> Result<()> {
     for from in found..VERSION {
         match from {
             0 => tx.batch_execute(V1).at(path)?,
-            // Next steps: `1 => tx.batch_execute(V2)`, ...
+            1 => tx.batch_execute(V2).at(path)?,
+            // Next steps: `2 => tx.batch_execute(V3)`, ...
             _ => unreachable!("no migration from version {from}"),
         }
         tx.execute(

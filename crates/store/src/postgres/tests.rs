@@ -302,6 +302,7 @@ fn batched_sent_outcomes_keep_order_and_refuse_unknown_ids() {
             ),
             next_attempt_at: 5,
             count_attempt: true,
+            relay: String::new(),
         },
     };
     // Sent, then deferred then sent again for one id, in one batch.
