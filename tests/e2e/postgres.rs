@@ -178,3 +178,74 @@ fn sigkill_mid_run_on_postgres_loses_nobody_and_duplicates_only_in_doubt() {
         }
     }
 }
+
+/// `edm bounces --store`: a DSN (tied by VERP) and an ARF report (tied by
+/// Message-ID) change exactly their recipients in PostgreSQL, once; a forged
+/// bounce is listed by `--unmatched`; no SQLite file appears.
+#[test]
+fn bounces_apply_to_a_campaign_in_postgres_once() {
+    let Some(pg) = fixture::start_or_skip() else {
+        return;
+    };
+    let url = pg.url();
+    let sink = Sink::start(&[], None);
+    let mut spec = Spec::new(addresses("pgl", 4), sink.port());
+    spec.extra = "[bounces]\nreturn_path = \"bounces+{token}@acme.example\"\n";
+    let c = TestCampaign::new(spec);
+    let out = c.edm_env("send", &["--no-tui"], &[("EDM_STORE_URL", &url)]);
+    assert_eq!(code(&out), 0);
+    let by_rcpt: BTreeMap<String, (String, String)> = sink
+        .handle()
+        .received()
+        .into_iter()
+        .map(|r| {
+            let mid = r.message_id.clone().unwrap_or_default();
+            (r.rcpt_to[0].clone(), (r.mail_from.clone(), mid))
+        })
+        .collect();
+    let rcpt = |i: usize| format!("pgl{i}@example.com");
+    let (rp0, mid0) = by_rcpt[&rcpt(0)].clone();
+    let (rp2, _) = by_rcpt[&rcpt(2)].clone();
+    let mid1 = by_rcpt[&rcpt(1)].1.clone();
+    let mail = c.tmp.path().join("mail");
+    std::fs::create_dir_all(mail.join("new")).unwrap();
+    let put = |name: &str, text: String| std::fs::write(mail.join("new").join(name), text).unwrap();
+    put(
+        "01.eml",
+        crate::bounces::dsn(&rp0, &rcpt(0), &mid0, "5.1.1", 1),
+    );
+    put("02.eml", crate::bounces::arf(&rcpt(1), &mid1));
+    let forged = rp2.replacen('-', "-x", 1);
+    put(
+        "03.eml",
+        crate::bounces::dsn(&forged, &rcpt(2), "nope@acme.example", "5.1.1", 3),
+    );
+    let from = mail.to_str().unwrap();
+    let out = c.edm("bounces", &["--from", from, "--store", &url]);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        !c.dir.join(".edm/state.db").exists(),
+        "edm bounces created a SQLite state although the state is in PostgreSQL"
+    );
+    let out = c.edm("report", &["--all", "--format", "json", "--store", &url]);
+    let rows = json_lines(&out);
+    assert_eq!(rows[&rcpt(0)]["late"], "bounced");
+    assert_eq!(rows[&rcpt(0)]["late_status"], "5.1.1");
+    assert_eq!(rows[&rcpt(1)]["late"], "complained");
+    assert_eq!(rows[&rcpt(2)]["late"], serde_json::Value::Null);
+    assert_eq!(rows[&rcpt(3)]["late"], serde_json::Value::Null);
+    let out = c.edm("status", &["--json", "--store", &url]);
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (&s["bounced"], &s["complained"], &s["sent"]),
+        (&1.into(), &1.into(), &4.into())
+    );
+    let out = c.edm("bounces", &["--unmatched", "--store", &url]);
+    assert_eq!(code(&out), 0);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&rcpt(2)));
+    // A second pass over the same messages changes nothing.
+    let out = c.edm_env("bounces", &["--from", from], &[("EDM_STORE_URL", &url)]);
+    assert_eq!(code(&out), 0);
+    let again = c.edm("report", &["--all", "--format", "json", "--store", &url]);
+    assert_eq!(json_lines(&again), rows);
+}

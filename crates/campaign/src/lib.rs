@@ -81,7 +81,7 @@ pub use report::{
 };
 pub use reputation::ReputationTrip;
 pub use send::{Run, RunEnd, RunReport, SendOptions, start_send};
-pub use state::STORE_URL_ENV;
+pub use state::{STORE_URL_ENV, open_existing};
 pub use suppress::{
     Added, SHARED_SUPPRESSION_FILE, SharedSuppression, SuppressedAddress, edm_home, read_import,
 };

@@ -155,6 +155,33 @@ pub(crate) fn open_existing_pg(c: &Campaign) -> Result<Option<Box<dyn CampaignSt
     }
 }
 
+/// An existing campaign's state, wherever it lives, for the commands that
+/// read or change it after a run (`status`, `report`, `retry`, `bounces`,
+/// and the bounce mailbox read during `edm send`): PostgreSQL when the
+/// campaign names a store, else the SQLite file (`state`, or the default),
+/// read-only unless `write`. A state that does not exist is
+/// [`Error::NoState`]: these commands never create one.
+pub fn open_existing(
+    c: &Campaign,
+    state: Option<&Path>,
+    write: bool,
+) -> Result<Box<dyn CampaignStore>, Error> {
+    if let Some(pg) = open_existing_pg(c)? {
+        return Ok(pg);
+    }
+    let path = state
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| c.state_path());
+    if !path.exists() {
+        return Err(Error::NoState(path));
+    }
+    if write {
+        Ok(Box::new(Store::open(&path, Durability::Normal)?))
+    } else {
+        Ok(Box::new(Store::open_read_only(&path)?))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
