@@ -31,7 +31,7 @@ pub(crate) const MIGRATION_LOCK: i64 = 0x0065_646d_2d6d_6967;
 /// the second key is the campaign's id): "edm" in ASCII.
 pub(crate) const RUN_LOCK_CLASS: i32 = 0x0065_646d;
 
-const V1: &str = r#"
+pub(super) const V1: &str = r#"
 CREATE TABLE edm.campaigns (
     id          bigserial PRIMARY KEY,
     name        text NOT NULL,

@@ -323,3 +323,61 @@ fn batched_sent_outcomes_keep_order_and_refuse_unknown_ids() {
         [(Status::Sent, 1), (Status::Sent, 2), (Status::Sent, 1)]
     );
 }
+
+/// A database an older edm left at schema version 1 (no late outcomes) is
+/// migrated to version 2 when opened: its recipients keep what they had,
+/// and a bounce can then be applied to them.
+#[test]
+fn a_version_1_schema_migrates_to_late_outcomes() {
+    // A server of its own: the shared one is already at the latest version.
+    let Some(server) = fixture::start_or_skip() else {
+        return;
+    };
+    let url = server.url();
+    let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    client
+        .batch_execute(&format!(
+            "CREATE SCHEMA edm;
+             CREATE TABLE edm.schema_migrations (
+                 version integer PRIMARY KEY, applied_at bigint NOT NULL);
+             {}
+             INSERT INTO edm.schema_migrations VALUES (1, 0);
+             INSERT INTO edm.campaigns (name, fingerprint, created_at) VALUES ('old', 'f', 0);
+             INSERT INTO edm.recipients (campaign_id, generation, line, email, email_norm,
+                                         domain, fields, status, attempts, message_id,
+                                         last_attempt_at, updated_at)
+                  SELECT id, 1, 1, 'a@x.example', 'a@x.example', 'x.example',
+                         '[\"a@x.example\"]', 'sent', 1, '<a@edm>', 5, 5
+                  FROM edm.campaigns;",
+            super::schema::V1
+        ))
+        .unwrap();
+    let mut s = PgStore::open_with(&options(&url, "old", "f"), OpenMode::Existing).unwrap();
+    let id = s.find_by_message_id("<a@edm>").unwrap().expect("kept");
+    assert_eq!(s.late_counts().unwrap(), crate::LateCounts::default());
+    let late = crate::LateOutcome {
+        id,
+        at: 9,
+        key: "<dsn@mx>".into(),
+        kind: crate::LateKind::HardBounce,
+        status: Some("5.1.1".into()),
+        diagnostic: None,
+        soft_bounce_limit: 3,
+    };
+    assert_eq!(s.apply_late(&late).unwrap(), crate::LateApplied::Bounced);
+    assert_eq!(
+        s.apply_late(&late).unwrap(),
+        crate::LateApplied::AlreadyApplied
+    );
+    assert_eq!(s.late_counts().unwrap().bounced, 1);
+    let versions: Vec<i32> = client
+        .query(
+            "SELECT version FROM edm.schema_migrations ORDER BY version",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions, (1..=super::PG_SCHEMA_VERSION).collect::<Vec<_>>());
+}
