@@ -26,6 +26,8 @@
 //!   Resend test server (issue 12).
 //! - `pool`: relay pools: weights, per-relay rates, failover (issue 12).
 //! - `bounce_parse`: `edm bounces parse`, the parser's verdicts (issue 13).
+//! - `postgres`: the campaign state in PostgreSQL, a throwaway server per
+//!   test (issue 14).
 //! - `bounces`: VERP, `edm bounces`, late outcomes, the reputation breaker (issue 13).
 //! - `bounces_mailbox`: the loop through Dovecot (IMAP, POP3), `[bounces] poll` (issue 13).
 
@@ -42,6 +44,7 @@ mod ingest;
 mod new;
 mod pool;
 mod postfix;
+mod postgres;
 mod preflight;
 mod promises;
 mod resend;

@@ -625,14 +625,15 @@ async fn poll_once(
     cfg: &edm_bounce::mailbox::MailboxConfig,
 ) -> Result<u64, String> {
     use edm_bounce::mailbox::Disposition;
-    let mut store =
-        edm_store::Store::open(state, edm_store::Durability::Normal).map_err(|e| e.to_string())?;
+    // The run's store, wherever it lives ([store] url: PostgreSQL), through
+    // its own connection: the run keeps writing meanwhile.
+    let mut store = crate::state::open_existing(c, Some(state), true).map_err(|e| e.to_string())?;
     let suppression = c
         .config
         .campaign
         .auto_suppress
         .then(SharedSuppression::open_default);
-    let mut intake = Intake::new(c, &mut store, suppression).map_err(|e| e.to_string())?;
+    let mut intake = Intake::new(c, store.as_mut(), suppression).map_err(|e| e.to_string())?;
     let mut changed = 0u64;
     edm_bounce::mailbox::process(cfg, |raw| match intake.apply(raw) {
         Ok(a) => {

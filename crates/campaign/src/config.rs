@@ -140,10 +140,24 @@ pub struct Config {
     /// `[dkim]`: sign every message (see docs/preflight.md).
     #[serde(default)]
     pub dkim: Option<DkimSection>,
+    /// `[store]`: the state in PostgreSQL instead of the SQLite file
+    /// (docs/scaling.md); exclusive with `[state] path`.
+    #[serde(default)]
+    pub store: StoreSection,
     /// `[bounces]`: VERP return path, the bounce mailbox, the reputation
     /// breaker (docs/bounces.md).
     #[serde(default)]
     pub bounces: BouncesSection,
+}
+
+/// `[store]`: where the campaign state lives when it is not a SQLite file.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    /// `postgres://user@host:port/db`, never with a password (refused).
+    pub url: Option<String>,
+    /// The environment variable holding the password (default: `PGPASSWORD`).
+    pub password_env: Option<String>,
 }
 
 /// `[bounces]`: how bounces and complaints come back and what they do.
@@ -912,6 +926,22 @@ impl Campaign {
 
     fn validate(&self) -> Result<(), Error> {
         let c = &self.config;
+        if c.store.url.is_some() && c.state.path.is_some() {
+            return Err(self.bad(
+                "[store] url and [state] path together: the state lives in one place; \
+                 keep [store] url for PostgreSQL or [state] path for a SQLite file",
+            ));
+        }
+        if let Some(url) = &c.store.url {
+            crate::state::check_url(url).map_err(|e| self.bad(format!("[store] url: {e}")))?;
+        }
+        if c.store
+            .password_env
+            .as_deref()
+            .is_some_and(|v| v.trim().is_empty())
+        {
+            return Err(self.bad("[store] password_env must name an environment variable"));
+        }
         if c.campaign.name.trim().is_empty() {
             return Err(self.bad("[campaign] name must not be empty"));
         }

@@ -144,13 +144,7 @@ pub(crate) fn fingerprint(c: &Campaign) -> Result<Fingerprint, Error> {
             .as_bytes(),
     );
     let templates = hex(&t.finalize());
-    let mut s = Sha256::new();
-    s.update(cfg.from.as_bytes());
-    s.update([0]);
-    s.update(cfg.reply_to.as_deref().unwrap_or_default().as_bytes());
-    s.update([0]);
-    s.update(cfg.name.as_bytes());
-    let settings = hex(&s.finalize());
+    let settings = sender_hash(cfg);
     Ok(Fingerprint {
         hashes: [
             (Input::Recipients, csv),
@@ -158,6 +152,19 @@ pub(crate) fn fingerprint(c: &Campaign) -> Result<Fingerprint, Error> {
             (Input::Sender, settings),
         ],
     })
+}
+
+/// The hash of [`Input::Sender`] alone (From, Reply-To, campaign name),
+/// without reading the CSV: it is also what tells a campaign from another
+/// of the same name in PostgreSQL (`state.rs`).
+pub(crate) fn sender_hash(cfg: &crate::config::CampaignSection) -> String {
+    let mut s = Sha256::new();
+    s.update(cfg.from.as_bytes());
+    s.update([0]);
+    s.update(cfg.reply_to.as_deref().unwrap_or_default().as_bytes());
+    s.update([0]);
+    s.update(cfg.name.as_bytes());
+    hex(&s.finalize())
 }
 
 fn hex(b: &[u8]) -> String {

@@ -50,6 +50,7 @@ mod preview;
 mod report;
 mod reputation;
 mod send;
+mod state;
 mod suppress;
 mod test_send;
 mod writer;
@@ -80,6 +81,7 @@ pub use report::{
 };
 pub use reputation::ReputationTrip;
 pub use send::{Run, RunEnd, RunReport, SendOptions, start_send};
+pub use state::{STORE_URL_ENV, open_existing};
 pub use suppress::{
     Added, SHARED_SUPPRESSION_FILE, SharedSuppression, SuppressedAddress, edm_home, read_import,
 };

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use edm_model::{RecipientId, Status};
 use edm_recipients::{Suppression, Verdict};
-use edm_store::{CampaignStore, Durability, InDoubtPolicy, IngestPass, NewRow, Store};
+use edm_store::{CampaignStore, Durability, InDoubtPolicy, IngestPass, NewRow};
 use edm_template::Templates;
 
 use crate::Error;
@@ -79,7 +79,7 @@ pub fn prepare_with_stop(
         DurabilityName::Normal => Durability::Normal,
         DurabilityName::Full => Durability::Full,
     };
-    let mut store: Box<dyn CampaignStore> = Box::new(Store::open(state, durability)?);
+    let mut store = crate::state::open_for_run(c, state, durability)?;
     store.lock_for_run(std::process::id())?;
     let repaired = store.take_repair_notice()?;
     let prints = fingerprint(c)?;

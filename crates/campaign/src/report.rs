@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use edm_model::{Category, Progress, RunState, Status, UnixMillis};
-use edm_store::{CampaignStore, Durability, ExportFilter, ExportRow, Store};
+use edm_store::{CampaignStore, ExportFilter, ExportRow};
 
 use crate::Error;
 use crate::config::Campaign;
@@ -133,28 +133,14 @@ fn by_relay(
     Ok(out)
 }
 
-fn state_of(c: &Campaign, state: Option<&Path>) -> PathBuf {
-    state
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| c.state_path())
-}
-
 /// The campaign's state, read-only (a run may be writing it meanwhile).
 fn open_ro(c: &Campaign, state: Option<&Path>) -> Result<Box<dyn CampaignStore>, Error> {
-    let path = state_of(c, state);
-    if !path.exists() {
-        return Err(Error::NoState(path));
-    }
-    Ok(Box::new(Store::open_read_only(&path)?))
+    crate::state::open_existing(c, state, false)
 }
 
 /// The campaign's state, to change it (no run may hold it: see `retry`).
 fn open_rw(c: &Campaign, state: Option<&Path>) -> Result<Box<dyn CampaignStore>, Error> {
-    let path = state_of(c, state);
-    if !path.exists() {
-        return Err(Error::NoState(path));
-    }
-    Ok(Box::new(Store::open(&path, Durability::Normal)?))
+    crate::state::open_existing(c, state, true)
 }
 
 /// Counts for `edm status`.
@@ -165,7 +151,7 @@ pub fn status(c: &Campaign, state: Option<&Path>) -> Result<StatusReport, Error>
     let late = store.late_counts()?;
     Ok(StatusReport {
         campaign: c.config.campaign.name.clone(),
-        state: state_of(c, state),
+        state: crate::state::location(c, state),
         total: s.total,
         sent: s.count(Status::Sent),
         failed: s.count(Status::Failed),

@@ -558,6 +558,8 @@ pub async fn start_send(campaign: Campaign, opts: SendOptions) -> Result<Run, Er
     }
     let password = campaign.password()?;
     let state = opts.state.clone().unwrap_or_else(|| campaign.state_path());
+    // What reports name: the file, or the campaign in PostgreSQL.
+    let shown = crate::state::location(&campaign, opts.state.as_deref());
     let c2 = campaign.clone();
     let s2 = state.clone();
     let (policy, accept) = (opts.in_doubt, opts.accept_changes);
@@ -638,7 +640,7 @@ pub async fn start_send(campaign: Campaign, opts: SendOptions) -> Result<Run, Er
         opts,
         prepared,
         (dcfg, transport),
-        state.clone(),
+        shown.clone(),
         (progress_tx, control_rx),
     ));
     Ok(Run {
@@ -646,7 +648,7 @@ pub async fn start_send(campaign: Campaign, opts: SendOptions) -> Result<Run, Er
         control: control_tx,
         ingested,
         in_doubt_found,
-        state,
+        state: shown,
         join,
         repaired,
         reingested,

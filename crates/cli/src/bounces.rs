@@ -20,7 +20,7 @@ use edm_bounce::Verdict;
 use edm_bounce::mailbox::Disposition;
 use edm_campaign::Campaign;
 use edm_campaign::bounces::{Applied, Intake, read_messages};
-use edm_store::{CampaignStore, Durability, LateApplied, Store};
+use edm_store::LateApplied;
 use serde::Serialize;
 
 /// `edm bounces DIR [--json] [--unmatched] [--from FILE_OR_MAILDIR...]`.
@@ -44,6 +44,9 @@ pub struct BouncesArgs {
     /// State file (default DIR/.edm/state.db).
     #[arg(long)]
     pub state: Option<PathBuf>,
+    /// The state in PostgreSQL (postgres://user@host:port/db; also EDM_STORE_URL).
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -179,13 +182,10 @@ pub fn run(args: BouncesArgs) -> anyhow::Result<u8> {
     let Some(dir) = args.dir else {
         anyhow::bail!("which campaign? `edm bounces DIR` (or `edm bounces parse FILE...`)");
     };
-    let c = Campaign::load(&dir)?;
-    let path = args.state.clone().unwrap_or_else(|| c.state_path());
-    if !path.exists() {
-        return Err(edm_campaign::Error::NoState(path).into());
-    }
+    let mut c = Campaign::load(&dir)?;
+    c.choose_store(args.store.clone(), args.state.as_deref())?;
     if args.unmatched {
-        let store = Store::open_read_only(&path)?;
+        let store = edm_campaign::open_existing(&c, args.state.as_deref(), false)?;
         for u in store.unmatched()? {
             if args.json {
                 outln!(
@@ -203,8 +203,9 @@ pub fn run(args: BouncesArgs) -> anyhow::Result<u8> {
         return Ok(0);
     }
     // The writer's connection: a running `edm send` may hold the run lock;
-    // SQLite serialises the few transactions of both.
-    let mut store = Store::open(&path, Durability::Normal)?;
+    // SQLite serialises the few transactions of both, PostgreSQL locks the
+    // one row a late outcome changes.
+    let mut store = edm_campaign::open_existing(&c, args.state.as_deref(), true)?;
     let suppression = c
         .config
         .campaign
@@ -212,7 +213,7 @@ pub fn run(args: BouncesArgs) -> anyhow::Result<u8> {
         .then(edm_campaign::SharedSuppression::open_default);
     let mut tally = Tally::default();
     if !args.from.is_empty() {
-        let mut intake = Intake::new(&c, &mut store as &mut dyn CampaignStore, suppression)?;
+        let mut intake = Intake::new(&c, store.as_mut(), suppression)?;
         for from in &args.from {
             for (file, raw) in read_messages(from)? {
                 let a = intake
@@ -233,7 +234,7 @@ pub fn run(args: BouncesArgs) -> anyhow::Result<u8> {
             );
             return Ok(2);
         };
-        let mut intake = Intake::new(&c, &mut store as &mut dyn CampaignStore, suppression)?;
+        let mut intake = Intake::new(&c, store.as_mut(), suppression)?;
         let mut failed: Option<edm_campaign::Error> = None;
         let json = args.json;
         let rt = crate::runtime()?;

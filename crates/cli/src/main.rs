@@ -61,6 +61,9 @@ enum Command {
         /// State file (default DIR/.edm/state.db).
         #[arg(long)]
         state: Option<PathBuf>,
+        /// The state in PostgreSQL (postgres://user@host:port/db; also EDM_STORE_URL).
+        #[arg(long, value_name = "URL")]
+        store: Option<String>,
     },
     /// Export recipients with their outcome (CSV that feeds back in as recipients).
     Report {
@@ -84,6 +87,9 @@ enum Command {
         /// State file.
         #[arg(long)]
         state: Option<PathBuf>,
+        /// The state in PostgreSQL (postgres://user@host:port/db; also EDM_STORE_URL).
+        #[arg(long, value_name = "URL")]
+        store: Option<String>,
     },
     /// Put failed (or deferred, in-doubt) recipients back to pending for the next send.
     Retry {
@@ -98,6 +104,9 @@ enum Command {
         /// State file.
         #[arg(long)]
         state: Option<PathBuf>,
+        /// The state in PostgreSQL (postgres://user@host:port/db; also EDM_STORE_URL).
+        #[arg(long, value_name = "URL")]
+        store: Option<String>,
     },
     /// Watch a campaign another `edm send` is running, read-only.
     Watch {
@@ -106,6 +115,9 @@ enum Command {
         /// State file.
         #[arg(long)]
         state: Option<PathBuf>,
+        /// The state in PostgreSQL (postgres://user@host:port/db; also EDM_STORE_URL).
+        #[arg(long, value_name = "URL")]
+        store: Option<String>,
     },
     /// Run edm's own SMTP server (for demos and tests; loopback only by default).
     Sink {
@@ -236,9 +248,15 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             );
             Ok(0)
         }
-        Command::Status { dir, json, state } => {
+        Command::Status {
+            dir,
+            json,
+            state,
+            store,
+        } => {
             progress::init_logging(None, true);
-            let c = Campaign::load(&dir)?;
+            let mut c = Campaign::load(&dir)?;
+            c.choose_store(store, state.as_deref())?;
             let s = edm_campaign::status(&c, state.as_deref())?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&s)?);
@@ -255,9 +273,11 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             format,
             output,
             state,
+            store,
         } => {
             progress::init_logging(None, true);
-            let c = Campaign::load(&dir)?;
+            let mut c = Campaign::load(&dir)?;
+            c.choose_store(store, state.as_deref())?;
             let kind = match (failures, in_doubt, all) {
                 (_, true, _) => ReportKind::InDoubt,
                 (_, _, true) => ReportKind::All,
@@ -293,9 +313,11 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             categories,
             statuses,
             state,
+            store,
         } => {
             progress::init_logging(None, true);
-            let c = Campaign::load(&dir)?;
+            let mut c = Campaign::load(&dir)?;
+            c.choose_store(store, state.as_deref())?;
             let categories = categories
                 .iter()
                 .map(|s| {
@@ -326,8 +348,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             );
             Ok(0)
         }
-        Command::Watch { dir, state } => {
-            let c = Campaign::load(&dir)?;
+        Command::Watch { dir, state, store } => {
+            let mut c = Campaign::load(&dir)?;
+            c.choose_store(store, state.as_deref())?;
             progress::watch(c, state)
         }
         Command::Sink {

@@ -41,6 +41,10 @@ pub struct SendArgs {
     /// State file (default DIR/.edm/state.db).
     #[arg(long)]
     pub state: Option<PathBuf>,
+    /// The state in PostgreSQL: postgres://user@host:port/db, no password
+    /// (PGPASSWORD or [store] password_env). Also EDM_STORE_URL.
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
     /// What to do with recipients a crashed run was sending.
     #[arg(long, value_enum, default_value_t = InDoubt::Resend)]
     pub in_doubt: InDoubt,
@@ -95,7 +99,8 @@ impl SendArgs {
 }
 
 pub fn run(args: SendArgs) -> anyhow::Result<u8> {
-    let campaign = Campaign::load(&args.dir)?;
+    let mut campaign = Campaign::load(&args.dir)?;
+    campaign.choose_store(args.store.clone(), args.state.as_deref())?;
     if let Some(to) = &args.test_to {
         return test_send(&campaign, to, &args);
     }

@@ -140,6 +140,31 @@ pub enum Error {
         /// What was lost ("the outcome of recipient 12", say).
         what: String,
     },
+    /// PostgreSQL refused an operation, or the connection failed. `path` is
+    /// the store's location (`postgres://user@host:port/db campaign NAME`),
+    /// never holding a password.
+    #[error("{}: {source}", path.display())]
+    Postgres {
+        /// The store's location.
+        path: PathBuf,
+        /// What PostgreSQL (or the connection) said.
+        #[source]
+        source: postgres::Error,
+    },
+    /// The `[store]` settings cannot be used (a URL holding a password, a
+    /// URL that does not parse): `message` says what to change.
+    #[error("store: {message}")]
+    StoreConfig {
+        /// What is wrong and what to do, without the password.
+        message: String,
+    },
+    /// The thread that owns a PostgreSQL connection is gone (it panicked),
+    /// so the request was not carried out.
+    #[error("{}: the PostgreSQL connection thread stopped", path.display())]
+    ConnectionLost {
+        /// The store's location.
+        path: PathBuf,
+    },
 }
 
 impl Error {

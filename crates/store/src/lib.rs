@@ -55,6 +55,9 @@
 //! # Layout
 //! - `lib.rs`: this manual and the [`CampaignStore`] trait.
 //! - `sqlite.rs`: the trait for [`Store`]; `memory.rs`: [`MemoryStore`];
+//!   `postgres/`: [`PgStore`], the campaign in PostgreSQL (its schema,
+//!   migrations and connection thread; `postgres/fixture.rs` is the
+//!   throwaway server of the tests, feature `pg-fixture`);
 //!   `writer.rs`: [`Writer`]; `suite.rs`: the tests of the trait.
 //! - `schema.rs`: the DDL, migrations (`PRAGMA user_version`; version 3
 //!   adds the durable marks' table; version 5 the late outcomes of
@@ -85,6 +88,7 @@ mod error;
 mod ingest;
 mod late;
 pub mod memory;
+pub mod postgres;
 mod read;
 mod schema;
 mod sqlite;
@@ -96,6 +100,7 @@ pub mod writer;
 pub use error::{Error, ExportError, Result};
 pub use ingest::IngestPass;
 pub use memory::MemoryStore;
+pub use postgres::{OpenMode, PgOptions, PgStore};
 pub use store::{Store, create_private_dir, private_file, private_options};
 pub use types::{
     Durability, ExportFilter, ExportRow, InDoubtPolicy, LateApplied, LateCounts, LateKind,

@@ -876,4 +876,26 @@ fn sqlite() -> (Store, tempfile::TempDir) {
 
 suite!(on_sqlite, sqlite());
 suite!(in_memory, (MemoryStore::new(), ()));
-// A PostgreSQL store: `suite!(on_postgres, postgres());`
+
+/// A campaign of its own (a fresh name) in the test process's PostgreSQL
+/// server; `None` skips (PostgreSQL not installed, outside CI).
+fn postgres() -> Option<(crate::PgStore, ())> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let server = crate::postgres::fixture::shared()?;
+    let name = format!(
+        "suite-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    );
+    let options = crate::PgOptions::parse(&server.url(), None, &name, "fp").unwrap();
+    Some((crate::PgStore::open(&options).unwrap(), ()))
+}
+
+suite!(
+    on_postgres,
+    match postgres() {
+        Some(s) => s,
+        None => return,
+    }
+);

@@ -1,0 +1,287 @@
+//! A throwaway PostgreSQL server for tests (feature `pg-fixture`, and the
+//! store's own tests): `initdb` in a temporary directory, `pg_ctl start` on
+//! a free loopback port with `fsync=off`, stopped and removed on drop.
+//!
+//! PostgreSQL refuses to run as root ("root execution of the PostgreSQL
+//! server is not permitted"), and CI runs as root: then the directory is
+//! given to the `postgres` user and every command runs through
+//! `runuser -u postgres --`. As a normal user the commands run directly.
+//! The binaries are found by glob (`/usr/lib/postgresql/*/bin`, highest
+//! version), or in `EDM_PG_BIN`.
+//!
+//! A watchdog shell waits for the test process to end and then stops the
+//! server and removes the directory, so a test binary killed (or a static
+//! server never dropped) leaves no PostgreSQL running.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+/// A running throwaway server.
+#[derive(Debug)]
+pub struct PgServer {
+    dir: PathBuf,
+    bin: PathBuf,
+    port: u16,
+    as_postgres: bool,
+}
+
+/// Where the server binaries are: `EDM_PG_BIN`, else the highest
+/// `/usr/lib/postgresql/<version>/bin` holding `initdb`.
+pub fn bin_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("EDM_PG_BIN") {
+        let dir = PathBuf::from(dir);
+        return dir.join("initdb").is_file().then_some(dir);
+    }
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let version = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").is_file().then_some((version, bin))
+        })
+        .collect();
+    found.sort();
+    found.pop().map(|(_, bin)| bin)
+}
+
+/// True when this process runs as root (the owner of `/proc/self`).
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl PgServer {
+    /// Starts a server, or says why not. `Ok(None)`: PostgreSQL is not
+    /// installed.
+    pub fn start() -> Result<Option<PgServer>, String> {
+        let Some(bin) = bin_dir() else {
+            return Ok(None);
+        };
+        let as_postgres = is_root();
+        let base =
+            std::env::temp_dir().join(format!("edm-pg-{}-{}", std::process::id(), u64_rand()));
+        std::fs::create_dir_all(&base).map_err(|e| format!("{}: {e}", base.display()))?;
+        let server = PgServer {
+            dir: base,
+            bin,
+            port: 0,
+            as_postgres,
+        };
+        if as_postgres {
+            let ok = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&server.dir)
+                .status()
+                .map_err(|e| format!("chown: {e}"))?;
+            if !ok.success() {
+                return Err(format!("chown postgres {} failed", server.dir.display()));
+            }
+        }
+        server.watchdog();
+        let data = server.dir.join("data");
+        server.run(
+            "initdb",
+            &[
+                "-D".as_ref(),
+                data.as_os_str(),
+                "-U".as_ref(),
+                "postgres".as_ref(),
+                "--auth=trust".as_ref(),
+                "--no-sync".as_ref(),
+            ],
+        )?;
+        let mut server = server;
+        let mut last = String::new();
+        for _ in 0..3 {
+            let port = free_port().map_err(|e| format!("free port: {e}"))?;
+            let opts = format!(
+                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off \
+                 -c synchronous_commit=off -c full_page_writes=off",
+                server.dir.display()
+            );
+            let log = server.dir.join("log");
+            match server.run(
+                "pg_ctl",
+                &[
+                    "-D".as_ref(),
+                    data.as_os_str(),
+                    "-w".as_ref(),
+                    "-l".as_ref(),
+                    log.as_os_str(),
+                    "-o".as_ref(),
+                    opts.as_ref(),
+                    "start".as_ref(),
+                ],
+            ) {
+                Ok(()) => {
+                    server.port = port;
+                    return Ok(Some(server));
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// A URL for the `postgres` database as the `postgres` user (trust auth).
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Stops the server at once (`-m immediate`: like a crash, no
+    /// checkpoint) and starts it again on the same port.
+    pub fn restart(&self) -> Result<(), String> {
+        self.stop_now();
+        let data = self.dir.join("data");
+        let log = self.dir.join("log");
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off \
+             -c synchronous_commit=off -c full_page_writes=off",
+            self.port,
+            self.dir.display()
+        );
+        self.run(
+            "pg_ctl",
+            &[
+                "-D".as_ref(),
+                data.as_os_str(),
+                "-w".as_ref(),
+                "-l".as_ref(),
+                log.as_os_str(),
+                "-o".as_ref(),
+                opts.as_ref(),
+                "start".as_ref(),
+            ],
+        )
+    }
+
+    fn command(&self, tool: &str) -> Command {
+        let exe = self.bin.join(tool);
+        if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(exe);
+            c
+        } else {
+            Command::new(exe)
+        }
+    }
+
+    fn run(&self, tool: &str, args: &[&std::ffi::OsStr]) -> Result<(), String> {
+        let out = self
+            .command(tool)
+            .args(args)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("{tool}: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            let log = std::fs::read_to_string(self.dir.join("log")).unwrap_or_default();
+            Err(format!(
+                "{tool} failed: {}{}\n{log}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+
+    fn stop_now(&self) {
+        let data = self.dir.join("data");
+        let _ = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(&data)
+            .args(["-m", "immediate", "-w", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+
+    /// A shell that outlives nothing: when this process is gone, it stops
+    /// the server and removes the directory.
+    fn watchdog(&self) {
+        let stop = if self.as_postgres {
+            "runuser -u postgres -- "
+        } else {
+            ""
+        };
+        let script = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; \
+             [ -d '{dir}/data' ] && {stop}'{bin}/pg_ctl' -D '{dir}/data' -m immediate stop \
+               >/dev/null 2>&1; rm -rf '{dir}'",
+            pid = std::process::id(),
+            dir = self.dir.display(),
+            bin = self.bin.display(),
+        );
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+    }
+
+    /// The server's directory (data, socket, log).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        self.stop_now();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn u64_rand() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0);
+    h.finish()
+}
+
+/// One server for the whole test process (its watchdog stops it when the
+/// process ends). `None` when PostgreSQL is not installed and `CI` is not
+/// `true`: the caller skips, and this says so loudly on stderr. Under
+/// `CI=true` a missing PostgreSQL (or one that does not start) fails.
+pub fn shared() -> Option<&'static PgServer> {
+    static SERVER: OnceLock<Option<PgServer>> = OnceLock::new();
+    SERVER.get_or_init(start_or_skip).as_ref()
+}
+
+/// [`PgServer::start`], skipping loudly when PostgreSQL is missing outside
+/// CI, failing under `CI=true`.
+pub fn start_or_skip() -> Option<PgServer> {
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    match PgServer::start() {
+        Ok(Some(s)) => Some(s),
+        Ok(None) if ci => panic!(
+            "CI=true and PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb): \
+             .ci/run installs Debian's postgresql"
+        ),
+        Ok(None) => {
+            eprintln!(
+                "SKIPPED: PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb); \
+                 the PostgreSQL tests did not run"
+            );
+            None
+        }
+        Err(e) => panic!("PostgreSQL did not start: {e}"),
+    }
+}

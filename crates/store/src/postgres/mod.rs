@@ -1,0 +1,301 @@
+//! [`PgStore`]: the [`CampaignStore`](crate::CampaignStore) seam on
+//! PostgreSQL, for a campaign whose state lives in a database the operator
+//! already runs (and, in a later round, for several workers sharing one
+//! campaign).
+//!
+//! It keeps the SQLite store's semantics, checked by the same suite
+//! (`suite.rs`): the ingest checkpoint and unique key, the claim order, the
+//! durable marks, the tallies. What differs is where: one schema `edm` per
+//! installation ([`schema`]), many campaigns in it, each a row of
+//! `edm.campaigns` identified by its name and a fingerprint; the run lock is
+//! a session advisory lock (released by the server when the process dies, like
+//! the SQLite lock file's OS lock); claims use `FOR UPDATE SKIP LOCKED`, so a
+//! second worker never waits on rows another is claiming.
+//!
+//! The connection lives on its own thread ([`conn`]): the `postgres` crate
+//! cannot be called from inside a tokio runtime, and this store is.
+//!
+//! Passwords: never in the URL (refused, see [`PgOptions::parse`]); from
+//! `PGPASSWORD` or the variable `[store] password_env` names, handed in as
+//! [`PgOptions::password`].
+
+mod conn;
+mod ops;
+mod schema;
+
+#[cfg(any(test, feature = "pg-fixture"))]
+pub mod fixture;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use conn::{AtPg, Conn};
+
+use crate::error::{Error, Result};
+
+/// The schema version this build writes into PostgreSQL.
+pub const PG_SCHEMA_VERSION: i32 = schema::VERSION;
+
+/// How to reach a campaign in PostgreSQL.
+#[derive(Clone)]
+pub struct PgOptions {
+    /// The connection: a `postgres://user@host:port/db` URL or a libpq
+    /// `key=value` string, without a password.
+    pub url: String,
+    /// The password (from `PGPASSWORD` or `[store] password_env`), if any.
+    pub password: Option<String>,
+    /// The campaign's name (`[campaign] name`).
+    pub campaign: String,
+    /// What tells this campaign from another of the same name.
+    pub fingerprint: String,
+    /// This process's name in claims (`claimed_by`): host and pid by default.
+    pub worker: String,
+}
+
+impl std::fmt::Debug for PgOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgOptions")
+            .field("url", &self.url)
+            .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .field("campaign", &self.campaign)
+            .field("fingerprint", &self.fingerprint)
+            .field("worker", &self.worker)
+            .finish()
+    }
+}
+
+impl PgOptions {
+    /// Checks `url` and returns the options for `campaign`. A URL (or
+    /// `password=` key) holding a password is refused: it would sit in a
+    /// config file, a shell history or `ps` output. The refusal never
+    /// repeats the URL.
+    pub fn parse(
+        url: &str,
+        password: Option<String>,
+        campaign: &str,
+        fingerprint: &str,
+    ) -> Result<PgOptions> {
+        let config = postgres::Config::from_str(url).map_err(|e| Error::StoreConfig {
+            message: format!("the store URL does not parse as a PostgreSQL URL ({e})"),
+        })?;
+        if config.get_password().is_some() {
+            return Err(Error::StoreConfig {
+                message: "the store URL holds a password; remove it from the URL and give it \
+                          in PGPASSWORD or in the variable [store] password_env names"
+                    .into(),
+            });
+        }
+        Ok(PgOptions {
+            url: url.to_string(),
+            password,
+            campaign: campaign.to_string(),
+            fingerprint: fingerprint.to_string(),
+            worker: default_worker(),
+        })
+    }
+
+    /// Where the campaign lives, for messages: `postgres://user@host:port/db
+    /// campaign NAME`. Built from the parsed settings, so it never shows a
+    /// password.
+    pub fn location(&self) -> PathBuf {
+        let shown = postgres::Config::from_str(&self.url)
+            .map(|c| describe(&c))
+            .unwrap_or_else(|_| "postgres".to_string());
+        PathBuf::from(format!("{shown} campaign {}", self.campaign))
+    }
+
+    fn config(&self) -> Result<postgres::Config> {
+        let mut config = postgres::Config::from_str(&self.url).map_err(|e| Error::StoreConfig {
+            message: format!("the store URL does not parse as a PostgreSQL URL ({e})"),
+        })?;
+        if let Some(p) = &self.password {
+            config.password(p);
+        }
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(10));
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("edm");
+        }
+        Ok(config)
+    }
+}
+
+/// `host:pid`, the default worker name.
+fn default_worker() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into());
+    format!("{host}:{}", std::process::id())
+}
+
+/// `postgres://user@host:port/db` from parsed settings (no password).
+fn describe(c: &postgres::Config) -> String {
+    let user = c.get_user().unwrap_or("");
+    let host = match c.get_hosts().first() {
+        Some(postgres::config::Host::Tcp(h)) => h.clone(),
+        Some(postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = c.get_ports().first().copied().unwrap_or(5432);
+    let db = c.get_dbname().unwrap_or(user);
+    let at = if user.is_empty() {
+        String::new()
+    } else {
+        format!("{user}@")
+    };
+    format!("postgres://{at}{host}:{port}/{db}")
+}
+
+/// Whether [`PgStore::open_with`] may create the campaign.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum OpenMode {
+    /// `edm send`: create the campaign's row if missing.
+    Create,
+    /// `edm status`, `report`, `retry`: the campaign must exist.
+    Existing,
+}
+
+/// One campaign's state in PostgreSQL (see the module documentation).
+pub struct PgStore {
+    conn: Conn,
+    campaign_id: i64,
+    worker: String,
+    locked: bool,
+    /// True once this store wrote the "marks used" meta key (see `ops.rs`).
+    marks_meta_set: bool,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("location", &self.conn.location())
+            .field("campaign_id", &self.campaign_id)
+            .field("locked", &self.locked)
+            .finish()
+    }
+}
+
+impl PgStore {
+    /// Connects, migrates the `edm` schema and opens (creating if missing)
+    /// the campaign named in `options`.
+    pub fn open(options: &PgOptions) -> Result<PgStore> {
+        PgStore::open_with(options, OpenMode::Create)
+    }
+
+    /// Like [`PgStore::open`]; with [`OpenMode::Existing`] a campaign that
+    /// is not in the database is [`Error::NotFound`] and nothing is created
+    /// (the schema still is migrated: readers of a newer schema are refused).
+    ///
+    /// A campaign of the same name but another fingerprint is refused with
+    /// [`Error::StoreConfig`]: two different campaigns sharing a name would
+    /// otherwise be told apart by nothing an operator sees.
+    pub fn open_with(options: &PgOptions, mode: OpenMode) -> Result<PgStore> {
+        let location = options.location();
+        let conn = Conn::connect(options.config()?, location)?;
+        let name = options.campaign.clone();
+        let fingerprint = options.fingerprint.clone();
+        let campaign_id = conn.call(move |client, path| {
+            schema::migrate(client, path)?;
+            let mut tx = client.transaction().at(path)?;
+            // Two `edm send` creating the same campaign at once: the second
+            // waits here, then finds the row.
+            tx.execute(
+                "SELECT pg_advisory_xact_lock($1)",
+                &[&schema::MIGRATION_LOCK],
+            )
+            .at(path)?;
+            let found = tx
+                .query_opt(
+                    "SELECT id FROM edm.campaigns WHERE name = $1 AND fingerprint = $2",
+                    &[&name, &fingerprint],
+                )
+                .at(path)?;
+            if let Some(row) = found {
+                let id: i64 = row.get(0);
+                tx.commit().at(path)?;
+                return Ok(id);
+            }
+            let others: i64 = tx
+                .query_one(
+                    "SELECT count(*) FROM edm.campaigns WHERE name = $1",
+                    &[&name],
+                )
+                .at(path)?
+                .get(0);
+            if others > 0 {
+                return Err(Error::StoreConfig {
+                    message: format!(
+                        "{}: a campaign named {name:?} is already in this database with other \
+                         sender inputs (From, Reply-To); give this one another [campaign] name",
+                        path.display()
+                    ),
+                });
+            }
+            if mode == OpenMode::Existing {
+                return Err(Error::NotFound {
+                    path: path.to_path_buf(),
+                });
+            }
+            let now = edm_model::now_ms();
+            let id: i64 = tx
+                .query_one(
+                    "INSERT INTO edm.campaigns (name, fingerprint, created_at)
+                     VALUES ($1, $2, $3) RETURNING id",
+                    &[&name, &fingerprint, &now],
+                )
+                .at(path)?
+                .get(0);
+            tx.execute(
+                "INSERT INTO edm.meta (campaign_id, key, value) VALUES ($1, 'created_at', $2)",
+                &[&id, &now.to_string()],
+            )
+            .at(path)?;
+            tx.commit().at(path)?;
+            Ok(id)
+        })?;
+        Ok(PgStore {
+            conn,
+            campaign_id,
+            worker: options.worker.clone(),
+            locked: false,
+            marks_meta_set: false,
+        })
+    }
+
+    /// The campaign's row in `edm.campaigns`.
+    pub fn campaign_id(&self) -> i64 {
+        self.campaign_id
+    }
+
+    /// The store's location (`postgres://user@host:port/db campaign NAME`).
+    pub fn location(&self) -> &Path {
+        self.conn.location()
+    }
+}
+
+impl Drop for PgStore {
+    /// Releases the run lock before the session closes: the server would
+    /// release it when the session ends anyway (also when the process is
+    /// killed), but a closing session ends a moment after the client has
+    /// gone, and the next run should not find it held.
+    fn drop(&mut self) {
+        if self.locked {
+            let key = i32::try_from(self.campaign_id).unwrap_or(i32::MAX);
+            let _ = self.conn.call(move |c, _| {
+                let _ = c.execute(
+                    "SELECT pg_advisory_unlock($1, $2)",
+                    &[&schema::RUN_LOCK_CLASS, &key],
+                );
+                Ok(())
+            });
+        }
+    }
+}

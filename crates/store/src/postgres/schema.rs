@@ -1,0 +1,245 @@
+//! The PostgreSQL schema: one schema `edm` per installation holding many
+//! campaigns, and its versioned migrations.
+//!
+//! Every table carries `campaign_id` (a row of `edm.campaigns`, identified by
+//! name and fingerprint). Migrations run in one transaction under a
+//! transaction-level advisory lock, so two `edm` processes starting at once
+//! never both migrate: the second waits, then finds the versions applied.
+//! Applied versions are rows of `edm.schema_migrations`.
+//!
+//! Tallies are kept by a trigger, as in SQLite (`schema.rs`): `edm status`
+//! on ten million rows reads a few tally rows, never the table. The claim
+//! columns `claimed_by` and `lease_until` are here from version 1 so that
+//! several workers (leases that expire when a worker dies) need no
+//! migration.
+
+use std::path::Path;
+
+use postgres::Client;
+
+use super::conn::AtPg;
+use crate::error::{Error, Result};
+
+/// The schema version this build writes.
+pub(crate) const VERSION: i32 = 2;
+
+/// The advisory lock key of migrations (`pg_advisory_xact_lock(bigint)`):
+/// "edm-mig" in ASCII, so it is recognisable in `pg_locks`.
+pub(crate) const MIGRATION_LOCK: i64 = 0x0065_646d_2d6d_6967;
+
+/// The first key of a campaign's run lock (`pg_try_advisory_lock(int, int)`,
+/// the second key is the campaign's id): "edm" in ASCII.
+pub(crate) const RUN_LOCK_CLASS: i32 = 0x0065_646d;
+
+pub(super) const V1: &str = r#"
+CREATE TABLE edm.campaigns (
+    id          bigserial PRIMARY KEY,
+    name        text NOT NULL,
+    fingerprint text NOT NULL,
+    created_at  bigint NOT NULL,
+    UNIQUE (name, fingerprint)
+);
+
+CREATE TABLE edm.meta (
+    campaign_id bigint NOT NULL REFERENCES edm.campaigns ON DELETE CASCADE,
+    key         text NOT NULL,
+    value       text NOT NULL,
+    PRIMARY KEY (campaign_id, key)
+);
+
+CREATE TABLE edm.recipients (
+    id                  bigserial PRIMARY KEY,
+    campaign_id         bigint NOT NULL REFERENCES edm.campaigns ON DELETE CASCADE,
+    generation          bigint NOT NULL,
+    line                bigint NOT NULL,
+    email               text NOT NULL,
+    email_norm          text NOT NULL,
+    domain              text NOT NULL,
+    fields              text NOT NULL,     -- JSON array of values in header order
+    status              text NOT NULL,
+    attempts            integer NOT NULL DEFAULT 0,
+    next_attempt_at     bigint,            -- set iff deferred (kept while sending)
+    category            text,
+    stage               text,
+    smtp_code           integer,
+    enhanced_code       text,
+    reply               text,
+    message_id          text,
+    in_doubt            boolean NOT NULL DEFAULT false,
+    duplicate_of        bigint,
+    first_attempt_at    bigint,
+    last_attempt_at     bigint,
+    prev_attempt_at     bigint,
+    updated_at          bigint NOT NULL,
+    relay               text,
+    provider_message_id text,
+    claimed_by          text,              -- the worker that claimed it (sending)
+    lease_until         bigint,            -- when that claim lapses (several workers)
+    -- The database refuses a second copy of a record (see crate::ingest).
+    UNIQUE (campaign_id, generation, line)
+);
+
+CREATE INDEX recipients_claim ON edm.recipients (campaign_id, status, next_attempt_at, id)
+    WHERE status IN ('pending', 'deferred', 'sending');
+CREATE INDEX recipients_line ON edm.recipients (campaign_id, line, id);
+CREATE INDEX recipients_sent_at ON edm.recipients (campaign_id, last_attempt_at)
+    WHERE status = 'sent';
+CREATE INDEX recipients_failing ON edm.recipients (campaign_id, updated_at)
+    WHERE status IN ('failed', 'deferred');
+
+CREATE TABLE edm.events (
+    id          bigserial PRIMARY KEY,
+    campaign_id bigint NOT NULL REFERENCES edm.campaigns ON DELETE CASCADE,
+    at          bigint NOT NULL,
+    kind        text NOT NULL,
+    text        text NOT NULL
+);
+CREATE INDEX events_campaign ON edm.events (campaign_id, id);
+
+CREATE TABLE edm.dot_marks (
+    id          bigint PRIMARY KEY,
+    campaign_id bigint NOT NULL REFERENCES edm.campaigns ON DELETE CASCADE
+);
+
+CREATE TABLE edm.tally (
+    campaign_id bigint NOT NULL REFERENCES edm.campaigns ON DELETE CASCADE,
+    status      text NOT NULL,
+    category    text NOT NULL,             -- '' for none
+    in_doubt    boolean NOT NULL,
+    n           bigint NOT NULL,
+    PRIMARY KEY (campaign_id, status, category, in_doubt)
+);
+
+CREATE TABLE edm.domain_tally (
+    campaign_id bigint NOT NULL REFERENCES edm.campaigns ON DELETE CASCADE,
+    domain      text NOT NULL,
+    status      text NOT NULL,
+    n           bigint NOT NULL,
+    PRIMARY KEY (campaign_id, domain, status)
+);
+
+CREATE FUNCTION edm.recipients_tally() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    t_changed boolean := true;
+    d_changed boolean := true;
+BEGIN
+    IF TG_OP = 'UPDATE' THEN
+        t_changed := OLD.status IS DISTINCT FROM NEW.status
+            OR OLD.category IS DISTINCT FROM NEW.category
+            OR OLD.in_doubt IS DISTINCT FROM NEW.in_doubt;
+        d_changed := OLD.status IS DISTINCT FROM NEW.status
+            OR OLD.domain IS DISTINCT FROM NEW.domain;
+    END IF;
+    IF TG_OP <> 'INSERT' THEN
+        IF t_changed THEN
+            UPDATE edm.tally SET n = n - 1
+             WHERE campaign_id = OLD.campaign_id AND status = OLD.status
+               AND category = coalesce(OLD.category, '') AND in_doubt = OLD.in_doubt;
+        END IF;
+        IF d_changed THEN
+            UPDATE edm.domain_tally SET n = n - 1
+             WHERE campaign_id = OLD.campaign_id AND domain = OLD.domain
+               AND status = OLD.status;
+        END IF;
+    END IF;
+    IF TG_OP <> 'DELETE' THEN
+        IF t_changed THEN
+            INSERT INTO edm.tally (campaign_id, status, category, in_doubt, n)
+                 VALUES (NEW.campaign_id, NEW.status, coalesce(NEW.category, ''), NEW.in_doubt, 1)
+            ON CONFLICT (campaign_id, status, category, in_doubt)
+                DO UPDATE SET n = edm.tally.n + 1;
+        END IF;
+        IF d_changed THEN
+            INSERT INTO edm.domain_tally (campaign_id, domain, status, n)
+                 VALUES (NEW.campaign_id, NEW.domain, NEW.status, 1)
+            ON CONFLICT (campaign_id, domain, status)
+                DO UPDATE SET n = edm.domain_tally.n + 1;
+        END IF;
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER recipients_tally AFTER INSERT OR UPDATE OR DELETE ON edm.recipients
+    FOR EACH ROW EXECUTE FUNCTION edm.recipients_tally();
+"#;
+
+/// Version 2: late outcomes (issue 13), as SQLite's schema V5 (`schema.rs`
+/// says why each column is there): bounces and complaints applied to
+/// recipients already `sent`, whose status stays `sent`. `late_applied`
+/// keeps each applied message's key per campaign, so reading a mailbox
+/// twice applies nothing twice; `late_unmatched` lists the messages that
+/// matched no recipient. Bounces are tied back by Message-ID or by the
+/// provider's id, hence their indexes.
+const V2: &str = r#"
+ALTER TABLE edm.recipients
+    ADD COLUMN late            text,       -- 'bounced' | 'complained'
+    ADD COLUMN late_at         bigint,
+    ADD COLUMN late_status     text,       -- RFC 3463 status
+    ADD COLUMN late_diagnostic text,
+    ADD COLUMN soft_bounces    integer NOT NULL DEFAULT 0;
+CREATE INDEX recipients_message_id ON edm.recipients (campaign_id, message_id)
+    WHERE message_id IS NOT NULL;
+CREATE INDEX recipients_provider_message_id ON edm.recipients (campaign_id, provider_message_id)
+    WHERE provider_message_id IS NOT NULL;
+CREATE INDEX recipients_late ON edm.recipients (campaign_id, late, soft_bounces)
+    WHERE late IS NOT NULL OR soft_bounces > 0;
+CREATE TABLE edm.late_applied (
+    campaign_id bigint NOT NULL REFERENCES edm.campaigns ON DELETE CASCADE,
+    key         text NOT NULL,
+    recipient   bigint NOT NULL,
+    at          bigint NOT NULL,
+    PRIMARY KEY (campaign_id, key)
+);
+CREATE TABLE edm.late_unmatched (
+    campaign_id bigint NOT NULL REFERENCES edm.campaigns ON DELETE CASCADE,
+    key         text NOT NULL,
+    at          bigint NOT NULL,
+    summary     text NOT NULL,
+    PRIMARY KEY (campaign_id, key)
+);
+"#;
+
+/// Brings the `edm` schema up to [`VERSION`]: one transaction, under the
+/// migration lock. Refuses a schema written by a newer edm.
+pub(crate) fn migrate(client: &mut Client, path: &Path) -> Result<()> {
+    let mut tx = client.transaction().at(path)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .at(path)?;
+    tx.batch_execute(
+        "CREATE SCHEMA IF NOT EXISTS edm;
+         CREATE TABLE IF NOT EXISTS edm.schema_migrations (
+             version    integer PRIMARY KEY,
+             applied_at bigint NOT NULL
+         );",
+    )
+    .at(path)?;
+    let found: i32 = tx
+        .query_one(
+            "SELECT coalesce(max(version), 0) FROM edm.schema_migrations",
+            &[],
+        )
+        .at(path)?
+        .get(0);
+    if found > VERSION {
+        return Err(Error::SchemaTooNew {
+            path: path.to_path_buf(),
+            found: i64::from(found),
+            supported: i64::from(VERSION),
+        });
+    }
+    for from in found..VERSION {
+        match from {
+            0 => tx.batch_execute(V1).at(path)?,
+            1 => tx.batch_execute(V2).at(path)?,
+            // Next steps: `2 => tx.batch_execute(V3)`, ...
+            _ => unreachable!("no migration from version {from}"),
+        }
+        tx.execute(
+            "INSERT INTO edm.schema_migrations (version, applied_at) VALUES ($1, $2)",
+            &[&(from + 1), &edm_model::now_ms()],
+        )
+        .at(path)?;
+    }
+    tx.commit().at(path)
+}
