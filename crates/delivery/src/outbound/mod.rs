@@ -1,6 +1,7 @@
 //! The SMTP side: sessions driven step by step, and the one classifier.
 
 pub mod classify;
+mod http;
 pub mod pool;
 pub mod resend;
 pub mod ses;

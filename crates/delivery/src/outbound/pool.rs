@@ -556,8 +556,9 @@ fn quota_used_up(quota: u64) -> Failure {
 /// One engine worker's handle on the pool.
 struct PoolConnection {
     inner: Arc<Inner>,
-    /// The member the last message went to (events name it).
-    last: Option<String>,
+    /// The member the last message went to (events name it): an index, so
+    /// naming it costs no allocation per message.
+    last: Option<usize>,
 }
 
 impl Drop for PoolConnection {
@@ -597,7 +598,7 @@ impl PoolConnection {
                 });
             };
             let m = &inner.members[i];
-            self.last = Some(m.name.clone());
+            self.last = Some(i);
             let idle = m.idle.lock().ok().and_then(|mut v| v.pop());
             let mut conn = match idle {
                 Some(c) => c,
@@ -700,7 +701,7 @@ impl PoolConnection {
 
 impl Connection for PoolConnection {
     fn relay(&self) -> Option<&str> {
-        self.last.as_deref()
+        self.last.map(|i| self.inner.members[i].name.as_str())
     }
 
     fn send<'a>(

@@ -395,40 +395,8 @@ impl Inner {
     /// A request that got no HTTP reply. A failed connect never reached SES;
     /// anything later (a timeout, a reset) may have: in doubt.
     fn transport_error(&self, e: &reqwest::Error) -> (Failure, Afterwards) {
-        let what = error_chain(e);
-        if e.is_connect() {
-            let category = if e.is_timeout() {
-                Category::ConnectTimeout
-            } else {
-                Category::ConnectRefused
-            };
-            let mut f = Failure::local(Stage::Connect, category, format!("{}: {what}", self.host));
-            f.permanent = false;
-            (f, Afterwards::Broken)
-        } else {
-            let category = if e.is_timeout() {
-                Category::ReadTimeout
-            } else {
-                Category::Disconnected
-            };
-            let mut f = Failure::local(Stage::Data, category, format!("{}: {what}", self.host));
-            f.permanent = false;
-            (f, Afterwards::InDoubt)
-        }
+        crate::outbound::http::request_failure(&self.host, e)
     }
-}
-
-/// An error and its sources, for the operator ("error sending request:
-/// connection refused").
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
 }
 
 impl Transport for SesTransport {
