@@ -22,6 +22,7 @@
 mod conn;
 mod ops;
 mod schema;
+mod workers;
 
 #[cfg(any(test, feature = "pg-fixture"))]
 pub mod fixture;
@@ -127,13 +128,17 @@ impl PgOptions {
 
 /// `host:pid`, the default worker name.
 fn default_worker() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+    format!("{}:{}", host_name(), std::process::id())
+}
+
+/// This machine's host name (`edm.workers.host`).
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .ok()
         .filter(|h| !h.is_empty())
         .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "localhost".into());
-    format!("{host}:{}", std::process::id())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// `postgres://user@host:port/db` from parsed settings (no password).
@@ -171,6 +176,13 @@ pub struct PgStore {
     locked: bool,
     /// True once this store wrote the "marks used" meta key (see `ops.rs`).
     marks_meta_set: bool,
+    /// How it was opened: the heartbeat opens a second connection with it.
+    options: PgOptions,
+    /// This worker's incarnation once it joined the campaign
+    /// (`lock_for_run`, `workers.rs`).
+    joined: Option<i64>,
+    /// The lease's timings ([`crate::LeaseSettings::from_env`]).
+    lease: crate::LeaseSettings,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -267,6 +279,9 @@ impl PgStore {
             worker: options.worker.clone(),
             locked: false,
             marks_meta_set: false,
+            options: options.clone(),
+            joined: None,
+            lease: crate::LeaseSettings::from_env(),
         })
     }
 

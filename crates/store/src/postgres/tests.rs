@@ -111,24 +111,163 @@ fn campaigns_share_the_schema_and_stay_apart() {
     assert!(matches!(err, Error::NotFound { .. }), "{err}");
 }
 
+/// A worker of `name` on campaign `campaign`, joined.
+fn worker(url: &str, campaign: &str, name: &str, lease_ms: u64) -> PgStore {
+    let mut s = PgStore::open(&options(url, campaign, "f").with_worker(name)).unwrap();
+    s.lease = crate::LeaseSettings {
+        lease: std::time::Duration::from_millis(lease_ms),
+        renew_every: std::time::Duration::from_millis(lease_ms / 3),
+        margin: std::time::Duration::from_millis(lease_ms / 6),
+    };
+    s.lock_for_run(std::process::id()).unwrap();
+    s
+}
+
 #[test]
-fn the_run_lock_is_exclusive_and_dies_with_its_session() {
+fn a_worker_name_is_refused_while_its_lease_is_live() {
     let Some(server) = fixture::shared() else {
         return;
     };
     let name = unique("lock");
-    let mut first = PgStore::open(&options(&server.url(), &name, "f")).unwrap();
-    first.lock_for_run(4242).unwrap();
-    let mut second = PgStore::open(&options(&server.url(), &name, "f")).unwrap();
-    let err = second.lock_for_run(1).unwrap_err();
-    assert!(err.is_locked(), "{err}");
-    assert!(err.to_string().contains("process 4242"), "{err}");
-    // Another campaign's lock is another lock.
-    let mut other = PgStore::open(&options(&server.url(), &unique("lock"), "f")).unwrap();
-    other.lock_for_run(1).unwrap();
-    // The session ends (a process killed ends it too): the lock is free.
-    drop(first);
-    second.lock_for_run(1).unwrap();
+    let url = server.url();
+    let first = worker(&url, &name, "w1", 30_000);
+    // Another name joins the same campaign: several workers run it.
+    let _second = worker(&url, &name, "w2", 30_000);
+    let mut again = PgStore::open(&options(&url, &name, "f").with_worker("w1")).unwrap();
+    let err = again.lock_for_run(4242).unwrap_err();
+    assert!(matches!(err, Error::WorkerLive { .. }), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("a worker named \"w1\" is already sending"), "{text}");
+    assert!(text.contains("another --worker name"), "{text}");
+    // The first leaves (its run ended): the name is free again.
+    let mut lease = first.lease().unwrap().expect("a joined worker has a lease");
+    lease.leave().unwrap();
+    again.lock_for_run(4242).unwrap();
+    let workers = again.workers().unwrap();
+    let w1 = workers.iter().find(|w| w.name == "w1").unwrap();
+    assert!(w1.alive, "{w1:?}");
+    assert_eq!(w1.pid, 4242);
+    // The old incarnation's heartbeat finds its lease lost.
+    let renewal = lease
+        .renew(&crate::WorkerFigures::default(), crate::InDoubtPolicy::Skip)
+        .unwrap();
+    assert!(renewal.lost);
+}
+
+#[test]
+fn workers_claim_disjoint_rows_and_a_dead_workers_rows_are_recovered() {
+    let Some(server) = fixture::shared() else {
+        return;
+    };
+    let name = unique("workers");
+    let url = server.url();
+    let mut a = worker(&url, &name, "a", 600);
+    a.begin_ingest("csv").unwrap();
+    a.insert_rows(&(2..22).map(row).collect::<Vec<_>>()).unwrap();
+    let mut b = worker(&url, &name, "b", 60_000);
+    let from_a = a.claim_with_budget(4, 0, 1).unwrap();
+    let from_b = b.claim_with_budget(4, 0, 1).unwrap();
+    let ids = |v: &[edm_model::Recipient]| v.iter().map(|r| r.id).collect::<Vec<_>>();
+    let (ia, ib) = (ids(&from_a), ids(&from_b));
+    assert!(ia.iter().all(|i| !ib.contains(i)), "{ia:?} {ib:?}");
+    // `a` reaches the final dot of two (their marks), then stalls.
+    a.record_and_mark(&[], &ia[..2]).unwrap();
+    // A worker's mark of a row it does not hold is refused (fencing).
+    let err = a.record_and_mark(&[], &[ib[0]]).unwrap_err();
+    assert!(matches!(err, Error::LeaseLost { .. }), "{err}");
+    b.record_and_mark(&[], &ib[..1]).unwrap();
+    let mut b_lease = b.lease().unwrap().unwrap();
+    let before = b_lease
+        .renew(&crate::WorkerFigures::default(), crate::InDoubtPolicy::Skip)
+        .unwrap();
+    assert_eq!((before.lost, before.live), (false, 2), "{before:?}");
+    assert!(before.recovered.is_empty(), "a live worker was recovered");
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    let after = b_lease
+        .renew(&crate::WorkerFigures::default(), crate::InDoubtPolicy::Skip)
+        .unwrap();
+    assert_eq!(after.live, 1, "{after:?}");
+    assert_eq!(
+        after.recovered,
+        vec![crate::Recovered {
+            worker: "a".into(),
+            released: 2,
+            in_doubt: 2
+        }]
+    );
+    let state = |s: &PgStore, id| s.recipient_state(id).unwrap().unwrap().1;
+    assert_eq!(state(&b, ia[0]), Status::InDoubt, "marked: in doubt");
+    assert_eq!(state(&b, ia[2]), Status::Pending, "unmarked: back to pending");
+    assert!(ib.iter().all(|i| state(&b, *i) == Status::Sending), "b's rows untouched");
+    // The zombie: its marks, claims and renewals are refused from now on.
+    let err = a.record_and_mark(&[], &ia[2..3]).unwrap_err();
+    assert!(matches!(err, Error::LeaseLost { .. }), "{err}");
+    assert!(err.to_string().contains("lost its lease"), "{err}");
+    let err = a.claim_with_budget(4, 0, 1).unwrap_err();
+    assert!(matches!(err, Error::LeaseLost { .. }), "{err}");
+    // A worker joining now recovers nothing of b's (live) at its start.
+    let mut c = worker(&url, &name, "c", 60_000);
+    assert_eq!(c.recover_in_doubt(crate::InDoubtPolicy::Skip).unwrap(), 0);
+    assert!(ib.iter().all(|i| state(&c, *i) == Status::Sending));
+    // The recovery was logged, naming the worker and the counts.
+    let events = c.recent_events(20).unwrap();
+    assert!(
+        events.iter().any(|(_, kind, text)| kind == "worker"
+            && text.contains("worker a: its lease expired; 2 recipients it held back to pending, 2 in doubt")),
+        "{events:?}"
+    );
+    let workers = c.workers().unwrap();
+    let a_row = workers.iter().find(|w| w.name == "a").unwrap();
+    assert_eq!((a_row.state.as_str(), a_row.alive), ("dead", false));
+}
+
+#[test]
+fn a_worker_restarted_under_its_name_recovers_its_own_rows_at_start() {
+    let Some(server) = fixture::shared() else {
+        return;
+    };
+    let name = unique("restart");
+    let url = server.url();
+    let mut a = worker(&url, &name, "a", 400);
+    a.begin_ingest("csv").unwrap();
+    a.insert_rows(&(2..6).map(row).collect::<Vec<_>>()).unwrap();
+    let got = a.claim_with_budget(4, 0, 1).unwrap();
+    a.record_and_mark(&[], &[got[0].id]).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // "a" again (kill -9 and restart): it takes the name over and, at its
+    // start, puts its predecessor's rows back (one in doubt).
+    let mut again = worker(&url, &name, "a", 30_000);
+    assert_eq!(again.recover_in_doubt(crate::InDoubtPolicy::Skip).unwrap(), 1);
+    let s = again.summary().unwrap();
+    assert_eq!((s.count(Status::Pending), s.count(Status::InDoubt)), (3, 1));
+    // The predecessor, had it survived, is fenced: another incarnation.
+    let err = a.record_and_mark(&[], &[got[1].id]).unwrap_err();
+    assert!(matches!(err, Error::LeaseLost { .. }), "{err}");
+}
+
+#[test]
+fn the_ingest_lock_makes_the_others_wait() {
+    let Some(server) = fixture::shared() else {
+        return;
+    };
+    let name = unique("ingest");
+    let url = server.url();
+    let mut first = PgStore::open(&options(&url, &name, "f")).unwrap();
+    first.lock_ingest().unwrap();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (d2, o2) = (done.clone(), options(&url, &name, "f"));
+    let waiter = std::thread::spawn(move || {
+        let mut second = PgStore::open(&o2).unwrap();
+        second.lock_ingest().unwrap();
+        // Only once the first released it.
+        let seen = d2.load(std::sync::atomic::Ordering::SeqCst);
+        second.unlock_ingest().unwrap();
+        seen
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    first.unlock_ingest().unwrap();
+    assert!(waiter.join().unwrap(), "the second took the ingest lock while the first held it");
 }
 
 #[test]
