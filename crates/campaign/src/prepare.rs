@@ -68,6 +68,19 @@ pub fn prepare_with_stop(
     accept_changes: bool,
     stop: &AtomicBool,
 ) -> Result<Prepared, Error> {
+    prepare_as(c, state, in_doubt, accept_changes, stop, None)
+}
+
+/// [`prepare_with_stop`] as the worker `worker` (`edm send --worker`; the
+/// state in PostgreSQL, where several workers run one campaign together).
+pub fn prepare_as(
+    c: &Campaign,
+    state: &Path,
+    in_doubt: InDoubtPolicy,
+    accept_changes: bool,
+    stop: &AtomicBool,
+    worker: Option<&str>,
+) -> Result<Prepared, Error> {
     let templates = compile_templates(c)?;
     if let Some(dir) = state.parent() {
         edm_store::create_private_dir(dir).map_err(|e| Error::Io {
@@ -79,7 +92,7 @@ pub fn prepare_with_stop(
         DurabilityName::Normal => Durability::Normal,
         DurabilityName::Full => Durability::Full,
     };
-    let mut store = crate::state::open_for_run(c, state, durability)?;
+    let mut store = crate::state::open_for_run(c, state, durability, worker)?;
     store.lock_for_run(std::process::id())?;
     let repaired = store.take_repair_notice()?;
     let prints = fingerprint(c)?;
@@ -91,6 +104,11 @@ pub fn prepare_with_stop(
     let mut added = 0;
     let mut skipped = 0;
     let mut reingested = false;
+    // Several workers starting together (PostgreSQL): one ingests, the
+    // others wait here, then find the campaign ingested and check their
+    // inputs against it. An error below drops the store, and with its
+    // session the lock.
+    store.lock_ingest()?;
     if !store.is_ingested()? {
         // The first ingest, or one a run left unfinished. Before it completes
         // nothing can have been sent, so a pass of another file (or rows from
@@ -168,6 +186,7 @@ pub fn prepare_with_stop(
             )?;
         }
     }
+    store.unlock_ingest()?;
     let in_doubt_count = store.recover_in_doubt(in_doubt)?;
     if in_doubt_count > 0 {
         store.log_event(

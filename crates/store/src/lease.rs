@@ -106,7 +106,8 @@ pub struct Renewal {
     pub lost: bool,
     /// Live workers on the campaign, this one included.
     pub live: u32,
-    /// The lowest throttle ratio among live workers (1.0: none throttled).
+    /// The lowest throttle ratio among the other live workers (1.0: none
+    /// throttled).
     pub min_throttle: f64,
     /// Workers whose lease had expired, recovered by this heartbeat.
     pub recovered: Vec<Recovered>,

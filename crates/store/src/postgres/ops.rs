@@ -59,7 +59,12 @@ fn limit(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-pub(super) fn get_meta(c: &mut impl GenericClient, path: &Path, id: i64, key: &str) -> Result<Option<String>> {
+pub(super) fn get_meta(
+    c: &mut impl GenericClient,
+    path: &Path,
+    id: i64,
+    key: &str,
+) -> Result<Option<String>> {
     Ok(c.query_opt(
         "SELECT value FROM edm.meta WHERE campaign_id = $1 AND key = $2",
         &[&id, &key],
@@ -577,19 +582,21 @@ impl CampaignStore for PgStore {
         self.call(move |c, path, id| {
             let mut tx = c.transaction().at(path)?;
             record_in(&mut tx, path, id, &outcomes)?;
-            if let Some((worker, inc)) = &fence
-                && !marks.is_empty()
-            {
-                PgStore::fenced_marks(&mut tx, path, (id, worker, *inc), &marks)?;
-            }
             if !marks.is_empty() {
-                tx.execute(
-                    "INSERT INTO edm.dot_marks (id, campaign_id)
+                match &fence {
+                    Some((worker, inc)) => {
+                        PgStore::fenced_marks(&mut tx, path, (id, worker, *inc), &marks)?
+                    }
+                    None => {
+                        tx.execute(
+                            "INSERT INTO edm.dot_marks (id, campaign_id)
                      SELECT m, $1 FROM unnest($2::bigint[]) AS m
                      ON CONFLICT (id) DO NOTHING",
-                    &[&id, &marks],
-                )
-                .at(path)?;
+                            &[&id, &marks],
+                        )
+                        .at(path)?;
+                    }
+                }
                 // Once set, never again: a round trip saved on every mark.
                 if !marks_meta_set {
                     tx.execute(

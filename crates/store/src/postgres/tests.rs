@@ -137,7 +137,10 @@ fn a_worker_name_is_refused_while_its_lease_is_live() {
     let err = again.lock_for_run(4242).unwrap_err();
     assert!(matches!(err, Error::WorkerLive { .. }), "{err}");
     let text = err.to_string();
-    assert!(text.contains("a worker named \"w1\" is already sending"), "{text}");
+    assert!(
+        text.contains("a worker named \"w1\" is already sending"),
+        "{text}"
+    );
     assert!(text.contains("another --worker name"), "{text}");
     // The first leaves (its run ended): the name is free again.
     let mut lease = first.lease().unwrap().expect("a joined worker has a lease");
@@ -163,7 +166,8 @@ fn workers_claim_disjoint_rows_and_a_dead_workers_rows_are_recovered() {
     let url = server.url();
     let mut a = worker(&url, &name, "a", 600);
     a.begin_ingest("csv").unwrap();
-    a.insert_rows(&(2..22).map(row).collect::<Vec<_>>()).unwrap();
+    a.insert_rows(&(2..22).map(row).collect::<Vec<_>>())
+        .unwrap();
     let mut b = worker(&url, &name, "b", 60_000);
     let from_a = a.claim_with_budget(4, 0, 1).unwrap();
     let from_b = b.claim_with_budget(4, 0, 1).unwrap();
@@ -172,9 +176,10 @@ fn workers_claim_disjoint_rows_and_a_dead_workers_rows_are_recovered() {
     assert!(ia.iter().all(|i| !ib.contains(i)), "{ia:?} {ib:?}");
     // `a` reaches the final dot of two (their marks), then stalls.
     a.record_and_mark(&[], &ia[..2]).unwrap();
-    // A worker's mark of a row it does not hold is refused (fencing).
+    // A worker's mark of a row another worker sends is refused (fencing).
     let err = a.record_and_mark(&[], &[ib[0]]).unwrap_err();
     assert!(matches!(err, Error::LeaseLost { .. }), "{err}");
+    assert!(err.to_string().contains("another worker sends it"), "{err}");
     b.record_and_mark(&[], &ib[..1]).unwrap();
     let mut b_lease = b.lease().unwrap().unwrap();
     let before = b_lease
@@ -197,8 +202,15 @@ fn workers_claim_disjoint_rows_and_a_dead_workers_rows_are_recovered() {
     );
     let state = |s: &PgStore, id| s.recipient_state(id).unwrap().unwrap().1;
     assert_eq!(state(&b, ia[0]), Status::InDoubt, "marked: in doubt");
-    assert_eq!(state(&b, ia[2]), Status::Pending, "unmarked: back to pending");
-    assert!(ib.iter().all(|i| state(&b, *i) == Status::Sending), "b's rows untouched");
+    assert_eq!(
+        state(&b, ia[2]),
+        Status::Pending,
+        "unmarked: back to pending"
+    );
+    assert!(
+        ib.iter().all(|i| state(&b, *i) == Status::Sending),
+        "b's rows untouched"
+    );
     // The zombie: its marks, claims and renewals are refused from now on.
     let err = a.record_and_mark(&[], &ia[2..3]).unwrap_err();
     assert!(matches!(err, Error::LeaseLost { .. }), "{err}");
@@ -213,7 +225,9 @@ fn workers_claim_disjoint_rows_and_a_dead_workers_rows_are_recovered() {
     let events = c.recent_events(20).unwrap();
     assert!(
         events.iter().any(|(_, kind, text)| kind == "worker"
-            && text.contains("worker a: its lease expired; 2 recipients it held back to pending, 2 in doubt")),
+            && text.contains(
+                "worker a: its lease expired; 2 recipients it held back to pending, 2 in doubt"
+            )),
         "{events:?}"
     );
     let workers = c.workers().unwrap();
@@ -237,7 +251,10 @@ fn a_worker_restarted_under_its_name_recovers_its_own_rows_at_start() {
     // "a" again (kill -9 and restart): it takes the name over and, at its
     // start, puts its predecessor's rows back (one in doubt).
     let mut again = worker(&url, &name, "a", 30_000);
-    assert_eq!(again.recover_in_doubt(crate::InDoubtPolicy::Skip).unwrap(), 1);
+    assert_eq!(
+        again.recover_in_doubt(crate::InDoubtPolicy::Skip).unwrap(),
+        1
+    );
     let s = again.summary().unwrap();
     assert_eq!((s.count(Status::Pending), s.count(Status::InDoubt)), (3, 1));
     // The predecessor, had it survived, is fenced: another incarnation.
@@ -267,7 +284,10 @@ fn the_ingest_lock_makes_the_others_wait() {
     std::thread::sleep(std::time::Duration::from_millis(300));
     done.store(true, std::sync::atomic::Ordering::SeqCst);
     first.unlock_ingest().unwrap();
-    assert!(waiter.join().unwrap(), "the second took the ingest lock while the first held it");
+    assert!(
+        waiter.join().unwrap(),
+        "the second took the ingest lock while the first held it"
+    );
 }
 
 #[test]

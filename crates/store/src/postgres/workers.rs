@@ -129,9 +129,14 @@ impl PgStore {
         })
     }
 
-    /// The marks of a joined worker, fenced (see the module documentation):
-    /// refused, with nothing inserted, unless this worker still holds its
-    /// row and every marked recipient is `sending` under its name.
+    /// The marks of a joined worker, fenced (see the module documentation),
+    /// inserted here: refused, with nothing inserted, unless this worker
+    /// still holds its row (running, its incarnation), or when a recipient
+    /// is `sending` under another worker's name. A recipient no longer
+    /// `sending` was settled by this worker's own outcome (a refusal at RCPT
+    /// comes before the mark asked with the envelope): no mark, as none is
+    /// needed. While the worker holds its row nobody can have recovered its
+    /// recipients: a recovery sets the row `dead` first.
     pub(super) fn fenced_marks(
         tx: &mut Transaction<'_>,
         path: &Path,
@@ -139,27 +144,35 @@ impl PgStore {
         marks: &[i64],
     ) -> Result<()> {
         hold_own_row(tx, path, (id, worker, incarnation), "its durable marks")?;
-        let refused = tx
+        let others = tx
             .query(
-                "SELECT m FROM unnest($2::bigint[]) AS m
-                 WHERE NOT EXISTS (SELECT 1 FROM edm.recipients r
-                                   WHERE r.campaign_id = $1 AND r.id = m
-                                     AND r.status = 'sending' AND r.claimed_by = $3)",
+                "SELECT r.id FROM edm.recipients r
+                 WHERE r.campaign_id = $1 AND r.id = ANY($2) AND r.status = 'sending'
+                   AND r.claimed_by IS DISTINCT FROM $3",
                 &[&id, &marks, &worker],
             )
             .at(path)?;
-        if let Some(first) = refused.first() {
+        if let Some(first) = others.first() {
             return Err(Error::LeaseLost {
                 path: path.to_path_buf(),
                 worker: worker.to_string(),
                 what: format!(
-                    "{} of {} durable marks refused, recipient {} first: no longer claimed by it",
-                    refused.len(),
+                    "{} of {} durable marks refused, recipient {} first: another worker sends it",
+                    others.len(),
                     marks.len(),
                     first.get::<_, i64>(0)
                 ),
             });
         }
+        tx.execute(
+            "INSERT INTO edm.dot_marks (id, campaign_id)
+             SELECT r.id, $1 FROM edm.recipients r
+             WHERE r.campaign_id = $1 AND r.id = ANY($2) AND r.status = 'sending'
+               AND r.claimed_by = $3
+             ON CONFLICT (id) DO NOTHING",
+            &[&id, &marks, &worker],
+        )
+        .at(path)?;
         Ok(())
     }
 
@@ -293,15 +306,8 @@ fn recover_workers(
     let marks_used = get_meta(tx, path, id, MARKS_META)?.as_deref() == Some("1");
     let mut out = Vec::with_capacity(dead.len());
     for name in dead {
-        let (released, in_doubt) = recover_rows(
-            tx,
-            path,
-            id,
-            "r.claimed_by = $3",
-            name,
-            marks_used,
-            policy,
-        )?;
+        let (released, in_doubt) =
+            recover_rows(tx, path, id, "r.claimed_by = $3", name, marks_used, policy)?;
         tx.execute(
             "UPDATE edm.workers SET state = 'dead', in_flight = 0
              WHERE campaign_id = $1 AND name = $2",
@@ -444,10 +450,12 @@ impl WorkerLease for PgLease {
             let live = tx
                 .query_one(
                     &now_sql(
-                        "SELECT count(*), min(coalesce(throttle, 1.0)) FROM edm.workers
+                        "SELECT count(*),
+                                min(coalesce(throttle, 1.0)) FILTER (WHERE name <> $2)
+                         FROM edm.workers
                          WHERE campaign_id = $1 AND state = 'running' AND lease_until >= {now}",
                     ),
-                    &[&id],
+                    &[&id, &me],
                 )
                 .at(path)?;
             tx.commit().at(path)?;

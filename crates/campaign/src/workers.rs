@@ -1,0 +1,251 @@
+//! One worker among several on a campaign in PostgreSQL (issue 14,
+//! docs/scaling.md): its heartbeat, on a thread and a connection of its own
+//! so that a busy writer never holds up a renewal.
+//!
+//! Each heartbeat (every third of the lease) renews the worker's lease,
+//! writes its figures (sent, failed, in flight, rate) for `edm status`,
+//! recovers the rows of workers whose lease expired, and counts the live
+//! workers: this worker then runs at `1 / live` of the campaign's limits
+//! ([`Control::SetShare`]). A worker that joins waits one heartbeat before
+//! its first message, so the others have lowered their share by then; when
+//! one dies, the others raise theirs only once its lease expired (it is
+//! counted live until then). Adaptive throttling seen by one worker slows
+//! them all: each applies the lowest throttle ratio of the others.
+//!
+//! A heartbeat that finds the lease lost (taken over) stops the run: its
+//! marks would be refused anyway (fencing, `edm_store::postgres`), and the
+//! feeder hands out nothing once the last renewal is older than the lease
+//! minus a margin.
+
+use edm_delivery::EngineStatus;
+use edm_model::{Control, now_ms};
+use edm_store::{InDoubtPolicy, LeaseSettings, WorkerFigures, WorkerLease};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc as std_mpsc};
+use std::thread::JoinHandle;
+use tokio::sync::{mpsc, watch};
+
+/// What the heartbeat thread is asked.
+enum Beat {
+    /// A heartbeat now (a worker waiting on others' rows recovers expired
+    /// leases at once rather than at the next tick).
+    Now,
+    /// The run ended: leave.
+    Stop,
+}
+
+/// What the run reads of its membership, and writes for the heartbeat.
+pub(crate) struct Membership {
+    /// The worker's name.
+    pub name: String,
+    settings: LeaseSettings,
+    /// When the lease was last renewed (Unix ms), 0 before.
+    last_ok: AtomicI64,
+    lost: AtomicBool,
+    share: AtomicU64,
+    /// Accepted and failed in this run, for the worker's row.
+    pub sent: AtomicU64,
+    pub failed: AtomicU64,
+    poke: Mutex<std_mpsc::Sender<Beat>>,
+    /// True once the worker may send (after its join wait).
+    ready: watch::Sender<bool>,
+}
+
+impl Membership {
+    /// False once the last renewal is older than the lease minus the
+    /// margin: no work is handed out then.
+    pub fn fresh(&self) -> bool {
+        let last = self.last_ok.load(Ordering::SeqCst);
+        let limit = self.settings.lease.saturating_sub(self.settings.margin);
+        now_ms() - last < i64::try_from(limit.as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// The lease was taken over: the run stops.
+    pub fn lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
+    }
+
+    /// What the run says when the lease was lost.
+    pub fn lost_message(&self) -> String {
+        format!(
+            "worker {}: its lease was taken over (not renewed in time, or another process \
+             joined under its name): stopping; messages in flight are not completed",
+            self.name
+        )
+    }
+
+    /// Asks for a heartbeat now.
+    pub fn poke(&self) {
+        if let Ok(p) = self.poke.lock() {
+            let _ = p.send(Beat::Now);
+        }
+    }
+
+    /// Waits until the worker may send its first message.
+    pub async fn ready(&self) {
+        let mut rx = self.ready.subscribe();
+        let _ = rx.wait_for(|r| *r).await;
+    }
+
+    fn share(&self) -> f64 {
+        f64::from_bits(self.share.load(Ordering::SeqCst))
+    }
+}
+
+/// The heartbeat thread; [`Member::stop`] ends it and leaves the campaign.
+pub(crate) struct Member {
+    pub state: Arc<Membership>,
+    stop: std_mpsc::Sender<Beat>,
+    join: Option<JoinHandle<()>>,
+}
+
+impl Member {
+    /// Starts the heartbeat of `lease` (the worker joined already).
+    pub fn start(
+        lease: Box<dyn WorkerLease>,
+        policy: InDoubtPolicy,
+        engine: watch::Receiver<EngineStatus>,
+        control: mpsc::UnboundedSender<Control>,
+    ) -> std::io::Result<Member> {
+        let (tx, rx) = std_mpsc::channel();
+        let (ready, _) = watch::channel(false);
+        let state = Arc::new(Membership {
+            name: lease.name().to_string(),
+            settings: lease.settings(),
+            last_ok: AtomicI64::new(now_ms()),
+            lost: AtomicBool::new(false),
+            share: AtomicU64::new(1.0f64.to_bits()),
+            sent: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            poke: Mutex::new(tx.clone()),
+            ready,
+        });
+        let s2 = state.clone();
+        let join = std::thread::Builder::new()
+            .name("edm-heartbeat".into())
+            .spawn(move || {
+                heartbeat(
+                    lease,
+                    Beating {
+                        state: s2,
+                        policy,
+                        engine,
+                        control,
+                    },
+                    rx,
+                )
+            })?;
+        Ok(Member {
+            state,
+            stop: tx,
+            join: Some(join),
+        })
+    }
+
+    /// Stops the heartbeat and leaves the campaign (`done`); call it once
+    /// every outcome is recorded, so no row is left `sending` under a
+    /// worker that is no longer running.
+    pub fn stop(mut self) {
+        let _ = self.stop.send(Beat::Stop);
+        if let Some(j) = self.join.take() {
+            let _ = j.join();
+        }
+    }
+}
+
+struct Beating {
+    state: Arc<Membership>,
+    policy: InDoubtPolicy,
+    engine: watch::Receiver<EngineStatus>,
+    control: mpsc::UnboundedSender<Control>,
+}
+
+fn heartbeat(mut lease: Box<dyn WorkerLease>, b: Beating, rx: std_mpsc::Receiver<Beat>) {
+    let every = b.state.settings.renew_every;
+    // Joining: one heartbeat now; with others live, one more after a whole
+    // interval (they have seen this worker by then and lowered their share)
+    // before the first message.
+    let first = beat(lease.as_mut(), &b);
+    let mut stopped = false;
+    if first.is_some_and(|live| live > 1) {
+        stopped = matches!(rx.recv_timeout(every), Ok(Beat::Stop));
+        if !stopped {
+            beat(lease.as_mut(), &b);
+        }
+    }
+    b.state.ready.send_replace(true);
+    while !stopped {
+        match rx.recv_timeout(every) {
+            Ok(Beat::Stop) | Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
+            Ok(Beat::Now) | Err(std_mpsc::RecvTimeoutError::Timeout) => {
+                // Pokes that queued meanwhile are one heartbeat.
+                let mut stop = false;
+                while let Ok(more) = rx.try_recv() {
+                    stop |= matches!(more, Beat::Stop);
+                }
+                if stop {
+                    break;
+                }
+                beat(lease.as_mut(), &b);
+            }
+        }
+    }
+    if !b.state.lost()
+        && let Err(e) = lease.leave()
+    {
+        tracing::warn!(error = %e, "cannot mark this worker done; its lease will expire");
+    }
+}
+
+/// One heartbeat; the live workers when it renewed.
+fn beat(lease: &mut dyn WorkerLease, b: &Beating) -> Option<u32> {
+    let st = b.state.as_ref();
+    let es = b.engine.borrow().clone();
+    let share = st.share();
+    // AIMD's rate over the target, this worker's share taken out.
+    let throttle = match (es.effective_rate, es.target_rate) {
+        (Some(e), Some(t)) if t > 0.0 && share > 0.0 && e / share < t * 0.999 => {
+            Some(e / share / t)
+        }
+        _ => None,
+    };
+    let figures = WorkerFigures {
+        sent: st.sent.load(Ordering::Relaxed),
+        failed: st.failed.load(Ordering::Relaxed),
+        in_flight: es.in_flight,
+        rate: es.effective_rate,
+        share,
+        throttle,
+    };
+    match lease.renew(&figures, b.policy) {
+        Ok(r) if r.lost => {
+            st.lost.store(true, Ordering::SeqCst);
+            tracing::error!("{}", st.lost_message());
+            let _ = b.control.send(Control::Stop);
+            None
+        }
+        Ok(r) => {
+            st.last_ok.store(now_ms(), Ordering::SeqCst);
+            for d in &r.recovered {
+                tracing::warn!(
+                    worker = %d.worker,
+                    released = d.released,
+                    in_doubt = d.in_doubt,
+                    "a worker's lease expired: its recipients were taken over"
+                );
+            }
+            // The others' lowest throttle ratio (this worker's own is in
+            // its rate already).
+            let next = (1.0 / f64::from(r.live.max(1))) * r.min_throttle.clamp(0.05, 1.0);
+            if (next - share).abs() > 1e-9 {
+                st.share.store(next.to_bits(), Ordering::SeqCst);
+                let _ = b.control.send(Control::SetShare(next));
+            }
+            Some(r.live)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot renew this worker's lease");
+            None
+        }
+    }
+}
