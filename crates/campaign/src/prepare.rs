@@ -39,6 +39,9 @@ pub struct Prepared {
     /// True when the recipients CSV changed before anything was sent and
     /// was read again in place of the old list.
     pub reingested: bool,
+    /// One worker among several (PostgreSQL): its heartbeat, running from
+    /// its join on, so a long ingest never lets its lease lapse.
+    pub(crate) member: Option<crate::workers::Member>,
 }
 
 const INGEST_BATCH: usize = 2000;
@@ -94,6 +97,17 @@ pub fn prepare_as(
     };
     let mut store = crate::state::open_for_run(c, state, durability, worker)?;
     store.lock_for_run(std::process::id())?;
+    let member = match store.lease()? {
+        Some(lease) => {
+            Some(
+                crate::workers::Member::start(lease, in_doubt).map_err(|e| Error::Io {
+                    path: state.to_path_buf(),
+                    source: e,
+                })?,
+            )
+        }
+        None => None,
+    };
     let repaired = store.take_repair_notice()?;
     let prints = fingerprint(c)?;
     // An ingest pass is tied to the file it reads: resumed only while the
@@ -212,6 +226,7 @@ pub fn prepare_as(
         removed: skipped,
         repaired,
         reingested,
+        member,
     })
 }
 

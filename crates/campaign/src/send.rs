@@ -724,6 +724,7 @@ async fn run(
         templates,
         ingested,
         in_doubt,
+        member,
         ..
     } = prepared;
     let concurrency = dcfg.concurrency;
@@ -742,9 +743,6 @@ async fn run(
             .unwrap_or_default(),
     );
     let mut tripped = reputation.check();
-    // Several workers on one campaign (PostgreSQL): this one's heartbeat,
-    // on a connection of its own (`workers.rs`).
-    let lease = store.lease()?;
     let writer = Arc::new(Writer::spawn(store).map_err(|e| Error::Io {
         path: state.clone(),
         source: e,
@@ -776,21 +774,11 @@ async fn run(
     let engine = edm_delivery::start_with(transport, dcfg, jobs_rx, ev_tx);
     let engine_status = engine.status();
     let engine_control = engine.controller();
-    let member = match lease {
-        Some(lease) => Some(
-            crate::workers::Member::start(
-                lease,
-                opts.in_doubt,
-                engine.status(),
-                engine.controller(),
-            )
-            .map_err(|e| Error::Io {
-                path: state.clone(),
-                source: e,
-            })?,
-        ),
-        None => None,
-    };
+    // Several workers on one campaign (PostgreSQL): this one's heartbeat
+    // (`workers.rs`) reports the engine's figures and sets its share.
+    if let Some(m) = &member {
+        m.attach(engine.status(), engine.controller());
+    }
     let membership = member.as_ref().map(|m| m.state.clone());
     let (fed_tx, mut fed_rx) = mpsc::unbounded_channel();
     let (settled_tx, settled_rx) = watch::channel(Settled::default());

@@ -49,7 +49,16 @@ pub(crate) struct Membership {
     poke: Mutex<std_mpsc::Sender<Beat>>,
     /// True once the worker may send (after its join wait).
     ready: watch::Sender<bool>,
+    /// The engine, once the run started it ([`Member::attach`]): the
+    /// heartbeat runs from the join on, ingest included, before there is one.
+    engine: Mutex<Option<Engine>>,
 }
+
+/// What the heartbeat reads of the engine and tells it.
+type Engine = (
+    watch::Receiver<EngineStatus>,
+    mpsc::UnboundedSender<Control>,
+);
 
 impl Membership {
     /// False once the last renewal is older than the lease minus the
@@ -92,7 +101,8 @@ impl Membership {
     }
 }
 
-/// The heartbeat thread; [`Member::stop`] ends it and leaves the campaign.
+/// The heartbeat thread, from the join on (a long ingest included);
+/// dropping it ends the thread and leaves the campaign.
 pub(crate) struct Member {
     pub state: Arc<Membership>,
     stop: std_mpsc::Sender<Beat>,
@@ -101,12 +111,7 @@ pub(crate) struct Member {
 
 impl Member {
     /// Starts the heartbeat of `lease` (the worker joined already).
-    pub fn start(
-        lease: Box<dyn WorkerLease>,
-        policy: InDoubtPolicy,
-        engine: watch::Receiver<EngineStatus>,
-        control: mpsc::UnboundedSender<Control>,
-    ) -> std::io::Result<Member> {
+    pub fn start(lease: Box<dyn WorkerLease>, policy: InDoubtPolicy) -> std::io::Result<Member> {
         let (tx, rx) = std_mpsc::channel();
         let (ready, _) = watch::channel(false);
         let state = Arc::new(Membership {
@@ -119,22 +124,12 @@ impl Member {
             failed: AtomicU64::new(0),
             poke: Mutex::new(tx.clone()),
             ready,
+            engine: Mutex::new(None),
         });
         let s2 = state.clone();
         let join = std::thread::Builder::new()
             .name("edm-heartbeat".into())
-            .spawn(move || {
-                heartbeat(
-                    lease,
-                    Beating {
-                        state: s2,
-                        policy,
-                        engine,
-                        control,
-                    },
-                    rx,
-                )
-            })?;
+            .spawn(move || heartbeat(lease, Beating { state: s2, policy }, rx))?;
         Ok(Member {
             state,
             stop: tx,
@@ -142,10 +137,32 @@ impl Member {
         })
     }
 
+    /// The run's engine: the heartbeat reports its figures and sets its
+    /// share from now on (the share known so far at once).
+    pub fn attach(
+        &self,
+        status: watch::Receiver<EngineStatus>,
+        control: mpsc::UnboundedSender<Control>,
+    ) {
+        let share = self.state.share();
+        if share < 1.0 {
+            let _ = control.send(Control::SetShare(share));
+        }
+        if let Ok(mut e) = self.state.engine.lock() {
+            *e = Some((status, control));
+        }
+    }
+
     /// Stops the heartbeat and leaves the campaign (`done`); call it once
     /// every outcome is recorded, so no row is left `sending` under a
-    /// worker that is no longer running.
-    pub fn stop(mut self) {
+    /// worker that is no longer running. Blocks for one round trip.
+    pub fn stop(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
         let _ = self.stop.send(Beat::Stop);
         if let Some(j) = self.join.take() {
             let _ = j.join();
@@ -156,8 +173,16 @@ impl Member {
 struct Beating {
     state: Arc<Membership>,
     policy: InDoubtPolicy,
-    engine: watch::Receiver<EngineStatus>,
-    control: mpsc::UnboundedSender<Control>,
+}
+
+impl Beating {
+    fn control(&self, c: Control) {
+        if let Ok(e) = self.state.engine.lock()
+            && let Some((_, control)) = e.as_ref()
+        {
+            let _ = control.send(c);
+        }
+    }
 }
 
 fn heartbeat(mut lease: Box<dyn WorkerLease>, b: Beating, rx: std_mpsc::Receiver<Beat>) {
@@ -191,16 +216,21 @@ fn heartbeat(mut lease: Box<dyn WorkerLease>, b: Beating, rx: std_mpsc::Receiver
         }
     }
     if !b.state.lost()
-        && let Err(e) = lease.leave()
+        && let Err(e) = lease.leave(&figures(&b))
     {
         tracing::warn!(error = %e, "cannot mark this worker done; its lease will expire");
     }
 }
 
-/// One heartbeat; the live workers when it renewed.
-fn beat(lease: &mut dyn WorkerLease, b: &Beating) -> Option<u32> {
+/// What the worker says of itself.
+fn figures(b: &Beating) -> WorkerFigures {
     let st = b.state.as_ref();
-    let es = b.engine.borrow().clone();
+    let es = st
+        .engine
+        .lock()
+        .ok()
+        .and_then(|e| e.as_ref().map(|(status, _)| status.borrow().clone()))
+        .unwrap_or_default();
     let share = st.share();
     // AIMD's rate over the target, this worker's share taken out.
     let throttle = match (es.effective_rate, es.target_rate) {
@@ -209,19 +239,25 @@ fn beat(lease: &mut dyn WorkerLease, b: &Beating) -> Option<u32> {
         }
         _ => None,
     };
-    let figures = WorkerFigures {
+    WorkerFigures {
         sent: st.sent.load(Ordering::Relaxed),
         failed: st.failed.load(Ordering::Relaxed),
         in_flight: es.in_flight,
         rate: es.effective_rate,
         share,
         throttle,
-    };
-    match lease.renew(&figures, b.policy) {
+    }
+}
+
+/// One heartbeat; the live workers when it renewed.
+fn beat(lease: &mut dyn WorkerLease, b: &Beating) -> Option<u32> {
+    let st = b.state.as_ref();
+    let share = st.share();
+    match lease.renew(&figures(b), b.policy) {
         Ok(r) if r.lost => {
             st.lost.store(true, Ordering::SeqCst);
             tracing::error!("{}", st.lost_message());
-            let _ = b.control.send(Control::Stop);
+            b.control(Control::Stop);
             None
         }
         Ok(r) => {
@@ -239,7 +275,7 @@ fn beat(lease: &mut dyn WorkerLease, b: &Beating) -> Option<u32> {
             let next = (1.0 / f64::from(r.live.max(1))) * r.min_throttle.clamp(0.05, 1.0);
             if (next - share).abs() > 1e-9 {
                 st.share.store(next.to_bits(), Ordering::SeqCst);
-                let _ = b.control.send(Control::SetShare(next));
+                b.control(Control::SetShare(next));
             }
             Some(r.live)
         }

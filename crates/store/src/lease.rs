@@ -172,6 +172,7 @@ pub trait WorkerLease: Send {
     /// under `policy`, as [`recover_in_doubt`](crate::CampaignStore::recover_in_doubt)
     /// does after a crash, in one transaction, logged as an event.
     fn renew(&mut self, figures: &WorkerFigures, policy: InDoubtPolicy) -> Result<Renewal>;
-    /// The worker leaves (its run ended): `done`, its lease released.
-    fn leave(&mut self) -> Result<()>;
+    /// The worker leaves (its run ended): `done`, its lease released, its
+    /// last figures written.
+    fn leave(&mut self, figures: &WorkerFigures) -> Result<()>;
 }

@@ -144,7 +144,7 @@ fn a_worker_name_is_refused_while_its_lease_is_live() {
     assert!(text.contains("another --worker name"), "{text}");
     // The first leaves (its run ended): the name is free again.
     let mut lease = first.lease().unwrap().expect("a joined worker has a lease");
-    lease.leave().unwrap();
+    lease.leave(&crate::WorkerFigures::default()).unwrap();
     again.lock_for_run(4242).unwrap();
     let workers = again.workers().unwrap();
     let w1 = workers.iter().find(|w| w.name == "w1").unwrap();

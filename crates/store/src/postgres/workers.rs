@@ -468,17 +468,19 @@ impl WorkerLease for PgLease {
         })
     }
 
-    fn leave(&mut self) -> Result<()> {
+    fn leave(&mut self, f: &WorkerFigures) -> Result<()> {
         let (id, me, inc) = (self.campaign_id, self.worker.clone(), self.incarnation);
+        let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let (sent, failed) = (n(f.sent), n(f.failed));
         self.conn.call(move |c, path| {
             c.execute(
                 &now_sql(
                     "UPDATE edm.workers SET state = 'done', lease_until = {now},
-                         heartbeat_at = {now}, in_flight = 0
+                         heartbeat_at = {now}, in_flight = 0, sent = $4, failed = $5
                      WHERE campaign_id = $1 AND name = $2 AND incarnation = $3
                        AND state = 'running'",
                 ),
-                &[&id, &me, &inc],
+                &[&id, &me, &inc, &sent, &failed],
             )
             .at(path)?;
             Ok(())
