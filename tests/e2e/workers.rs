@@ -162,3 +162,165 @@ fn three_workers_send_one_campaign_once_within_its_rate() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("worker late ("), "{text}");
 }
+
+/// Every recipient delivered at least once, every second copy reported in
+/// doubt (status and report), as after a crash on one machine.
+fn nobody_lost_and_duplicates_in_doubt(c: &TestCampaign, url: &str, sink: &Sink, n: usize) -> u64 {
+    let got = sink.deliveries();
+    assert_eq!(got.len(), n, "every recipient delivered at least once");
+    let s = status(c, url);
+    assert_eq!(s["sent"].as_u64(), Some(n as u64), "{s}");
+    assert_eq!(s["sending"].as_u64(), Some(0), "{s}");
+    let in_doubt = s["in_doubt"].as_u64().unwrap();
+    let dups: u64 = got.values().map(|k| k.saturating_sub(1) as u64).sum();
+    eprintln!("duplicates {dups}, in doubt {in_doubt}");
+    assert!(
+        dups <= in_doubt,
+        "{dups} recipients got a second copy but only {in_doubt} were reported in doubt"
+    );
+    let out = c.edm("report", &["--all", "--format", "json", "--store", url]);
+    let rows: BTreeMap<String, serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("report line"))
+        .map(|v| (v["email"].as_str().unwrap_or_default().to_string(), v))
+        .collect();
+    for (addr, count) in &got {
+        if *count > 1 {
+            assert_eq!(
+                rows[addr]["in_doubt"], true,
+                "{addr} was sent twice without being flagged"
+            );
+        }
+    }
+    in_doubt
+}
+
+/// Every event of the database's campaigns, oldest first.
+fn events_of(url: &str) -> Vec<(i64, String, String)> {
+    let mut client = postgres::Client::connect(url, postgres::NoTls).unwrap();
+    client
+        .query("SELECT at, kind, text FROM edm.events ORDER BY id", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+}
+
+/// The worker named `name` in `edm status --json`.
+fn worker_row(s: &serde_json::Value, name: &str) -> serde_json::Value {
+    s["workers"]
+        .as_array()
+        .and_then(|w| w.iter().find(|w| w["name"] == name))
+        .cloned()
+        .unwrap_or_else(|| panic!("no worker {name}: {s}"))
+}
+
+#[test]
+fn a_worker_killed_mid_run_is_taken_over_after_its_lease() {
+    let Some(pg) = fixture::start_or_skip() else {
+        return;
+    };
+    let url = pg.url();
+    let sink = Sink::start(&[], None);
+    let n = 3000;
+    let c = TestCampaign::new(Spec {
+        delivery: "rate = 300\nburst = 6",
+        ..Spec::new(addresses("kw", n), sink.port())
+    });
+    let workers: Vec<Child> = ["k1", "k2", "k3"]
+        .iter()
+        .map(|w| spawn_worker(&c, &url, w))
+        .collect();
+    // Mid-run: k2 has rows in flight.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sink.deliveries().len() < n / 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut workers = workers.into_iter();
+    let (k1, mut k2, k3) = (
+        workers.next().unwrap(),
+        workers.next().unwrap(),
+        workers.next().unwrap(),
+    );
+    signal(&k2, "KILL");
+    let killed_at = edm_model::now_ms();
+    let st = wait_timeout(&mut k2, Duration::from_secs(10));
+    assert_eq!(st.code(), None, "k2 was killed");
+    for (name, child) in [("k1", k1), ("k3", k3)] {
+        let (code, err) = stderr_of(child);
+        eprintln!("{name} -> {code:?}\n{err}");
+        assert_eq!(code, Some(0), "{name} completes the campaign");
+    }
+    let in_doubt = nobody_lost_and_duplicates_in_doubt(&c, &url, &sink, n);
+    // At most what k2 had in flight (concurrency 4) is in doubt.
+    assert!(
+        in_doubt <= 4,
+        "{in_doubt} in doubt after one kill at concurrency 4"
+    );
+    let s = status(&c, &url);
+    let k2 = worker_row(&s, "k2");
+    assert_eq!(
+        (&k2["state"], &k2["alive"]),
+        (&"dead".into(), &false.into()),
+        "{k2}"
+    );
+    for name in ["k1", "k3"] {
+        let w = worker_row(&s, name);
+        assert_eq!(w["state"], "done", "{w}");
+    }
+    // The takeover is an event naming the dead worker and the counts; its
+    // delay after the kill is about the lease.
+    let events = events_of(&url);
+    let takeover = events
+        .iter()
+        .find(|(_, kind, text)| kind == "worker" && text.contains("worker k2: its lease expired"))
+        .unwrap_or_else(|| panic!("no takeover event: {events:?}"));
+    eprintln!(
+        "recovery {} ms after the kill (lease {LEASE_MS} ms): {}",
+        takeover.0 - killed_at,
+        takeover.2
+    );
+}
+
+/// Fencing: a worker frozen past its lease (SIGSTOP: a stalled process, a
+/// network partition) has its rows taken over; when it runs again its
+/// marks are refused, so it completes none of the messages it held, and it
+/// stops saying why. Nobody is lost, duplicates at most those in doubt.
+#[test]
+fn a_frozen_worker_is_fenced_when_it_wakes_up() {
+    let Some(pg) = fixture::start_or_skip() else {
+        return;
+    };
+    let url = pg.url();
+    let sink = Sink::start(&[], None);
+    let n = 2000;
+    let c = TestCampaign::new(Spec {
+        delivery: "rate = 300\nburst = 6",
+        ..Spec::new(addresses("zw", n), sink.port())
+    });
+    let z1 = spawn_worker(&c, &url, "z1");
+    let zombie = spawn_worker(&c, &url, "zombie");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sink.deliveries().len() < n / 4 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    signal(&zombie, "STOP");
+    // Frozen for four leases: z1 takes its rows over meanwhile.
+    let lease: u64 = LEASE_MS.parse().unwrap();
+    std::thread::sleep(Duration::from_millis(lease * 4));
+    let taken = events_of(&url).into_iter().any(|(_, kind, text)| {
+        kind == "worker" && text.contains("worker zombie: its lease expired")
+    });
+    signal(&zombie, "CONT");
+    assert!(taken, "the frozen worker's rows were not taken over");
+    let (code, err) = stderr_of(zombie);
+    eprintln!("zombie -> {code:?}\n{err}");
+    assert_eq!(code, Some(2), "the fenced worker stops with an error");
+    assert!(err.contains("lease"), "{err}");
+    let (code, err) = stderr_of(z1);
+    eprintln!("z1 -> {code:?}\n{err}");
+    assert_eq!(code, Some(0), "the live worker completes the campaign");
+    nobody_lost_and_duplicates_in_doubt(&c, &url, &sink, n);
+    let s = status(&c, &url);
+    assert_eq!(worker_row(&s, "zombie")["state"], "dead", "{s}");
+}

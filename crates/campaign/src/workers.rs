@@ -193,13 +193,25 @@ fn heartbeat(mut lease: Box<dyn WorkerLease>, b: Beating, rx: std_mpsc::Receiver
     let first = beat(lease.as_mut(), &b);
     let mut stopped = false;
     if first.is_some_and(|live| live > 1) {
-        stopped = matches!(rx.recv_timeout(every), Ok(Beat::Stop));
+        // A whole interval: pokes do not cut it short.
+        let until = std::time::Instant::now() + every;
+        while !stopped {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(Beat::Now) => {}
+                Err(std_mpsc::RecvTimeoutError::Timeout) => break,
+                Ok(Beat::Stop) | Err(std_mpsc::RecvTimeoutError::Disconnected) => stopped = true,
+            }
+        }
         if !stopped {
             beat(lease.as_mut(), &b);
         }
     }
     b.state.ready.send_replace(true);
-    while !stopped {
+    if stopped {
+        return leave(lease.as_mut(), &b);
+    }
+    loop {
         match rx.recv_timeout(every) {
             Ok(Beat::Stop) | Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
             Ok(Beat::Now) | Err(std_mpsc::RecvTimeoutError::Timeout) => {
@@ -215,8 +227,13 @@ fn heartbeat(mut lease: Box<dyn WorkerLease>, b: Beating, rx: std_mpsc::Receiver
             }
         }
     }
+    leave(lease.as_mut(), &b);
+}
+
+/// The run ended: `done`, with the last figures (unless the lease was lost).
+fn leave(lease: &mut dyn WorkerLease, b: &Beating) {
     if !b.state.lost()
-        && let Err(e) = lease.leave(&figures(&b))
+        && let Err(e) = lease.leave(&figures(b))
     {
         tracing::warn!(error = %e, "cannot mark this worker done; its lease will expire");
     }

@@ -57,6 +57,7 @@ impl PgStore {
             let worker = worker.clone();
             let id = self.campaign_id;
             move |c, path| {
+                fence_idle_transactions(c, path, lease)?;
                 let mut tx = c.transaction().at(path)?;
                 let joined = tx
                     .query_opt(
@@ -182,6 +183,8 @@ impl PgStore {
             return Ok(None);
         };
         let conn = Conn::connect(self.options.config()?, self.options.location())?;
+        let lease = self.lease.lease_ms();
+        conn.call(move |c, path| fence_idle_transactions(c, path, lease))?;
         Ok(Some(Box::new(PgLease {
             conn,
             campaign_id: self.campaign_id,
@@ -238,6 +241,18 @@ impl PgStore {
                 .collect())
         })
     }
+}
+
+/// A worker's sessions end a transaction left idle for half a lease: a
+/// process frozen (SIGSTOP, a stalled VM) or cut off in the middle of one
+/// would otherwise keep its row locked (a mark holds `FOR KEY SHARE` on
+/// it), and the others could never take its rows over. The server aborts
+/// the transaction and closes the session; the worker, if it wakes up,
+/// finds its store gone and stops before any final dot.
+fn fence_idle_transactions(c: &mut postgres::Client, path: &Path, lease_ms: i64) -> Result<()> {
+    let ms = (lease_ms / 2).max(100);
+    c.batch_execute(&format!("SET idle_in_transaction_session_timeout = {ms}"))
+        .at(path)
 }
 
 /// Locks this worker's own row (`FOR KEY SHARE`: a recovery's `FOR UPDATE`
