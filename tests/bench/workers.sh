@@ -102,7 +102,7 @@ EDM_STORE_URL="$URL" "$EDM_BIN" status "$BENCH_TMP/p1" --json \
     | jq -r '.workers[] | "     \(.name): \(.sent) sent, share \(.share)"'
 
 # ---- part 2: one worker killed; the others recover its rows after its lease
-psql_q "DROP SCHEMA IF EXISTS edm CASCADE" >/dev/null
+psql_q "SET client_min_messages = warning; DROP SCHEMA IF EXISTS edm CASCADE" >/dev/null
 PORT=$(free_port)
 start_edm_sink "$PORT" "$BENCH_TMP/sink2.log" --maildir "$BENCH_TMP/maildir2"
 make_campaign "$BENCH_TMP/p2" "$N" 1k "$PORT" "rate = $RATE" "burst = $BURST" "concurrency = $CONC"
@@ -112,6 +112,7 @@ echo "== part 2: $W workers, w2 killed with SIGKILL after $((SECS / 3)) s (lease
 workers "$BENCH_TMP/p2" "${lease_env[@]}"
 sleep $((SECS / 3))
 kill -9 "${PIDS[1]}"
+wait "${PIDS[1]}" 2>/dev/null || true
 KILLED_AT=$(date +%s%3N)
 codes=()
 for pid in "${PIDS[@]}"; do
@@ -127,6 +128,7 @@ else
     echo "   no takeover event"
 fi
 read -r P2_N _ _ _ < <(arrivals "$BENCH_TMP/maildir2")
-UNIQUE=$(cat "$BENCH_TMP"/maildir2/new/* | grep -c '^Delivered-To:' || true)
-echo "   messages at the sink: $P2_N; status: $(EDM_STORE_URL="$URL" "$EDM_BIN" status "$BENCH_TMP/p2" --json | jq -c '{total, sent, in_doubt, sending}')"
+UNIQUE=$(grep -h -m1 '^Delivered-To:' "$BENCH_TMP"/maildir2/new/* | sort -u | wc -l)
+echo "   messages at the sink: $P2_N, recipients: $UNIQUE (second copies: $((P2_N - UNIQUE)))"
+echo "   status: $(EDM_STORE_URL="$URL" "$EDM_BIN" status "$BENCH_TMP/p2" --json | jq -c '{total, sent, in_doubt, sending}')"
 echo "load: $(cut -d' ' -f1-3 /proc/loadavg)"

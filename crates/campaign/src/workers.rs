@@ -249,11 +249,9 @@ fn figures(b: &Beating) -> WorkerFigures {
         .and_then(|e| e.as_ref().map(|(status, _)| status.borrow().clone()))
         .unwrap_or_default();
     let share = st.share();
-    // AIMD's rate over the target, this worker's share taken out.
+    // AIMD's rate over the target (both at this worker's share).
     let throttle = match (es.effective_rate, es.target_rate) {
-        (Some(e), Some(t)) if t > 0.0 && share > 0.0 && e / share < t * 0.999 => {
-            Some(e / share / t)
-        }
+        (Some(e), Some(t)) if t > 0.0 && e < t * 0.999 => Some(e / t),
         _ => None,
     };
     WorkerFigures {

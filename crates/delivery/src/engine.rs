@@ -954,7 +954,13 @@ async fn run(
 
 fn snapshot(shared: &Shared) -> EngineStatus {
     EngineStatus {
-        target_rate: shared.aimd.lock().map(|a| a.target()).unwrap_or(None),
+        // This worker's target: its share of the campaign's (one worker
+        // among several is not throttled for running at its share).
+        target_rate: shared
+            .aimd
+            .lock()
+            .map(|a| a.target().map(|t| t * shared.share()))
+            .unwrap_or(None),
         effective_rate: shared.gate.rate(),
         in_flight: shared.in_flight.load(Ordering::Relaxed),
         paused: *shared.paused.borrow()
