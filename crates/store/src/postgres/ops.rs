@@ -581,6 +581,10 @@ impl CampaignStore for PgStore {
         let fence = self.joined.map(|inc| (self.worker.clone(), inc));
         self.call(move |c, path, id| {
             let mut tx = c.transaction().at(path)?;
+            let outcomes = match &fence {
+                Some((worker, _)) => PgStore::held_outcomes(&mut tx, path, (id, worker), outcomes)?,
+                None => outcomes,
+            };
             record_in(&mut tx, path, id, &outcomes)?;
             if !marks.is_empty() {
                 match &fence {

@@ -217,6 +217,22 @@ fn workers_claim_disjoint_rows_and_a_dead_workers_rows_are_recovered() {
     assert!(err.to_string().contains("lost its lease"), "{err}");
     let err = a.claim_with_budget(4, 0, 1).unwrap_err();
     assert!(matches!(err, Error::LeaseLost { .. }), "{err}");
+    // b claims what a held (back to pending); the zombie's late outcome of
+    // one of them (the engine returned it) leaves b's claim alone: a
+    // `pending` there would let a third worker send it too.
+    let again = b.claim_with_budget(20, 0, 1).unwrap();
+    assert!(again.iter().any(|r| r.id == ia[2]), "{again:?}");
+    a.record(&[crate::Outcome {
+        id: ia[2],
+        at: 3,
+        kind: crate::OutcomeKind::Released,
+    }])
+    .unwrap();
+    assert_eq!(
+        state(&b, ia[2]),
+        Status::Sending,
+        "the zombie undid b's claim"
+    );
     // A worker joining now recovers nothing of b's (live) at its start.
     let mut c = worker(&url, &name, "c", 60_000);
     assert_eq!(c.recover_in_doubt(crate::InDoubtPolicy::Skip).unwrap(), 0);

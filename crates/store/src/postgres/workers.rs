@@ -28,7 +28,7 @@ use super::schema::INGEST_LOCK_CLASS;
 use super::{PgOptions, PgStore};
 use crate::error::{Error, Result};
 use crate::lease::{LeaseSettings, Recovered, Renewal, WorkerFigures, WorkerLease, WorkerRow};
-use crate::types::InDoubtPolicy;
+use crate::types::{InDoubtPolicy, Outcome};
 use crate::write::from_i64;
 
 /// The database server's time in milliseconds since the epoch.
@@ -175,6 +175,51 @@ impl PgStore {
         )
         .at(path)?;
         Ok(())
+    }
+
+    /// The outcomes of a joined worker that it may still record: those of
+    /// recipients it holds (`sending` under its name), locked until the
+    /// commit. The others were taken over when its lease expired (a zombie
+    /// woken up): recording them would overwrite another worker's claim (a
+    /// `pending` or `deferred` there could send it twice), so they are
+    /// dropped, and the recipient stays as the takeover left it (in doubt
+    /// when it was marked). Ids the campaign does not have are kept, for
+    /// `record_in` to refuse.
+    pub(super) fn held_outcomes(
+        tx: &mut Transaction<'_>,
+        path: &Path,
+        (id, worker): (i64, &str),
+        outcomes: Vec<Outcome>,
+    ) -> Result<Vec<Outcome>> {
+        if outcomes.is_empty() {
+            return Ok(outcomes);
+        }
+        let ids: Vec<i64> = outcomes.iter().map(|o| o.id.0).collect();
+        let rows = tx
+            .query(
+                "SELECT id, status = 'sending' AND claimed_by IS NOT DISTINCT FROM $3
+                 FROM edm.recipients WHERE campaign_id = $1 AND id = ANY($2)
+                 ORDER BY id FOR UPDATE",
+                &[&id, &ids, &worker],
+            )
+            .at(path)?;
+        let not_held: std::collections::HashSet<i64> = rows
+            .iter()
+            .filter(|r| !r.get::<_, bool>(1))
+            .map(|r| r.get(0))
+            .collect();
+        if not_held.is_empty() {
+            return Ok(outcomes);
+        }
+        tracing::warn!(
+            worker,
+            dropped = not_held.len(),
+            "outcomes of recipients this worker no longer holds (taken over) were not recorded"
+        );
+        Ok(outcomes
+            .into_iter()
+            .filter(|o| !not_held.contains(&o.id.0))
+            .collect())
     }
 
     /// The heartbeat of this (joined) worker, on a connection of its own.
