@@ -556,3 +556,39 @@ fn a_version_1_schema_migrates_to_late_outcomes() {
         .collect();
     assert_eq!(versions, (1..=super::PG_SCHEMA_VERSION).collect::<Vec<_>>());
 }
+
+#[test]
+fn a_heartbeat_counts_the_live_workers_and_sees_the_others_throttled() {
+    let Some(server) = fixture::shared() else {
+        return;
+    };
+    let name = unique("share");
+    let url = server.url();
+    let a = worker(&url, &name, "a", 30_000);
+    let b = worker(&url, &name, "b", 30_000);
+    let (mut la, mut lb) = (a.lease().unwrap().unwrap(), b.lease().unwrap().unwrap());
+    let policy = crate::InDoubtPolicy::Resend;
+    // a's relay throttles it to half its target: b sees it, a does not see
+    // its own ratio (it is in its rate already).
+    let throttled = crate::WorkerFigures {
+        sent: 7,
+        rate: Some(5.0),
+        share: 0.5,
+        throttle: Some(0.5),
+        ..Default::default()
+    };
+    let seen_by_a = la.renew(&throttled, policy).unwrap();
+    let seen_by_b = lb.renew(&crate::WorkerFigures::default(), policy).unwrap();
+    assert_eq!((seen_by_a.live, seen_by_a.min_throttle), (2, 1.0));
+    assert_eq!((seen_by_b.live, seen_by_b.min_throttle), (2, 0.5));
+    let rows = b.workers().unwrap();
+    let row = rows.iter().find(|w| w.name == "a").unwrap();
+    assert_eq!(
+        (row.sent, row.rate, row.share, row.throttle),
+        (7, Some(5.0), Some(0.5), Some(0.5))
+    );
+    // a leaves: b alone, at the whole share.
+    la.leave(&throttled).unwrap();
+    let alone = lb.renew(&crate::WorkerFigures::default(), policy).unwrap();
+    assert_eq!((alone.live, alone.min_throttle), (1, 1.0));
+}
