@@ -63,15 +63,15 @@ arrivals() {
     ls "$1/new" | cut -d. -f1 | sort -n | awk '
         { t[NR] = $1 }
         END {
-            n = NR; j = 1; best = 0
+            n = NR; j = 1; best = 0; at = 0
             for (i = 1; i <= n; i++) {
                 while (j <= n && t[j] - t[i] < 1000) j++
-                if (j - i > best) best = j - i
+                if (j - i > best) { best = j - i; at = (t[i] - t[1]) / 1000 }
             }
             span = (t[n] - t[1]) / 1000
             lo = int(n * 0.05) + 1; hi = int(n * 0.95)
             mid = (hi - lo) / ((t[hi] - t[lo]) / 1000)
-            printf "%d %.3f %.2f %d %.2f\n", n, span, (n - 1) / span, best, mid
+            printf "%d %.3f %.2f %d %.2f %.1f\n", n, span, (n - 1) / span, best, mid, at
         }'
 }
 
@@ -100,12 +100,12 @@ for pid in "${PIDS[@]}"; do
     set +e; wait "$pid"; codes+=($?); set -e
 done
 stop_pid "$SINK_PID"
-read -r P1_N P1_SPAN P1_ACH P1_MAX P1_MID < <(arrivals "$BENCH_TMP/maildir1")
+read -r P1_N P1_SPAN P1_ACH P1_MAX P1_MID P1_AT < <(arrivals "$BENCH_TMP/maildir1")
 echo "   exit codes: ${codes[*]}"
 printf '   %d messages in %.1f s: %.2f/s for %d/s (%+.2f%%), between the 5th and 95th percentile %.2f/s (%+.2f%%)\n' \
     "$P1_N" "$P1_SPAN" "$P1_ACH" "$RATE" "$(echo "($P1_ACH - $RATE) * 100 / $RATE" | bc -l)" \
     "$P1_MID" "$(echo "($P1_MID - $RATE) * 100 / $RATE" | bc -l)"
-printf '   busiest 1 s window %d for rate + burst %d\n' "$P1_MAX" "$((RATE + BURST))"
+printf '   busiest 1 s window %d (%.1f s after the first arrival) for rate + burst %d\n' "$P1_MAX" "$P1_AT" "$((RATE + BURST))"
 echo "   per worker (sent, share):"
 EDM_STORE_URL="$URL" "$EDM_BIN" status "$BENCH_TMP/p1" --json \
     | jq -r '.workers[] | "     \(.name): \(.sent) sent, share \(.share)"'
@@ -137,7 +137,7 @@ if [ -n "$TAKEOVER" ]; then
 else
     echo "   no takeover event"
 fi
-read -r P2_N _ _ _ _ < <(arrivals "$BENCH_TMP/maildir2")
+read -r P2_N _ _ _ _ _ < <(arrivals "$BENCH_TMP/maildir2")
 UNIQUE=$(grep -h -m1 '^Delivered-To:' "$BENCH_TMP"/maildir2/new/* | sort -u | wc -l)
 echo "   messages at the sink: $P2_N, recipients: $UNIQUE (second copies: $((P2_N - UNIQUE)))"
 echo "   status: $(EDM_STORE_URL="$URL" "$EDM_BIN" status "$BENCH_TMP/p2" --json | jq -c '{total, sent, in_doubt, sending}')"

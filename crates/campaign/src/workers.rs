@@ -69,18 +69,30 @@ impl Membership {
         now_ms() - last < i64::try_from(limit.as_millis()).unwrap_or(i64::MAX)
     }
 
-    /// The lease was taken over: the run stops.
+    /// The lease was taken over, or could not be renewed for a whole lease
+    /// (the store unreachable: others may have taken the rows over by now):
+    /// the run stops.
     pub fn lost(&self) -> bool {
-        self.lost.load(Ordering::SeqCst)
+        let lease = i64::try_from(self.settings.lease.as_millis()).unwrap_or(i64::MAX);
+        self.lost.load(Ordering::SeqCst) || now_ms() - self.last_ok.load(Ordering::SeqCst) > lease
     }
 
     /// What the run says when the lease was lost.
     pub fn lost_message(&self) -> String {
-        format!(
-            "worker {}: its lease was taken over (not renewed in time, or another process \
-             joined under its name): stopping; messages in flight are not completed",
-            self.name
-        )
+        if self.lost.load(Ordering::SeqCst) {
+            format!(
+                "worker {}: its lease was taken over (not renewed in time, or another process \
+                 joined under its name): stopping; messages in flight are not completed",
+                self.name
+            )
+        } else {
+            format!(
+                "worker {}: its lease could not be renewed for {} s (the store unreachable?): \
+                 another worker may take its recipients over, so it stops",
+                self.name,
+                self.settings.lease.as_secs_f64().round()
+            )
+        }
     }
 
     /// Asks for a heartbeat now.
@@ -230,11 +242,10 @@ fn heartbeat(mut lease: Box<dyn WorkerLease>, b: Beating, rx: std_mpsc::Receiver
     leave(lease.as_mut(), &b);
 }
 
-/// The run ended: `done`, with the last figures (unless the lease was lost).
+/// The run ended: `done`, with the last figures (nothing when the lease
+/// was taken over: the row is another incarnation's or `dead`).
 fn leave(lease: &mut dyn WorkerLease, b: &Beating) {
-    if !b.state.lost()
-        && let Err(e) = lease.leave(&figures(b))
-    {
+    if let Err(e) = lease.leave(&figures(b)) {
         tracing::warn!(error = %e, "cannot mark this worker done; its lease will expire");
     }
 }
@@ -298,5 +309,92 @@ fn beat(lease: &mut dyn WorkerLease, b: &Beating) -> Option<u32> {
             tracing::warn!(error = %e, "cannot renew this worker's lease");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU32;
+    use std::time::Duration;
+
+    use edm_store::{Renewal, Result as StoreResult};
+
+    use super::*;
+
+    /// A lease that answers what the test scripts: `live` workers, or an
+    /// error (the store unreachable) once `fail` is set.
+    struct Fake {
+        live: Arc<AtomicU32>,
+        fail: Arc<AtomicBool>,
+        left: Arc<AtomicBool>,
+    }
+
+    impl WorkerLease for Fake {
+        fn name(&self) -> &str {
+            "fake"
+        }
+        fn settings(&self) -> LeaseSettings {
+            LeaseSettings {
+                lease: Duration::from_millis(600),
+                renew_every: Duration::from_millis(200),
+                margin: Duration::from_millis(100),
+            }
+        }
+        fn renew(&mut self, _: &WorkerFigures, _: InDoubtPolicy) -> StoreResult<Renewal> {
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(edm_store::Error::StoreConfig {
+                    message: "unreachable".into(),
+                });
+            }
+            Ok(Renewal {
+                live: self.live.load(Ordering::SeqCst),
+                min_throttle: 1.0,
+                ..Renewal::default()
+            })
+        }
+        fn leave(&mut self, _: &WorkerFigures) -> StoreResult<()> {
+            self.left.store(true, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_worker_joins_after_one_heartbeat_follows_the_live_count_and_stops_without_renewals()
+    {
+        let live = Arc::new(AtomicU32::new(2));
+        let fail = Arc::new(AtomicBool::new(false));
+        let left = Arc::new(AtomicBool::new(false));
+        let fake = Fake {
+            live: live.clone(),
+            fail: fail.clone(),
+            left: left.clone(),
+        };
+        let started = std::time::Instant::now();
+        let member = Member::start(Box::new(fake), InDoubtPolicy::Resend).unwrap();
+        let (_status_tx, status) = watch::channel(EngineStatus::default());
+        let (control, mut controls) = mpsc::unbounded_channel();
+        member.attach(status, control);
+        // Another worker is live: one whole heartbeat before the first message.
+        member.state.ready().await;
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        assert_eq!(controls.recv().await, Some(Control::SetShare(0.5)));
+        // A third joins: the share follows at the next heartbeat.
+        live.store(3, Ordering::SeqCst);
+        let next = controls.recv().await.unwrap();
+        assert!(matches!(next, Control::SetShare(s) if (s - 1.0 / 3.0).abs() < 1e-9));
+        assert!(member.state.fresh() && !member.state.lost());
+        // The store unreachable: stale after lease - margin (no work handed
+        // out), lost after a whole lease (the run stops, saying why).
+        fail.store(true, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        assert!(!member.state.fresh());
+        assert!(member.state.lost());
+        assert!(
+            member.state.lost_message().contains("could not be renewed"),
+            "{}",
+            member.state.lost_message()
+        );
+        member.stop();
+        assert!(left.load(Ordering::SeqCst), "the worker leaves at the end");
     }
 }
