@@ -813,6 +813,10 @@ async fn run(
         policy: retry_policy(&campaign),
         in_doubt: opts.in_doubt,
         relay: campaign.relay_name().to_string(),
+        prefix: membership
+            .as_ref()
+            .map(|m| format!("[{}] ", m.name))
+            .unwrap_or_default(),
     };
     let mut counts = RunCounts::default();
     let mut settled = Settled::default();
@@ -831,6 +835,10 @@ async fn run(
                 progress_tx.send_replace(fold.sample(now_ms()).clone());
             }
             Some(c) = control_rx.recv() => {
+                // Pause and rate reach every worker (PostgreSQL).
+                if let Some(m) = &member {
+                    m.publish(c);
+                }
                 if c == Control::Stop {
                     // Stop also stops the feeder; the rest go to the engine.
                     stop_tx.send_replace(true);
@@ -1050,6 +1058,9 @@ struct Outcomes {
     in_doubt: InDoubtPolicy,
     /// The relay's name kept with a sent recipient when the event has none.
     relay: String,
+    /// `[NAME] ` before each event's text when several workers send the
+    /// campaign (PostgreSQL): the log says which one saw what.
+    prefix: String,
 }
 
 impl Outcomes {
@@ -1179,7 +1190,7 @@ impl Outcomes {
                 };
                 let text = n.to_string();
                 tracing::info!(kind, "{text}");
-                writer.event(kind, text).await;
+                writer.event(kind, format!("{}{text}", self.prefix)).await;
                 (None, Recorded::Nothing)
             }
         };

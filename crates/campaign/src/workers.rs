@@ -19,7 +19,7 @@
 
 use edm_delivery::EngineStatus;
 use edm_model::{Control, now_ms};
-use edm_store::{InDoubtPolicy, LeaseSettings, WorkerFigures, WorkerLease};
+use edm_store::{InDoubtPolicy, LeaseSettings, SharedControls, WorkerFigures, WorkerLease};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc as std_mpsc};
 use std::thread::JoinHandle;
@@ -32,6 +32,8 @@ enum Beat {
     Now,
     /// The run ended: leave.
     Stop,
+    /// The operator's pause or rate, for every worker (`edm.controls`).
+    Publish(Control),
 }
 
 /// What the run reads of its membership, and writes for the heartbeat.
@@ -52,6 +54,8 @@ pub(crate) struct Membership {
     /// The engine, once the run started it ([`Member::attach`]): the
     /// heartbeat runs from the join on, ingest included, before there is one.
     engine: Mutex<Option<Engine>>,
+    /// The operator's controls as this worker last applied or set them.
+    known: Mutex<Option<SharedControls>>,
 }
 
 /// What the heartbeat reads of the engine and tells it.
@@ -137,6 +141,7 @@ impl Member {
             poke: Mutex::new(tx.clone()),
             ready,
             engine: Mutex::new(None),
+            known: Mutex::new(None),
         });
         let s2 = state.clone();
         let join = std::thread::Builder::new()
@@ -160,8 +165,22 @@ impl Member {
         if share < 1.0 {
             let _ = control.send(Control::SetShare(share));
         }
+        // The operator's pause and rate set on another worker meanwhile.
+        let known = self.state.known.lock().ok().and_then(|k| k.clone());
+        for c in controls_to_apply(None, known.as_ref()) {
+            let _ = control.send(c);
+        }
         if let Ok(mut e) = self.state.engine.lock() {
             *e = Some((status, control));
+        }
+    }
+
+    /// The operator paused, resumed or set the rate on this worker: every
+    /// worker applies it at its next heartbeat (`edm.controls`). A stop
+    /// stays this worker's (stopping one machine stops one worker).
+    pub fn publish(&self, c: Control) {
+        if matches!(c, Control::Pause | Control::Resume | Control::SetRate(_)) {
+            let _ = self.stop.send(Beat::Publish(c));
         }
     }
 
@@ -211,6 +230,7 @@ fn heartbeat(mut lease: Box<dyn WorkerLease>, b: Beating, rx: std_mpsc::Receiver
             let left = until.saturating_duration_since(std::time::Instant::now());
             match rx.recv_timeout(left) {
                 Ok(Beat::Now) => {}
+                Ok(Beat::Publish(c)) => publish(lease.as_mut(), &b, c),
                 Err(std_mpsc::RecvTimeoutError::Timeout) => break,
                 Ok(Beat::Stop) | Err(std_mpsc::RecvTimeoutError::Disconnected) => stopped = true,
             }
@@ -224,22 +244,85 @@ fn heartbeat(mut lease: Box<dyn WorkerLease>, b: Beating, rx: std_mpsc::Receiver
         return leave(lease.as_mut(), &b);
     }
     loop {
-        match rx.recv_timeout(every) {
-            Ok(Beat::Stop) | Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
-            Ok(Beat::Now) | Err(std_mpsc::RecvTimeoutError::Timeout) => {
-                // Pokes that queued meanwhile are one heartbeat.
-                let mut stop = false;
-                while let Ok(more) = rx.try_recv() {
-                    stop |= matches!(more, Beat::Stop);
-                }
-                if stop {
-                    break;
-                }
-                beat(lease.as_mut(), &b);
+        let mut asked = match rx.recv_timeout(every) {
+            Ok(m) => vec![m],
+            Err(std_mpsc::RecvTimeoutError::Timeout) => Vec::new(),
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        // Everything queued meanwhile: pokes are one heartbeat.
+        while let Ok(more) = rx.try_recv() {
+            asked.push(more);
+        }
+        let (mut stop, mut renew) = (false, asked.is_empty());
+        for m in asked {
+            match m {
+                Beat::Stop => stop = true,
+                Beat::Now => renew = true,
+                Beat::Publish(c) => publish(lease.as_mut(), &b, c),
             }
+        }
+        if stop {
+            break;
+        }
+        if renew {
+            beat(lease.as_mut(), &b);
         }
     }
     leave(lease.as_mut(), &b);
+}
+
+/// Sets the operator's pause or rate for every worker. The version is not
+/// taken as seen: a change another worker made just before is then still
+/// applied at the next heartbeat; this one's own is known already.
+fn publish(lease: &mut dyn WorkerLease, b: &Beating, c: Control) {
+    let (paused, rate) = match c {
+        Control::Pause => (Some(true), None),
+        Control::Resume => (Some(false), None),
+        Control::SetRate(r) => (None, Some(r)),
+        _ => return,
+    };
+    match lease.publish(paused, rate) {
+        Ok(_) => {
+            if let Ok(mut k) = b.state.known.lock() {
+                let mut now = k.clone().unwrap_or_default();
+                if let Some(p) = paused {
+                    now.paused = p;
+                }
+                if let Some(r) = rate {
+                    now.rate = Some(r);
+                }
+                *k = Some(now);
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot pass the operator's control to the other workers")
+        }
+    }
+}
+
+/// What to tell the engine to go from the controls `before` to `now`.
+fn controls_to_apply(
+    before: Option<&SharedControls>,
+    now: Option<&SharedControls>,
+) -> Vec<Control> {
+    let Some(now) = now else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let was_paused = before.is_some_and(|b| b.paused);
+    if now.paused != was_paused {
+        out.push(if now.paused {
+            Control::Pause
+        } else {
+            Control::Resume
+        });
+    }
+    if let Some(rate) = now.rate
+        && before.and_then(|b| b.rate) != Some(rate)
+    {
+        out.push(Control::SetRate(rate));
+    }
+    out
 }
 
 /// The run ended: `done`, with the last figures (nothing when the lease
@@ -296,6 +379,17 @@ fn beat(lease: &mut dyn WorkerLease, b: &Beating) -> Option<u32> {
                     "a worker's lease expired: its recipients were taken over"
                 );
             }
+            // The operator's pause or rate set on another worker.
+            if let Some(ctl) = &r.controls
+                && let Ok(mut k) = st.known.lock()
+                && k.as_ref().is_none_or(|p| ctl.version > p.version)
+            {
+                for c in controls_to_apply(k.as_ref(), Some(ctl)) {
+                    tracing::info!(?c, "the operator's control, from another worker");
+                    b.control(c);
+                }
+                *k = Some(ctl.clone());
+            }
             // The others' lowest throttle ratio (this worker's own is in
             // its rate already).
             let next = (1.0 / f64::from(r.live.max(1))) * r.min_throttle.clamp(0.05, 1.0);
@@ -327,6 +421,7 @@ mod tests {
         live: Arc<AtomicU32>,
         fail: Arc<AtomicBool>,
         left: Arc<AtomicBool>,
+        controls: Arc<Mutex<Option<SharedControls>>>,
     }
 
     impl WorkerLease for Fake {
@@ -349,12 +444,16 @@ mod tests {
             Ok(Renewal {
                 live: self.live.load(Ordering::SeqCst),
                 min_throttle: 1.0,
+                controls: self.controls.lock().unwrap().clone(),
                 ..Renewal::default()
             })
         }
         fn leave(&mut self, _: &WorkerFigures) -> StoreResult<()> {
             self.left.store(true, Ordering::SeqCst);
             Ok(())
+        }
+        fn publish(&mut self, _: Option<bool>, _: Option<Option<f64>>) -> StoreResult<i64> {
+            Ok(1)
         }
     }
 
@@ -368,6 +467,7 @@ mod tests {
             live: live.clone(),
             fail: fail.clone(),
             left: left.clone(),
+            controls: Arc::default(),
         };
         let started = std::time::Instant::now();
         let member = Member::start(Box::new(fake), InDoubtPolicy::Resend).unwrap();
@@ -396,5 +496,55 @@ mod tests {
         );
         member.stop();
         assert!(left.load(Ordering::SeqCst), "the worker leaves at the end");
+    }
+
+    #[tokio::test]
+    async fn the_operators_pause_and_rate_from_another_worker_reach_the_engine() {
+        let controls: Arc<Mutex<Option<SharedControls>>> = Arc::default();
+        let fake = Fake {
+            live: Arc::new(AtomicU32::new(1)),
+            fail: Arc::default(),
+            left: Arc::default(),
+            controls: controls.clone(),
+        };
+        let member = Member::start(Box::new(fake), InDoubtPolicy::Resend).unwrap();
+        let (_status_tx, status) = watch::channel(EngineStatus::default());
+        let (control, mut engine) = mpsc::unbounded_channel();
+        member.attach(status, control);
+        *controls.lock().unwrap() = Some(SharedControls {
+            version: 1,
+            paused: true,
+            rate: Some(Some(40.0)),
+        });
+        assert_eq!(engine.recv().await, Some(Control::Pause));
+        assert_eq!(engine.recv().await, Some(Control::SetRate(Some(40.0))));
+        // The same version again changes nothing; a newer one resumes.
+        *controls.lock().unwrap() = Some(SharedControls {
+            version: 2,
+            paused: false,
+            rate: Some(Some(40.0)),
+        });
+        assert_eq!(engine.recv().await, Some(Control::Resume));
+        member.stop();
+        assert!(engine.try_recv().is_err(), "nothing else was applied");
+    }
+
+    #[test]
+    fn controls_apply_only_what_changed() {
+        let c = |version, paused, rate| SharedControls {
+            version,
+            paused,
+            rate,
+        };
+        assert_eq!(controls_to_apply(None, None), vec![]);
+        assert_eq!(
+            controls_to_apply(None, Some(&c(1, false, None))),
+            vec![],
+            "never paused, no rate set: nothing"
+        );
+        assert_eq!(
+            controls_to_apply(Some(&c(1, true, None)), Some(&c(2, true, Some(None)))),
+            vec![Control::SetRate(None)]
+        );
     }
 }

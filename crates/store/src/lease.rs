@@ -111,6 +111,22 @@ pub struct Renewal {
     pub min_throttle: f64,
     /// Workers whose lease had expired, recovered by this heartbeat.
     pub recovered: Vec<Recovered>,
+    /// The operator's pause and rate for every worker, once one was set.
+    pub controls: Option<SharedControls>,
+}
+
+/// The operator's pause and rate, set from one worker's dashboard, for
+/// every worker of the campaign (`edm.controls`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SharedControls {
+    /// Bumped at each change: a worker applies a version newer than the
+    /// last it saw.
+    pub version: i64,
+    /// Paused by the operator.
+    pub paused: bool,
+    /// The campaign's rate when the operator set one (`Some(None)`:
+    /// unlimited).
+    pub rate: Option<Option<f64>>,
 }
 
 /// The rows of a dead worker, recovered.
@@ -175,4 +191,7 @@ pub trait WorkerLease: Send {
     /// The worker leaves (its run ended): `done`, its lease released, its
     /// last figures written.
     fn leave(&mut self, figures: &WorkerFigures) -> Result<()>;
+    /// Sets the operator's pause (`Some`) and rate (`Some`) for every
+    /// worker; returns the new version of the controls.
+    fn publish(&mut self, paused: Option<bool>, rate: Option<Option<f64>>) -> Result<i64>;
 }

@@ -100,7 +100,9 @@ pub mod writer;
 
 pub use error::{Error, ExportError, Result};
 pub use ingest::IngestPass;
-pub use lease::{LeaseSettings, Recovered, Renewal, WorkerFigures, WorkerLease, WorkerRow};
+pub use lease::{
+    LeaseSettings, Recovered, Renewal, SharedControls, WorkerFigures, WorkerLease, WorkerRow,
+};
 pub use memory::MemoryStore;
 pub use postgres::{OpenMode, PgOptions, PgStore};
 pub use store::{Store, create_private_dir, private_file, private_options};

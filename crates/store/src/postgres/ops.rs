@@ -876,13 +876,8 @@ impl CampaignStore for PgStore {
         })
     }
 
-    /// A worker among others names itself in each event: `[NAME] text`.
     fn log_event(&mut self, at: UnixMillis, kind: &str, text: &str) -> Result<()> {
-        let text = match self.joined {
-            Some(_) => format!("[{}] {text}", self.worker),
-            None => text.to_string(),
-        };
-        let kind = kind.to_string();
+        let (kind, text) = (kind.to_string(), text.to_string());
         self.call(move |c, path, id| {
             c.execute(
                 "INSERT INTO edm.events (campaign_id, at, kind, text) VALUES ($1, $2, $3, $4)",

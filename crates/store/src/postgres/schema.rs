@@ -213,7 +213,8 @@ CREATE TABLE edm.late_unmatched (
 /// name is told apart (its marks are refused). `throttle` is the worker's
 /// effective/target rate ratio when its relay slows it (adaptive
 /// throttling), which every worker applies. The index finds a worker's
-/// claimed rows when its lease expired.
+/// claimed rows when its lease expired. `edm.controls` carries the
+/// operator's pause and rate to every worker.
 const V3: &str = r#"
 CREATE TABLE edm.workers (
     campaign_id  bigint NOT NULL REFERENCES edm.campaigns ON DELETE CASCADE,
@@ -235,6 +236,17 @@ CREATE TABLE edm.workers (
 );
 CREATE INDEX recipients_claimed_by ON edm.recipients (campaign_id, claimed_by)
     WHERE status = 'sending';
+-- The operator's pause and rate, from any worker's dashboard, for all:
+-- each worker reads it at its heartbeat and applies a newer version.
+CREATE TABLE edm.controls (
+    campaign_id bigint PRIMARY KEY REFERENCES edm.campaigns ON DELETE CASCADE,
+    version     bigint NOT NULL,
+    paused      boolean NOT NULL DEFAULT false,
+    rate_set    boolean NOT NULL DEFAULT false,
+    rate        double precision,          -- NULL with rate_set: unlimited
+    updated_at  bigint NOT NULL,
+    by_worker   text NOT NULL
+);
 "#;
 
 /// Brings the `edm` schema up to [`VERSION`]: one transaction, under the

@@ -592,3 +592,34 @@ fn a_heartbeat_counts_the_live_workers_and_sees_the_others_throttled() {
     let alone = lb.renew(&crate::WorkerFigures::default(), policy).unwrap();
     assert_eq!((alone.live, alone.min_throttle), (1, 1.0));
 }
+
+#[test]
+fn the_operators_pause_and_rate_reach_every_worker() {
+    let Some(server) = fixture::shared() else {
+        return;
+    };
+    let name = unique("controls");
+    let url = server.url();
+    let a = worker(&url, &name, "a", 30_000);
+    let b = worker(&url, &name, "b", 30_000);
+    let (mut la, mut lb) = (a.lease().unwrap().unwrap(), b.lease().unwrap().unwrap());
+    let policy = crate::InDoubtPolicy::Resend;
+    let figures = crate::WorkerFigures::default();
+    assert_eq!(lb.renew(&figures, policy).unwrap().controls, None);
+    assert_eq!(la.publish(Some(true), None).unwrap(), 1);
+    let seen = lb.renew(&figures, policy).unwrap().controls.unwrap();
+    assert_eq!((seen.version, seen.paused, seen.rate), (1, true, None));
+    assert_eq!(la.publish(None, Some(Some(50.0))).unwrap(), 2);
+    let seen = lb.renew(&figures, policy).unwrap().controls.unwrap();
+    assert_eq!(
+        (seen.version, seen.paused, seen.rate),
+        (2, true, Some(Some(50.0)))
+    );
+    // Resumed and unlimited, from b this time.
+    lb.publish(Some(false), Some(None)).unwrap();
+    let seen = la.renew(&figures, policy).unwrap().controls.unwrap();
+    assert_eq!(
+        (seen.version, seen.paused, seen.rate),
+        (3, false, Some(None))
+    );
+}

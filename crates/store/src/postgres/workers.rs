@@ -27,7 +27,9 @@ use super::ops::{UNCLAIM, get_meta, put_meta};
 use super::schema::INGEST_LOCK_CLASS;
 use super::{PgOptions, PgStore};
 use crate::error::{Error, Result};
-use crate::lease::{LeaseSettings, Recovered, Renewal, WorkerFigures, WorkerLease, WorkerRow};
+use crate::lease::{
+    LeaseSettings, Recovered, Renewal, SharedControls, WorkerFigures, WorkerLease, WorkerRow,
+};
 use crate::types::{InDoubtPolicy, Outcome};
 use crate::write::from_i64;
 
@@ -518,13 +520,50 @@ impl WorkerLease for PgLease {
                     &[&id, &me],
                 )
                 .at(path)?;
+            let controls = tx
+                .query_opt(
+                    "SELECT version, paused, rate_set, rate FROM edm.controls
+                     WHERE campaign_id = $1",
+                    &[&id],
+                )
+                .at(path)?
+                .map(|r| SharedControls {
+                    version: r.get(0),
+                    paused: r.get(1),
+                    rate: r.get::<_, bool>(2).then(|| r.get(3)),
+                });
             tx.commit().at(path)?;
             Ok(Renewal {
                 lost: false,
                 live: u32::try_from(live.get::<_, i64>(0)).unwrap_or(1).max(1),
                 min_throttle: live.get::<_, Option<f64>>(1).unwrap_or(1.0),
                 recovered,
+                controls,
             })
+        })
+    }
+
+    fn publish(&mut self, paused: Option<bool>, rate: Option<Option<f64>>) -> Result<i64> {
+        let (id, me) = (self.campaign_id, self.worker.clone());
+        let rate_set = rate.is_some();
+        let rate = rate.flatten();
+        self.conn.call(move |c, path| {
+            Ok(c.query_one(
+                &now_sql(
+                    "INSERT INTO edm.controls AS k
+                         (campaign_id, version, paused, rate_set, rate, updated_at, by_worker)
+                     VALUES ($1, 1, coalesce($2, false), $3, $4, {now}, $5)
+                     ON CONFLICT (campaign_id) DO UPDATE
+                     SET version = k.version + 1, paused = coalesce($2, k.paused),
+                         rate_set = k.rate_set OR $3,
+                         rate = CASE WHEN $3 THEN $4 ELSE k.rate END,
+                         updated_at = {now}, by_worker = $5
+                     RETURNING version",
+                ),
+                &[&id, &paused, &rate_set, &rate, &me],
+            )
+            .at(path)?
+            .get(0))
         })
     }
 
