@@ -141,6 +141,8 @@ fn three_workers_send_one_campaign_once_within_its_rate() {
     );
 
     let s = status(&c, &url);
+    // Ingested once: two workers started together, the second waited.
+    assert_eq!(s["total"].as_u64(), Some(n as u64), "{s}");
     assert_eq!(s["sent"].as_u64(), Some(n as u64), "{s}");
     assert_eq!(s["in_doubt"].as_u64(), Some(0), "{s}");
     let workers = s["workers"].as_array().unwrap();
@@ -327,4 +329,53 @@ fn a_frozen_worker_is_fenced_when_it_wakes_up() {
     nobody_lost_and_duplicates_in_doubt(&c, &url, &sink, n);
     let s = status(&c, &url);
     assert_eq!(worker_row(&s, "zombie")["state"], "dead", "{s}");
+}
+
+/// The daily quota counts every worker: two workers on a campaign with
+/// `daily_quota = 60` send 60 between them, not 60 each.
+#[test]
+fn the_daily_quota_holds_for_the_sum_of_the_workers() {
+    let Some(pg) = fixture::start_or_skip() else {
+        return;
+    };
+    let url = pg.url();
+    let sink = Sink::start(&[], None);
+    let c = TestCampaign::new(Spec {
+        delivery: "rate = 100\ndaily_quota = 60",
+        ..Spec::new(addresses("qw", 200), sink.port())
+    });
+    let (a, b) = (spawn_worker(&c, &url, "qa"), spawn_worker(&c, &url, "qb"));
+    for (name, child) in [("qa", a), ("qb", b)] {
+        let (code, err) = stderr_of(child);
+        eprintln!("{name} -> {code:?}\n{err}");
+        // Exit 3: not finished, the quota is used up.
+        assert_eq!(code, Some(3), "{name}");
+    }
+    assert_eq!(sink.deliveries().len(), 60, "the quota is the sum's");
+    let s = status(&c, &url);
+    assert_eq!(s["sent"].as_u64(), Some(60), "{s}");
+    let by: u64 = s["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["sent"].as_u64().unwrap())
+        .sum();
+    assert_eq!(by, 60, "{s}");
+}
+
+/// `--worker` names one of several workers of a campaign in PostgreSQL: with
+/// a SQLite state it is refused, saying why, and nothing is sent.
+#[test]
+fn worker_with_a_sqlite_state_is_refused() {
+    let sink = Sink::start(&[], None);
+    let c = TestCampaign::new(Spec::new(addresses("sq", 3), sink.port()));
+    let out = c.send(&["--worker", "w1"]);
+    assert_eq!(code(&out), 2);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--worker names one of several workers"),
+        "{err}"
+    );
+    assert!(err.contains("PostgreSQL"), "{err}");
+    assert!(sink.deliveries().is_empty());
 }

@@ -1321,7 +1321,14 @@ impl Feeder {
             let retries_in_flight = handed_retries.saturating_sub(settled.retries) as usize;
             let max_due = retry_budget.saturating_sub(retries_in_flight);
             let claim_at = now_ms();
-            let claimed = match self.writer.claim(want, max_due, claim_at).await {
+            // Several workers: the store caps the claim with the quota under
+            // a lock, so that their sum keeps it exactly (the counts above
+            // may be a moment old when two claim at once).
+            let cap = match (&self.member, self.daily_quota) {
+                (Some(_), Some(q)) => Some((q, claim_at - 24 * 3600 * 1000)),
+                _ => None,
+            };
+            let claimed = match self.writer.claim_capped(want, max_due, claim_at, cap).await {
                 Ok(c) => c,
                 Err(e) => {
                     self.writer.fail(e.to_string());

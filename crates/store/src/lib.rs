@@ -282,6 +282,22 @@ pub trait CampaignStore: Send {
     fn workers(&self) -> Result<Vec<WorkerRow>> {
         Ok(Vec::new())
     }
+    /// [`claim_with_budget`](CampaignStore::claim_with_budget) within a
+    /// daily quota: with `cap = Some((quota, since))`, at most what leaves
+    /// the recipients sent since `since` plus those being sent (by any
+    /// worker) within `quota`. Several workers claim under one lock, so
+    /// their sum keeps the quota exactly; one run at a time needs no more
+    /// than its own count (the default).
+    fn claim_capped(
+        &mut self,
+        limit: usize,
+        max_due: usize,
+        now: UnixMillis,
+        cap: Option<(u64, UnixMillis)>,
+    ) -> Result<Vec<Recipient>> {
+        let _ = cap;
+        self.claim_with_budget(limit, max_due, now)
+    }
 }
 
 /// The schema version this build writes (`PRAGMA user_version`).

@@ -183,6 +183,8 @@ pub struct PgStore {
     joined: Option<i64>,
     /// The lease's timings ([`crate::LeaseSettings::from_env`]).
     lease: crate::LeaseSettings,
+    /// The daily quota of the next claim (`claim_capped`), taken by it.
+    claim_cap: Option<(u64, i64)>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -282,6 +284,7 @@ impl PgStore {
             options: options.clone(),
             joined: None,
             lease: crate::LeaseSettings::from_env(),
+            claim_cap: None,
         })
     }
 

@@ -511,12 +511,19 @@ impl CampaignStore for PgStore {
     ) -> Result<Vec<Recipient>> {
         let worker = self.worker.clone();
         let joined = self.joined;
+        let cap = self.claim_cap.take();
         self.call(move |c, path, id| {
             let mut tx = c.transaction().at(path)?;
             if let Some(inc) = joined {
                 // A worker whose rows were taken over claims nothing more.
                 super::workers::hold_own_row(&mut tx, path, (id, &worker, inc), "its claims")?;
             }
+            let limit_n = match cap {
+                Some((quota, since)) => {
+                    super::workers::quota_left(&mut tx, path, id, (quota, since))?.min(limit_n)
+                }
+                None => limit_n,
+            };
             let claim = |picked: &str| {
                 format!(
                     "WITH picked AS ({picked})
@@ -1104,6 +1111,20 @@ impl CampaignStore for PgStore {
 
     fn workers(&self) -> Result<Vec<crate::WorkerRow>> {
         self.list_workers()
+    }
+
+    fn claim_capped(
+        &mut self,
+        limit_n: usize,
+        max_due: usize,
+        now: UnixMillis,
+        cap: Option<(u64, UnixMillis)>,
+    ) -> Result<Vec<Recipient>> {
+        // Only a worker among several needs the lock (see `workers.rs`).
+        self.claim_cap = cap.filter(|_| self.joined.is_some());
+        let claimed = self.claim_with_budget(limit_n, max_due, now);
+        self.claim_cap = None;
+        claimed
     }
 }
 

@@ -36,6 +36,10 @@ pub(crate) const RUN_LOCK_CLASS: i32 = 0x0065_646d;
 /// together ingest once: the others wait on it, then find the rows.
 pub(crate) const INGEST_LOCK_CLASS: i32 = 0x0065_6469;
 
+/// The first key of a campaign's quota lock (the second is its id): "edq".
+/// Workers of a campaign with a daily quota claim one after the other.
+pub(crate) const QUOTA_LOCK_CLASS: i32 = 0x0065_6471;
+
 pub(super) const V1: &str = r#"
 CREATE TABLE edm.campaigns (
     id          bigserial PRIMARY KEY,

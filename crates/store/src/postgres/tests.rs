@@ -623,3 +623,37 @@ fn the_operators_pause_and_rate_reach_every_worker() {
         (3, false, Some(None))
     );
 }
+
+#[test]
+fn workers_claiming_at_once_keep_a_daily_quota_for_their_sum() {
+    let Some(server) = fixture::shared() else {
+        return;
+    };
+    let name = unique("quota");
+    let url = server.url();
+    let mut first = worker(&url, &name, "q0", 30_000);
+    first.begin_ingest("csv").unwrap();
+    first
+        .insert_rows(&(2..302).map(row).collect::<Vec<_>>())
+        .unwrap();
+    drop(first);
+    let handles: Vec<_> = (1..4)
+        .map(|i| {
+            let url = url.clone();
+            let name = name.clone();
+            std::thread::spawn(move || {
+                let mut s = worker(&url, &name, &format!("q{i}"), 30_000);
+                let mut n = 0;
+                loop {
+                    let got = s.claim_capped(7, 0, 1, Some((50, 0))).unwrap();
+                    if got.is_empty() {
+                        break n;
+                    }
+                    n += got.len();
+                }
+            })
+        })
+        .collect();
+    let total: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    assert_eq!(total, 50, "three workers claimed past the quota of 50");
+}

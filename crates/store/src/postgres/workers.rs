@@ -24,7 +24,7 @@ use postgres::Transaction;
 
 use super::conn::{AtPg, Conn};
 use super::ops::{UNCLAIM, get_meta, put_meta};
-use super::schema::INGEST_LOCK_CLASS;
+use super::schema::{INGEST_LOCK_CLASS, QUOTA_LOCK_CLASS};
 use super::{PgOptions, PgStore};
 use crate::error::{Error, Result};
 use crate::lease::{
@@ -300,6 +300,38 @@ fn fence_idle_transactions(c: &mut postgres::Client, path: &Path, lease_ms: i64)
     let ms = (lease_ms / 2).max(100);
     c.batch_execute(&format!("SET idle_in_transaction_session_timeout = {ms}"))
         .at(path)
+}
+
+/// What is left of a daily quota for the sum of the workers: `quota` minus
+/// the recipients sent since `since` and those any worker is sending, under
+/// the campaign's quota lock (`pg_advisory_xact_lock`, held until the claim
+/// commits its rows `sending`): workers claim one after the other, so their
+/// sum never passes the quota, and a worker frozen in the middle loses the
+/// lock with its transaction (`fence_idle_transactions`).
+pub(super) fn quota_left(
+    tx: &mut Transaction<'_>,
+    path: &Path,
+    id: i64,
+    (quota, since): (u64, i64),
+) -> Result<usize> {
+    let key = i32::try_from(id).unwrap_or(i32::MAX);
+    tx.query_one(
+        "SELECT pg_advisory_xact_lock($1, $2)::text",
+        &[&QUOTA_LOCK_CLASS, &key],
+    )
+    .at(path)?;
+    let used: i64 = tx
+        .query_one(
+            "SELECT (SELECT count(*) FROM edm.recipients
+                     WHERE campaign_id = $1 AND status = 'sent' AND last_attempt_at >= $2)
+                  + (SELECT count(*) FROM edm.recipients
+                     WHERE campaign_id = $1 AND status = 'sending')",
+            &[&id, &since],
+        )
+        .at(path)?
+        .get(0);
+    let left = quota.saturating_sub(u64::try_from(used).unwrap_or(0));
+    Ok(usize::try_from(left).unwrap_or(usize::MAX))
 }
 
 /// Locks this worker's own row (`FOR KEY SHARE`: a recovery's `FOR UPDATE`
