@@ -141,10 +141,33 @@ impl PgServer {
         self.port
     }
 
-    /// Stops the server at once (`-m immediate`: like a crash, no
-    /// checkpoint) and starts it again on the same port.
+    /// Restarts the server as an operator does (`pg_ctl stop -m fast`:
+    /// sessions are ended with `57P01 admin_shutdown`, a checkpoint is
+    /// written) and starts it again on the same port and data directory.
+    /// Not `-m immediate`: with this fixture's `synchronous_commit=off` a
+    /// crash loses the last commits, which a real server (synchronous
+    /// commit on) never does.
     pub fn restart(&self) -> Result<(), String> {
-        self.stop_now();
+        self.stop();
+        self.start_again()
+    }
+
+    /// Stops the server (`-m fast`, see [`PgServer::restart`]) until
+    /// [`PgServer::start_again`].
+    pub fn stop(&self) {
+        let data = self.dir.join("data");
+        let _ = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(&data)
+            .args(["-m", "fast", "-w", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+
+    /// Starts a stopped server again on the same port and data directory.
+    pub fn start_again(&self) -> Result<(), String> {
         let data = self.dir.join("data");
         let log = self.dir.join("log");
         let opts = format!(
