@@ -384,8 +384,18 @@ fn a_version_1_schema_migrates_to_late_outcomes() {
 
 /// A store on a server of its own (restarted by the test) with `n` rows.
 fn restartable(n: u64) -> Option<(fixture::PgServer, PgStore)> {
+    restartable_for(n, super::DEFAULT_RECONNECT_FOR)
+}
+
+/// [`restartable`] with a bound on reconnecting.
+fn restartable_for(
+    n: u64,
+    reconnect_for: std::time::Duration,
+) -> Option<(fixture::PgServer, PgStore)> {
     let server = fixture::start_or_skip()?;
-    let mut s = PgStore::open(&options(&server.url(), "restart", "f")).unwrap();
+    let mut o = options(&server.url(), "restart", "f");
+    o.reconnect_for = reconnect_for;
+    let mut s = PgStore::open(&o).unwrap();
     s.begin_ingest("csv").unwrap();
     let rows: Vec<NewRow> = (2..n + 2).map(row).collect();
     for chunk in rows.chunks(500) {
@@ -828,4 +838,81 @@ fn sslmode_prefer_falls_back_to_plain() {
     ))
     .unwrap_err();
     assert!(chain(&err).contains("TLS"), "{}", chain(&err));
+}
+
+/// The run lock taken by another process while this store's session was
+/// gone: the reconnection is refused for good (`SessionLost`, naming the
+/// holder), not carried on beside the other run.
+#[test]
+fn a_run_lock_taken_meanwhile_by_another_process_is_fatal() {
+    let Some(server) = fixture::shared() else {
+        return;
+    };
+    let name = unique("stolen");
+    let mut a = PgStore::open(&options(&server.url(), &name, "f")).unwrap();
+    a.lock_for_run(11).unwrap();
+    let pid: i32 = a
+        .conn
+        .call(|c, path, _| {
+            use super::conn::AtPg;
+            Ok(c.query_one("SELECT pg_backend_pid()", &[]).at(path)?.get(0))
+        })
+        .unwrap();
+    let mut admin = postgres::Client::connect(&server.url(), postgres::NoTls).unwrap();
+    admin
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .unwrap();
+    let mut o = options(&server.url(), &name, "f");
+    o.worker = "other-host:22".into();
+    let mut b = PgStore::open(&o).unwrap();
+    b.lock_for_run(22).unwrap();
+    let err = a.meta("anything").unwrap_err();
+    assert!(matches!(err, Error::SessionLost { .. }), "{err}");
+    assert!(
+        err.to_string().contains("another edm (other-host:22)"),
+        "{err}"
+    );
+    let again = a.summary().unwrap_err();
+    assert!(matches!(again, Error::SessionLost { .. }), "{again}");
+}
+
+/// The writer's mark path over PostgreSQL: while the server restarts, a
+/// mark waits and is then committed; with the server gone past the bound,
+/// the mark fails (so the final dot is never written) and the run's failure
+/// names the store.
+#[test]
+fn a_mark_waits_for_a_restart_and_fails_before_the_dot_past_the_bound() {
+    let Some((server, mut s)) = restartable_for(4, std::time::Duration::from_secs(1)) else {
+        return;
+    };
+    s.lock_for_run(33).unwrap();
+    let claimed = s.claim_with_budget(4, 4, 5).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let writer = crate::Writer::spawn(Box::new(s)).unwrap();
+    let marks = writer.marks();
+    server.restart().unwrap();
+    rt.block_on(marks.mark(claimed[0].id)).unwrap();
+    server.stop();
+    let err = rt.block_on(marks.mark(claimed[1].id)).unwrap_err();
+    assert!(err.contains("unreachable"), "{err}");
+    let failure = writer.failure().expect("the run is told");
+    assert!(
+        failure.contains("postgres://postgres@127.0.0.1:"),
+        "{failure}"
+    );
+    drop(marks);
+    let _ = writer.finish();
+    server.start_again().unwrap();
+    // What was committed: the first mark, not the second.
+    let mut client = postgres::Client::connect(&server.url(), postgres::NoTls).unwrap();
+    let marked: Vec<i64> = client
+        .query("SELECT id FROM edm.dot_marks ORDER BY id", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(marked, vec![claimed[0].id.0]);
 }
