@@ -153,10 +153,16 @@ impl PgOptions {
         if config.get_tcp_user_timeout().is_none() {
             config.tcp_user_timeout(Duration::from_secs(30));
         }
-        if config.get_keepalives_interval().is_none() {
-            config.keepalives(true);
+        // Keepalives are on unless the URL says `keepalives=0`; the idle
+        // time left at tokio-postgres's default (libpq's: 2 hours) is
+        // shortened, the URL's own is kept.
+        if config.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
             config.keepalives_idle(Duration::from_secs(15));
+        }
+        if config.get_keepalives_interval().is_none() {
             config.keepalives_interval(Duration::from_secs(5));
+        }
+        if config.get_keepalives_retries().is_none() {
             config.keepalives_retries(3);
         }
         let tls = tls::Tls::new(&tls_settings, &mut config)?;

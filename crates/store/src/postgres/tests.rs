@@ -916,3 +916,36 @@ fn a_mark_waits_for_a_restart_and_fails_before_the_dot_past_the_bound() {
         .collect();
     assert_eq!(marked, vec![claimed[0].id.0]);
 }
+
+/// Every network step has a limit by default (a dead server is noticed),
+/// and the URL's own values win.
+#[test]
+fn connections_have_timeouts_and_the_urls_values_win() {
+    let (c, _) = options("postgres://edm@db/edm", "c", "f").config().unwrap();
+    assert_eq!(
+        c.get_connect_timeout(),
+        Some(&std::time::Duration::from_secs(10))
+    );
+    assert_eq!(
+        c.get_tcp_user_timeout(),
+        Some(&std::time::Duration::from_secs(30))
+    );
+    assert!(c.get_keepalives());
+    assert_eq!(c.get_keepalives_idle(), std::time::Duration::from_secs(15));
+    let (c, _) = options(
+        "postgres://edm@db/edm?keepalives_idle=60&tcp_user_timeout=5&connect_timeout=3",
+        "c",
+        "f",
+    )
+    .config()
+    .unwrap();
+    assert_eq!(c.get_keepalives_idle(), std::time::Duration::from_secs(60));
+    assert_eq!(
+        c.get_tcp_user_timeout(),
+        Some(&std::time::Duration::from_secs(5))
+    );
+    assert_eq!(
+        c.get_connect_timeout(),
+        Some(&std::time::Duration::from_secs(3))
+    );
+}
