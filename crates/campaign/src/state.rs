@@ -293,6 +293,33 @@ mod tests {
     }
 
     #[test]
+    fn reconnect_for_is_the_runs_bound_and_commands_wait_less() {
+        let (_d, mut c) = campaign("[store]\nurl = \"postgres://edm@db/edm\"\n");
+        c.choose_store_from(None, None, None).unwrap();
+        let o = pg_options(&c).unwrap().unwrap();
+        assert_eq!(o.reconnect_for, edm_store::postgres::DEFAULT_RECONNECT_FOR);
+        let (_d, mut c) =
+            campaign("[store]\nurl = \"postgres://edm@db/edm\"\nreconnect_for = \"90s\"\n");
+        c.choose_store_from(None, None, None).unwrap();
+        let o = pg_options(&c).unwrap().unwrap();
+        assert_eq!(o.reconnect_for, Duration::from_secs(90));
+        assert!(COMMAND_RECONNECT_FOR < o.reconnect_for);
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(
+            d.path().join("campaign.toml"),
+            "[campaign]\nname = \"c\"\nfrom = \"a@example.com\"\nsubject = \"s\"\n\
+             text = \"t.txt\"\nrecipients = \"r.csv\"\n[smtp]\nhost = \"h\"\n\
+             [store]\nurl = \"postgres://u@db/edm\"\nreconnect_for = \"soon\"\n",
+        )
+        .unwrap();
+        let err = Campaign::load(d.path())
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bad duration \"soon\""), "{err}");
+    }
+
+    #[test]
     fn a_named_password_variable_must_be_set() {
         let (_d, mut c) = campaign(
             "[store]\nurl = \"postgres://edm@db/edm\"\npassword_env = \"EDM_TEST_PG_PW_SURELY_UNSET\"\n",

@@ -123,6 +123,9 @@ pub(crate) struct Link {
     /// Set when the session could not be re-established (the run lock taken
     /// by another process meanwhile): every later call fails with it.
     fatal: Option<String>,
+    /// When the connection was found lost (monotonic, and as a timestamp
+    /// for the event log), until a new session is up.
+    down_since: Option<(Instant, edm_model::UnixMillis)>,
     /// Tests: the next call that succeeds loses its reply, as if the
     /// connection broke while COMMIT's answer was on its way.
     #[cfg(test)]
@@ -138,7 +141,6 @@ impl Link {
         repeat: Repeat,
     ) -> Result<R> {
         let mut again = false;
-        let mut lost: Option<(Instant, edm_model::UnixMillis)> = None;
         loop {
             if let Some(what) = &self.fatal {
                 return Err(Error::SessionLost {
@@ -153,9 +155,7 @@ impl Link {
                 self.warn_lost("the server closed the connection");
             }
             if self.client.is_none() {
-                let (started, since) =
-                    *lost.get_or_insert_with(|| (Instant::now(), edm_model::now_ms()));
-                self.reconnect(started, since)?;
+                self.reconnect()?;
             }
             let Some(client) = self.client.as_mut() else {
                 continue;
@@ -180,8 +180,12 @@ impl Link {
         }
     }
 
-    /// Logs the loss once per outage (the first call that meets it).
-    fn warn_lost(&self, why: &str) {
+    /// Notes the loss, logging it once per outage.
+    fn warn_lost(&mut self, why: &str) {
+        if self.down_since.is_some() {
+            return;
+        }
+        self.down_since = Some((Instant::now(), edm_model::now_ms()));
         if !self.gave_up {
             tracing::warn!(
                 store = %self.location.display(),
@@ -192,9 +196,12 @@ impl Link {
         }
     }
 
-    /// Connects again with backoff until the bound (from `started`), then
-    /// runs the session hook.
-    fn reconnect(&mut self, started: Instant, since: edm_model::UnixMillis) -> Result<()> {
+    /// Connects again with backoff until the bound (counted from the loss),
+    /// then runs the session hook.
+    fn reconnect(&mut self) -> Result<()> {
+        let (started, since) = *self
+            .down_since
+            .get_or_insert_with(|| (Instant::now(), edm_model::now_ms()));
         let mut wait = BACKOFF_FIRST;
         loop {
             let error = match self.tls.connect(&self.config) {
@@ -216,6 +223,7 @@ impl Link {
                             );
                             self.client = Some(client);
                             self.gave_up = false;
+                            self.down_since = None;
                             return Ok(());
                         }
                         Err(e) if e.is_lost_connection() => e,
@@ -304,6 +312,7 @@ impl Conn {
                     hook: None,
                     gave_up: false,
                     fatal: None,
+                    down_since: None,
                     #[cfg(test)]
                     lose_next_reply: false,
                 };
