@@ -16,9 +16,9 @@
 //! cannot be called from inside a tokio runtime, and this store is. That
 //! thread also reconnects when the server goes away (a restart, a network
 //! cut) and runs the interrupted operation again, up to
-//! [`PgOptions::reconnect_for`]; [`PgStore::session_hook`] then takes again
+//! [`PgOptions::reconnect_for`]; `PgStore::session_hook` then takes again
 //! what lived in the lost session (the run lock). TLS to the server is
-//! libpq's `sslmode` and `sslrootcert` on rustls ([`tls`]).
+//! libpq's `sslmode` and `sslrootcert` on rustls (`tls.rs`).
 //!
 //! Passwords: never in the URL (refused, see [`PgOptions::parse`]); from
 //! `PGPASSWORD` or the variable `[store] password_env` names, handed in as
