@@ -251,14 +251,15 @@ fn bounces_apply_to_a_campaign_in_postgres_once() {
 }
 
 /// `edm send` in the background with the state in PostgreSQL, its stderr
-/// kept in `log` (a password in the environment, to show it never leaks).
+/// kept in `log` at the default level (warn), with a password in the
+/// environment, to show it never leaks.
 fn spawn_send_logged(c: &TestCampaign, url: &str, log: &std::path::Path) -> Child {
     Command::new(EDM)
         .arg("send")
         .arg(&c.dir)
         .arg("--no-tui")
         .env("EDM_HOME", &c.home)
-        .env("EDM_LOG", "info")
+        .env("EDM_LOG", "warn")
         .env("EDM_STORE_URL", url)
         .env("PGPASSWORD", "pg-secret-never-shown")
         .stdout(Stdio::null())
@@ -369,6 +370,7 @@ fn postgres_gone_longer_than_the_bound_stops_the_run_and_send_again_resumes() {
     pg.stop();
     let st = wait_timeout(&mut child, Duration::from_secs(60));
     let said = std::fs::read_to_string(&log).unwrap_or_default();
+    eprintln!("the stopped run said:\n{said}");
     assert_ne!(
         st.code(),
         Some(0),

@@ -88,6 +88,36 @@ pub(crate) fn lost_connection(e: &postgres::Error) -> bool {
     std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
 }
 
+/// What went wrong, for the operator: the server's SQLSTATE and message
+/// when it said something (`57P01: terminating connection due to
+/// administrator command`), else the error and its causes (`error
+/// connecting to server: Connection refused (os error 111)`); never the
+/// location (the caller's message has it) nor a password (no error of the
+/// driver holds one).
+pub(crate) fn reason(e: &postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{}: {}", db.code().code(), db.message());
+    }
+    let mut text = e.to_string();
+    let mut next = std::error::Error::source(e);
+    while let Some(s) = next {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        next = s.source();
+    }
+    text
+}
+
+impl Error {
+    /// [`reason`] for a PostgreSQL error, else the error's text.
+    fn reason(&self) -> String {
+        match self {
+            Error::Postgres { source, .. } => reason(source),
+            other => other.to_string(),
+        }
+    }
+}
+
 /// While reconnecting, which refusals are worth waiting out: everything
 /// but a server that answers and refuses us (a wrong password, a database
 /// that does not exist), where waiting changes nothing. `53300
@@ -163,7 +193,7 @@ impl Link {
             match f(client, &self.location, again) {
                 Err(e) if e.is_lost_connection() => {
                     self.client = None;
-                    self.warn_lost(&e.to_string());
+                    self.warn_lost(&e.reason());
                     if repeat == Repeat::No {
                         return Err(e);
                     }
@@ -216,7 +246,10 @@ impl Link {
                     };
                     match hooked {
                         Ok(()) => {
-                            tracing::info!(
+                            // A warning too, not info: the operator saw the
+                            // loss at the default level (warn) and must see
+                            // its end there as well.
+                            tracing::warn!(
                                 store = %self.location.display(),
                                 "PostgreSQL is back after {:.1} s; the run goes on",
                                 outage.lasted.as_secs_f64()
@@ -259,7 +292,7 @@ impl Link {
                 return Err(Error::Unreachable {
                     path: self.location.clone(),
                     waited,
-                    reason: error.to_string(),
+                    reason: error.reason(),
                 });
             }
             std::thread::sleep(wait);
