@@ -605,6 +605,9 @@ fn lost_connections_are_told_from_refused_statements() {
     let mut client = postgres::Client::connect(&server.url(), postgres::NoTls).unwrap();
     let refused = client.execute("SELECT no_such_column", &[]).unwrap_err();
     assert!(!super::conn::lost_connection(&refused), "{refused}");
+    // The operator is told what the server said, not "db error".
+    let said = super::conn::reason(&refused);
+    assert!(said.starts_with("42703: column"), "{said}");
     let mut victim = postgres::Client::connect(&server.url(), postgres::NoTls).unwrap();
     let pid: i32 = victim
         .query_one("SELECT pg_backend_pid()", &[])
@@ -620,6 +623,30 @@ fn lost_connections_are_told_from_refused_statements() {
         }
     };
     assert!(super::conn::lost_connection(&lost), "{lost:?}");
+    // Refused connections name their cause.
+    let port = server.port();
+    let mut closed = postgres::Config::new();
+    closed
+        .host("127.0.0.1")
+        .port(dead_port(port))
+        .user("postgres");
+    let Err(refused) = closed.connect(postgres::NoTls) else {
+        panic!("connected to a port nobody listens on");
+    };
+    let said = super::conn::reason(&refused);
+    assert!(said.contains("Connection refused"), "{said}");
+}
+
+/// A loopback port nobody listens on (not `taken`).
+fn dead_port(taken: u16) -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    drop(l);
+    if port == taken {
+        port.wrapping_add(1)
+    } else {
+        port
+    }
 }
 
 /// Runs `openssl` with `args` in `dir`.
