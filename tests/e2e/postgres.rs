@@ -393,3 +393,37 @@ fn postgres_gone_longer_than_the_bound_stops_the_run_and_send_again_resumes() {
     eprintln!("after the stop: {dups} duplicates, {in_doubt} in doubt");
     assert!(dups <= in_doubt, "{dups} duplicates, {in_doubt} in doubt");
 }
+
+/// TLS to PostgreSQL through `edm` (docs/scaling.md, "TLS to the
+/// server"): a campaign sent with `sslmode=verify-full` and the CA in
+/// `sslrootcert` reads back with `edm status`; the same URL with a CA that
+/// did not sign the server's certificate is refused, saying why.
+#[test]
+fn a_campaign_in_postgres_over_verified_tls() {
+    let Some(pg) = fixture::start_or_skip() else {
+        return;
+    };
+    let files = pg.enable_tls().expect("TLS on the test server");
+    let url = |ca: &std::path::Path| {
+        format!(
+            "{}?sslmode=verify-full&sslrootcert={}",
+            pg.url(),
+            ca.display()
+        )
+    };
+    let sink = Sink::start(&[], None);
+    let c = TestCampaign::new(Spec::new(addresses("tls", 5), sink.port()));
+    let good = url(&files.ca);
+    let out = c.edm_env("send", &["--no-tui"], &[("EDM_STORE_URL", &good)]);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(sink.deliveries().len(), 5);
+    let out = c.edm("status", &["--json", "--store", &good]);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["sent"].as_u64(), Some(5), "{s}");
+    let out = c.edm("status", &["--json", "--store", &url(&files.other_ca)]);
+    assert_ne!(code(&out), 0);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("invalid peer certificate"), "{err}");
+    assert!(err.contains("UnknownIssuer"), "{err}");
+}

@@ -649,44 +649,6 @@ fn dead_port(taken: u16) -> u16 {
     }
 }
 
-/// Runs `openssl` with `args` in `dir`.
-fn openssl(dir: &std::path::Path, args: &[&str]) {
-    let out = std::process::Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A throwaway CA (`name.crt`, `name.key`) in `dir`.
-fn make_ca(dir: &std::path::Path, name: &str) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN={name}"),
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.crt"),
-        ],
-    );
-}
-
 /// The error and its sources, as `edm` prints them.
 fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
@@ -715,7 +677,7 @@ fn on_tls(s: &PgStore) -> bool {
 }
 
 /// TLS to the server (`ssl=on` with a certificate for 127.0.0.1 signed by a
-/// throwaway CA): `verify-full` with the CA file connects encrypted; with
+/// throwaway CA, [`fixture::PgServer::enable_tls`]): `verify-full` with the CA file connects encrypted; with
 /// another CA it is refused, saying why; `verify-full` to a name the
 /// certificate does not hold is refused while `verify-ca` (chain only)
 /// connects; `require` without a CA connects encrypted, unchecked; absent
@@ -725,94 +687,15 @@ fn tls_to_postgres_follows_sslmode_and_sslrootcert() {
     let Some(server) = fixture::start_or_skip() else {
         return;
     };
-    let certs = tempfile::tempdir().unwrap();
-    let d = certs.path();
-    make_ca(d, "ca");
-    make_ca(d, "other-ca");
-    std::fs::write(
-        d.join("san.cnf"),
-        "subjectAltName = IP:127.0.0.1\nextendedKeyUsage = serverAuth\n",
-    )
-    .unwrap();
-    openssl(
-        d,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-        ],
-    );
-    openssl(
-        d,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "san.cnf",
-            "-out",
-            "server.crt",
-        ],
-    );
-    // The server's key must be its own and private (PostgreSQL refuses it
-    // otherwise): in its directory, owned like it.
-    let key = server.dir().join("server.key");
-    let crt = server.dir().join("server.crt");
-    std::fs::copy(d.join("server.key"), &key).unwrap();
-    std::fs::copy(d.join("server.crt"), &crt).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let owner = std::fs::metadata(server.dir().join("data")).unwrap();
-    {
-        use std::os::unix::fs::MetadataExt;
-        std::os::unix::fs::chown(&key, Some(owner.uid()), Some(owner.gid())).unwrap();
-        std::os::unix::fs::chown(&crt, Some(owner.uid()), Some(owner.gid())).unwrap();
-    }
-    let mut admin = postgres::Client::connect(&server.url(), postgres::NoTls).unwrap();
-    // One statement each: ALTER SYSTEM refuses a transaction block.
-    for sql in [
-        format!("ALTER SYSTEM SET ssl_cert_file = '{}'", crt.display()),
-        format!("ALTER SYSTEM SET ssl_key_file = '{}'", key.display()),
-        "ALTER SYSTEM SET ssl = on".to_string(),
-        "SELECT pg_reload_conf()".to_string(),
-    ] {
-        admin.batch_execute(&sql).unwrap();
-    }
+    let files = server.enable_tls().unwrap();
     let base = server.url();
-    let ca = d.join("ca.crt");
+    let ca = files.ca.clone();
     let open = |query: &str| PgStore::open(&options(&format!("{base}?{query}"), "tls", "f"));
-    // The reload is asynchronous: wait until TLS is offered.
-    let started = std::time::Instant::now();
-    let full = loop {
-        match open(&format!("sslmode=verify-full&sslrootcert={}", ca.display())) {
-            Ok(s) => break s,
-            Err(e) if started.elapsed() < std::time::Duration::from_secs(10) => {
-                let _ = e;
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
-            Err(e) => panic!("verify-full with the CA: {}", chain(&e)),
-        }
-    };
+    let full = open(&format!("sslmode=verify-full&sslrootcert={}", ca.display()))
+        .unwrap_or_else(|e| panic!("verify-full with the CA: {}", chain(&e)));
     assert!(on_tls(&full), "verify-full connected in the clear");
 
-    let other = d.join("other-ca.crt");
+    let other = files.other_ca.clone();
     let err = open(&format!(
         "sslmode=verify-full&sslrootcert={}",
         other.display()
