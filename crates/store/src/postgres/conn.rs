@@ -171,6 +171,11 @@ impl Link {
         repeat: Repeat,
     ) -> Result<R> {
         let mut again = false;
+        // When this call first lost its connection: a server that takes new
+        // sessions but loses each one under this operation (a backend that
+        // crashes on it, a proxy that cuts it) would otherwise be retried
+        // forever, each reconnection restarting the outage's clock.
+        let mut first_loss: Option<Instant> = None;
         loop {
             if let Some(what) = &self.fatal {
                 return Err(Error::SessionLost {
@@ -194,7 +199,8 @@ impl Link {
                 Err(e) if e.is_lost_connection() => {
                     self.client = None;
                     self.warn_lost(&e.reason());
-                    if repeat == Repeat::No {
+                    let first = *first_loss.get_or_insert_with(Instant::now);
+                    if repeat == Repeat::No || first.elapsed() >= self.reconnect_for {
                         return Err(e);
                     }
                     again = true;
