@@ -330,6 +330,9 @@ fn a_postgres_restart_mid_run_pauses_the_run_and_loses_nothing() {
     assert!(said.contains("lost the PostgreSQL server"), "{said}");
     assert!(said.contains("PostgreSQL is back after"), "{said}");
     assert!(!said.contains("pg-secret-never-shown"), "{said}");
+    for line in said.lines().filter(|l| l.contains("PostgreSQL")) {
+        eprintln!("{line}");
+    }
     let pause = longest_pause(&sink);
     eprintln!(
         "restart (pg_ctl stop -m fast + start) took {:.2} s; longest pause in deliveries \

@@ -226,7 +226,7 @@ impl Link {
             tracing::warn!(
                 store = %self.location.display(),
                 error = why,
-                "lost the PostgreSQL server; the run pauses and reconnects (for up to {:?})",
+                "lost the PostgreSQL server; waiting for it and reconnecting (for up to {:?})",
                 self.reconnect_for
             );
         }
@@ -257,7 +257,7 @@ impl Link {
                             // its end there as well.
                             tracing::warn!(
                                 store = %self.location.display(),
-                                "PostgreSQL is back after {:.1} s; the run goes on",
+                                "PostgreSQL is back after {:.1} s; going on",
                                 outage.lasted.as_secs_f64()
                             );
                             self.client = Some(client);
