@@ -158,6 +158,10 @@ pub struct StoreSection {
     pub url: Option<String>,
     /// The environment variable holding the password (default: `PGPASSWORD`).
     pub password_env: Option<String>,
+    /// How long `edm send` waits for a PostgreSQL server that went away
+    /// (a restart, a failover) before it stops (default 5 minutes).
+    #[serde(default, with = "opt_duration")]
+    pub reconnect_for: Option<Duration>,
 }
 
 /// `[bounces]`: how bounces and complaints come back and what they do.

@@ -9,6 +9,7 @@
 //! a name by accident are refused rather than mixed.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use edm_store::{CampaignStore, Durability, OpenMode, PgOptions, PgStore, Store};
 
@@ -21,6 +22,12 @@ pub const STORE_URL_ENV: &str = "EDM_STORE_URL";
 
 /// The password's variable when `[store] password_env` names none (libpq's).
 const DEFAULT_PASSWORD_ENV: &str = "PGPASSWORD";
+
+/// How long the operator's commands (`status`, `report`, `retry`,
+/// `bounces`, `watch`) wait for a PostgreSQL server that went away: a
+/// person is waiting at the terminal, and running the command again is
+/// cheap; a run waits `[store] reconnect_for`.
+const COMMAND_RECONNECT_FOR: Duration = Duration::from_secs(10);
 
 /// Checks a store URL without connecting: PostgreSQL only, no password.
 pub(crate) fn check_url(url: &str) -> Result<(), String> {
@@ -109,12 +116,15 @@ pub(crate) fn pg_options(c: &Campaign) -> Result<Option<PgOptions>, Error> {
         });
     }
     let cfg = &c.config.campaign;
-    let options = PgOptions::parse(
+    let mut options = PgOptions::parse(
         url,
         password,
         &cfg.name,
         &crate::fingerprint::sender_hash(cfg),
     )?;
+    if let Some(bound) = c.config.store.reconnect_for {
+        options.reconnect_for = bound;
+    }
     Ok(Some(options))
 }
 
@@ -148,9 +158,10 @@ pub(crate) fn open_for_run(
 /// commands; `None` when the state is a SQLite file. A campaign that is not
 /// in the database is [`Error::NoState`].
 pub(crate) fn open_existing_pg(c: &Campaign) -> Result<Option<Box<dyn CampaignStore>>, Error> {
-    let Some(o) = pg_options(c)? else {
+    let Some(mut o) = pg_options(c)? else {
         return Ok(None);
     };
+    o.reconnect_for = o.reconnect_for.min(COMMAND_RECONNECT_FOR);
     match PgStore::open_with(&o, OpenMode::Existing) {
         Ok(s) => Ok(Some(Box::new(s))),
         Err(edm_store::Error::NotFound { path }) => Err(Error::NoState(path)),
@@ -282,6 +293,33 @@ mod tests {
         assert!(err.contains("password_env must name"), "{err}");
         let err = write("[store]\nurl = \"postgres://u@db/edm\"\nuser = \"x\"\n");
         assert!(err.contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn reconnect_for_is_the_runs_bound_and_commands_wait_less() {
+        let (_d, mut c) = campaign("[store]\nurl = \"postgres://edm@db/edm\"\n");
+        c.choose_store_from(None, None, None).unwrap();
+        let o = pg_options(&c).unwrap().unwrap();
+        assert_eq!(o.reconnect_for, edm_store::postgres::DEFAULT_RECONNECT_FOR);
+        let (_d, mut c) =
+            campaign("[store]\nurl = \"postgres://edm@db/edm\"\nreconnect_for = \"90s\"\n");
+        c.choose_store_from(None, None, None).unwrap();
+        let o = pg_options(&c).unwrap().unwrap();
+        assert_eq!(o.reconnect_for, Duration::from_secs(90));
+        assert!(COMMAND_RECONNECT_FOR < o.reconnect_for);
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(
+            d.path().join("campaign.toml"),
+            "[campaign]\nname = \"c\"\nfrom = \"a@example.com\"\nsubject = \"s\"\n\
+             text = \"t.txt\"\nrecipients = \"r.csv\"\n[smtp]\nhost = \"h\"\n\
+             [store]\nurl = \"postgres://u@db/edm\"\nreconnect_for = \"soon\"\n",
+        )
+        .unwrap();
+        let err = Campaign::load(d.path())
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bad duration \"soon\""), "{err}");
     }
 
     #[test]

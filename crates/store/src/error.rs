@@ -165,6 +165,38 @@ pub enum Error {
         /// The store's location.
         path: PathBuf,
     },
+    /// The PostgreSQL server went away and did not come back within the
+    /// store's bound (`[store] reconnect_for`): the operation was not
+    /// carried out. What was committed before is kept.
+    #[error(
+        "{}: the PostgreSQL server has been unreachable for {:.0} s, longer than \
+         [store] reconnect_for; giving up ({reason}). Nothing committed is lost: \
+         `edm send` again resumes once the server is back",
+        path.display(),
+        waited.as_secs_f64()
+    )]
+    Unreachable {
+        /// The store's location (never holding a password).
+        path: PathBuf,
+        /// How long it was tried.
+        waited: std::time::Duration,
+        /// The last connection error.
+        reason: String,
+    },
+    /// The connection came back but what lived in the lost session could
+    /// not be taken again (the run lock, taken meanwhile by another
+    /// process): this run must stop.
+    #[error(
+        "{}: the connection to PostgreSQL was lost and {what}; this run stops \
+         (nothing committed is lost)",
+        path.display()
+    )]
+    SessionLost {
+        /// The store's location.
+        path: PathBuf,
+        /// What could not be re-established, and why.
+        what: String,
+    },
     /// Another live worker already runs this campaign under this name
     /// (`edm send --worker NAME`; PostgreSQL).
     #[error(

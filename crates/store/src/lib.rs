@@ -56,7 +56,9 @@
 //! - `lib.rs`: this manual and the [`CampaignStore`] trait.
 //! - `sqlite.rs`: the trait for [`Store`]; `memory.rs`: [`MemoryStore`];
 //!   `postgres/`: [`PgStore`], the campaign in PostgreSQL (its schema,
-//!   migrations and connection thread; `postgres/fixture.rs` is the
+//!   migrations and connection thread, which reconnects after a lost
+//!   server and repeats what was interrupted, `retry.rs` saying how each
+//!   write is safe to repeat; TLS in `tls.rs`; `postgres/fixture.rs` is the
 //!   throwaway server of the tests, feature `pg-fixture`);
 //!   `writer.rs`: [`Writer`]; `suite.rs`: the tests of the trait.
 //! - `schema.rs`: the DDL, migrations (`PRAGMA user_version`; version 3

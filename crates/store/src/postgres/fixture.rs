@@ -141,10 +141,33 @@ impl PgServer {
         self.port
     }
 
-    /// Stops the server at once (`-m immediate`: like a crash, no
-    /// checkpoint) and starts it again on the same port.
+    /// Restarts the server as an operator does (`pg_ctl stop -m fast`:
+    /// sessions are ended with `57P01 admin_shutdown`, a checkpoint is
+    /// written) and starts it again on the same port and data directory.
+    /// Not `-m immediate`: with this fixture's `synchronous_commit=off` a
+    /// crash loses the last commits, which a real server (synchronous
+    /// commit on) never does.
     pub fn restart(&self) -> Result<(), String> {
-        self.stop_now();
+        self.stop();
+        self.start_again()
+    }
+
+    /// Stops the server (`-m fast`, see [`PgServer::restart`]) until
+    /// [`PgServer::start_again`].
+    pub fn stop(&self) {
+        let data = self.dir.join("data");
+        let _ = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(&data)
+            .args(["-m", "fast", "-w", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+
+    /// Starts a stopped server again on the same port and data directory.
+    pub fn start_again(&self) -> Result<(), String> {
         let data = self.dir.join("data");
         let log = self.dir.join("log");
         let opts = format!(
@@ -240,6 +263,132 @@ impl PgServer {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+
+    /// Turns TLS on (`ssl=on`, reloaded, no restart) with a certificate
+    /// for `127.0.0.1` (its only name: an IP SAN) signed by a throwaway CA,
+    /// made with the `openssl` CLI. Returns that CA's certificate and
+    /// another CA's, which did not sign it.
+    pub fn enable_tls(&self) -> Result<TlsFiles, String> {
+        let d = self.dir.join("tls");
+        std::fs::create_dir_all(&d).map_err(|e| format!("{}: {e}", d.display()))?;
+        let openssl = |args: &[&str]| -> Result<(), String> {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(&d)
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| format!("openssl: {e}"))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "openssl {args:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ))
+            }
+        };
+        let p256 = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ];
+        for ca in ["ca", "other-ca"] {
+            let (subj, key, crt) = (
+                format!("/CN=edm test {ca}"),
+                format!("{ca}.key"),
+                format!("{ca}.crt"),
+            );
+            let mut args = vec!["req", "-x509", "-days", "2", "-subj", &subj];
+            args.extend(p256);
+            args.extend(["-keyout", &key, "-out", &crt]);
+            openssl(&args)?;
+        }
+        std::fs::write(
+            d.join("san.cnf"),
+            "subjectAltName = IP:127.0.0.1\nextendedKeyUsage = serverAuth\n",
+        )
+        .map_err(|e| format!("san.cnf: {e}"))?;
+        let mut args = vec!["req", "-subj", "/CN=127.0.0.1"];
+        args.extend(p256);
+        args.extend(["-keyout", "server.key", "-out", "server.csr"]);
+        openssl(&args)?;
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "san.cnf",
+            "-out",
+            "server.crt",
+        ])?;
+        // PostgreSQL wants its key private and its own.
+        use std::os::unix::fs::PermissionsExt;
+        let key = d.join("server.key");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| format!("chmod server.key: {e}"))?;
+        if self.as_postgres {
+            let ok = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&d)
+                .status()
+                .map_err(|e| format!("chown: {e}"))?;
+            if !ok.success() {
+                return Err(format!("chown postgres {} failed", d.display()));
+            }
+        }
+        let mut admin = postgres::Client::connect(&self.url(), postgres::NoTls)
+            .map_err(|e| format!("connect: {e}"))?;
+        // One statement each: ALTER SYSTEM refuses a transaction block.
+        for sql in [
+            format!(
+                "ALTER SYSTEM SET ssl_cert_file = '{}'",
+                d.join("server.crt").display()
+            ),
+            format!("ALTER SYSTEM SET ssl_key_file = '{}'", key.display()),
+            "ALTER SYSTEM SET ssl = on".to_string(),
+            "SELECT pg_reload_conf()".to_string(),
+        ] {
+            admin
+                .batch_execute(&sql)
+                .map_err(|e| format!("{sql}: {e}"))?;
+        }
+        // The reload is asynchronous: a new session says when it is done.
+        for _ in 0..100 {
+            let mut c = postgres::Client::connect(&self.url(), postgres::NoTls)
+                .map_err(|e| format!("connect: {e}"))?;
+            let on: String = c
+                .query_one("SHOW ssl", &[])
+                .map_err(|e| format!("SHOW ssl: {e}"))?
+                .get(0);
+            if on == "on" {
+                return Ok(TlsFiles {
+                    ca: d.join("ca.crt"),
+                    other_ca: d.join("other-ca.crt"),
+                });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Err("ssl = on did not take effect after the reload".into())
+    }
+}
+
+/// The CA files of a server with TLS on ([`PgServer::enable_tls`]).
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    /// The CA that signed the server's certificate (PEM).
+    pub ca: PathBuf,
+    /// A CA that did not.
+    pub other_ca: PathBuf,
 }
 
 impl Drop for PgServer {

@@ -13,7 +13,12 @@
 //! second worker never waits on rows another is claiming.
 //!
 //! The connection lives on its own thread ([`conn`]): the `postgres` crate
-//! cannot be called from inside a tokio runtime, and this store is.
+//! cannot be called from inside a tokio runtime, and this store is. That
+//! thread also reconnects when the server goes away (a restart, a network
+//! cut) and runs the interrupted operation again, up to
+//! [`PgOptions::reconnect_for`]; `PgStore::session_hook` then takes again
+//! what lived in the lost session (the run lock). TLS to the server is
+//! libpq's `sslmode` and `sslrootcert` on rustls (`tls.rs`).
 //!
 //! Passwords: never in the URL (refused, see [`PgOptions::parse`]); from
 //! `PGPASSWORD` or the variable `[store] password_env` names, handed in as
@@ -21,7 +26,9 @@
 
 mod conn;
 mod ops;
+mod retry;
 mod schema;
+mod tls;
 mod workers;
 
 #[cfg(any(test, feature = "pg-fixture"))]
@@ -34,12 +41,17 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use conn::{AtPg, Conn};
+use conn::{AtPg, Conn, Hook, Outage};
 
 use crate::error::{Error, Result};
 
 /// The schema version this build writes into PostgreSQL.
 pub const PG_SCHEMA_VERSION: i32 = schema::VERSION;
+
+/// How long a run waits for a PostgreSQL server that went away before it
+/// stops (`[store] reconnect_for`): a restart takes seconds, a failover to
+/// a standby a minute or two; past five minutes an operator should look.
+pub const DEFAULT_RECONNECT_FOR: Duration = Duration::from_secs(300);
 
 /// How to reach a campaign in PostgreSQL.
 #[derive(Clone)]
@@ -55,6 +67,10 @@ pub struct PgOptions {
     pub fingerprint: String,
     /// This process's name in claims (`claimed_by`): host and pid by default.
     pub worker: String,
+    /// How long a lost server is waited for (reconnecting with backoff)
+    /// before an operation fails with [`Error::Unreachable`];
+    /// [`DEFAULT_RECONNECT_FOR`] unless set.
+    pub reconnect_for: Duration,
 }
 
 impl std::fmt::Debug for PgOptions {
@@ -65,6 +81,7 @@ impl std::fmt::Debug for PgOptions {
             .field("campaign", &self.campaign)
             .field("fingerprint", &self.fingerprint)
             .field("worker", &self.worker)
+            .field("reconnect_for", &self.reconnect_for)
             .finish()
     }
 }
@@ -80,7 +97,8 @@ impl PgOptions {
         campaign: &str,
         fingerprint: &str,
     ) -> Result<PgOptions> {
-        let config = postgres::Config::from_str(url).map_err(|e| Error::StoreConfig {
+        let (rest, _) = tls::split(url)?;
+        let config = postgres::Config::from_str(&rest).map_err(|e| Error::StoreConfig {
             message: format!("the store URL does not parse as a PostgreSQL URL ({e})"),
         })?;
         if config.get_password().is_some() {
@@ -96,6 +114,7 @@ impl PgOptions {
             campaign: campaign.to_string(),
             fingerprint: fingerprint.to_string(),
             worker: default_worker(),
+            reconnect_for: DEFAULT_RECONNECT_FOR,
         })
     }
 
@@ -103,14 +122,24 @@ impl PgOptions {
     /// campaign NAME`. Built from the parsed settings, so it never shows a
     /// password.
     pub fn location(&self) -> PathBuf {
-        let shown = postgres::Config::from_str(&self.url)
+        let shown = tls::split(&self.url)
+            .ok()
+            .and_then(|(rest, _)| postgres::Config::from_str(&rest).ok())
             .map(|c| describe(&c))
-            .unwrap_or_else(|_| "postgres".to_string());
+            .unwrap_or_else(|| "postgres".to_string());
         PathBuf::from(format!("{shown} campaign {}", self.campaign))
     }
 
-    fn config(&self) -> Result<postgres::Config> {
-        let mut config = postgres::Config::from_str(&self.url).map_err(|e| Error::StoreConfig {
+    /// The connection settings and the TLS connector (see [`tls`]). Every
+    /// network step has a limit: the connect timeout, and TCP keepalives
+    /// with `tcp_user_timeout` (Linux's `TCP_USER_TIMEOUT`, RFC 5482), so a
+    /// server that vanished without closing (a cut cable, a dead host) is
+    /// noticed in about half a minute rather than after the kernel's
+    /// default of about two hours idle or fifteen minutes of retransmits.
+    /// The URL's own values win.
+    fn config(&self) -> Result<(postgres::Config, tls::Tls)> {
+        let (rest, tls_settings) = tls::split(&self.url)?;
+        let mut config = postgres::Config::from_str(&rest).map_err(|e| Error::StoreConfig {
             message: format!("the store URL does not parse as a PostgreSQL URL ({e})"),
         })?;
         if let Some(p) = &self.password {
@@ -122,7 +151,23 @@ impl PgOptions {
         if config.get_application_name().is_none() {
             config.application_name("edm");
         }
-        Ok(config)
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(Duration::from_secs(30));
+        }
+        // Keepalives are on unless the URL says `keepalives=0`; the idle
+        // time left at tokio-postgres's default (libpq's: 2 hours) is
+        // shortened, the URL's own is kept.
+        if config.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+            config.keepalives_idle(Duration::from_secs(15));
+        }
+        if config.get_keepalives_interval().is_none() {
+            config.keepalives_interval(Duration::from_secs(5));
+        }
+        if config.get_keepalives_retries().is_none() {
+            config.keepalives_retries(3);
+        }
+        let tls = tls::Tls::new(&tls_settings, &mut config)?;
+        Ok((config, tls))
     }
 }
 
@@ -174,6 +219,11 @@ pub struct PgStore {
     campaign_id: i64,
     worker: String,
     locked: bool,
+    /// The pid the run lock was taken for (kept for the session hook).
+    run_pid: u32,
+    /// The ids the last claims returned, and the time they were claimed at
+    /// (see `retry::claimed_before`).
+    claimed: (edm_model::UnixMillis, Vec<i64>),
     /// True once this store wrote the "marks used" meta key (see `ops.rs`).
     marks_meta_set: bool,
     /// How it was opened: the heartbeat opens a second connection with it.
@@ -213,10 +263,11 @@ impl PgStore {
     /// otherwise be told apart by nothing an operator sees.
     pub fn open_with(options: &PgOptions, mode: OpenMode) -> Result<PgStore> {
         let location = options.location();
-        let conn = Conn::connect(options.config()?, location)?;
+        let (config, tls) = options.config()?;
+        let conn = Conn::connect(config, tls, location, options.reconnect_for)?;
         let name = options.campaign.clone();
         let fingerprint = options.fingerprint.clone();
-        let campaign_id = conn.call(move |client, path| {
+        let campaign_id = conn.call(move |client, path, _| {
             schema::migrate(client, path)?;
             let mut tx = client.transaction().at(path)?;
             // Two `edm send` creating the same campaign at once: the second
@@ -275,16 +326,69 @@ impl PgStore {
             tx.commit().at(path)?;
             Ok(id)
         })?;
-        Ok(PgStore {
+        let store = PgStore {
             conn,
             campaign_id,
             worker: options.worker.clone(),
             locked: false,
+            run_pid: 0,
+            claimed: (0, Vec::new()),
             marks_meta_set: false,
             options: options.clone(),
             joined: None,
             lease: crate::LeaseSettings::from_env(),
             claim_cap: None,
+        };
+        store.conn.set_hook(store.session_hook())?;
+        Ok(store)
+    }
+
+    /// What to do on a new session after the connection was lost, before
+    /// the interrupted operation runs again: the session's state is gone
+    /// with it. Today that is the run lock (a session advisory lock), taken
+    /// again; the outage is then written in the campaign's event log (kind
+    /// `store`), so `edm status` shows that the run was paused. Called again
+    /// whenever that state changes ([`PgStore::lock_for_run`]). A lock taken
+    /// meanwhile by another process is fatal for this run. A worker among
+    /// several (`workers.rs`) holds no run lock: its lease lives in
+    /// `edm.workers` and outlives the session; only its session's setting
+    /// (idle transactions end after half a lease) is set again.
+    fn session_hook(&self) -> Hook {
+        let id = self.campaign_id;
+        let run_lock = self.locked.then(|| (self.run_pid, self.worker.clone()));
+        let worker_lease = self.joined.map(|_| self.lease.lease_ms());
+        Box::new(move |client, path, outage: &Outage| {
+            if let Some(ms) = worker_lease {
+                workers::fence_idle_transactions(client, path, ms)?;
+            }
+            let what = match (&run_lock, worker_lease) {
+                (Some((pid, worker)), _) => {
+                    retry::relock(client, path, id, *pid, worker)?;
+                    "the run lock taken again"
+                }
+                (None, Some(_)) => "this worker's lease kept (edm.workers)",
+                (None, None) => return Ok(()),
+            };
+            let text = format!(
+                "the PostgreSQL server was unreachable for {:.1} s (connection lost at {} ms); \
+                 reconnected, {what}, and the interrupted write repeated",
+                outage.lasted.as_secs_f64(),
+                outage.since
+            );
+            // The log, not state: a failure here must not stop the run.
+            if let Err(e) = client.execute(
+                "INSERT INTO edm.events (campaign_id, at, kind, text) VALUES ($1, $2, 'store', $3)",
+                &[&id, &edm_model::now_ms(), &text],
+            ) {
+                if conn::lost_connection(&e) {
+                    return Err(Error::Postgres {
+                        path: path.to_path_buf(),
+                        source: e,
+                    });
+                }
+                tracing::warn!(error = %e, "cannot log the store's reconnection");
+            }
+            Ok(())
         })
     }
 
@@ -307,12 +411,13 @@ impl Drop for PgStore {
     fn drop(&mut self) {
         if self.locked {
             let key = i32::try_from(self.campaign_id).unwrap_or(i32::MAX);
-            let _ = self.conn.call(move |c, _| {
+            // Only in the session that holds it: a lost session took its
+            // lock along, and a stopping run never waits for a reconnection.
+            let _ = self.conn.call_if_connected(move |c, _| {
                 let _ = c.execute(
                     "SELECT pg_advisory_unlock($1, $2)",
                     &[&schema::RUN_LOCK_CLASS, &key],
                 );
-                Ok(())
             });
         }
     }

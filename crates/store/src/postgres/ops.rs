@@ -103,12 +103,25 @@ pub(super) const UNCLAIM: &str =
      claimed_by = NULL, lease_until = NULL";
 
 impl PgStore {
+    /// Runs `f` on the connection; after a lost connection it runs again
+    /// (see `conn.rs`), so `f` must be safe to repeat.
     pub(super) fn call<R: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Client, &Path, i64) -> Result<R> + Send + 'static,
+        mut f: impl FnMut(&mut Client, &Path, i64) -> Result<R> + Send + 'static,
     ) -> Result<R> {
         let id = self.campaign_id;
-        self.conn.call(move |c, path| f(c, path, id))
+        self.conn.call(move |c, path, _| f(c, path, id))
+    }
+
+    /// [`PgStore::call`] for a write that is not simply repeatable: `again`
+    /// is true when it runs again after a lost connection, when its last
+    /// COMMIT may or may not have happened (see `retry.rs`).
+    fn call_again<R: Send + 'static>(
+        &self,
+        mut f: impl FnMut(&mut Client, &Path, i64, bool) -> Result<R> + Send + 'static,
+    ) -> Result<R> {
+        let id = self.campaign_id;
+        self.conn.call(move |c, path, again| f(c, path, id, again))
     }
 
     /// The operator's "try again" (`edm retry`), with the SQLite store's
@@ -204,7 +217,25 @@ impl CampaignStore for PgStore {
 
     fn begin_ingest(&mut self, source: &str) -> Result<IngestPass> {
         let source = source.to_string();
-        self.call(move |c, path, id| {
+        // The generation the first attempt chose: repeated after a lost
+        // COMMIT that happened, the pass it opened is the answer (another
+        // pass would skip a generation).
+        let mut chose: Option<i64> = None;
+        self.call_again(move |c, path, id, again| {
+            let pass = |generation| IngestPass {
+                generation,
+                source: source.clone(),
+                after_line: 0,
+                rows: 0,
+                complete: false,
+            };
+            if let (true, Some(g)) = (again, chose) {
+                let open = get_meta(c, path, id, "ingest.open")?.as_deref() == Some("1");
+                let current = get_meta(c, path, id, "ingest.generation")?;
+                if open && current == Some(g.to_string()) {
+                    return Ok(pass(g));
+                }
+            }
             let mut tx = c.transaction().at(path)?;
             let max_row: Option<i64> = tx
                 .query_one(
@@ -219,14 +250,9 @@ impl CampaignStore for PgStore {
             for (key, value) in pass_meta(generation, &source) {
                 put_meta(&mut tx, path, id, key, &value)?;
             }
+            chose = Some(generation);
             tx.commit().at(path)?;
-            Ok(IngestPass {
-                generation,
-                source,
-                after_line: 0,
-                rows: 0,
-                complete: false,
-            })
+            Ok(pass(generation))
         })
     }
 
@@ -273,10 +299,19 @@ impl CampaignStore for PgStore {
             reasons.push(row.reason.clone());
             dups.push(row.duplicate_of.map(to_i64));
         }
-        self.call(move |c, path, id| {
+        // The checkpoint's row count the first attempt found: repeated after
+        // a lost COMMIT, a count grown by exactly this batch is that commit
+        // (one ingester at a time: the run lock), and the unique key would
+        // refuse the batch's second copy.
+        let mut found: Option<i64> = None;
+        self.call_again(move |c, path, id, again| {
             let mut tx = c.transaction().at(path)?;
             let generation = meta_int(&mut tx, path, id, "ingest.generation")?;
             let stored = meta_int(&mut tx, path, id, "ingest.rows")?;
+            if again && found.is_some_and(|f| f.saturating_add(limit(lines.len())) == stored) {
+                return Ok(());
+            }
+            found = Some(stored);
             let mut after = meta_int(&mut tx, path, id, "ingest.after")?;
             let now = edm_model::now_ms();
             let inserted = tx
@@ -353,8 +388,8 @@ impl CampaignStore for PgStore {
         self.call(move |c, path, id| {
             let mut tx = c.transaction().at(path)?;
             put_meta(&mut tx, path, id, "ingest.open", "0")?;
-            if let Some(json) = columns {
-                put_meta(&mut tx, path, id, "columns", &json)?;
+            if let Some(json) = &columns {
+                put_meta(&mut tx, path, id, "columns", json)?;
                 put_meta(&mut tx, path, id, "ingested", "1")?;
             }
             for (key, value) in &meta {
@@ -512,7 +547,19 @@ impl CampaignStore for PgStore {
         let worker = self.worker.clone();
         let joined = self.joined;
         let cap = self.claim_cap.take();
-        self.call(move |c, path, id| {
+        let earlier = if self.claimed.0 == now {
+            self.claimed.1.clone()
+        } else {
+            Vec::new()
+        };
+        let claimed = self.call_again(move |c, path, id, again| {
+            // Repeated after a lost COMMIT that happened: its rows.
+            if again {
+                let lost = super::retry::claimed_before(c, path, id, &worker, now, &earlier)?;
+                if !lost.is_empty() {
+                    return Ok(lost);
+                }
+            }
             let mut tx = c.transaction().at(path)?;
             if let Some(inc) = joined {
                 // A worker whose rows were taken over claims nothing more.
@@ -574,25 +621,44 @@ impl CampaignStore for PgStore {
             }
             tx.commit().at(path)?;
             Ok(claimed)
-        })
+        })?;
+        if self.claimed.0 != now {
+            self.claimed = (now, Vec::new());
+        }
+        self.claimed.1.extend(claimed.iter().map(|r| r.id.0));
+        Ok(claimed)
     }
 
     fn record_and_mark(&mut self, outcomes: &[Outcome], marks: &[RecipientId]) -> Result<()> {
         if outcomes.is_empty() && marks.is_empty() {
             return Ok(());
         }
-        let outcomes = outcomes.to_vec();
+        let mut outcomes = outcomes.to_vec();
         let marks: Vec<i64> = marks.iter().map(|m| m.0).collect();
         let marks_meta_set = self.marks_meta_set;
         let marking = !marks.is_empty();
         let fence = self.joined.map(|inc| (self.worker.clone(), inc));
-        self.call(move |c, path, id| {
+        let worker = self.worker.clone();
+        self.call_again(move |c, path, id, again| {
             let mut tx = c.transaction().at(path)?;
-            let outcomes = match &fence {
-                Some((worker, _)) => PgStore::held_outcomes(&mut tx, path, (id, worker), outcomes)?,
-                None => outcomes,
+            if again {
+                // Repeated after a lost COMMIT: the outcomes it recorded
+                // are not applied twice (see retry.rs).
+                let ids: Vec<i64> = outcomes.iter().map(|o| o.id.0).collect();
+                let done = super::retry::already_recorded(&mut tx, path, id, &worker, &ids)?;
+                outcomes.retain(|o| !done.contains(&o.id.0));
+            }
+            // A worker among several: only the outcomes of rows it still
+            // holds (see `workers.rs`).
+            let held;
+            let outcomes: &[Outcome] = match &fence {
+                Some((worker, _)) => {
+                    held = PgStore::held_outcomes(&mut tx, path, (id, worker), &outcomes)?;
+                    &held
+                }
+                None => &outcomes,
             };
-            record_in(&mut tx, path, id, &outcomes)?;
+            record_in(&mut tx, path, id, outcomes)?;
             if !marks.is_empty() {
                 match &fence {
                     Some((worker, inc)) => {
@@ -803,17 +869,21 @@ impl CampaignStore for PgStore {
         let in_doubt_only = filter.in_doubt_only;
         let id = self.campaign_id;
         let (tx_rows, rx_rows) = std::sync::mpsc::sync_channel::<Result<Vec<ExportRow>>>(2);
-        self.conn.spawn(move |c, path| {
-            let walk = |c: &mut Client| -> Result<()> {
-                let mut tx = c
-                    .build_transaction()
-                    .read_only(true)
-                    .isolation_level(postgres::IsolationLevel::RepeatableRead)
-                    .start()
-                    .at(path)?;
-                let portal = tx
-                    .bind(
-                        "SELECT line, email, fields, status, category, stage, smtp_code,
+        // Once: rows already handed out cannot be taken back, so a lost
+        // connection fails the export (the next call reconnects).
+        let failed = tx_rows.clone();
+        self.conn.spawn_once(
+            move |c, path| {
+                let walk = |c: &mut Client| -> Result<()> {
+                    let mut tx = c
+                        .build_transaction()
+                        .read_only(true)
+                        .isolation_level(postgres::IsolationLevel::RepeatableRead)
+                        .start()
+                        .at(path)?;
+                    let portal = tx
+                        .bind(
+                            "SELECT line, email, fields, status, category, stage, smtp_code,
                                 enhanced_code, reply, attempts, last_attempt_at, in_doubt,
                                 message_id, duplicate_of, relay, provider_message_id,
                                 late, late_at, late_status, late_diagnostic, soft_bounces
@@ -823,28 +893,30 @@ impl CampaignStore for PgStore {
                            AND (cardinality($3::text[]) = 0 OR category = ANY($3))
                            AND (NOT $4 OR in_doubt)
                          ORDER BY line, id",
-                        &[&id, &statuses, &categories, &in_doubt_only],
-                    )
-                    .at(path)?;
-                loop {
-                    let rows = tx.query_portal(&portal, EXPORT_CHUNK).at(path)?;
-                    if rows.is_empty() {
-                        break;
+                            &[&id, &statuses, &categories, &in_doubt_only],
+                        )
+                        .at(path)?;
+                    loop {
+                        let rows = tx.query_portal(&portal, EXPORT_CHUNK).at(path)?;
+                        if rows.is_empty() {
+                            break;
+                        }
+                        let mut chunk = Vec::with_capacity(rows.len());
+                        for r in &rows {
+                            chunk.push(export_row(path, r)?);
+                        }
+                        if tx_rows.send(Ok(chunk)).is_err() {
+                            break;
+                        }
                     }
-                    let mut chunk = Vec::with_capacity(rows.len());
-                    for r in &rows {
-                        chunk.push(export_row(path, r)?);
-                    }
-                    if tx_rows.send(Ok(chunk)).is_err() {
-                        break;
-                    }
-                }
-                tx.commit().at(path)
-            };
-            if let Err(e) = walk(c) {
-                let _ = tx_rows.send(Err(e));
-            }
-        })?;
+                    tx.commit().at(path)
+                };
+                walk(c)
+            },
+            move |e| {
+                let _ = failed.send(Err(e));
+            },
+        )?;
         // The sender is dropped when the walk ends: the loop ends with it.
         for chunk in rx_rows {
             for row in &chunk? {
@@ -885,7 +957,11 @@ impl CampaignStore for PgStore {
 
     fn log_event(&mut self, at: UnixMillis, kind: &str, text: &str) -> Result<()> {
         let (kind, text) = (kind.to_string(), text.to_string());
-        self.call(move |c, path, id| {
+        self.call_again(move |c, path, id, again| {
+            // Repeated after a lost COMMIT that happened: already logged.
+            if again && super::retry::event_logged(c, path, id, at, &kind, &text)? {
+                return Ok(());
+            }
             c.execute(
                 "INSERT INTO edm.events (campaign_id, at, kind, text) VALUES ($1, $2, $3, $4)",
                 &[&id, &at, &kind, &text],

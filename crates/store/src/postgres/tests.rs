@@ -657,3 +657,494 @@ fn workers_claiming_at_once_keep_a_daily_quota_for_their_sum() {
     let total: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
     assert_eq!(total, 50, "three workers claimed past the quota of 50");
 }
+
+/// A store on a server of its own (restarted by the test) with `n` rows.
+fn restartable(n: u64) -> Option<(fixture::PgServer, PgStore)> {
+    restartable_for(n, super::DEFAULT_RECONNECT_FOR)
+}
+
+/// [`restartable`] with a bound on reconnecting.
+fn restartable_for(
+    n: u64,
+    reconnect_for: std::time::Duration,
+) -> Option<(fixture::PgServer, PgStore)> {
+    let server = fixture::start_or_skip()?;
+    let mut o = options(&server.url(), "restart", "f");
+    o.reconnect_for = reconnect_for;
+    let mut s = PgStore::open(&o).unwrap();
+    s.begin_ingest("csv").unwrap();
+    let rows: Vec<NewRow> = (2..n + 2).map(row).collect();
+    for chunk in rows.chunks(500) {
+        s.insert_rows(chunk).unwrap();
+    }
+    s.finish_ingest(Some(&["email".into()]), &[]).unwrap();
+    Some((server, s))
+}
+
+/// Every row in exactly one state, and the trigger-kept tally equal to a
+/// count of the rows.
+fn assert_tally_matches_rows(server: &fixture::PgServer, s: &PgStore, total: u64) {
+    let summary = s.summary().unwrap();
+    assert_eq!(summary.total, total, "{summary:?}");
+    let mut client = postgres::Client::connect(&server.url(), postgres::NoTls).unwrap();
+    let counted: Vec<(String, i64)> = client
+        .query(
+            "SELECT status, count(*) FROM edm.recipients WHERE campaign_id = $1
+             GROUP BY status ORDER BY status",
+            &[&s.campaign_id()],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    for (st, n) in &counted {
+        let st = Status::parse(st).unwrap();
+        assert_eq!(summary.count(st), *n as u64, "{st:?}: tally {summary:?}");
+    }
+    assert_eq!(counted.iter().map(|(_, n)| *n as u64).sum::<u64>(), total);
+}
+
+/// A restart between two operations: the next one reconnects and runs, the
+/// worker is still the campaign's (its name still refused to another
+/// process: its lease lives in `edm.workers`, not in the session), and the
+/// outage is in the campaign's event log.
+#[test]
+fn a_restart_between_two_operations_is_waited_out_and_the_run_lock_kept() {
+    let Some((server, mut s)) = restartable(20) else {
+        return;
+    };
+    s.lock_for_run(77).unwrap();
+    let first = s.claim_with_budget(5, 5, 10).unwrap();
+    assert_eq!(first.len(), 5);
+    server.restart().unwrap();
+    let next = s.claim_with_budget(5, 5, 11).unwrap();
+    assert_eq!(next.len(), 5, "the claim after the restart ran");
+    s.record(&first.iter().map(|r| sent(r.id, 12)).collect::<Vec<_>>())
+        .unwrap();
+    let mut other = PgStore::open(&options(&server.url(), "restart", "f")).unwrap();
+    let err = other.lock_for_run(1).unwrap_err();
+    assert!(
+        matches!(err, Error::WorkerLive { .. }),
+        "the worker was lost: {err}"
+    );
+    let events = s.recent_events(10).unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|(_, kind, text)| kind == "store" && text.contains("unreachable for")),
+        "{events:?}"
+    );
+    assert_eq!(s.summary().unwrap().count(Status::Sent), 5);
+    assert_eq!(s.summary().unwrap().count(Status::Sending), 5);
+}
+
+/// Restarts in the middle of a run of claims, marks and outcomes: every row
+/// ends sent exactly once (attempts 1), nothing is left `sending`, and the
+/// tally equals the rows.
+#[test]
+fn restarts_in_the_middle_of_claims_and_records_lose_nothing() {
+    let n = 3000;
+    let Some((server, mut s)) = restartable(n) else {
+        return;
+    };
+    s.lock_for_run(78).unwrap();
+    let server = std::sync::Arc::new(server);
+    let restarter = {
+        let server = server.clone();
+        std::thread::spawn(move || {
+            for _ in 0..2 {
+                std::thread::sleep(std::time::Duration::from_millis(400));
+                server.restart().unwrap();
+            }
+        })
+    };
+    let mut now = 100;
+    let mut claimed_total = 0;
+    loop {
+        now += 1;
+        let got = s.claim_with_budget(25, 25, now).unwrap();
+        if got.is_empty() {
+            break;
+        }
+        claimed_total += got.len();
+        let ids: Vec<_> = got.iter().map(|r| r.id).collect();
+        s.record_and_mark(&[], &ids).unwrap();
+        let outcomes: Vec<_> = got.iter().map(|r| sent(r.id, now)).collect();
+        s.record(&outcomes).unwrap();
+    }
+    restarter.join().unwrap();
+    assert_eq!(claimed_total as u64, n, "each row claimed once");
+    let summary = s.summary().unwrap();
+    assert_eq!(summary.count(Status::Sent), n, "{summary:?}");
+    assert_tally_matches_rows(&server, &s, n);
+    let mut attempts = Vec::new();
+    s.export_rows(&crate::ExportFilter::default(), &mut |r| {
+        attempts.push(r.attempts)
+    })
+    .unwrap();
+    assert!(attempts.iter().all(|a| *a == 1), "an outcome applied twice");
+    let events = s.recent_events(10).unwrap();
+    assert!(events.iter().filter(|(_, k, _)| k == "store").count() >= 1);
+}
+
+/// The ambiguous case: each write's COMMIT happened but its reply was lost
+/// (`lose_next_reply`), so it runs again on a new session. Repeating must
+/// be right: the same claim's rows come back (none other is taken, none
+/// stays `sending` unknown), an outcome's attempt is counted once, an
+/// ingest batch is not refused as a second copy, a pass keeps its
+/// generation, an event is logged once.
+#[test]
+fn a_lost_commit_reply_is_repeated_without_doing_twice() {
+    let Some(server) = fixture::start_or_skip() else {
+        return;
+    };
+    let mut s = PgStore::open(&options(&server.url(), "ambiguous", "f")).unwrap();
+    s.conn.lose_next_reply().unwrap();
+    let pass = s.begin_ingest("csv").unwrap();
+    assert_eq!(pass.generation, 0);
+    s.conn.lose_next_reply().unwrap();
+    s.insert_rows(&[row(2), row(3), row(4), row(5)]).unwrap();
+    assert_eq!(s.ingest_pass().unwrap().unwrap().rows, 4);
+    s.lock_for_run(79).unwrap();
+    // Two claims in one millisecond, the second one's reply lost.
+    let a = s.claim_with_budget(1, 1, 50).unwrap();
+    s.conn.lose_next_reply().unwrap();
+    let b = s.claim_with_budget(2, 2, 50).unwrap();
+    assert_eq!(a.len(), 1);
+    assert_eq!(b.len(), 2, "{b:?}");
+    assert!(b.iter().all(|r| r.id != a[0].id));
+    assert_eq!(
+        s.summary().unwrap().count(Status::Sending),
+        3,
+        "the repeat took other rows"
+    );
+    s.conn.lose_next_reply().unwrap();
+    s.record_and_mark(&[sent(a[0].id, 51)], &[b[0].id]).unwrap();
+    s.conn.lose_next_reply().unwrap();
+    s.log_event(52, "stop", "once").unwrap();
+    let mut attempts = std::collections::BTreeMap::new();
+    s.export_rows(&crate::ExportFilter::default(), &mut |r| {
+        attempts.insert(r.line, (r.status, r.attempts));
+    })
+    .unwrap();
+    assert_eq!(attempts[&2], (Status::Sent, 1), "{attempts:?}");
+    assert_eq!(
+        s.recent_events(10)
+            .unwrap()
+            .iter()
+            .filter(|(_, k, t)| k == "stop" && t == "once")
+            .count(),
+        1
+    );
+    // The session was dropped each time: the worker is still live.
+    let mut other = PgStore::open(&options(&server.url(), "ambiguous", "f")).unwrap();
+    let err = other.lock_for_run(1).unwrap_err();
+    assert!(matches!(err, Error::WorkerLive { .. }), "{err}");
+    assert_tally_matches_rows(&server, &s, 4);
+}
+
+/// A server gone for longer than the bound: the operation fails with a
+/// clear error naming the store, not hanging; later calls fail at once; and
+/// once the server is back a new store (the next `edm send`) works.
+#[test]
+fn a_server_gone_longer_than_the_bound_fails_clearly() {
+    let Some(server) = fixture::start_or_skip() else {
+        return;
+    };
+    let mut o = options(&server.url(), "gone", "f");
+    o.reconnect_for = std::time::Duration::from_millis(700);
+    let mut s = PgStore::open(&o).unwrap();
+    s.begin_ingest("csv").unwrap();
+    s.insert_rows(&[row(2)]).unwrap();
+    server.stop();
+    let started = std::time::Instant::now();
+    let err = s.claim_with_budget(1, 1, 5).unwrap_err();
+    assert!(matches!(err, Error::Unreachable { .. }), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("postgres://postgres@127.0.0.1:"), "{text}");
+    assert!(text.contains("unreachable"), "{text}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    let again = std::time::Instant::now();
+    assert!(s.summary().is_err());
+    assert!(
+        again.elapsed() < std::time::Duration::from_millis(600),
+        "a second call waited the bound again"
+    );
+    drop(s);
+    server.start_again().unwrap();
+    let mut s = PgStore::open(&o).unwrap();
+    assert_eq!(s.claim_with_budget(1, 1, 6).unwrap().len(), 1);
+}
+
+/// Connection-level errors are told from statement errors by SQLSTATE and
+/// by the connection's state.
+#[test]
+fn lost_connections_are_told_from_refused_statements() {
+    let Some(server) = fixture::shared() else {
+        return;
+    };
+    let mut client = postgres::Client::connect(&server.url(), postgres::NoTls).unwrap();
+    let refused = client.execute("SELECT no_such_column", &[]).unwrap_err();
+    assert!(!super::conn::lost_connection(&refused), "{refused}");
+    // The operator is told what the server said, not "db error".
+    let said = super::conn::reason(&refused);
+    assert!(said.starts_with("42703: column"), "{said}");
+    let mut victim = postgres::Client::connect(&server.url(), postgres::NoTls).unwrap();
+    let pid: i32 = victim
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    client
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .unwrap();
+    let lost = loop {
+        match victim.execute("SELECT 1", &[]) {
+            Err(e) => break e,
+            Ok(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
+    };
+    assert!(super::conn::lost_connection(&lost), "{lost:?}");
+    // Refused connections name their cause.
+    let port = server.port();
+    let mut closed = postgres::Config::new();
+    closed
+        .host("127.0.0.1")
+        .port(dead_port(port))
+        .user("postgres");
+    let Err(refused) = closed.connect(postgres::NoTls) else {
+        panic!("connected to a port nobody listens on");
+    };
+    let said = super::conn::reason(&refused);
+    assert!(said.contains("Connection refused"), "{said}");
+}
+
+/// A loopback port nobody listens on (not `taken`).
+fn dead_port(taken: u16) -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    drop(l);
+    if port == taken {
+        port.wrapping_add(1)
+    } else {
+        port
+    }
+}
+
+/// The error and its sources, as `edm` prints them.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        next = s.source();
+    }
+    text
+}
+
+/// True when the store's session is encrypted (`pg_stat_ssl`).
+fn on_tls(s: &PgStore) -> bool {
+    s.conn
+        .call(|c, path, _| {
+            use super::conn::AtPg;
+            Ok(c.query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .at(path)?
+            .get::<_, bool>(0))
+        })
+        .unwrap()
+}
+
+/// TLS to the server (`ssl=on` with a certificate for 127.0.0.1 signed by a
+/// throwaway CA, [`fixture::PgServer::enable_tls`]): `verify-full` with the CA file connects encrypted; with
+/// another CA it is refused, saying why; `verify-full` to a name the
+/// certificate does not hold is refused while `verify-ca` (chain only)
+/// connects; `require` without a CA connects encrypted, unchecked; absent
+/// or `disable` stays plain.
+#[test]
+fn tls_to_postgres_follows_sslmode_and_sslrootcert() {
+    let Some(server) = fixture::start_or_skip() else {
+        return;
+    };
+    let files = server.enable_tls().unwrap();
+    let base = server.url();
+    let ca = files.ca.clone();
+    let open = |query: &str| PgStore::open(&options(&format!("{base}?{query}"), "tls", "f"));
+    let full = open(&format!("sslmode=verify-full&sslrootcert={}", ca.display()))
+        .unwrap_or_else(|e| panic!("verify-full with the CA: {}", chain(&e)));
+    assert!(on_tls(&full), "verify-full connected in the clear");
+
+    let other = files.other_ca.clone();
+    let err = open(&format!(
+        "sslmode=verify-full&sslrootcert={}",
+        other.display()
+    ))
+    .unwrap_err();
+    let text = chain(&err);
+    assert!(
+        text.contains("TLS") || text.contains("certificate"),
+        "{text}"
+    );
+    assert!(text.contains("UnknownIssuer"), "{text}");
+
+    // The certificate names 127.0.0.1, not localhost.
+    let by_name = base.replace("127.0.0.1", "localhost");
+    let named = |mode: &str| {
+        PgStore::open(&options(
+            &format!("{by_name}?sslmode={mode}&sslrootcert={}", ca.display()),
+            "tls",
+            "f",
+        ))
+    };
+    let err = named("verify-full").unwrap_err();
+    assert!(
+        chain(&err).contains("not valid for name"),
+        "{}",
+        chain(&err)
+    );
+    assert!(on_tls(&named("verify-ca").unwrap()));
+
+    assert!(on_tls(&open("sslmode=require").unwrap()));
+    assert!(!on_tls(&open("sslmode=disable").unwrap()));
+    assert!(!on_tls(
+        &PgStore::open(&options(&base, "tls", "f")).unwrap()
+    ));
+}
+
+/// `prefer` against a server without TLS: plain, as libpq does.
+#[test]
+fn sslmode_prefer_falls_back_to_plain() {
+    let Some(server) = fixture::shared() else {
+        return;
+    };
+    let url = format!("{}?sslmode=prefer", server.url());
+    let s = PgStore::open(&options(&url, &unique("prefer"), "f")).unwrap();
+    assert!(!on_tls(&s));
+    let err = PgStore::open(&options(
+        &format!("{}?sslmode=require", server.url()),
+        &unique("require"),
+        "f",
+    ))
+    .unwrap_err();
+    assert!(chain(&err).contains("TLS"), "{}", chain(&err));
+}
+
+/// A worker's session cut by the server while another worker joins: the
+/// reconnection goes on (several workers run one campaign; its lease is in
+/// `edm.workers`, not in the session), both stay live, and the new session
+/// fences idle transactions again.
+#[test]
+fn a_workers_session_cut_while_another_joins_goes_on() {
+    let Some(server) = fixture::shared() else {
+        return;
+    };
+    let name = unique("cut");
+    let a = worker(&server.url(), &name, "a", 30_000);
+    let pid: i32 = a
+        .conn
+        .call(|c, path, _| {
+            use super::conn::AtPg;
+            Ok(c.query_one("SELECT pg_backend_pid()", &[]).at(path)?.get(0))
+        })
+        .unwrap();
+    let mut admin = postgres::Client::connect(&server.url(), postgres::NoTls).unwrap();
+    admin
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .unwrap();
+    let b = worker(&server.url(), &name, "other-host:22", 30_000);
+    assert_eq!(a.meta("anything").unwrap(), None);
+    let live: Vec<String> = b
+        .workers()
+        .unwrap()
+        .into_iter()
+        .filter(|w| w.alive)
+        .map(|w| w.name)
+        .collect();
+    assert_eq!(live, ["a", "other-host:22"]);
+    let timeout: String = a
+        .conn
+        .call(|c, path, _| {
+            use super::conn::AtPg;
+            Ok(c.query_one("SHOW idle_in_transaction_session_timeout", &[])
+                .at(path)?
+                .get(0))
+        })
+        .unwrap();
+    assert_eq!(timeout, "15s", "the new session is set up again");
+}
+
+/// The writer's mark path over PostgreSQL: while the server restarts, a
+/// mark waits and is then committed; with the server gone past the bound,
+/// the mark fails (so the final dot is never written) and the run's failure
+/// names the store.
+#[test]
+fn a_mark_waits_for_a_restart_and_fails_before_the_dot_past_the_bound() {
+    let Some((server, mut s)) = restartable_for(4, std::time::Duration::from_secs(1)) else {
+        return;
+    };
+    s.lock_for_run(33).unwrap();
+    let claimed = s.claim_with_budget(4, 4, 5).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let writer = crate::Writer::spawn(Box::new(s)).unwrap();
+    let marks = writer.marks();
+    server.restart().unwrap();
+    rt.block_on(marks.mark(claimed[0].id)).unwrap();
+    server.stop();
+    let err = rt.block_on(marks.mark(claimed[1].id)).unwrap_err();
+    assert!(err.contains("unreachable"), "{err}");
+    let failure = writer.failure().expect("the run is told");
+    assert!(
+        failure.contains("postgres://postgres@127.0.0.1:"),
+        "{failure}"
+    );
+    drop(marks);
+    let _ = writer.finish();
+    server.start_again().unwrap();
+    // What was committed: the first mark, not the second.
+    let mut client = postgres::Client::connect(&server.url(), postgres::NoTls).unwrap();
+    let marked: Vec<i64> = client
+        .query("SELECT id FROM edm.dot_marks ORDER BY id", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(marked, vec![claimed[0].id.0]);
+}
+
+/// Every network step has a limit by default (a dead server is noticed),
+/// and the URL's own values win.
+#[test]
+fn connections_have_timeouts_and_the_urls_values_win() {
+    let (c, _) = options("postgres://edm@db/edm", "c", "f").config().unwrap();
+    assert_eq!(
+        c.get_connect_timeout(),
+        Some(&std::time::Duration::from_secs(10))
+    );
+    assert_eq!(
+        c.get_tcp_user_timeout(),
+        Some(&std::time::Duration::from_secs(30))
+    );
+    assert!(c.get_keepalives());
+    assert_eq!(c.get_keepalives_idle(), std::time::Duration::from_secs(15));
+    let (c, _) = options(
+        "postgres://edm@db/edm?keepalives_idle=60&tcp_user_timeout=5&connect_timeout=3",
+        "c",
+        "f",
+    )
+    .config()
+    .unwrap();
+    assert_eq!(c.get_keepalives_idle(), std::time::Duration::from_secs(60));
+    assert_eq!(
+        c.get_tcp_user_timeout(),
+        Some(&std::time::Duration::from_secs(5))
+    );
+    assert_eq!(
+        c.get_connect_timeout(),
+        Some(&std::time::Duration::from_secs(3))
+    );
+}

@@ -58,8 +58,22 @@ impl PgStore {
         let incarnation = self.conn.call({
             let worker = worker.clone();
             let id = self.campaign_id;
-            move |c, path| {
+            move |c, path, again| {
                 fence_idle_transactions(c, path, lease)?;
+                if again {
+                    // Repeated after a lost COMMIT that happened: our row.
+                    let ours = c
+                        .query_opt(
+                            "SELECT incarnation FROM edm.workers
+                             WHERE campaign_id = $1 AND name = $2 AND pid = $3 AND host = $4
+                               AND state = 'running'",
+                            &[&id, &worker, &pid, &host],
+                        )
+                        .at(path)?;
+                    if let Some(r) = ours {
+                        return Ok(r.get::<_, i64>(0));
+                    }
+                }
                 let mut tx = c.transaction().at(path)?;
                 let joined = tx
                     .query_opt(
@@ -92,7 +106,7 @@ impl PgStore {
                         .at(path)?;
                     return Err(Error::WorkerLive {
                         path: path.to_path_buf(),
-                        worker,
+                        worker: worker.clone(),
                         pid: u64::try_from(live.get::<_, i64>(0)).unwrap_or(0),
                         host: live.get(1),
                         left_ms: live.get(2),
@@ -106,7 +120,9 @@ impl PgStore {
             }
         })?;
         self.joined = Some(incarnation);
-        Ok(())
+        // A new session after a lost connection sets this worker's session
+        // up again (`PgStore::session_hook`).
+        self.conn.set_hook(self.session_hook())
     }
 
     /// `recover_in_doubt` of a joined worker: the rows of workers whose
@@ -191,10 +207,10 @@ impl PgStore {
         tx: &mut Transaction<'_>,
         path: &Path,
         (id, worker): (i64, &str),
-        outcomes: Vec<Outcome>,
+        outcomes: &[Outcome],
     ) -> Result<Vec<Outcome>> {
         if outcomes.is_empty() {
-            return Ok(outcomes);
+            return Ok(Vec::new());
         }
         let ids: Vec<i64> = outcomes.iter().map(|o| o.id.0).collect();
         let rows = tx
@@ -211,7 +227,7 @@ impl PgStore {
             .map(|r| r.get(0))
             .collect();
         if not_held.is_empty() {
-            return Ok(outcomes);
+            return Ok(outcomes.to_vec());
         }
         tracing::warn!(
             worker,
@@ -219,8 +235,9 @@ impl PgStore {
             "outcomes of recipients this worker no longer holds (taken over) were not recorded"
         );
         Ok(outcomes
-            .into_iter()
+            .iter()
             .filter(|o| !not_held.contains(&o.id.0))
+            .cloned()
             .collect())
     }
 
@@ -229,9 +246,19 @@ impl PgStore {
         let Some(incarnation) = self.joined else {
             return Ok(None);
         };
-        let conn = Conn::connect(self.options.config()?, self.options.location())?;
+        let (config, tls) = self.options.config()?;
+        let conn = Conn::connect(
+            config,
+            tls,
+            self.options.location(),
+            self.options.reconnect_for,
+        )?;
         let lease = self.lease.lease_ms();
-        conn.call(move |c, path| fence_idle_transactions(c, path, lease))?;
+        conn.call(move |c, path, _| fence_idle_transactions(c, path, lease))?;
+        // A new session after a lost connection: the same setting again.
+        conn.set_hook(Box::new(move |c, path, _| {
+            fence_idle_transactions(c, path, lease)
+        }))?;
         Ok(Some(Box::new(PgLease {
             conn,
             campaign_id: self.campaign_id,
@@ -248,7 +275,7 @@ impl PgStore {
         } else {
             "SELECT pg_advisory_unlock($1, $2)::text"
         };
-        self.conn.call(move |c, path| {
+        self.conn.call(move |c, path, _| {
             c.query_one(sql, &[&INGEST_LOCK_CLASS, &key]).at(path)?;
             Ok(())
         })
@@ -296,7 +323,7 @@ impl PgStore {
 /// it), and the others could never take its rows over. The server aborts
 /// the transaction and closes the session; the worker, if it wakes up,
 /// finds its store gone and stops before any final dot.
-fn fence_idle_transactions(c: &mut postgres::Client, path: &Path, lease_ms: i64) -> Result<()> {
+pub(super) fn fence_idle_transactions(c: &mut postgres::Client, path: &Path, lease_ms: i64) -> Result<()> {
     let ms = (lease_ms / 2).max(100);
     c.batch_execute(&format!("SET idle_in_transaction_session_timeout = {ms}"))
         .at(path)
@@ -506,7 +533,7 @@ impl WorkerLease for PgLease {
         let (id, me, inc) = (self.campaign_id, self.worker.clone(), self.incarnation);
         let lease = self.settings.lease_ms();
         let f = f.clone();
-        self.conn.call(move |c, path| {
+        self.conn.call(move |c, path, _| {
             let mut tx = c.transaction().at(path)?;
             let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
             let renewed = tx
@@ -579,7 +606,7 @@ impl WorkerLease for PgLease {
         let (id, me) = (self.campaign_id, self.worker.clone());
         let rate_set = rate.is_some();
         let rate = rate.flatten();
-        self.conn.call(move |c, path| {
+        self.conn.call(move |c, path, _| {
             Ok(c.query_one(
                 &now_sql(
                     "INSERT INTO edm.controls AS k
@@ -603,7 +630,7 @@ impl WorkerLease for PgLease {
         let (id, me, inc) = (self.campaign_id, self.worker.clone(), self.incarnation);
         let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         let (sent, failed) = (n(f.sent), n(f.failed));
-        self.conn.call(move |c, path| {
+        self.conn.call(move |c, path, _| {
             c.execute(
                 &now_sql(
                     "UPDATE edm.workers SET state = 'done', lease_until = {now},
