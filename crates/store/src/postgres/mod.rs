@@ -1,23 +1,24 @@
 //! [`PgStore`]: the [`CampaignStore`](crate::CampaignStore) seam on
 //! PostgreSQL, for a campaign whose state lives in a database the operator
-//! already runs (and, in a later round, for several workers sharing one
-//! campaign).
+//! already runs, and for several workers sharing one campaign.
 //!
 //! It keeps the SQLite store's semantics, checked by the same suite
 //! (`suite.rs`): the ingest checkpoint and unique key, the claim order, the
 //! durable marks, the tallies. What differs is where: one schema `edm` per
 //! installation ([`schema`]), many campaigns in it, each a row of
-//! `edm.campaigns` identified by its name and a fingerprint; the run lock is
-//! a session advisory lock (released by the server when the process dies, like
-//! the SQLite lock file's OS lock); claims use `FOR UPDATE SKIP LOCKED`, so a
-//! second worker never waits on rows another is claiming.
+//! `edm.campaigns` identified by its name and a fingerprint; instead of a run
+//! lock, `lock_for_run` joins the campaign as a worker (`workers.rs`: a row
+//! of `edm.workers` with a lease its heartbeat renews, the recovery of a
+//! dead worker's rows, fenced marks and claims); claims use `FOR UPDATE
+//! SKIP LOCKED`, so a worker never waits on rows another is claiming.
 //!
 //! The connection lives on its own thread ([`conn`]): the `postgres` crate
 //! cannot be called from inside a tokio runtime, and this store is. That
 //! thread also reconnects when the server goes away (a restart, a network
 //! cut) and runs the interrupted operation again, up to
-//! [`PgOptions::reconnect_for`]; `PgStore::session_hook` then takes again
-//! what lived in the lost session (the run lock). TLS to the server is
+//! [`PgOptions::reconnect_for`]; `PgStore::session_hook` then sets up again
+//! what lived in the lost session (a worker's session setting; the run lock,
+//! kept for a store locked the old way). TLS to the server is
 //! libpq's `sslmode` and `sslrootcert` on rustls (`tls.rs`).
 //!
 //! Passwords: never in the URL (refused, see [`PgOptions::parse`]); from

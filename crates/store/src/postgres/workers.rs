@@ -323,7 +323,11 @@ impl PgStore {
 /// it), and the others could never take its rows over. The server aborts
 /// the transaction and closes the session; the worker, if it wakes up,
 /// finds its store gone and stops before any final dot.
-pub(super) fn fence_idle_transactions(c: &mut postgres::Client, path: &Path, lease_ms: i64) -> Result<()> {
+pub(super) fn fence_idle_transactions(
+    c: &mut postgres::Client,
+    path: &Path,
+    lease_ms: i64,
+) -> Result<()> {
     let ms = (lease_ms / 2).max(100);
     c.batch_execute(&format!("SET idle_in_transaction_session_timeout = {ms}"))
         .at(path)
