@@ -30,6 +30,8 @@
 //!   test (issue 14).
 //! - `bounces`: VERP, `edm bounces`, late outcomes, the reputation breaker (issue 13).
 //! - `bounces_mailbox`: the loop through Dovecot (IMAP, POP3), `[bounces] poll` (issue 13).
+//! - `workers`: several `edm send` on one campaign in PostgreSQL, one of
+//!   them killed (issue 14).
 
 mod harness;
 
@@ -53,3 +55,4 @@ mod ses;
 mod suppress;
 mod tui;
 mod wire;
+mod workers;

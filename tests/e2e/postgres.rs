@@ -17,6 +17,9 @@ use edm_store::postgres::fixture;
 
 use crate::harness::*;
 
+/// The lease of the workers these tests kill (`EDM_LEASE_MS`).
+pub const LEASE_MS: &str = "2000";
+
 /// `edm send --no-tui` in the background with the state in PostgreSQL.
 fn spawn_send(c: &TestCampaign, url: &str) -> Child {
     Command::new(EDM)
@@ -26,6 +29,9 @@ fn spawn_send(c: &TestCampaign, url: &str) -> Child {
         .env("EDM_HOME", &c.home)
         .env("EDM_LOG", "warn")
         .env("EDM_STORE_URL", url)
+        // A killed worker's lease must expire before the next one takes its
+        // rows over: short in tests (docs/scaling.md).
+        .env("EDM_LEASE_MS", LEASE_MS)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -143,7 +149,11 @@ fn sigkill_mid_run_on_postgres_loses_nobody_and_duplicates_only_in_doubt() {
     }
     let mut done = false;
     for _ in 0..5 {
-        let out = c.edm_env("send", &["--no-tui"], &[("EDM_STORE_URL", &url)]);
+        let out = c.edm_env(
+            "send",
+            &["--no-tui"],
+            &[("EDM_STORE_URL", &url), ("EDM_LEASE_MS", LEASE_MS)],
+        );
         if code(&out) == 0 {
             done = true;
             break;

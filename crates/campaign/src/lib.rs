@@ -53,6 +53,7 @@ mod send;
 mod state;
 mod suppress;
 mod test_send;
+mod workers;
 mod writer;
 
 use std::path::PathBuf;
@@ -73,11 +74,11 @@ pub use edm_store::{create_private_dir, private_options};
 pub use fingerprint::{ChangedInputs, Input};
 pub use inputs::dkim_signer;
 pub use new::{NewProvider, new_campaign};
-pub use prepare::{Prepared, prepare, prepare_with_stop};
+pub use prepare::{Prepared, prepare, prepare_as, prepare_with_stop};
 pub use preview::{PreviewFile, PreviewOptions, PreviewReport, preview, preview_path};
 pub use report::{
-    RelayStatus, ReportFormat, ReportKind, StatusReport, export, retry, rfc3339, status,
-    watch_progress,
+    RelayStatus, ReportFormat, ReportKind, StatusReport, WorkerStatus, export, retry, rfc3339,
+    status, watch_progress,
 };
 pub use reputation::ReputationTrip;
 pub use send::{Run, RunEnd, RunReport, SendOptions, start_send};

@@ -39,6 +39,9 @@ pub struct Prepared {
     /// True when the recipients CSV changed before anything was sent and
     /// was read again in place of the old list.
     pub reingested: bool,
+    /// One worker among several (PostgreSQL): its heartbeat, running from
+    /// its join on, so a long ingest never lets its lease lapse.
+    pub(crate) member: Option<crate::workers::Member>,
 }
 
 const INGEST_BATCH: usize = 2000;
@@ -68,6 +71,19 @@ pub fn prepare_with_stop(
     accept_changes: bool,
     stop: &AtomicBool,
 ) -> Result<Prepared, Error> {
+    prepare_as(c, state, in_doubt, accept_changes, stop, None)
+}
+
+/// [`prepare_with_stop`] as the worker `worker` (`edm send --worker`; the
+/// state in PostgreSQL, where several workers run one campaign together).
+pub fn prepare_as(
+    c: &Campaign,
+    state: &Path,
+    in_doubt: InDoubtPolicy,
+    accept_changes: bool,
+    stop: &AtomicBool,
+    worker: Option<&str>,
+) -> Result<Prepared, Error> {
     let templates = compile_templates(c)?;
     if let Some(dir) = state.parent() {
         edm_store::create_private_dir(dir).map_err(|e| Error::Io {
@@ -79,8 +95,19 @@ pub fn prepare_with_stop(
         DurabilityName::Normal => Durability::Normal,
         DurabilityName::Full => Durability::Full,
     };
-    let mut store = crate::state::open_for_run(c, state, durability)?;
+    let mut store = crate::state::open_for_run(c, state, durability, worker)?;
     store.lock_for_run(std::process::id())?;
+    let member = match store.lease()? {
+        Some(lease) => {
+            Some(
+                crate::workers::Member::start(lease, in_doubt).map_err(|e| Error::Io {
+                    path: state.to_path_buf(),
+                    source: e,
+                })?,
+            )
+        }
+        None => None,
+    };
     let repaired = store.take_repair_notice()?;
     let prints = fingerprint(c)?;
     // An ingest pass is tied to the file it reads: resumed only while the
@@ -91,6 +118,11 @@ pub fn prepare_with_stop(
     let mut added = 0;
     let mut skipped = 0;
     let mut reingested = false;
+    // Several workers starting together (PostgreSQL): one ingests, the
+    // others wait here, then find the campaign ingested and check their
+    // inputs against it. An error below drops the store, and with its
+    // session the lock.
+    store.lock_ingest()?;
     if !store.is_ingested()? {
         // The first ingest, or one a run left unfinished. Before it completes
         // nothing can have been sent, so a pass of another file (or rows from
@@ -168,6 +200,7 @@ pub fn prepare_with_stop(
             )?;
         }
     }
+    store.unlock_ingest()?;
     let in_doubt_count = store.recover_in_doubt(in_doubt)?;
     if in_doubt_count > 0 {
         store.log_event(
@@ -193,6 +226,7 @@ pub fn prepare_with_stop(
         removed: skipped,
         repaired,
         reingested,
+        member,
     })
 }
 

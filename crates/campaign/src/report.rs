@@ -62,6 +62,41 @@ pub struct StatusReport {
     pub soft_bounced: u64,
     /// By relay (`[[relay]] name`, `smtp` for `[smtp]`): see [`RelayStatus`].
     pub by_relay: BTreeMap<String, RelayStatus>,
+    /// The workers that sent or send the campaign (state in PostgreSQL,
+    /// several `edm send`; empty for a SQLite state): see [`WorkerStatus`].
+    pub workers: Vec<WorkerStatus>,
+}
+
+/// One worker in `edm status --json` (`workers`), from `edm.workers`:
+/// figures as of its last heartbeat.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct WorkerStatus {
+    /// Its name (`--worker`, or `host:pid`).
+    pub name: String,
+    /// Its host and process id.
+    pub host: String,
+    /// Its process id.
+    pub pid: u64,
+    /// `running`, `done` (finished) or `dead` (its lease expired; its
+    /// recipients were taken over).
+    pub state: String,
+    /// Running with a lease not expired.
+    pub alive: bool,
+    /// When it joined and when it was last heard of (Unix ms).
+    pub started_at: UnixMillis,
+    /// Its last heartbeat (Unix ms, the database server's clock).
+    pub heartbeat_at: UnixMillis,
+    /// Its rate limit (messages per second), if any.
+    pub rate: Option<f64>,
+    /// Its share of the campaign's limits (1 / live workers, lowered by
+    /// another worker's throttling).
+    pub share: Option<f64>,
+    /// Transactions in progress.
+    pub in_flight: u64,
+    /// Accepted and failed in its run.
+    pub sent: u64,
+    /// Failed permanently in its run.
+    pub failed: u64,
 }
 
 /// One relay in `edm status --json` (`by_relay`), from the recipients'
@@ -109,6 +144,11 @@ fn by_relay(
             .iter()
             .rev()
             .find(|(_, kind, text)| {
+                // A worker among several names itself first: `[NAME] text`.
+                let text = text
+                    .strip_prefix('[')
+                    .and_then(|t| t.split_once("] "))
+                    .map_or(text.as_str(), |(_, rest)| rest);
                 (kind == "relay_down" || kind == "relay_up") && text.starts_with(&prefix)
             })
             .map(|(_, kind, _)| kind.as_str());
@@ -176,6 +216,24 @@ pub fn status(c: &Campaign, state: Option<&Path>) -> Result<StatusReport, Error>
                 .all(|st| s.count(*st) == 0),
         ingested,
         by_relay: by_relay(c, store.as_ref())?,
+        workers: store
+            .workers()?
+            .into_iter()
+            .map(|w| WorkerStatus {
+                name: w.name,
+                host: w.host,
+                pid: w.pid,
+                state: w.state,
+                alive: w.alive,
+                started_at: w.started_at,
+                heartbeat_at: w.heartbeat_at,
+                rate: w.rate,
+                share: w.share,
+                in_flight: w.in_flight,
+                sent: w.sent,
+                failed: w.failed,
+            })
+            .collect(),
         bounced: late.bounced,
         complained: late.complained,
         soft_bounced: late.soft_bounced,

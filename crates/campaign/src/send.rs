@@ -32,7 +32,7 @@ use edm_store::{CampaignStore, InDoubtPolicy, Outcome, OutcomeKind, Summary};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{Campaign, RelayKind, SecurityName};
-use crate::prepare::{Prepared, prepare_with_stop};
+use crate::prepare::{Prepared, prepare_as};
 use crate::writer::{StoreView, Writer, WriterMarker, record};
 use crate::{Error, Task};
 
@@ -62,6 +62,9 @@ pub struct SendOptions {
     pub stop_ingest: Option<Arc<AtomicBool>>,
     /// Go on although the reputation breaker trips (`--accept-reputation`).
     pub accept_reputation: bool,
+    /// This worker's name when several send one campaign (`--worker`; the
+    /// state in PostgreSQL only). Default: `host:pid`.
+    pub worker: Option<String>,
 }
 
 impl Default for SendOptions {
@@ -77,6 +80,7 @@ impl Default for SendOptions {
             max_retry_wait: crate::config::MAX_RETRY_WAIT,
             stop_ingest: None,
             accept_reputation: false,
+            worker: None,
         }
     }
 }
@@ -556,6 +560,15 @@ pub async fn start_send(campaign: Campaign, opts: SendOptions) -> Result<Run, Er
     if campaign.config.smtp.accept_invalid_certs {
         tracing::warn!("{INVALID_CERTS_WARNING}");
     }
+    if opts.worker.is_some() && !campaign.uses_postgres() {
+        return Err(Error::Config {
+            file: campaign.file.clone(),
+            message: "--worker names one of several workers of a campaign whose state is in \
+                      PostgreSQL ([store] url, --store, EDM_STORE_URL); a campaign in a SQLite \
+                      file is sent by one `edm send` at a time"
+                .into(),
+        });
+    }
     let password = campaign.password()?;
     let state = opts.state.clone().unwrap_or_else(|| campaign.state_path());
     // What reports name: the file, or the campaign in PostgreSQL.
@@ -564,14 +577,16 @@ pub async fn start_send(campaign: Campaign, opts: SendOptions) -> Result<Run, Er
     let s2 = state.clone();
     let (policy, accept) = (opts.in_doubt, opts.accept_changes);
     let stop = opts.stop_ingest.clone().unwrap_or_default();
-    let mut prepared =
-        tokio::task::spawn_blocking(move || prepare_with_stop(&c2, &s2, policy, accept, &stop))
-            .await
-            .map_err(|e| Error::Crashed {
-                file: campaign.file.clone(),
-                task: Task::Preparing,
-                reason: e.to_string(),
-            })??;
+    let worker = opts.worker.clone();
+    let mut prepared = tokio::task::spawn_blocking(move || {
+        prepare_as(&c2, &s2, policy, accept, &stop, worker.as_deref())
+    })
+    .await
+    .map_err(|e| Error::Crashed {
+        file: campaign.file.clone(),
+        task: Task::Preparing,
+        reason: e.to_string(),
+    })??;
     // `[bounces] return_path`: each recipient's MAIL FROM carries its
     // authenticated token (VERP, docs/bounces.md). Not through Amazon SES:
     // it sets its own MAIL FROM, and its FromEmailAddress must be a
@@ -709,6 +724,7 @@ async fn run(
         templates,
         ingested,
         in_doubt,
+        member,
         ..
     } = prepared;
     let concurrency = dcfg.concurrency;
@@ -758,6 +774,12 @@ async fn run(
     let engine = edm_delivery::start_with(transport, dcfg, jobs_rx, ev_tx);
     let engine_status = engine.status();
     let engine_control = engine.controller();
+    // Several workers on one campaign (PostgreSQL): this one's heartbeat
+    // (`workers.rs`) reports the engine's figures and sets its share.
+    if let Some(m) = &member {
+        m.attach(engine.status(), engine.controller());
+    }
+    let membership = member.as_ref().map(|m| m.state.clone());
     let (fed_tx, mut fed_rx) = mpsc::unbounded_channel();
     let (settled_tx, settled_rx) = watch::channel(Settled::default());
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -775,6 +797,7 @@ async fn run(
             limit: opts.limit,
             max_retry_wait: opts.max_retry_wait,
             daily_quota: campaign.config.delivery.daily_quota,
+            member: membership.clone(),
         }
         .run(),
     );
@@ -790,6 +813,10 @@ async fn run(
         policy: retry_policy(&campaign),
         in_doubt: opts.in_doubt,
         relay: campaign.relay_name().to_string(),
+        prefix: membership
+            .as_ref()
+            .map(|m| format!("[{}] ", m.name))
+            .unwrap_or_default(),
     };
     let mut counts = RunCounts::default();
     let mut settled = Settled::default();
@@ -808,6 +835,10 @@ async fn run(
                 progress_tx.send_replace(fold.sample(now_ms()).clone());
             }
             Some(c) = control_rx.recv() => {
+                // Pause and rate reach every worker (PostgreSQL).
+                if let Some(m) = &member {
+                    m.publish(c);
+                }
                 if c == Control::Stop {
                     // Stop also stops the feeder; the rest go to the engine.
                     stop_tx.send_replace(true);
@@ -842,6 +873,10 @@ async fn run(
                 let retry = event_attempt(&ev).is_some_and(|a| a.retry);
                 let is_envelope = ev.id().is_some();
                 outcomes.handle(&writer, &mut fold, &mut counts, ev).await;
+                if let Some(m) = &membership {
+                    m.sent.store(counts.sent, std::sync::atomic::Ordering::Relaxed);
+                    m.failed.store(counts.failed, std::sync::atomic::Ordering::Relaxed);
+                }
                 if is_envelope {
                     settled.all += 1;
                     settled.retries += u64::from(retry);
@@ -877,6 +912,9 @@ async fn run(
         )
         .await;
     }
+    if let Some(m) = membership.as_ref().filter(|m| m.lost()) {
+        writer.fail(m.lost_message());
+    }
     let store_failed = writer.failure();
     let writer = Arc::try_unwrap(writer).map_err(|_| Error::Crashed {
         file: state.clone(),
@@ -887,6 +925,17 @@ async fn run(
         state: state.clone(),
         reason: e.to_string(),
     })?;
+    // Every outcome is recorded: this worker leaves (no row of its own is
+    // left `sending` under a worker that is not running).
+    if let Some(m) = member {
+        tokio::task::spawn_blocking(move || m.stop())
+            .await
+            .map_err(|e| Error::Crashed {
+                file: state.clone(),
+                task: Task::Run,
+                reason: e.to_string(),
+            })?;
+    }
     let summary = store.summary()?;
     crate::suppress::after_run(&campaign, store.as_ref(), progress_tx.borrow().started_at);
     let end = match (engine_end, store_failed, feed_end) {
@@ -1009,6 +1058,9 @@ struct Outcomes {
     in_doubt: InDoubtPolicy,
     /// The relay's name kept with a sent recipient when the event has none.
     relay: String,
+    /// `[NAME] ` before each event's text when several workers send the
+    /// campaign (PostgreSQL): the log says which one saw what.
+    prefix: String,
 }
 
 impl Outcomes {
@@ -1138,7 +1190,7 @@ impl Outcomes {
                 };
                 let text = n.to_string();
                 tracing::info!(kind, "{text}");
-                writer.event(kind, text).await;
+                writer.event(kind, format!("{}{text}", self.prefix)).await;
                 (None, Recorded::Nothing)
             }
         };
@@ -1174,7 +1226,13 @@ struct Feeder {
     limit: Option<u64>,
     max_retry_wait: Duration,
     daily_quota: Option<u64>,
+    /// One worker among several (PostgreSQL): its lease and the others.
+    member: Option<Arc<crate::workers::Membership>>,
 }
+
+/// How often a worker left with only other workers' rows looks again (and
+/// recovers expired leases meanwhile).
+const OTHERS_POLL: Duration = Duration::from_secs(1);
 
 impl Feeder {
     async fn run(mut self) -> FeedEnd {
@@ -1190,6 +1248,13 @@ impl Feeder {
         // Handed to the engine (all, retries); minus what settled: in flight.
         let (mut handed, mut handed_retries) = (0u64, 0u64);
         let mut waiting = false;
+        if let Some(m) = self.member.clone() {
+            // A worker that joins waits one heartbeat (`workers.rs`).
+            tokio::select! {
+                _ = m.ready() => {}
+                _ = self.stop.changed() => {}
+            }
+        }
         loop {
             // Read (and marked seen) before anything below, so an outcome
             // settled after these reads still wakes the waits (`changed`
@@ -1199,6 +1264,19 @@ impl Feeder {
                 return FeedEnd::Stopped;
             }
             let in_flight = handed.saturating_sub(settled.all);
+            if let Some(m) = &self.member {
+                if m.lost() {
+                    self.writer.fail(m.lost_message());
+                    return FeedEnd::Stopped;
+                }
+                // Fencing: no work handed out on a lease that may have
+                // lapsed (its rows may go to others); wait for a renewal.
+                if !m.fresh() {
+                    m.poke();
+                    self.wait(Some(Duration::from_millis(200))).await;
+                    continue;
+                }
+            }
             let mut want = match self.limit {
                 Some(l) if claimed_total >= l => return FeedEnd::Limit,
                 Some(l) => batch.min((l - claimed_total) as usize),
@@ -1210,15 +1288,30 @@ impl Feeder {
                 // its outcome is queued, so it is then counted by
                 // `sent_since` (queued after it). The other order could count
                 // it in neither.
+                // Several workers: every `sending` row of the campaign (all
+                // workers' in flight), read before the sent ones so that a
+                // row settling in between is counted twice, never missed.
+                let busy = match &self.member {
+                    None => in_flight,
+                    Some(_) => match self.writer.summary().await {
+                        Ok(s) => s.count(Status::Sending).max(in_flight),
+                        Err(_) => return FeedEnd::Stopped,
+                    },
+                };
                 let since = now_ms() - 24 * 3600 * 1000;
                 let sent = match self.writer.sent_since(since).await {
                     Ok(n) => n,
                     Err(_) => return FeedEnd::Stopped,
                 };
-                let left = quota.saturating_sub(sent + in_flight);
+                let left = quota.saturating_sub(sent + busy);
                 if left == 0 {
                     if in_flight > 0 {
                         self.wait(None).await;
+                        continue;
+                    }
+                    if busy > 0 {
+                        // Others' messages in flight: one may fail.
+                        self.wait(Some(OTHERS_POLL)).await;
                         continue;
                     }
                     return FeedEnd::Quota { quota };
@@ -1228,7 +1321,14 @@ impl Feeder {
             let retries_in_flight = handed_retries.saturating_sub(settled.retries) as usize;
             let max_due = retry_budget.saturating_sub(retries_in_flight);
             let claim_at = now_ms();
-            let claimed = match self.writer.claim(want, max_due, claim_at).await {
+            // Several workers: the store caps the claim with the quota under
+            // a lock, so that their sum keeps it exactly (the counts above
+            // may be a moment old when two claim at once).
+            let cap = match (&self.member, self.daily_quota) {
+                (Some(_), Some(q)) => Some((q, claim_at - 24 * 3600 * 1000)),
+                _ => None,
+            };
+            let claimed = match self.writer.claim_capped(want, max_due, claim_at, cap).await {
                 Ok(c) => c,
                 Err(e) => {
                     self.writer.fail(e.to_string());
@@ -1247,13 +1347,21 @@ impl Feeder {
                 };
                 let deferred = summary.count(Status::Deferred);
                 let pending = summary.count(Status::Pending);
-                if deferred == 0 && pending == 0 {
+                // Rows other workers are sending (none in flight here): a
+                // worker among several waits for them rather than finishing,
+                // since it may have to take over a dead worker's rows.
+                let others = match &self.member {
+                    Some(_) => summary.count(Status::Sending),
+                    None => 0,
+                };
+                if deferred == 0 && pending == 0 && others == 0 {
                     return FeedEnd::Complete;
                 }
                 let now = now_ms();
                 let next_due = summary.next_due.unwrap_or(now);
                 if deferred > 0
                     && pending == 0
+                    && others == 0
                     && next_due - now > self.max_retry_wait.as_millis() as i64
                 {
                     return FeedEnd::Waiting { deferred, next_due };
@@ -1266,8 +1374,15 @@ impl Feeder {
                 // `max_retry_wait` above), or an outcome, or a stop. The floor
                 // only guards against spinning on a row due now that the claim
                 // did not take.
-                self.wait(Some(Duration::from_millis((next_due - now).max(50) as u64)))
-                    .await;
+                let mut nap = Duration::from_millis((next_due - now).max(50) as u64);
+                if others > 0
+                    && let Some(m) = &self.member
+                {
+                    // Recovers expired leases at each look.
+                    m.poke();
+                    nap = nap.min(OTHERS_POLL);
+                }
+                self.wait(Some(nap)).await;
                 continue;
             }
             if waiting {

@@ -139,15 +139,18 @@ pub(crate) fn location(c: &Campaign, state: Option<&Path>) -> PathBuf {
     }
 }
 
-/// The state for a run (`edm send`): created if missing.
+/// The state for a run (`edm send`): created if missing. `worker` names
+/// this worker in PostgreSQL (`--worker`; default `host:pid`).
 pub(crate) fn open_for_run(
     c: &Campaign,
     state: &Path,
     durability: Durability,
+    worker: Option<&str>,
 ) -> Result<Box<dyn CampaignStore>, Error> {
-    match pg_options(c)? {
-        Some(o) => Ok(Box::new(PgStore::open(&o)?)),
-        None => Ok(Box::new(Store::open(state, durability)?)),
+    match (pg_options(c)?, worker) {
+        (Some(o), Some(w)) => Ok(Box::new(PgStore::open(&o.with_worker(w))?)),
+        (Some(o), None) => Ok(Box::new(PgStore::open(&o)?)),
+        (None, _) => Ok(Box::new(Store::open(state, durability)?)),
     }
 }
 

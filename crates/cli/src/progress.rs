@@ -118,6 +118,25 @@ pub fn print_status(s: &StatusReport) {
             s.bounced, s.complained, s.soft_bounced
         );
     }
+    for w in &s.workers {
+        println!(
+            "  worker {} ({} pid {}): {}{}, sent {}, failed {}, in flight {}, rate {}, last heartbeat {}",
+            w.name,
+            w.host,
+            w.pid,
+            w.state,
+            if w.alive || w.state != "running" {
+                ""
+            } else {
+                " (lease expired)"
+            },
+            w.sent,
+            w.failed,
+            w.in_flight,
+            w.rate.map_or("unlimited".into(), |r| format!("{r:.1}/s")),
+            edm_campaign::rfc3339(w.heartbeat_at),
+        );
+    }
     if !s.ingested {
         println!(
             "  the recipients file is not all stored yet (an interrupted ingest): edm send stores the rest"

@@ -68,6 +68,22 @@ pub struct SendArgs {
     /// max_bounce_rate / max_complaint_rate (the reputation breaker).
     #[arg(long)]
     pub accept_reputation: bool,
+    /// This worker's name, when several `edm send` run one campaign whose
+    /// state is in PostgreSQL (default: host:pid). Refused for a SQLite state.
+    #[arg(long, value_name = "NAME", value_parser = parse_worker)]
+    pub worker: Option<String>,
+}
+
+/// A worker name: shown in events and `edm status`, kept in the database.
+fn parse_worker(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if s.is_empty() || s.chars().count() > 100 {
+        return Err("a worker name has 1 to 100 characters".into());
+    }
+    if s.chars().any(|c| c.is_control()) {
+        return Err("a worker name has no control characters".into());
+    }
+    Ok(s.to_string())
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -94,6 +110,7 @@ impl SendArgs {
             max_retry_wait: Duration::from_secs(self.max_retry_wait),
             stop_ingest: None,
             accept_reputation: self.accept_reputation,
+            worker: self.worker.clone(),
         }
     }
 }

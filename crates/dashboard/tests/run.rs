@@ -53,6 +53,8 @@ impl Engine {
                 p.state = RunState::Stopping;
                 self.frames_until_done.set(Some(3));
             }
+            // Set by a worker's heartbeat, never by a key.
+            Control::SetShare(_) => {}
         }
     }
 }

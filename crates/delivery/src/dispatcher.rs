@@ -70,6 +70,25 @@ impl Dispatcher {
         }
     }
 
+    /// Every per-domain rate at `share` of its configured value (several
+    /// workers sharing a campaign, [`edm_model::Control::SetShare`]).
+    pub(crate) fn set_share(
+        &mut self,
+        share: f64,
+        limits: &HashMap<String, crate::engine::DomainLimit>,
+    ) {
+        for (domain, limit) in limits {
+            if let (Some(rate), Some(gate)) = (
+                limit.rate,
+                self.domains
+                    .get(&domain.to_ascii_lowercase())
+                    .and_then(|g| g.rate.as_ref()),
+            ) {
+                gate.set_rate(Some(rate * share));
+            }
+        }
+    }
+
     /// Notified when a domain slot is given back.
     pub(crate) fn freed(&self) -> Arc<Notify> {
         self.freed.clone()

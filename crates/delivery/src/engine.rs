@@ -351,6 +351,9 @@ pub(crate) struct Shared {
     /// The envelope each worker task holds, so a panicking worker's envelope
     /// goes back to pending.
     pub(crate) holding: Mutex<HashMap<tokio::task::Id, edm_model::RecipientId>>,
+    /// This worker's share of the campaign's limits ([`Control::SetShare`]),
+    /// as `f64` bits: 1.0 unless several workers share the campaign.
+    pub(crate) share: AtomicU64,
 }
 
 impl Shared {
@@ -680,7 +683,16 @@ impl Shared {
         *self.stop.borrow()
     }
 
+    /// This worker's share of the campaign's limits (1.0 alone).
+    pub(crate) fn share(&self) -> f64 {
+        f64::from_bits(self.share.load(Ordering::Relaxed))
+    }
+
+    /// `to` is the campaign's rate (the operator's, or AIMD's): the gate
+    /// runs at this worker's share of it.
     pub(crate) async fn set_effective(&self, to: Option<f64>, cause: &str) {
+        let share = self.share();
+        let to = to.map(|r| r * share);
         let from = self.gate.rate();
         if from == to {
             return;
@@ -766,6 +778,7 @@ pub fn start_with(
         streak: Mutex::new(Streak::default()),
         stopped_by: Mutex::new(None),
         holding: Mutex::new(HashMap::new()),
+        share: AtomicU64::new(1.0f64.to_bits()),
         cfg,
     });
     let (control_tx, control_rx) = mpsc::unbounded_channel();
@@ -842,7 +855,12 @@ async fn run(
                     }
                 }
             }
-            Some(c) = control.recv() => handle_control(&shared, c).await,
+            Some(c) = control.recv() => {
+                if let Control::SetShare(share) = c {
+                    disp.set_share(share, &shared.cfg.domains);
+                }
+                handle_control(&shared, c).await
+            }
             Some(ask) = want.recv() => {
                 if !ending {
                     disp.want(ask);
@@ -936,7 +954,13 @@ async fn run(
 
 fn snapshot(shared: &Shared) -> EngineStatus {
     EngineStatus {
-        target_rate: shared.aimd.lock().map(|a| a.target()).unwrap_or(None),
+        // This worker's target: its share of the campaign's (one worker
+        // among several is not throttled for running at its share).
+        target_rate: shared
+            .aimd
+            .lock()
+            .map(|a| a.target().map(|t| t * shared.share()))
+            .unwrap_or(None),
         effective_rate: shared.gate.rate(),
         in_flight: shared.in_flight.load(Ordering::Relaxed),
         paused: *shared.paused.borrow()
@@ -977,6 +1001,32 @@ async fn handle_control(shared: &Shared, c: Control) {
         }
         Control::Stop => {
             let _ = shared.stop.send(true);
+        }
+        Control::SetShare(share) => {
+            let share = if share.is_finite() && share > 0.0 {
+                share.min(1.0)
+            } else {
+                1.0
+            };
+            shared.share.store(share.to_bits(), Ordering::Relaxed);
+            // The burst is shared too: with n workers, the sum of their
+            // bursts stays about the campaign's (at least 1 each).
+            let burst = (f64::from(shared.cfg.burst) * share).round() as u32;
+            shared.gate.set_burst(burst.max(1));
+            shared.transport.set_share(share);
+            let campaign = shared.aimd.lock().ok().and_then(|a| a.effective());
+            let to = campaign.map(|r| r * share);
+            let from = shared.gate.rate();
+            shared.gate.set_rate(to);
+            if from != to {
+                shared
+                    .emit(DeliveryEvent::Notice(Notice::RateChanged {
+                        from: from.unwrap_or(f64::INFINITY),
+                        to: to.unwrap_or(f64::INFINITY),
+                        cause: format!("this worker's share of the campaign's rate: {share:.3}"),
+                    }))
+                    .await;
+            }
         }
     }
 }

@@ -97,6 +97,11 @@ pub trait Transport: Send + Sync + 'static {
     /// report (a relay pool taking a member out) sends notices there. Most
     /// transports have nothing to say.
     fn attach(&self, _events: tokio::sync::mpsc::Sender<DeliveryEvent>) {}
+
+    /// This worker's share of the campaign's limits
+    /// ([`edm_model::Control::SetShare`]): a transport with rates of its own
+    /// (a pool's members) runs them at this share. Nothing by default.
+    fn set_share(&self, _share: f64) {}
 }
 
 /// One open connection: many transactions, one at a time.

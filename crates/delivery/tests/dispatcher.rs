@@ -321,3 +321,70 @@ async fn a_quota_pause_ends_exactly_when_due() {
         .map(|(t, _)| *t);
     assert_eq!(resumed, Some(ms(60_010)));
 }
+
+/// Runs `envs` after a [`Control::SetShare`]; when each one started,
+/// relative to the first.
+async fn starts_at_share(cfg: DeliveryConfig, share: f64, envs: Vec<Envelope>) -> Vec<Duration> {
+    let rate = cfg.rate;
+    let stub = Arc::new(Stub::new());
+    let (jobs_tx, jobs_rx) = mpsc::channel(envs.len().max(1));
+    let (ev_tx, mut ev_rx) = mpsc::channel(1024);
+    let engine = edm_delivery::start_with(Arc::new(Shared(stub.clone())), cfg, jobs_rx, ev_tx);
+    engine.controller().send(Control::SetShare(share)).unwrap();
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    for env in envs {
+        jobs_tx.send(env).await.unwrap();
+    }
+    drop(jobs_tx);
+    let mut shared_rate = None;
+    while let Some(ev) = ev_rx.recv().await {
+        if let DeliveryEvent::Notice(Notice::RateChanged { to, cause, .. }) = ev
+            && cause.contains("share")
+        {
+            shared_rate = Some(to);
+        }
+    }
+    assert_eq!(engine.join().await, EngineEnd::Drained);
+    let log = stub.log.lock().unwrap();
+    let first = log.started.iter().map(|(_, t)| *t).min().unwrap();
+    let mut starts: Vec<Duration> = log.started.iter().map(|(_, t)| *t - first).collect();
+    starts.sort();
+    if share < 1.0
+        && let Some(rate) = rate
+    {
+        assert_eq!(shared_rate, Some(rate * share), "the change is said");
+    }
+    starts
+}
+
+/// Several workers on one campaign (PostgreSQL, docs/scaling.md): a worker
+/// at half the campaign's limits runs its rate, its burst and each domain's
+/// rate at half (so the workers' sum stays within the limits).
+#[tokio::test(start_paused = true)]
+async fn a_share_of_the_limits_halves_rate_burst_and_domain_rates() {
+    let ms = |m| Duration::from_millis(m);
+    // The campaign: 10/s with a burst of 4; at half, 5/s with a burst of 2
+    // (3 at once, GCRA's burst + 1), then one every 200 ms.
+    let mut cfg = config(8);
+    cfg.rate = Some(10.0);
+    cfg.burst = 4;
+    let envs: Vec<Envelope> = (0..6).map(|i| envelope(i, "fast.example")).collect();
+    let starts = starts_at_share(cfg.clone(), 0.5, envs.clone()).await;
+    assert_eq!(starts, vec![ms(0), ms(0), ms(0), ms(200), ms(400), ms(600)]);
+    // The whole share (one worker): as configured, 5 at once then 100 ms.
+    let starts = starts_at_share(cfg, 1.0, envs).await;
+    assert_eq!(starts, vec![ms(0), ms(0), ms(0), ms(0), ms(0), ms(100)]);
+
+    // A domain at 4/s: at half, 2/s (two at once, then every 500 ms).
+    let mut cfg = config(2);
+    cfg.domains.insert(
+        "slow.example".into(),
+        DomainLimit {
+            rate: Some(4.0),
+            concurrency: None,
+        },
+    );
+    let envs: Vec<Envelope> = (0..5).map(|i| envelope(i, "slow.example")).collect();
+    let starts = starts_at_share(cfg, 0.5, envs).await;
+    assert_eq!(starts, vec![ms(0), ms(0), ms(500), ms(1000), ms(1500)]);
+}

@@ -382,6 +382,12 @@ pub enum Control {
     SetRate(Option<f64>),
     /// Graceful stop: finish and record in-flight transactions, then exit.
     Stop,
+    /// This worker's share of the campaign's limits (0 < share <= 1), when
+    /// several workers send one campaign (PostgreSQL, docs/scaling.md): the
+    /// campaign's rate and burst, the per-domain rates and the relays'
+    /// rates are multiplied by it, so that the workers' sum stays within
+    /// the limits.
+    SetShare(f64),
 }
 
 /// Returns the lower-cased domain of an address (the part after the last

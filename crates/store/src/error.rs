@@ -197,6 +197,43 @@ pub enum Error {
         /// What could not be re-established, and why.
         what: String,
     },
+    /// Another live worker already runs this campaign under this name
+    /// (`edm send --worker NAME`; PostgreSQL).
+    #[error(
+        "{}: a worker named {worker:?} is already sending this campaign (process {pid} on {host}, \
+         its lease runs for {left_ms} ms more); give this one another --worker name, or wait",
+        path.display()
+    )]
+    WorkerLive {
+        /// The store's location.
+        path: PathBuf,
+        /// The name asked for.
+        worker: String,
+        /// The live worker's process id.
+        pid: u64,
+        /// The live worker's host.
+        host: String,
+        /// How long its lease still runs.
+        left_ms: i64,
+    },
+    /// This worker's lease was lost (its heartbeat could not renew it in
+    /// time and another worker took its rows over, or another process
+    /// joined under its name): its durable marks are refused, so it never
+    /// completes a message that may have been handed to another worker
+    /// (fencing). The worker stops.
+    #[error(
+        "{}: worker {worker:?} lost its lease ({what}): another worker may have taken its \
+         recipients over; stopping without completing the messages in flight",
+        path.display()
+    )]
+    LeaseLost {
+        /// The store's location.
+        path: PathBuf,
+        /// This worker's name.
+        worker: String,
+        /// What was refused.
+        what: String,
+    },
 }
 
 impl Error {

@@ -89,6 +89,7 @@
 mod error;
 mod ingest;
 mod late;
+pub mod lease;
 pub mod memory;
 pub mod postgres;
 mod read;
@@ -101,6 +102,9 @@ pub mod writer;
 
 pub use error::{Error, ExportError, Result};
 pub use ingest::IngestPass;
+pub use lease::{
+    LeaseSettings, Recovered, Renewal, SharedControls, WorkerFigures, WorkerLease, WorkerRow,
+};
 pub use memory::MemoryStore;
 pub use postgres::{OpenMode, PgOptions, PgStore};
 pub use store::{Store, create_private_dir, private_file, private_options};
@@ -255,6 +259,47 @@ pub trait CampaignStore: Send {
     /// The last `limit` recipients sent or refused permanently, latest attempt
     /// first: the reputation breaker's window.
     fn reputation_window(&self, limit: usize) -> Result<Vec<WindowEntry>>;
+
+    // Several workers on one campaign (PostgreSQL only, docs/scaling.md);
+    // the defaults keep the one-run-at-a-time stores as they are.
+
+    /// Waits for the campaign's ingest lock, held until
+    /// [`unlock_ingest`](CampaignStore::unlock_ingest) (or the store is
+    /// dropped): workers starting together ingest once. A store with an
+    /// exclusive run lock needs none.
+    fn lock_ingest(&mut self) -> Result<()> {
+        Ok(())
+    }
+    /// Releases the ingest lock.
+    fn unlock_ingest(&mut self) -> Result<()> {
+        Ok(())
+    }
+    /// This worker's heartbeat on a connection of its own, once
+    /// [`lock_for_run`](CampaignStore::lock_for_run) joined it; `None` for a
+    /// store that runs one worker at a time.
+    fn lease(&self) -> Result<Option<Box<dyn WorkerLease>>> {
+        Ok(None)
+    }
+    /// The campaign's workers, newest first (none for a one-worker store).
+    fn workers(&self) -> Result<Vec<WorkerRow>> {
+        Ok(Vec::new())
+    }
+    /// [`claim_with_budget`](CampaignStore::claim_with_budget) within a
+    /// daily quota: with `cap = Some((quota, since))`, at most what leaves
+    /// the recipients sent since `since` plus those being sent (by any
+    /// worker) within `quota`. Several workers claim under one lock, so
+    /// their sum keeps the quota exactly; one run at a time needs no more
+    /// than its own count (the default).
+    fn claim_capped(
+        &mut self,
+        limit: usize,
+        max_due: usize,
+        now: UnixMillis,
+        cap: Option<(u64, UnixMillis)>,
+    ) -> Result<Vec<Recipient>> {
+        let _ = cap;
+        self.claim_with_budget(limit, max_due, now)
+    }
 }
 
 /// The schema version this build writes (`PRAGMA user_version`).

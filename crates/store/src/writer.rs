@@ -57,6 +57,8 @@ enum Msg {
         limit: usize,
         max_due: usize,
         now: UnixMillis,
+        /// A daily quota for the sum of the workers (`claim_capped`).
+        cap: Option<(u64, UnixMillis)>,
         reply: oneshot::Sender<Result<Vec<Recipient>>>,
     },
     Event {
@@ -176,10 +178,23 @@ impl Writer {
         max_due: usize,
         now: UnixMillis,
     ) -> Result<Vec<Recipient>> {
+        self.claim_capped(limit, max_due, now, None).await
+    }
+
+    /// [`Writer::claim`] within a daily quota for the sum of the workers
+    /// ([`CampaignStore::claim_capped`]).
+    pub async fn claim_capped(
+        &self,
+        limit: usize,
+        max_due: usize,
+        now: UnixMillis,
+        cap: Option<(u64, UnixMillis)>,
+    ) -> Result<Vec<Recipient>> {
         self.ask("a claim", |reply| Msg::Claim {
             limit,
             max_due,
             now,
+            cap,
             reply,
         })
         .await
@@ -347,10 +362,11 @@ fn run(
                     limit,
                     max_due,
                     now,
+                    cap,
                     reply,
                 } => {
                     commit(&mut store, &mut pending);
-                    let _ = reply.send(store.claim_with_budget(limit, max_due, now));
+                    let _ = reply.send(store.claim_capped(limit, max_due, now, cap));
                 }
                 Msg::SentSince { since, reply } => {
                     commit(&mut store, &mut pending);

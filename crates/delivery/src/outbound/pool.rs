@@ -94,6 +94,9 @@ struct Member {
     transport: Arc<dyn Transport>,
     weight: f64,
     gate: RateGate,
+    /// The configured rate and burst, before any share (several workers).
+    rate: Option<f64>,
+    burst: u32,
     slots: Arc<Semaphore>,
     concurrency: usize,
     idle: Mutex<Vec<Box<dyn Connection>>>,
@@ -166,6 +169,8 @@ impl PoolTransport {
             .into_iter()
             .map(|m| Member {
                 gate: RateGate::new(m.rate, m.burst),
+                rate: m.rate,
+                burst: m.burst,
                 slots: Arc::new(Semaphore::new(m.concurrency.max(1))),
                 concurrency: m.concurrency.max(1),
                 idle: Mutex::new(Vec::new()),
@@ -522,6 +527,18 @@ impl Transport for PoolTransport {
             last: None,
         };
         Box::pin(async move { Ok(Box::new(c) as Box<dyn Connection>) })
+    }
+
+    /// Each member's rate and burst at this worker's share (several workers
+    /// sending one campaign through the same relays).
+    fn set_share(&self, share: f64) {
+        for m in &self.inner.members {
+            if let Some(rate) = m.rate {
+                m.gate
+                    .set_burst(((f64::from(m.burst) * share).round() as u32).max(1));
+                m.gate.set_rate(Some(rate * share));
+            }
+        }
     }
 
     fn attach(&self, events: mpsc::Sender<DeliveryEvent>) {

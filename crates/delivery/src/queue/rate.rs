@@ -40,7 +40,8 @@ type Limiter = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<D
 /// they pick up the new limiter on their next check.
 pub struct RateGate {
     clock: TokioClock,
-    burst: NonZeroU32,
+    /// GCRA's burst (`burst + 1`); changed by [`RateGate::set_burst`].
+    burst: std::sync::atomic::AtomicU32,
     current: RwLock<(Option<f64>, Option<Arc<Limiter>>)>,
 }
 
@@ -55,7 +56,7 @@ impl RateGate {
     pub fn new(rate: Option<f64>, burst: u32) -> RateGate {
         let gate = RateGate {
             clock: TokioClock::default(),
-            burst: NonZeroU32::new(burst.max(1).saturating_add(1)).unwrap_or(NonZeroU32::MIN),
+            burst: std::sync::atomic::AtomicU32::new(burst.max(1).saturating_add(1)),
             current: RwLock::new((None, None)),
         };
         gate.set_rate(rate);
@@ -73,8 +74,9 @@ impl RateGate {
         let limiter = rate.and_then(|r| {
             let period = Duration::from_secs_f64(1.0 / r);
             Quota::with_period(period).map(|q| {
+                let burst = self.burst.load(std::sync::atomic::Ordering::Relaxed);
                 Arc::new(RateLimiter::direct_with_clock(
-                    q.allow_burst(self.burst),
+                    q.allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN)),
                     self.clock.clone(),
                 ))
             })
@@ -82,6 +84,16 @@ impl RateGate {
         if let Ok(mut g) = self.current.write() {
             *g = (rate, limiter);
         }
+    }
+
+    /// Changes the burst (at least 1); applies from the next
+    /// [`RateGate::set_rate`]. Several workers sharing a campaign share its
+    /// burst too, so that their sum stays within rate + burst.
+    pub fn set_burst(&self, burst: u32) {
+        self.burst.store(
+            burst.max(1).saturating_add(1),
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     /// Takes a slot if one is free right now, without waiting.

@@ -1,23 +1,24 @@
 //! [`PgStore`]: the [`CampaignStore`](crate::CampaignStore) seam on
 //! PostgreSQL, for a campaign whose state lives in a database the operator
-//! already runs (and, in a later round, for several workers sharing one
-//! campaign).
+//! already runs, and for several workers sharing one campaign.
 //!
 //! It keeps the SQLite store's semantics, checked by the same suite
 //! (`suite.rs`): the ingest checkpoint and unique key, the claim order, the
 //! durable marks, the tallies. What differs is where: one schema `edm` per
 //! installation ([`schema`]), many campaigns in it, each a row of
-//! `edm.campaigns` identified by its name and a fingerprint; the run lock is
-//! a session advisory lock (released by the server when the process dies, like
-//! the SQLite lock file's OS lock); claims use `FOR UPDATE SKIP LOCKED`, so a
-//! second worker never waits on rows another is claiming.
+//! `edm.campaigns` identified by its name and a fingerprint; instead of a run
+//! lock, `lock_for_run` joins the campaign as a worker (`workers.rs`: a row
+//! of `edm.workers` with a lease its heartbeat renews, the recovery of a
+//! dead worker's rows, fenced marks and claims); claims use `FOR UPDATE
+//! SKIP LOCKED`, so a worker never waits on rows another is claiming.
 //!
 //! The connection lives on its own thread ([`conn`]): the `postgres` crate
 //! cannot be called from inside a tokio runtime, and this store is. That
 //! thread also reconnects when the server goes away (a restart, a network
 //! cut) and runs the interrupted operation again, up to
-//! [`PgOptions::reconnect_for`]; `PgStore::session_hook` then takes again
-//! what lived in the lost session (the run lock). TLS to the server is
+//! [`PgOptions::reconnect_for`]; `PgStore::session_hook` then sets up again
+//! what lived in the lost session (a worker's session setting; the run lock,
+//! kept for a store locked the old way). TLS to the server is
 //! libpq's `sslmode` and `sslrootcert` on rustls (`tls.rs`).
 //!
 //! Passwords: never in the URL (refused, see [`PgOptions::parse`]); from
@@ -29,6 +30,7 @@ mod ops;
 mod retry;
 mod schema;
 mod tls;
+mod workers;
 
 #[cfg(any(test, feature = "pg-fixture"))]
 pub mod fixture;
@@ -172,13 +174,17 @@ impl PgOptions {
 
 /// `host:pid`, the default worker name.
 fn default_worker() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+    format!("{}:{}", host_name(), std::process::id())
+}
+
+/// This machine's host name (`edm.workers.host`).
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .ok()
         .filter(|h| !h.is_empty())
         .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "localhost".into());
-    format!("{host}:{}", std::process::id())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// `postgres://user@host:port/db` from parsed settings (no password).
@@ -221,6 +227,15 @@ pub struct PgStore {
     claimed: (edm_model::UnixMillis, Vec<i64>),
     /// True once this store wrote the "marks used" meta key (see `ops.rs`).
     marks_meta_set: bool,
+    /// How it was opened: the heartbeat opens a second connection with it.
+    options: PgOptions,
+    /// This worker's incarnation once it joined the campaign
+    /// (`lock_for_run`, `workers.rs`).
+    joined: Option<i64>,
+    /// The lease's timings ([`crate::LeaseSettings::from_env`]).
+    lease: crate::LeaseSettings,
+    /// The daily quota of the next claim (`claim_capped`), taken by it.
+    claim_cap: Option<(u64, i64)>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -320,6 +335,10 @@ impl PgStore {
             run_pid: 0,
             claimed: (0, Vec::new()),
             marks_meta_set: false,
+            options: options.clone(),
+            joined: None,
+            lease: crate::LeaseSettings::from_env(),
+            claim_cap: None,
         };
         store.conn.set_hook(store.session_hook())?;
         Ok(store)
@@ -331,18 +350,29 @@ impl PgStore {
     /// again; the outage is then written in the campaign's event log (kind
     /// `store`), so `edm status` shows that the run was paused. Called again
     /// whenever that state changes ([`PgStore::lock_for_run`]). A lock taken
-    /// meanwhile by another process is fatal for this run.
+    /// meanwhile by another process is fatal for this run. A worker among
+    /// several (`workers.rs`) holds no run lock: its lease lives in
+    /// `edm.workers` and outlives the session; only its session's setting
+    /// (idle transactions end after half a lease) is set again.
     fn session_hook(&self) -> Hook {
         let id = self.campaign_id;
         let run_lock = self.locked.then(|| (self.run_pid, self.worker.clone()));
+        let worker_lease = self.joined.map(|_| self.lease.lease_ms());
         Box::new(move |client, path, outage: &Outage| {
-            let Some((pid, worker)) = &run_lock else {
-                return Ok(());
+            if let Some(ms) = worker_lease {
+                workers::fence_idle_transactions(client, path, ms)?;
+            }
+            let what = match (&run_lock, worker_lease) {
+                (Some((pid, worker)), _) => {
+                    retry::relock(client, path, id, *pid, worker)?;
+                    "the run lock taken again"
+                }
+                (None, Some(_)) => "this worker's lease kept (edm.workers)",
+                (None, None) => return Ok(()),
             };
-            retry::relock(client, path, id, *pid, worker)?;
             let text = format!(
                 "the PostgreSQL server was unreachable for {:.1} s (connection lost at {} ms); \
-                 reconnected, the run lock taken again, and the interrupted write repeated",
+                 reconnected, {what}, and the interrupted write repeated",
                 outage.lasted.as_secs_f64(),
                 outage.since
             );

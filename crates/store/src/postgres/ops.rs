@@ -14,7 +14,6 @@ use postgres::GenericClient;
 
 use super::PgStore;
 use super::conn::AtPg;
-use super::schema::RUN_LOCK_CLASS;
 use crate::error::{Error, Result};
 use crate::ingest::{next_generation, pass_meta};
 use crate::late::late_transition;
@@ -28,10 +27,6 @@ use crate::{CampaignStore, IngestPass};
 
 /// The meta key set once marks were used (the SQLite store's, too).
 const MARKS_META: &str = "dot_marks";
-
-/// How long a refused run lock is tried again, and in how many tries.
-const LOCK_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
-const LOCK_TRIES: u32 = 10;
 
 /// Rows an export sends across from the connection thread at once.
 const EXPORT_CHUNK: i32 = 1000;
@@ -64,7 +59,12 @@ fn limit(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-fn get_meta(c: &mut impl GenericClient, path: &Path, id: i64, key: &str) -> Result<Option<String>> {
+pub(super) fn get_meta(
+    c: &mut impl GenericClient,
+    path: &Path,
+    id: i64,
+    key: &str,
+) -> Result<Option<String>> {
     Ok(c.query_opt(
         "SELECT value FROM edm.meta WHERE campaign_id = $1 AND key = $2",
         &[&id, &key],
@@ -73,7 +73,7 @@ fn get_meta(c: &mut impl GenericClient, path: &Path, id: i64, key: &str) -> Resu
     .map(|r| r.get(0)))
 }
 
-fn put_meta(
+pub(super) fn put_meta(
     c: &mut impl GenericClient,
     path: &Path,
     id: i64,
@@ -96,7 +96,7 @@ fn meta_int(c: &mut impl GenericClient, path: &Path, id: i64, key: &str) -> Resu
 }
 
 /// Puts a claimed row back as before its claim (`SET` clause).
-const UNCLAIM: &str =
+pub(super) const UNCLAIM: &str =
     "status = CASE WHEN next_attempt_at IS NULL THEN 'pending' ELSE 'deferred' END,
      first_attempt_at = CASE WHEN prev_attempt_at IS NULL THEN NULL ELSE first_attempt_at END,
      last_attempt_at = prev_attempt_at, prev_attempt_at = NULL,
@@ -105,7 +105,7 @@ const UNCLAIM: &str =
 impl PgStore {
     /// Runs `f` on the connection; after a lost connection it runs again
     /// (see `conn.rs`), so `f` must be safe to repeat.
-    fn call<R: Send + 'static>(
+    pub(super) fn call<R: Send + 'static>(
         &self,
         mut f: impl FnMut(&mut Client, &Path, i64) -> Result<R> + Send + 'static,
     ) -> Result<R> {
@@ -163,58 +163,12 @@ impl CampaignStore for PgStore {
         self.conn.location()
     }
 
-    /// A session advisory lock on (edm, campaign id): the server releases it
-    /// when the session ends, also when the process is killed, so a crash
-    /// never leaves a stale lock. The holder's worker name is kept in meta
-    /// so that a refusal can say who.
+    /// Joins the campaign as a worker (`workers.rs`): several `edm send`
+    /// run one campaign together, each under its own name; a name whose
+    /// lease is live is refused ([`Error::WorkerLive`]). A crash never
+    /// leaves a stale worker: its lease expires.
     fn lock_for_run(&mut self, pid: u32) -> Result<()> {
-        if self.locked {
-            return Ok(());
-        }
-        let worker = self.worker.clone();
-        let key = i32::try_from(self.campaign_id).unwrap_or(i32::MAX);
-        let taken = self.call(move |c, path, id| {
-            // A process killed a moment ago: its session ends when the
-            // server reads the closed socket, which takes a moment; a few
-            // tries over LOCK_GRACE keep a resumed run from being refused
-            // by its own dead predecessor.
-            let mut tries = 0;
-            let taken = loop {
-                let taken: bool = c
-                    .query_one(
-                        "SELECT pg_try_advisory_lock($1, $2)",
-                        &[&RUN_LOCK_CLASS, &key],
-                    )
-                    .at(path)?
-                    .get(0);
-                tries += 1;
-                if taken || tries >= LOCK_TRIES {
-                    break taken;
-                }
-                std::thread::sleep(LOCK_GRACE / LOCK_TRIES);
-            };
-            if taken {
-                put_meta(c, path, id, "run.pid", &pid.to_string())?;
-                put_meta(c, path, id, "run.worker", &worker)?;
-                Ok(None)
-            } else {
-                let holder = get_meta(c, path, id, "run.pid")?.and_then(|p| p.parse().ok());
-                Ok(Some(holder))
-            }
-        })?;
-        match taken {
-            None => {
-                self.locked = true;
-                self.run_pid = pid;
-                // A lost session loses the lock: the hook takes it again.
-                self.conn.set_hook(self.session_hook())
-            }
-            Some(pid) => Err(Error::Locked {
-                path: self.location().to_path_buf(),
-                lock: std::path::PathBuf::from("a PostgreSQL advisory lock"),
-                pid,
-            }),
-        }
+        self.join(pid)
     }
 
     fn meta(&self, key: &str) -> Result<Option<String>> {
@@ -540,6 +494,10 @@ impl CampaignStore for PgStore {
     }
 
     fn recover_in_doubt(&mut self, policy: InDoubtPolicy) -> Result<u64> {
+        // A worker among others touches only the rows of dead workers.
+        if self.joined.is_some() {
+            return self.recover_at_join(policy);
+        }
         self.call(move |c, path, id| {
             let now = edm_model::now_ms();
             let mut tx = c.transaction().at(path)?;
@@ -587,6 +545,8 @@ impl CampaignStore for PgStore {
         now: UnixMillis,
     ) -> Result<Vec<Recipient>> {
         let worker = self.worker.clone();
+        let joined = self.joined;
+        let cap = self.claim_cap.take();
         let earlier = if self.claimed.0 == now {
             self.claimed.1.clone()
         } else {
@@ -601,6 +561,16 @@ impl CampaignStore for PgStore {
                 }
             }
             let mut tx = c.transaction().at(path)?;
+            if let Some(inc) = joined {
+                // A worker whose rows were taken over claims nothing more.
+                super::workers::hold_own_row(&mut tx, path, (id, &worker, inc), "its claims")?;
+            }
+            let limit_n = match cap {
+                Some((quota, since)) => {
+                    super::workers::quota_left(&mut tx, path, id, (quota, since))?.min(limit_n)
+                }
+                None => limit_n,
+            };
             let claim = |picked: &str| {
                 format!(
                     "WITH picked AS ({picked})
@@ -667,6 +637,7 @@ impl CampaignStore for PgStore {
         let marks: Vec<i64> = marks.iter().map(|m| m.0).collect();
         let marks_meta_set = self.marks_meta_set;
         let marking = !marks.is_empty();
+        let fence = self.joined.map(|inc| (self.worker.clone(), inc));
         let worker = self.worker.clone();
         self.call_again(move |c, path, id, again| {
             let mut tx = c.transaction().at(path)?;
@@ -677,15 +648,32 @@ impl CampaignStore for PgStore {
                 let done = super::retry::already_recorded(&mut tx, path, id, &worker, &ids)?;
                 outcomes.retain(|o| !done.contains(&o.id.0));
             }
-            record_in(&mut tx, path, id, &outcomes)?;
+            // A worker among several: only the outcomes of rows it still
+            // holds (see `workers.rs`).
+            let held;
+            let outcomes: &[Outcome] = match &fence {
+                Some((worker, _)) => {
+                    held = PgStore::held_outcomes(&mut tx, path, (id, worker), &outcomes)?;
+                    &held
+                }
+                None => &outcomes,
+            };
+            record_in(&mut tx, path, id, outcomes)?;
             if !marks.is_empty() {
-                tx.execute(
-                    "INSERT INTO edm.dot_marks (id, campaign_id)
+                match &fence {
+                    Some((worker, inc)) => {
+                        PgStore::fenced_marks(&mut tx, path, (id, worker, *inc), &marks)?
+                    }
+                    None => {
+                        tx.execute(
+                            "INSERT INTO edm.dot_marks (id, campaign_id)
                      SELECT m, $1 FROM unnest($2::bigint[]) AS m
                      ON CONFLICT (id) DO NOTHING",
-                    &[&id, &marks],
-                )
-                .at(path)?;
+                            &[&id, &marks],
+                        )
+                        .at(path)?;
+                    }
+                }
                 // Once set, never again: a round trip saved on every mark.
                 if !marks_meta_set {
                     tx.execute(
@@ -1183,6 +1171,36 @@ impl CampaignStore for PgStore {
             })
             .collect())
         })
+    }
+
+    fn lock_ingest(&mut self) -> Result<()> {
+        self.ingest_lock(true)
+    }
+
+    fn unlock_ingest(&mut self) -> Result<()> {
+        self.ingest_lock(false)
+    }
+
+    fn lease(&self) -> Result<Option<Box<dyn crate::WorkerLease>>> {
+        self.open_lease()
+    }
+
+    fn workers(&self) -> Result<Vec<crate::WorkerRow>> {
+        self.list_workers()
+    }
+
+    fn claim_capped(
+        &mut self,
+        limit_n: usize,
+        max_due: usize,
+        now: UnixMillis,
+        cap: Option<(u64, UnixMillis)>,
+    ) -> Result<Vec<Recipient>> {
+        // Only a worker among several needs the lock (see `workers.rs`).
+        self.claim_cap = cap.filter(|_| self.joined.is_some());
+        let claimed = self.claim_with_budget(limit_n, max_due, now);
+        self.claim_cap = None;
+        claimed
     }
 }
 

@@ -21,7 +21,7 @@ use super::conn::AtPg;
 use crate::error::{Error, Result};
 
 /// The schema version this build writes.
-pub(crate) const VERSION: i32 = 2;
+pub(crate) const VERSION: i32 = 3;
 
 /// The advisory lock key of migrations (`pg_advisory_xact_lock(bigint)`):
 /// "edm-mig" in ASCII, so it is recognisable in `pg_locks`.
@@ -30,6 +30,15 @@ pub(crate) const MIGRATION_LOCK: i64 = 0x0065_646d_2d6d_6967;
 /// The first key of a campaign's run lock (`pg_try_advisory_lock(int, int)`,
 /// the second key is the campaign's id): "edm" in ASCII.
 pub(crate) const RUN_LOCK_CLASS: i32 = 0x0065_646d;
+
+/// The first key of a campaign's ingest lock (`pg_advisory_lock(int, int)`,
+/// the second key is the campaign's id): "edi" in ASCII. Workers starting
+/// together ingest once: the others wait on it, then find the rows.
+pub(crate) const INGEST_LOCK_CLASS: i32 = 0x0065_6469;
+
+/// The first key of a campaign's quota lock (the second is its id): "edq".
+/// Workers of a campaign with a daily quota claim one after the other.
+pub(crate) const QUOTA_LOCK_CLASS: i32 = 0x0065_6471;
 
 pub(super) const V1: &str = r#"
 CREATE TABLE edm.campaigns (
@@ -200,6 +209,50 @@ CREATE TABLE edm.late_unmatched (
 );
 "#;
 
+/// Version 3: several `edm send` workers on one campaign (issue 14,
+/// docs/scaling.md). One row per worker and campaign: its lease
+/// (`lease_until`, on the database server's clock, renewed by the worker's
+/// heartbeat), its figures for `edm status`, and `incarnation`, bumped each
+/// time the name joins, so that a zombie of an earlier process of the same
+/// name is told apart (its marks are refused). `throttle` is the worker's
+/// effective/target rate ratio when its relay slows it (adaptive
+/// throttling), which every worker applies. The index finds a worker's
+/// claimed rows when its lease expired. `edm.controls` carries the
+/// operator's pause and rate to every worker.
+const V3: &str = r#"
+CREATE TABLE edm.workers (
+    campaign_id  bigint NOT NULL REFERENCES edm.campaigns ON DELETE CASCADE,
+    name         text NOT NULL,
+    pid          bigint NOT NULL,
+    host         text NOT NULL,
+    started_at   bigint NOT NULL,
+    heartbeat_at bigint NOT NULL,
+    lease_until  bigint NOT NULL,
+    state        text NOT NULL,            -- 'running' | 'done' | 'dead'
+    incarnation  bigint NOT NULL DEFAULT 1,
+    sent         bigint NOT NULL DEFAULT 0,
+    failed       bigint NOT NULL DEFAULT 0,
+    in_flight    bigint NOT NULL DEFAULT 0,
+    rate         double precision,         -- messages per second now
+    share        double precision,         -- of the campaign's limits
+    throttle     double precision,         -- effective / target, when throttled
+    PRIMARY KEY (campaign_id, name)
+);
+CREATE INDEX recipients_claimed_by ON edm.recipients (campaign_id, claimed_by)
+    WHERE status = 'sending';
+-- The operator's pause and rate, from any worker's dashboard, for all:
+-- each worker reads it at its heartbeat and applies a newer version.
+CREATE TABLE edm.controls (
+    campaign_id bigint PRIMARY KEY REFERENCES edm.campaigns ON DELETE CASCADE,
+    version     bigint NOT NULL,
+    paused      boolean NOT NULL DEFAULT false,
+    rate_set    boolean NOT NULL DEFAULT false,
+    rate        double precision,          -- NULL with rate_set: unlimited
+    updated_at  bigint NOT NULL,
+    by_worker   text NOT NULL
+);
+"#;
+
 /// Brings the `edm` schema up to [`VERSION`]: one transaction, under the
 /// migration lock. Refuses a schema written by a newer edm.
 pub(crate) fn migrate(client: &mut Client, path: &Path) -> Result<()> {
@@ -232,7 +285,8 @@ pub(crate) fn migrate(client: &mut Client, path: &Path) -> Result<()> {
         match from {
             0 => tx.batch_execute(V1).at(path)?,
             1 => tx.batch_execute(V2).at(path)?,
-            // Next steps: `2 => tx.batch_execute(V3)`, ...
+            2 => tx.batch_execute(V3).at(path)?,
+            // Next steps: `3 => tx.batch_execute(V4)`, ...
             _ => unreachable!("no migration from version {from}"),
         }
         tx.execute(

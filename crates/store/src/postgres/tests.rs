@@ -111,24 +111,199 @@ fn campaigns_share_the_schema_and_stay_apart() {
     assert!(matches!(err, Error::NotFound { .. }), "{err}");
 }
 
+/// A worker of `name` on campaign `campaign`, joined.
+fn worker(url: &str, campaign: &str, name: &str, lease_ms: u64) -> PgStore {
+    let mut s = PgStore::open(&options(url, campaign, "f").with_worker(name)).unwrap();
+    s.lease = crate::LeaseSettings {
+        lease: std::time::Duration::from_millis(lease_ms),
+        renew_every: std::time::Duration::from_millis(lease_ms / 3),
+        margin: std::time::Duration::from_millis(lease_ms / 6),
+    };
+    s.lock_for_run(std::process::id()).unwrap();
+    s
+}
+
 #[test]
-fn the_run_lock_is_exclusive_and_dies_with_its_session() {
+fn a_worker_name_is_refused_while_its_lease_is_live() {
     let Some(server) = fixture::shared() else {
         return;
     };
     let name = unique("lock");
-    let mut first = PgStore::open(&options(&server.url(), &name, "f")).unwrap();
-    first.lock_for_run(4242).unwrap();
-    let mut second = PgStore::open(&options(&server.url(), &name, "f")).unwrap();
-    let err = second.lock_for_run(1).unwrap_err();
-    assert!(err.is_locked(), "{err}");
-    assert!(err.to_string().contains("process 4242"), "{err}");
-    // Another campaign's lock is another lock.
-    let mut other = PgStore::open(&options(&server.url(), &unique("lock"), "f")).unwrap();
-    other.lock_for_run(1).unwrap();
-    // The session ends (a process killed ends it too): the lock is free.
-    drop(first);
-    second.lock_for_run(1).unwrap();
+    let url = server.url();
+    let first = worker(&url, &name, "w1", 30_000);
+    // Another name joins the same campaign: several workers run it.
+    let _second = worker(&url, &name, "w2", 30_000);
+    let mut again = PgStore::open(&options(&url, &name, "f").with_worker("w1")).unwrap();
+    let err = again.lock_for_run(4242).unwrap_err();
+    assert!(matches!(err, Error::WorkerLive { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("a worker named \"w1\" is already sending"),
+        "{text}"
+    );
+    assert!(text.contains("another --worker name"), "{text}");
+    // The first leaves (its run ended): the name is free again.
+    let mut lease = first.lease().unwrap().expect("a joined worker has a lease");
+    lease.leave(&crate::WorkerFigures::default()).unwrap();
+    again.lock_for_run(4242).unwrap();
+    let workers = again.workers().unwrap();
+    let w1 = workers.iter().find(|w| w.name == "w1").unwrap();
+    assert!(w1.alive, "{w1:?}");
+    assert_eq!(w1.pid, 4242);
+    // The old incarnation's heartbeat finds its lease lost.
+    let renewal = lease
+        .renew(&crate::WorkerFigures::default(), crate::InDoubtPolicy::Skip)
+        .unwrap();
+    assert!(renewal.lost);
+}
+
+#[test]
+fn workers_claim_disjoint_rows_and_a_dead_workers_rows_are_recovered() {
+    let Some(server) = fixture::shared() else {
+        return;
+    };
+    let name = unique("workers");
+    let url = server.url();
+    let mut a = worker(&url, &name, "a", 600);
+    a.begin_ingest("csv").unwrap();
+    a.insert_rows(&(2..22).map(row).collect::<Vec<_>>())
+        .unwrap();
+    let mut b = worker(&url, &name, "b", 60_000);
+    let from_a = a.claim_with_budget(4, 0, 1).unwrap();
+    let from_b = b.claim_with_budget(4, 0, 1).unwrap();
+    let ids = |v: &[edm_model::Recipient]| v.iter().map(|r| r.id).collect::<Vec<_>>();
+    let (ia, ib) = (ids(&from_a), ids(&from_b));
+    assert!(ia.iter().all(|i| !ib.contains(i)), "{ia:?} {ib:?}");
+    // `a` reaches the final dot of two (their marks), then stalls.
+    a.record_and_mark(&[], &ia[..2]).unwrap();
+    // A worker's mark of a row another worker sends is refused (fencing).
+    let err = a.record_and_mark(&[], &[ib[0]]).unwrap_err();
+    assert!(matches!(err, Error::LeaseLost { .. }), "{err}");
+    assert!(err.to_string().contains("another worker sends it"), "{err}");
+    b.record_and_mark(&[], &ib[..1]).unwrap();
+    let mut b_lease = b.lease().unwrap().unwrap();
+    let before = b_lease
+        .renew(&crate::WorkerFigures::default(), crate::InDoubtPolicy::Skip)
+        .unwrap();
+    assert_eq!((before.lost, before.live), (false, 2), "{before:?}");
+    assert!(before.recovered.is_empty(), "a live worker was recovered");
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    let after = b_lease
+        .renew(&crate::WorkerFigures::default(), crate::InDoubtPolicy::Skip)
+        .unwrap();
+    assert_eq!(after.live, 1, "{after:?}");
+    assert_eq!(
+        after.recovered,
+        vec![crate::Recovered {
+            worker: "a".into(),
+            released: 2,
+            in_doubt: 2
+        }]
+    );
+    let state = |s: &PgStore, id| s.recipient_state(id).unwrap().unwrap().1;
+    assert_eq!(state(&b, ia[0]), Status::InDoubt, "marked: in doubt");
+    assert_eq!(
+        state(&b, ia[2]),
+        Status::Pending,
+        "unmarked: back to pending"
+    );
+    assert!(
+        ib.iter().all(|i| state(&b, *i) == Status::Sending),
+        "b's rows untouched"
+    );
+    // The zombie: its marks, claims and renewals are refused from now on.
+    let err = a.record_and_mark(&[], &ia[2..3]).unwrap_err();
+    assert!(matches!(err, Error::LeaseLost { .. }), "{err}");
+    assert!(err.to_string().contains("lost its lease"), "{err}");
+    let err = a.claim_with_budget(4, 0, 1).unwrap_err();
+    assert!(matches!(err, Error::LeaseLost { .. }), "{err}");
+    // b claims what a held (back to pending); the zombie's late outcome of
+    // one of them (the engine returned it) leaves b's claim alone: a
+    // `pending` there would let a third worker send it too.
+    let again = b.claim_with_budget(20, 0, 1).unwrap();
+    assert!(again.iter().any(|r| r.id == ia[2]), "{again:?}");
+    a.record(&[crate::Outcome {
+        id: ia[2],
+        at: 3,
+        kind: crate::OutcomeKind::Released,
+    }])
+    .unwrap();
+    assert_eq!(
+        state(&b, ia[2]),
+        Status::Sending,
+        "the zombie undid b's claim"
+    );
+    // A worker joining now recovers nothing of b's (live) at its start.
+    let mut c = worker(&url, &name, "c", 60_000);
+    assert_eq!(c.recover_in_doubt(crate::InDoubtPolicy::Skip).unwrap(), 0);
+    assert!(ib.iter().all(|i| state(&c, *i) == Status::Sending));
+    // The recovery was logged, naming the worker and the counts.
+    let events = c.recent_events(20).unwrap();
+    assert!(
+        events.iter().any(|(_, kind, text)| kind == "worker"
+            && text.contains(
+                "worker a: its lease expired; 2 recipients it held back to pending, 2 in doubt"
+            )),
+        "{events:?}"
+    );
+    let workers = c.workers().unwrap();
+    let a_row = workers.iter().find(|w| w.name == "a").unwrap();
+    assert_eq!((a_row.state.as_str(), a_row.alive), ("dead", false));
+}
+
+#[test]
+fn a_worker_restarted_under_its_name_recovers_its_own_rows_at_start() {
+    let Some(server) = fixture::shared() else {
+        return;
+    };
+    let name = unique("restart");
+    let url = server.url();
+    let mut a = worker(&url, &name, "a", 400);
+    a.begin_ingest("csv").unwrap();
+    a.insert_rows(&(2..6).map(row).collect::<Vec<_>>()).unwrap();
+    let got = a.claim_with_budget(4, 0, 1).unwrap();
+    a.record_and_mark(&[], &[got[0].id]).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // "a" again (kill -9 and restart): it takes the name over and, at its
+    // start, puts its predecessor's rows back (one in doubt).
+    let mut again = worker(&url, &name, "a", 30_000);
+    assert_eq!(
+        again.recover_in_doubt(crate::InDoubtPolicy::Skip).unwrap(),
+        1
+    );
+    let s = again.summary().unwrap();
+    assert_eq!((s.count(Status::Pending), s.count(Status::InDoubt)), (3, 1));
+    // The predecessor, had it survived, is fenced: another incarnation.
+    let err = a.record_and_mark(&[], &[got[1].id]).unwrap_err();
+    assert!(matches!(err, Error::LeaseLost { .. }), "{err}");
+}
+
+#[test]
+fn the_ingest_lock_makes_the_others_wait() {
+    let Some(server) = fixture::shared() else {
+        return;
+    };
+    let name = unique("ingest");
+    let url = server.url();
+    let mut first = PgStore::open(&options(&url, &name, "f")).unwrap();
+    first.lock_ingest().unwrap();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (d2, o2) = (done.clone(), options(&url, &name, "f"));
+    let waiter = std::thread::spawn(move || {
+        let mut second = PgStore::open(&o2).unwrap();
+        second.lock_ingest().unwrap();
+        // Only once the first released it.
+        let seen = d2.load(std::sync::atomic::Ordering::SeqCst);
+        second.unlock_ingest().unwrap();
+        seen
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    first.unlock_ingest().unwrap();
+    assert!(
+        waiter.join().unwrap(),
+        "the second took the ingest lock while the first held it"
+    );
 }
 
 #[test]
@@ -382,6 +557,107 @@ fn a_version_1_schema_migrates_to_late_outcomes() {
     assert_eq!(versions, (1..=super::PG_SCHEMA_VERSION).collect::<Vec<_>>());
 }
 
+#[test]
+fn a_heartbeat_counts_the_live_workers_and_sees_the_others_throttled() {
+    let Some(server) = fixture::shared() else {
+        return;
+    };
+    let name = unique("share");
+    let url = server.url();
+    let a = worker(&url, &name, "a", 30_000);
+    let b = worker(&url, &name, "b", 30_000);
+    let (mut la, mut lb) = (a.lease().unwrap().unwrap(), b.lease().unwrap().unwrap());
+    let policy = crate::InDoubtPolicy::Resend;
+    // a's relay throttles it to half its target: b sees it, a does not see
+    // its own ratio (it is in its rate already).
+    let throttled = crate::WorkerFigures {
+        sent: 7,
+        rate: Some(5.0),
+        share: 0.5,
+        throttle: Some(0.5),
+        ..Default::default()
+    };
+    let seen_by_a = la.renew(&throttled, policy).unwrap();
+    let seen_by_b = lb.renew(&crate::WorkerFigures::default(), policy).unwrap();
+    assert_eq!((seen_by_a.live, seen_by_a.min_throttle), (2, 1.0));
+    assert_eq!((seen_by_b.live, seen_by_b.min_throttle), (2, 0.5));
+    let rows = b.workers().unwrap();
+    let row = rows.iter().find(|w| w.name == "a").unwrap();
+    assert_eq!(
+        (row.sent, row.rate, row.share, row.throttle),
+        (7, Some(5.0), Some(0.5), Some(0.5))
+    );
+    // a leaves: b alone, at the whole share.
+    la.leave(&throttled).unwrap();
+    let alone = lb.renew(&crate::WorkerFigures::default(), policy).unwrap();
+    assert_eq!((alone.live, alone.min_throttle), (1, 1.0));
+}
+
+#[test]
+fn the_operators_pause_and_rate_reach_every_worker() {
+    let Some(server) = fixture::shared() else {
+        return;
+    };
+    let name = unique("controls");
+    let url = server.url();
+    let a = worker(&url, &name, "a", 30_000);
+    let b = worker(&url, &name, "b", 30_000);
+    let (mut la, mut lb) = (a.lease().unwrap().unwrap(), b.lease().unwrap().unwrap());
+    let policy = crate::InDoubtPolicy::Resend;
+    let figures = crate::WorkerFigures::default();
+    assert_eq!(lb.renew(&figures, policy).unwrap().controls, None);
+    assert_eq!(la.publish(Some(true), None).unwrap(), 1);
+    let seen = lb.renew(&figures, policy).unwrap().controls.unwrap();
+    assert_eq!((seen.version, seen.paused, seen.rate), (1, true, None));
+    assert_eq!(la.publish(None, Some(Some(50.0))).unwrap(), 2);
+    let seen = lb.renew(&figures, policy).unwrap().controls.unwrap();
+    assert_eq!(
+        (seen.version, seen.paused, seen.rate),
+        (2, true, Some(Some(50.0)))
+    );
+    // Resumed and unlimited, from b this time.
+    lb.publish(Some(false), Some(None)).unwrap();
+    let seen = la.renew(&figures, policy).unwrap().controls.unwrap();
+    assert_eq!(
+        (seen.version, seen.paused, seen.rate),
+        (3, false, Some(None))
+    );
+}
+
+#[test]
+fn workers_claiming_at_once_keep_a_daily_quota_for_their_sum() {
+    let Some(server) = fixture::shared() else {
+        return;
+    };
+    let name = unique("quota");
+    let url = server.url();
+    let mut first = worker(&url, &name, "q0", 30_000);
+    first.begin_ingest("csv").unwrap();
+    first
+        .insert_rows(&(2..302).map(row).collect::<Vec<_>>())
+        .unwrap();
+    drop(first);
+    let handles: Vec<_> = (1..4)
+        .map(|i| {
+            let url = url.clone();
+            let name = name.clone();
+            std::thread::spawn(move || {
+                let mut s = worker(&url, &name, &format!("q{i}"), 30_000);
+                let mut n = 0;
+                loop {
+                    let got = s.claim_capped(7, 0, 1, Some((50, 0))).unwrap();
+                    if got.is_empty() {
+                        break n;
+                    }
+                    n += got.len();
+                }
+            })
+        })
+        .collect();
+    let total: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    assert_eq!(total, 50, "three workers claimed past the quota of 50");
+}
+
 /// A store on a server of its own (restarted by the test) with `n` rows.
 fn restartable(n: u64) -> Option<(fixture::PgServer, PgStore)> {
     restartable_for(n, super::DEFAULT_RECONNECT_FOR)
@@ -429,8 +705,9 @@ fn assert_tally_matches_rows(server: &fixture::PgServer, s: &PgStore, total: u64
 }
 
 /// A restart between two operations: the next one reconnects and runs, the
-/// run lock is held again (a second run is still refused), and the outage
-/// is in the campaign's event log.
+/// worker is still the campaign's (its name still refused to another
+/// process: its lease lives in `edm.workers`, not in the session), and the
+/// outage is in the campaign's event log.
 #[test]
 fn a_restart_between_two_operations_is_waited_out_and_the_run_lock_kept() {
     let Some((server, mut s)) = restartable(20) else {
@@ -446,7 +723,10 @@ fn a_restart_between_two_operations_is_waited_out_and_the_run_lock_kept() {
         .unwrap();
     let mut other = PgStore::open(&options(&server.url(), "restart", "f")).unwrap();
     let err = other.lock_for_run(1).unwrap_err();
-    assert!(err.is_locked(), "the lock was not taken again: {err}");
+    assert!(
+        matches!(err, Error::WorkerLive { .. }),
+        "the worker was lost: {err}"
+    );
     let events = s.recent_events(10).unwrap();
     assert!(
         events
@@ -556,9 +836,10 @@ fn a_lost_commit_reply_is_repeated_without_doing_twice() {
             .count(),
         1
     );
-    // The session was dropped each time: the run lock is held again.
+    // The session was dropped each time: the worker is still live.
     let mut other = PgStore::open(&options(&server.url(), "ambiguous", "f")).unwrap();
-    assert!(other.lock_for_run(1).unwrap_err().is_locked());
+    let err = other.lock_for_run(1).unwrap_err();
+    assert!(matches!(err, Error::WorkerLive { .. }), "{err}");
     assert_tally_matches_rows(&server, &s, 4);
 }
 
@@ -750,17 +1031,17 @@ fn sslmode_prefer_falls_back_to_plain() {
     assert!(chain(&err).contains("TLS"), "{}", chain(&err));
 }
 
-/// The run lock taken by another process while this store's session was
-/// gone: the reconnection is refused for good (`SessionLost`, naming the
-/// holder), not carried on beside the other run.
+/// A worker's session cut by the server while another worker joins: the
+/// reconnection goes on (several workers run one campaign; its lease is in
+/// `edm.workers`, not in the session), both stay live, and the new session
+/// fences idle transactions again.
 #[test]
-fn a_run_lock_taken_meanwhile_by_another_process_is_fatal() {
+fn a_workers_session_cut_while_another_joins_goes_on() {
     let Some(server) = fixture::shared() else {
         return;
     };
-    let name = unique("stolen");
-    let mut a = PgStore::open(&options(&server.url(), &name, "f")).unwrap();
-    a.lock_for_run(11).unwrap();
+    let name = unique("cut");
+    let a = worker(&server.url(), &name, "a", 30_000);
     let pid: i32 = a
         .conn
         .call(|c, path, _| {
@@ -772,18 +1053,26 @@ fn a_run_lock_taken_meanwhile_by_another_process_is_fatal() {
     admin
         .execute("SELECT pg_terminate_backend($1)", &[&pid])
         .unwrap();
-    let mut o = options(&server.url(), &name, "f");
-    o.worker = "other-host:22".into();
-    let mut b = PgStore::open(&o).unwrap();
-    b.lock_for_run(22).unwrap();
-    let err = a.meta("anything").unwrap_err();
-    assert!(matches!(err, Error::SessionLost { .. }), "{err}");
-    assert!(
-        err.to_string().contains("another edm (other-host:22)"),
-        "{err}"
-    );
-    let again = a.summary().unwrap_err();
-    assert!(matches!(again, Error::SessionLost { .. }), "{again}");
+    let b = worker(&server.url(), &name, "other-host:22", 30_000);
+    assert_eq!(a.meta("anything").unwrap(), None);
+    let live: Vec<String> = b
+        .workers()
+        .unwrap()
+        .into_iter()
+        .filter(|w| w.alive)
+        .map(|w| w.name)
+        .collect();
+    assert_eq!(live, ["a", "other-host:22"]);
+    let timeout: String = a
+        .conn
+        .call(|c, path, _| {
+            use super::conn::AtPg;
+            Ok(c.query_one("SHOW idle_in_transaction_session_timeout", &[])
+                .at(path)?
+                .get(0))
+        })
+        .unwrap();
+    assert_eq!(timeout, "15s", "the new session is set up again");
 }
 
 /// The writer's mark path over PostgreSQL: while the server restarts, a

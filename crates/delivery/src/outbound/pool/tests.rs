@@ -515,3 +515,25 @@ async fn failures_at_the_same_moment_count_once() {
         "one moment's failures are one failure"
     );
 }
+
+/// One worker among several (`Transport::set_share`): a member's rate and
+/// burst run at the worker's share, so the workers' sum keeps the member's
+/// limit.
+#[tokio::test(start_paused = true)]
+async fn a_share_of_the_limits_runs_each_members_rate_at_that_share() {
+    let (a, b) = (Stub::new(Act::Accept), Stub::new(Act::Accept));
+    let mut ma = member("a", &a, 10.0);
+    ma.rate = Some(10.0);
+    ma.burst = 4;
+    let pool = PoolTransport::new(vec![ma, member("b", &b, 1.0)], Duration::from_secs(60));
+    pool.set_share(0.5);
+    // At half: 5/s with a burst of 2 (3 at once), the rest to b.
+    let to_a = |r: &[Result<String, Failure>]| shares(r).get("a").copied().unwrap_or(0);
+    assert_eq!(to_a(&send_all(&pool, 20).await), 3);
+    tokio::time::advance(Duration::from_secs(2)).await;
+    // Two seconds at 5/s: its burst again (3), never the 10/s of the whole.
+    assert_eq!(to_a(&send_all(&pool, 40).await), 3);
+    // The whole share back: 5 at once.
+    pool.set_share(1.0);
+    assert_eq!(to_a(&send_all(&pool, 20).await), 5);
+}
