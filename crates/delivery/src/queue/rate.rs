@@ -45,6 +45,16 @@ pub struct RateGate {
     current: RwLock<(Option<f64>, Option<Arc<Limiter>>)>,
 }
 
+/// Takes every slot `limiter` has free right now, up to `cap`, and says
+/// how many that was (GCRA refuses a request larger than what is free
+/// without taking anything, so the first size that passes is the count).
+fn take_free(limiter: &Limiter, cap: u32) -> u32 {
+    (1..=cap)
+        .rev()
+        .find(|n| NonZeroU32::new(*n).is_some_and(|nz| matches!(limiter.check_n(nz), Ok(Ok(())))))
+        .unwrap_or(0)
+}
+
 impl RateGate {
     /// A gate at `rate` messages per second; `burst` extra messages may go
     /// back to back after idle time.
@@ -82,6 +92,20 @@ impl RateGate {
             })
         });
         if let Ok(mut g) = self.current.write() {
+            // A new rate never hands out a fresh burst: the new limiter
+            // starts with no more slots free than the old one had (GCRA's
+            // state cannot be copied, so the old one's free slots are taken
+            // and as many left free in the new one). Without this, every
+            // change (a worker's share when another joins, AIMD's steps)
+            // would allow `burst` more at once and a one-second window
+            // could exceed rate + burst.
+            if let (Some(old), Some(new)) = (&g.1, &limiter) {
+                let cap = self.burst.load(std::sync::atomic::Ordering::Relaxed);
+                let free = take_free(old, cap);
+                if let Some(n) = NonZeroU32::new(cap.saturating_sub(free)) {
+                    let _ = new.check_n(n);
+                }
+            }
             *g = (rate, limiter);
         }
     }
@@ -200,6 +224,38 @@ mod tests {
             start.elapsed()
         );
         assert_eq!(gate.rate(), Some(100.0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rate_change_hands_out_no_fresh_burst() {
+        // Several workers' shares change while they send: a window of one
+        // second across a change still holds at most rate + burst.
+        let gate = RateGate::new(Some(10.0), 5);
+        let start = tokio::time::Instant::now();
+        let mut n = 0;
+        while start.elapsed() < Duration::from_millis(500) {
+            gate.acquire().await;
+            n += 1;
+        }
+        // The burst is spent; halving the rate (another worker joined)
+        // and doubling it back must not free it again.
+        gate.set_rate(Some(5.0));
+        gate.set_rate(Some(10.0));
+        while start.elapsed() < Duration::from_secs(1) {
+            gate.acquire().await;
+            if start.elapsed() < Duration::from_secs(1) {
+                n += 1;
+            }
+        }
+        assert!(n <= 10 + 6, "{n} in the first second for rate 10 + burst 6");
+        // Slots left free by an idle gate stay free across a change.
+        let idle = RateGate::new(Some(10.0), 3);
+        idle.set_rate(Some(20.0));
+        assert!(
+            (0..4).all(|_| idle.try_acquire()),
+            "the idle gate's burst kept"
+        );
+        assert!(!idle.try_acquire());
     }
 
     #[tokio::test(start_paused = true)]

@@ -533,7 +533,10 @@ async fn a_share_of_the_limits_runs_each_members_rate_at_that_share() {
     tokio::time::advance(Duration::from_secs(2)).await;
     // Two seconds at 5/s: its burst again (3), never the 10/s of the whole.
     assert_eq!(to_a(&send_all(&pool, 40).await), 3);
-    // The whole share back: 5 at once.
+    // The whole share back: no fresh burst at the change (a's slots were
+    // spent), then after a quiet second its whole burst of 5 at once.
     pool.set_share(1.0);
+    assert_eq!(to_a(&send_all(&pool, 20).await), 0);
+    tokio::time::advance(Duration::from_secs(1)).await;
     assert_eq!(to_a(&send_all(&pool, 20).await), 5);
 }
