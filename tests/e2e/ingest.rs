@@ -319,6 +319,15 @@ fn as_older_build_with_copies(db: &Path, copies: u32) {
          INSERT INTO recipients (line, email, email_norm, domain, fields, status, updated_at)
            SELECT line, email, email_norm, domain, fields, 'pending', updated_at
            FROM recipients ORDER BY id LIMIT {copies};
+         -- The older build's triggers counted the copies; this build keeps
+         -- the tallies in its own statements (schema 7), so count them here.
+         DELETE FROM tally;
+         INSERT INTO tally (status, category, in_doubt, n)
+           SELECT status, coalesce(category, ''), in_doubt, count(*) FROM recipients
+           GROUP BY 1, 2, 3;
+         DELETE FROM domain_tally;
+         INSERT INTO domain_tally (domain, status, n)
+           SELECT domain, status, count(*) FROM recipients GROUP BY 1, 2;
          PRAGMA user_version = 1;"
     ))
     .unwrap();

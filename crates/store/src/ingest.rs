@@ -18,6 +18,7 @@ use rusqlite::{ErrorCode, OptionalExtension, Transaction, TransactionBehavior, p
 
 use crate::error::{AtPath, Error, Result};
 use crate::store::Store;
+use crate::tally::Deltas;
 use crate::types::NewRow;
 use crate::write::{from_i64, normalize, to_i64};
 
@@ -146,6 +147,7 @@ impl Store {
         let generation = meta_int("ingest.generation")?;
         let stored = meta_int("ingest.rows")?;
         let mut after = meta_int("ingest.after")?;
+        let mut deltas = Deltas::default();
         {
             let mut st = tx
                 .prepare_cached(
@@ -169,14 +171,16 @@ impl Store {
                 let fields = serde_json::to_string(&row.values)
                     .expect("a list of strings always serialises");
                 let stage = (row.status == Status::Invalid).then_some(Stage::Ingest.as_str());
+                let domain = edm_model::domain_of(&row.email);
+                let category = row.category.map(|c| c.as_str());
                 let inserted = st.execute(params![
                     to_i64(row.line),
                     row.email,
                     normalize(&row.email),
-                    edm_model::domain_of(&row.email),
+                    domain,
                     fields,
                     row.status.as_str(),
-                    row.category.map(|c| c.as_str()),
+                    category,
                     stage,
                     row.reason,
                     row.duplicate_of.map(to_i64),
@@ -196,9 +200,15 @@ impl Store {
                     }
                     Err(e) => return Err(e).at(&path),
                 }
+                deltas.add(
+                    (row.status.as_str(), category.unwrap_or(""), false),
+                    &domain,
+                    1,
+                );
                 after = after.max(to_i64(row.line));
             }
         }
+        deltas.apply(&tx, &path)?;
         let stored = stored.saturating_add(to_i64(rows.len() as u64));
         set_meta(&tx, &path, "ingest.after", &after.to_string())?;
         set_meta(&tx, &path, "ingest.rows", &stored.to_string())?;
@@ -243,6 +253,9 @@ impl Store {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .at(&path)?;
         let n = tx.execute("DELETE FROM recipients", []).at(&path)?;
+        // No rows, nothing to count (the tallies are kept by the statements).
+        tx.execute_batch("DELETE FROM tally; DELETE FROM domain_tally;")
+            .at(&path)?;
         tx.execute(
             "DELETE FROM meta WHERE key IN
                ('ingested', 'columns', 'ingest.source', 'ingest.after', 'ingest.rows', 'ingest.open')",

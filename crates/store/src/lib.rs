@@ -64,8 +64,10 @@
 //! - `schema.rs`: the DDL, migrations (`PRAGMA user_version`; version 3
 //!   adds the durable marks' table; version 5 the late outcomes of
 //!   bounces and complaints; version 6 rebuilds the claim index without an
-//!   `IN` list), and the
-//!   trigger-kept tallies that make summaries free of table scans.
+//!   `IN` list; version 7 drops the tally triggers).
+//! - `tally.rs`: the tallies that make summaries free of table scans, kept
+//!   by the statements that change rows (each reports its rows' old and new
+//!   keys, one upsert per key and transaction).
 //! - `store.rs`: opening, pragmas, the run lock, metadata, the event log.
 //! - `ingest.rs`: ingest passes, their checkpoints, discarding a list.
 //! - `write.rs`: claim, record, recovery, reset.
@@ -96,6 +98,7 @@ mod read;
 mod schema;
 mod sqlite;
 mod store;
+mod tally;
 mod types;
 mod write;
 pub mod writer;
@@ -316,3 +319,6 @@ mod schema_tests;
 
 #[cfg(test)]
 mod suite;
+
+#[cfg(test)]
+mod tally_tests;

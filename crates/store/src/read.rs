@@ -14,7 +14,7 @@ use crate::types::{ExportFilter, ExportRow, ReplyCount, Summary};
 use crate::write::{from_i64, placeholders};
 
 impl Store {
-    /// Counts by status and category, from the trigger-kept tally (no scan).
+    /// Counts by status and category, from the tally the writes keep (no scan).
     pub fn summary(&self) -> Result<Summary> {
         let path = &self.path;
         // One read transaction: the tally and the due times are one snapshot.
@@ -248,7 +248,7 @@ impl Store {
     }
 
     /// The busiest domains by number of recipients, with their counters, from
-    /// the trigger-kept domain tally. `deferred` counts recipients deferred now.
+    /// the domain tally the writes keep. `deferred` counts recipients deferred now.
     pub fn domain_counts(&self, limit: usize) -> Result<Vec<(String, DomainCounts)>> {
         let path = &self.path;
         let mut st = self

@@ -1,9 +1,11 @@
 //! The schema and its migrations, versioned with `PRAGMA user_version`.
 //!
 //! Counting 10M rows on every `edm status` would scan the table, so two small
-//! tally tables are kept up to date by triggers: `tally` (status, category,
-//! in-doubt flag) and `domain_tally` (domain, status). Triggers keep them right
-//! whatever statement changes a row, bulk updates included.
+//! tally tables are kept up to date: `tally` (status, category, in-doubt flag)
+//! and `domain_tally` (domain, status: `sent`, `failed`, `deferred` or `other`
+//! since version 7). Up to version 6 triggers kept them;
+//! from version 7 the statements that change rows do (`tally.rs`), and every
+//! such statement must report its rows' old and new keys.
 
 use std::path::Path;
 
@@ -12,7 +14,7 @@ use rusqlite::Connection;
 use crate::error::{AtPath, Error, Result};
 
 /// The schema version this build writes.
-pub(crate) const VERSION: i64 = 6;
+pub(crate) const VERSION: i64 = 7;
 
 /// The statuses a claim reads from; the claim index holds only these rows, so
 /// it stays small however many recipients are final. Queries that want the
@@ -163,7 +165,7 @@ pub(crate) const V3: &str = "CREATE TABLE IF NOT EXISTS dot_marks (id INTEGER PR
 /// Version 4: which relay sent a recipient's message and the id its
 /// provider gave it (issue 12: Amazon SES replaces the Message-ID and
 /// returns its own MessageId, the only handle on bounces and complaints).
-const V4: &str = "
+pub(crate) const V4: &str = "
 ALTER TABLE recipients ADD COLUMN relay TEXT;
 ALTER TABLE recipients ADD COLUMN provider_message_id TEXT;
 ";
@@ -177,7 +179,7 @@ ALTER TABLE recipients ADD COLUMN provider_message_id TEXT;
 /// are listed in `late_unmatched` (`edm bounces --unmatched`). Bounces are
 /// tied back by Message-ID, or by the provider's id where the provider
 /// replaced it (Amazon SES), hence their indexes.
-const V5: &str = "
+pub(crate) const V5: &str = "
 ALTER TABLE recipients ADD COLUMN late TEXT;              -- 'bounced' | 'complained'
 ALTER TABLE recipients ADD COLUMN late_at INTEGER;
 ALTER TABLE recipients ADD COLUMN late_status TEXT;       -- RFC 3463 status
@@ -204,11 +206,28 @@ CREATE TABLE late_unmatched (
 /// as [`ACTIVE`] now writes it, without an `IN` list, so updating a row no
 /// longer builds temporary b-trees. Same columns, same rows, same plans.
 /// Index only, no data change.
-fn v6_claim_index() -> String {
+pub(crate) fn v6_claim_index() -> String {
     format!(
         "DROP INDEX IF EXISTS recipients_claim;
          CREATE INDEX recipients_claim ON recipients (status, next_attempt_at, id)
              WHERE {ACTIVE};"
+    )
+}
+
+/// Version 7 (issue 11, performance): the tallies are kept by the store's
+/// statements (`tally.rs`), not by triggers, which cost two trigger programs
+/// per status change. The triggers are dropped and the tallies counted once
+/// from the rows, so they are right whatever an older build left. A build
+/// of version 6 or older refuses this file (`SchemaTooNew`): it would change
+/// rows without keeping the counts.
+fn v7_tallies_without_triggers() -> String {
+    format!(
+        "DROP TRIGGER IF EXISTS recipients_tally_insert;
+         DROP TRIGGER IF EXISTS recipients_tally_delete;
+         DROP TRIGGER IF EXISTS recipients_tally_update;
+         DROP TRIGGER IF EXISTS recipients_domain_tally_update;
+         {}",
+        crate::tally::recount()
     )
 }
 
@@ -257,7 +276,8 @@ pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<Migrated> {
             3 => tx.execute_batch(V4).at(path)?,
             4 => tx.execute_batch(V5).at(path)?,
             5 => tx.execute_batch(&v6_claim_index()).at(path)?,
-            // Future steps: `6 => tx.execute_batch(V7)?`, ...
+            6 => tx.execute_batch(&v7_tallies_without_triggers()).at(path)?,
+            // Future steps: `7 => tx.execute_batch(V8)?`, ...
             _ => unreachable!("no migration from version {from}"),
         }
         tx.pragma_update(None, "user_version", from + 1).at(path)?;

@@ -4,7 +4,7 @@
 use edm_model::{RecipientId, Status};
 use rusqlite::{Connection, params};
 
-use crate::schema::{V1, V2_COLUMNS, V2_INDEX, VERSION};
+use crate::schema::{V1, V2_COLUMNS, V2_INDEX, V3, V4, V5, VERSION, v6_claim_index};
 use crate::{Durability, InDoubtPolicy, Store};
 
 /// A version-2 file as the build of issue 9 left it: two rows being sent.
@@ -149,4 +149,51 @@ fn a_version_4_file_migrates_to_late_outcomes_and_reads_before_it() {
         LateApplied::AlreadyApplied
     );
     assert_eq!(store.late_counts().unwrap().bounced, 1);
+}
+
+/// Version 7 drops the tally triggers and counts the tallies again from
+/// the rows: a file whose tallies an older build left wrong (or a hand
+/// edit) starts right, and nothing counts twice afterwards.
+#[test]
+fn version_7_drops_the_triggers_and_counts_the_tallies_from_the_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    drop(v2_store(&path));
+    {
+        // Up to version 6, with its triggers, and tallies gone wrong.
+        let conn = Connection::open(&path).unwrap();
+        for step in [V3, V4, V5, &v6_claim_index()] {
+            conn.execute_batch(step).unwrap();
+        }
+        conn.execute_batch(
+            "UPDATE tally SET n = 40;
+             INSERT INTO domain_tally (domain, status, n) VALUES ('gone.example', 'sent', 7);
+             PRAGMA user_version = 6;",
+        )
+        .unwrap();
+    }
+    let mut store = Store::open(&path, Durability::Normal).unwrap();
+    assert_eq!(version(&store), VERSION);
+    let triggers: i64 = store
+        .conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'trigger'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(triggers, 0);
+    let s = store.summary().unwrap();
+    assert_eq!((s.total, s.count(Status::Sending)), (2, 2));
+    assert!(
+        store
+            .domain_counts(10)
+            .unwrap()
+            .iter()
+            .all(|(d, _)| d == "example.com")
+    );
+    // And the statements keep them from there.
+    store.recover_in_doubt(InDoubtPolicy::Skip).unwrap();
+    let s = store.summary().unwrap();
+    assert_eq!((s.total, s.count(Status::InDoubt), s.in_doubt), (2, 2, 2));
 }

@@ -4,11 +4,12 @@
 //! caller, so the hot path pays one commit per batch, never one per message.
 
 use edm_model::{Category, Recipient, RecipientId, Stage, Status, UnixMillis};
-use rusqlite::{TransactionBehavior, params, params_from_iter};
+use rusqlite::{OptionalExtension, TransactionBehavior, params, params_from_iter};
 
 use crate::error::{AtPath, Error, Result};
 use crate::schema::ACTIVE;
 use crate::store::{Store, limit_param, parse_values};
+use crate::tally::{self, Deltas};
 use crate::types::{InDoubtPolicy, Outcome, OutcomeKind};
 
 /// Pending rows in id order. `next_attempt_at IS NULL` is always true for
@@ -16,7 +17,8 @@ use crate::types::{InDoubtPolicy, Outcome, OutcomeKind};
 /// instead of sorting every pending row.
 fn claim_pending_sql() -> String {
     format!(
-        "SELECT id, line, email, fields, attempts, first_attempt_at FROM recipients
+        "SELECT id, line, email, fields, attempts, first_attempt_at,
+                status, coalesce(category, ''), in_doubt, domain FROM recipients
          WHERE {ACTIVE} AND status = 'pending' AND next_attempt_at IS NULL
          ORDER BY id LIMIT ?1"
     )
@@ -25,7 +27,8 @@ fn claim_pending_sql() -> String {
 /// Deferred rows that are due, earliest first.
 fn claim_due_sql() -> String {
     format!(
-        "SELECT id, line, email, fields, attempts, first_attempt_at FROM recipients
+        "SELECT id, line, email, fields, attempts, first_attempt_at,
+                status, coalesce(category, ''), in_doubt, domain FROM recipients
          WHERE {ACTIVE} AND status = 'deferred' AND next_attempt_at <= ?1
          ORDER BY next_attempt_at, id LIMIT ?2"
     )
@@ -66,11 +69,15 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .at(&path)?;
+        let mut deltas = Deltas::default();
         if marks_used {
             // Claimed but never marked: its final dot was never written, so
             // it goes back to where it was before the claim, not in doubt.
-            tx.execute(
-                &format!(
+            let unmarked =
+                format!("{ACTIVE} AND status = 'sending' AND id NOT IN (SELECT id FROM dot_marks)");
+            tally::take_out_where(&tx, &path, &mut deltas, &unmarked, [])?;
+            let mut st = tx
+                .prepare(&format!(
                     "UPDATE recipients
                      SET status = CASE WHEN next_attempt_at IS NULL
                                        THEN 'pending' ELSE 'deferred' END,
@@ -78,14 +85,21 @@ impl Store {
                                                  THEN NULL ELSE first_attempt_at END,
                          last_attempt_at = prev_attempt_at, prev_attempt_at = NULL,
                          updated_at = ?1
-                     WHERE {ACTIVE} AND status = 'sending'
-                       AND id NOT IN (SELECT id FROM dot_marks)"
-                ),
-                [now],
-            )
-            .at(&path)?;
+                     WHERE {unmarked} {}",
+                    tally::RETURNING
+                ))
+                .at(&path)?;
+            tally::returned(&path, &mut deltas, st.query([now]).at(&path)?)?;
         }
-        let n = tx.execute(&sql, [now]).at(&path)?;
+        let sending = format!("{ACTIVE} AND status = 'sending'");
+        tally::take_out_where(&tx, &path, &mut deltas, &sending, [])?;
+        let n = {
+            let mut st = tx
+                .prepare(&format!("{sql} {}", tally::RETURNING))
+                .at(&path)?;
+            tally::returned(&path, &mut deltas, st.query([now]).at(&path)?)?
+        };
+        deltas.apply(&tx, &path)?;
         tx.execute("DELETE FROM dot_marks", []).at(&path)?;
         tx.commit().at(&path)?;
         Ok(n as u64)
@@ -154,8 +168,10 @@ impl Store {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .at(&path)?;
         let mut claimed = Vec::with_capacity(limit.min(4096));
+        let mut deltas = Deltas::default();
         {
-            type Raw = (i64, i64, String, String, u32, Option<i64>);
+            // The last four: the row's tally key and domain before the claim.
+            type Raw = (i64, i64, String, String, u32, Option<i64>, Tallied);
             let mut raw: Vec<Raw> = Vec::new();
             let map = |r: &rusqlite::Row<'_>| {
                 Ok((
@@ -165,6 +181,7 @@ impl Store {
                     r.get(3)?,
                     r.get(4)?,
                     r.get(5)?,
+                    (r.get(6)?, r.get(7)?, r.get(8)?, r.get(9)?),
                 ))
             };
             let mut pending = tx.prepare_cached(&claim_pending_sql()).at(&path)?;
@@ -190,8 +207,14 @@ impl Store {
                      WHERE id = ?1",
                 )
                 .at(&path)?;
-            for (id, line, email, fields, attempts, first) in raw {
+            for (id, line, email, fields, attempts, first, old) in raw {
                 mark.execute(params![id, now]).at(&path)?;
+                let (status, category, in_doubt, domain) = &old;
+                deltas.moved(
+                    domain,
+                    (status, category, *in_doubt),
+                    (Status::Sending.as_str(), category, *in_doubt),
+                );
                 claimed.push(Recipient {
                     id: RecipientId(id),
                     line: from_i64(line),
@@ -203,6 +226,7 @@ impl Store {
                 });
             }
         }
+        deltas.apply(&tx, &path)?;
         tx.commit().at(&path)?;
         Ok(claimed)
     }
@@ -225,6 +249,7 @@ fn record_in(
     outcomes: &[Outcome],
 ) -> Result<()> {
     let path = path.to_path_buf();
+    let mut deltas = Deltas::default();
     {
         {
             let mut sent = tx
@@ -259,9 +284,6 @@ fn record_in(
                      WHERE id = ?1 AND status = 'sending'",
                 )
                 .at(&path)?;
-            let mut exists = tx
-                .prepare_cached("SELECT 1 FROM recipients WHERE id = ?1")
-                .at(&path)?;
             let mut unmark = tx
                 .prepare_cached("DELETE FROM dot_marks WHERE id = ?1")
                 .at(&path)?;
@@ -288,6 +310,11 @@ fn record_in(
                 )
                 .at(&path)?;
             for o in outcomes {
+                // Every outcome needs its row: an id the store does not
+                // have fails the batch.
+                let Some(old) = old_key(tx, &path, o.id.0)? else {
+                    return Err(Error::UnknownRecipient { path, id: o.id });
+                };
                 let changed = match &o.kind {
                     OutcomeKind::Sent {
                         reply,
@@ -377,20 +404,110 @@ fn record_in(
                             (!relay.is_empty()).then_some(relay.as_str())
                         ])
                         .at(&path)?,
-                    OutcomeKind::Released => {
-                        let n = released.execute(params![o.id.0, o.at]).at(&path)?;
-                        // Not sending any more: nothing to release, if it exists.
-                        n.max(exists.exists([o.id.0]).at(&path)? as usize)
-                    }
+                    // Not sending any more: nothing to release (no new key).
+                    OutcomeKind::Released => released.execute(params![o.id.0, o.at]).at(&path)?,
                 };
-                if changed == 0 {
-                    return Err(Error::UnknownRecipient { path, id: o.id });
+                // Every UPDATE but a release's changes the row read above.
+                if changed > 0 {
+                    deltas.moved(&old.3, (&old.0, &old.1, old.2), outcome_key(&o.kind, &old));
                 }
                 unmark.execute([o.id.0]).at(&path)?;
             }
         }
     }
-    Ok(())
+    deltas.apply(tx, &path)
+}
+
+/// A row's tally key and domain: status, category (`''` for none),
+/// in-doubt flag, domain.
+type Tallied = (String, String, bool, String);
+
+/// A row before an outcome: its tally key and domain, and whether its
+/// `next_attempt_at` is empty (where a release puts it back).
+type Before = (String, String, bool, String, bool);
+
+/// The row `id` as it is now, `None` when there is no such row: read before
+/// a statement changes it, so its delta is known.
+fn old_key(
+    tx: &rusqlite::Transaction<'_>,
+    path: &std::path::Path,
+    id: i64,
+) -> Result<Option<Before>> {
+    tx.prepare_cached(
+        "SELECT status, coalesce(category, ''), in_doubt, domain, next_attempt_at IS NULL
+         FROM recipients WHERE id = ?1",
+    )
+    .at(path)?
+    .query_row([id], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+    })
+    .optional()
+    .at(path)
+}
+
+/// The tally key an outcome's UPDATE (in [`record_in`]) leaves its row
+/// with, computed from the outcome and the row before, as the statements
+/// set the columns. Not read back with `RETURNING`: SQLite buffers returned
+/// rows in a temporary b-tree at each execution, the cost issue 11 removed
+/// from the claim index.
+fn outcome_key<'a>(kind: &'a OutcomeKind, old: &'a Before) -> (&'a str, &'a str, bool) {
+    let (_, category, in_doubt, _, due_empty) = old;
+    match kind {
+        OutcomeKind::Sent { .. } => (Status::Sent.as_str(), "", *in_doubt),
+        OutcomeKind::Deferred { failure, .. } => (
+            Status::Deferred.as_str(),
+            failure.category.as_str(),
+            *in_doubt,
+        ),
+        OutcomeKind::Failed { failure, .. } => (
+            Status::Failed.as_str(),
+            failure.category.as_str(),
+            *in_doubt,
+        ),
+        OutcomeKind::Held { failure } => (
+            Status::Pending.as_str(),
+            failure.category.as_str(),
+            *in_doubt,
+        ),
+        OutcomeKind::InDoubt {
+            failure,
+            next_attempt_at,
+            ..
+        } => {
+            let status = match next_attempt_at {
+                Some(_) => Status::Deferred,
+                None => Status::InDoubt,
+            };
+            (status.as_str(), failure.category.as_str(), true)
+        }
+        // Only a `sending` row is released (else nothing changed).
+        OutcomeKind::Released => {
+            let status = if *due_empty {
+                Status::Pending
+            } else {
+                Status::Deferred
+            };
+            (status.as_str(), category.as_str(), *in_doubt)
+        }
+    }
+}
+
+/// Runs an `UPDATE … RETURNING status, coalesce(category, ''), in_doubt` of
+/// one row: its new tally key, `None` when its WHERE matched nothing.
+fn new_key(
+    path: &std::path::Path,
+    st: &mut rusqlite::CachedStatement<'_>,
+    args: impl rusqlite::Params,
+) -> Result<Option<(String, String, bool)>> {
+    let mut rows = st.query(args).at(path)?;
+    match rows.next().at(path)? {
+        Some(r) => Ok(Some((
+            r.get(0).at(path)?,
+            r.get(1).at(path)?,
+            r.get(2).at(path)?,
+        ))),
+        None => Ok(None),
+    }
 }
 
 impl Store {
@@ -416,18 +533,19 @@ impl Store {
         } else {
             statuses.iter().map(|s| s.as_str()).collect()
         };
-        let mut sql = format!(
-            "UPDATE recipients SET status = 'pending', attempts = 0, next_attempt_at = NULL,
-                 updated_at = ?1
-             WHERE status IN ({})",
-            placeholders(2, statuses.len())
-        );
+        let mut filter = format!("status IN ({})", placeholders(2, statuses.len()));
         if !categories.is_empty() {
-            sql.push_str(&format!(
+            filter.push_str(&format!(
                 " AND category IN ({})",
                 placeholders(2 + statuses.len(), categories.len())
             ));
         }
+        let sql = format!(
+            "UPDATE recipients SET status = 'pending', attempts = 0, next_attempt_at = NULL,
+                 updated_at = ?1
+             WHERE {filter} {}",
+            tally::RETURNING
+        );
         let now = edm_model::now_ms();
         let mut args: Vec<rusqlite::types::Value> = vec![now.into()];
         args.extend(statuses.iter().map(|s| s.to_string().into()));
@@ -437,9 +555,25 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .at(&path)?;
-        let n = tx.execute(&sql, params_from_iter(args)).at(&path)?;
+        let mut deltas = Deltas::default();
+        // The rows as they are, then as the UPDATE leaves them. The SELECT
+        // does not use ?1 (the time): SQLite numbers parameters up to the
+        // highest, so binding it anyway is allowed.
+        tally::take_out_where(
+            &tx,
+            &path,
+            &mut deltas,
+            &filter,
+            params_from_iter(args.iter()),
+        )?;
+        let n = {
+            let mut st = tx.prepare(&sql).at(&path)?;
+            let rows = st.query(params_from_iter(args)).at(&path)?;
+            tally::returned(&path, &mut deltas, rows)?
+        };
+        deltas.apply(&tx, &path)?;
         tx.commit().at(&path)?;
-        Ok(n as u64)
+        Ok(n)
     }
 }
 
@@ -455,20 +589,35 @@ impl Store {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .at(&path)?;
         let mut n = 0;
+        let mut deltas = Deltas::default();
         {
             let mut st = tx
                 .prepare_cached(
                     "UPDATE recipients SET status = 'skipped', reply = ?2, category = NULL,
                          next_attempt_at = NULL, updated_at = ?3
-                     WHERE id = ?1 AND status IN ('pending', 'deferred', 'in_doubt')",
+                     WHERE id = ?1 AND status IN ('pending', 'deferred', 'in_doubt')
+                     RETURNING status, coalesce(category, ''), in_doubt",
                 )
                 .at(&path)?;
             for id in ids {
-                n += st.execute(params![id.0, reason, now]).at(&path)?;
+                let Some(old) = old_key(&tx, &path, id.0)? else {
+                    continue;
+                };
+                if let Some((status, category, in_doubt)) =
+                    new_key(&path, &mut st, params![id.0, reason, now])?
+                {
+                    deltas.moved(
+                        &old.3,
+                        (&old.0, &old.1, old.2),
+                        (&status, &category, in_doubt),
+                    );
+                    n += 1;
+                }
             }
         }
+        deltas.apply(&tx, &path)?;
         tx.commit().at(&path)?;
-        Ok(n as u64)
+        Ok(n)
     }
 }
 

@@ -265,7 +265,10 @@ impl Templates {
     ) -> Result<Rendered, RenderProblem> {
         let email = recipient.email.trim();
         let to = test.as_ref().map_or(email, |t| t.to);
-        for address in [email, to] {
+        // The recipient, and a test copy's address when there is one; a
+        // normal message's `to` is the recipient, checked once, not twice.
+        let test_to = test.as_ref().map(|t| t.to);
+        for address in std::iter::once(email).chain(test_to) {
             if let Some(reason) = unsafe_recipient(address) {
                 return Err(RenderProblem::UnsafeAddress {
                     address: address.to_owned(),
@@ -282,10 +285,11 @@ impl Templates {
         })?;
         let to = to.as_ref();
 
-        let ctx = context(columns, recipient, email);
+        let ctx =
+            CONTEXT.with_borrow_mut(|cached| reuse_context(cached, columns, recipient, email));
         let render = |registry: &Handlebars<'static>, name: &str| {
             registry
-                .render_with_context(name, &ctx)
+                .render_with_context(name, &ctx.1)
                 .map_err(|e| self.render_problem(name, &e))
         };
         let mut subject = one_line(render(&self.plain, SUBJECT)?);
@@ -400,6 +404,9 @@ impl Templates {
             (Some(rp), None) => (rp.0)(recipient),
             _ => self.from.address.clone(),
         };
+        // The context goes back for this thread's next recipient (on an
+        // error it is dropped and built again: errors are rare).
+        CONTEXT.with_borrow_mut(|cached| *cached = Some(ctx));
         let envelope = Envelope {
             attempt: Default::default(),
             id: recipient.id,
@@ -500,6 +507,54 @@ fn end_position(source: &str) -> (usize, usize) {
     let line = source.matches('\n').count() + 1;
     let last = source.rsplit('\n').next().unwrap_or("");
     (line, last.chars().count() + 1)
+}
+
+thread_local! {
+    /// Each rendering thread's last context and the columns it was built
+    /// for: the next recipient of the same list overwrites its values in
+    /// place (their strings' buffers reused), instead of building a JSON
+    /// map with a new key and value string per column for every message
+    /// (issue 11: the per-message allocations of rendering).
+    static CONTEXT: std::cell::RefCell<Option<(Vec<String>, Context)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// The context of one recipient, made from `cached` when it was built for
+/// the same columns: the same data [`context`] builds, the same values in
+/// the same keys (a later column of the same name wins, `email` last).
+fn reuse_context(
+    cached: &mut Option<(Vec<String>, Context)>,
+    columns: &[String],
+    recipient: &Recipient,
+    email: &str,
+) -> (Vec<String>, Context) {
+    if let Some((built_for, mut ctx)) = cached.take()
+        && built_for == columns
+        && recipient.values.len() >= columns.len()
+        && let Value::Object(data) = ctx.data_mut()
+    {
+        let mut complete = true;
+        for (column, value) in columns.iter().zip(&recipient.values) {
+            match data.get_mut(column) {
+                Some(Value::String(s)) => {
+                    s.clear();
+                    s.push_str(value);
+                }
+                _ => complete = false,
+            }
+        }
+        match data.get_mut("email") {
+            Some(Value::String(s)) => {
+                s.clear();
+                s.push_str(email);
+            }
+            _ => complete = false,
+        }
+        if complete {
+            return (built_for, ctx);
+        }
+    }
+    (columns.to_vec(), context(columns, recipient, email))
 }
 
 /// The template data of one recipient: column name -> value, plus `email`.

@@ -454,6 +454,48 @@ mod failures {
         );
     }
 
+    /// A rendering thread reuses its last recipient's context (issue 11):
+    /// nothing of one recipient may show in the next one's message, a short
+    /// row after a full one is still a missing field, and other columns
+    /// (another list) get their own keys.
+    #[test]
+    fn one_thread_renders_each_recipient_with_only_its_own_values() {
+        let templates = Templates::compile(text_spec()).unwrap();
+        let text = |e: &Envelope| parse(e).body_text(0).unwrap().into_owned();
+        let first = templates.render(&columns(), &ann()).unwrap();
+        assert!(text(&first).contains("Hi Ann,"), "{}", text(&first));
+        let bob = recipient(3, "bob@example.com", "Bob", "");
+        let second = templates.render(&columns(), &bob).unwrap();
+        assert_eq!(text(&second), "Hi Bob,\r\nnote: \r\n");
+        assert_eq!(second.rcpt_to, "bob@example.com");
+        let short = Recipient {
+            values: vec!["cy@example.com".to_owned()],
+            ..recipient(4, "cy@example.com", "", "")
+        };
+        let failure = templates.render(&columns(), &short).unwrap_err();
+        assert!(
+            failure.reply.contains("missing field `first_name`"),
+            "{}",
+            failure.reply
+        );
+        let other = ["email", "first_name", "note", "city"].map(String::from);
+        let mut dee = recipient(5, "dee@example.com", "Dee", "x");
+        dee.values.push("Oslo".to_owned());
+        let third = templates.render(&other, &dee).unwrap();
+        assert_eq!(text(&third), "Hi Dee,\r\nnote: x\r\n");
+        // Back to the first list: the extra key of the other is gone.
+        let city = Templates::compile(MessageSpec {
+            subject: "{{city}}".to_owned(),
+            ..text_spec()
+        })
+        .unwrap();
+        assert!(city.render(&other, &dee).is_ok());
+        assert!(
+            city.render(&columns(), &ann()).is_err(),
+            "a stale `city` was seen"
+        );
+    }
+
     #[test]
     fn size_limit() {
         let spec = MessageSpec {

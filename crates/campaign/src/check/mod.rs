@@ -239,7 +239,9 @@ pub fn check(c: &Campaign, opts: &CheckOptions) -> Result<CheckReport, Error> {
                         }
                     };
                     counts.rows += 1;
-                    let at = Finding::new(&csv_path, "").at(row.line).field(&email_field);
+                    // Made for a row with a problem only: a valid row (nearly
+                    // all of them) costs no path, field or message string.
+                    let at = || Finding::new(&csv_path, "").at(row.line).field(&email_field);
                     match row.verdict {
                         Verdict::Valid => {
                             counts.sendable += 1;
@@ -254,20 +256,20 @@ pub fn check(c: &Campaign, opts: &CheckOptions) -> Result<CheckReport, Error> {
                         }
                         Verdict::Invalid { reason, .. } => {
                             let (kind, message) = invalid_row_finding(&reason, &row.email);
-                            tally.add(kind, Finding { message, ..at });
+                            tally.add(kind, Finding { message, ..at() });
                         }
                         Verdict::Duplicate { first_line } => tally.add(
                             ProblemKind::Duplicate,
                             Finding {
                                 message: format!("{} was already on line {first_line}", row.email),
-                                ..at
+                                ..at()
                             },
                         ),
                         Verdict::Suppressed => tally.add(
                             ProblemKind::Suppressed,
                             Finding {
                                 message: format!("{} is on the suppression list", row.email),
-                                ..at
+                                ..at()
                             },
                         ),
                     }
@@ -389,12 +391,13 @@ impl Job<'_> {
     }
 
     fn one(&self, templates: &Templates, r: &Recipient, out: &mut Outcome) {
-        let at = Finding::new(self.csv, "").at(r.line);
+        // Only a row with a finding needs one (most have none).
+        let at = || Finding::new(self.csv, "").at(r.line);
         let parts = match templates.render_parts(self.columns, r) {
             Ok(parts) => parts,
             Err(e) => {
                 out.failed += 1;
-                let (kind, finding) = render_finding(e.problem, at);
+                let (kind, finding) = render_finding(e.problem, at());
                 out.tally.add(kind, finding);
                 return;
             }
@@ -416,7 +419,7 @@ impl Job<'_> {
                     message: format!(
                         "message is {size} bytes{signed}, over the max_message_bytes limit of {max}"
                     ),
-                    ..at
+                    ..at()
                 },
             );
             return;
@@ -435,7 +438,7 @@ impl Job<'_> {
                     message: format!(
                         "{whose} has a non-ASCII local part: it goes out only if the relay offers SMTPUTF8 (RFC 6531), otherwise it fails as smtputf8_required"
                     ),
-                    ..at.clone()
+                    ..at()
                 },
             );
         }
@@ -450,7 +453,7 @@ impl Job<'_> {
                         self.max_message_bytes
                             .map_or(String::new(), |m| format!(" of {m} bytes"))
                     ),
-                    ..at.clone()
+                    ..at()
                 },
             );
         }
@@ -465,7 +468,7 @@ impl Job<'_> {
                     message: format!(
                         "List-Unsubscribe URL {url:?} is not https, so List-Unsubscribe-Post (one-click, RFC 8058) is left out"
                     ),
-                    ..at.clone()
+                    ..at()
                 }
                 .field("list_unsubscribe"),
             );
@@ -477,7 +480,7 @@ impl Job<'_> {
                 ProblemKind::NoUnsubscribeLink,
                 Finding {
                     message: "the rendered HTML has no <a href> link that says \"unsubscribe\" or points to the List-Unsubscribe URL".to_owned(),
-                    ..at
+                    ..at()
                 }
                 .field("html"),
             );
