@@ -238,10 +238,12 @@ impl App {
 
     fn answer_confirm(&mut self, code: KeyCode) -> Action {
         match code {
+            // The operator's confirmed stop: every worker of a campaign
+            // several share stops (Ctrl-C, like a signal, stops this one).
             KeyCode::Char('y') | KeyCode::Char('Y') => {
                 self.confirm_quit = false;
                 self.stop_sent = true;
-                Action::Control(Control::Stop)
+                Action::Control(Control::StopAll)
             }
             KeyCode::Char('n') | KeyCode::Char('N') | KeyCode::Esc => {
                 self.confirm_quit = false;
