@@ -378,3 +378,83 @@ fn worker_with_a_sqlite_state_is_refused() {
     assert!(err.contains("PostgreSQL"), "{err}");
     assert!(sink.deliveries().is_empty());
 }
+
+/// Issue 14 point 4: the operator's stop from one worker's dashboard (`q`,
+/// `y` in a real terminal, tmux) reaches every worker: both finish their
+/// transactions in flight and exit with the stopped code (130), nobody
+/// lost; the dashboard shows a row per worker; a worker started afterwards
+/// is not stopped by the old stop and sends the rest.
+#[test]
+fn the_dashboards_stop_reaches_every_worker_and_a_later_one_sends_on() {
+    if !crate::tui::have_tmux() {
+        assert!(std::env::var_os("CI").is_none(), "tmux is missing in CI");
+        eprintln!("skipped: tmux is not installed");
+        return;
+    }
+    let Some(pg) = fixture::start_or_skip() else {
+        return;
+    };
+    let url = pg.url();
+    let sink = Sink::start(&[], None);
+    let n = 600;
+    let c = TestCampaign::new(Spec {
+        delivery: "rate = 40",
+        ..Spec::new(addresses("st", n), sink.port())
+    });
+    let other = spawn_worker(&c, &url, "b");
+    let exit_file = c.tmp.path().join("exit-code");
+    let cmd = format!(
+        "env EDM_HOME={} EDM_STORE_URL='{url}' EDM_LEASE_MS={LEASE_MS} EDM_LOG=warn \
+         {EDM} send {} --worker a; echo $? > {}; sleep 2",
+        c.home.display(),
+        c.path().display(),
+        exit_file.display()
+    );
+    let s = crate::tui::Session::start(format!("edm-e2e-stop-{}", std::process::id()), &cmd);
+    // Both workers send, and the dashboard shows a row each.
+    let screen = s.wait_for("Workers (2)", Duration::from_secs(20));
+    eprintln!("{screen}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sink.handle().accepted() < 40 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    s.keys("q");
+    s.wait_for("Stop the campaign?", Duration::from_secs(5));
+    s.keys("y");
+    let start = Instant::now();
+    while !exit_file.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "worker a did not exit after q, y"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let code_a = std::fs::read_to_string(&exit_file).unwrap();
+    let (code_b, err_b) = stderr_of(other);
+    eprintln!("b -> {code_b:?}\n{err_b}");
+    assert_eq!(code_a.trim(), "130", "the dashboard's worker stopped");
+    assert_eq!(code_b, Some(130), "the other worker stopped too");
+    assert!(
+        err_b.contains("stopped the campaign from another worker"),
+        "{err_b}"
+    );
+    // Nobody lost, nothing in flight, the store agrees with the server.
+    let st = status(&c, &url);
+    assert_eq!(st["sending"], 0, "{st}");
+    assert_eq!(st["in_doubt"], 0, "{st}");
+    let sent = st["sent"].as_u64().unwrap();
+    assert_eq!(sent, sink.handle().accepted(), "{st}");
+    assert_eq!(sent + st["pending"].as_u64().unwrap(), n as u64, "{st}");
+    assert!(sent < n as u64, "stopped before the end: {st}");
+    for name in ["a", "b"] {
+        assert_eq!(worker_row(&st, name)["state"], "done", "{st}");
+    }
+
+    // A worker started afterwards is not held by the old stop.
+    let (code_c, err_c) = stderr_of(spawn_worker(&c, &url, "c"));
+    eprintln!("c -> {code_c:?}\n{err_c}");
+    assert_eq!(code_c, Some(0), "the later worker sends the rest");
+    let got = sink.deliveries();
+    assert_eq!(got.len(), n, "every recipient delivered");
+    assert!(got.values().all(|k| *k == 1), "a recipient got two copies");
+}
