@@ -458,3 +458,72 @@ fn the_dashboards_stop_reaches_every_worker_and_a_later_one_sends_on() {
     assert_eq!(got.len(), n, "every recipient delivered");
     assert!(got.values().all(|k| *k == 1), "a recipient got two copies");
 }
+
+/// Issue 14 point 4 (the known debt paid): a worker's plain progress lines
+/// count the whole campaign (the store's counts at each view refresh), not
+/// only its own sends: the highest `sent` a worker printed is above what it
+/// sent itself by about what the other sent meanwhile.
+#[test]
+fn a_workers_progress_lines_count_the_whole_campaign() {
+    let Some(pg) = fixture::start_or_skip() else {
+        return;
+    };
+    let url = pg.url();
+    let sink = Sink::start(&[], None);
+    let n = 400;
+    let c = TestCampaign::new(Spec {
+        delivery: "rate = 60",
+        ..Spec::new(addresses("pl", n), sink.port())
+    });
+    let spawn = |name: &str| {
+        Command::new(EDM)
+            .arg("send")
+            .arg(&c.dir)
+            .args(["--no-tui", "--worker", name])
+            .env("EDM_HOME", &c.home)
+            .env("EDM_LOG", "warn")
+            .env("EDM_STORE_URL", &url)
+            .env("EDM_LEASE_MS", LEASE_MS)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning edm")
+    };
+    let (one, two) = (spawn("p1"), spawn("p2"));
+    let mut printed = BTreeMap::new();
+    for (name, child) in [("p1", one), ("p2", two)] {
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        eprintln!("{name} -> {:?}\n{text}", out.status.code());
+        assert_eq!(out.status.code(), Some(0), "{name} completes");
+        // `[00:00:03] running  sent 123  failed 0 ...`
+        let most = text
+            .lines()
+            .filter_map(|l| {
+                l.split("sent ")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .max()
+            .unwrap_or(0u64);
+        printed.insert(name, most);
+    }
+    let s = status(&c, &url);
+    assert_eq!(s["sent"].as_u64(), Some(n as u64), "{s}");
+    for name in ["p1", "p2"] {
+        let own = worker_row(&s, name)["sent"].as_u64().unwrap();
+        let other = n as u64 - own;
+        eprintln!(
+            "{name}: printed up to {} sent, sent {own} itself",
+            printed[name]
+        );
+        assert!(
+            printed[name] > own + other / 4,
+            "{name} printed at most {} sent, its own {own}: the others' sends are missing",
+            printed[name]
+        );
+    }
+}
