@@ -843,6 +843,7 @@ async fn run(
                 let es = engine_status.borrow().clone();
                 fold.engine(es.target_rate, es.in_flight, &es.in_flight_by_relay);
                 if let Some(m) = &membership {
+                    fold.set_share(m.fair_share());
                     fold.set_workers(m.workers().into_iter().map(worker_view).collect());
                 }
                 progress_tx.send_replace(fold.sample(now_ms()).clone());

@@ -47,6 +47,9 @@ pub(crate) struct Membership {
     last_ok: AtomicI64,
     lost: AtomicBool,
     share: AtomicU64,
+    /// 1 / live workers (the share without the others' throttle), for the
+    /// dashboard: running at it is no throttle.
+    fair: AtomicU64,
     /// Accepted and failed in this run, for the worker's row.
     pub sent: AtomicU64,
     pub failed: AtomicU64,
@@ -128,6 +131,11 @@ impl Membership {
         f64::from_bits(self.share.load(Ordering::SeqCst))
     }
 
+    /// 1 / live workers at the last heartbeat.
+    pub fn fair_share(&self) -> f64 {
+        f64::from_bits(self.fair.load(Ordering::SeqCst))
+    }
+
     /// The campaign's workers as last read (every heartbeat, and every
     /// [`VIEW_EVERY`] between them).
     pub fn workers(&self) -> Vec<WorkerRow> {
@@ -164,6 +172,7 @@ impl Member {
             last_ok: AtomicI64::new(now_ms()),
             lost: AtomicBool::new(false),
             share: AtomicU64::new(1.0f64.to_bits()),
+            fair: AtomicU64::new(1.0f64.to_bits()),
             sent: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             poke: Mutex::new(tx.clone()),
@@ -478,7 +487,9 @@ fn beat(lease: &mut dyn WorkerLease, b: &Beating) -> Option<u32> {
             }
             // The others' lowest throttle ratio (this worker's own is in
             // its rate already).
-            let next = (1.0 / f64::from(r.live.max(1))) * r.min_throttle.clamp(0.05, 1.0);
+            let fair = 1.0 / f64::from(r.live.max(1));
+            st.fair.store(fair.to_bits(), Ordering::SeqCst);
+            let next = fair * r.min_throttle.clamp(0.05, 1.0);
             if (next - share).abs() > 1e-9 {
                 st.share.store(next.to_bits(), Ordering::SeqCst);
                 b.control(Control::SetShare(next));

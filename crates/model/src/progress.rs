@@ -301,6 +301,10 @@ pub struct ProgressFold {
     /// The other workers' accepted count since the start and when, at the
     /// last rebase (their rate).
     others: Option<(UnixMillis, u64)>,
+    /// This worker's fair share of the campaign's rate (1 / live workers)
+    /// when several send it: its effective rate at `target x share` is not
+    /// a throttle.
+    share: Option<f64>,
     /// Flags the run state is computed from.
     paused: bool,
     outage: bool,
@@ -397,6 +401,11 @@ impl ProgressFold {
             self.p.others_rate = others.saturating_sub(before) as f64 / secs;
         }
         self.others = Some((mark.at, others));
+    }
+
+    /// This worker's fair share of the campaign's rate (several workers).
+    pub fn set_share(&mut self, share: f64) {
+        self.share = (share.is_finite() && share > 0.0).then_some(share);
     }
 
     /// The campaign's workers, as the store last said (several workers).
@@ -628,6 +637,17 @@ impl ProgressFold {
         }
     }
 
+    /// The effective rate is below what the operator set: with several
+    /// workers, below this worker's share of it (its share is no throttle).
+    fn throttled(&self) -> bool {
+        match (self.share, self.p.target_rate, self.p.effective_rate) {
+            (Some(share), Some(target), Some(effective)) => {
+                effective < target * share * (1.0 - 1e-6)
+            }
+            _ => self.p.effective_rate != self.p.target_rate,
+        }
+    }
+
     /// Accepted in this run (what the rate samples count).
     pub fn sent_in_run(&self) -> u64 {
         self.sent
@@ -685,7 +705,7 @@ impl ProgressFold {
             RunState::Paused
         } else if self.outage {
             RunState::Outage
-        } else if self.p.effective_rate != self.p.target_rate {
+        } else if self.throttled() {
             RunState::Throttled
         } else if self.waiting {
             RunState::WaitingForRetries
@@ -878,6 +898,26 @@ mod tests {
         assert!((p.others_rate - 15.0).abs() < 1e-9, "{}", p.others_rate);
         // The ETA counts the others' rate: 36 left at 0 + 15 per second.
         assert_eq!(p.eta_secs(), Some(3));
+    }
+
+    #[test]
+    fn a_workers_share_of_the_rate_is_not_a_throttle() {
+        let mut f = started(10, 0);
+        f.engine(Some(40.0), 0, &[]);
+        let share = |f: &mut ProgressFold, to: f64| {
+            let n = Notice::RateChanged {
+                from: 40.0,
+                to,
+                cause: "share".into(),
+            };
+            f.notice(&n, 1);
+        };
+        share(&mut f, 20.0);
+        assert_eq!(f.sample(1).state, RunState::Throttled, "one worker alone");
+        f.set_share(0.5);
+        assert_eq!(f.sample(2).state, RunState::Running, "its half of 40/s");
+        share(&mut f, 10.0);
+        assert_eq!(f.sample(3).state, RunState::Throttled, "below its half");
     }
 
     #[test]
