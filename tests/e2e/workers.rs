@@ -414,6 +414,18 @@ fn the_dashboards_stop_reaches_every_worker_and_a_later_one_sends_on() {
     // Both workers send, and the dashboard shows a row each.
     let screen = s.wait_for("Workers (2)", Duration::from_secs(20));
     eprintln!("{screen}");
+    // `edm watch` from elsewhere shows the same rows, read from the store.
+    let watch = crate::tui::Session::start(
+        format!("edm-e2e-watch-{}", std::process::id()),
+        &format!(
+            "env EDM_HOME={} {EDM} watch {} --store '{url}'; sleep 2",
+            c.home.display(),
+            c.path().display()
+        ),
+    );
+    let watched = watch.wait_for("Workers (2)", Duration::from_secs(20));
+    assert!(watched.contains("read-only"), "{watched}");
+    watch.keys("q");
     let deadline = Instant::now() + Duration::from_secs(20);
     while sink.handle().accepted() < 40 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
