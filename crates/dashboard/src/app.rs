@@ -68,7 +68,7 @@ pub struct App {
     domains_row: usize,
     /// `q` was pressed: waiting for `y` or `n`.
     confirm_quit: bool,
-    /// [`Control::Stop`] was sent.
+    /// [`Control::Stop`] (or the confirmed [`Control::StopAll`]) was sent.
     stop_sent: bool,
     /// Pause (`true`) or resume (`false`) sent and not yet seen in a snapshot,
     /// so that two quick presses of `p` toggle twice rather than send the same.
@@ -132,7 +132,7 @@ impl App {
         self.confirm_quit
     }
 
-    /// True once [`Control::Stop`] was sent.
+    /// True once [`Control::Stop`] (or [`Control::StopAll`]) was sent.
     pub fn stop_sent(&self) -> bool {
         self.stop_sent
     }
