@@ -11,14 +11,14 @@ fn tmux(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
-fn have_tmux() -> bool {
+pub(crate) fn have_tmux() -> bool {
     Command::new("tmux")
         .arg("-V")
         .output()
         .is_ok_and(|o| o.status.success())
 }
 
-struct Session(String);
+pub(crate) struct Session(String);
 
 impl Drop for Session {
     fn drop(&mut self) {
@@ -30,7 +30,7 @@ impl Drop for Session {
 
 impl Session {
     /// Runs `cmd` in a new detached 80x24 tmux session.
-    fn start(name: String, cmd: &str) -> Session {
+    pub(crate) fn start(name: String, cmd: &str) -> Session {
         tmux(&[
             "new-session",
             "-d",
@@ -49,12 +49,12 @@ impl Session {
         tmux(&["capture-pane", "-p", "-t", &self.0])
     }
 
-    fn keys(&self, keys: &str) {
+    pub(crate) fn keys(&self, keys: &str) {
         tmux(&["send-keys", "-t", &self.0, keys]);
     }
 
     /// Waits until the screen shows `text`.
-    fn wait_for(&self, text: &str, limit: Duration) -> String {
+    pub(crate) fn wait_for(&self, text: &str, limit: Duration) -> String {
         let start = Instant::now();
         loop {
             let s = self.screen();

@@ -378,3 +378,164 @@ fn worker_with_a_sqlite_state_is_refused() {
     assert!(err.contains("PostgreSQL"), "{err}");
     assert!(sink.deliveries().is_empty());
 }
+
+/// Issue 14 point 4: the operator's stop from one worker's dashboard (`q`,
+/// `y` in a real terminal, tmux) reaches every worker: both finish their
+/// transactions in flight and exit with the stopped code (130), nobody
+/// lost; the dashboard shows a row per worker; a worker started afterwards
+/// is not stopped by the old stop and sends the rest.
+#[test]
+fn the_dashboards_stop_reaches_every_worker_and_a_later_one_sends_on() {
+    if !crate::tui::have_tmux() {
+        assert!(std::env::var_os("CI").is_none(), "tmux is missing in CI");
+        eprintln!("skipped: tmux is not installed");
+        return;
+    }
+    let Some(pg) = fixture::start_or_skip() else {
+        return;
+    };
+    let url = pg.url();
+    let sink = Sink::start(&[], None);
+    let n = 600;
+    let c = TestCampaign::new(Spec {
+        delivery: "rate = 40",
+        ..Spec::new(addresses("st", n), sink.port())
+    });
+    let other = spawn_worker(&c, &url, "b");
+    let exit_file = c.tmp.path().join("exit-code");
+    let cmd = format!(
+        "env EDM_HOME={} EDM_STORE_URL='{url}' EDM_LEASE_MS={LEASE_MS} EDM_LOG=warn \
+         {EDM} send {} --worker a; echo $? > {}; sleep 2",
+        c.home.display(),
+        c.path().display(),
+        exit_file.display()
+    );
+    let s = crate::tui::Session::start(format!("edm-e2e-stop-{}", std::process::id()), &cmd);
+    // Both workers send, and the dashboard shows a row each.
+    let screen = s.wait_for("Workers (2)", Duration::from_secs(20));
+    eprintln!("{screen}");
+    // `edm watch` from elsewhere shows the same rows, read from the store.
+    let watch = crate::tui::Session::start(
+        format!("edm-e2e-watch-{}", std::process::id()),
+        &format!(
+            "env EDM_HOME={} {EDM} watch {} --store '{url}'; sleep 2",
+            c.home.display(),
+            c.path().display()
+        ),
+    );
+    let watched = watch.wait_for("Workers (2)", Duration::from_secs(20));
+    assert!(watched.contains("read-only"), "{watched}");
+    watch.keys("q");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sink.handle().accepted() < 40 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    s.keys("q");
+    s.wait_for("Stop the campaign?", Duration::from_secs(5));
+    s.keys("y");
+    let start = Instant::now();
+    while !exit_file.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "worker a did not exit after q, y"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let code_a = std::fs::read_to_string(&exit_file).unwrap();
+    let (code_b, err_b) = stderr_of(other);
+    eprintln!("b -> {code_b:?}\n{err_b}");
+    assert_eq!(code_a.trim(), "130", "the dashboard's worker stopped");
+    assert_eq!(code_b, Some(130), "the other worker stopped too");
+    assert!(
+        err_b.contains("stopped the campaign from another worker"),
+        "{err_b}"
+    );
+    // Nobody lost, nothing in flight, the store agrees with the server.
+    let st = status(&c, &url);
+    assert_eq!(st["sending"], 0, "{st}");
+    assert_eq!(st["in_doubt"], 0, "{st}");
+    let sent = st["sent"].as_u64().unwrap();
+    assert_eq!(sent, sink.handle().accepted(), "{st}");
+    assert_eq!(sent + st["pending"].as_u64().unwrap(), n as u64, "{st}");
+    assert!(sent < n as u64, "stopped before the end: {st}");
+    for name in ["a", "b"] {
+        assert_eq!(worker_row(&st, name)["state"], "done", "{st}");
+    }
+
+    // A worker started afterwards is not held by the old stop.
+    let (code_c, err_c) = stderr_of(spawn_worker(&c, &url, "c"));
+    eprintln!("c -> {code_c:?}\n{err_c}");
+    assert_eq!(code_c, Some(0), "the later worker sends the rest");
+    let got = sink.deliveries();
+    assert_eq!(got.len(), n, "every recipient delivered");
+    assert!(got.values().all(|k| *k == 1), "a recipient got two copies");
+}
+
+/// Issue 14 point 4 (the known debt paid): a worker's plain progress lines
+/// count the whole campaign (the store's counts at each view refresh), not
+/// only its own sends: the highest `sent` a worker printed is above what it
+/// sent itself by about what the other sent meanwhile.
+#[test]
+fn a_workers_progress_lines_count_the_whole_campaign() {
+    let Some(pg) = fixture::start_or_skip() else {
+        return;
+    };
+    let url = pg.url();
+    let sink = Sink::start(&[], None);
+    let n = 400;
+    let c = TestCampaign::new(Spec {
+        delivery: "rate = 60",
+        ..Spec::new(addresses("pl", n), sink.port())
+    });
+    let spawn = |name: &str| {
+        Command::new(EDM)
+            .arg("send")
+            .arg(&c.dir)
+            .args(["--no-tui", "--worker", name])
+            .env("EDM_HOME", &c.home)
+            .env("EDM_LOG", "warn")
+            .env("EDM_STORE_URL", &url)
+            .env("EDM_LEASE_MS", LEASE_MS)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning edm")
+    };
+    let (one, two) = (spawn("p1"), spawn("p2"));
+    let mut printed = BTreeMap::new();
+    for (name, child) in [("p1", one), ("p2", two)] {
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        eprintln!("{name} -> {:?}\n{text}", out.status.code());
+        assert_eq!(out.status.code(), Some(0), "{name} completes");
+        // `[00:00:03] running  sent 123  failed 0 ...`
+        let most = text
+            .lines()
+            .filter_map(|l| {
+                l.split("sent ")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .max()
+            .unwrap_or(0u64);
+        printed.insert(name, most);
+    }
+    let s = status(&c, &url);
+    assert_eq!(s["sent"].as_u64(), Some(n as u64), "{s}");
+    for name in ["p1", "p2"] {
+        let own = worker_row(&s, name)["sent"].as_u64().unwrap();
+        let other = n as u64 - own;
+        eprintln!(
+            "{name}: printed up to {} sent, sent {own} itself",
+            printed[name]
+        );
+        assert!(
+            printed[name] > own + other / 4,
+            "{name} printed at most {} sent, its own {own}: the others' sends are missing",
+            printed[name]
+        );
+    }
+}

@@ -496,6 +496,13 @@ pub fn watch_progress(
         target_rate: c.rate(),
         effective_rate: c.rate(),
         late,
+        // Several workers (PostgreSQL): a row each, as `edm send` shows them.
+        workers: store
+            .workers()
+            .unwrap_or_default()
+            .into_iter()
+            .map(crate::send::worker_view)
+            .collect(),
         ..Default::default()
     };
     for (at, _kind, text) in events.into_iter().rev() {

@@ -823,6 +823,16 @@ async fn run(
     let mut claimed: HashSet<RecipientId> = HashSet::new();
     let mut publish = tokio::time::interval(PUBLISH_EVERY);
     publish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Several workers: the campaign's counts from the store every
+    // `VIEW_EVERY` (a count ordered after this worker's outcomes folded so
+    // far, `ProgressFold::rebase`), and the operator's stop from another
+    // worker's dashboard.
+    let mut view = tokio::time::interval(crate::workers::VIEW_EVERY);
+    view.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (counted_tx, mut counted_rx) = mpsc::unbounded_channel();
+    let mut counting = false;
+    let mut remote_stop = membership.as_ref().map(|m| m.remote_stop());
+    let mut remote_stopped = false;
     if let Some(trip) = &tripped {
         reputation_stop(&mut fold, &stop_tx, &engine_control, trip);
     }
@@ -832,13 +842,51 @@ async fn run(
             _ = publish.tick() => {
                 let es = engine_status.borrow().clone();
                 fold.engine(es.target_rate, es.in_flight, &es.in_flight_by_relay);
+                if let Some(m) = &membership {
+                    fold.set_share(m.fair_share());
+                    fold.set_workers(m.workers().into_iter().map(worker_view).collect());
+                }
                 progress_tx.send_replace(fold.sample(now_ms()).clone());
             }
+            _ = view.tick(), if membership.is_some() && !counting => {
+                counting = true;
+                let mark = fold.store_mark(now_ms());
+                let (w, tx) = (writer.clone(), counted_tx.clone());
+                tokio::spawn(async move {
+                    let _ = tx.send((mark, w.summary().await));
+                });
+            }
+            Some((mark, counted)) = counted_rx.recv() => {
+                counting = false;
+                match counted {
+                    Ok(summary) => fold.rebase(&mark, &summary.counts),
+                    Err(e) => tracing::debug!(error = %e, "cannot read the campaign's counts"),
+                }
+            }
+            _ = async {
+                match remote_stop.as_mut() {
+                    Some(r) => {
+                        let _ = r.wait_for(|s| *s).await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            }, if !remote_stopped => {
+                remote_stopped = true;
+                stop_tx.send_replace(true);
+                fold.stop();
+                fold.log(
+                    now_ms(),
+                    "stopping: the operator stopped the campaign from another worker".into(),
+                );
+                let _ = engine_control.send(Control::Stop);
+            }
             Some(c) = control_rx.recv() => {
-                // Pause and rate reach every worker (PostgreSQL).
+                // Pause, rate and the dashboard's stop reach every worker
+                // (PostgreSQL); a signal's stop stays this worker's.
                 if let Some(m) = &member {
                     m.publish(c);
                 }
+                let c = if c == Control::StopAll { Control::Stop } else { c };
                 if c == Control::Stop {
                     // Stop also stops the feeder; the rest go to the engine.
                     stop_tx.send_replace(true);
@@ -985,6 +1033,21 @@ async fn run(
         retried: counts.retried,
         state,
     })
+}
+
+/// A worker's row as the dashboard shows it.
+pub(crate) fn worker_view(w: edm_store::WorkerRow) -> edm_model::WorkerView {
+    edm_model::WorkerView {
+        name: w.name,
+        alive: w.alive,
+        state: w.state,
+        rate: w.rate,
+        share: w.share,
+        in_flight: w.in_flight,
+        sent: w.sent,
+        failed: w.failed,
+        heartbeat_at: w.heartbeat_at,
+    }
 }
 
 /// The store's late outcomes for the progress display (none when it cannot

@@ -19,7 +19,9 @@
 
 use edm_delivery::EngineStatus;
 use edm_model::{Control, now_ms};
-use edm_store::{InDoubtPolicy, LeaseSettings, SharedControls, WorkerFigures, WorkerLease};
+use edm_store::{
+    InDoubtPolicy, LeaseSettings, SharedControls, WorkerFigures, WorkerLease, WorkerRow,
+};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc as std_mpsc};
 use std::thread::JoinHandle;
@@ -45,6 +47,9 @@ pub(crate) struct Membership {
     last_ok: AtomicI64,
     lost: AtomicBool,
     share: AtomicU64,
+    /// 1 / live workers (the share without the others' throttle), for the
+    /// dashboard: running at it is no throttle.
+    fair: AtomicU64,
     /// Accepted and failed in this run, for the worker's row.
     pub sent: AtomicU64,
     pub failed: AtomicU64,
@@ -56,6 +61,16 @@ pub(crate) struct Membership {
     engine: Mutex<Option<Engine>>,
     /// The operator's controls as this worker last applied or set them.
     known: Mutex<Option<SharedControls>>,
+    /// The campaign's workers as last read (the dashboard's rows).
+    workers: Mutex<Vec<WorkerRow>>,
+    /// The operator's campaign-wide stops counted so far as seen: `None`
+    /// before the first heartbeat, which takes the store's count as seen
+    /// (a stop asked before this worker joined does not stop it).
+    stops_seen: Mutex<Option<i64>>,
+    /// Set when the operator stopped the campaign from another worker's
+    /// dashboard: the run stops as its own `q` would (before the run
+    /// started too: it stops at once then).
+    remote_stop: watch::Sender<bool>,
 }
 
 /// What the heartbeat reads of the engine and tells it.
@@ -115,7 +130,27 @@ impl Membership {
     fn share(&self) -> f64 {
         f64::from_bits(self.share.load(Ordering::SeqCst))
     }
+
+    /// 1 / live workers at the last heartbeat.
+    pub fn fair_share(&self) -> f64 {
+        f64::from_bits(self.fair.load(Ordering::SeqCst))
+    }
+
+    /// The campaign's workers as last read (every heartbeat, and every
+    /// [`VIEW_EVERY`] between them).
+    pub fn workers(&self) -> Vec<WorkerRow> {
+        self.workers.lock().map(|w| w.clone()).unwrap_or_default()
+    }
+
+    /// True once the operator stopped the campaign from another worker.
+    pub fn remote_stop(&self) -> watch::Receiver<bool> {
+        self.remote_stop.subscribe()
+    }
 }
+
+/// How often the workers' rows are read between heartbeats, for the
+/// dashboard (one small query on the heartbeat's connection).
+pub(crate) const VIEW_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The heartbeat thread, from the join on (a long ingest included);
 /// dropping it ends the thread and leaves the campaign.
@@ -130,18 +165,23 @@ impl Member {
     pub fn start(lease: Box<dyn WorkerLease>, policy: InDoubtPolicy) -> std::io::Result<Member> {
         let (tx, rx) = std_mpsc::channel();
         let (ready, _) = watch::channel(false);
+        let (remote_stop, _) = watch::channel(false);
         let state = Arc::new(Membership {
             name: lease.name().to_string(),
             settings: lease.settings(),
             last_ok: AtomicI64::new(now_ms()),
             lost: AtomicBool::new(false),
             share: AtomicU64::new(1.0f64.to_bits()),
+            fair: AtomicU64::new(1.0f64.to_bits()),
             sent: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             poke: Mutex::new(tx.clone()),
             ready,
             engine: Mutex::new(None),
             known: Mutex::new(None),
+            workers: Mutex::new(Vec::new()),
+            stops_seen: Mutex::new(None),
+            remote_stop,
         });
         let s2 = state.clone();
         let join = std::thread::Builder::new()
@@ -175,11 +215,16 @@ impl Member {
         }
     }
 
-    /// The operator paused, resumed or set the rate on this worker: every
-    /// worker applies it at its next heartbeat (`edm.controls`). A stop
-    /// stays this worker's (stopping one machine stops one worker).
+    /// The operator paused, resumed, set the rate or stopped from this
+    /// worker's dashboard: every worker applies it at its next heartbeat
+    /// (`edm.controls`, the count of stops). A signal's [`Control::Stop`]
+    /// stays this worker's (systemd stopping one machine's unit stops one
+    /// worker); the dashboard's stop is [`Control::StopAll`].
     pub fn publish(&self, c: Control) {
-        if matches!(c, Control::Pause | Control::Resume | Control::SetRate(_)) {
+        if matches!(
+            c,
+            Control::Pause | Control::Resume | Control::SetRate(_) | Control::StopAll
+        ) {
             let _ = self.stop.send(Beat::Publish(c));
         }
     }
@@ -243,8 +288,13 @@ fn heartbeat(mut lease: Box<dyn WorkerLease>, b: Beating, rx: std_mpsc::Receiver
     if stopped {
         return leave(lease.as_mut(), &b);
     }
+    let view_every = VIEW_EVERY.min(every);
+    let mut next_beat = std::time::Instant::now() + every;
     loop {
-        let mut asked = match rx.recv_timeout(every) {
+        let wait = next_beat
+            .saturating_duration_since(std::time::Instant::now())
+            .min(view_every);
+        let mut asked = match rx.recv_timeout(wait) {
             Ok(m) => vec![m],
             Err(std_mpsc::RecvTimeoutError::Timeout) => Vec::new(),
             Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
@@ -253,7 +303,7 @@ fn heartbeat(mut lease: Box<dyn WorkerLease>, b: Beating, rx: std_mpsc::Receiver
         while let Ok(more) = rx.try_recv() {
             asked.push(more);
         }
-        let (mut stop, mut renew) = (false, asked.is_empty());
+        let (mut stop, mut renew) = (false, std::time::Instant::now() >= next_beat);
         for m in asked {
             match m {
                 Beat::Stop => stop = true,
@@ -266,6 +316,9 @@ fn heartbeat(mut lease: Box<dyn WorkerLease>, b: Beating, rx: std_mpsc::Receiver
         }
         if renew {
             beat(lease.as_mut(), &b);
+            next_beat = std::time::Instant::now() + every;
+        } else {
+            read_workers(lease.as_mut(), &b);
         }
     }
     leave(lease.as_mut(), &b);
@@ -275,6 +328,9 @@ fn heartbeat(mut lease: Box<dyn WorkerLease>, b: Beating, rx: std_mpsc::Receiver
 /// taken as seen: a change another worker made just before is then still
 /// applied at the next heartbeat; this one's own is known already.
 fn publish(lease: &mut dyn WorkerLease, b: &Beating, c: Control) {
+    if c == Control::StopAll {
+        return publish_stop(lease, b);
+    }
     let (paused, rate) = match c {
         Control::Pause => (Some(true), None),
         Control::Resume => (Some(false), None),
@@ -297,6 +353,34 @@ fn publish(lease: &mut dyn WorkerLease, b: &Beating, c: Control) {
         Err(e) => {
             tracing::warn!(error = %e, "cannot pass the operator's control to the other workers")
         }
+    }
+}
+
+/// Counts one more campaign-wide stop; this worker's own is seen already
+/// (it stops by itself).
+fn publish_stop(lease: &mut dyn WorkerLease, b: &Beating) {
+    match lease.publish_stop() {
+        Ok(n) => {
+            if let Ok(mut seen) = b.state.stops_seen.lock() {
+                *seen = Some(seen.map_or(n, |s| s.max(n)));
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot pass the operator's stop to the other workers")
+        }
+    }
+}
+
+/// Reads the campaign's workers for the dashboard (a failure keeps the
+/// last rows: a display is never worth more than a warning).
+fn read_workers(lease: &mut dyn WorkerLease, b: &Beating) {
+    match lease.workers() {
+        Ok(rows) => {
+            if let Ok(mut w) = b.state.workers.lock() {
+                *w = rows;
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "cannot read the campaign's workers"),
     }
 }
 
@@ -390,13 +474,27 @@ fn beat(lease: &mut dyn WorkerLease, b: &Beating) -> Option<u32> {
                 }
                 *k = Some(ctl.clone());
             }
+            // The operator's stop from another worker's dashboard, asked
+            // since this worker's first heartbeat.
+            if let Ok(mut seen) = st.stops_seen.lock() {
+                if seen.is_some_and(|s| r.stops > s) {
+                    tracing::warn!(
+                        "stopping: the operator stopped the campaign from another worker"
+                    );
+                    st.remote_stop.send_replace(true);
+                }
+                *seen = Some(seen.map_or(r.stops, |s| s.max(r.stops)));
+            }
             // The others' lowest throttle ratio (this worker's own is in
             // its rate already).
-            let next = (1.0 / f64::from(r.live.max(1))) * r.min_throttle.clamp(0.05, 1.0);
+            let fair = 1.0 / f64::from(r.live.max(1));
+            st.fair.store(fair.to_bits(), Ordering::SeqCst);
+            let next = fair * r.min_throttle.clamp(0.05, 1.0);
             if (next - share).abs() > 1e-9 {
                 st.share.store(next.to_bits(), Ordering::SeqCst);
                 b.control(Control::SetShare(next));
             }
+            read_workers(lease, b);
             Some(r.live)
         }
         Err(e) => {
@@ -422,6 +520,8 @@ mod tests {
         fail: Arc<AtomicBool>,
         left: Arc<AtomicBool>,
         controls: Arc<Mutex<Option<SharedControls>>>,
+        /// The campaign's count of stops ([`Renewal::stops`]).
+        stops: Arc<std::sync::atomic::AtomicI64>,
     }
 
     impl WorkerLease for Fake {
@@ -445,6 +545,7 @@ mod tests {
                 live: self.live.load(Ordering::SeqCst),
                 min_throttle: 1.0,
                 controls: self.controls.lock().unwrap().clone(),
+                stops: self.stops.load(Ordering::SeqCst),
                 ..Renewal::default()
             })
         }
@@ -455,6 +556,68 @@ mod tests {
         fn publish(&mut self, _: Option<bool>, _: Option<Option<f64>>) -> StoreResult<i64> {
             Ok(1)
         }
+        fn workers(&mut self) -> StoreResult<Vec<WorkerRow>> {
+            Ok(vec![WorkerRow {
+                name: "other".into(),
+                alive: true,
+                sent: u64::try_from(self.stops.load(Ordering::SeqCst)).unwrap_or(0),
+                ..WorkerRow::default()
+            }])
+        }
+        fn publish_stop(&mut self) -> StoreResult<i64> {
+            Ok(self.stops.fetch_add(1, Ordering::SeqCst) + 1)
+        }
+    }
+
+    fn fake(live: u32) -> (Fake, Arc<std::sync::atomic::AtomicI64>) {
+        let stops = Arc::new(std::sync::atomic::AtomicI64::new(0));
+        let f = Fake {
+            live: Arc::new(AtomicU32::new(live)),
+            fail: Arc::default(),
+            left: Arc::default(),
+            controls: Arc::default(),
+            stops: stops.clone(),
+        };
+        (f, stops)
+    }
+
+    #[tokio::test]
+    async fn a_stop_from_another_dashboard_stops_this_worker_but_not_an_older_one() {
+        // Two stops were asked before this worker joined: they are seen.
+        let (f, stops) = fake(1);
+        stops.store(2, Ordering::SeqCst);
+        let member = Member::start(Box::new(f), InDoubtPolicy::Resend).unwrap();
+        member.state.ready().await;
+        let mut stop = member.state.remote_stop();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!*stop.borrow(), "a stop asked before it joined");
+        // The rows are read at each heartbeat and between them.
+        assert_eq!(member.state.workers()[0].name, "other");
+        // Another worker's dashboard stops the campaign.
+        stops.store(3, Ordering::SeqCst);
+        tokio::time::timeout(Duration::from_secs(2), stop.wait_for(|s| *s))
+            .await
+            .expect("the stop reaches this worker at its next heartbeat")
+            .unwrap();
+        member.stop();
+    }
+
+    #[tokio::test]
+    async fn the_dashboards_stop_is_counted_for_the_others_and_not_replayed_here() {
+        let (f, stops) = fake(1);
+        let member = Member::start(Box::new(f), InDoubtPolicy::Resend).unwrap();
+        member.state.ready().await;
+        let stop = member.state.remote_stop();
+        // A signal's stop stays this worker's: nothing counted.
+        member.publish(Control::Stop);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(stops.load(Ordering::SeqCst), 0);
+        // The dashboard's stop is counted once, for the others.
+        member.publish(Control::StopAll);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(stops.load(Ordering::SeqCst), 1);
+        assert!(!*stop.borrow(), "its own stop is not applied again");
+        member.stop();
     }
 
     #[tokio::test]
@@ -468,6 +631,7 @@ mod tests {
             fail: fail.clone(),
             left: left.clone(),
             controls: Arc::default(),
+            stops: Arc::default(),
         };
         let started = std::time::Instant::now();
         let member = Member::start(Box::new(fake), InDoubtPolicy::Resend).unwrap();
@@ -506,6 +670,7 @@ mod tests {
             fail: Arc::default(),
             left: Arc::default(),
             controls: controls.clone(),
+            stops: Arc::default(),
         };
         let member = Member::start(Box::new(fake), InDoubtPolicy::Resend).unwrap();
         let (_status_tx, status) = watch::channel(EngineStatus::default());

@@ -108,7 +108,8 @@ enum Command {
         #[arg(long, value_name = "URL")]
         store: Option<String>,
     },
-    /// Watch a campaign another `edm send` is running, read-only.
+    /// Watch a campaign another `edm send` is running, read-only (with
+    /// several workers on PostgreSQL: the campaign and a row per worker).
     Watch {
         /// Campaign directory.
         dir: PathBuf,

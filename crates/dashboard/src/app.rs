@@ -68,7 +68,7 @@ pub struct App {
     domains_row: usize,
     /// `q` was pressed: waiting for `y` or `n`.
     confirm_quit: bool,
-    /// [`Control::Stop`] was sent.
+    /// [`Control::Stop`] (or the confirmed [`Control::StopAll`]) was sent.
     stop_sent: bool,
     /// Pause (`true`) or resume (`false`) sent and not yet seen in a snapshot,
     /// so that two quick presses of `p` toggle twice rather than send the same.
@@ -132,7 +132,7 @@ impl App {
         self.confirm_quit
     }
 
-    /// True once [`Control::Stop`] was sent.
+    /// True once [`Control::Stop`] (or [`Control::StopAll`]) was sent.
     pub fn stop_sent(&self) -> bool {
         self.stop_sent
     }
@@ -238,10 +238,12 @@ impl App {
 
     fn answer_confirm(&mut self, code: KeyCode) -> Action {
         match code {
+            // The operator's confirmed stop: every worker of a campaign
+            // several share stops (Ctrl-C, like a signal, stops this one).
             KeyCode::Char('y') | KeyCode::Char('Y') => {
                 self.confirm_quit = false;
                 self.stop_sent = true;
-                Action::Control(Control::Stop)
+                Action::Control(Control::StopAll)
             }
             KeyCode::Char('n') | KeyCode::Char('N') | KeyCode::Esc => {
                 self.confirm_quit = false;

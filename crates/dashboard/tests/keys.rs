@@ -148,7 +148,8 @@ fn q_asks_and_y_stops() {
     // Other keys do not answer the question.
     assert_eq!(a.handle_key(ch('p'), &p), Action::None);
     assert!(a.confirming_quit());
-    assert_eq!(a.handle_key(ch('y'), &p), Action::Control(Control::Stop));
+    // The confirmed stop is the campaign's (every worker); Ctrl-C is this one's.
+    assert_eq!(a.handle_key(ch('y'), &p), Action::Control(Control::StopAll));
     assert!(!a.confirming_quit());
     assert!(a.stop_sent());
     // Stopping: controls are ignored, q does not ask again.

@@ -41,6 +41,36 @@ screens! {
     main_done => done();
     main_one_relay => one_relay();
     main_relay_pool => relay_pool();
+    main_three_workers => three_workers();
+}
+
+/// Issue 14 point 4: a row per worker (alive, rate, share, in flight,
+/// sent, failed, heartbeat), live ones first; none with one worker.
+#[test]
+fn a_row_per_worker() {
+    let screen_text = |p: &Progress, w, h| format!("{}", screen(&app(), p, w, h).backend());
+    assert!(!screen_text(&one_relay(), 80, 24).contains("Workers"));
+    // 80x24 has room for the busiest one under the count of all.
+    let small = screen_text(&three_workers(), 80, 24);
+    assert!(small.contains("Workers (3)"), "{small}");
+    assert!(small.lines().any(|l| l.contains("mail-1")), "{small}");
+    let text = screen_text(&three_workers(), 120, 40);
+    assert!(text.contains("Workers (3)"), "{text}");
+    let rows: Vec<&str> = text
+        .lines()
+        .filter(|l| ["mail-1", "mail-2", "late"].iter().any(|w| l.contains(w)))
+        .collect();
+    assert_eq!(rows.len(), 3, "{text}");
+    // Live first, busiest first: mail-1, late, then the dead one.
+    assert!(rows[0].contains("mail-1"), "{rows:?}");
+    for part in ["alive", "16.7/s", "33%", "1,210", "30", "3s ago"] {
+        assert!(rows[0].contains(part), "{part:?} missing in {:?}", rows[0]);
+    }
+    assert!(rows[1].contains("late"), "{rows:?}");
+    assert!(
+        rows[2].contains("mail-2") && rows[2].contains("dead") && rows[2].contains("41s ago"),
+        "{rows:?}"
+    );
 }
 
 /// Issue 12 point 4: a row per relay, with its state, rate, counts and top

@@ -49,7 +49,7 @@ impl Engine {
             Control::Pause => p.state = RunState::Paused,
             Control::Resume => p.state = RunState::Running,
             Control::SetRate(r) => p.target_rate = r,
-            Control::Stop => {
+            Control::Stop | Control::StopAll => {
                 p.state = RunState::Stopping;
                 self.frames_until_done.set(Some(3));
             }
@@ -94,7 +94,7 @@ fn pause_resume_rate_then_confirmed_stop_returns_once_done() {
             Control::Pause,
             Control::Resume,
             Control::SetRate(Some(55.0)),
-            Control::Stop
+            Control::StopAll
         ]
     );
     assert_eq!(engine.progress.borrow().state, RunState::Done);

@@ -999,7 +999,8 @@ async fn handle_control(shared: &Shared, c: Control) {
             }
             shared.set_effective(rate, "set by the operator").await;
         }
-        Control::Stop => {
+        // The campaign-wide stop is a stop here: the run tells the others.
+        Control::Stop | Control::StopAll => {
             let _ = shared.stop.send(true);
         }
         Control::SetShare(share) => {

@@ -24,7 +24,7 @@ pub use address::{ascii_address, ascii_domain, normalize_address};
 pub use failure::{Category, Failure, Reply, Retry, Stage};
 pub use progress::{
     DomainCounts, EventLine, FailureRow, LateTally, Progress, ProgressFold, Recorded, RelayState,
-    RelayTally, RunState,
+    RelayTally, RunState, StoreMark, WorkerView,
 };
 
 use std::fmt;
@@ -388,6 +388,12 @@ pub enum Control {
     /// rates are multiplied by it, so that the workers' sum stays within
     /// the limits.
     SetShare(f64),
+    /// The operator's stop from a dashboard (`q`, `y`): a graceful
+    /// [`Control::Stop`] of this run and, when several workers send one
+    /// campaign (PostgreSQL, docs/scaling.md), of every worker at its next
+    /// heartbeat. A signal (Ctrl-C, SIGTERM, SIGHUP: systemd stopping one
+    /// machine's unit) sends [`Control::Stop`] and stays local.
+    StopAll,
 }
 
 /// Returns the lower-cased domain of an address (the part after the last

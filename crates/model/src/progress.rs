@@ -208,6 +208,51 @@ pub struct Progress {
     /// `[bounces] poll`), as the store had them at the start of the run and,
     /// in the last snapshot, at its end.
     pub late: LateTally,
+    /// The campaign's workers when several send it (PostgreSQL,
+    /// docs/scaling.md), as their heartbeats last said; empty otherwise.
+    pub workers: Vec<WorkerView>,
+    /// Messages accepted per second by the campaign's other workers, from
+    /// the store's counts (0 with one worker): the ETA counts them too.
+    pub others_rate: f64,
+}
+
+/// One worker of a campaign shared by several (a row of the dashboard's
+/// workers panel), as its last heartbeat wrote it in the store.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct WorkerView {
+    /// Its name (`--worker`, or `host:pid`).
+    pub name: String,
+    /// Running and its lease not expired.
+    pub alive: bool,
+    /// `running`, `done` or `dead` (its lease expired, its rows taken over).
+    pub state: String,
+    /// Its rate limit at its last heartbeat (messages per second).
+    pub rate: Option<f64>,
+    /// Its share of the campaign's limits.
+    pub share: Option<f64>,
+    /// Transactions in progress at its last heartbeat.
+    pub in_flight: u64,
+    /// Accepted in its run.
+    pub sent: u64,
+    /// Failed in its run.
+    pub failed: u64,
+    /// Its last heartbeat.
+    pub heartbeat_at: UnixMillis,
+}
+
+/// The fold as it stood when a count of the store was asked
+/// ([`ProgressFold::store_mark`]), for [`ProgressFold::rebase`].
+#[derive(Clone, Debug, Default)]
+pub struct StoreMark {
+    counts: BTreeMap<Status, u64>,
+    sent: u64,
+    at: UnixMillis,
+}
+
+impl StoreMark {
+    fn count(&self, s: Status) -> u64 {
+        self.counts.get(&s).copied().unwrap_or(0)
+    }
 }
 
 /// Late outcomes of sent recipients (docs/bounces.md).
@@ -251,6 +296,15 @@ pub struct ProgressFold {
     relay_replies: HashMap<String, HashMap<String, u64>>,
     /// Per relay: `sent` at the last rate sample.
     relay_sampled: HashMap<String, u64>,
+    /// `sent` in the store's counts at the start of the run.
+    start_sent: u64,
+    /// The other workers' accepted count since the start and when, at the
+    /// last rebase (their rate).
+    others: Option<(UnixMillis, u64)>,
+    /// This worker's fair share of the campaign's rate (1 / live workers)
+    /// when several send it: its effective rate at `target x share` is not
+    /// a throttle.
+    share: Option<f64>,
     /// Flags the run state is computed from.
     paused: bool,
     outage: bool,
@@ -302,6 +356,61 @@ impl ProgressFold {
         self.p.counts = Status::ALL.iter().map(|s| (*s, 0)).collect();
         self.p.counts.extend(counts.iter().map(|(s, n)| (*s, *n)));
         self.p.by_category = by_category.clone();
+        self.start_sent = self.p.count(Status::Sent);
+    }
+
+    /// The fold now, before a count of the store is asked that is ordered
+    /// after every outcome folded so far (`Writer::summary` commits what
+    /// was sent to it before): [`ProgressFold::rebase`] then adds what the
+    /// fold moved since.
+    pub fn store_mark(&self, at: UnixMillis) -> StoreMark {
+        StoreMark {
+            counts: self.p.counts.clone(),
+            sent: self.sent,
+            at,
+        }
+    }
+
+    /// Takes the campaign's counts from the store, when several workers
+    /// send it: `store` holds this worker's outcomes up to `mark` and the
+    /// others' up to the read; the counts become `store` plus what this
+    /// worker's own events moved since `mark`, so its own events stay
+    /// exact, and the pending, sent and ETA shown are the campaign's. A
+    /// claim already committed but not yet folded at the read is counted
+    /// twice until the next rebase (at most one claim's batch).
+    pub fn rebase(&mut self, mark: &StoreMark, store: &BTreeMap<Status, u64>) {
+        let mut counts: BTreeMap<Status, u64> = Status::ALL.iter().map(|s| (*s, 0)).collect();
+        for s in Status::ALL.iter().copied() {
+            let since = i128::from(self.p.count(s)) - i128::from(mark.count(s));
+            let base = i128::from(store.get(&s).copied().unwrap_or(0));
+            counts.insert(s, u64::try_from((base + since).max(0)).unwrap_or(0));
+        }
+        self.p.counts = counts;
+        // What the others accepted since the start: the store's `sent`
+        // less what it had then and this worker's own up to the mark.
+        let others = store
+            .get(&Status::Sent)
+            .copied()
+            .unwrap_or(0)
+            .saturating_sub(self.start_sent)
+            .saturating_sub(mark.sent);
+        if let Some((at, before)) = self.others
+            && mark.at > at
+        {
+            let secs = (mark.at - at) as f64 / 1000.0;
+            self.p.others_rate = others.saturating_sub(before) as f64 / secs;
+        }
+        self.others = Some((mark.at, others));
+    }
+
+    /// This worker's fair share of the campaign's rate (several workers).
+    pub fn set_share(&mut self, share: f64) {
+        self.share = (share.is_finite() && share > 0.0).then_some(share);
+    }
+
+    /// The campaign's workers, as the store last said (several workers).
+    pub fn set_workers(&mut self, workers: Vec<WorkerView>) {
+        self.p.workers = workers;
     }
 
     fn shift(&mut self, from: Status, to: Status) {
@@ -528,6 +637,17 @@ impl ProgressFold {
         }
     }
 
+    /// The effective rate is below what the operator set: with several
+    /// workers, below this worker's share of it (its share is no throttle).
+    fn throttled(&self) -> bool {
+        match (self.share, self.p.target_rate, self.p.effective_rate) {
+            (Some(share), Some(target), Some(effective)) => {
+                effective < target * share * (1.0 - 1e-6)
+            }
+            _ => self.p.effective_rate != self.p.target_rate,
+        }
+    }
+
     /// Accepted in this run (what the rate samples count).
     pub fn sent_in_run(&self) -> u64 {
         self.sent
@@ -585,7 +705,7 @@ impl ProgressFold {
             RunState::Paused
         } else if self.outage {
             RunState::Outage
-        } else if self.p.effective_rate != self.p.target_rate {
+        } else if self.throttled() {
             RunState::Throttled
         } else if self.waiting {
             RunState::WaitingForRetries
@@ -643,13 +763,15 @@ impl Progress {
         self.rate_history.iter().rev().take(n).sum::<f64>() / n as f64
     }
 
-    /// Seconds until every recipient is final at the recent rate, if it can be told.
+    /// Seconds until every recipient is final at the recent rate (the
+    /// other workers' included, when several send the campaign), if it can
+    /// be told.
     pub fn eta_secs(&self) -> Option<u64> {
         let left = self.total().saturating_sub(self.done());
         if left == 0 {
             return Some(0);
         }
-        let rate = self.recent_rate(10);
+        let rate = self.recent_rate(10) + self.others_rate;
         (rate > 0.0).then(|| (left as f64 / rate).ceil() as u64)
     }
 
@@ -728,6 +850,74 @@ mod tests {
         let counts = BTreeMap::from([(Status::Pending, pending), (Status::Deferred, deferred)]);
         f.start_from(&counts, &BTreeMap::new());
         f
+    }
+
+    #[test]
+    fn a_rebase_takes_the_campaigns_counts_and_keeps_own_events_exact() {
+        // 100 pending; this worker claims 4 and sends 2 of them.
+        let mut f = started(100, 0);
+        for _ in 0..4 {
+            f.claimed(&attempt(false));
+        }
+        f.apply(&accepted(1, "a.example", "main"), Recorded::Sent, 10);
+        f.apply(&accepted(2, "a.example", "main"), Recorded::Sent, 11);
+        // A count asked now: the store has this worker's 2 sent and 2
+        // sending, and another worker's 30 sent and 5 sending.
+        let mark = f.store_mark(1_000);
+        // Meanwhile (after the ask), one more of its own is accepted.
+        f.apply(&accepted(3, "a.example", "main"), Recorded::Sent, 12);
+        let store = BTreeMap::from([
+            (Status::Pending, 61),
+            (Status::Sending, 7),
+            (Status::Sent, 32),
+        ]);
+        f.rebase(&mark, &store);
+        let p = f.sample(2_000).clone();
+        assert_eq!(
+            p.count(Status::Sent),
+            33,
+            "the campaign's and its own since"
+        );
+        assert_eq!(p.count(Status::Sending), 6);
+        assert_eq!(p.count(Status::Pending), 61);
+        assert_eq!(p.total(), 100, "nobody appears or vanishes");
+        // Its own events go on moving from there, exactly.
+        f.apply(&accepted(4, "a.example", "main"), Recorded::Sent, 13);
+        assert_eq!(f.progress().count(Status::Sent), 34);
+        assert_eq!(f.progress().count(Status::Sending), 5);
+        // The others' rate: 30 more of theirs in the 2 s to the next count.
+        let mark = f.store_mark(3_000);
+        let store = BTreeMap::from([
+            (Status::Pending, 31),
+            (Status::Sending, 5),
+            (Status::Sent, 64),
+        ]);
+        f.rebase(&mark, &store);
+        let p = f.sample(4_000).clone();
+        assert_eq!(p.count(Status::Sent), 64);
+        assert!((p.others_rate - 15.0).abs() < 1e-9, "{}", p.others_rate);
+        // The ETA counts the others' rate: 36 left at 0 + 15 per second.
+        assert_eq!(p.eta_secs(), Some(3));
+    }
+
+    #[test]
+    fn a_workers_share_of_the_rate_is_not_a_throttle() {
+        let mut f = started(10, 0);
+        f.engine(Some(40.0), 0, &[]);
+        let share = |f: &mut ProgressFold, to: f64| {
+            let n = Notice::RateChanged {
+                from: 40.0,
+                to,
+                cause: "share".into(),
+            };
+            f.notice(&n, 1);
+        };
+        share(&mut f, 20.0);
+        assert_eq!(f.sample(1).state, RunState::Throttled, "one worker alone");
+        f.set_share(0.5);
+        assert_eq!(f.sample(2).state, RunState::Running, "its half of 40/s");
+        share(&mut f, 10.0);
+        assert_eq!(f.sample(3).state, RunState::Throttled, "below its half");
     }
 
     #[test]

@@ -113,6 +113,11 @@ pub struct Renewal {
     pub recovered: Vec<Recovered>,
     /// The operator's pause and rate for every worker, once one was set.
     pub controls: Option<SharedControls>,
+    /// How many campaign-wide stops the operator asked so far (a dashboard's
+    /// `q`, `y`; [`WorkerLease::publish_stop`]): a worker stops when this
+    /// passes the count it saw at its first heartbeat, so a stop asked
+    /// before it joined never stops it.
+    pub stops: i64,
 }
 
 /// The operator's pause and rate, set from one worker's dashboard, for
@@ -194,4 +199,15 @@ pub trait WorkerLease: Send {
     /// Sets the operator's pause (`Some`) and rate (`Some`) for every
     /// worker; returns the new version of the controls.
     fn publish(&mut self, paused: Option<bool>, rate: Option<Option<f64>>) -> Result<i64>;
+    /// The campaign's workers (the dashboard's rows), read between
+    /// heartbeats on the same connection; none by default.
+    fn workers(&mut self) -> Result<Vec<WorkerRow>> {
+        Ok(Vec::new())
+    }
+    /// The operator's stop for every worker: counts one more stop
+    /// ([`Renewal::stops`]) and returns the new count. By default nobody
+    /// else is told (0).
+    fn publish_stop(&mut self) -> Result<i64> {
+        Ok(0)
+    }
 }

@@ -9,6 +9,7 @@ mod header;
 mod help;
 mod rate;
 mod relays;
+mod workers;
 
 use edm_model::Progress;
 use ratatui::Frame;
@@ -45,7 +46,7 @@ pub(crate) fn draw(app: &App, frame: &mut Frame, progress: &Progress) {
 }
 
 /// Gauge, counters, rate and failure panels, replies, relays (a row each,
-/// once any sent), events (and domains when wide).
+/// once any sent), workers (a row each when several share the campaign), events (and domains when wide).
 fn main_view(frame: &mut Frame, area: Rect, app: &App, progress: &Progress) {
     let theme = &app.theme;
     // 80x24 leaves 18 rows below the counters: 8 for the charts, 5 and 5 for
@@ -78,15 +79,19 @@ fn main_view(frame: &mut Frame, area: Rect, app: &App, progress: &Progress) {
     } else {
         (lower, None)
     };
-    let [replies_area, relays_area, events_area] = Layout::vertical([
+    let [replies_area, relays_area, workers_area, events_area] = Layout::vertical([
         Constraint::Length(replies),
         Constraint::Length(relays::height(progress)),
+        Constraint::Length(workers::height(progress)),
         Constraint::Fill(1),
     ])
     .areas(lower);
     failures::replies(frame, replies_area, theme, progress);
     if relays_area.height > 0 {
         relays::render(frame, relays_area, theme, progress);
+    }
+    if workers_area.height > 0 {
+        workers::render(frame, workers_area, theme, progress);
     }
     events::render(frame, events_area, theme, progress);
     if let Some(d) = domains_area {

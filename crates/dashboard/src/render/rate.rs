@@ -25,8 +25,11 @@ pub(super) fn render(frame: &mut Frame, area: Rect, app: &App, p: &Progress) {
 
     let now = p.rate_history.back().copied().unwrap_or(0.0);
     let target = app.target_rate(p);
-    let throttled = matches!((p.effective_rate, target), (Some(e), Some(t)) if e + 1e-9 < t)
-        || matches!((p.effective_rate, target), (Some(_), None));
+    let throttled = (matches!((p.effective_rate, target), (Some(e), Some(t)) if e + 1e-9 < t)
+        || matches!((p.effective_rate, target), (Some(_), None)))
+        // With several workers each runs at its share of the target: only
+        // the fold's state says whether that share is throttled.
+        && (p.workers.is_empty() || p.state == edm_model::RunState::Throttled);
     let effective_style = if throttled { theme.warn } else { Style::new() };
     let lines = vec![
         Line::from(vec![

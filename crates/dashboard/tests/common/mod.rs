@@ -315,3 +315,26 @@ pub fn relay_pool() -> Progress {
     );
     p
 }
+
+/// Three workers share the campaign (PostgreSQL): one live and busy, one
+/// live that joined late, one dead (its lease expired).
+pub fn three_workers() -> Progress {
+    let mut p = one_relay();
+    let w = |name: &str, alive, state: &str, sent, in_flight, ago| edm_model::WorkerView {
+        name: name.into(),
+        alive,
+        state: state.into(),
+        rate: alive.then_some(16.7),
+        share: alive.then_some(1.0 / 3.0),
+        in_flight,
+        sent,
+        failed: sent / 40,
+        heartbeat_at: NOW - ago,
+    };
+    p.workers = vec![
+        w("mail-1", true, "running", 1_210, 4, 3_000),
+        w("mail-2", false, "running", 402, 0, 41_000),
+        w("late", true, "running", 222, 3, 8_000),
+    ];
+    p
+}

@@ -624,6 +624,42 @@ fn the_operators_pause_and_rate_reach_every_worker() {
     );
 }
 
+/// The dashboard's stop is a count every worker's heartbeat reads (issue
+/// 14 point 4), and the workers' rows are read on the heartbeat's
+/// connection for the dashboard.
+#[test]
+fn the_operators_stop_is_counted_for_every_worker_and_the_rows_are_read() {
+    let Some(server) = fixture::shared() else {
+        return;
+    };
+    let name = unique("stops");
+    let url = server.url();
+    let a = worker(&url, &name, "a", 30_000);
+    let b = worker(&url, &name, "b", 30_000);
+    let (mut la, mut lb) = (a.lease().unwrap().unwrap(), b.lease().unwrap().unwrap());
+    let policy = crate::InDoubtPolicy::Resend;
+    let figures = crate::WorkerFigures {
+        sent: 7,
+        in_flight: 2,
+        share: 0.5,
+        ..crate::WorkerFigures::default()
+    };
+    assert_eq!(lb.renew(&figures, policy).unwrap().stops, 0);
+    assert_eq!(la.publish_stop().unwrap(), 1);
+    assert_eq!(lb.renew(&figures, policy).unwrap().stops, 1);
+    assert_eq!(lb.publish_stop().unwrap(), 2);
+    assert_eq!(la.renew(&figures, policy).unwrap().stops, 2);
+    let rows = la.workers().unwrap();
+    let names: Vec<&str> = rows.iter().map(|w| w.name.as_str()).collect();
+    assert_eq!(names, ["a", "b"]);
+    assert!(rows.iter().all(|w| w.alive));
+    let b_row = rows.iter().find(|w| w.name == "b").unwrap();
+    assert_eq!(
+        (b_row.sent, b_row.in_flight, b_row.share),
+        (7, 2, Some(0.5))
+    );
+}
+
 #[test]
 fn workers_claiming_at_once_keep_a_daily_quota_for_their_sum() {
     let Some(server) = fixture::shared() else {

@@ -282,39 +282,54 @@ impl PgStore {
     }
 
     pub(super) fn list_workers(&self) -> Result<Vec<WorkerRow>> {
-        self.call(|c, path, id| {
-            let rows = c
-                .query(
-                    &now_sql(
-                        "SELECT name, pid, host, started_at, heartbeat_at, lease_until, state,
-                                state = 'running' AND lease_until >= {now}, sent, failed,
-                                in_flight, rate, share, throttle
-                         FROM edm.workers WHERE campaign_id = $1 ORDER BY started_at, name",
-                    ),
-                    &[&id],
-                )
-                .at(path)?;
-            Ok(rows
-                .iter()
-                .map(|r| WorkerRow {
-                    name: r.get(0),
-                    pid: u64::try_from(r.get::<_, i64>(1)).unwrap_or(0),
-                    host: r.get(2),
-                    started_at: r.get(3),
-                    heartbeat_at: r.get(4),
-                    lease_until: r.get(5),
-                    state: r.get(6),
-                    alive: r.get(7),
-                    sent: from_i64(r.get(8)),
-                    failed: from_i64(r.get(9)),
-                    in_flight: from_i64(r.get(10)),
-                    rate: r.get(11),
-                    share: r.get(12),
-                    throttle: r.get(13),
-                })
-                .collect())
-        })
+        self.call(worker_rows)
     }
+}
+
+/// The campaign's workers, for `edm status` and the dashboard's rows.
+fn worker_rows(c: &mut postgres::Client, path: &Path, id: i64) -> Result<Vec<WorkerRow>> {
+    let rows = c
+        .query(
+            &now_sql(
+                "SELECT name, pid, host, started_at, heartbeat_at, lease_until, state,
+                        state = 'running' AND lease_until >= {now}, sent, failed,
+                        in_flight, rate, share, throttle
+                 FROM edm.workers WHERE campaign_id = $1 ORDER BY started_at, name",
+            ),
+            &[&id],
+        )
+        .at(path)?;
+    Ok(rows
+        .iter()
+        .map(|r| WorkerRow {
+            name: r.get(0),
+            pid: u64::try_from(r.get::<_, i64>(1)).unwrap_or(0),
+            host: r.get(2),
+            started_at: r.get(3),
+            heartbeat_at: r.get(4),
+            lease_until: r.get(5),
+            state: r.get(6),
+            alive: r.get(7),
+            sent: from_i64(r.get(8)),
+            failed: from_i64(r.get(9)),
+            in_flight: from_i64(r.get(10)),
+            rate: r.get(11),
+            share: r.get(12),
+            throttle: r.get(13),
+        })
+        .collect())
+}
+
+/// The meta key counting the operator's campaign-wide stops
+/// ([`Renewal::stops`]). A count in `edm.meta` rather than a column of
+/// `edm.controls`: no migration, and a stop is an event to count, not a
+/// state to clear (a worker joining later records the count as seen).
+const STOPS_META: &str = "controls.stops";
+
+fn stops_of(c: &mut impl postgres::GenericClient, path: &Path, id: i64) -> Result<i64> {
+    Ok(get_meta(c, path, id, STOPS_META)?
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .unwrap_or(0))
 }
 
 /// A worker's sessions end a transaction left idle for half a lease: a
@@ -595,6 +610,7 @@ impl WorkerLease for PgLease {
                     paused: r.get(1),
                     rate: r.get::<_, bool>(2).then(|| r.get(3)),
                 });
+            let stops = stops_of(&mut tx, path, id)?;
             tx.commit().at(path)?;
             Ok(Renewal {
                 lost: false,
@@ -602,6 +618,7 @@ impl WorkerLease for PgLease {
                 min_throttle: live.get::<_, Option<f64>>(1).unwrap_or(1.0),
                 recovered,
                 controls,
+                stops,
             })
         })
     }
@@ -627,6 +644,28 @@ impl WorkerLease for PgLease {
             )
             .at(path)?
             .get(0))
+        })
+    }
+
+    fn workers(&mut self) -> Result<Vec<WorkerRow>> {
+        let id = self.campaign_id;
+        self.conn.call(move |c, path, _| worker_rows(c, path, id))
+    }
+
+    fn publish_stop(&mut self) -> Result<i64> {
+        let id = self.campaign_id;
+        self.conn.call(move |c, path, _| {
+            let mut tx = c.transaction().at(path)?;
+            // One at a time: two dashboards stopping at once count two.
+            tx.execute(
+                "SELECT 1 FROM edm.meta WHERE campaign_id = $1 AND key = $2 FOR UPDATE",
+                &[&id, &STOPS_META],
+            )
+            .at(path)?;
+            let next = stops_of(&mut tx, path, id)? + 1;
+            put_meta(&mut tx, path, id, STOPS_META, &next.to_string())?;
+            tx.commit().at(path)?;
+            Ok(next)
         })
     }
 
