@@ -47,6 +47,14 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// `N` distinct ports nothing listens on: all bound at once, then released.
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free port"))
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().expect("a bound port").port())
+}
+
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(
@@ -227,7 +235,10 @@ impl Dovecot {
         )
         .expect("passwd");
 
-        let (imap, imaps, pop3, pop3s) = (free_port(), free_port(), free_port(), free_port());
+        // Four distinct ports: each bound while the next is chosen (one
+        // released before the next bind could be handed out twice, and
+        // Dovecot then refuses its "duplicate listener").
+        let [imap, imaps, pop3, pop3s] = free_ports::<4>();
         let p = d.display();
         let conf = format!(
             r#"base_dir = {p}/run
