@@ -133,7 +133,7 @@ pub fn print_status(s: &StatusReport) {
             w.sent,
             w.failed,
             w.in_flight,
-            w.rate.map_or("unlimited".into(), |r| format!("{r:.1}/s")),
+            worker_rate(w.share, w.rate),
             edm_campaign::rfc3339(w.heartbeat_at),
         );
     }
@@ -309,5 +309,28 @@ mod log_file_tests {
         std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
         super::init_logging(Some(&old), true);
         assert_eq!(mode(&old), 0o600);
+    }
+}
+
+/// A worker's rate in `edm status`. Its figures (share, rate) are written
+/// at its first heartbeat: before that it is joining (it waits one
+/// heartbeat before its first message), not running unlimited.
+fn worker_rate(share: Option<f64>, rate: Option<f64>) -> String {
+    match (share, rate) {
+        (None, _) => "not reported yet (joining)".into(),
+        (Some(_), None) => "unlimited".into(),
+        (Some(_), Some(r)) => format!("{r:.1}/s"),
+    }
+}
+
+#[cfg(test)]
+mod worker_rate_tests {
+    use super::worker_rate;
+
+    #[test]
+    fn a_joining_worker_is_not_shown_unlimited() {
+        assert_eq!(worker_rate(None, None), "not reported yet (joining)");
+        assert_eq!(worker_rate(Some(1.0), None), "unlimited");
+        assert_eq!(worker_rate(Some(0.5), Some(50.0)), "50.0/s");
     }
 }
