@@ -77,8 +77,8 @@ pub use new::{NewProvider, new_campaign};
 pub use prepare::{Prepared, prepare, prepare_as, prepare_with_stop};
 pub use preview::{PreviewFile, PreviewOptions, PreviewReport, preview, preview_path};
 pub use report::{
-    RelayStatus, ReportFormat, ReportKind, StatusReport, WorkerStatus, export, retry, rfc3339,
-    status, watch_progress,
+    RelayStatus, ReportFormat, ReportKind, StatusReport, export, retry, rfc3339, status,
+    watch_progress,
 };
 pub use reputation::ReputationTrip;
 pub use send::{Run, RunEnd, RunReport, SendOptions, start_send};

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use edm_model::{Category, Progress, RunState, Status, UnixMillis};
-use edm_store::{CampaignStore, ExportFilter, ExportRow};
+use edm_store::{CampaignStore, ExportFilter, ExportRow, WorkerRow};
 
 use crate::Error;
 use crate::config::Campaign;
@@ -63,40 +63,8 @@ pub struct StatusReport {
     /// By relay (`[[relay]] name`, `smtp` for `[smtp]`): see [`RelayStatus`].
     pub by_relay: BTreeMap<String, RelayStatus>,
     /// The workers that sent or send the campaign (state in PostgreSQL,
-    /// several `edm send`; empty for a SQLite state): see [`WorkerStatus`].
-    pub workers: Vec<WorkerStatus>,
-}
-
-/// One worker in `edm status --json` (`workers`), from `edm.workers`:
-/// figures as of its last heartbeat.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
-pub struct WorkerStatus {
-    /// Its name (`--worker`, or `host:pid`).
-    pub name: String,
-    /// Its host and process id.
-    pub host: String,
-    /// Its process id.
-    pub pid: u64,
-    /// `running`, `done` (finished) or `dead` (its lease expired; its
-    /// recipients were taken over).
-    pub state: String,
-    /// Running with a lease not expired.
-    pub alive: bool,
-    /// When it joined and when it was last heard of (Unix ms).
-    pub started_at: UnixMillis,
-    /// Its last heartbeat (Unix ms, the database server's clock).
-    pub heartbeat_at: UnixMillis,
-    /// Its rate limit (messages per second), if any.
-    pub rate: Option<f64>,
-    /// Its share of the campaign's limits (1 / live workers, lowered by
-    /// another worker's throttling).
-    pub share: Option<f64>,
-    /// Transactions in progress.
-    pub in_flight: u64,
-    /// Accepted and failed in its run.
-    pub sent: u64,
-    /// Failed permanently in its run.
-    pub failed: u64,
+    /// several `edm send`; empty for a SQLite state): see [`WorkerRow`].
+    pub workers: Vec<WorkerRow>,
 }
 
 /// One relay in `edm status --json` (`by_relay`), from the recipients'
@@ -216,24 +184,7 @@ pub fn status(c: &Campaign, state: Option<&Path>) -> Result<StatusReport, Error>
                 .all(|st| s.count(*st) == 0),
         ingested,
         by_relay: by_relay(c, store.as_ref())?,
-        workers: store
-            .workers()?
-            .into_iter()
-            .map(|w| WorkerStatus {
-                name: w.name,
-                host: w.host,
-                pid: w.pid,
-                state: w.state,
-                alive: w.alive,
-                started_at: w.started_at,
-                heartbeat_at: w.heartbeat_at,
-                rate: w.rate,
-                share: w.share,
-                in_flight: w.in_flight,
-                sent: w.sent,
-                failed: w.failed,
-            })
-            .collect(),
+        workers: store.workers()?,
         bounced: late.bounced,
         complained: late.complained,
         soft_bounced: late.soft_bounced,
@@ -497,12 +448,7 @@ pub fn watch_progress(
         effective_rate: c.rate(),
         late,
         // Several workers (PostgreSQL): a row each, as `edm send` shows them.
-        workers: store
-            .workers()
-            .unwrap_or_default()
-            .into_iter()
-            .map(crate::send::worker_view)
-            .collect(),
+        workers: store.workers().unwrap_or_default(),
         ..Default::default()
     };
     for (at, _kind, text) in events.into_iter().rev() {

@@ -844,7 +844,7 @@ async fn run(
                 fold.engine(es.target_rate, es.in_flight, &es.in_flight_by_relay);
                 if let Some(m) = &membership {
                     fold.set_share(m.fair_share());
-                    fold.set_workers(m.workers().into_iter().map(worker_view).collect());
+                    fold.set_workers(m.workers());
                 }
                 progress_tx.send_replace(fold.sample(now_ms()).clone());
             }
@@ -1033,21 +1033,6 @@ async fn run(
         retried: counts.retried,
         state,
     })
-}
-
-/// A worker's row as the dashboard shows it.
-pub(crate) fn worker_view(w: edm_store::WorkerRow) -> edm_model::WorkerView {
-    edm_model::WorkerView {
-        name: w.name,
-        alive: w.alive,
-        state: w.state,
-        rate: w.rate,
-        share: w.share,
-        in_flight: w.in_flight,
-        sent: w.sent,
-        failed: w.failed,
-        heartbeat_at: w.heartbeat_at,
-    }
 }
 
 /// The store's late outcomes for the progress display (none when it cannot

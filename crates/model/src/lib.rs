@@ -24,7 +24,7 @@ pub use address::{ascii_address, ascii_domain, normalize_address};
 pub use failure::{Category, Failure, Reply, Retry, Stage};
 pub use progress::{
     DomainCounts, EventLine, FailureRow, LateTally, Progress, ProgressFold, Recorded, RelayState,
-    RelayTally, RunState, StoreMark, WorkerView,
+    RelayTally, RunState, StoreMark, WorkerRow,
 };
 
 use std::fmt;

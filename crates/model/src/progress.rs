@@ -210,34 +210,50 @@ pub struct Progress {
     pub late: LateTally,
     /// The campaign's workers when several send it (PostgreSQL,
     /// docs/scaling.md), as their heartbeats last said; empty otherwise.
-    pub workers: Vec<WorkerView>,
+    pub workers: Vec<WorkerRow>,
     /// Messages accepted per second by the campaign's other workers, from
     /// the store's counts (0 with one worker): the ETA counts them too.
     pub others_rate: f64,
 }
 
-/// One worker of a campaign shared by several (a row of the dashboard's
-/// workers panel), as its last heartbeat wrote it in the store.
+/// One worker of a campaign shared by several (PostgreSQL,
+/// docs/scaling.md), as its last heartbeat wrote it in the store: a row of
+/// `edm status` (`--json`: `workers`), of the dashboard's workers panel and
+/// of `edm watch`. One type from the store to every display.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
-pub struct WorkerView {
+pub struct WorkerRow {
     /// Its name (`--worker`, or `host:pid`).
     pub name: String,
+    /// Its host name.
+    pub host: String,
+    /// Its process id.
+    pub pid: u64,
+    /// `running`, `done` (it finished) or `dead` (its lease expired and its
+    /// rows were recovered).
+    pub state: String,
     /// Running and its lease not expired.
     pub alive: bool,
-    /// `running`, `done` or `dead` (its lease expired, its rows taken over).
-    pub state: String,
-    /// Its rate limit at its last heartbeat (messages per second).
+    /// When it joined (Unix ms, the database server's clock).
+    pub started_at: UnixMillis,
+    /// Its last heartbeat (Unix ms, the database server's clock).
+    pub heartbeat_at: UnixMillis,
+    /// Its rate limit at its last heartbeat (messages per second), if any.
     pub rate: Option<f64>,
-    /// Its share of the campaign's limits.
+    /// Its share of the campaign's limits (1 / live workers, lowered by
+    /// another worker's throttling); none before its first heartbeat.
     pub share: Option<f64>,
     /// Transactions in progress at its last heartbeat.
     pub in_flight: u64,
     /// Accepted in its run.
     pub sent: u64,
-    /// Failed in its run.
+    /// Failed permanently in its run.
     pub failed: u64,
-    /// Its last heartbeat.
-    pub heartbeat_at: UnixMillis,
+    /// When its lease lapses (the server's clock; not shown).
+    #[serde(skip)]
+    pub lease_until: UnixMillis,
+    /// Its throttle ratio, when throttled (not shown).
+    #[serde(skip)]
+    pub throttle: Option<f64>,
 }
 
 /// The fold as it stood when a count of the store was asked
@@ -409,7 +425,7 @@ impl ProgressFold {
     }
 
     /// The campaign's workers, as the store last said (several workers).
-    pub fn set_workers(&mut self, workers: Vec<WorkerView>) {
+    pub fn set_workers(&mut self, workers: Vec<WorkerRow>) {
         self.p.workers = workers;
     }
 

@@ -15,8 +15,6 @@
 
 use std::time::Duration;
 
-use edm_model::UnixMillis;
-
 use crate::error::Result;
 use crate::types::InDoubtPolicy;
 
@@ -147,39 +145,7 @@ pub struct Recovered {
     pub in_doubt: u64,
 }
 
-/// One worker of a campaign, as `edm status` lists it.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct WorkerRow {
-    /// Its name (`--worker`, or `host:pid`).
-    pub name: String,
-    /// Its process id.
-    pub pid: u64,
-    /// Its host name.
-    pub host: String,
-    /// When it joined.
-    pub started_at: UnixMillis,
-    /// Its last heartbeat.
-    pub heartbeat_at: UnixMillis,
-    /// When its lease lapses (the database server's clock).
-    pub lease_until: UnixMillis,
-    /// `running`, `done` (it finished) or `dead` (its lease expired and its
-    /// rows were recovered).
-    pub state: String,
-    /// Running and its lease not expired.
-    pub alive: bool,
-    /// Accepted in its run.
-    pub sent: u64,
-    /// Failed in its run.
-    pub failed: u64,
-    /// Transactions in progress at its last heartbeat.
-    pub in_flight: u64,
-    /// Its rate limit at its last heartbeat.
-    pub rate: Option<f64>,
-    /// Its share of the campaign's limits.
-    pub share: Option<f64>,
-    /// Its throttle ratio, when throttled.
-    pub throttle: Option<f64>,
-}
+pub use edm_model::WorkerRow;
 
 /// A worker's heartbeat on its own connection (so a busy writer never holds
 /// up a renewal): renews the lease, writes the worker's figures, recovers

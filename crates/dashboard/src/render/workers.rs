@@ -3,7 +3,7 @@
 //! limit and share, transactions in flight, sent, failed and how long ago
 //! its last heartbeat was. Nothing with one worker (SQLite: no rows).
 
-use edm_model::{Progress, WorkerView};
+use edm_model::{Progress, WorkerRow};
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Rect};
 use ratatui::style::Style;
@@ -28,7 +28,7 @@ pub(super) fn height(p: &Progress) -> u16 {
 
 /// What a worker's state cell says: `dead` is a running row whose lease
 /// expired before anyone recovered it too.
-fn state_of(w: &WorkerView) -> (&str, bool) {
+fn state_of(w: &WorkerRow) -> (&str, bool) {
     match (w.alive, w.state.as_str()) {
         (true, _) => ("alive", true),
         (false, "running") => ("dead", false),
@@ -36,7 +36,7 @@ fn state_of(w: &WorkerView) -> (&str, bool) {
     }
 }
 
-fn state_style(theme: &Theme, w: &WorkerView) -> Style {
+fn state_style(theme: &Theme, w: &WorkerRow) -> Style {
     match state_of(w) {
         (_, true) if w.alive => theme.good,
         (_, true) => theme.dim,
@@ -45,8 +45,8 @@ fn state_style(theme: &Theme, w: &WorkerView) -> Style {
 }
 
 /// Live first, then the busiest, then by name so the order is stable.
-fn ranked(p: &Progress) -> Vec<&WorkerView> {
-    let mut rows: Vec<&WorkerView> = p.workers.iter().collect();
+fn ranked(p: &Progress) -> Vec<&WorkerRow> {
+    let mut rows: Vec<&WorkerRow> = p.workers.iter().collect();
     rows.sort_by(|a, b| {
         b.alive
             .cmp(&a.alive)

@@ -320,7 +320,7 @@ pub fn relay_pool() -> Progress {
 /// live that joined late, one dead (its lease expired).
 pub fn three_workers() -> Progress {
     let mut p = one_relay();
-    let w = |name: &str, alive, state: &str, sent, in_flight, ago| edm_model::WorkerView {
+    let w = |name: &str, alive, state: &str, sent, in_flight, ago| edm_model::WorkerRow {
         name: name.into(),
         alive,
         state: state.into(),
@@ -330,6 +330,7 @@ pub fn three_workers() -> Progress {
         sent,
         failed: sent / 40,
         heartbeat_at: NOW - ago,
+        ..Default::default()
     };
     p.workers = vec![
         w("mail-1", true, "running", 1_210, 4, 3_000),
