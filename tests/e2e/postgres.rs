@@ -20,22 +20,36 @@ use crate::harness::*;
 /// The lease of the workers these tests kill (`EDM_LEASE_MS`).
 pub const LEASE_MS: &str = "2000";
 
-/// `edm send --no-tui` in the background with the state in PostgreSQL.
-fn spawn_send(c: &TestCampaign, url: &str) -> Child {
+/// `edm send --no-tui ARGS` in the background with the state in
+/// PostgreSQL, with `envs` and its standard error to `stderr`: the one way
+/// these tests and tests/e2e/workers.rs start a run on PostgreSQL.
+pub(crate) fn send_on_postgres(
+    c: &TestCampaign,
+    url: &str,
+    args: &[&str],
+    envs: &[(&str, &str)],
+    stderr: Stdio,
+) -> Child {
     Command::new(EDM)
         .arg("send")
         .arg(&c.dir)
         .arg("--no-tui")
+        .args(args)
         .env("EDM_HOME", &c.home)
         .env("EDM_LOG", "warn")
         .env("EDM_STORE_URL", url)
-        // A killed worker's lease must expire before the next one takes its
-        // rows over: short in tests (docs/scaling.md).
-        .env("EDM_LEASE_MS", LEASE_MS)
+        .envs(envs.iter().copied())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("spawning edm")
+}
+
+/// `edm send --no-tui` in the background with the state in PostgreSQL.
+fn spawn_send(c: &TestCampaign, url: &str) -> Child {
+    // A killed worker's lease must expire before the next one takes its
+    // rows over: short in tests (docs/scaling.md).
+    send_on_postgres(c, url, &[], &[("EDM_LEASE_MS", LEASE_MS)], Stdio::null())
 }
 
 fn json_lines(out: &std::process::Output) -> BTreeMap<String, serde_json::Value> {
@@ -264,18 +278,14 @@ fn bounces_apply_to_a_campaign_in_postgres_once() {
 /// kept in `log` at the default level (warn), with a password in the
 /// environment, to show it never leaks.
 fn spawn_send_logged(c: &TestCampaign, url: &str, log: &std::path::Path) -> Child {
-    Command::new(EDM)
-        .arg("send")
-        .arg(&c.dir)
-        .arg("--no-tui")
-        .env("EDM_HOME", &c.home)
-        .env("EDM_LOG", "warn")
-        .env("EDM_STORE_URL", url)
-        .env("PGPASSWORD", "pg-secret-never-shown")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).expect("log file"))
-        .spawn()
-        .expect("spawning edm")
+    let log = std::fs::File::create(log).expect("log file");
+    send_on_postgres(
+        c,
+        url,
+        &[],
+        &[("PGPASSWORD", "pg-secret-never-shown")],
+        log.into(),
+    )
 }
 
 /// The longest gap between two consecutive deliveries at the sink: how long

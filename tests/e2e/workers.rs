@@ -20,18 +20,13 @@ const LEASE_MS: &str = "1500";
 
 /// `edm send --no-tui --worker NAME` in the background, state in PostgreSQL.
 fn spawn_worker(c: &TestCampaign, url: &str, name: &str) -> Child {
-    Command::new(EDM)
-        .arg("send")
-        .arg(&c.dir)
-        .args(["--no-tui", "--worker", name])
-        .env("EDM_HOME", &c.home)
-        .env("EDM_LOG", "warn")
-        .env("EDM_STORE_URL", url)
-        .env("EDM_LEASE_MS", LEASE_MS)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning edm")
+    crate::postgres::send_on_postgres(
+        c,
+        url,
+        &["--worker", name],
+        &[("EDM_LEASE_MS", LEASE_MS)],
+        Stdio::piped(),
+    )
 }
 
 fn status(c: &TestCampaign, url: &str) -> serde_json::Value {
