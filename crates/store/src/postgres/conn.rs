@@ -17,8 +17,8 @@
 //! starts, a `08` connection exception) is not the caller's error: the
 //! thread connects again with backoff (100 ms doubling to 2 s) for up to the
 //! store's bound ([`super::PgOptions::reconnect_for`]), runs the store's
-//! session hook (what lived in the lost session, such as the run lock, is
-//! taken again) and runs the operation **again**, telling it so (`again`):
+//! session hook (what lived in the lost session, a worker's session
+//! setting, is set again) and runs the operation **again**, telling it so (`again`):
 //! the operations whose effect cannot simply be repeated (a claim whose
 //! COMMIT reply was lost, say) look first at what the lost attempt left. The
 //! callers meanwhile wait: a run is paused, not stopped. Past the bound the
@@ -150,8 +150,8 @@ pub(crate) struct Link {
     /// Set once a reconnection gave up: later calls try once, not again for
     /// the whole bound (a run stopping still writes what it can, quickly).
     gave_up: bool,
-    /// Set when the session could not be re-established (the run lock taken
-    /// by another process meanwhile): every later call fails with it.
+    /// Set when the session could not be re-established (the hook failed:
+    /// a session that cannot be set up as it was): every later call fails with it.
     fatal: Option<String>,
     /// When the connection was found lost (monotonic, and as a timestamp
     /// for the event log), until a new session is up.
@@ -397,22 +397,6 @@ impl Conn {
             let _ = tx.send(link.run(&mut f, Repeat::Yes));
         })?;
         rx.recv().map_err(|_| self.lost())?
-    }
-
-    /// Runs `f` only if the session is still up (no reconnection): for
-    /// what only makes sense in this session, such as releasing its lock.
-    pub(crate) fn call_if_connected(
-        &self,
-        f: impl FnOnce(&mut Client, &Path) + Send + 'static,
-    ) -> Result<()> {
-        let (tx, rx) = mpsc::sync_channel(1);
-        self.spawn(move |link| {
-            if let Some(c) = link.client.as_mut().filter(|c| !c.is_closed()) {
-                f(c, &link.location);
-            }
-            let _ = tx.send(());
-        })?;
-        rx.recv().map_err(|_| self.lost())
     }
 
     /// Queues `f` on the connection's thread without waiting (for streams:

@@ -17,8 +17,7 @@
 //! thread also reconnects when the server goes away (a restart, a network
 //! cut) and runs the interrupted operation again, up to
 //! [`PgOptions::reconnect_for`]; `PgStore::session_hook` then sets up again
-//! what lived in the lost session (a worker's session setting; the run lock,
-//! kept for a store locked the old way). TLS to the server is
+//! what lived in the lost session (a worker's session setting). TLS to the server is
 //! libpq's `sslmode` and `sslrootcert` on rustls (`tls.rs`).
 //!
 //! Passwords: never in the URL (refused, see [`PgOptions::parse`]); from
@@ -219,9 +218,6 @@ pub struct PgStore {
     conn: Conn,
     campaign_id: i64,
     worker: String,
-    locked: bool,
-    /// The pid the run lock was taken for (kept for the session hook).
-    run_pid: u32,
     /// The ids the last claims returned, and the time they were claimed at
     /// (see `retry::claimed_before`).
     claimed: (edm_model::UnixMillis, Vec<i64>),
@@ -243,7 +239,7 @@ impl std::fmt::Debug for PgStore {
         f.debug_struct("PgStore")
             .field("location", &self.conn.location())
             .field("campaign_id", &self.campaign_id)
-            .field("locked", &self.locked)
+            .field("worker", &self.worker)
             .finish()
     }
 }
@@ -331,8 +327,6 @@ impl PgStore {
             conn,
             campaign_id,
             worker: options.worker.clone(),
-            locked: false,
-            run_pid: 0,
             claimed: (0, Vec::new()),
             marks_meta_set: false,
             options: options.clone(),
@@ -346,33 +340,24 @@ impl PgStore {
 
     /// What to do on a new session after the connection was lost, before
     /// the interrupted operation runs again: the session's state is gone
-    /// with it. Today that is the run lock (a session advisory lock), taken
-    /// again; the outage is then written in the campaign's event log (kind
-    /// `store`), so `edm status` shows that the run was paused. Called again
-    /// whenever that state changes ([`PgStore::lock_for_run`]). A lock taken
-    /// meanwhile by another process is fatal for this run. A worker among
-    /// several (`workers.rs`) holds no run lock: its lease lives in
-    /// `edm.workers` and outlives the session; only its session's setting
-    /// (idle transactions end after half a lease) is set again.
+    /// with it. A worker (`workers.rs`) keeps its lease in `edm.workers`,
+    /// which outlives the session; only its session's setting (idle
+    /// transactions end after half a lease) is set again, and the outage is
+    /// written in the campaign's event log (kind `store`), so `edm status`
+    /// shows that the run was paused. Called again whenever that state
+    /// changes ([`PgStore::lock_for_run`]).
     fn session_hook(&self) -> Hook {
         let id = self.campaign_id;
-        let run_lock = self.locked.then(|| (self.run_pid, self.worker.clone()));
         let worker_lease = self.joined.map(|_| self.lease.lease_ms());
         Box::new(move |client, path, outage: &Outage| {
-            if let Some(ms) = worker_lease {
-                workers::fence_idle_transactions(client, path, ms)?;
-            }
-            let what = match (&run_lock, worker_lease) {
-                (Some((pid, worker)), _) => {
-                    retry::relock(client, path, id, *pid, worker)?;
-                    "the run lock taken again"
-                }
-                (None, Some(_)) => "this worker's lease kept (edm.workers)",
-                (None, None) => return Ok(()),
+            let Some(ms) = worker_lease else {
+                return Ok(());
             };
+            workers::fence_idle_transactions(client, path, ms)?;
             let text = format!(
                 "the PostgreSQL server was unreachable for {:.1} s (connection lost at {} ms); \
-                 reconnected, {what}, and the interrupted write repeated",
+                 reconnected, this worker's lease kept (edm.workers), and the interrupted \
+                 write repeated",
                 outage.lasted.as_secs_f64(),
                 outage.since
             );
@@ -401,25 +386,5 @@ impl PgStore {
     /// The store's location (`postgres://user@host:port/db campaign NAME`).
     pub fn location(&self) -> &Path {
         self.conn.location()
-    }
-}
-
-impl Drop for PgStore {
-    /// Releases the run lock before the session closes: the server would
-    /// release it when the session ends anyway (also when the process is
-    /// killed), but a closing session ends a moment after the client has
-    /// gone, and the next run should not find it held.
-    fn drop(&mut self) {
-        if self.locked {
-            let key = i32::try_from(self.campaign_id).unwrap_or(i32::MAX);
-            // Only in the session that holds it: a lost session took its
-            // lock along, and a stopping run never waits for a reconnection.
-            let _ = self.conn.call_if_connected(move |c, _| {
-                let _ = c.execute(
-                    "SELECT pg_advisory_unlock($1, $2)",
-                    &[&schema::RUN_LOCK_CLASS, &key],
-                );
-            });
-        }
     }
 }

@@ -16,26 +16,17 @@
 //!   tally trigger counts only changes of status, category or in-doubt);
 //! - **marks** are `ON CONFLICT DO NOTHING`; **meta** keys are upserts;
 //! - **events** already in the log (same time, kind and text) are not
-//!   written again ([`event_logged`]);
-//! - the **run lock** lived in the session and is taken again by the
-//!   store's session hook ([`relock`]).
+//!   written again ([`event_logged`]).
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use edm_model::{Recipient, RecipientId, UnixMillis};
-use postgres::{Client, GenericClient};
+use postgres::GenericClient;
 
 use super::conn::AtPg;
-use super::schema::RUN_LOCK_CLASS;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::write::from_i64;
-
-/// How long our own lost session may still hold the run lock: a network
-/// cut leaves it open on the server until the server notices (its TCP
-/// keepalive, or the next write it cannot deliver).
-const RELOCK_GRACE: Duration = Duration::from_secs(30);
 
 /// The rows a claim by `worker` at `now` took, but for those `earlier`
 /// claims of the same millisecond returned: a claim sets `status =
@@ -113,47 +104,4 @@ pub(super) fn event_logged(
     )
     .at(path)?
     .get(0))
-}
-
-/// Takes the campaign's run lock again on a new session. Refused while the
-/// meta says another worker took it: that process is sending this campaign
-/// now, and this run must stop ([`Error::SessionLost`]). Refused while the
-/// meta still names this worker: our own lost session still holds it on
-/// the server; wait for it to end, up to [`RELOCK_GRACE`].
-pub(super) fn relock(c: &mut Client, path: &Path, id: i64, pid: u32, worker: &str) -> Result<()> {
-    let key = i32::try_from(id).unwrap_or(i32::MAX);
-    let started = Instant::now();
-    loop {
-        let taken: bool = c
-            .query_one(
-                "SELECT pg_try_advisory_lock($1, $2)",
-                &[&RUN_LOCK_CLASS, &key],
-            )
-            .at(path)?
-            .get(0);
-        if taken {
-            return Ok(());
-        }
-        let meta = |c: &mut Client, key: &str| -> Result<Option<String>> {
-            Ok(c.query_opt(
-                "SELECT value FROM edm.meta WHERE campaign_id = $1 AND key = $2",
-                &[&id, &key],
-            )
-            .at(path)?
-            .map(|r| r.get(0)))
-        };
-        let holder = meta(c, "run.worker")?;
-        if holder.as_deref() != Some(worker) || started.elapsed() >= RELOCK_GRACE {
-            let who = match (holder, meta(c, "run.pid")?) {
-                (Some(w), _) if w != worker => format!("another edm ({w})"),
-                (_, Some(p)) if p != pid.to_string() => format!("process {p}"),
-                _ => "a session that did not end".to_string(),
-            };
-            return Err(Error::SessionLost {
-                path: path.to_path_buf(),
-                what: format!("the campaign's run lock is now held by {who}"),
-            });
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }

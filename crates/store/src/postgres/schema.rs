@@ -27,10 +27,6 @@ pub(crate) const VERSION: i32 = 3;
 /// "edm-mig" in ASCII, so it is recognisable in `pg_locks`.
 pub(crate) const MIGRATION_LOCK: i64 = 0x0065_646d_2d6d_6967;
 
-/// The first key of a campaign's run lock (`pg_try_advisory_lock(int, int)`,
-/// the second key is the campaign's id): "edm" in ASCII.
-pub(crate) const RUN_LOCK_CLASS: i32 = 0x0065_646d;
-
 /// The first key of a campaign's ingest lock (`pg_advisory_lock(int, int)`,
 /// the second key is the campaign's id): "edi" in ASCII. Workers starting
 /// together ingest once: the others wait on it, then find the rows.
