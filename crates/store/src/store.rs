@@ -81,6 +81,9 @@ impl Store {
         // 16 evicted some at every batch and SQLite parsed them again, ~4%
         // of the writer's instructions (issue 11).
         conn.set_prepared_statement_cache_capacity(64);
+        // `rarray(?)`: a batch's ids bound as one value, so the writer reads,
+        // marks and unmarks a whole batch in one statement (write.rs).
+        rusqlite::vtab::array::load_module(&conn).at(&path)?;
         let migrated = schema::migrate(&mut conn, &path)?;
         let mut store = Store {
             conn,

@@ -24,6 +24,19 @@ fn claim_pending_sql() -> String {
     )
 }
 
+/// Marks `sending` every pending row up to id ?1 at time ?2: the rows
+/// [`claim_pending_sql`] just read, in the same transaction. The same
+/// WHERE as that query, so SQLite walks the claim index.
+fn claim_pending_range_sql() -> String {
+    format!(
+        "UPDATE recipients
+         SET status = 'sending', prev_attempt_at = last_attempt_at,
+             first_attempt_at = coalesce(first_attempt_at, ?2),
+             last_attempt_at = ?2, updated_at = ?2
+         WHERE {ACTIVE} AND status = 'pending' AND next_attempt_at IS NULL AND id <= ?1"
+    )
+}
+
 /// Deferred rows that are due, earliest first.
 fn claim_due_sql() -> String {
     format!(
@@ -128,12 +141,11 @@ impl Store {
             .at(&path)?;
         record_in(&tx, &path, outcomes)?;
         if !marks.is_empty() {
-            let mut mark = tx
-                .prepare_cached("INSERT OR IGNORE INTO dot_marks (id) VALUES (?1)")
+            // One statement for the group, the ids bound as one array.
+            tx.prepare_cached("INSERT OR IGNORE INTO dot_marks (id) SELECT value FROM rarray(?1)")
+                .at(&path)?
+                .execute([id_array(marks.iter().map(|id| id.0))])
                 .at(&path)?;
-            for id in marks {
-                mark.execute([id.0]).at(&path)?;
-            }
             // OR IGNORE: once set, no page is written again for it.
             tx.prepare_cached("INSERT OR IGNORE INTO meta (key, value) VALUES (?1, '1')")
                 .at(&path)?
@@ -188,6 +200,28 @@ impl Store {
             for row in pending.query_map([limit_param(limit)], map).at(&path)? {
                 raw.push(row.at(&path)?);
             }
+            // The pending rows claimed are exactly the pending rows up to the
+            // last one read (id order, same immediate transaction): one
+            // UPDATE over that range instead of one per row (issue 11).
+            let n_pending = raw.len();
+            if let Some(last) = raw.last().map(|r| r.0) {
+                let changed = tx
+                    .prepare_cached(&claim_pending_range_sql())
+                    .at(&path)?
+                    .execute(params![last, now])
+                    .at(&path)?;
+                if changed != n_pending {
+                    // Cannot happen inside the transaction; refuse rather than
+                    // hand out rows whose `sending` status is not on disk.
+                    return Err(Error::Corrupt {
+                        path,
+                        column: "recipients.status",
+                        value: format!(
+                            "claimed {n_pending} pending rows up to #{last}, marked {changed}"
+                        ),
+                    });
+                }
+            }
             let left = limit.saturating_sub(raw.len()).min(max_due);
             if left > 0 {
                 let mut due = tx.prepare_cached(&claim_due_sql()).at(&path)?;
@@ -207,8 +241,12 @@ impl Store {
                      WHERE id = ?1",
                 )
                 .at(&path)?;
-            for (id, line, email, fields, attempts, first, old) in raw {
-                mark.execute(params![id, now]).at(&path)?;
+            for (i, (id, line, email, fields, attempts, first, old)) in raw.into_iter().enumerate()
+            {
+                // Due rows one by one; the pending ones were marked above.
+                if i >= n_pending {
+                    mark.execute(params![id, now]).at(&path)?;
+                }
                 let (status, category, in_doubt, domain) = &old;
                 deltas.moved(
                     domain,
@@ -284,9 +322,6 @@ fn record_in(
                      WHERE id = ?1 AND status = 'sending'",
                 )
                 .at(&path)?;
-            let mut unmark = tx
-                .prepare_cached("DELETE FROM dot_marks WHERE id = ?1")
-                .at(&path)?;
             let mut held = tx
                 .prepare_cached(
                     "UPDATE recipients
@@ -309,11 +344,18 @@ fn record_in(
                      WHERE id = ?1",
                 )
                 .at(&path)?;
+            // The rows as they are, read for the whole batch at once.
+            let mut before = old_keys(tx, &path, outcomes)?;
             for o in outcomes {
                 // Every outcome needs its row: an id the store does not
-                // have fails the batch.
-                let Some(old) = old_key(tx, &path, o.id.0)? else {
-                    return Err(Error::UnknownRecipient { path, id: o.id });
+                // have fails the batch. An id seen twice in a batch is read
+                // again, as the first outcome left it.
+                let old = match before.remove(&o.id.0) {
+                    Some(old) => old,
+                    None => match old_key(tx, &path, o.id.0)? {
+                        Some(old) => old,
+                        None => return Err(Error::UnknownRecipient { path, id: o.id }),
+                    },
                 };
                 let changed = match &o.kind {
                     OutcomeKind::Sent {
@@ -411,11 +453,68 @@ fn record_in(
                 if changed > 0 {
                     deltas.moved(&old.3, (&old.0, &old.1, old.2), outcome_key(&o.kind, &old));
                 }
-                unmark.execute([o.id.0]).at(&path)?;
+            }
+            // The outcomes clear their marks, in one statement.
+            if !outcomes.is_empty() {
+                tx.prepare_cached("DELETE FROM dot_marks WHERE id IN rarray(?1)")
+                    .at(&path)?
+                    .execute([id_array(outcomes.iter().map(|o| o.id.0))])
+                    .at(&path)?;
             }
         }
     }
     deltas.apply(tx, &path)
+}
+
+/// Ids bound as one value, for `rarray(?)` (the `array` table of rusqlite).
+fn id_array(ids: impl Iterator<Item = i64>) -> rusqlite::vtab::array::Array {
+    std::rc::Rc::new(ids.map(rusqlite::types::Value::Integer).collect())
+}
+
+/// The rows of a batch of outcomes as they are now ([`old_key`] for every
+/// id at once): one statement per batch instead of one per outcome. An id
+/// given twice is left out, so the caller reads it again ([`old_key`]) as
+/// the first outcome leaves it; an id the store does not have is absent.
+fn old_keys(
+    tx: &rusqlite::Transaction<'_>,
+    path: &std::path::Path,
+    outcomes: &[Outcome],
+) -> Result<std::collections::HashMap<i64, Before>> {
+    let mut seen = std::collections::HashSet::with_capacity(outcomes.len());
+    let mut twice = std::collections::HashSet::new();
+    for o in outcomes {
+        if !seen.insert(o.id.0) {
+            twice.insert(o.id.0);
+        }
+    }
+    let mut st = tx
+        .prepare_cached(
+            "SELECT r.id, r.status, coalesce(r.category, ''), r.in_doubt, r.domain,
+                    r.next_attempt_at IS NULL
+             FROM rarray(?1) AS a CROSS JOIN recipients AS r ON r.id = a.value",
+        )
+        .at(path)?;
+    let mut rows = st
+        .query([id_array(
+            outcomes
+                .iter()
+                .map(|o| o.id.0)
+                .filter(|id| !twice.contains(id)),
+        )])
+        .at(path)?;
+    let mut found = std::collections::HashMap::with_capacity(outcomes.len());
+    while let Some(r) = rows.next().at(path)? {
+        let id: i64 = r.get(0).at(path)?;
+        let before: Before = (
+            r.get(1).at(path)?,
+            r.get(2).at(path)?,
+            r.get(3).at(path)?,
+            r.get(4).at(path)?,
+            r.get(5).at(path)?,
+        );
+        found.insert(id, before);
+    }
+    Ok(found)
 }
 
 /// A row's tally key and domain: status, category (`''` for none),
