@@ -45,7 +45,12 @@ impl Store {
     pub fn find_by_message_id(&self, message_id: &str) -> Result<Option<RecipientId>> {
         self.conn
             .query_row(
-                "SELECT id FROM recipients WHERE message_id = ?1 ORDER BY id LIMIT 1",
+                // Those indexed, and those a run sent since (schema version 8).
+                "SELECT id FROM recipients
+                 WHERE message_id = ?1 AND message_id IS NOT NULL AND mid_unindexed = 0
+                 UNION ALL
+                 SELECT id FROM recipients WHERE mid_unindexed = 1 AND message_id = ?1
+                 ORDER BY 1 LIMIT 1",
                 [message_id],
                 |r| r.get(0),
             )

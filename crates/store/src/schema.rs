@@ -14,7 +14,7 @@ use rusqlite::Connection;
 use crate::error::{AtPath, Error, Result};
 
 /// The schema version this build writes.
-pub(crate) const VERSION: i64 = 7;
+pub(crate) const VERSION: i64 = 8;
 
 /// The statuses a claim reads from; the claim index holds only these rows, so
 /// it stays small however many recipients are final. Queries that want the
@@ -231,6 +231,31 @@ fn v7_tallies_without_triggers() -> String {
     )
 }
 
+/// Version 8 (issue 11, performance): a run no longer inserts each sent
+/// recipient's Message-ID into `recipients_message_id` as it goes. The
+/// Message-IDs are hashes (crates/template, `message_id.rs`), so every
+/// insert landed on a random leaf of that index and each batch of outcomes
+/// wrote about one index page per message: 1.24 of the 2.32 WAL frames per
+/// message of a 20,000-message run (docs/benchmarks.md). A `sent` outcome now
+/// sets `mid_unindexed = 1`, which keeps the row out of that index and puts
+/// it in `recipients_mid_unindexed` (by id: appended in order, one page per
+/// batch); [`crate::Store::index_message_ids`] moves them into the
+/// Message-ID index at the end of a run (or at the start of the next, after
+/// a crash), in one transaction. Lookups read both ([`crate::Store::find_by_message_id`]).
+pub(crate) const V8: &str = "
+ALTER TABLE recipients ADD COLUMN mid_unindexed INTEGER NOT NULL DEFAULT 0;
+DROP INDEX IF EXISTS recipients_message_id;
+CREATE INDEX recipients_message_id ON recipients (message_id)
+    WHERE message_id IS NOT NULL AND mid_unindexed = 0;
+CREATE INDEX IF NOT EXISTS recipients_mid_unindexed ON recipients (id) WHERE mid_unindexed = 1;
+";
+
+/// The Message-ID index as version 8 has it, for
+/// [`crate::Store::index_message_ids`] to build again.
+pub(crate) const MESSAGE_ID_INDEX: &str = "
+CREATE INDEX recipients_message_id ON recipients (message_id)
+    WHERE message_id IS NOT NULL AND mid_unindexed = 0;";
+
 /// Reads `PRAGMA user_version`.
 pub(crate) fn version(conn: &Connection, path: &Path) -> Result<i64> {
     conn.query_row("PRAGMA user_version", [], |r| r.get(0))
@@ -277,7 +302,8 @@ pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<Migrated> {
             4 => tx.execute_batch(V5).at(path)?,
             5 => tx.execute_batch(&v6_claim_index()).at(path)?,
             6 => tx.execute_batch(&v7_tallies_without_triggers()).at(path)?,
-            // Future steps: `7 => tx.execute_batch(V8)?`, ...
+            7 => tx.execute_batch(V8).at(path)?,
+            // Future steps: `8 => tx.execute_batch(V9)?`, ...
             _ => unreachable!("no migration from version {from}"),
         }
         tx.pragma_update(None, "user_version", from + 1).at(path)?;

@@ -197,3 +197,76 @@ fn version_7_drops_the_triggers_and_counts_the_tallies_from_the_rows() {
     let s = store.summary().unwrap();
     assert_eq!((s.total, s.count(Status::InDoubt), s.in_doubt), (2, 2, 2));
 }
+
+/// Version 8 (issue 11): a `sent` outcome leaves its Message-ID out of the
+/// Message-ID index (whose inserts land on random pages) until
+/// `index_message_ids`, at the end of a run or the start of the next;
+/// lookups find the row before and after.
+#[test]
+fn version_8_indexes_message_ids_after_the_run_and_finds_them_meanwhile() {
+    use crate::{Outcome, OutcomeKind};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    drop(v2_store(&path));
+    let mut store = Store::open(&path, Durability::Normal).unwrap();
+    assert_eq!(version(&store), VERSION);
+    for line in 4..22 {
+        store
+            .conn
+            .execute(
+                "INSERT INTO recipients (line, email, email_norm, domain, fields, status, updated_at)
+                 VALUES (?1, 'x@example.com', 'x@example.com', 'example.com', '[]', 'sending', 0)",
+                [line],
+            )
+            .unwrap();
+    }
+    let sent = |id: i64| Outcome {
+        id: RecipientId(id),
+        at: 5,
+        kind: OutcomeKind::Sent {
+            reply: edm_model::Reply {
+                code: 250,
+                enhanced: None,
+                text: "ok".into(),
+                provider_message_id: None,
+                relay: None,
+            },
+            message_id: format!("m{id}@acme.example"),
+            relay: String::new(),
+        },
+    };
+    let counts = |store: &Store| -> (i64, i64) {
+        store
+            .conn
+            .query_row(
+                "SELECT (SELECT count(*) FROM recipients INDEXED BY recipients_message_id
+                         WHERE message_id IS NOT NULL AND mid_unindexed = 0),
+                        (SELECT count(*) FROM recipients INDEXED BY recipients_mid_unindexed
+                         WHERE mid_unindexed = 1)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap()
+    };
+    let find = |store: &Store, id: i64| store.find_by_message_id(&format!("m{id}@acme.example"));
+    let batch: Vec<Outcome> = (1..=18).map(sent).collect();
+    store.record(&batch).unwrap();
+    // Not in the Message-ID index yet, found all the same.
+    assert_eq!(counts(&store), (0, 18));
+    assert_eq!(find(&store, 7).unwrap(), Some(RecipientId(7)));
+    // Many waiting: the index is built again.
+    store.index_message_ids().unwrap();
+    assert_eq!(counts(&store), (18, 0));
+    assert_eq!(find(&store, 7).unwrap(), Some(RecipientId(7)));
+    // Few waiting (one to 18 indexed): inserted one by one, here by the
+    // start of the next run after a crash.
+    store.record(&[sent(19)]).unwrap();
+    assert_eq!(counts(&store), (18, 1));
+    assert_eq!(find(&store, 19).unwrap(), Some(RecipientId(19)));
+    store.recover_in_doubt(InDoubtPolicy::Skip).unwrap();
+    assert_eq!(counts(&store), (19, 0));
+    for id in [1, 18, 19] {
+        assert_eq!(find(&store, id).unwrap(), Some(RecipientId(id)));
+    }
+    assert_eq!(store.find_by_message_id("m99@acme.example").unwrap(), None);
+}
