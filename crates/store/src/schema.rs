@@ -232,29 +232,29 @@ fn v7_tallies_without_triggers() -> String {
 }
 
 /// Version 8 (issue 11, performance): a run no longer inserts each sent
-/// recipient's Message-ID into `recipients_message_id` as it goes. The
-/// Message-IDs are hashes (crates/template, `message_id.rs`), so every
-/// insert landed on a random leaf of that index and each batch of outcomes
-/// wrote about one index page per message: 1.24 of the 2.32 WAL frames per
-/// message of a 20,000-message run (docs/benchmarks.md). A `sent` outcome now
-/// sets `mid_unindexed = 1`, which keeps the row out of that index and puts
-/// it in `recipients_mid_unindexed` (by id: appended in order, one page per
-/// batch); [`crate::Store::index_message_ids`] moves them into the
-/// Message-ID index at the end of a run (or at the start of the next, after
-/// a crash), in one transaction. Lookups read both ([`crate::Store::find_by_message_id`]).
+/// recipient's Message-ID into an index as it goes. The Message-IDs are
+/// hashes (crates/template, `message_id.rs`), so each insert into
+/// `recipients_message_id` landed on a random leaf and each batch of
+/// outcomes wrote about one index page per message: 1.24 of the 2.32 WAL
+/// frames per message of a 20,000-message run (docs/benchmarks.md). The
+/// index is replaced by the table `message_ids` (Message-ID, id); a `sent`
+/// outcome appends its id to `mid_pending` (in id order: one page per
+/// batch), and [`crate::Store::index_message_ids`] moves them into
+/// `message_ids`, sorted, in one transaction at the end of a run (or at the
+/// start of the next, after a crash). Lookups read both
+/// ([`crate::Store::find_by_message_id`]) and check the row's current
+/// Message-ID, so they answer as the index did.
 pub(crate) const V8: &str = "
-ALTER TABLE recipients ADD COLUMN mid_unindexed INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE message_ids (
+    message_id TEXT NOT NULL,
+    id         INTEGER NOT NULL,
+    PRIMARY KEY (message_id, id)
+) WITHOUT ROWID;
+CREATE TABLE mid_pending (id INTEGER PRIMARY KEY);
+INSERT INTO message_ids (message_id, id)
+    SELECT message_id, id FROM recipients WHERE message_id IS NOT NULL ORDER BY 1, 2;
 DROP INDEX IF EXISTS recipients_message_id;
-CREATE INDEX recipients_message_id ON recipients (message_id)
-    WHERE message_id IS NOT NULL AND mid_unindexed = 0;
-CREATE INDEX IF NOT EXISTS recipients_mid_unindexed ON recipients (id) WHERE mid_unindexed = 1;
 ";
-
-/// The Message-ID index as version 8 has it, for
-/// [`crate::Store::index_message_ids`] to build again.
-pub(crate) const MESSAGE_ID_INDEX: &str = "
-CREATE INDEX recipients_message_id ON recipients (message_id)
-    WHERE message_id IS NOT NULL AND mid_unindexed = 0;";
 
 /// Reads `PRAGMA user_version`.
 pub(crate) fn version(conn: &Connection, path: &Path) -> Result<i64> {

@@ -121,44 +121,33 @@ impl Store {
     }
 
     /// Puts the Message-IDs of the recipients sent since the last call into
-    /// the Message-ID index (schema version 8: a run appends them by id
-    /// instead of inserting each into a random leaf), in one transaction.
-    /// Many at once (more than an eighth of the index) rebuild the index
-    /// (a sort, each page written once) rather than inserting one by one.
-    /// Called at the end of a run and at the start of the next one.
+    /// `message_ids` (schema version 8: a run appends their ids to
+    /// `mid_pending` instead of inserting each Message-ID at a random place),
+    /// sorted, so each page of `message_ids` is written once, in one
+    /// transaction. Called at the end of a run and at the start of the next.
     pub fn index_message_ids(&mut self) -> Result<()> {
         let path = self.path.clone();
-        let waiting: i64 = self
+        let waiting: bool = self
             .conn
-            .prepare_cached("SELECT count(*) FROM recipients WHERE mid_unindexed = 1")
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM mid_pending)")
             .at(&path)?
             .query_row([], |r| r.get(0))
             .at(&path)?;
-        if waiting == 0 {
+        if !waiting {
             return Ok(());
         }
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .at(&path)?;
-        let indexed: i64 = tx
-            .query_row(
-                "SELECT count(*) FROM recipients
-                 WHERE message_id IS NOT NULL AND mid_unindexed = 0",
-                [],
-                |r| r.get(0),
-            )
-            .at(&path)?;
-        let set = "UPDATE recipients SET mid_unindexed = 0 WHERE mid_unindexed = 1;";
-        if waiting.saturating_mul(8) > indexed {
-            tx.execute_batch(&format!(
-                "DROP INDEX recipients_message_id; {set} {}",
-                crate::schema::MESSAGE_ID_INDEX
-            ))
-            .at(&path)?;
-        } else {
-            tx.execute_batch(set).at(&path)?;
-        }
+        tx.execute_batch(
+            "INSERT OR IGNORE INTO message_ids (message_id, id)
+                 SELECT r.message_id, r.id FROM mid_pending AS p
+                 CROSS JOIN recipients AS r ON r.id = p.id
+                 WHERE r.message_id IS NOT NULL ORDER BY 1, 2;
+             DELETE FROM mid_pending;",
+        )
+        .at(&path)?;
         tx.commit().at(&path)
     }
 
@@ -381,7 +370,7 @@ fn record_in(
                      SET status = 'sent', attempts = attempts + 1, next_attempt_at = NULL,
                          category = NULL, stage = NULL, smtp_code = ?2, enhanced_code = ?3,
                          reply = ?4, message_id = ?5, last_attempt_at = ?6, updated_at = ?6,
-                         relay = ?7, provider_message_id = ?8, mid_unindexed = 1
+                         relay = ?7, provider_message_id = ?8
                      WHERE id = ?1",
                 )
                 .at(&path)?;
@@ -538,6 +527,22 @@ fn record_in(
                 if changed > 0 {
                     deltas.moved(&old.3, (&old.0, &old.1, old.2), outcome_key(&o.kind, &old));
                 }
+            }
+            // The rows sent wait for `index_message_ids` (schema version 8).
+            let sent = outcomes
+                .iter()
+                .filter(|o| matches!(o.kind, OutcomeKind::Sent { .. }))
+                .map(|o| o.id.0);
+            if outcomes
+                .iter()
+                .any(|o| matches!(o.kind, OutcomeKind::Sent { .. }))
+            {
+                tx.prepare_cached(
+                    "INSERT OR IGNORE INTO mid_pending (id) SELECT value FROM rarray(?1)",
+                )
+                .at(&path)?
+                .execute([id_array(sent)])
+                .at(&path)?;
             }
             // The outcomes clear their marks, in one statement.
             if !outcomes.is_empty() {
