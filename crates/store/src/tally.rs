@@ -120,40 +120,7 @@ impl Deltas {
             }
         }
         self.tally.clear();
-        let moved: Vec<(&str, &str, i64)> = self
-            .domains
-            .iter()
-            .flat_map(|(domain, statuses)| {
-                statuses
-                    .iter()
-                    .filter(|s| s.1 != 0)
-                    .map(move |(status, n)| (domain.as_str(), status.as_str(), *n))
-            })
-            .collect();
-        if moved.len() > 1 {
-            // One statement for the batch: a batch of outcomes over 97
-            // domains moved ~2 keys per outcome, each its own UPDATE
-            // (~15k instructions per message, issue 11). The keys go in as
-            // one JSON array of [domain, status, n]; SQLite looks each up by
-            // the primary key (`tally_tests::the_domain_batch_uses_the_key`).
-            let json = serde_json::to_string(&moved).map_err(|e| crate::error::Error::Corrupt {
-                path: path.to_path_buf(),
-                column: "domain_tally.domain",
-                value: e.to_string(),
-            })?;
-            let changed = tx
-                .prepare_cached(DOMAIN_BATCH_UPDATE)
-                .at(path)?
-                .execute([&json])
-                .at(path)?;
-            if changed < moved.len() {
-                // Keys seen for the first time: the UPDATE left them out.
-                tx.prepare_cached(DOMAIN_BATCH_INSERT)
-                    .at(path)?
-                    .execute([&json])
-                    .at(path)?;
-            }
-        } else if !moved.is_empty() {
+        if self.domains.values().flatten().any(|s| s.1 != 0) {
             let mut update = tx
                 .prepare_cached(
                     "UPDATE domain_tally SET n = n + ?3 WHERE domain = ?1 AND status = ?2",
@@ -162,30 +129,21 @@ impl Deltas {
             let mut insert = tx
                 .prepare_cached("INSERT INTO domain_tally (domain, status, n) VALUES (?1, ?2, ?3)")
                 .at(path)?;
-            for (domain, status, n) in &moved {
-                let args = params![domain, status, n];
-                if update.execute(args).at(path)? == 0 {
-                    insert.execute(args).at(path)?;
+            for (domain, statuses) in self.domains.drain() {
+                for (status, n) in statuses {
+                    if n != 0 {
+                        let args = params![domain, status, n];
+                        if update.execute(args).at(path)? == 0 {
+                            insert.execute(args).at(path)?;
+                        }
+                    }
                 }
             }
         }
-        drop(moved);
         self.domains.clear();
         Ok(())
     }
 }
-
-/// Adds a batch's `[domain, status, n]` (a JSON array, ?1) to the
-/// `domain_tally` rows that exist.
-pub(crate) const DOMAIN_BATCH_UPDATE: &str = "UPDATE domain_tally SET n = n + (j.value ->> 2)
-     FROM json_each(?1) AS j
-     WHERE domain_tally.domain = j.value ->> 0 AND domain_tally.status = j.value ->> 1";
-
-/// Inserts the keys of such a batch that have no row yet.
-const DOMAIN_BATCH_INSERT: &str = "INSERT INTO domain_tally (domain, status, n)
-     SELECT j.value ->> 0, j.value ->> 1, j.value ->> 2 FROM json_each(?1) AS j
-     WHERE NOT EXISTS (SELECT 1 FROM domain_tally AS t
-                       WHERE t.domain = j.value ->> 0 AND t.status = j.value ->> 1)";
 
 /// The status a row is counted under in `domain_tally`: those
 /// [`crate::Store::domain_counts`] shows, and `other`.
