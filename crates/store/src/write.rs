@@ -27,7 +27,7 @@ fn claim_pending_sql() -> String {
 /// Marks `sending` every pending row up to id ?1 at time ?2: the rows
 /// [`claim_pending_sql`] just read, in the same transaction. The same
 /// WHERE as that query, so SQLite walks the claim index.
-fn claim_pending_range_sql() -> String {
+pub(crate) fn claim_pending_range_sql() -> String {
     format!(
         "UPDATE recipients
          SET status = 'sending', prev_attempt_at = last_attempt_at,
