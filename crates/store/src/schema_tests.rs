@@ -300,4 +300,23 @@ fn version_8_indexes_message_ids_after_the_run_and_finds_them_meanwhile() {
         Some(RecipientId(20))
     );
     assert_eq!(store.find_by_message_id("m99@acme.example").unwrap(), None);
+    // A long run moves them every MID_FLUSH (32 in tests) sent, so a lookup
+    // during it never reads more than that many rows besides its key.
+    for line in 22..62 {
+        store
+            .conn
+            .execute(
+                "INSERT INTO recipients (line, email, email_norm, domain, fields, status, updated_at)
+                 VALUES (?1, 'y@example.com', 'y@example.com', 'example.com', '[]', 'sending', 0)",
+                [line],
+            )
+            .unwrap();
+    }
+    store
+        .record(&(21..=50).map(sent).collect::<Vec<_>>())
+        .unwrap();
+    assert_eq!(counts(&store), (19, 31));
+    store.record(&[sent(51)]).unwrap();
+    assert_eq!(counts(&store), (51, 0));
+    assert_eq!(find(&store, 51).unwrap(), Some(RecipientId(51)));
 }

@@ -29,6 +29,9 @@ pub struct Store {
     /// The run lock, held from [`Store::lock_for_run`] until the store is dropped
     /// (the OS releases it when the file closes, also when the process dies).
     run_lock: Option<File>,
+    /// Recipients sent since the last [`Store::index_message_ids`] by this
+    /// connection: their Message-IDs wait in `mid_pending` (schema 8).
+    pub(crate) mid_waiting: u64,
 }
 
 impl std::fmt::Debug for Store {
@@ -89,6 +92,7 @@ impl Store {
             conn,
             path,
             run_lock: None,
+            mid_waiting: 0,
         };
         if migrated.created {
             store.set_meta("created_at", &edm_model::now_ms().to_string())?;
@@ -115,6 +119,7 @@ impl Store {
             conn,
             path,
             run_lock: None,
+            mid_waiting: 0,
         })
     }
 

@@ -47,6 +47,13 @@ fn claim_due_sql() -> String {
     )
 }
 
+/// Sent recipients whose Message-IDs wait in `mid_pending` before a run
+/// moves them into `message_ids` ([`Store::index_message_ids`]): a lookup
+/// during the run (the bounce mailbox read by `edm send`) reads at most
+/// about this many rows besides its key, ~10 ms; a run of 1M recipients
+/// moves them 50 times, each a sorted pass over `message_ids`.
+const MID_FLUSH: u64 = if cfg!(test) { 32 } else { 20_000 };
+
 /// Set in meta once a run has used marks: from then on an unmarked `sending`
 /// row after a crash was never sent. A file last run by an older edm (no
 /// marks) keeps treating every `sending` row as in doubt.
@@ -134,6 +141,7 @@ impl Store {
             .query_row([], |r| r.get(0))
             .at(&path)?;
         if !waiting {
+            self.mid_waiting = 0;
             return Ok(());
         }
         let tx = self
@@ -148,7 +156,9 @@ impl Store {
              DELETE FROM mid_pending;",
         )
         .at(&path)?;
-        tx.commit().at(&path)
+        tx.commit().at(&path)?;
+        self.mid_waiting = 0;
+        Ok(())
     }
 
     /// Durably marks recipients whose transactions may now reach their final
@@ -170,6 +180,10 @@ impl Store {
         let path = self.path.clone();
         let tx = Hot::begin(&self.conn, &path)?;
         record_in(&tx, &path, outcomes)?;
+        let sent = outcomes
+            .iter()
+            .filter(|o| matches!(o.kind, OutcomeKind::Sent { .. }))
+            .count() as u64;
         if !marks.is_empty() {
             // One statement for the group, the ids bound as one array.
             tx.prepare_cached("INSERT OR IGNORE INTO dot_marks (id) SELECT value FROM rarray(?1)")
@@ -182,7 +196,16 @@ impl Store {
                 .execute([MARKS_META])
                 .at(&path)?;
         }
-        tx.commit(&path)
+        tx.commit(&path)?;
+        self.mid_waiting += sent;
+        if self.mid_waiting >= MID_FLUSH {
+            // Committed above: a failure here is only logged (the next
+            // call, the end of the run or the next run moves them).
+            if let Err(e) = self.index_message_ids() {
+                tracing::warn!(error = %e, "cannot move sent Message-IDs into message_ids");
+            }
+        }
+        Ok(())
     }
 
     /// Claims up to `limit` recipients for sending: pending ones by id first,
