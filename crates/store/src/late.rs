@@ -45,11 +45,17 @@ impl Store {
     pub fn find_by_message_id(&self, message_id: &str) -> Result<Option<RecipientId>> {
         self.conn
             .query_row(
-                "SELECT id FROM recipients WHERE message_id = ?1 ORDER BY id LIMIT 1",
+                // Those in `message_ids` and those a run sent since (schema
+                // version 8), each still holding that Message-ID.
+                "SELECT min(id) FROM (
+                     SELECT r.id FROM message_ids AS m CROSS JOIN recipients AS r ON r.id = m.id
+                     WHERE m.message_id = ?1 AND r.message_id = ?1
+                     UNION ALL
+                     SELECT r.id FROM mid_pending AS p CROSS JOIN recipients AS r ON r.id = p.id
+                     WHERE r.message_id = ?1)",
                 [message_id],
-                |r| r.get(0),
+                |r| r.get::<_, Option<i64>>(0),
             )
-            .optional()
             .map(|id| id.map(RecipientId))
             .at(&self.path)
     }

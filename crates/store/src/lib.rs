@@ -199,6 +199,12 @@ pub trait CampaignStore: Send {
     ) -> Result<Vec<Recipient>>;
     /// Records outcomes and durable marks together (see [`Store::record_and_mark`]).
     fn record_and_mark(&mut self, outcomes: &[Outcome], marks: &[RecipientId]) -> Result<()>;
+    /// Called by the run's writer after its last outcome: work a store
+    /// deferred during the run (SQLite: the Message-ID index, schema
+    /// version 8). Nothing by default.
+    fn finish_run(&mut self) -> Result<()> {
+        Ok(())
+    }
     /// Records outcomes (see [`Store::record`]).
     fn record(&mut self, outcomes: &[Outcome]) -> Result<()> {
         self.record_and_mark(outcomes, &[])

@@ -113,3 +113,28 @@ fn updating_a_rows_status_builds_no_temporary_table() {
         );
     }
 }
+
+/// The batched statements of issue 11 look each key up, never scan: the
+/// claim's range UPDATE walks the claim index, a Message-ID lookup reads
+/// `message_ids` by its key.
+#[test]
+fn batched_statements_look_up_their_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("b.db"), Durability::Normal).unwrap();
+    let p = plan(
+        &store,
+        &crate::write::claim_pending_range_sql()
+            .replace("?1", "64")
+            .replace("?2", "1"),
+    );
+    assert!(p.contains("recipients_claim"), "claim range: {p}");
+    let p = plan(
+        &store,
+        "SELECT r.id FROM message_ids AS m CROSS JOIN recipients AS r ON r.id = m.id
+         WHERE m.message_id = 'x' AND r.message_id = 'x'",
+    );
+    assert!(
+        p.contains("SEARCH m USING PRIMARY KEY (message_id=?)"),
+        "message ids: {p}"
+    );
+}

@@ -197,3 +197,126 @@ fn version_7_drops_the_triggers_and_counts_the_tallies_from_the_rows() {
     let s = store.summary().unwrap();
     assert_eq!((s.total, s.count(Status::InDoubt), s.in_doubt), (2, 2, 2));
 }
+
+/// Version 8 (issue 11): a `sent` outcome leaves its Message-ID out of
+/// `message_ids` (whose inserts land on random pages) until
+/// `index_message_ids`, at the end of a run or the start of the next;
+/// lookups find the row before and after, and a migrated file keeps its
+/// Message-IDs findable.
+#[test]
+fn version_8_indexes_message_ids_after_the_run_and_finds_them_meanwhile() {
+    use crate::{Outcome, OutcomeKind};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    {
+        // A version-7 file with one recipient sent (Message-ID m1).
+        let conn = v2_store(&path);
+        for step in [V3, V4, V5, &v6_claim_index()] {
+            conn.execute_batch(step).unwrap();
+        }
+        conn.execute_batch(
+            "UPDATE recipients SET status = 'sent', message_id = 'm1@acme.example' WHERE id = 1;
+             PRAGMA user_version = 7;",
+        )
+        .unwrap();
+    }
+    let mut store = Store::open(&path, Durability::Normal).unwrap();
+    assert_eq!(version(&store), VERSION);
+    for line in 4..22 {
+        store
+            .conn
+            .execute(
+                "INSERT INTO recipients (line, email, email_norm, domain, fields, status, updated_at)
+                 VALUES (?1, 'x@example.com', 'x@example.com', 'example.com', '[]', 'sending', 0)",
+                [line],
+            )
+            .unwrap();
+    }
+    let sent = |id: i64| Outcome {
+        id: RecipientId(id),
+        at: 5,
+        kind: OutcomeKind::Sent {
+            reply: edm_model::Reply {
+                code: 250,
+                enhanced: None,
+                text: "ok".into(),
+                provider_message_id: None,
+                relay: None,
+            },
+            message_id: format!("m{id}@acme.example"),
+            relay: String::new(),
+        },
+    };
+    let counts = |store: &Store| -> (i64, i64) {
+        store
+            .conn
+            .query_row(
+                "SELECT (SELECT count(*) FROM message_ids), (SELECT count(*) FROM mid_pending)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap()
+    };
+    let find = |store: &Store, id: i64| store.find_by_message_id(&format!("m{id}@acme.example"));
+    // The migration kept the Message-ID sent before it, and dropped the index.
+    assert_eq!(counts(&store), (1, 0));
+    assert_eq!(find(&store, 1).unwrap(), Some(RecipientId(1)));
+    let index: i64 = store
+        .conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'recipients_message_id'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(index, 0);
+    let batch: Vec<Outcome> = (3..=19).map(sent).collect();
+    store.record(&batch).unwrap();
+    // Not in `message_ids` yet, found all the same.
+    assert_eq!(counts(&store), (1, 17));
+    assert_eq!(find(&store, 7).unwrap(), Some(RecipientId(7)));
+    store.index_message_ids().unwrap();
+    assert_eq!(counts(&store), (18, 0));
+    assert_eq!(find(&store, 7).unwrap(), Some(RecipientId(7)));
+    // One more, moved by the start of the next run (after a crash, say).
+    store.record(&[sent(20)]).unwrap();
+    assert_eq!(counts(&store), (18, 1));
+    assert_eq!(find(&store, 20).unwrap(), Some(RecipientId(20)));
+    store.recover_in_doubt(InDoubtPolicy::Skip).unwrap();
+    assert_eq!(counts(&store), (19, 0));
+    for id in [1, 3, 19, 20] {
+        assert_eq!(find(&store, id).unwrap(), Some(RecipientId(id)));
+    }
+    // Sent again under another Message-ID: found by the new one only, as
+    // the index answered.
+    let mut again = sent(20);
+    if let OutcomeKind::Sent { message_id, .. } = &mut again.kind {
+        *message_id = "other@acme.example".into();
+    }
+    store.record(&[again]).unwrap();
+    assert_eq!(find(&store, 20).unwrap(), None);
+    assert_eq!(
+        store.find_by_message_id("other@acme.example").unwrap(),
+        Some(RecipientId(20))
+    );
+    assert_eq!(store.find_by_message_id("m99@acme.example").unwrap(), None);
+    // A long run moves them every MID_FLUSH (32 in tests) sent, so a lookup
+    // during it never reads more than that many rows besides its key.
+    for line in 22..62 {
+        store
+            .conn
+            .execute(
+                "INSERT INTO recipients (line, email, email_norm, domain, fields, status, updated_at)
+                 VALUES (?1, 'y@example.com', 'y@example.com', 'example.com', '[]', 'sending', 0)",
+                [line],
+            )
+            .unwrap();
+    }
+    store
+        .record(&(21..=50).map(sent).collect::<Vec<_>>())
+        .unwrap();
+    assert_eq!(counts(&store), (19, 31));
+    store.record(&[sent(51)]).unwrap();
+    assert_eq!(counts(&store), (51, 0));
+    assert_eq!(find(&store, 51).unwrap(), Some(RecipientId(51)));
+}

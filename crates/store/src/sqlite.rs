@@ -74,6 +74,9 @@ impl CampaignStore for Store {
     fn record_and_mark(&mut self, outcomes: &[Outcome], marks: &[RecipientId]) -> Result<()> {
         Store::record_and_mark(self, outcomes, marks)
     }
+    fn finish_run(&mut self) -> Result<()> {
+        Store::index_message_ids(self)
+    }
     fn reset_for_retry(&mut self, statuses: &[Status], categories: &[Category]) -> Result<u64> {
         Store::reset_for_retry(self, statuses, categories)
     }

@@ -93,7 +93,7 @@ impl Deltas {
     /// Writes the net changes into `tally` and `domain_tally`, inside the
     /// caller's transaction (so the counts commit with the rows, or not at
     /// all), and forgets them.
-    pub(crate) fn apply(&mut self, tx: &Transaction<'_>, path: &Path) -> Result<()> {
+    pub(crate) fn apply(&mut self, tx: &rusqlite::Connection, path: &Path) -> Result<()> {
         // An UPDATE of the key's row, and an INSERT only when there is
         // none: cheaper than `INSERT … ON CONFLICT DO UPDATE`, which looks
         // the key up twice and journals the statement, and the row nearly

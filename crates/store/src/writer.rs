@@ -431,6 +431,11 @@ fn run(
     if !pending.is_empty() {
         store.record(&pending)?;
     }
+    // Everything is recorded: what failing here leaves is redone by the next
+    // run (and lookups meanwhile still find every row), so it is only logged.
+    if let Err(e) = store.finish_run() {
+        tracing::warn!(error = %e, "cannot finish the run's deferred store work");
+    }
     if let Ok(v) = StoreView::read(store.as_ref()) {
         view.send_replace(v);
     }
