@@ -70,6 +70,7 @@
 
 mod address;
 mod attachment;
+mod direct;
 mod dkim;
 mod error;
 mod lint;
