@@ -28,6 +28,11 @@ pub(crate) struct Plan {
     pieces: Vec<Piece>,
     /// Bytes of raw text, to size the output.
     raw_len: usize,
+    /// A body: its raw text is CRLF already (see [`Plan::render`]).
+    body: bool,
+    /// The raw text alone makes mail-builder encode the body, whatever the
+    /// values (see [`Plan::always_encoded`]).
+    always_encoded: bool,
 }
 
 #[derive(Debug)]
@@ -118,11 +123,13 @@ impl Plan {
         let template = registry.get_template(name)?;
         let mut pieces = Vec::with_capacity(template.elements.len());
         let mut raw_len = 0;
+        let mut always_encoded = false;
         for element in &template.elements {
             match element {
                 TemplateElement::RawString(s) => {
                     let s = if body { crlf_inside(s) } else { s.clone() };
                     raw_len += s.len();
+                    always_encoded |= body && needs_encoding(&s);
                     pieces.push(Piece::Raw(s));
                 }
                 TemplateElement::Comment(_) => {}
@@ -159,7 +166,23 @@ impl Plan {
                 _ => return None,
             }
         }
-        Some(Plan { pieces, raw_len })
+        Some(Plan {
+            pieces,
+            raw_len,
+            body,
+            always_encoded,
+        })
+    }
+
+    /// Whether mail-builder's choice of transfer encoding for a rendered
+    /// body is known to be "encoded" (quoted-printable or base64, never
+    /// 7bit) from the raw text alone: it holds a byte over 0x7E, or a whole
+    /// line (between two LFs of one raw string, so no value can change it)
+    /// longer than mail-builder's 77 bytes with its line break
+    /// (`BodyEncoding::for_text`, mail-builder 2.0: RFC 5322 §2.1.1's 78,
+    /// less the CR). Lines only grow with values, and bytes are only added.
+    pub(crate) fn always_encoded(&self) -> bool {
+        self.always_encoded
     }
 
     /// Renders the plan with `values` (one per [`Names`] entry, from
@@ -168,9 +191,13 @@ impl Plan {
     /// with its strict-mode error).
     ///
     /// For a body, the second value says whether the result may still hold
-    /// a bare CR or LF: the raw text is already CRLF (but for a leading LF
-    /// or a trailing CR, which could pair with a neighbouring value's), so
-    /// only values with a line break, or those edges, need the CRLF pass.
+    /// a bare CR or LF: the raw text is already CRLF, but for a leading LF
+    /// and a trailing CR, which could pair with a neighbouring value's. A
+    /// leading LF after a CR completes that CR's pair, as the CRLF pass
+    /// would have it; after anything else it is written as CRLF (that CR
+    /// came from a value or a trailing CR, which call for the pass anyway).
+    /// So only a value with a line break, or a raw string ending in CR,
+    /// needs the pass.
     pub(crate) fn render(&self, values: &[Option<&str>]) -> Option<(String, bool)> {
         let mut len = self.raw_len;
         for piece in &self.pieces {
@@ -183,7 +210,14 @@ impl Plan {
         for piece in &self.pieces {
             match piece {
                 Piece::Raw(s) => {
-                    breaks |= s.starts_with('\n') || s.ends_with('\r');
+                    let mut s = s.as_str();
+                    if self.body
+                        && let Some(rest) = s.strip_prefix('\n')
+                    {
+                        out.push_str(if out.ends_with('\r') { "\n" } else { "\r\n" });
+                        s = rest;
+                    }
+                    breaks |= s.ends_with('\r');
                     out.push_str(s);
                 }
                 Piece::Field { name, escape } => {
@@ -199,6 +233,27 @@ impl Plan {
         }
         Some((out, breaks))
     }
+}
+
+/// mail-builder's longest line, its LF included, before it encodes a body.
+const MAX_LINE_LEN: usize = 77;
+
+/// See [`Plan::always_encoded`]: `raw` is a raw string of a body, CRLF.
+fn needs_encoding(raw: &str) -> bool {
+    if raw.bytes().any(|b| b >= 0x7f) {
+        return true;
+    }
+    let mut newlines = memchr::memchr_iter(b'\n', raw.as_bytes());
+    let Some(mut last) = newlines.next() else {
+        return false;
+    };
+    for at in newlines {
+        if at - last > MAX_LINE_LEN {
+            return true;
+        }
+        last = at;
+    }
+    false
 }
 
 /// Line breaks of a raw string as CRLF, as [`crlf`] makes them, but for a
@@ -255,6 +310,21 @@ mod tests {
             escape_html(&mut out, s);
             assert_eq!(out, handlebars::html_escape(s), "{s:?}");
         }
+    }
+
+    #[test]
+    fn encoding_is_needed_for_a_whole_long_line_or_a_high_byte() {
+        let line = |n: usize| "a".repeat(n);
+        // 76 bytes and CR: 77 with the LF, the most mail-builder leaves as is.
+        assert!(!needs_encoding(&format!("x\r\n{}\r\ny", line(75))));
+        assert!(needs_encoding(&format!("x\r\n{}\r\ny", line(76))));
+        // A long line at an edge may be shortened by nothing, but is not a
+        // whole line of this raw string: a value ends or starts it.
+        assert!(!needs_encoding(&format!("{}\r\n", line(200))));
+        assert!(!needs_encoding(&format!("\r\n{}", line(200))));
+        assert!(needs_encoding("é"));
+        assert!(needs_encoding("\x7f"));
+        assert!(!needs_encoding("plain ~ text"));
     }
 
     #[test]

@@ -8,6 +8,7 @@ use mail_builder::MessageBuilder;
 use mail_builder::headers::address::Address;
 use mail_builder::headers::raw::Raw;
 use mail_builder::headers::url::URL;
+use mail_builder::mime::{BodyPart, MimePart};
 use serde_json::{Map, Value};
 
 use edm_model::{Envelope, Failure, Recipient, ascii_address, domain_of};
@@ -417,11 +418,11 @@ impl Templates {
         // Bodies are lent to the builder, not copied: they are returned too.
         if let Some(text) = &text {
             size += text.len();
-            builder = builder.text_body(text.as_str());
+            builder.text_body = Some(body_part("text/plain", text, d.text.as_ref()));
         }
         if let Some(html) = &html {
             size += html.len();
-            builder = builder.html_body(html.as_str());
+            builder.html_body = Some(body_part("text/html", html, d.html.as_ref()));
         }
         if let Some(max) = body_limit
             && !attached.is_empty()
@@ -677,6 +678,37 @@ pub(crate) fn crlf(body: String) -> String {
                 .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
         }
     }
+}
+
+/// The MIME part of a body, as `MessageBuilder::text_body` / `html_body`
+/// make it; but when the plan proves mail-builder would encode it
+/// ([`Plan::always_encoded`]), encoded here in quoted-printable with the
+/// engine and the rule mail-builder itself uses (`BodyEncoding::for_text`:
+/// `qp::BODY` when its output is shorter than base64's), which saves its
+/// scan of the body for long lines and its counting pass (issue 11). Base64
+/// (a body that is mostly non-ASCII) is left to mail-builder.
+/// `tests/direct.rs` checks the bytes against mail-builder's own.
+fn body_part<'x>(content_type: &'static str, body: &'x str, plan: Option<&Plan>) -> MimePart<'x> {
+    if plan.is_some_and(Plan::always_encoded)
+        && let Some(encoded) = quoted_printable(body)
+    {
+        return MimePart::new(content_type, BodyPart::Text(encoded.into()))
+            .transfer_encoding("quoted-printable");
+    }
+    MimePart::new(content_type, BodyPart::Text(body.into()))
+}
+
+/// `body` in quoted-printable when mail-builder would choose it over
+/// base64 for a body it must encode: when it is at most base64's length
+/// less one (`encoded_len_within(input, base64_len - 1)` in
+/// `BodyEncoding::for_text`).
+fn quoted_printable(body: &str) -> Option<String> {
+    let limit = encodify::base64::MIME
+        .encoded_len(body.len())
+        .saturating_sub(1);
+    let mut out = String::with_capacity(body.len() + body.len() / 16 + 64);
+    let len = encodify::qp::BODY.encode_append(body, &mut out);
+    (len <= limit).then_some(out)
 }
 
 fn mailbox(m: &Mailbox) -> Address<'_> {

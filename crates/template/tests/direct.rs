@@ -45,6 +45,14 @@ fn piece() -> impl Strategy<Value = (String, bool)> {
         // next tag into something else: that is what is tested).
         4 => "[a-z <>&\"'`=é\\r\\n]{0,12}".prop_map(|s| (s, true)),
         1 => "[a-z{}\\\\ \\r\\n]{0,6}".prop_map(|s| (s, false)),
+        // Whole lines around mail-builder's 77-byte limit, so that the body
+        // must be encoded (and is, by the quoted-printable shortcut), or
+        // not; and non-ASCII lines (base64 may then be shorter).
+        2 => "\\n[a-z =.]{70,82}\\r?\\n".prop_map(|s| (s, true)),
+        2 => "\\n[a-z]{73,78}\\n".prop_map(|s| (s, true)),
+        1 => "\\n[é€a =]{10,40}\\n".prop_map(|s| (s, true)),
+        // Line breaks at the edges of raw text, to pair with a value's.
+        2 => "[\\r\\na]{1,4}".prop_map(|s| (s, true)),
         4 => name.clone().prop_map(|n| (format!("{{{{{n}}}}}"), true)),
         2 => name.clone().prop_map(|n| (format!("{{{{{{{n}}}}}}}"), true)),
         1 => name.clone().prop_map(|n| (format!("{{{{~{n}~}}}}"), true)),
@@ -88,6 +96,9 @@ fn value() -> impl Strategy<Value = String> {
     prop_oneof![
         "[a-zA-Z0-9 ]{0,8}",
         "[<>&\"'`=\\\\ a-zé€\\r\\n.{}]{0,10}",
+        "[\\r\\na]{1,3}",
+        "[€é= \\t]{20,90}",
+        "[a-z ]{60,120}",
         Just(String::new()),
     ]
 }
@@ -127,8 +138,8 @@ fn source(name: &str, body: &str) -> Option<Source> {
 }
 
 /// The four places a template goes, each in its own campaign so that an
-/// error in one does not hide another.
-fn specs(t: &str) -> [MessageSpec; 4] {
+/// error in one does not hide another, and both bodies (multipart).
+fn specs(t: &str) -> [MessageSpec; 5] {
     [
         MessageSpec {
             text: source("t.txt", "x"),
@@ -147,13 +158,18 @@ fn specs(t: &str) -> [MessageSpec; 4] {
             list_unsubscribe: Some(format!("https://u.example/{t}")),
             ..spec("s")
         },
+        MessageSpec {
+            text: source("body.txt", &format!("{t}\n{t}")),
+            html: source("body.html", t),
+            ..spec("s")
+        },
     ]
 }
 
-/// The message with its Date line masked (the only part that may differ
-/// between two renderings of a single-part message).
+/// The message with its Date line and MIME boundary masked (the only
+/// parts that differ between two renderings).
 fn masked(body: &[u8]) -> String {
-    String::from_utf8_lossy(body)
+    let mut text = String::from_utf8_lossy(body)
         .split("\r\n")
         .map(|line| {
             if line.starts_with("Date:") {
@@ -163,7 +179,15 @@ fn masked(body: &[u8]) -> String {
             }
         })
         .collect::<Vec<_>>()
-        .join("\r\n")
+        .join("\r\n");
+    if let Some(at) = text.find("boundary=\"") {
+        let start = at + "boundary=\"".len();
+        if let Some(len) = text[start..].find('"') {
+            let boundary = text[start..start + len].to_owned();
+            text = text.replace(&boundary, "BOUNDARY");
+        }
+    }
+    text
 }
 
 fn check(
@@ -182,11 +206,13 @@ fn check(
             }
         };
         if simple {
-            // Slots in the order of `direct_plans`: subject, text, html, URL.
-            prop_assert!(
-                direct.direct_plans()[slot],
-                "{t:?} has no plan in slot {slot}"
-            );
+            // Slots in the order of `direct_plans`: subject, text, html, URL
+            // (and text and html).
+            let plans = direct.direct_plans();
+            match slot {
+                4 => prop_assert!(plans[1] && plans[2], "{t:?}: no plans"),
+                _ => prop_assert!(plans[slot], "{t:?} has no plan in slot {slot}"),
+            }
         }
         let hbs = Templates::compile(spec).unwrap().without_direct_renderer();
         prop_assert_eq!(hbs.direct_plans(), [false; 4]);
@@ -225,6 +251,38 @@ proptest! {
             first_attempt_at: None,
         };
         check(&t, simple, &columns, &recipient)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+
+    /// Line breaks only: raw text and values of CR, LF and `a`, where a
+    /// value's CR and the raw text's LF (or the reverse) make one CRLF.
+    #[test]
+    fn line_breaks_between_raw_text_and_values(
+        pieces in prop::collection::vec(
+            prop_oneof![
+                "[\\r\\na]{0,3}",
+                Just("{{f}}".to_owned()),
+                Just("{{g}}".to_owned()),
+                Just("{{!c}}".to_owned()),
+            ],
+            0..8,
+        ),
+        f in "[\\r\\na]{0,3}",
+        g in "[\\r\\na]{0,3}",
+    ) {
+        let t: String = pieces.concat();
+        let recipient = Recipient {
+            id: RecipientId(1),
+            line: 2,
+            email: "ann@example.com".to_owned(),
+            values: vec![f, g],
+            attempts: 0,
+            first_attempt_at: None,
+        };
+        check(&t, true, &["f".to_owned(), "g".to_owned()], &recipient)?;
     }
 }
 
