@@ -19,6 +19,22 @@ pub fn normalize(email: &str) -> String {
     edm_model::normalize_address(email)
 }
 
+/// [`normalize`] into `out` (cleared first), for ingest's every row: an
+/// ASCII address (nearly all) is its trimmed self lower-cased, which is
+/// what `normalize_address` makes of it (ASCII lower-casing of both parts,
+/// an ASCII domain being its own A-label form), without its three strings
+/// per row (issue 11, `edm check` of 1M rows).
+pub(crate) fn normalize_into(email: &str, out: &mut String) {
+    out.clear();
+    let email = email.trim();
+    if email.is_ascii() {
+        out.push_str(email);
+        out.make_ascii_lowercase();
+    } else {
+        out.push_str(&normalize(email));
+    }
+}
+
 /// Checks that an address can be used in RCPT TO: a bare `local@domain.tld`,
 /// no display name, no domain literal, a TLD required, at most 254 bytes with
 /// a local part of at most 64. Internationalised local parts and domains are
@@ -193,6 +209,17 @@ mod tests {
     fn normalize_trims_and_lowercases() {
         assert_eq!(normalize("  Bob@Example.COM \r"), "bob@example.com");
         assert_eq!(normalize("ÉLODIE@Exemple.FR"), "élodie@exemple.fr");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn normalize_into_is_normalize(
+            email in "[ \t\r\naAzZ09@.+_\\-éÉüÜ\u{130}ß]{0,24}"
+        ) {
+            let mut out = String::from("left over");
+            normalize_into(&email, &mut out);
+            proptest::prop_assert_eq!(out, normalize(&email));
+        }
     }
 
     #[test]

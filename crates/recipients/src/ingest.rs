@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use edm_model::Category;
 
-use crate::address::{AddressProblem, normalize, validate};
+use crate::address::{AddressProblem, normalize_into, validate};
 use crate::decode::{Decoded, encoding_for, lone_utf16_bom};
 use crate::lines::LineCounter;
 use crate::seen::Seen;
@@ -142,6 +142,8 @@ pub struct Ingest {
     seen: Seen,
     suppression: Option<Suppression>,
     finished: bool,
+    /// The last row's normalised address, its buffer reused row to row.
+    key: String,
 }
 
 /// Opens a recipients file, reads its header and finds the address column.
@@ -165,6 +167,7 @@ pub fn open(
         seen: Seen::new(),
         suppression: suppression.cloned(),
         finished: false,
+        key: String::new(),
     };
     let (columns, line) = ingest.read_header()?;
     let wanted = opts.email_column.trim();
@@ -333,12 +336,13 @@ impl Ingest {
         if let Err(reason) = validate(email) {
             return Verdict::invalid(RowProblem::Address(reason));
         }
-        let key = normalize(email);
+        normalize_into(email, &mut self.key);
+        let key = self.key.as_str();
         let suppressed = self
             .suppression
             .as_ref()
-            .is_some_and(|s| s.contains_normalized(&key));
-        match self.seen.first_or_insert(fingerprint(&key), line) {
+            .is_some_and(|s| s.contains_normalized(key));
+        match self.seen.first_or_insert(fingerprint(key), line) {
             Some(first_line) => Verdict::Duplicate { first_line },
             None => {
                 if suppressed {

@@ -116,17 +116,22 @@ pub(crate) fn unsafe_recipient(address: &str) -> Option<&'static str> {
     if address.is_empty() {
         return Some("empty address");
     }
-    if address.contains(['\r', '\n']) {
-        return Some("address contains a line break");
-    }
-    if address.chars().any(char::is_control) {
-        return Some("address contains a control character");
-    }
-    if address.chars().any(char::is_whitespace) {
-        return Some("address contains whitespace");
-    }
-    if address.contains(['<', '>']) {
-        return Some("address contains an angle bracket");
+    // One pass for the usual address (issue 11: checked per message):
+    // printable ASCII without a space or an angle bracket passes each of the
+    // checks below, which name what is wrong with any other.
+    if !address.bytes().all(is_plain_address_byte) {
+        if address.contains(['\r', '\n']) {
+            return Some("address contains a line break");
+        }
+        if address.chars().any(char::is_control) {
+            return Some("address contains a control character");
+        }
+        if address.chars().any(char::is_whitespace) {
+            return Some("address contains whitespace");
+        }
+        if address.contains(['<', '>']) {
+            return Some("address contains an angle bracket");
+        }
     }
     match address.rsplit_once('@') {
         Some((local, domain)) if !local.is_empty() && !domain.is_empty() => None,
@@ -134,9 +139,25 @@ pub(crate) fn unsafe_recipient(address: &str) -> Option<&'static str> {
     }
 }
 
+/// Printable ASCII (`!` to `~`: no control, no space) but `<` and `>`.
+fn is_plain_address_byte(b: u8) -> bool {
+    matches!(b, b'!'..=b'~') && b != b'<' && b != b'>'
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// The one-pass check of a plain address changes no answer.
+        #[test]
+        fn plain_addresses_pass_every_check(address in "[ -~]{1,12}") {
+            if address.bytes().all(is_plain_address_byte) {
+                proptest::prop_assert!(!address.contains(['\r', '\n', '<', '>']));
+                proptest::prop_assert!(!address.chars().any(|c| c.is_control() || c.is_whitespace()));
+            }
+        }
+    }
 
     #[test]
     fn the_public_parser_is_the_same_parser() {

@@ -38,6 +38,9 @@
 //! # Layout
 //! - `spec.rs`: [`MessageSpec`], [`Source`], [`Limits`].
 //! - `templates.rs`: [`Templates`]: compile and render.
+//! - `direct.rs`: the direct renderer: templates of raw text and plain
+//!   `{{column}}` / `{{{column}}}` rendered without handlebars' machinery,
+//!   byte for byte as handlebars would (anything else falls back to it).
 //! - `address.rs`: From / Reply-To parsing ([`Mailbox::parse`], the one
 //!   parser of the sender), the recipient address guard.
 //! - `message_id.rs`: deterministic Message-IDs.
@@ -70,6 +73,7 @@
 
 mod address;
 mod attachment;
+mod direct;
 mod dkim;
 mod error;
 mod lint;

@@ -8,11 +8,13 @@ use mail_builder::MessageBuilder;
 use mail_builder::headers::address::Address;
 use mail_builder::headers::raw::Raw;
 use mail_builder::headers::url::URL;
+use mail_builder::mime::{BodyPart, MimePart};
 use serde_json::{Map, Value};
 
 use edm_model::{Envelope, Failure, Recipient, ascii_address, domain_of};
 
 use crate::address::{Mailbox, MailboxProblem, parse_mailbox, unsafe_recipient};
+use crate::direct::{Names, Plan};
 use crate::message_id::MessageIds;
 use crate::{
     AttachmentEncoding, Attachments, Dkim, Error, Limits, MessageSpec, Position, RenderError,
@@ -69,6 +71,19 @@ pub struct Templates {
     feedback_id: Option<String>,
     /// Each recipient's envelope sender (VERP), instead of the From address.
     return_path: Option<ReturnPath>,
+    /// The templates rendered without handlebars (`direct.rs`).
+    direct: Direct,
+}
+
+/// The direct renderer's plans (`direct.rs`), one per template that has
+/// one, and the field names they use.
+#[derive(Debug, Default)]
+struct Direct {
+    subject: Option<Plan>,
+    text: Option<Plan>,
+    html: Option<Plan>,
+    unsubscribe: Option<Plan>,
+    names: Names,
 }
 
 /// A per-recipient envelope sender: `[bounces] return_path`'s VERP address
@@ -124,6 +139,16 @@ impl Templates {
             register(&mut plain, UNSUBSCRIBE, TemplateName::ListUnsubscribe, url)?;
         }
 
+        let mut names = Names::default();
+        // The plain registry has `no_escape`, the HTML one handlebars' own
+        // `html_escape`; bodies are CRLF, the subject and URL one line.
+        let direct = Direct {
+            subject: Plan::of(&plain, SUBJECT, false, false, &mut names),
+            text: Plan::of(&plain, TEXT, false, true, &mut names),
+            html: Plan::of(&html, HTML, true, true, &mut names),
+            unsubscribe: Plan::of(&plain, UNSUBSCRIBE, false, false, &mut names),
+            names,
+        };
         let message_ids = MessageIds::new(&spec.campaign, &domain_of(&from.address));
         Ok(Templates {
             html,
@@ -139,7 +164,24 @@ impl Templates {
             attachments: None,
             feedback_id: None,
             return_path: None,
+            direct,
         })
+    }
+
+    /// Renders every template with handlebars, never with the direct
+    /// renderer: for tests that compare the two (`tests/direct.rs`).
+    #[doc(hidden)]
+    pub fn without_direct_renderer(mut self) -> Templates {
+        self.direct = Direct::default();
+        self
+    }
+
+    /// Which templates (subject, text, html, list_unsubscribe) the direct
+    /// renderer renders: for tests (`tests/direct.rs`).
+    #[doc(hidden)]
+    pub fn direct_plans(&self) -> [bool; 4] {
+        let d = &self.direct;
+        [&d.subject, &d.text, &d.html, &d.unsubscribe].map(Option::is_some)
     }
 
     /// Adds `Feedback-ID: <value>` to every message, for Gmail's Feedback
@@ -285,31 +327,53 @@ impl Templates {
         })?;
         let to = to.as_ref();
 
-        let ctx =
-            CONTEXT.with_borrow_mut(|cached| reuse_context(cached, columns, recipient, email));
-        let render = |registry: &Handlebars<'static>, name: &str| {
-            registry
-                .render_with_context(name, &ctx.1)
-                .map_err(|e| self.render_problem(name, &e))
-        };
-        let mut subject = one_line(render(&self.plain, SUBJECT)?);
-        if let Some(t) = &test {
-            subject.insert_str(0, &one_line(t.subject_prefix.to_owned()));
-        }
+        let mut values = Vec::with_capacity(self.direct.names.len());
+        self.direct
+            .names
+            .resolve(columns, &recipient.values, email, &mut values);
+        // Handlebars' context is built only when a template has no plan or a
+        // field has no value (its strict-mode error is then handlebars' own).
+        let mut ctx: Option<(Vec<String>, Context)> = None;
         // Bodies in CRLF (RFC 5322 §2.3): mail-builder turns a bare LF into
         // CRLF but passes a bare CR through, and a field holding `\r.\r` must
         // never reach the wire as something a lenient server reads as the
         // end of DATA (SMTP smuggling, 2023).
+        let mut render =
+            |plan: &Option<Plan>, registry: &Handlebars<'static>, name: &str, body: bool| {
+                if let Some((out, breaks)) = plan.as_ref().and_then(|p| p.render(&values)) {
+                    // The plan's raw text is CRLF already: only a value's line
+                    // break (or one at a raw string's edge) needs the pass.
+                    return Ok(if body && breaks { crlf(out) } else { out });
+                }
+                let ctx = ctx.get_or_insert_with(|| {
+                    CONTEXT
+                        .with_borrow_mut(|cached| reuse_context(cached, columns, recipient, email))
+                });
+                registry
+                    .render_with_context(name, &ctx.1)
+                    .map(|out| if body { crlf(out) } else { out })
+                    .map_err(|e| self.render_problem(name, &e))
+            };
+        let d = &self.direct;
+        let mut subject = one_line(render(&d.subject, &self.plain, SUBJECT, false)?);
+        if let Some(t) = &test {
+            subject.insert_str(0, &one_line(t.subject_prefix.to_owned()));
+        }
         let text = match self.text_label {
-            Some(_) => Some(crlf(render(&self.plain, TEXT)?)),
+            Some(_) => Some(render(&d.text, &self.plain, TEXT, true)?),
             None => None,
         };
         let html = match self.html_label {
-            Some(_) => Some(crlf(render(&self.html, HTML)?)),
+            Some(_) => Some(render(&d.html, &self.html, HTML, true)?),
             None => None,
         };
         let unsubscribe = match self.has_unsubscribe {
-            true => Some(unsubscribe_url(render(&self.plain, UNSUBSCRIBE)?)?),
+            true => Some(unsubscribe_url(render(
+                &d.unsubscribe,
+                &self.plain,
+                UNSUBSCRIBE,
+                false,
+            )?)?),
             false => None,
         };
 
@@ -354,11 +418,11 @@ impl Templates {
         // Bodies are lent to the builder, not copied: they are returned too.
         if let Some(text) = &text {
             size += text.len();
-            builder = builder.text_body(text.as_str());
+            builder.text_body = Some(body_part("text/plain", text, d.text.as_ref()));
         }
         if let Some(html) = &html {
             size += html.len();
-            builder = builder.html_body(html.as_str());
+            builder.html_body = Some(body_part("text/html", html, d.html.as_ref()));
         }
         if let Some(max) = body_limit
             && !attached.is_empty()
@@ -406,7 +470,9 @@ impl Templates {
         };
         // The context goes back for this thread's next recipient (on an
         // error it is dropped and built again: errors are rare).
-        CONTEXT.with_borrow_mut(|cached| *cached = Some(ctx));
+        if let Some(ctx) = ctx {
+            CONTEXT.with_borrow_mut(|cached| *cached = Some(ctx));
+        }
         let envelope = Envelope {
             attempt: Default::default(),
             id: recipient.id,
@@ -612,6 +678,37 @@ pub(crate) fn crlf(body: String) -> String {
                 .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
         }
     }
+}
+
+/// The MIME part of a body, as `MessageBuilder::text_body` / `html_body`
+/// make it; but when the plan proves mail-builder would encode it
+/// ([`Plan::always_encoded`]), encoded here in quoted-printable with the
+/// engine and the rule mail-builder itself uses (`BodyEncoding::for_text`:
+/// `qp::BODY` when its output is shorter than base64's), which saves its
+/// scan of the body for long lines and its counting pass (issue 11). Base64
+/// (a body that is mostly non-ASCII) is left to mail-builder.
+/// `tests/direct.rs` checks the bytes against mail-builder's own.
+fn body_part<'x>(content_type: &'static str, body: &'x str, plan: Option<&Plan>) -> MimePart<'x> {
+    if plan.is_some_and(Plan::always_encoded)
+        && let Some(encoded) = quoted_printable(body)
+    {
+        return MimePart::new(content_type, BodyPart::Text(encoded.into()))
+            .transfer_encoding("quoted-printable");
+    }
+    MimePart::new(content_type, BodyPart::Text(body.into()))
+}
+
+/// `body` in quoted-printable when mail-builder would choose it over
+/// base64 for a body it must encode: when it is at most base64's length
+/// less one (`encoded_len_within(input, base64_len - 1)` in
+/// `BodyEncoding::for_text`).
+fn quoted_printable(body: &str) -> Option<String> {
+    let limit = encodify::base64::MIME
+        .encoded_len(body.len())
+        .saturating_sub(1);
+    let mut out = String::with_capacity(body.len() + body.len() / 16 + 64);
+    let len = encodify::qp::BODY.encode_append(body, &mut out);
+    (len <= limit).then_some(out)
 }
 
 fn mailbox(m: &Mailbox) -> Address<'_> {
