@@ -10,13 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use edm_model::{Category, Envelope, Failure, Reply, Stage};
-use mail_send::smtp::message::Parameters;
 use mail_send::{Credentials, SmtpClient};
 use smtp_proto::{
     EXT_8BIT_MIME, EXT_DSN, EXT_PIPELINING, EXT_SIZE, EXT_SMTP_UTF8, EXT_START_TLS, EhloResponse,
     Response,
 };
-use tokio::io::{AsyncRead, AsyncWrite, BufStream};
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, BufStream};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
@@ -90,6 +89,9 @@ pub struct Session {
     /// they are.
     dsn: bool,
     settings: Arc<SmtpSettings>,
+    /// The envelope commands of the transaction being sent, built here and
+    /// reused: one allocation per session, not three strings per message.
+    cmds: Vec<u8>,
 }
 
 /// What a failed transaction left of the connection.
@@ -258,6 +260,7 @@ impl Session {
             eight_bit_mime: caps.has_capability(EXT_8BIT_MIME),
             dsn: caps.has_capability(EXT_DSN),
             settings,
+            cmds: Vec::with_capacity(256),
         })
     }
 
@@ -314,31 +317,29 @@ impl Session {
             };
             return Err((f, Afterwards::Usable));
         }
-        let mut params = Parameters::new();
-        if self.max_size.is_some() {
-            params.add(("SIZE".to_string(), env.body.len().to_string()));
-        }
-        if utf8.is_some() {
-            params.add("SMTPUTF8");
-            // UTF-8 headers are 8-bit content (RFC 6531 §3.1 item 8).
-            if self.eight_bit_mime {
-                params.add(("BODY", "8BITMIME"));
-            }
-        }
-        if self.dsn {
-            // RFC 3461 §4.3: only the headers come back in a bounce; §4.4:
-            // ENVID comes back as Original-Envelope-Id, tying the DSN to
-            // the message (its Message-ID, which names the recipient).
-            params.add(("RET", "HDRS"));
-            if let Some(envid) = envid(&env.message_id) {
-                params.add(("ENVID".to_string(), envid));
-            }
-        }
+        // MAIL FROM and RCPT TO, built once into the session's buffer; the
+        // parameters in mail-send's order and spelling (the bytes on the wire
+        // are the same as its `Parameters` wrote).
+        let mut cmds = std::mem::take(&mut self.cmds);
+        cmds.clear();
+        push_mail_from(
+            &mut cmds,
+            env,
+            MailParams {
+                size: self.max_size.is_some(),
+                smtputf8: utf8.is_some(),
+                eight_bit_mime: self.eight_bit_mime,
+                dsn: self.dsn,
+            },
+        );
+        let mail_len = cmds.len();
+        push_rcpt(&mut cmds, env, self.dsn);
         let envelope_result = if self.pipelining {
-            self.envelope_pipelined(env, &params, &s).await
+            self.envelope_pipelined(&cmds, &s).await
         } else {
-            self.envelope_step_by_step(env, &params, &s).await
+            self.envelope_step_by_step(&cmds, mail_len, &s).await
         };
+        self.cmds = cmds;
         if let Err((f, after)) = envelope_result {
             return Err((f, self.reset_if(after, &s).await));
         }
@@ -362,26 +363,53 @@ impl Session {
             }
         }
         // The message and the final dot: from here on the server may accept it.
-        let client = &mut self.client;
+        // One deadline for both (`data_timeout` from the first byte of the
+        // message to the reply to its final dot), one timer; `dot_out` says
+        // on which side of the final dot a failure or the deadline came.
+        let stream = &mut self.client.stream;
         let deadline = tokio::time::Instant::now() + s.data_timeout;
-        let write = async {
+        let mut dot_out = false;
+        let data = async {
             use tokio::io::AsyncWriteExt;
-            // One buffer, one write: mail-send's `write_message` walks the
-            // message a byte at a time and writes in pieces.
-            let stuffed = dot_stuff(&env.body);
-            client.stream.write_all(&stuffed).await?;
-            client.stream.flush().await
+            // The body as rendered when nothing in it needs stuffing (edm's
+            // own messages: CRLF lines, none starting with a dot): no copy of
+            // it here, one vectored write with the final dot. Otherwise the
+            // stuffed copy (`dot_stuff`).
+            let stuffed;
+            let (body, tail): (&[u8], &[u8]) = match data_tail(&env.body) {
+                Some(tail) => (&env.body, tail),
+                None => {
+                    stuffed = dot_stuff(&env.body);
+                    (&stuffed, b"")
+                }
+            };
+            write_all_vectored(stream, body, tail)
+                .await
+                .map_err(|e| classify_io(Stage::Data, &e))?;
+            stream
+                .flush()
+                .await
+                .map_err(|e| classify_io(Stage::Data, &e))?;
+            dot_out = true;
+            let mut replies = Vec::with_capacity(1);
+            match read_replies(stream, 1, &mut replies).await {
+                None => replies.pop().ok_or_else(|| {
+                    classify_error(Stage::Data, &mail_send::Error::UnparseableReply)
+                }),
+                Some(e) => Err(classify_error(Stage::Data, &e)),
+            }
         };
-        match tokio::time::timeout_at(deadline, write).await {
-            Ok(Ok(())) => {}
-            // The final dot is the last thing written: the server cannot
-            // have the whole message, so this is an ordinary failure.
-            Ok(Err(e)) => return Err((classify_io(Stage::Data, &e), Afterwards::Broken)),
-            Err(_) => return Err((timeout(Stage::Data), Afterwards::Broken)),
-        }
-        // The final dot is out: without its reply the message may have been
-        // accepted (RFC 5321 §4.1.1.4, §6.1), so it is in doubt, not failed.
-        match tokio::time::timeout_at(deadline, client.read()).await {
+        let outcome = tokio::time::timeout_at(deadline, data).await;
+        // The final dot is the last thing written: before it is out the server
+        // cannot have the whole message, so a failure is an ordinary one. Once
+        // it is out, without its reply the message may have been accepted
+        // (RFC 5321 §4.1.1.4, §6.1), so it is in doubt, not failed.
+        let lost = if dot_out {
+            Afterwards::InDoubt
+        } else {
+            Afterwards::Broken
+        };
+        match outcome {
             Ok(Ok(r)) if r.is_positive_completion() => Ok(to_reply(r)),
             Ok(Ok(r)) => {
                 let f = negative(Stage::Data, &r);
@@ -394,25 +422,19 @@ impl Session {
                 };
                 Err((f, after))
             }
-            Ok(Err(e)) => Err((classify_error(Stage::Data, &e), Afterwards::InDoubt)),
-            Err(_) => Err((timeout(Stage::Data), Afterwards::InDoubt)),
+            Ok(Err(f)) => Err((f, lost)),
+            Err(_) => Err((timeout(Stage::Data), lost)),
         }
     }
 
     /// MAIL, RCPT and DATA in one round trip (RFC 2920).
     async fn envelope_pipelined(
         &mut self,
-        env: &Envelope,
-        params: &Parameters<'_>,
+        cmds: &[u8],
         s: &SmtpSettings,
     ) -> Result<(), (Failure, Afterwards)> {
-        let cmds = [
-            format!("MAIL FROM:<{}>{params}\r\n", env.mail_from),
-            rcpt_line(env, self.dsn),
-            "DATA\r\n".to_string(),
-        ];
         let (replies, err) =
-            match tokio::time::timeout(s.command_timeout, pipeline(&mut self.client.stream, &cmds))
+            match tokio::time::timeout(s.command_timeout, pipeline(&mut self.client.stream, cmds))
                 .await
             {
                 Ok(r) => r,
@@ -464,19 +486,18 @@ impl Session {
 
     async fn envelope_step_by_step(
         &mut self,
-        env: &Envelope,
-        params: &Parameters<'_>,
+        cmds: &[u8],
+        mail_len: usize,
         s: &SmtpSettings,
     ) -> Result<(), (Failure, Afterwards)> {
         let c = &mut self.client;
-        let mail = format!("MAIL FROM:<{}>{params}\r\n", env.mail_from);
-        let rcpt = rcpt_line(env, self.dsn);
+        let (mail, rcpt) = cmds.split_at(mail_len);
         for (stage, cmd, want) in [
-            (Stage::MailFrom, mail.as_str(), None),
-            (Stage::RcptTo, rcpt.as_str(), None),
-            (Stage::Data, "DATA\r\n", Some(354)),
+            (Stage::MailFrom, mail, None),
+            (Stage::RcptTo, rcpt, None),
+            (Stage::Data, &b"DATA\r\n"[..], Some(354)),
         ] {
-            let r = step(stage, s.command_timeout, c.cmd(cmd.as_bytes()))
+            let r = step(stage, s.command_timeout, c.cmd(cmd))
                 .await
                 .map_err(|f| (f, Afterwards::Broken))?;
             let ok = match want {
@@ -514,27 +535,90 @@ impl Session {
 /// `RCPT TO`, with `NOTIFY=FAILURE,DELAY` when the server offers DSN
 /// (RFC 3461 §4.1): a bounce for a failure and a notice for a delay, never
 /// one for a success.
-fn rcpt_line(env: &Envelope, dsn: bool) -> String {
+fn push_rcpt(out: &mut Vec<u8>, env: &Envelope, dsn: bool) {
+    out.extend_from_slice(b"RCPT TO:<");
+    out.extend_from_slice(env.rcpt_to.as_bytes());
     if dsn {
-        format!("RCPT TO:<{}> NOTIFY=FAILURE,DELAY\r\n", env.rcpt_to)
+        out.extend_from_slice(b"> NOTIFY=FAILURE,DELAY\r\n");
     } else {
-        format!("RCPT TO:<{}>\r\n", env.rcpt_to)
+        out.extend_from_slice(b">\r\n");
     }
 }
 
-/// The ENVID of a message: its Message-ID in xtext (RFC 3461 §4: `+` and
-/// `=`, controls and non-ASCII as `+HH`), left out when longer than the
-/// 100 characters §4.4 allows.
-fn envid(message_id: &str) -> Option<String> {
-    let mut out = String::with_capacity(message_id.len());
-    for b in message_id.bytes() {
-        if (33..=126).contains(&b) && b != b'+' && b != b'=' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("+{b:02X}"));
+#[cfg(test)]
+fn rcpt_line(env: &Envelope, dsn: bool) -> String {
+    let mut out = Vec::new();
+    push_rcpt(&mut out, env, dsn);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// What the server offered that MAIL FROM asks for.
+#[derive(Copy, Clone)]
+struct MailParams {
+    /// SIZE (RFC 1870): the message's size.
+    size: bool,
+    /// This message needs SMTPUTF8 (RFC 6531).
+    smtputf8: bool,
+    /// The server offers 8BITMIME (RFC 6152).
+    eight_bit_mime: bool,
+    /// The server offers DSN (RFC 3461).
+    dsn: bool,
+}
+
+/// `MAIL FROM:<…>` and its parameters, in the order and spelling
+/// mail-send's `Parameters` gave them: SIZE, SMTPUTF8 (with BODY=8BITMIME
+/// where offered: UTF-8 headers are 8-bit content, RFC 6531 §3.1 item 8),
+/// then RET and ENVID (RFC 3461 §4.3: only the headers come back in a
+/// bounce; §4.4: ENVID comes back as Original-Envelope-Id, tying the DSN to
+/// the message, whose Message-ID names the recipient).
+fn push_mail_from(out: &mut Vec<u8>, env: &Envelope, p: MailParams) {
+    use std::io::Write;
+    out.extend_from_slice(b"MAIL FROM:<");
+    out.extend_from_slice(env.mail_from.as_bytes());
+    out.push(b'>');
+    if p.size {
+        // Writing to a Vec cannot fail.
+        let _ = write!(out, " SIZE={}", env.body.len());
+    }
+    if p.smtputf8 {
+        out.extend_from_slice(b" SMTPUTF8");
+        if p.eight_bit_mime {
+            out.extend_from_slice(b" BODY=8BITMIME");
         }
     }
-    (!out.is_empty() && out.len() <= 100).then_some(out)
+    if p.dsn {
+        out.extend_from_slice(b" RET=HDRS");
+        let start = out.len();
+        out.extend_from_slice(b" ENVID=");
+        if !push_envid(out, &env.message_id) {
+            out.truncate(start);
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The ENVID of a message: its Message-ID in xtext (RFC 3461 §4: `+` and
+/// `=`, controls and non-ASCII as `+HH`), appended to `out`; `false` (and
+/// `out` to be cut back) when empty or longer than the 100 characters §4.4
+/// allows.
+fn push_envid(out: &mut Vec<u8>, message_id: &str) -> bool {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let start = out.len();
+    for b in message_id.bytes() {
+        if (33..=126).contains(&b) && b != b'+' && b != b'=' {
+            out.push(b);
+        } else {
+            out.extend_from_slice(&[b'+', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+        }
+    }
+    let n = out.len() - start;
+    n > 0 && n <= 100
+}
+
+#[cfg(test)]
+fn envid(message_id: &str) -> Option<String> {
+    let mut out = Vec::new();
+    push_envid(&mut out, message_id).then(|| String::from_utf8(out).unwrap_or_default())
 }
 
 fn needs_smtputf8(env: &Envelope) -> Option<&'static str> {
@@ -610,45 +694,130 @@ pub fn dot_stuff(body: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Writes pipelined commands and reads one reply per command, keeping the
-/// replies read before an error (mail-send's `cmds` drops them).
-async fn pipeline<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: &mut S,
-    cmds: &[String],
-) -> (Vec<Response<String>>, Option<mail_send::Error>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut replies = Vec::with_capacity(cmds.len());
-    for c in cmds {
-        if let Err(e) = stream.write_all(c.as_bytes()).await {
-            return (replies, Some(mail_send::Error::Io(e)));
+/// Whether the DATA payload of `body` is `body` itself and a tail: the tail
+/// (`.CRLF`, or `CRLF.CRLF` when the body does not end in CRLF) when nothing
+/// in it needs changing, that is every CR is followed by LF, every LF follows
+/// a CR, and no line starts with a dot; `None` when [`dot_stuff`] must copy
+/// it. Exactly `dot_stuff`'s output either way (test:
+/// `the_fast_path_writes_what_dot_stuff_writes`).
+///
+/// Each pair of neighbouring bytes is looked at once, in a loop the compiler
+/// vectorises (no branch per line): a 4 KB message with ~70 lines cost
+/// ~13k instructions with one `memchr2` and one copy per line.
+fn data_tail(body: &[u8]) -> Option<&'static [u8]> {
+    let (Some(&first), Some(&last)) = (body.first(), body.last()) else {
+        return Some(b"\r\n.\r\n");
+    };
+    if first == b'.' || first == b'\n' || last == b'\r' {
+        return None;
+    }
+    let pairs = body.len() - 1;
+    let (a, b) = (&body[..pairs], &body[1..]);
+    for (ca, cb) in a.chunks(256).zip(b.chunks(256)) {
+        let mut bad = 0u8;
+        for (&x, &y) in ca.iter().zip(cb) {
+            bad |= u8::from((x == b'\r') != (y == b'\n')) | u8::from((x == b'\n') & (y == b'.'));
+        }
+        if bad != 0 {
+            return None;
         }
     }
-    if let Err(e) = stream.flush().await {
-        return (replies, Some(mail_send::Error::Io(e)));
+    Some(if body.ends_with(b"\r\n") {
+        b".\r\n"
+    } else {
+        b"\r\n.\r\n"
+    })
+}
+
+/// Writes `a` then `b` with vectored writes: into the buffer when they fit
+/// (then one `write` at the flush), else straight to the socket, without
+/// copying them together first.
+async fn write_all_vectored<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    mut a: &[u8],
+    mut b: &[u8],
+) -> std::io::Result<()> {
+    use std::io::IoSlice;
+    use tokio::io::AsyncWriteExt;
+    while !a.is_empty() || !b.is_empty() {
+        let n = stream
+            .write_vectored(&[IoSlice::new(a), IoSlice::new(b)])
+            .await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        let from_a = n.min(a.len());
+        a = &a[from_a..];
+        b = &b[(n - from_a).min(b.len())..];
     }
-    let mut buf = vec![0u8; 1024];
+    Ok(())
+}
+
+/// Reads replies until `replies` holds `n` (`None`), or the error that
+/// stopped it, keeping the replies read before it. Parses in the stream's
+/// own buffer and takes from it only what was parsed: no buffer per read,
+/// no copy.
+async fn read_replies<S: AsyncBufRead + Unpin>(
+    stream: &mut S,
+    n: usize,
+    replies: &mut Vec<Response<String>>,
+) -> Option<mail_send::Error> {
+    use tokio::io::AsyncBufReadExt;
     let mut parser = smtp_proto::response::parser::ResponseReceiver::default();
     loop {
-        let n = match stream.read(&mut buf).await {
-            Ok(0) => return (replies, Some(mail_send::Error::UnparseableReply)),
-            Ok(n) => n,
-            Err(e) => return (replies, Some(mail_send::Error::Io(e))),
+        let buf = match stream.fill_buf().await {
+            Ok([]) => return Some(mail_send::Error::UnparseableReply),
+            Ok(buf) => buf,
+            Err(e) => return Some(mail_send::Error::Io(e)),
         };
-        let mut iter = buf[..n].iter();
+        let len = buf.len();
+        let mut iter = buf.iter();
+        let mut end = None;
         loop {
             match parser.parse(&mut iter) {
                 Ok(r) => {
                     replies.push(r);
-                    if replies.len() == cmds.len() {
-                        return (replies, None);
+                    if replies.len() >= n {
+                        end = Some(None);
+                        break;
                     }
                     parser.reset();
                 }
                 Err(smtp_proto::Error::NeedsMoreData { .. }) => break,
-                Err(_) => return (replies, Some(mail_send::Error::UnparseableReply)),
+                Err(_) => {
+                    end = Some(Some(mail_send::Error::UnparseableReply));
+                    break;
+                }
             }
         }
+        let used = len - iter.as_slice().len();
+        stream.consume(used);
+        if let Some(end) = end {
+            return end;
+        }
     }
+}
+
+/// Writes pipelined commands (MAIL, RCPT, then DATA) in one write and reads
+/// one reply per command, keeping the replies read before an error
+/// (mail-send's `cmds` drops them).
+async fn pipeline<S: AsyncBufRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    cmds: &[u8],
+) -> (Vec<Response<String>>, Option<mail_send::Error>) {
+    use tokio::io::AsyncWriteExt;
+    let mut replies = Vec::with_capacity(3);
+    if let Err(e) = stream.write_all(cmds).await {
+        return (replies, Some(mail_send::Error::Io(e)));
+    }
+    if let Err(e) = stream.write_all(b"DATA\r\n").await {
+        return (replies, Some(mail_send::Error::Io(e)));
+    }
+    if let Err(e) = stream.flush().await {
+        return (replies, Some(mail_send::Error::Io(e)));
+    }
+    let err = read_replies(stream, 3, &mut replies).await;
+    (replies, err)
 }
 
 /// A 421 means the server is closing the channel (RFC 5321 §3.8).
@@ -796,7 +965,7 @@ mod tests {
 
     /// A server of a few lines that offers DSN (or not) and records the
     /// commands it gets, up to DATA.
-    async fn scripted(dsn: bool) -> (u16, tokio::task::JoinHandle<Vec<String>>) {
+    async fn scripted(dsn: bool) -> (u16, tokio::task::JoinHandle<(Vec<String>, Vec<Vec<u8>>)>) {
         use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = l.local_addr().unwrap().port();
@@ -806,6 +975,7 @@ mod tests {
             let mut r = tokio::io::BufReader::new(r);
             w.write_all(b"220 test ESMTP\r\n").await.unwrap();
             let mut seen = Vec::new();
+            let mut payloads = Vec::new();
             let mut line = String::new();
             loop {
                 line.clear();
@@ -823,13 +993,19 @@ mod tests {
                 } else if upper == "DATA" {
                     seen.push(cmd);
                     w.write_all(b"354 go\r\n").await.unwrap();
-                    // The message, up to the final dot.
+                    // The message, up to the final dot, as it came.
+                    let mut payload = Vec::new();
                     loop {
                         line.clear();
-                        if r.read_line(&mut line).await.unwrap() == 0 || line == ".\r\n" {
+                        if r.read_line(&mut line).await.unwrap() == 0 {
+                            break;
+                        }
+                        payload.extend_from_slice(line.as_bytes());
+                        if line == ".\r\n" {
                             break;
                         }
                     }
+                    payloads.push(payload);
                     w.write_all(b"250 2.0.0 queued\r\n").await.unwrap();
                     continue;
                 } else if upper == "QUIT" {
@@ -843,7 +1019,7 @@ mod tests {
                 }
                 w.write_all(reply).await.unwrap();
             }
-            seen
+            (seen, payloads)
         });
         (port, task)
     }
@@ -869,7 +1045,7 @@ mod tests {
             env.message_id = "ab12+x@acme.example".into();
             session.send(&env).await.unwrap();
             session.quit().await;
-            let seen = task.await.unwrap();
+            let (seen, _) = task.await.unwrap();
             let want = if dsn {
                 vec![
                     "MAIL FROM:<bounces+7-abc@acme.example> RET=HDRS ENVID=ab12+2Bx@acme.example",
@@ -885,6 +1061,113 @@ mod tests {
             };
             assert_eq!(seen, want, "dsn offered: {dsn}");
         }
+    }
+
+    /// What goes on the wire after DATA is `dot_stuff`'s output, whether the
+    /// body is written as it is (the fast path) or stuffed first, and the
+    /// session stays in step for the next message either way.
+    #[tokio::test]
+    async fn the_payload_on_the_wire_is_the_stuffed_body() {
+        let (port, task) = scripted(false).await;
+        let mut s = settings("127.0.0.1", Security::None, false);
+        s.port = port;
+        s.credentials = None;
+        let tls = mail_send::smtp::tls::build_tls_connector(false).unwrap();
+        let mut session = Session::connect(Arc::new(s), &tls).await.unwrap();
+        let bodies: [&[u8]; 4] = [
+            b"Subject: x\r\n\r\nhi\r\n",
+            b"Subject: x\r\n\r\n.hi\r\nthere\n.\r\nend",
+            b"Subject: x\r\n\r\nno line break at the end",
+            &[b'x'; 20_000],
+        ];
+        for body in bodies {
+            session
+                .send(&envelope("s@a.example", "r@b.example", body))
+                .await
+                .unwrap();
+        }
+        session.quit().await;
+        let (_, payloads) = task.await.unwrap();
+        let want: Vec<Vec<u8>> = bodies.iter().map(|b| dot_stuff(b)).collect();
+        assert_eq!(payloads, want);
+    }
+
+    /// `data_tail` says "as it is" exactly when `dot_stuff` would write the
+    /// body unchanged followed by the final dot: every body of up to 8 bytes
+    /// over the bytes that matter (CR, LF, dot, other).
+    #[test]
+    fn the_fast_path_writes_what_dot_stuff_writes() {
+        let alphabet = [b'a', b'.', b'\r', b'\n'];
+        let mut body = Vec::new();
+        let mut fast = 0;
+        for len in 0..=8u32 {
+            for mut code in 0..4usize.pow(len) {
+                body.clear();
+                for _ in 0..len {
+                    body.push(alphabet[code % 4]);
+                    code /= 4;
+                }
+                let stuffed = dot_stuff(&body);
+                let as_is = if body.ends_with(b"\r\n") {
+                    [&body[..], b".\r\n"].concat()
+                } else {
+                    [&body[..], b"\r\n.\r\n"].concat()
+                };
+                match data_tail(&body) {
+                    Some(tail) => {
+                        fast += 1;
+                        assert_eq!([&body[..], tail].concat(), stuffed, "{body:?}");
+                    }
+                    None => assert_ne!(as_is, stuffed, "{body:?} could go as it is"),
+                }
+            }
+        }
+        assert!(fast > 600, "{fast}");
+        // A rendered message, longer than one chunk of the scan.
+        let mut msg = b"Subject: hi\r\n\r\n".to_vec();
+        for _ in 0..100 {
+            msg.extend_from_slice(b"a line. of text.\r\n");
+        }
+        assert_eq!(data_tail(&msg), Some(&b".\r\n"[..]));
+        msg.extend_from_slice(b".dot\r\n");
+        assert_eq!(data_tail(&msg), None);
+        msg.truncate(msg.len() - 6);
+        msg.extend_from_slice(b"bare\nLF\r\n");
+        assert_eq!(data_tail(&msg), None);
+    }
+
+    #[test]
+    fn mail_from_is_what_mail_send_wrote() {
+        let mut env = envelope("s@a.example", "r@b.example", b"0123456789");
+        env.message_id = "ab+x=@acme.example".into();
+        let all = MailParams {
+            size: true,
+            smtputf8: true,
+            eight_bit_mime: true,
+            dsn: true,
+        };
+        let none = MailParams {
+            size: false,
+            smtputf8: false,
+            eight_bit_mime: false,
+            dsn: false,
+        };
+        let line = |env: &Envelope, p| {
+            let mut out = Vec::new();
+            push_mail_from(&mut out, env, p);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(
+            line(&env, all),
+            "MAIL FROM:<s@a.example> SIZE=10 SMTPUTF8 BODY=8BITMIME RET=HDRS ENVID=ab+2Bx+3D@acme.example\r\n"
+        );
+        assert_eq!(line(&env, none), "MAIL FROM:<s@a.example>\r\n");
+        // An ENVID too long is left out, RET stays.
+        env.message_id = "x".repeat(101);
+        assert_eq!(
+            line(&env, MailParams { dsn: true, ..none }),
+            "MAIL FROM:<s@a.example> RET=HDRS\r\n"
+        );
     }
 
     #[test]
