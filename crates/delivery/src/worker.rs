@@ -147,8 +147,11 @@ pub(crate) async fn worker(id: usize, shared: Arc<Shared>) {
         shared.in_flight.fetch_sub(1, Ordering::Relaxed);
         shared.relay_in_flight(&relay, false);
         // A pool picks its member inside `send`: ask again, so the events
-        // name the member that answered.
-        let relay = shared.relay_of(sess.as_ref()).to_string();
+        // name the member that answered (a new string only if it changed).
+        let relay = match shared.relay_of(sess.as_ref()) {
+            now if now == relay => relay,
+            now => now.to_string(),
+        };
         let mark_error = mark_failed.lock().ok().and_then(|mut f| f.take());
         if let Some(e) = mark_error {
             // Not sent (no final dot): back to pending, and the run stops.
