@@ -912,6 +912,12 @@ async fn run(
             disp.release_waiters();
             continue;
         }
+        // Every ask already there, in this turn: with 32 workers several
+        // come at once, and a pass of the `select!` above (its futures made
+        // and polled anew) costs more than the ask itself.
+        while let Ok(ask) = want.try_recv() {
+            disp.want(ask);
+        }
         let paused = *shared.paused.borrow()
             || shared
                 .paused_until
@@ -920,6 +926,22 @@ async fn run(
                 .unwrap_or(false);
         if !paused {
             disp.pump();
+            // Envelopes already queued, one at a time while a worker waits
+            // for one (as the `jobs` branch takes them: never more parked).
+            while queue_open && disp.wants_more() {
+                match jobs.try_recv() {
+                    Ok(env) => {
+                        disp.offer(env);
+                        disp.pump();
+                    }
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => queue_open = false,
+                }
+            }
+            if !queue_open && disp.parked_is_empty() {
+                ending = true;
+                disp.release_waiters();
+            }
         }
     }
     let _ = status.send(snapshot(&shared));
