@@ -20,9 +20,9 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use edm_delivery::{
-    ApiKey, Credentials, DeliveryConfig, DomainLimit, EngineEnd, PoolMember, PoolTransport,
-    ResendSettings, ResendTransport, RetryPolicy, Security, SesSettings, SesTransport,
-    SmtpSettings, SmtpTransport, Transport, Verdict,
+    ApiKey, Credentials, DeliveryConfig, DomainLimit, EngineEnd, IdHasher, PoolMember,
+    PoolTransport, ResendSettings, ResendTransport, RetryPolicy, Security, SesSettings,
+    SesTransport, SmtpSettings, SmtpTransport, Transport, Verdict,
 };
 use edm_model::{
     Attempt, Control, DeliveryEvent, Failure, Notice, Progress, ProgressFold, RecipientId,
@@ -820,7 +820,7 @@ async fn run(
     };
     let mut counts = RunCounts::default();
     let mut settled = Settled::default();
-    let mut claimed: HashSet<RecipientId> = HashSet::new();
+    let mut claimed = Claimed::default();
     let mut publish = tokio::time::interval(PUBLISH_EVERY);
     publish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Several workers: the campaign's counts from the store every
@@ -1098,13 +1098,12 @@ fn event_attempt(ev: &DeliveryEvent) -> Option<&Attempt> {
     }
 }
 
+/// The recipients claimed and not yet settled, by row id (an insert and a
+/// remove per message: hashed with [`IdHasher`], not SipHash).
+type Claimed = HashSet<RecipientId, std::hash::BuildHasherDefault<IdHasher>>;
+
 /// Folds what the feeder says.
-fn fed(
-    fold: &mut ProgressFold,
-    claimed: &mut HashSet<RecipientId>,
-    counts: &mut RunCounts,
-    f: Fed,
-) {
+fn fed(fold: &mut ProgressFold, claimed: &mut Claimed, counts: &mut RunCounts, f: Fed) {
     match f {
         Fed::Claimed(id, attempt) => {
             claimed.insert(id);

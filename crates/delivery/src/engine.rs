@@ -27,6 +27,38 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+/// A map keyed by an id the program made (a task's, a recipient's row id):
+/// the ids are not chosen by anyone who could collide them on purpose, so
+/// SipHash's protection is not needed, and its ~400 instructions per
+/// lookup were paid four times per message (issue 11).
+pub type IdHashMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<IdHasher>>;
+
+/// The hasher of [`IdHashMap`]: one multiplication per integer written
+/// (Fibonacci hashing; the high bits, which hashbrown uses, spread
+/// consecutive ids).
+#[derive(Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
+    fn write_i64(&mut self, n: i64) {
+        self.write_u64(n as u64);
+    }
+}
+
 /// How many of the instants fall in the observation window ending at `now`.
 fn in_window(times: &std::collections::VecDeque<Instant>, now: Instant) -> usize {
     times
@@ -350,7 +382,7 @@ pub(crate) struct Shared {
     pub(crate) stopped_by: Mutex<Option<String>>,
     /// The envelope each worker task holds, so a panicking worker's envelope
     /// goes back to pending.
-    pub(crate) holding: Mutex<HashMap<tokio::task::Id, edm_model::RecipientId>>,
+    pub(crate) holding: Mutex<IdHashMap<tokio::task::Id, edm_model::RecipientId>>,
     /// This worker's share of the campaign's limits ([`Control::SetShare`]),
     /// as `f64` bits: 1.0 unless several workers share the campaign.
     pub(crate) share: AtomicU64,
@@ -777,7 +809,7 @@ pub fn start_with(
         early: Mutex::new(Early::default()),
         streak: Mutex::new(Streak::default()),
         stopped_by: Mutex::new(None),
-        holding: Mutex::new(HashMap::new()),
+        holding: Mutex::new(IdHashMap::default()),
         share: AtomicU64::new(1.0f64.to_bits()),
         cfg,
     });
@@ -1061,5 +1093,29 @@ pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
     if !ok {
         // The sender is gone: the engine is over.
         std::future::pending::<()>().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ids of a run (consecutive row ids, task ids) land in different
+    /// buckets: the top 7 bits (hashbrown's tag) and the low bits differ
+    /// among neighbours, and the map finds every one.
+    #[test]
+    fn id_hashes_spread_consecutive_ids() {
+        use std::hash::BuildHasher;
+        let b = std::hash::BuildHasherDefault::<IdHasher>::default();
+        let hashes: Vec<u64> = (1..=1000i64).map(|i| b.hash_one(RecipientId(i))).collect();
+        let tags: std::collections::HashSet<u64> = hashes.iter().map(|h| h >> 57).collect();
+        let lows: std::collections::HashSet<u64> = hashes.iter().map(|h| h & 1023).collect();
+        assert!(tags.len() > 100, "{}", tags.len());
+        assert!(lows.len() > 600, "{}", lows.len());
+        let mut m = IdHashMap::default();
+        for i in 0..10_000i64 {
+            m.insert(RecipientId(i), i);
+        }
+        assert!((0..10_000i64).all(|i| m.get(&RecipientId(i)) == Some(&i)));
     }
 }

@@ -7,7 +7,9 @@
 //! connection after an error that leaves it in an unknown state.
 
 use std::borrow::Cow;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use edm_model::{Category, Envelope, Failure, Reply, Stage};
@@ -18,6 +20,7 @@ use smtp_proto::{
 };
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, BufStream};
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsConnector;
 
 use super::classify::{ReplyRef, classify_error, classify_io, classify_reply, timeout};
@@ -93,6 +96,29 @@ pub struct Session {
     /// The envelope commands of the transaction being sent, built here and
     /// reused: one allocation per session, not three strings per message.
     cmds: Vec<u8>,
+    /// The one timer of the transactions' steps (envelope, mark, body and
+    /// final reply), reset to each step's deadline: a later deadline only
+    /// moves the registered one (tokio's `TimerEntry::reset`), where a
+    /// `timeout()` per step registered a timer and removed it again.
+    timer: Pin<Box<Sleep>>,
+}
+
+/// `fut`, or `Err(())` once `deadline` has passed: `tokio::time::timeout_at`
+/// on the session's one timer.
+async fn within<T>(
+    timer: &mut Pin<Box<Sleep>>,
+    deadline: Instant,
+    fut: impl Future<Output = T>,
+) -> Result<T, ()> {
+    timer.as_mut().reset(deadline);
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(v) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Ok(v));
+        }
+        timer.as_mut().poll(cx).map(|()| Err(()))
+    })
+    .await
 }
 
 /// What a failed transaction left of the connection.
@@ -267,6 +293,7 @@ impl Session {
             .has_capability(EXT_SIZE)
             .then_some(caps.size)
             .filter(|n| *n > 0);
+        let timer_start = s.command_timeout;
         Ok(Session {
             client,
             pipelining: caps.has_capability(EXT_PIPELINING),
@@ -276,6 +303,7 @@ impl Session {
             dsn: caps.has_capability(EXT_DSN),
             settings,
             cmds: Vec::with_capacity(256),
+            timer: Box::pin(tokio::time::sleep_until(Instant::now() + timer_start)),
         })
     }
 
@@ -358,7 +386,8 @@ impl Session {
         if let Err((f, after)) = envelope_result {
             return Err((f, self.reset_if(after, &s).await));
         }
-        match tokio::time::timeout(s.command_timeout, before_dot).await {
+        let deadline = Instant::now() + s.command_timeout;
+        match within(&mut self.timer, deadline, before_dot).await {
             Ok(Ok(())) => {}
             Ok(Err(reason)) => {
                 return Err((
@@ -382,7 +411,7 @@ impl Session {
         // message to the reply to its final dot), one timer; `dot_out` says
         // on which side of the final dot a failure or the deadline came.
         let stream = &mut self.client.stream;
-        let deadline = tokio::time::Instant::now() + s.data_timeout;
+        let deadline = Instant::now() + s.data_timeout;
         let mut dot_out = false;
         let data = async {
             use tokio::io::AsyncWriteExt;
@@ -406,7 +435,7 @@ impl Session {
                 Some(e) => Err(classify_error(Stage::Data, &e)),
             }
         };
-        let outcome = tokio::time::timeout_at(deadline, data).await;
+        let outcome = within(&mut self.timer, deadline, data).await;
         // The final dot is the last thing written: before it is out the server
         // cannot have the whole message, so a failure is an ordinary one. Once
         // it is out, without its reply the message may have been accepted
@@ -440,13 +469,17 @@ impl Session {
         cmds: &[u8],
         s: &SmtpSettings,
     ) -> Result<(), (Failure, Afterwards)> {
-        let (replies, err) =
-            match tokio::time::timeout(s.command_timeout, pipeline(&mut self.client.stream, cmds))
-                .await
-            {
-                Ok(r) => r,
-                Err(_) => return Err((timeout(Stage::MailFrom), Afterwards::Broken)),
-            };
+        let deadline = Instant::now() + s.command_timeout;
+        let (replies, err) = match within(
+            &mut self.timer,
+            deadline,
+            pipeline(&mut self.client.stream, cmds),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => return Err((timeout(Stage::MailFrom), Afterwards::Broken)),
+        };
         let mut replies = replies.into_iter();
         let (mail, rcpt, data) = (replies.next(), replies.next(), replies.next());
         // A server that closes after refusing (421) answers fewer commands:
@@ -1281,6 +1314,82 @@ mod tests {
             line(&env, MailParams { dsn: true, ..none }),
             "MAIL FROM:<s@a.example> RET=HDRS\r\n"
         );
+    }
+
+    /// A server that answers the first message and then stops answering:
+    /// at the final dot (`at_dot`), or at the envelope of the next one.
+    async fn stalling(at_dot: bool) -> u16 {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (sock, _) = l.accept().await.unwrap();
+            let (r, mut w) = sock.into_split();
+            let mut r = tokio::io::BufReader::new(r);
+            w.write_all(b"220 test ESMTP\r\n").await.unwrap();
+            let (mut line, mut dots) = (String::new(), 0);
+            let mut in_data = false;
+            loop {
+                line.clear();
+                if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                let reply: &[u8] = if in_data {
+                    if line != ".\r\n" {
+                        continue;
+                    }
+                    in_data = false;
+                    dots += 1;
+                    if at_dot && dots == 2 {
+                        // Holds the connection, says nothing.
+                        std::future::pending::<()>().await;
+                    }
+                    b"250 2.0.0 queued\r\n"
+                } else if line.starts_with("EHLO") {
+                    b"250-test\r\n250 PIPELINING\r\n"
+                } else if line.starts_with("DATA") {
+                    in_data = true;
+                    b"354 go\r\n"
+                } else if !at_dot && dots == 1 {
+                    std::future::pending::<()>().await;
+                    continue;
+                } else {
+                    b"250 ok\r\n"
+                };
+                w.write_all(reply).await.unwrap();
+            }
+        });
+        port
+    }
+
+    /// The session's one timer, moved from step to step, still ends each
+    /// step at its own deadline: after a message that went through, a
+    /// silence after the final dot is in doubt (`data_timeout`), a silence
+    /// at the envelope is a broken connection (`command_timeout`).
+    #[tokio::test]
+    async fn each_step_times_out_on_the_reused_timer() {
+        for at_dot in [true, false] {
+            let mut s = settings("127.0.0.1", Security::None, false);
+            s.port = stalling(at_dot).await;
+            s.credentials = None;
+            s.command_timeout = Duration::from_millis(300);
+            s.data_timeout = Duration::from_millis(600);
+            let tls = mail_send::smtp::tls::build_tls_connector(false).unwrap();
+            let mut session = Session::connect(Arc::new(s), &tls).await.unwrap();
+            let env = envelope("s@a.example", "r@b.example", b"Subject: x\r\n\r\nhi\r\n");
+            session.send(&env).await.unwrap();
+            let started = std::time::Instant::now();
+            let (f, after) = session.send(&env).await.unwrap_err();
+            let took = started.elapsed();
+            assert_eq!(f.category, Category::ReadTimeout, "{f:?}");
+            if at_dot {
+                assert_eq!((f.stage, after), (Stage::Data, Afterwards::InDoubt));
+                assert!(took >= Duration::from_millis(600), "{took:?}");
+            } else {
+                assert_eq!((f.stage, after), (Stage::MailFrom, Afterwards::Broken));
+                assert!(took >= Duration::from_millis(300), "{took:?}");
+            }
+        }
     }
 
     #[test]
