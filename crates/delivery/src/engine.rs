@@ -904,8 +904,11 @@ async fn run(
                 None => queue_open = false,
             },
             _ = freed.notified() => {}
-            _ = tokio::time::sleep_until(rate_due.unwrap_or_else(Instant::now)), if rate_due.is_some() => {}
-            _ = tokio::time::sleep_until(quota_until.unwrap_or_else(Instant::now)), if quota_until.is_some() => {
+            // In `async` blocks: a disabled branch's expression is still
+            // evaluated at every pass, and a `Sleep` made for nothing reads
+            // the clock and clones the runtime's handle.
+            _ = async { tokio::time::sleep_until(rate_due.unwrap_or_else(Instant::now)).await }, if rate_due.is_some() => {}
+            _ = async { tokio::time::sleep_until(quota_until.unwrap_or_else(Instant::now)).await }, if quota_until.is_some() => {
                 let over = shared
                     .paused_until
                     .lock()
