@@ -850,6 +850,12 @@ async fn run(
     }
     let freed = disp.freed();
     let mut stop = shared.stop.subscribe();
+    // Kept across the passes of the `select!` below, not made anew at each:
+    // each one registers a waiter (a lock) when first polled and removes it
+    // (another) when dropped, twice a message or so. `freed_wait` is made
+    // anew once it fired; `stop_wait` is not polled again once it did.
+    let mut freed_wait = Box::pin(freed.notified());
+    let mut stop_wait = Box::pin(stopped(&mut stop));
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     // The queue is closed and empty.
     let mut queue_open = true;
@@ -903,7 +909,7 @@ async fn run(
                 Some(env) => disp.offer(env),
                 None => queue_open = false,
             },
-            _ = freed.notified() => {}
+            _ = &mut freed_wait => freed_wait.set(freed.notified()),
             // In `async` blocks: a disabled branch's expression is still
             // evaluated at every pass, and a `Sleep` made for nothing reads
             // the clock and clones the runtime's handle.
@@ -919,7 +925,7 @@ async fn run(
                     shared.emit(DeliveryEvent::Notice(Notice::Resumed)).await;
                 }
             }
-            _ = stopped(&mut stop), if !ending => {
+            _ = &mut stop_wait, if !ending => {
                 ending = true;
                 disp.release_waiters();
             }

@@ -663,8 +663,15 @@ fn push_decimal(out: &mut String, mut n: u64) {
 fn push_envid(out: &mut Vec<u8>, message_id: &str) -> bool {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let start = out.len();
+    let plain = |b: u8| (33..=126).contains(&b) && b != b'+' && b != b'=';
+    if message_id.bytes().all(plain) {
+        // Edm's own Message-IDs: nothing to encode.
+        out.extend_from_slice(message_id.as_bytes());
+        let n = message_id.len();
+        return n > 0 && n <= 100;
+    }
     for b in message_id.bytes() {
-        if (33..=126).contains(&b) && b != b'+' && b != b'=' {
+        if plain(b) {
             out.push(b);
         } else {
             out.extend_from_slice(&[b'+', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
@@ -686,7 +693,11 @@ fn needs_smtputf8(env: &Envelope) -> Option<&'static str> {
     } else if !env.mail_from.is_ascii() {
         Some("the sender address has a non-ASCII local part and")
     } else {
-        let end = memchr::memmem::find(&env.body, b"\r\n\r\n").unwrap_or(env.body.len());
+        // One searcher for every message (building one costs more than the
+        // search through a header section).
+        static BLANK_LINE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+            std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\r\n\r\n"));
+        let end = BLANK_LINE.find(&env.body).unwrap_or(env.body.len());
         (!env.body[..end].is_ascii()).then_some("a header holds non-ASCII text and")
     }
 }
