@@ -20,9 +20,9 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use edm_delivery::{
-    ApiKey, Credentials, DeliveryConfig, DomainLimit, EngineEnd, PoolMember, PoolTransport,
-    ResendSettings, ResendTransport, RetryPolicy, Security, SesSettings, SesTransport,
-    SmtpSettings, SmtpTransport, Transport, Verdict,
+    ApiKey, Credentials, DeliveryConfig, DomainLimit, EngineEnd, IdHasher, PoolMember,
+    PoolTransport, ResendSettings, ResendTransport, RetryPolicy, Security, SesSettings,
+    SesTransport, SmtpSettings, SmtpTransport, Transport, Verdict,
 };
 use edm_model::{
     Attempt, Control, DeliveryEvent, Failure, Notice, Progress, ProgressFold, RecipientId,
@@ -692,7 +692,7 @@ enum Fed {
 /// them retries: the feeder's in-flight count is what it handed out minus
 /// these. Published by the outcome loop after the outcome is queued to the
 /// writer, so the daily quota never undercounts.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 struct Settled {
     all: u64,
     retries: u64,
@@ -820,7 +820,7 @@ async fn run(
     };
     let mut counts = RunCounts::default();
     let mut settled = Settled::default();
-    let mut claimed: HashSet<RecipientId> = HashSet::new();
+    let mut claimed = Claimed::default();
     let mut publish = tokio::time::interval(PUBLISH_EVERY);
     publish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Several workers: the campaign's counts from the store every
@@ -897,37 +897,61 @@ async fn run(
             }
             Some(f) = fed_rx.recv() => fed(&mut fold, &mut claimed, &mut counts, f),
             ev = ev_rx.recv() => {
-                let Some(ev) = ev else { break };
-                if let Some(id) = ev.id() {
-                    claimed.remove(&id);
-                }
-                // The reputation breaker sees every acceptance and every
-                // refusal of an unknown mailbox, by domain.
-                let seen = match &ev {
-                    DeliveryEvent::Accepted { domain, .. } => Some((domain.as_str(), false)),
-                    DeliveryEvent::Rejected { failure, domain, .. }
-                        if failure.category == edm_model::Category::RecipientUnknown =>
-                    {
-                        Some((domain.as_str(), true))
+                let Some(mut ev) = ev else { break };
+                // The events already queued are taken in the same turn (up
+                // to `EVENT_BATCH`), each after the feeder's claims so far: a
+                // claim is still folded before any event about it (the
+                // feeder says so before it queues the envelope). One pass of
+                // the `select!` and one wake-up of the feeder per batch
+                // instead of one per message.
+                let mut taken = 0;
+                let settled_before = settled;
+                loop {
+                    if let Some(id) = ev.id() {
+                        claimed.remove(&id);
                     }
-                    _ => None,
-                };
-                if let Some((domain, hard)) = seen
-                    && let Some(trip) = reputation.observe(domain, hard)
-                {
-                    reputation_stop(&mut fold, &stop_tx, &engine_control, &trip);
-                    tripped = Some(trip);
+                    // The reputation breaker sees every acceptance and every
+                    // refusal of an unknown mailbox, by domain.
+                    let seen = match &ev {
+                        DeliveryEvent::Accepted { domain, .. } => Some((domain.as_str(), false)),
+                        DeliveryEvent::Rejected { failure, domain, .. }
+                            if failure.category == edm_model::Category::RecipientUnknown =>
+                        {
+                            Some((domain.as_str(), true))
+                        }
+                        _ => None,
+                    };
+                    if let Some((domain, hard)) = seen
+                        && let Some(trip) = reputation.observe(domain, hard)
+                    {
+                        reputation_stop(&mut fold, &stop_tx, &engine_control, &trip);
+                        tripped = Some(trip);
+                    }
+                    let retry = event_attempt(&ev).is_some_and(|a| a.retry);
+                    let is_envelope = ev.id().is_some();
+                    outcomes.handle(&writer, &mut fold, &mut counts, ev).await;
+                    if let Some(m) = &membership {
+                        m.sent.store(counts.sent, std::sync::atomic::Ordering::Relaxed);
+                        m.failed.store(counts.failed, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    if is_envelope {
+                        settled.all += 1;
+                        settled.retries += u64::from(retry);
+                    }
+                    taken += 1;
+                    if taken == EVENT_BATCH {
+                        break;
+                    }
+                    while let Ok(f) = fed_rx.try_recv() {
+                        fed(&mut fold, &mut claimed, &mut counts, f);
+                    }
+                    match ev_rx.try_recv() {
+                        Ok(next) => ev = next,
+                        // Empty, or closed: the next `recv` says which.
+                        Err(_) => break,
+                    }
                 }
-                let retry = event_attempt(&ev).is_some_and(|a| a.retry);
-                let is_envelope = ev.id().is_some();
-                outcomes.handle(&writer, &mut fold, &mut counts, ev).await;
-                if let Some(m) = &membership {
-                    m.sent.store(counts.sent, std::sync::atomic::Ordering::Relaxed);
-                    m.failed.store(counts.failed, std::sync::atomic::Ordering::Relaxed);
-                }
-                if is_envelope {
-                    settled.all += 1;
-                    settled.retries += u64::from(retry);
+                if settled != settled_before {
                     settled_tx.send_replace(settled);
                 }
             }
@@ -1074,13 +1098,12 @@ fn event_attempt(ev: &DeliveryEvent) -> Option<&Attempt> {
     }
 }
 
+/// The recipients claimed and not yet settled, by row id (an insert and a
+/// remove per message: hashed with [`IdHasher`], not SipHash).
+type Claimed = HashSet<RecipientId, std::hash::BuildHasherDefault<IdHasher>>;
+
 /// Folds what the feeder says.
-fn fed(
-    fold: &mut ProgressFold,
-    claimed: &mut HashSet<RecipientId>,
-    counts: &mut RunCounts,
-    f: Fed,
-) {
+fn fed(fold: &mut ProgressFold, claimed: &mut Claimed, counts: &mut RunCounts, f: Fed) {
     match f {
         Fed::Claimed(id, attempt) => {
             claimed.insert(id);
@@ -1248,6 +1271,10 @@ impl Outcomes {
         fold.apply(&ev, recorded, now);
     }
 }
+
+/// Events the outcome loop takes in one turn at most, so that the progress
+/// tick and the operator's controls still come between batches.
+const EVENT_BATCH: usize = 64;
 
 enum FeedEnd {
     Crashed(String),

@@ -27,6 +27,38 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+/// A map keyed by an id the program made (a task's, a recipient's row id):
+/// the ids are not chosen by anyone who could collide them on purpose, so
+/// SipHash's protection is not needed, and its ~400 instructions per
+/// lookup were paid four times per message (issue 11).
+pub type IdHashMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<IdHasher>>;
+
+/// The hasher of [`IdHashMap`]: one multiplication per integer written
+/// (Fibonacci hashing; the high bits, which hashbrown uses, spread
+/// consecutive ids).
+#[derive(Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
+    fn write_i64(&mut self, n: i64) {
+        self.write_u64(n as u64);
+    }
+}
+
 /// How many of the instants fall in the observation window ending at `now`.
 fn in_window(times: &std::collections::VecDeque<Instant>, now: Instant) -> usize {
     times
@@ -350,7 +382,7 @@ pub(crate) struct Shared {
     pub(crate) stopped_by: Mutex<Option<String>>,
     /// The envelope each worker task holds, so a panicking worker's envelope
     /// goes back to pending.
-    pub(crate) holding: Mutex<HashMap<tokio::task::Id, edm_model::RecipientId>>,
+    pub(crate) holding: Mutex<IdHashMap<tokio::task::Id, edm_model::RecipientId>>,
     /// This worker's share of the campaign's limits ([`Control::SetShare`]),
     /// as `f64` bits: 1.0 unless several workers share the campaign.
     pub(crate) share: AtomicU64,
@@ -777,7 +809,7 @@ pub fn start_with(
         early: Mutex::new(Early::default()),
         streak: Mutex::new(Streak::default()),
         stopped_by: Mutex::new(None),
-        holding: Mutex::new(HashMap::new()),
+        holding: Mutex::new(IdHashMap::default()),
         share: AtomicU64::new(1.0f64.to_bits()),
         cfg,
     });
@@ -818,6 +850,12 @@ async fn run(
     }
     let freed = disp.freed();
     let mut stop = shared.stop.subscribe();
+    // Kept across the passes of the `select!` below, not made anew at each:
+    // each one registers a waiter (a lock) when first polled and removes it
+    // (another) when dropped, twice a message or so. `freed_wait` is made
+    // anew once it fired; `stop_wait` is not polled again once it did.
+    let mut freed_wait = Box::pin(freed.notified());
+    let mut stop_wait = Box::pin(stopped(&mut stop));
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     // The queue is closed and empty.
     let mut queue_open = true;
@@ -871,9 +909,12 @@ async fn run(
                 Some(env) => disp.offer(env),
                 None => queue_open = false,
             },
-            _ = freed.notified() => {}
-            _ = tokio::time::sleep_until(rate_due.unwrap_or_else(Instant::now)), if rate_due.is_some() => {}
-            _ = tokio::time::sleep_until(quota_until.unwrap_or_else(Instant::now)), if quota_until.is_some() => {
+            _ = &mut freed_wait => freed_wait.set(freed.notified()),
+            // In `async` blocks: a disabled branch's expression is still
+            // evaluated at every pass, and a `Sleep` made for nothing reads
+            // the clock and clones the runtime's handle.
+            _ = async { tokio::time::sleep_until(rate_due.unwrap_or_else(Instant::now)).await }, if rate_due.is_some() => {}
+            _ = async { tokio::time::sleep_until(quota_until.unwrap_or_else(Instant::now)).await }, if quota_until.is_some() => {
                 let over = shared
                     .paused_until
                     .lock()
@@ -884,7 +925,7 @@ async fn run(
                     shared.emit(DeliveryEvent::Notice(Notice::Resumed)).await;
                 }
             }
-            _ = stopped(&mut stop), if !ending => {
+            _ = &mut stop_wait, if !ending => {
                 ending = true;
                 disp.release_waiters();
             }
@@ -912,6 +953,12 @@ async fn run(
             disp.release_waiters();
             continue;
         }
+        // Every ask already there, in this turn: with 32 workers several
+        // come at once, and a pass of the `select!` above (its futures made
+        // and polled anew) costs more than the ask itself.
+        while let Ok(ask) = want.try_recv() {
+            disp.want(ask);
+        }
         let paused = *shared.paused.borrow()
             || shared
                 .paused_until
@@ -920,6 +967,22 @@ async fn run(
                 .unwrap_or(false);
         if !paused {
             disp.pump();
+            // Envelopes already queued, one at a time while a worker waits
+            // for one (as the `jobs` branch takes them: never more parked).
+            while queue_open && disp.wants_more() {
+                match jobs.try_recv() {
+                    Ok(env) => {
+                        disp.offer(env);
+                        disp.pump();
+                    }
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => queue_open = false,
+                }
+            }
+            if !queue_open && disp.parked_is_empty() {
+                ending = true;
+                disp.release_waiters();
+            }
         }
     }
     let _ = status.send(snapshot(&shared));
@@ -1039,5 +1102,29 @@ pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
     if !ok {
         // The sender is gone: the engine is over.
         std::future::pending::<()>().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ids of a run (consecutive row ids, task ids) land in different
+    /// buckets: the top 7 bits (hashbrown's tag) and the low bits differ
+    /// among neighbours, and the map finds every one.
+    #[test]
+    fn id_hashes_spread_consecutive_ids() {
+        use std::hash::BuildHasher;
+        let b = std::hash::BuildHasherDefault::<IdHasher>::default();
+        let hashes: Vec<u64> = (1..=1000i64).map(|i| b.hash_one(RecipientId(i))).collect();
+        let tags: std::collections::HashSet<u64> = hashes.iter().map(|h| h >> 57).collect();
+        let lows: std::collections::HashSet<u64> = hashes.iter().map(|h| h & 1023).collect();
+        assert!(tags.len() > 100, "{}", tags.len());
+        assert!(lows.len() > 600, "{}", lows.len());
+        let mut m = IdHashMap::default();
+        for i in 0..10_000i64 {
+            m.insert(RecipientId(i), i);
+        }
+        assert!((0..10_000i64).all(|i| m.get(&RecipientId(i)) == Some(&i)));
     }
 }

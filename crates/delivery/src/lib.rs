@@ -39,7 +39,8 @@ pub mod transport;
 mod worker;
 
 pub use engine::{
-    DeliveryConfig, DomainLimit, Engine, EngineEnd, EngineStatus, Error, start, start_with,
+    DeliveryConfig, DomainLimit, Engine, EngineEnd, EngineStatus, Error, IdHashMap, IdHasher,
+    start, start_with,
 };
 pub use outbound::classify::{DIALECTS, Dialect, ReplyRef, classify_error, classify_reply};
 pub use outbound::pool::{PoolMember, PoolTransport};

@@ -112,22 +112,29 @@ pub(crate) async fn worker(id: usize, shared: Arc<Shared>) {
         };
 
         // The domain's limits were taken with the job; now the global rate.
-        tokio::select! {
-            _ = shared.gate.acquire() => {}
-            _ = stopped(&mut stop) => {
-                shared.emit(DeliveryEvent::Returned { id: env.id }).await;
-                shared.release_hold();
-                break;
+        // A free slot (always, unlimited) is taken without the `select!`:
+        // watching the stop costs a waiter on its channel, registered and
+        // removed again, for every message.
+        let free = !shared.stopping() && shared.gate.try_acquire();
+        if !free {
+            tokio::select! {
+                _ = shared.gate.acquire() => {}
+                _ = stopped(&mut stop) => {
+                    shared.emit(DeliveryEvent::Returned { id: env.id }).await;
+                    shared.release_hold();
+                    break;
+                }
             }
         }
 
         // The mark is asked for now and committed while the envelope
         // commands go out; the final dot waits for it.
-        let mark_failed = Arc::new(std::sync::Mutex::new(None::<String>));
+        // Borrowed by the mark's future for the one send (no `Arc`).
+        let mark_failed = std::sync::Mutex::new(None::<String>);
         let before_dot: BoxFuture<'_, Result<(), String>> = match &shared.cfg.marker {
             Some(m) => {
                 let fut = m.mark(env.id);
-                let failed = mark_failed.clone();
+                let failed = &mark_failed;
                 Box::pin(async move {
                     let r = fut.await;
                     if let (Err(e), Ok(mut f)) = (&r, failed.lock()) {
@@ -147,8 +154,11 @@ pub(crate) async fn worker(id: usize, shared: Arc<Shared>) {
         shared.in_flight.fetch_sub(1, Ordering::Relaxed);
         shared.relay_in_flight(&relay, false);
         // A pool picks its member inside `send`: ask again, so the events
-        // name the member that answered.
-        let relay = shared.relay_of(sess.as_ref()).to_string();
+        // name the member that answered (a new string only if it changed).
+        let relay = match shared.relay_of(sess.as_ref()) {
+            now if now == relay => relay,
+            now => now.to_string(),
+        };
         let mark_error = mark_failed.lock().ok().and_then(|mut f| f.take());
         if let Some(e) = mark_error {
             // Not sent (no final dot): back to pending, and the run stops.

@@ -346,3 +346,23 @@ async fn a_panicking_worker_ends_the_run_without_a_hang() {
     );
     assert!(stop_notice(&events).is_some_and(|n| n.contains("internal error")));
 }
+
+/// A store that cannot write the durable mark: nothing may be accepted
+/// (the final dot waits for the mark and is never sent), the run ends with
+/// the store's reason, and every envelope goes back.
+#[tokio::test]
+async fn a_mark_that_fails_sends_no_final_dot_and_stops_the_run() {
+    struct Failing;
+    impl edm_delivery::Marker for Failing {
+        fn mark(&self, _id: RecipientId) -> edm_delivery::BoxFuture<'static, Result<(), String>> {
+            Box::pin(async { Err("disk full".to_string()) })
+        }
+    }
+    let sink = sink(&[]).await;
+    let mut cfg = config("127.0.0.1", sink.local_addr().port());
+    cfg.marker = Some(std::sync::Arc::new(Failing));
+    let (events, end) = run(cfg, &rcpts("m", 5)).await;
+    assert_eq!(end, EngineEnd::MarkFailed("disk full".into()));
+    assert_eq!(tally(&events), (0, 0, 5, 0, 0), "{events:#?}");
+    assert_eq!(sink.accepted(), 0);
+}
