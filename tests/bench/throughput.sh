@@ -8,7 +8,9 @@
 # Env: N (recipients, 4 KB messages, default 20000), BIG (recipients, 1 KB
 # messages, default 200000; 0 skips part c), CONC (connections, default 32),
 # REPS (repetitions of a and b, interleaved, medians reported; default 3),
-# LIMIT_S (time limit per edm run, default 900), EDM (binary), KEEP=1 (keep temp dir).
+# LIMIT_S (time limit per edm run, default 900), EDM (binary), KEEP=1 (keep temp dir),
+# DKIM (ed25519 or rsa2048: campaign a signs with that test key of
+# crates/template/tests/keys; default none).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -54,6 +56,17 @@ run_edm() {
 # ---- (a) and (b), interleaved REPS times; the medians are reported
 median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 make_campaign "$BENCH_TMP/a" "$N" 4k "$PORT" "concurrency = $CONC"
+case ${DKIM:-none} in
+none) ;;
+ed25519 | rsa2048)
+    cp "$BENCH_ROOT/crates/template/tests/keys/$DKIM.pem" "$BENCH_TMP/a/dkim.pem"
+    alg=rsa && [ "$DKIM" = ed25519 ] && alg=ed25519
+    printf '\n[dkim]\nselector = "s1"\ndomain = "sender.example.com"\nkey_file = "dkim.pem"\nalgorithm = "%s"\n' \
+        "$alg" >>"$BENCH_TMP/a/campaign.toml"
+    echo "campaign a signs with DKIM ($DKIM, test key)"
+    ;;
+*) echo "DKIM must be none, ed25519 or rsa2048" >&2 && exit 2 ;;
+esac
 A_RATES=() A_ACTIVES=() B_RATES=() A_RSSES=() A_CPUS=() A_OK=1
 for rep in $(seq 1 "$REPS"); do
     echo "== (a) edm send: $N recipients, ~4 KB, concurrency $CONC, rate unlimited (run $rep/$REPS)"
