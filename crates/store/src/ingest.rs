@@ -247,6 +247,9 @@ impl Store {
     /// attempted for (see [`Store::ever_attempted`]): the caller checks.
     /// Returns how many rows were deleted.
     pub fn discard_recipients(&mut self) -> Result<u64> {
+        // The tallies are emptied below: nothing of the rows may stay kept
+        // back to be added to them later.
+        self.flush_domain_tally()?;
         let path = self.path.clone();
         let tx = self
             .conn

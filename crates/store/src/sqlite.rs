@@ -75,6 +75,7 @@ impl CampaignStore for Store {
         Store::record_and_mark(self, outcomes, marks)
     }
     fn finish_run(&mut self) -> Result<()> {
+        Store::flush_domain_tally(self)?;
         Store::index_message_ids(self)
     }
     fn reset_for_retry(&mut self, statuses: &[Status], categories: &[Category]) -> Result<u64> {

@@ -10,6 +10,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use crate::error::{AtPath, Error, Result};
 use crate::schema;
+use crate::tally;
 use crate::types::Durability;
 
 /// How long a statement waits for another connection's lock before failing.
@@ -32,6 +33,8 @@ pub struct Store {
     /// Recipients sent since the last [`Store::index_message_ids`] by this
     /// connection: their Message-IDs wait in `mid_pending` (schema 8).
     pub(crate) mid_waiting: u64,
+    /// `domain_tally` changes of the run kept back (issue 11, [`tally::Behind`]).
+    pub(crate) behind: tally::Behind,
 }
 
 impl std::fmt::Debug for Store {
@@ -40,6 +43,17 @@ impl std::fmt::Debug for Store {
             .field("path", &self.path)
             .field("locked", &self.run_lock.is_some())
             .finish()
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // A run that ends without `finish_run` still leaves `domain_tally`
+        // right; if this fails, the flag left set makes the next open
+        // count the domains from the rows.
+        if let Err(e) = self.flush_domain_tally() {
+            tracing::warn!(error = %e, "cannot write the domain tallies kept back");
+        }
     }
 }
 
@@ -93,7 +107,28 @@ impl Store {
             path,
             run_lock: None,
             mid_waiting: 0,
+            behind: tally::Behind::default(),
         };
+        if store.domains_behind()? && !store.lock_held_elsewhere()? {
+            // A writer died with domain changes in memory: count them from
+            // the rows before anything reads them. Under the run lock, so no
+            // writer starts keeping changes back meanwhile.
+            let lock = store.lock_path();
+            let mut file = private_options()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&lock)
+                .map_err(|source| Error::Io {
+                    path: lock.clone(),
+                    source,
+                })?;
+            if file.try_lock().is_ok() {
+                tally::recount_domains(&store.conn, &store.path)?;
+                let _ = file.flush();
+            }
+        }
         if migrated.created {
             store.set_meta("created_at", &edm_model::now_ms().to_string())?;
         }
@@ -120,6 +155,7 @@ impl Store {
             path,
             run_lock: None,
             mid_waiting: 0,
+            behind: tally::Behind::default(),
         })
     }
 
@@ -180,6 +216,54 @@ impl Store {
         writeln!(file, "{pid}").map_err(io)?;
         file.flush().map_err(io)?;
         self.run_lock = Some(file);
+        // No other writer now: changes a dead one kept back are counted from
+        // the rows, and this one may keep its own back.
+        if self.domains_behind()? {
+            tally::recount_domains(&self.conn, &self.path)?;
+        }
+        self.behind.enabled = true;
+        Ok(())
+    }
+
+    /// `domain_tally` is behind the rows on disk ([`tally::BEHIND_META`]):
+    /// a writer keeps changes back, or died with some.
+    pub(crate) fn domains_behind(&self) -> Result<bool> {
+        Ok(self.meta(tally::BEHIND_META)?.is_some())
+    }
+
+    /// Another open file holds the run lock: a live writer (the OS frees
+    /// it when its process dies). A missing lock file is no writer.
+    pub(crate) fn lock_held_elsewhere(&self) -> Result<bool> {
+        if self.run_lock.is_some() {
+            return Ok(false);
+        }
+        let lock = self.lock_path();
+        let file = match File::open(&lock) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(source) => return Err(Error::Io { path: lock, source }),
+        };
+        match file.try_lock_shared() {
+            Ok(()) => Ok(false),
+            Err(TryLockError::WouldBlock) => Ok(true),
+            Err(TryLockError::Error(source)) => Err(Error::Io { path: lock, source }),
+        }
+    }
+
+    /// Writes the `domain_tally` changes the run kept back (end of run; also
+    /// done when the store is dropped).
+    pub fn flush_domain_tally(&mut self) -> Result<()> {
+        if self.behind.is_empty() {
+            return Ok(());
+        }
+        let path = self.path.clone();
+        let tx = crate::write::Hot::begin(&self.conn, &path)?;
+        self.behind.due();
+        let staged = self
+            .behind
+            .stage(&tx, &path, &mut tally::Deltas::default())?;
+        tx.commit(&path)?;
+        self.behind.committed(staged);
         Ok(())
     }
 

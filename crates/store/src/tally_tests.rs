@@ -56,6 +56,14 @@ enum Op {
         kind: u8,
     },
     Discard,
+    /// The run's writer's next hot commit writes the `domain_tally`
+    /// changes it kept back (its half-second tick).
+    Tick,
+    /// The writer dies: what it kept back is lost, the store is dropped
+    /// without writing it, read by another process, then opened again.
+    Crash,
+    /// The end of the run (`finish_run`).
+    Finish,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -70,6 +78,9 @@ fn op() -> impl Strategy<Value = Op> {
         1 => prop::collection::vec(any::<u8>(), 1..4).prop_map(Op::Skip),
         1 => (any::<u8>(), 0u8..3).prop_map(|(pick, kind)| Op::Late { pick, kind }),
         1 => Just(Op::Discard),
+        2 => Just(Op::Tick),
+        1 => Just(Op::Crash),
+        1 => Just(Op::Finish),
     ]
 }
 
@@ -252,6 +263,9 @@ fn run<S: CampaignStore>(store: &mut S, op: &Op, step: u64, next_line: &mut u64)
             store.discard_recipients().unwrap();
             store.begin_ingest(&format!("csv-{step}")).unwrap();
         }
+        Op::Finish => store.finish_run().unwrap(),
+        // The SQLite store's own (the proptest's loop).
+        Op::Tick | Op::Crash => {}
     }
 }
 
@@ -299,7 +313,9 @@ fn check_counts<S: CampaignStore>(store: &S, after: &Op) {
     assert_eq!(answered, domains, "after {after:?}");
 }
 
-/// SQLite's tally tables equal a `GROUP BY` over the rows, key by key.
+/// SQLite's tally tables equal a `GROUP BY` over the rows, key by key;
+/// `domain_tally` with what the run's writer keeps back in memory added
+/// (lost or written twice, it would differ).
 fn check_tables(store: &Store, after: &Op) {
     let rows = |sql: &str| -> Vec<(String, String, i64, i64)> {
         let mut st = store.conn.prepare(sql).unwrap();
@@ -316,14 +332,49 @@ fn check_tables(store: &Store, after: &Op) {
         ),
         "tally after {after:?}"
     );
+    let mut table: BTreeMap<(String, String), i64> = BTreeMap::new();
+    for (domain, status, _, n) in rows("SELECT domain, status, 0, n FROM domain_tally") {
+        *table.entry((domain, status)).or_default() += n;
+    }
+    for domain in DOMAINS {
+        for status in ["sent", "failed", "deferred", "other"] {
+            let kept = store.behind.kept(domain, status);
+            if kept != 0 {
+                *table
+                    .entry((domain.to_string(), status.to_string()))
+                    .or_default() += kept;
+            }
+        }
+    }
+    let table: Vec<(String, String, i64, i64)> = table
+        .into_iter()
+        .filter(|(_, n)| *n != 0)
+        .map(|((d, s), n)| (d, s, 0, n))
+        .collect();
     assert_eq!(
-        rows("SELECT domain, status, 0, n FROM domain_tally WHERE n != 0 ORDER BY 1, 2"),
+        table,
         rows(&format!(
             "SELECT domain, {}, 0, count(*) FROM recipients GROUP BY 1, 2 ORDER BY 1, 2",
             crate::tally::DOMAIN_STATUS_SQL
         )),
-        "domain_tally after {after:?}"
+        "domain_tally (with what is kept back) after {after:?}"
     );
+    // The flag is on disk whenever something is kept back.
+    if !store.behind.is_empty() {
+        assert!(store.domains_behind().unwrap(), "flag after {after:?}");
+    }
+}
+
+/// Opens the proptest's store as the run's writer does (the run lock), with
+/// `domain_tally` changes kept back until a `Tick`, `Finish` or `Discard`.
+fn open_writer(db: &std::path::Path) -> Store {
+    let mut store = Store::open(db, Durability::Normal).unwrap();
+    // Opened again after a "crash": counted from the rows, nothing behind.
+    assert!(!store.domains_behind().unwrap());
+    check_tables(&store, &Op::Crash);
+    store.lock_for_run(std::process::id()).unwrap();
+    store.behind.at_most = std::time::Duration::from_secs(3600);
+    store
 }
 
 proptest! {
@@ -332,17 +383,103 @@ proptest! {
     #[test]
     fn tallies_follow_every_operation(ops in prop::collection::vec(op(), 1..60)) {
         let dir = tempfile::tempdir().unwrap();
-        let mut sqlite = Store::open(dir.path().join("t.db"), Durability::Normal).unwrap();
+        let db = dir.path().join("t.db");
+        let mut sqlite = open_writer(&db);
         let mut memory = MemoryStore::new();
         let (mut line_s, mut line_m) = (1, 1);
         sqlite.begin_ingest("csv-0").unwrap();
         memory.begin_ingest("csv-0").unwrap();
         for (step, op) in ops.iter().enumerate() {
+            match op {
+                Op::Tick => sqlite.behind.due(),
+                Op::Crash => {
+                    // Nothing kept back reaches the file, as when the
+                    // process dies (the drop would write it).
+                    sqlite.behind.lose();
+                    drop(sqlite);
+                    // Another process reads before any writable open:
+                    // counted from the rows, not from the stale table.
+                    let reader = Store::open_read_only(&db).unwrap();
+                    check_counts(&reader, op);
+                    drop(reader);
+                    sqlite = open_writer(&db);
+                }
+                _ => {}
+            }
             run(&mut sqlite, op, step as u64, &mut line_s);
             run(&mut memory, op, step as u64, &mut line_m);
             check_tables(&sqlite, op);
             check_counts(&sqlite, op);
             check_counts(&memory, op);
         }
+        // The end of the run leaves the table itself right.
+        sqlite.finish_run().unwrap();
+        assert!(sqlite.behind.is_empty());
+        assert!(!sqlite.domains_behind().unwrap());
+        check_tables(&sqlite, &Op::Finish);
     }
+}
+
+/// A writer that died with `domain_tally` changes kept back: a reader in
+/// another process counts them from the rows, and the next writable open
+/// counts the table again before anything reads it.
+#[test]
+fn domain_changes_kept_back_by_a_dead_writer_are_counted_from_the_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("t.db");
+    let mut store = Store::open(&db, Durability::Normal).unwrap();
+    store.begin_ingest("csv-0").unwrap();
+    let rows: Vec<NewRow> = (0..3)
+        .map(|i| NewRow {
+            line: i + 2,
+            email: format!("r{i}@a.example"),
+            values: vec![],
+            status: Status::Pending,
+            category: None,
+            reason: None,
+            duplicate_of: None,
+        })
+        .collect();
+    store.insert_rows(&rows).unwrap();
+    store.lock_for_run(std::process::id()).unwrap();
+    store.behind.at_most = std::time::Duration::from_secs(3600);
+    let claimed = store.claim(3, 1_000).unwrap();
+    let sent: Vec<Outcome> = claimed[..2]
+        .iter()
+        .map(|r| Outcome {
+            id: r.id,
+            at: 1_000,
+            kind: kind(0, 0, 1_000),
+        })
+        .collect();
+    store.record(&sent).unwrap();
+    let sent_in_table = |s: &Store| -> i64 {
+        s.conn
+            .query_row(
+                "SELECT coalesce(sum(n), 0) FROM domain_tally WHERE status = 'sent'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    // Kept back: the table is behind, the flag says so, the writer's own
+    // reads are right.
+    assert_eq!(sent_in_table(&store), 0);
+    assert!(store.domains_behind().unwrap());
+    assert_eq!(store.domain_counts(1).unwrap()[0].1.sent, 2);
+    // While the writer lives, another process reads the table (at most
+    // half a second behind).
+    let reader = Store::open_read_only(&db).unwrap();
+    assert_eq!(reader.domain_counts(1).unwrap()[0].1.sent, 0);
+    drop(reader);
+    store.behind.lose();
+    drop(store);
+    let reader = Store::open_read_only(&db).unwrap();
+    assert_eq!(reader.domain_counts(1).unwrap()[0].1.sent, 2);
+    assert_eq!(sent_in_table(&reader), 0);
+    drop(reader);
+    let store = Store::open(&db, Durability::Normal).unwrap();
+    assert_eq!(sent_in_table(&store), 2);
+    assert!(!store.domains_behind().unwrap());
+    assert_eq!(store.domain_counts(1).unwrap()[0].1.sent, 2);
 }

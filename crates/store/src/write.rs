@@ -179,7 +179,8 @@ impl Store {
         }
         let path = self.path.clone();
         let tx = Hot::begin(&self.conn, &path)?;
-        record_in(&tx, &path, outcomes)?;
+        let mut deltas = record_in(&tx, &path, outcomes)?;
+        let staged = self.behind.stage(&tx, &path, &mut deltas)?;
         let sent = outcomes
             .iter()
             .filter(|o| matches!(o.kind, OutcomeKind::Sent { .. }))
@@ -197,6 +198,7 @@ impl Store {
                 .at(&path)?;
         }
         tx.commit(&path)?;
+        self.behind.committed(staged);
         self.mid_waiting += sent;
         if self.mid_waiting >= MID_FLUSH {
             // Committed above: a failure here is only logged (the next
@@ -314,8 +316,10 @@ impl Store {
                 });
             }
         }
-        deltas.apply(&tx, &path)?;
+        deltas.apply_tally(&tx, &path)?;
+        let staged = self.behind.stage(&tx, &path, &mut deltas)?;
         tx.commit(&path)?;
+        self.behind.committed(staged);
         Ok(claimed)
     }
 
@@ -382,7 +386,7 @@ fn record_in(
     tx: &rusqlite::Connection,
     path: &std::path::Path,
     outcomes: &[Outcome],
-) -> Result<()> {
+) -> Result<Deltas> {
     let path = path.to_path_buf();
     let mut deltas = Deltas::default();
     {
@@ -576,7 +580,10 @@ fn record_in(
             }
         }
     }
-    deltas.apply(tx, &path)
+    // `tally` exact at each commit; the domain part is the caller's
+    // ([`tally::Behind::stage`]).
+    deltas.apply_tally(tx, &path)?;
+    Ok(deltas)
 }
 
 /// Ids bound as one value, for `rarray(?)` (the `array` table of rusqlite).
