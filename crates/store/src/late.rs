@@ -214,12 +214,28 @@ impl Store {
     pub fn reputation_window(&self, limit: usize) -> Result<Vec<WindowEntry>> {
         let mut st = self
             .conn
+            // Each status through its own partial index, merged: one
+            // sorted query over both statuses read the whole table (0.5 s
+            // of a resumed 1M campaign's start, issue 11). The failed part
+            // repeats recipients_failing's WHERE so the index serves it.
             .prepare(
-                "SELECT domain, late = 'bounced' OR category = 'recipient_unknown',
-                        coalesce(late = 'complained', 0)
-                 FROM recipients
-                 WHERE status IN ('sent', 'failed') AND last_attempt_at IS NOT NULL
-                 ORDER BY last_attempt_at DESC, id DESC LIMIT ?1",
+                "SELECT domain, bad, complained FROM (
+                   SELECT * FROM (
+                     SELECT domain, late = 'bounced' OR category = 'recipient_unknown' AS bad,
+                            coalesce(late = 'complained', 0) AS complained,
+                            last_attempt_at AS at, id
+                     FROM recipients
+                     WHERE status = 'sent' AND last_attempt_at IS NOT NULL
+                     ORDER BY last_attempt_at DESC, id DESC LIMIT ?1)
+                   UNION ALL
+                   SELECT * FROM (
+                     SELECT domain, late = 'bounced' OR category = 'recipient_unknown',
+                            coalesce(late = 'complained', 0), last_attempt_at, id
+                     FROM recipients
+                     WHERE status IN ('failed', 'deferred') AND status = 'failed'
+                       AND last_attempt_at IS NOT NULL
+                     ORDER BY last_attempt_at DESC, id DESC LIMIT ?1))
+                 ORDER BY at DESC, id DESC LIMIT ?1",
             )
             .at(&self.path)?;
         st.query_map([limit_param(limit)], |r| {

@@ -724,6 +724,71 @@ pub(crate) fn late_outcomes_apply_once<S: CampaignStore>(store: &mut S) {
     assert_eq!(store.unmatched().unwrap(), vec![u]);
 }
 
+/// The reputation window merges sent and failed recipients, latest outcome
+/// first, and leaves out the others (deferred): each status is read through
+/// its own index on SQLite, so the merge must keep the order and the limit.
+pub(crate) fn reputation_window_is_the_latest_outcomes<S: CampaignStore>(store: &mut S) {
+    with_rows(store, 8);
+    let rs = store.claim_with_budget(8, 8, 500).unwrap();
+    let failed = |r: &Recipient, at, category, code| {
+        outcome(
+            r,
+            at,
+            OutcomeKind::Failed {
+                relay: String::new(),
+                failure: refusal(category, code, "refused"),
+            },
+        )
+    };
+    // Rows alternate a.example / b.example (with_rows).
+    store
+        .record(&[
+            sent(&rs[0], 1_000),
+            sent(&rs[1], 3_000),
+            sent(&rs[2], 5_000),
+            sent(&rs[3], 7_000),
+            failed(&rs[4], 2_000, Category::Policy, 550),
+            failed(&rs[5], 6_000, Category::Policy, 550),
+            failed(&rs[6], 8_000, Category::RecipientUnknown, 550),
+            outcome(
+                &rs[7],
+                9_000,
+                OutcomeKind::Deferred {
+                    relay: String::new(),
+                    failure: refusal(Category::Throttled, 451, "slow down"),
+                    next_attempt_at: 20_000,
+                    count_attempt: true,
+                },
+            ),
+        ])
+        .unwrap();
+    let seen = |limit| {
+        store
+            .reputation_window(limit)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.domain, e.hard_bounce))
+            .collect::<Vec<_>>()
+    };
+    let entry = |d: &str, hard| (d.to_string(), hard);
+    // Latest first: row 6 (failed, unknown user), 3 (sent), 5 (failed), 2 (sent).
+    assert_eq!(
+        seen(4),
+        vec![
+            entry("a.example", true),
+            entry("b.example", false),
+            entry("b.example", false),
+            entry("a.example", false),
+        ]
+    );
+    // Everything but the deferred row, oldest last (row 0, sent at 1,000).
+    let all = seen(100);
+    assert_eq!(all.len(), 7, "{all:?}");
+    assert_eq!(all[6], entry("a.example", false));
+    assert_eq!(all[5], entry("a.example", false), "row 4, failed at 2,000");
+    assert_eq!(seen(0).len(), 0);
+}
+
 /// Failed, deferred and in-doubt outcomes name their relay too (`status
 /// --json` `by_relay` counted only `sent` before); an outcome with no relay
 /// (a render failure) keeps the one the row had; a retry through another
@@ -858,6 +923,11 @@ macro_rules! suite {
             fn late_outcomes_apply_once() {
                 let (mut store, _keep) = $make;
                 super::late_outcomes_apply_once(&mut store);
+            }
+            #[test]
+            fn reputation_window_is_the_latest_outcomes() {
+                let (mut store, _keep) = $make;
+                super::reputation_window_is_the_latest_outcomes(&mut store);
             }
             #[test]
             fn every_outcome_names_its_relay() {
