@@ -215,8 +215,20 @@ fn parse_concurrency(s: &str) -> Result<usize, String> {
     }
 }
 
+/// The async runtime: one worker thread per core but one, which is left to
+/// the threads that are not tokio's (the store writer of `edm send`, the
+/// rendering of a slow batch); at least one. On 2 cores one worker took 12%
+/// less CPU per message than two, for 3% more messages per second
+/// (docs/benchmarks.md, issue 11): two workers on two cores fought the writer
+/// for them and woke each other. `TOKIO_WORKER_THREADS` still decides when
+/// set.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        builder.worker_threads(cores.saturating_sub(1).max(1));
+    }
+    builder
         .enable_all()
         .build()
         .context("starting the async runtime")
