@@ -113,17 +113,7 @@ impl Store {
             // A writer died with domain changes in memory: count them from
             // the rows before anything reads them. Under the run lock, so no
             // writer starts keeping changes back meanwhile.
-            let lock = store.lock_path();
-            let mut file = private_options()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&lock)
-                .map_err(|source| Error::Io {
-                    path: lock.clone(),
-                    source,
-                })?;
+            let mut file = store.open_lock_file()?;
             if file.try_lock().is_ok() {
                 tally::recount_domains(&store.conn, &store.path)?;
                 let _ = file.flush();
@@ -186,13 +176,7 @@ impl Store {
             path: lock.clone(),
             source,
         };
-        let mut file = private_options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&lock)
-            .map_err(io)?;
+        let mut file = self.open_lock_file()?;
         let _ = tighten(&lock);
         match file.try_lock() {
             Ok(()) => {}
@@ -223,6 +207,18 @@ impl Store {
         }
         self.behind.enabled = true;
         Ok(())
+    }
+
+    /// The run lock's file, opened for locking (created when missing).
+    fn open_lock_file(&self) -> Result<File> {
+        let lock = self.lock_path();
+        private_options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock)
+            .map_err(|source| Error::Io { path: lock, source })
     }
 
     /// `domain_tally` is behind the rows on disk ([`tally::BEHIND_META`]):
