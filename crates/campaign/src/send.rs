@@ -1519,12 +1519,23 @@ impl Feeder {
                 && self.render_cost_us >= PARALLEL_RENDER_FROM_US
             {
                 let started = std::time::Instant::now();
-                let all = render_parallel(
-                    &self.templates,
-                    &self.columns,
-                    &claimed,
-                    self.render_threads,
-                );
+                let render = || {
+                    render_parallel(
+                        &self.templates,
+                        &self.columns,
+                        &claimed,
+                        self.render_threads,
+                    )
+                };
+                // The batch takes milliseconds: on the multi-threaded
+                // runtime this worker hands its other tasks (the sessions)
+                // to another thread meanwhile instead of stalling them.
+                let all = match tokio::runtime::Handle::current().runtime_flavor() {
+                    tokio::runtime::RuntimeFlavor::MultiThread => {
+                        tokio::task::block_in_place(render)
+                    }
+                    _ => render(),
+                };
                 // What one message costs a thread, to notice when it gets cheap.
                 let each = started.elapsed().as_micros() as u64 * self.render_threads as u64
                     / claimed.len() as u64;
