@@ -301,7 +301,7 @@ fn as_older_build_with_copies(db: &Path, copies: u32) {
     let conn = rusqlite::Connection::open(db).unwrap();
     conn.execute_batch(&format!(
         "DROP INDEX recipients_source;
-         DROP TABLE message_ids;
+         DROP TABLE message_keys;
          DROP TABLE mid_pending;
          DROP INDEX recipients_provider_message_id;
          DROP INDEX recipients_late;

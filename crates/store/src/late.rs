@@ -45,11 +45,12 @@ impl Store {
     pub fn find_by_message_id(&self, message_id: &str) -> Result<Option<RecipientId>> {
         self.conn
             .query_row(
-                // Those in `message_ids` and those a run sent since (schema
-                // version 8), each still holding that Message-ID.
+                // Those in `message_keys` (by the Message-ID's first 16
+                // characters, schema version 9) and those a run sent since
+                // (version 8), each still holding that Message-ID.
                 "SELECT min(id) FROM (
-                     SELECT r.id FROM message_ids AS m CROSS JOIN recipients AS r ON r.id = m.id
-                     WHERE m.message_id = ?1 AND r.message_id = ?1
+                     SELECT r.id FROM message_keys AS m CROSS JOIN recipients AS r ON r.id = m.id
+                     WHERE m.k = substr(?1, 1, 16) AND r.message_id = ?1
                      UNION ALL
                      SELECT r.id FROM mid_pending AS p CROSS JOIN recipients AS r ON r.id = p.id
                      WHERE r.message_id = ?1)",

@@ -198,6 +198,75 @@ fn version_7_drops_the_triggers_and_counts_the_tallies_from_the_rows() {
     assert_eq!((s.total, s.count(Status::InDoubt), s.in_doubt), (2, 2, 2));
 }
 
+/// Version 9 (issue 11): `message_keys` keeps a Message-ID's first 16
+/// characters; ids that share them are told apart by the row's own
+/// Message-ID, before the move and after it, and one that shares them with
+/// no row is not found.
+#[test]
+fn version_9_tells_apart_message_ids_that_share_their_key() {
+    use crate::{Outcome, OutcomeKind};
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path().join("k.db"), Durability::Normal).unwrap();
+    for line in 2..6 {
+        store
+            .conn
+            .execute(
+                "INSERT INTO recipients (line, email, email_norm, domain, fields, status, updated_at)
+                 VALUES (?1, 'x@example.com', 'x@example.com', 'example.com', '[]', 'sending', 0)",
+                [line],
+            )
+            .unwrap();
+    }
+    let mid = |tail: &str| format!("0123456789abcdef{tail}.c@acme.example");
+    let sent = |id: i64, tail: &str| Outcome {
+        id: RecipientId(id),
+        at: 5,
+        kind: OutcomeKind::Sent {
+            reply: edm_model::Reply {
+                code: 250,
+                enhanced: None,
+                text: "ok".into(),
+                provider_message_id: None,
+                relay: None,
+            },
+            message_id: mid(tail),
+            relay: String::new(),
+        },
+    };
+    store
+        .record(&[sent(1, "a"), sent(2, "b"), sent(3, "")])
+        .unwrap();
+    let check = |store: &Store| {
+        assert_eq!(
+            store.find_by_message_id(&mid("a")).unwrap(),
+            Some(RecipientId(1))
+        );
+        assert_eq!(
+            store.find_by_message_id(&mid("b")).unwrap(),
+            Some(RecipientId(2))
+        );
+        assert_eq!(
+            store.find_by_message_id(&mid("")).unwrap(),
+            Some(RecipientId(3))
+        );
+        assert_eq!(store.find_by_message_id(&mid("z")).unwrap(), None);
+        assert_eq!(store.find_by_message_id("0123456789abcdef").unwrap(), None);
+    };
+    check(&store);
+    store.index_message_ids().unwrap();
+    let keys: Vec<(String, i64)> = store
+        .conn
+        .prepare("SELECT k, id FROM message_keys ORDER BY id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    let key = "0123456789abcdef".to_string();
+    assert_eq!(keys, vec![(key.clone(), 1), (key.clone(), 2), (key, 3)]);
+    check(&store);
+}
+
 /// Version 8 (issue 11): a `sent` outcome leaves its Message-ID out of
 /// `message_ids` (whose inserts land on random pages) until
 /// `index_message_ids`, at the end of a run or the start of the next;
@@ -251,7 +320,7 @@ fn version_8_indexes_message_ids_after_the_run_and_finds_them_meanwhile() {
         store
             .conn
             .query_row(
-                "SELECT (SELECT count(*) FROM message_ids), (SELECT count(*) FROM mid_pending)",
+                "SELECT (SELECT count(*) FROM message_keys), (SELECT count(*) FROM mid_pending)",
                 [],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )

@@ -51,7 +51,7 @@ fn claim_due_sql() -> String {
 /// moves them into `message_ids` ([`Store::index_message_ids`]): a lookup
 /// during the run (the bounce mailbox read by `edm send`) reads at most
 /// about this many rows besides its key, ~10 ms; a run of 1M recipients
-/// moves them 50 times, each a sorted pass over `message_ids`.
+/// moves them 50 times, each a sorted pass over `message_keys`.
 const MID_FLUSH: u64 = if cfg!(test) { 32 } else { 20_000 };
 
 /// Set in meta once a run has used marks: from then on an unmarked `sending`
@@ -128,9 +128,9 @@ impl Store {
     }
 
     /// Puts the Message-IDs of the recipients sent since the last call into
-    /// `message_ids` (schema version 8: a run appends their ids to
+    /// `message_keys` (schema version 8: a run appends their ids to
     /// `mid_pending` instead of inserting each Message-ID at a random place),
-    /// sorted, so each page of `message_ids` is written once, in one
+    /// sorted, so each page of `message_keys` is written once, in one
     /// transaction. Called at the end of a run and at the start of the next.
     pub fn index_message_ids(&mut self) -> Result<()> {
         let path = self.path.clone();
@@ -149,8 +149,8 @@ impl Store {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .at(&path)?;
         tx.execute_batch(
-            "INSERT OR IGNORE INTO message_ids (message_id, id)
-                 SELECT r.message_id, r.id FROM mid_pending AS p
+            "INSERT OR IGNORE INTO message_keys (k, id)
+                 SELECT substr(r.message_id, 1, 16), r.id FROM mid_pending AS p
                  CROSS JOIN recipients AS r ON r.id = p.id
                  WHERE r.message_id IS NOT NULL ORDER BY 1, 2;
              DELETE FROM mid_pending;",
@@ -204,7 +204,7 @@ impl Store {
             // Committed above: a failure here is only logged (the next
             // call, the end of the run or the next run moves them).
             if let Err(e) = self.index_message_ids() {
-                tracing::warn!(error = %e, "cannot move sent Message-IDs into message_ids");
+                tracing::warn!(error = %e, "cannot move sent Message-IDs into message_keys");
             }
         }
         Ok(())
