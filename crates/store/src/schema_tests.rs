@@ -198,16 +198,9 @@ fn version_7_drops_the_triggers_and_counts_the_tallies_from_the_rows() {
     assert_eq!((s.total, s.count(Status::InDoubt), s.in_doubt), (2, 2, 2));
 }
 
-/// Version 9 (issue 11): `message_keys` keeps a Message-ID's first 16
-/// characters; ids that share them are told apart by the row's own
-/// Message-ID, before the move and after it, and one that shares them with
-/// no row is not found.
-#[test]
-fn version_9_tells_apart_message_ids_that_share_their_key() {
-    use crate::{Outcome, OutcomeKind};
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open(dir.path().join("k.db"), Durability::Normal).unwrap();
-    for line in 2..6 {
+/// Rows on `lines`, `sending`, inserted as they are (no ingest).
+fn insert_sending(store: &Store, lines: std::ops::Range<i64>) {
+    for line in lines {
         store
             .conn
             .execute(
@@ -217,11 +210,14 @@ fn version_9_tells_apart_message_ids_that_share_their_key() {
             )
             .unwrap();
     }
-    let mid = |tail: &str| format!("0123456789abcdef{tail}.c@acme.example");
-    let sent = |id: i64, tail: &str| Outcome {
+}
+
+/// Recipient `id` sent under `message_id`.
+fn sent_as(id: i64, message_id: String) -> crate::Outcome {
+    crate::Outcome {
         id: RecipientId(id),
         at: 5,
-        kind: OutcomeKind::Sent {
+        kind: crate::OutcomeKind::Sent {
             reply: edm_model::Reply {
                 code: 250,
                 enhanced: None,
@@ -229,10 +225,23 @@ fn version_9_tells_apart_message_ids_that_share_their_key() {
                 provider_message_id: None,
                 relay: None,
             },
-            message_id: mid(tail),
+            message_id,
             relay: String::new(),
         },
-    };
+    }
+}
+
+/// Version 9 (issue 11): `message_keys` keeps a Message-ID's first 16
+/// characters; ids that share them are told apart by the row's own
+/// Message-ID, before the move and after it, and one that shares them with
+/// no row is not found.
+#[test]
+fn version_9_tells_apart_message_ids_that_share_their_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path().join("k.db"), Durability::Normal).unwrap();
+    insert_sending(&store, 2..6);
+    let mid = |tail: &str| format!("0123456789abcdef{tail}.c@acme.example");
+    let sent = |id: i64, tail: &str| sent_as(id, mid(tail));
     store
         .record(&[sent(1, "a"), sent(2, "b"), sent(3, "")])
         .unwrap();
@@ -291,31 +300,8 @@ fn version_8_indexes_message_ids_after_the_run_and_finds_them_meanwhile() {
     }
     let mut store = Store::open(&path, Durability::Normal).unwrap();
     assert_eq!(version(&store), VERSION);
-    for line in 4..22 {
-        store
-            .conn
-            .execute(
-                "INSERT INTO recipients (line, email, email_norm, domain, fields, status, updated_at)
-                 VALUES (?1, 'x@example.com', 'x@example.com', 'example.com', '[]', 'sending', 0)",
-                [line],
-            )
-            .unwrap();
-    }
-    let sent = |id: i64| Outcome {
-        id: RecipientId(id),
-        at: 5,
-        kind: OutcomeKind::Sent {
-            reply: edm_model::Reply {
-                code: 250,
-                enhanced: None,
-                text: "ok".into(),
-                provider_message_id: None,
-                relay: None,
-            },
-            message_id: format!("m{id}@acme.example"),
-            relay: String::new(),
-        },
-    };
+    insert_sending(&store, 4..22);
+    let sent = |id: i64| sent_as(id, format!("m{id}@acme.example"));
     let counts = |store: &Store| -> (i64, i64) {
         store
             .conn
