@@ -1356,6 +1356,12 @@ fn render_parallel(
 }
 
 impl Feeder {
+    /// Folds one message's rendering time (µs) into the running average
+    /// that decides when a batch is rendered on the cores.
+    fn note_render_cost(&mut self, us: u64) {
+        self.render_cost_us = (self.render_cost_us * 7 + us) / 8;
+    }
+
     async fn run(mut self) -> FeedEnd {
         // Retries in flight at most: a wave of transient errors cannot crowd out
         // first attempts or multiply the load (the rate gate bounds the rest).
@@ -1539,7 +1545,7 @@ impl Feeder {
                 // What one message costs a thread, to notice when it gets cheap.
                 let each = started.elapsed().as_micros() as u64 * self.render_threads as u64
                     / claimed.len() as u64;
-                self.render_cost_us = (self.render_cost_us * 7 + each) / 8;
+                self.note_render_cost(each);
                 all.into_iter()
             } else {
                 Vec::new().into_iter()
@@ -1553,7 +1559,7 @@ impl Feeder {
                         let started = std::time::Instant::now();
                         let rendered = self.templates.render(&self.columns, &r);
                         let took = started.elapsed().as_micros() as u64;
-                        self.render_cost_us = (self.render_cost_us * 7 + took) / 8;
+                        self.note_render_cost(took);
                         rendered
                     }
                 };

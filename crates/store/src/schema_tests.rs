@@ -174,14 +174,10 @@ fn version_7_drops_the_triggers_and_counts_the_tallies_from_the_rows() {
     }
     let mut store = Store::open(&path, Durability::Normal).unwrap();
     assert_eq!(version(&store), VERSION);
-    let triggers: i64 = store
-        .conn
-        .query_row(
-            "SELECT count(*) FROM sqlite_master WHERE type = 'trigger'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let triggers = count(
+        &store,
+        "SELECT count(*) FROM sqlite_master WHERE type = 'trigger'",
+    );
     assert_eq!(triggers, 0);
     let s = store.summary().unwrap();
     assert_eq!((s.total, s.count(Status::Sending)), (2, 2));
@@ -196,6 +192,11 @@ fn version_7_drops_the_triggers_and_counts_the_tallies_from_the_rows() {
     store.recover_in_doubt(InDoubtPolicy::Skip).unwrap();
     let s = store.summary().unwrap();
     assert_eq!((s.total, s.count(Status::InDoubt), s.in_doubt), (2, 2, 2));
+}
+
+/// The one number `sql` selects.
+fn count(store: &Store, sql: &str) -> i64 {
+    store.conn.query_row(sql, [], |r| r.get(0)).unwrap()
 }
 
 /// Rows on `lines`, `sending`, inserted as they are (no ingest).
@@ -316,14 +317,10 @@ fn version_8_indexes_message_ids_after_the_run_and_finds_them_meanwhile() {
     // The migration kept the Message-ID sent before it, and dropped the index.
     assert_eq!(counts(&store), (1, 0));
     assert_eq!(find(&store, 1).unwrap(), Some(RecipientId(1)));
-    let index: i64 = store
-        .conn
-        .query_row(
-            "SELECT count(*) FROM sqlite_master WHERE name = 'recipients_message_id'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let index = count(
+        &store,
+        "SELECT count(*) FROM sqlite_master WHERE name = 'recipients_message_id'",
+    );
     assert_eq!(index, 0);
     let batch: Vec<Outcome> = (3..=19).map(sent).collect();
     store.record(&batch).unwrap();
