@@ -204,6 +204,15 @@ pub fn print_report(dir: &Path, r: &RunReport) {
             dir.display()
         ),
     };
+    // A run stopped on an error says why on stderr too, where a script
+    // that sends stdout elsewhere (or a supervisor's journal) still sees it;
+    // the ends above that name their cause there already are not repeated.
+    if matches!(
+        r.end,
+        RunEnd::AuthRefused(_) | RunEnd::Outage(_) | RunEnd::StoreFailed(_) | RunEnd::Reputation(_)
+    ) {
+        errln!("edm: {head}");
+    }
     outln!("Campaign: {head}");
     outln!(
         "  this run: sent {}, failed {}, retries scheduled {}, in doubt {}",

@@ -143,13 +143,17 @@ pub enum Error {
     /// PostgreSQL refused an operation, or the connection failed. `path` is
     /// the store's location (`postgres://user@host:port/db campaign NAME`),
     /// never holding a password.
-    #[error("{}: {source}", path.display())]
+    ///
+    /// The text carries the server's SQLSTATE and message (`40P01:
+    /// deadlock detected`), not only the driver's "db error".
+    #[error("{}: {}", path.display(), crate::postgres::reason(cause))]
     Postgres {
         /// The store's location.
         path: PathBuf,
-        /// What PostgreSQL (or the connection) said.
-        #[source]
-        source: postgres::Error,
+        /// What PostgreSQL (or the connection) said; in the text already,
+        /// so not also given as the error's source (a chain printed with
+        /// `{:#}` would say it twice).
+        cause: postgres::Error,
     },
     /// The `[store]` settings cannot be used (a URL holding a password, a
     /// URL that does not parse): `message` says what to change.

@@ -88,6 +88,20 @@ pub(crate) fn lost_connection(e: &postgres::Error) -> bool {
     std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
 }
 
+/// True when the server rolled the transaction back to break a conflict
+/// with another one (40P01 deadlock detected, 40001 serialization failure):
+/// nothing of it was applied, and running it again is the documented
+/// answer.
+pub(crate) fn rolled_back_by_conflict(e: &postgres::Error) -> bool {
+    e.code().is_some_and(|c| {
+        *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE
+    })
+}
+
+/// How many times one call runs again after [`rolled_back_by_conflict`]
+/// before its error is returned.
+const CONFLICT_RETRIES: u32 = 5;
+
 /// What went wrong, for the operator: the server's SQLSTATE and message
 /// when it said something (`57P01: terminating connection due to
 /// administrator command`), else the error and its causes (`error
@@ -112,7 +126,7 @@ impl Error {
     /// [`reason`] for a PostgreSQL error, else the error's text.
     fn reason(&self) -> String {
         match self {
-            Error::Postgres { source, .. } => reason(source),
+            Error::Postgres { cause, .. } => reason(cause),
             other => other.to_string(),
         }
     }
@@ -134,7 +148,7 @@ impl Error {
     /// True when this store error is a lost PostgreSQL connection (see
     /// [`lost_connection`]).
     pub(crate) fn is_lost_connection(&self) -> bool {
-        matches!(self, Error::Postgres { source, .. } if lost_connection(source))
+        matches!(self, Error::Postgres { cause, .. } if lost_connection(cause))
     }
 }
 
@@ -176,6 +190,7 @@ impl Link {
         // crashes on it, a proxy that cuts it) would otherwise be retried
         // forever, each reconnection restarting the outage's clock.
         let mut first_loss: Option<Instant> = None;
+        let mut conflicts = 0;
         loop {
             if let Some(what) = &self.fatal {
                 return Err(Error::SessionLost {
@@ -203,6 +218,25 @@ impl Link {
                     if repeat == Repeat::No || first.elapsed() >= self.reconnect_for {
                         return Err(e);
                     }
+                    again = true;
+                }
+                Err(Error::Postgres { cause, .. })
+                    if repeat == Repeat::Yes
+                        && rolled_back_by_conflict(&cause)
+                        && conflicts < CONFLICT_RETRIES =>
+                {
+                    // The schema orders the campaign's own writers (the
+                    // tally lock, schema V4); what is left (a zombie worker
+                    // in the middle of its takeover) is run again. `again`
+                    // stays conservative: an earlier transaction of `f`
+                    // may have committed.
+                    conflicts += 1;
+                    tracing::debug!(
+                        store = %self.location.display(),
+                        error = %reason(&cause),
+                        "a transaction rolled back by a conflict runs again"
+                    );
+                    std::thread::sleep(Duration::from_millis(10 * u64::from(conflicts)));
                     again = true;
                 }
                 #[cfg(test)]
@@ -277,12 +311,12 @@ impl Link {
                 Err(e) if !worth_waiting(&e) => {
                     return Err(Error::Postgres {
                         path: self.location.clone(),
-                        source: e,
+                        cause: e,
                     });
                 }
                 Err(e) => Error::Postgres {
                     path: self.location.clone(),
-                    source: e,
+                    cause: e,
                 },
             };
             let waited = started.elapsed();
@@ -369,11 +403,11 @@ impl Conn {
                 thread: Some(thread),
                 location,
             }),
-            Ok(Err(source)) => {
+            Ok(Err(cause)) => {
                 let _ = thread.join();
                 Err(Error::Postgres {
                     path: location,
-                    source,
+                    cause,
                 })
             }
             Err(_) => Err(Error::ConnectionLost { path: location }),
@@ -458,9 +492,9 @@ pub(crate) trait AtPg<T> {
 
 impl<T> AtPg<T> for std::result::Result<T, postgres::Error> {
     fn at(self, path: &Path) -> Result<T> {
-        self.map_err(|source| Error::Postgres {
+        self.map_err(|cause| Error::Postgres {
             path: path.to_path_buf(),
-            source,
+            cause,
         })
     }
 }

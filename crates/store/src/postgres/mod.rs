@@ -41,6 +41,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+pub(crate) use conn::reason;
 use conn::{AtPg, Conn, Hook, Outage};
 
 use crate::error::{Error, Result};
@@ -369,7 +370,7 @@ impl PgStore {
                 if conn::lost_connection(&e) {
                     return Err(Error::Postgres {
                         path: path.to_path_buf(),
-                        source: e,
+                        cause: e,
                     });
                 }
                 tracing::warn!(error = %e, "cannot log the store's reconnection");

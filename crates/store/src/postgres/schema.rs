@@ -21,7 +21,7 @@ use super::conn::AtPg;
 use crate::error::{Error, Result};
 
 /// The schema version this build writes.
-pub(crate) const VERSION: i32 = 3;
+pub(crate) const VERSION: i32 = 4;
 
 /// The advisory lock key of migrations (`pg_advisory_xact_lock(bigint)`):
 /// "edm-mig" in ASCII, so it is recognisable in `pg_locks`.
@@ -249,6 +249,76 @@ CREATE TABLE edm.controls (
 );
 "#;
 
+/// The first key of a campaign's tally lock (the second is its id): "edt",
+/// 6644852 in [`V4`]'s trigger, which takes it (`pg_advisory_xact_lock`,
+/// until the commit) before it touches a tally row. Rust only reads it in
+/// tests (`pg_locks`).
+#[cfg(test)]
+pub(crate) const TALLY_LOCK_CLASS: i32 = 0x0065_6474;
+
+/// Version 4: the tally trigger takes the campaign's tally lock before it
+/// changes a tally row. The trigger moves one count per changed row, from
+/// the old (status, category, in doubt) and domain rows to the new ones, so
+/// each transaction locks tally rows in the order of its changes: a claim
+/// `pending` then `sending`, a release or a dead worker's recovery
+/// `sending` then `pending`, a due retry `deferred` then `sending` against
+/// an outcome's `sending` then `deferred`. Two workers doing those at once
+/// deadlocked (PostgreSQL aborts one with 40P01, which stopped a worker's
+/// run). Every status change of a campaign already waited on its `sending`
+/// tally row, so one lock taken first costs no concurrency and gives one
+/// order. Updates that change no count (a Message-ID written, a late
+/// outcome on a `sent` row) do not take it.
+const V4: &str = r#"
+CREATE OR REPLACE FUNCTION edm.recipients_tally() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    t_changed boolean := true;
+    d_changed boolean := true;
+    c bigint := coalesce(NEW.campaign_id, OLD.campaign_id);
+BEGIN
+    IF TG_OP = 'UPDATE' THEN
+        t_changed := OLD.status IS DISTINCT FROM NEW.status
+            OR OLD.category IS DISTINCT FROM NEW.category
+            OR OLD.in_doubt IS DISTINCT FROM NEW.in_doubt;
+        d_changed := OLD.status IS DISTINCT FROM NEW.status
+            OR OLD.domain IS DISTINCT FROM NEW.domain;
+    END IF;
+    IF NOT (t_changed OR d_changed) THEN
+        RETURN NULL;
+    END IF;
+    -- One order for every transaction: the campaign's tally lock first
+    -- ("edt", TALLY_LOCK_CLASS in schema.rs; ids past 2^31 share the last key).
+    PERFORM pg_advisory_xact_lock(6644852, least(c, 2147483647)::int);
+    IF TG_OP <> 'INSERT' THEN
+        IF t_changed THEN
+            UPDATE edm.tally SET n = n - 1
+             WHERE campaign_id = OLD.campaign_id AND status = OLD.status
+               AND category = coalesce(OLD.category, '') AND in_doubt = OLD.in_doubt;
+        END IF;
+        IF d_changed THEN
+            UPDATE edm.domain_tally SET n = n - 1
+             WHERE campaign_id = OLD.campaign_id AND domain = OLD.domain
+               AND status = OLD.status;
+        END IF;
+    END IF;
+    IF TG_OP <> 'DELETE' THEN
+        IF t_changed THEN
+            INSERT INTO edm.tally (campaign_id, status, category, in_doubt, n)
+                 VALUES (NEW.campaign_id, NEW.status, coalesce(NEW.category, ''), NEW.in_doubt, 1)
+            ON CONFLICT (campaign_id, status, category, in_doubt)
+                DO UPDATE SET n = edm.tally.n + 1;
+        END IF;
+        IF d_changed THEN
+            INSERT INTO edm.domain_tally (campaign_id, domain, status, n)
+                 VALUES (NEW.campaign_id, NEW.domain, NEW.status, 1)
+            ON CONFLICT (campaign_id, domain, status)
+                DO UPDATE SET n = edm.domain_tally.n + 1;
+        END IF;
+    END IF;
+    RETURN NULL;
+END
+$$;
+"#;
+
 /// Brings the `edm` schema up to [`VERSION`]: one transaction, under the
 /// migration lock. Refuses a schema written by a newer edm.
 pub(crate) fn migrate(client: &mut Client, path: &Path) -> Result<()> {
@@ -282,7 +352,8 @@ pub(crate) fn migrate(client: &mut Client, path: &Path) -> Result<()> {
             0 => tx.batch_execute(V1).at(path)?,
             1 => tx.batch_execute(V2).at(path)?,
             2 => tx.batch_execute(V3).at(path)?,
-            // Next steps: `3 => tx.batch_execute(V4)`, ...
+            3 => tx.batch_execute(V4).at(path)?,
+            // Next steps: `4 => tx.batch_execute(V5)`, ...
             _ => unreachable!("no migration from version {from}"),
         }
         tx.execute(

@@ -428,6 +428,149 @@ fn two_claimers_never_take_the_same_row() {
     assert_eq!(a.summary().unwrap().count(Status::Sending), 400);
 }
 
+/// Status changes of one campaign from several sessions at once never
+/// deadlock. The tally trigger updates one row per (status, category, in
+/// doubt) and per domain: a claim (`pending` -> `sending`) locks the
+/// `pending` row, then the `sending` one; a release, a deferral or a dead
+/// worker's recovery (`sending` -> `pending`) locks them the other way
+/// round. Without one order, PostgreSQL finds a deadlock and aborts one of
+/// them (40P01), which stopped a worker's run in the middle of a campaign.
+#[test]
+fn claims_and_releases_from_several_sessions_never_deadlock() {
+    let Some(server) = fixture::shared() else {
+        return;
+    };
+    let name = unique("deadlock");
+    let url = server.url();
+    let mut a = PgStore::open(&options(&url, &name, "f")).unwrap();
+    a.begin_ingest("csv").unwrap();
+    // Two domains: the per-domain tally rows are locked in row order too.
+    let rows: Vec<NewRow> = (2..202)
+        .map(|line| NewRow {
+            email: format!("r{line}@d{}.example", line % 2),
+            ..row(line)
+        })
+        .collect();
+    a.insert_rows(&rows).unwrap();
+    let handles: Vec<_> = (0..4)
+        .map(|t| {
+            let o = options(&url, &name, "f");
+            std::thread::spawn(move || -> Result<u32, String> {
+                let mut s = PgStore::open(&o).map_err(|e| e.to_string())?;
+                let mut rounds = 0;
+                let until = std::time::Instant::now() + std::time::Duration::from_secs(3);
+                while std::time::Instant::now() < until {
+                    let got = s
+                        .claim_with_budget(3 + t, 0, 1)
+                        .map_err(|e| format!("claim: {e}"))?;
+                    let released: Vec<crate::Outcome> = got
+                        .iter()
+                        .rev()
+                        .map(|r| crate::Outcome {
+                            id: r.id,
+                            at: 1,
+                            kind: crate::OutcomeKind::Released,
+                        })
+                        .collect();
+                    s.record(&released).map_err(|e| format!("release: {e}"))?;
+                    rounds += 1;
+                }
+                Ok(rounds)
+            })
+        })
+        .collect();
+    let mut rounds = 0;
+    for h in handles {
+        rounds += h.join().unwrap().unwrap_or_else(|e| panic!("{e}"));
+    }
+    assert!(rounds > 0);
+    assert_eq!(a.summary().unwrap().count(Status::Pending), 200);
+    // The order comes from the campaign's tally lock, which a status change
+    // takes and a change of no count (a Message-ID written) does not.
+    let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let tally_locks = |tx: &mut postgres::Transaction<'_>| -> i64 {
+        tx.query_one(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'
+               AND pid = pg_backend_pid() AND classid::bigint = $1 AND objid::bigint = $2",
+            &[
+                &i64::from(super::schema::TALLY_LOCK_CLASS),
+                &a.campaign_id(),
+            ],
+        )
+        .unwrap()
+        .get(0)
+    };
+    let mut tx = client.transaction().unwrap();
+    tx.execute(
+        "UPDATE edm.recipients SET message_id = '<x@t>' WHERE campaign_id = $1 AND line = 2",
+        &[&a.campaign_id()],
+    )
+    .unwrap();
+    assert_eq!(tally_locks(&mut tx), 0, "no count changed");
+    tx.execute(
+        "UPDATE edm.recipients SET status = 'skipped' WHERE campaign_id = $1 AND line = 2",
+        &[&a.campaign_id()],
+    )
+    .unwrap();
+    assert_eq!(tally_locks(&mut tx), 1, "a status changed");
+    tx.rollback().unwrap();
+}
+
+/// A transaction the server rolls back to break a deadlock (40P01) runs
+/// again rather than failing the run: here another session holds the
+/// campaign's tally lock and then waits for the row the store's release
+/// holds; the store's session, waiting longest, is the one PostgreSQL
+/// aborts.
+#[test]
+fn a_transaction_rolled_back_by_a_deadlock_runs_again() {
+    let Some(server) = fixture::shared() else {
+        return;
+    };
+    let name = unique("rolledback");
+    let url = server.url();
+    let mut s = PgStore::open(&options(&url, &name, "f")).unwrap();
+    s.begin_ingest("csv").unwrap();
+    s.insert_rows(&[row(2)]).unwrap();
+    let claimed = s.claim_with_budget(1, 0, 1).unwrap();
+    let rid = claimed[0].id;
+    let campaign = s.campaign_id();
+    let mut other = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let mut tx = other.transaction().unwrap();
+    // This session never detects the deadlock itself (the store's does).
+    tx.batch_execute("SET LOCAL deadlock_timeout = '60s'")
+        .unwrap();
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1, $2)::text",
+        &[
+            &super::schema::TALLY_LOCK_CLASS,
+            &i32::try_from(campaign).unwrap(),
+        ],
+    )
+    .unwrap();
+    let release = std::thread::spawn(move || {
+        let r = s.record(&[crate::Outcome {
+            id: rid,
+            at: 1,
+            kind: crate::OutcomeKind::Released,
+        }]);
+        (s, r)
+    });
+    // The release holds the row and waits for the tally lock; this session
+    // now waits for the row: a cycle, broken after the store's
+    // deadlock_timeout (1 s) by aborting the store's transaction.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    tx.execute(
+        "UPDATE edm.recipients SET updated_at = 7 WHERE campaign_id = $1 AND id = $2",
+        &[&campaign, &rid.0],
+    )
+    .unwrap();
+    tx.rollback().unwrap();
+    let (s, result) = release.join().unwrap();
+    result.unwrap();
+    assert_eq!(s.recipient_state(rid).unwrap().unwrap().1, Status::Pending);
+    assert_eq!(s.summary().unwrap().count(Status::Sending), 0);
+}
+
 fn sent(id: edm_model::RecipientId, at: i64) -> crate::Outcome {
     crate::Outcome {
         id,
