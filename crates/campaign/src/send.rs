@@ -833,6 +833,9 @@ async fn run(
     view.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (counted_tx, mut counted_rx) = mpsc::unbounded_channel();
     let mut counting = false;
+    // The count in progress holds a handle on the writer: awaited before
+    // the writer is taken back at the end.
+    let mut count_task: Option<tokio::task::JoinHandle<()>> = None;
     let mut remote_stop = membership.as_ref().map(|m| m.remote_stop());
     let mut remote_stopped = false;
     if let Some(trip) = &tripped {
@@ -854,9 +857,9 @@ async fn run(
                 counting = true;
                 let mark = fold.store_mark(now_ms());
                 let (w, tx) = (writer.clone(), counted_tx.clone());
-                tokio::spawn(async move {
+                count_task = Some(tokio::spawn(async move {
                     let _ = tx.send((mark, w.summary().await));
-                });
+                }));
             }
             Some((mark, counted)) = counted_rx.recv() => {
                 counting = false;
@@ -988,6 +991,9 @@ async fn run(
     }
     if let Some(m) = membership.as_ref().filter(|m| m.lost()) {
         writer.fail(m.lost_message());
+    }
+    if let Some(t) = count_task.take() {
+        let _ = t.await;
     }
     let store_failed = writer.failure();
     let writer = Arc::try_unwrap(writer).map_err(|_| Error::Crashed {

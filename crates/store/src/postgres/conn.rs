@@ -74,7 +74,12 @@ pub(crate) enum Repeat {
 /// error underneath), or the server said so with its SQLSTATE: `57P01
 /// admin_shutdown` (a restart or `pg_terminate_backend`), `57P02
 /// crash_shutdown`, `57P03 cannot_connect_now` (starting up, in recovery),
-/// class `08` connection exceptions (PostgreSQL's appendix A).
+/// `25P03 idle_in_transaction_session_timeout` and `57P05
+/// idle_session_timeout` (the server ended a session left idle: a worker
+/// frozen in the middle of a transaction, `workers::fence_idle_transactions`;
+/// the transaction was rolled back, and running it again on a new session
+/// finds the lease lost if it was taken over), class `08` connection
+/// exceptions (PostgreSQL's appendix A).
 pub(crate) fn lost_connection(e: &postgres::Error) -> bool {
     if e.is_closed() {
         return true;
@@ -83,6 +88,8 @@ pub(crate) fn lost_connection(e: &postgres::Error) -> bool {
         return *code == SqlState::ADMIN_SHUTDOWN
             || *code == SqlState::CRASH_SHUTDOWN
             || *code == SqlState::CANNOT_CONNECT_NOW
+            || *code == SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT
+            || *code == SqlState::IDLE_SESSION_TIMEOUT
             || code.code().starts_with("08");
     }
     std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())

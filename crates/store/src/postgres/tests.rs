@@ -1083,6 +1083,21 @@ fn lost_connections_are_told_from_refused_statements() {
         }
     };
     assert!(super::conn::lost_connection(&lost), "{lost:?}");
+    // A transaction left idle past idle_in_transaction_session_timeout (a
+    // worker frozen in the middle of one): the server ends the session, and
+    // the operation runs again on a new one. Here the client sees the
+    // session closed; a client frozen inside a call reads the server's
+    // 25P03 as its statement's error instead, which counts as lost too
+    // (`lost_connection`; e2e `a_frozen_worker_is_fenced_when_it_wakes_up`).
+    let mut idle = postgres::Client::connect(&server.url(), postgres::NoTls).unwrap();
+    idle.batch_execute("SET idle_in_transaction_session_timeout = 100")
+        .unwrap();
+    let mut tx = idle.transaction().unwrap();
+    tx.execute("SELECT 1", &[]).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    let ended = tx.execute("SELECT 1", &[]).unwrap_err();
+    assert!(super::conn::lost_connection(&ended), "{ended:?}");
+    drop(tx);
     // Refused connections name their cause.
     let port = server.port();
     let mut closed = postgres::Config::new();
