@@ -256,67 +256,112 @@ CREATE TABLE edm.controls (
 #[cfg(test)]
 pub(crate) const TALLY_LOCK_CLASS: i32 = 0x0065_6474;
 
-/// Version 4: the tally trigger takes the campaign's tally lock before it
-/// changes a tally row. The trigger moves one count per changed row, from
-/// the old (status, category, in doubt) and domain rows to the new ones, so
-/// each transaction locks tally rows in the order of its changes: a claim
-/// `pending` then `sending`, a release or a dead worker's recovery
-/// `sending` then `pending`, a due retry `deferred` then `sending` against
-/// an outcome's `sending` then `deferred`. Two workers doing those at once
-/// deadlocked (PostgreSQL aborts one with 40P01, which stopped a worker's
-/// run). Every status change of a campaign already waited on its `sending`
-/// tally row, so one lock taken first costs no concurrency and gives one
-/// order. Updates that change no count (a Message-ID written, a late
-/// outcome on a `sent` row) do not take it.
+/// Version 4: the tallies kept by statement-level triggers that take the
+/// campaign's tally lock first.
+///
+/// Version 1's row trigger moved one count per changed row, from the old
+/// (status, category, in doubt) and domain rows to the new ones: four
+/// statements per row, and tally rows locked in the order of the changes,
+/// so that two workers deadlocked (a claim locks `pending` then `sending`,
+/// a release or a dead worker's recovery `sending` then `pending`, a due
+/// retry `deferred` then `sending` against an outcome's `sending` then
+/// `deferred`; PostgreSQL aborts one with 40P01, which stopped a worker's
+/// run). Now one trigger per statement adds up the statement's moves from
+/// its transition tables (`old_rows`, `new_rows`) and applies each net
+/// change once, after taking the campaign's tally lock. Every status change
+/// of a campaign already waited on its `sending` tally row, so the lock
+/// costs no concurrency and gives one order. A statement that changes no
+/// count (a Message-ID written, a late outcome on a `sent` row) takes no
+/// lock and writes no tally row.
 const V4: &str = r#"
-CREATE OR REPLACE FUNCTION edm.recipients_tally() RETURNS trigger LANGUAGE plpgsql AS $$
+DROP TRIGGER recipients_tally ON edm.recipients;
+DROP FUNCTION edm.recipients_tally();
+
+-- Each branch takes the tally lock of the campaigns it moves counts of
+-- ("edt", TALLY_LOCK_CLASS in schema.rs; ids past 2^31 share the last key),
+-- in id order, before it touches a tally row.
+CREATE FUNCTION edm.tally_moves() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
-    t_changed boolean := true;
-    d_changed boolean := true;
-    c bigint := coalesce(NEW.campaign_id, OLD.campaign_id);
+    moved boolean;
 BEGIN
+    -- Anything to count? An UPDATE that changed no counted column moves
+    -- nothing (and then takes no lock).
     IF TG_OP = 'UPDATE' THEN
-        t_changed := OLD.status IS DISTINCT FROM NEW.status
-            OR OLD.category IS DISTINCT FROM NEW.category
-            OR OLD.in_doubt IS DISTINCT FROM NEW.in_doubt;
-        d_changed := OLD.status IS DISTINCT FROM NEW.status
-            OR OLD.domain IS DISTINCT FROM NEW.domain;
-    END IF;
-    IF NOT (t_changed OR d_changed) THEN
-        RETURN NULL;
-    END IF;
-    -- One order for every transaction: the campaign's tally lock first
-    -- ("edt", TALLY_LOCK_CLASS in schema.rs; ids past 2^31 share the last key).
-    PERFORM pg_advisory_xact_lock(6644852, least(c, 2147483647)::int);
-    IF TG_OP <> 'INSERT' THEN
-        IF t_changed THEN
-            UPDATE edm.tally SET n = n - 1
-             WHERE campaign_id = OLD.campaign_id AND status = OLD.status
-               AND category = coalesce(OLD.category, '') AND in_doubt = OLD.in_doubt;
+        SELECT EXISTS (
+            SELECT 1 FROM old_rows o JOIN new_rows n ON n.id = o.id
+             WHERE o.status IS DISTINCT FROM n.status
+                OR o.category IS DISTINCT FROM n.category
+                OR o.in_doubt IS DISTINCT FROM n.in_doubt
+                OR o.domain IS DISTINCT FROM n.domain
+                OR o.campaign_id IS DISTINCT FROM n.campaign_id) INTO moved;
+        IF NOT moved THEN
+            RETURN NULL;
         END IF;
-        IF d_changed THEN
-            UPDATE edm.domain_tally SET n = n - 1
-             WHERE campaign_id = OLD.campaign_id AND domain = OLD.domain
-               AND status = OLD.status;
-        END IF;
-    END IF;
-    IF TG_OP <> 'DELETE' THEN
-        IF t_changed THEN
-            INSERT INTO edm.tally (campaign_id, status, category, in_doubt, n)
-                 VALUES (NEW.campaign_id, NEW.status, coalesce(NEW.category, ''), NEW.in_doubt, 1)
-            ON CONFLICT (campaign_id, status, category, in_doubt)
-                DO UPDATE SET n = edm.tally.n + 1;
-        END IF;
-        IF d_changed THEN
-            INSERT INTO edm.domain_tally (campaign_id, domain, status, n)
-                 VALUES (NEW.campaign_id, NEW.domain, NEW.status, 1)
-            ON CONFLICT (campaign_id, domain, status)
-                DO UPDATE SET n = edm.domain_tally.n + 1;
-        END IF;
+        PERFORM pg_advisory_xact_lock(6644852, least(c, 2147483647)::int)
+           FROM (SELECT DISTINCT campaign_id AS c FROM new_rows
+                 UNION SELECT campaign_id FROM old_rows ORDER BY 1) l;
+        WITH m AS (
+            SELECT campaign_id, status, coalesce(category, '') AS category, in_doubt, -1 AS d
+              FROM old_rows
+            UNION ALL
+            SELECT campaign_id, status, coalesce(category, ''), in_doubt, 1 FROM new_rows
+        )
+        INSERT INTO edm.tally AS t (campaign_id, status, category, in_doubt, n)
+        SELECT campaign_id, status, category, in_doubt, sum(d) FROM m
+         GROUP BY 1, 2, 3, 4 HAVING sum(d) <> 0 ORDER BY 1, 2, 3, 4
+        ON CONFLICT (campaign_id, status, category, in_doubt)
+            DO UPDATE SET n = t.n + excluded.n;
+        WITH m AS (
+            SELECT campaign_id, domain, status, -1 AS d FROM old_rows
+            UNION ALL
+            SELECT campaign_id, domain, status, 1 FROM new_rows
+        )
+        INSERT INTO edm.domain_tally AS t (campaign_id, domain, status, n)
+        SELECT campaign_id, domain, status, sum(d) FROM m
+         GROUP BY 1, 2, 3 HAVING sum(d) <> 0 ORDER BY 1, 2, 3
+        ON CONFLICT (campaign_id, domain, status) DO UPDATE SET n = t.n + excluded.n;
+    ELSIF TG_OP = 'INSERT' THEN
+        PERFORM pg_advisory_xact_lock(6644852, least(c, 2147483647)::int)
+           FROM (SELECT DISTINCT campaign_id AS c FROM new_rows ORDER BY 1) l;
+        INSERT INTO edm.tally AS t (campaign_id, status, category, in_doubt, n)
+        SELECT campaign_id, status, coalesce(category, ''), in_doubt, count(*) FROM new_rows
+         GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+        ON CONFLICT (campaign_id, status, category, in_doubt)
+            DO UPDATE SET n = t.n + excluded.n;
+        INSERT INTO edm.domain_tally AS t (campaign_id, domain, status, n)
+        SELECT campaign_id, domain, status, count(*) FROM new_rows
+         GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+        ON CONFLICT (campaign_id, domain, status) DO UPDATE SET n = t.n + excluded.n;
+    ELSE
+        -- Deleted rows only take counts away, from tally rows that exist:
+        -- UPDATE, not INSERT, so that a campaign deleted with its rows (ON
+        -- DELETE CASCADE) writes no row for a campaign that is gone.
+        PERFORM pg_advisory_xact_lock(6644852, least(c, 2147483647)::int)
+           FROM (SELECT DISTINCT campaign_id AS c FROM old_rows ORDER BY 1) l;
+        UPDATE edm.tally t SET n = t.n - m.k
+          FROM (SELECT campaign_id, status, coalesce(category, '') AS category, in_doubt,
+                       count(*) AS k
+                  FROM old_rows GROUP BY 1, 2, 3, 4) m
+         WHERE t.campaign_id = m.campaign_id AND t.status = m.status
+           AND t.category = m.category AND t.in_doubt = m.in_doubt;
+        UPDATE edm.domain_tally t SET n = t.n - m.k
+          FROM (SELECT campaign_id, domain, status, count(*) AS k
+                  FROM old_rows GROUP BY 1, 2, 3) m
+         WHERE t.campaign_id = m.campaign_id AND t.domain = m.domain AND t.status = m.status;
     END IF;
     RETURN NULL;
 END
 $$;
+
+CREATE TRIGGER recipients_tally_insert AFTER INSERT ON edm.recipients
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION edm.tally_moves();
+CREATE TRIGGER recipients_tally_update AFTER UPDATE ON edm.recipients
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION edm.tally_moves();
+CREATE TRIGGER recipients_tally_delete AFTER DELETE ON edm.recipients
+    REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION edm.tally_moves();
 "#;
 
 /// Brings the `edm` schema up to [`VERSION`]: one transaction, under the

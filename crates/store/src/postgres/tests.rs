@@ -111,6 +111,60 @@ fn campaigns_share_the_schema_and_stay_apart() {
     assert!(matches!(err, Error::NotFound { .. }), "{err}");
 }
 
+/// The tallies (statement triggers, schema 4) follow rows deleted too: a
+/// campaign's rows discarded leave its counts at zero, and a campaign
+/// deleted with its rows (ON DELETE CASCADE, by hand) takes its tally rows
+/// with it and leaves the other campaigns' counts alone.
+#[test]
+fn deleted_rows_and_campaigns_leave_the_tallies_right() {
+    let Some(server) = fixture::shared() else {
+        return;
+    };
+    let (a, b) = (unique("delete-a"), unique("delete-b"));
+    let mut one = PgStore::open(&options(&server.url(), &a, "f")).unwrap();
+    let mut two = PgStore::open(&options(&server.url(), &b, "f")).unwrap();
+    for s in [&mut one, &mut two] {
+        s.begin_ingest("csv").unwrap();
+        s.insert_rows(&(2..12).map(row).collect::<Vec<_>>())
+            .unwrap();
+        s.claim_with_budget(3, 0, 1).unwrap();
+    }
+    two.discard_recipients().unwrap();
+    let counts = two.summary().unwrap();
+    assert_eq!((counts.total, counts.count(Status::Sending)), (0, 0));
+    let mut client = postgres::Client::connect(&server.url(), postgres::NoTls).unwrap();
+    client
+        .execute(
+            "DELETE FROM edm.campaigns WHERE id = $1",
+            &[&two.campaign_id()],
+        )
+        .unwrap();
+    let left: i64 = client
+        .query_one(
+            "SELECT count(*) FROM edm.tally WHERE campaign_id = $1",
+            &[&two.campaign_id()],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+    let counts = one.summary().unwrap();
+    assert_eq!(
+        (
+            counts.total,
+            counts.count(Status::Sending),
+            counts.count(Status::Pending)
+        ),
+        (10, 3, 7)
+    );
+    // Deleted with its rows still there (the cascade deletes them too).
+    client
+        .execute(
+            "DELETE FROM edm.campaigns WHERE id = $1",
+            &[&one.campaign_id()],
+        )
+        .unwrap();
+}
+
 /// A worker of `name` on campaign `campaign`, joined.
 fn worker(url: &str, campaign: &str, name: &str, lease_ms: u64) -> PgStore {
     let mut s = PgStore::open(&options(url, campaign, "f").with_worker(name)).unwrap();
