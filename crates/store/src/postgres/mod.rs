@@ -222,6 +222,9 @@ pub struct PgStore {
     /// The ids the last claims returned, and the time they were claimed at
     /// (see `retry::claimed_before`).
     claimed: (edm_model::UnixMillis, Vec<i64>),
+    /// The highest pending id the last claim took: the next one looks
+    /// after it first (see `claim_with_budget`), 0 at first.
+    claim_after: i64,
     /// True once this store wrote the "marks used" meta key (see `ops.rs`).
     marks_meta_set: bool,
     /// How it was opened: the heartbeat opens a second connection with it.
@@ -329,6 +332,7 @@ impl PgStore {
             campaign_id,
             worker: options.worker.clone(),
             claimed: (0, Vec::new()),
+            claim_after: 0,
             marks_meta_set: false,
             options: options.clone(),
             joined: None,

@@ -482,6 +482,71 @@ fn two_claimers_never_take_the_same_row() {
     assert_eq!(a.summary().unwrap().count(Status::Sending), 400);
 }
 
+/// The end of an ingest gives the planner the table's statistics: planned
+/// as if the campaign had a few rows, every outcome's lookup of its ids
+/// read the campaign's whole index until autovacuum caught up.
+#[test]
+fn the_end_of_an_ingest_analyzes_the_table() {
+    // A server of its own: the statistics are the whole table's.
+    let Some(server) = fixture::start_or_skip() else {
+        return;
+    };
+    let mut s = PgStore::open(&options(&server.url(), "analyzed", "f")).unwrap();
+    s.begin_ingest("csv").unwrap();
+    s.insert_rows(&(2..1202).map(row).collect::<Vec<_>>())
+        .unwrap();
+    let mut client = postgres::Client::connect(&server.url(), postgres::NoTls).unwrap();
+    let estimate = |c: &mut postgres::Client| -> f32 {
+        c.query_one(
+            "SELECT reltuples FROM pg_class WHERE oid = 'edm.recipients'::regclass",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+    };
+    assert_ne!(estimate(&mut client), 1200.0, "analyzed before the end");
+    s.finish_ingest(Some(&["email".to_string()]), &[]).unwrap();
+    assert_eq!(estimate(&mut client), 1200.0);
+}
+
+/// A claim looks for pending rows after the last one it took, and from the
+/// start when that runs short: a row released behind the cursor is claimed
+/// again, nobody is passed over, and each row is claimed once.
+#[test]
+fn claims_go_on_after_the_last_and_come_back_for_rows_released_behind() {
+    let Some(server) = fixture::shared() else {
+        return;
+    };
+    let name = unique("cursor");
+    let mut s = PgStore::open(&options(&server.url(), &name, "f")).unwrap();
+    s.begin_ingest("csv").unwrap();
+    s.insert_rows(&(2..22).map(row).collect::<Vec<_>>())
+        .unwrap();
+    let ids = |v: Vec<edm_model::Recipient>| v.into_iter().map(|r| r.id.0).collect::<Vec<_>>();
+    let first = ids(s.claim_with_budget(5, 0, 1).unwrap());
+    let second = ids(s.claim_with_budget(5, 0, 1).unwrap());
+    assert!(
+        first.iter().max() < second.iter().min(),
+        "{first:?} {second:?}"
+    );
+    let released = first[1];
+    s.record(&[crate::Outcome {
+        id: edm_model::RecipientId(released),
+        at: 2,
+        kind: crate::OutcomeKind::Released,
+    }])
+    .unwrap();
+    let rest = ids(s.claim_with_budget(50, 0, 3).unwrap());
+    assert_eq!(rest.len(), 11, "{rest:?}");
+    assert_eq!(rest[0], released, "the released row, behind the cursor");
+    assert!(s.claim_with_budget(50, 0, 4).unwrap().is_empty());
+    let mut all: Vec<i64> = first.into_iter().chain(second).chain(rest).collect();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all.len(), 20);
+    assert_eq!(s.summary().unwrap().count(Status::Sending), 20);
+}
+
 /// Status changes of one campaign from several sessions at once never
 /// deadlock. The tally trigger updates one row per (status, category, in
 /// doubt) and per domain: a claim (`pending` -> `sending`) locks the
