@@ -1184,15 +1184,31 @@ impl CampaignStore for PgStore {
     /// (read as false) when neither column is set; `coalesce` says so here.
     fn reputation_window(&self, limit_n: usize) -> Result<Vec<WindowEntry>> {
         self.call(move |c, path, id| {
+            // Each status through its own index, the latest first, then
+            // merged: in one query PostgreSQL read and sorted every sent and
+            // failed row (53 ms at 50,000 sent, growing with the campaign,
+            // at the start of every run); `sent` walks `recipients_sent_at`
+            // backwards, `failed` (few, as a rule) `recipients_failing`.
+            let latest = |status: &str| {
+                format!(
+                    "(SELECT domain,
+                             coalesce(late = 'bounced', false)
+                                 OR coalesce(category = 'recipient_unknown', false) AS hard,
+                             coalesce(late = 'complained', false) AS complaint,
+                             last_attempt_at AS at, id
+                      FROM edm.recipients
+                      WHERE campaign_id = $1 AND status = '{status}'
+                        AND last_attempt_at IS NOT NULL
+                      ORDER BY last_attempt_at DESC, id DESC LIMIT $2)"
+                )
+            };
             Ok(c.query(
-                "SELECT domain,
-                        coalesce(late = 'bounced', false)
-                            OR coalesce(category = 'recipient_unknown', false),
-                        coalesce(late = 'complained', false)
-                 FROM edm.recipients
-                 WHERE campaign_id = $1 AND status IN ('sent', 'failed')
-                   AND last_attempt_at IS NOT NULL
-                 ORDER BY last_attempt_at DESC, id DESC LIMIT $2",
+                &format!(
+                    "SELECT domain, hard, complaint FROM ({} UNION ALL {}) w
+                     ORDER BY at DESC, id DESC LIMIT $2",
+                    latest("sent"),
+                    latest("failed")
+                ),
                 &[&id, &limit(limit_n)],
             )
             .at(path)?
