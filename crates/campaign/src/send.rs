@@ -832,9 +832,9 @@ async fn run(
     let mut view = tokio::time::interval(crate::workers::VIEW_EVERY);
     view.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (counted_tx, mut counted_rx) = mpsc::unbounded_channel();
-    let mut counting = false;
-    // The count in progress holds a handle on the writer: awaited before
-    // the writer is taken back at the end.
+    // The count in progress, if any: it holds a handle on the writer until
+    // it sends its result, so one still running is awaited before the
+    // writer is taken back at the end.
     let mut count_task: Option<tokio::task::JoinHandle<()>> = None;
     let mut remote_stop = membership.as_ref().map(|m| m.remote_stop());
     let mut remote_stopped = false;
@@ -853,16 +853,17 @@ async fn run(
                 }
                 progress_tx.send_replace(fold.sample(now_ms()).clone());
             }
-            _ = view.tick(), if membership.is_some() && !counting => {
-                counting = true;
+            _ = view.tick(), if membership.is_some() && count_task.is_none() => {
                 let mark = fold.store_mark(now_ms());
                 let (w, tx) = (writer.clone(), counted_tx.clone());
                 count_task = Some(tokio::spawn(async move {
-                    let _ = tx.send((mark, w.summary().await));
+                    let counted = w.summary().await;
+                    drop(w);
+                    let _ = tx.send((mark, counted));
                 }));
             }
             Some((mark, counted)) = counted_rx.recv() => {
-                counting = false;
+                count_task = None;
                 match counted {
                     Ok(summary) => fold.rebase(&mark, &summary.counts),
                     Err(e) => tracing::debug!(error = %e, "cannot read the campaign's counts"),

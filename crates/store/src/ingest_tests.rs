@@ -1,7 +1,7 @@
 //! Ingest passes: the unique key, the checkpoint, the repair of copies left by
 //! older builds, and the modes of the state files (issue 9, points 1 and 7).
 
-use edm_model::{Reply, Status};
+use edm_model::Status;
 use rusqlite::{Connection, params};
 
 use crate::{Durability, Error, NewRow, Outcome, OutcomeKind, Store};
@@ -240,21 +240,7 @@ fn ever_attempted_ignores_released_claims_and_sees_sends() {
     let claimed = store.claim(1, 2_000).unwrap();
     assert!(store.ever_attempted().unwrap(), "a row being sent counts");
     store
-        .record(&[Outcome {
-            id: claimed[0].id,
-            at: 2_001,
-            kind: OutcomeKind::Sent {
-                reply: Reply {
-                    code: 250,
-                    enhanced: None,
-                    text: "ok".into(),
-                    provider_message_id: None,
-                    relay: None,
-                },
-                message_id: "<m@x>".into(),
-                relay: "smtp".into(),
-            },
-        }])
+        .record(&[Outcome::sent_for_test(claimed[0].id, 2_001, "<m@x>".into())])
         .unwrap();
     store.reset_for_retry(&[Status::Sent], &[]).unwrap();
     assert!(

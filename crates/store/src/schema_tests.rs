@@ -215,21 +215,7 @@ fn insert_sending(store: &Store, lines: std::ops::Range<i64>) {
 
 /// Recipient `id` sent under `message_id`.
 fn sent_as(id: i64, message_id: String) -> crate::Outcome {
-    crate::Outcome {
-        id: RecipientId(id),
-        at: 5,
-        kind: crate::OutcomeKind::Sent {
-            reply: edm_model::Reply {
-                code: 250,
-                enhanced: None,
-                text: "ok".into(),
-                provider_message_id: None,
-                relay: None,
-            },
-            message_id,
-            relay: String::new(),
-        },
-    }
+    crate::Outcome::sent_for_test(RecipientId(id), 5, message_id)
 }
 
 /// Version 9 (issue 11): `message_keys` keeps a Message-ID's first 16
@@ -354,16 +340,7 @@ fn version_8_indexes_message_ids_after_the_run_and_finds_them_meanwhile() {
     assert_eq!(store.find_by_message_id("m99@acme.example").unwrap(), None);
     // A long run moves them every MID_FLUSH (32 in tests) sent, so a lookup
     // during it never reads more than that many rows besides its key.
-    for line in 22..62 {
-        store
-            .conn
-            .execute(
-                "INSERT INTO recipients (line, email, email_norm, domain, fields, status, updated_at)
-                 VALUES (?1, 'y@example.com', 'y@example.com', 'example.com', '[]', 'sending', 0)",
-                [line],
-            )
-            .unwrap();
-    }
+    insert_sending(&store, 22..62);
     store
         .record(&(21..=50).map(sent).collect::<Vec<_>>())
         .unwrap();

@@ -54,6 +54,29 @@ pub struct Outcome {
     pub kind: OutcomeKind,
 }
 
+#[cfg(test)]
+impl Outcome {
+    /// Tests: recipient `id` accepted at `at` under `message_id` by relay
+    /// `smtp` ("250 ok").
+    pub(crate) fn sent_for_test(id: RecipientId, at: UnixMillis, message_id: String) -> Outcome {
+        Outcome {
+            id,
+            at,
+            kind: OutcomeKind::Sent {
+                reply: Reply {
+                    code: 250,
+                    enhanced: None,
+                    text: "ok".into(),
+                    provider_message_id: None,
+                    relay: None,
+                },
+                message_id,
+                relay: "smtp".into(),
+            },
+        }
+    }
+}
+
 /// The kinds of [`Outcome`].
 #[derive(Clone, Debug, PartialEq)]
 pub enum OutcomeKind {

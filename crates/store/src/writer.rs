@@ -451,27 +451,13 @@ fn run(
 
 #[cfg(test)]
 mod tests {
-    use edm_model::{Reply, Status};
+    use edm_model::Status;
 
     use super::*;
     use crate::{MemoryStore, NewRow, OutcomeKind};
 
     fn sent(id: RecipientId) -> Outcome {
-        Outcome {
-            id,
-            at: 5,
-            kind: OutcomeKind::Sent {
-                reply: Reply {
-                    code: 250,
-                    enhanced: None,
-                    text: "ok".into(),
-                    provider_message_id: None,
-                    relay: None,
-                },
-                message_id: "<m@edm>".into(),
-                relay: "smtp".into(),
-            },
-        }
+        Outcome::sent_for_test(id, 5, "<m@edm>".into())
     }
 
     fn memory_with(n: u64) -> Box<dyn CampaignStore> {

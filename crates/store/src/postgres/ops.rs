@@ -560,7 +560,7 @@ impl CampaignStore for PgStore {
         } else {
             Vec::new()
         };
-        let claimed = self.call_again(move |c, path, id, again| {
+        let (claimed, cursor) = self.call_again(move |c, path, id, again| {
             // Repeated after a lost COMMIT that happened: its rows.
             if again {
                 let lost = super::retry::claimed_before(c, path, id, &worker, now, &earlier)?;
@@ -651,7 +651,6 @@ impl CampaignStore for PgStore {
             tx.commit().at(path)?;
             Ok((claimed, cursor))
         })?;
-        let (claimed, cursor) = claimed;
         if let Some(c) = cursor {
             self.claim_after = c;
         }

@@ -691,21 +691,7 @@ fn a_transaction_rolled_back_by_a_deadlock_runs_again() {
 }
 
 fn sent(id: edm_model::RecipientId, at: i64) -> crate::Outcome {
-    crate::Outcome {
-        id,
-        at,
-        kind: crate::OutcomeKind::Sent {
-            reply: edm_model::Reply {
-                code: 250,
-                enhanced: None,
-                text: "ok".into(),
-                provider_message_id: None,
-                relay: None,
-            },
-            message_id: format!("<{}@t>", id.0),
-            relay: "smtp".into(),
-        },
-    }
+    crate::Outcome::sent_for_test(id, at, format!("<{}@t>", id.0))
 }
 
 /// Runs of `Sent` outcomes go in one statement: an unknown id in a run still
